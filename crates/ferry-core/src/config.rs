@@ -1,0 +1,500 @@
+//! Ferry's configuration: one YAML file (seed 000 §8.1's keys plus the coordinator's and the
+//! agent's own) with `FERRY_*` environment overrides.
+//!
+//! Strict by design: an unknown key or a value of the wrong type is an error that names the
+//! key. The environment is passed in rather than read globally, so tests can feed it.
+//! Override syntax: `FERRY_WORKFLOW__HEARTBEAT_INTERVAL=5` sets `workflow.heartbeat_interval`
+//! (`__` separates levels; keys are lower-cased).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Yaml};
+use figment::value::{Dict, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::state::Role;
+
+pub const ENV_PREFIX: &str = "FERRY_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {} does not exist", .0.display())]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid configuration: `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FerryConfig {
+    /// The hosts of the deployment, by name (seed 000 §8.1 `servers`).
+    pub servers: BTreeMap<String, ServerConfig>,
+    pub storage: StorageConfig,
+    pub fuxictr_paths: FuxiCtrPaths,
+    pub transfer: TransferConfig,
+    pub workflow: WorkflowConfig,
+    pub coordinator: CoordinatorConfig,
+    pub agent: AgentConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub username: String,
+    pub key_path: PathBuf,
+    pub role: Role,
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub staging_dir: PathBuf,
+    pub checkpoint_dir: PathBuf,
+    pub temp_dir: PathBuf,
+    pub server_21_staging: PathBuf,
+    pub hdfs_staging: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            staging_dir: "/data/staging".into(),
+            checkpoint_dir: "/data/checkpoints".into(),
+            temp_dir: "/data/tmp".into(),
+            server_21_staging: "/tmp/staging".into(),
+            hdfs_staging: "/hdfs/staging".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FuxiCtrPaths {
+    pub data_root: PathBuf,
+    pub model_root: PathBuf,
+}
+
+impl Default for FuxiCtrPaths {
+    fn default() -> Self {
+        FuxiCtrPaths { data_root: "./data/".into(), model_root: "./checkpoints/".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferMethod {
+    Rsync,
+    Scp,
+    Sftp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    pub method: TransferMethod,
+    pub chunk_size: u64,
+    pub max_retries: u32,
+    pub parallel_workers: u32,
+    pub compression: bool,
+    pub checksum_verify: bool,
+    /// rsync `--bwlimit` value, e.g. `100M`; empty for no limit.
+    pub bandwidth_limit: String,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            method: TransferMethod::Rsync,
+            chunk_size: 100 * 1024 * 1024,
+            max_retries: crate::retry::TRANSFER_MAX_RETRIES,
+            parallel_workers: 4,
+            compression: true,
+            checksum_verify: true,
+            bandwidth_limit: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkflowConfig {
+    /// Seconds between agent heartbeats.
+    pub heartbeat_interval: u64,
+    /// Seconds an agent may stay away before its steps are retried elsewhere or failed;
+    /// three heartbeats when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_timeout: Option<u64>,
+    pub log_rotation_size: u64,
+    /// Epochs between training checkpoints.
+    pub checkpoint_interval: u32,
+    /// Continue running tasks when the coordinator restarts (otherwise they pause).
+    pub auto_resume: bool,
+    pub notification: NotificationConfig,
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        WorkflowConfig {
+            heartbeat_interval: 30,
+            agent_timeout: None,
+            log_rotation_size: 100 * 1024 * 1024,
+            checkpoint_interval: 1,
+            auto_resume: true,
+            notification: NotificationConfig::default(),
+        }
+    }
+}
+
+impl WorkflowConfig {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval)
+    }
+
+    pub fn agent_timeout(&self) -> Duration {
+        Duration::from_secs(self.agent_timeout.unwrap_or(self.heartbeat_interval * 3))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationConfig {
+    pub on_complete: bool,
+    pub on_failure: bool,
+    pub webhook_url: String,
+}
+
+impl Default for NotificationConfig {
+    fn default() -> Self {
+        NotificationConfig { on_complete: false, on_failure: true, webhook_url: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    /// gRPC listen address.
+    pub listen: String,
+    /// `sqlite://PATH?mode=rwc` (default) or `postgres://...`.
+    pub database_url: String,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            listen: "127.0.0.1:50051".into(),
+            database_url: "sqlite://ferry.db?mode=rwc".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The agent's name; the host name when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where the coordinator's gRPC endpoint is.
+    pub coordinator_url: String,
+    /// Directory for the agent's jobs' working files.
+    pub work_dir: PathBuf,
+    /// Milliseconds between attempts to reach the coordinator.
+    pub reconnect_interval_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            name: None,
+            coordinator_url: "http://127.0.0.1:50051".into(),
+            work_dir: "./agent-work".into(),
+            reconnect_interval_ms: 1000,
+        }
+    }
+}
+
+impl FerryConfig {
+    /// Loads defaults ← `file` (if given) ← `FERRY_*` variables from `env`, then validates.
+    pub fn load<I, K, V>(file: Option<&Path>, env: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut figment = Figment::from(Serialized::defaults(FerryConfig::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Yaml::file_exact(path));
+        }
+        figment = figment.merge(Serialized::defaults(env_overrides(env)));
+        let config: FerryConfig = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a YAML document (no file, no environment); for tests and tools.
+    pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(FerryConfig::default()))
+            .merge(Yaml::string(text));
+        let config: FerryConfig = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks of values that parse but make no sense; each error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, server) in &self.servers {
+            let key = |field: &str| format!("servers.{name}.{field}");
+            if server.host.trim().is_empty() {
+                return Err(invalid(key("host"), "must not be empty"));
+            }
+            if server.port == 0 {
+                return Err(invalid(key("port"), "must be between 1 and 65535"));
+            }
+            if server.username.trim().is_empty() {
+                return Err(invalid(key("username"), "must not be empty"));
+            }
+            if server.key_path.as_os_str().is_empty() {
+                return Err(invalid(key("key_path"), "must not be empty"));
+            }
+        }
+        if self.transfer.chunk_size == 0 {
+            return Err(invalid("transfer.chunk_size", "must be at least 1 byte"));
+        }
+        if self.transfer.parallel_workers == 0 {
+            return Err(invalid("transfer.parallel_workers", "must be at least 1"));
+        }
+        let bw = &self.transfer.bandwidth_limit;
+        if !bw.is_empty() && !valid_bwlimit(bw) {
+            return Err(invalid(
+                "transfer.bandwidth_limit",
+                format!("`{bw}` is not a rate like 100M, 512K or 1G"),
+            ));
+        }
+        if self.workflow.heartbeat_interval == 0 {
+            return Err(invalid("workflow.heartbeat_interval", "must be at least 1 second"));
+        }
+        if self.workflow.agent_timeout == Some(0) {
+            return Err(invalid("workflow.agent_timeout", "must be at least 1 second"));
+        }
+        if self.workflow.checkpoint_interval == 0 {
+            return Err(invalid("workflow.checkpoint_interval", "must be at least 1 epoch"));
+        }
+        let url = &self.workflow.notification.webhook_url;
+        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "workflow.notification.webhook_url",
+                format!("`{url}` is not an http(s) URL"),
+            ));
+        }
+        if self.coordinator.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "coordinator.listen",
+                format!("`{}` is not an address like 127.0.0.1:50051", self.coordinator.listen),
+            ));
+        }
+        let db = &self.coordinator.database_url;
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return Err(invalid(
+                "coordinator.database_url",
+                format!("`{db}` is neither a sqlite: nor a postgres:// URL"),
+            ));
+        }
+        let cu = &self.agent.coordinator_url;
+        if !(cu.starts_with("http://") || cu.starts_with("https://")) {
+            return Err(invalid(
+                "agent.coordinator_url",
+                format!("`{cu}` is not an http(s) URL like http://127.0.0.1:50051"),
+            ));
+        }
+        if self.agent.reconnect_interval_ms == 0 {
+            return Err(invalid("agent.reconnect_interval_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn valid_bwlimit(s: &str) -> bool {
+    let digits = s.trim_end_matches(|c: char| "KMGTkmgt".contains(c));
+    !digits.is_empty() && s.len() - digits.len() <= 1 && digits.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Turns `FERRY_A__B=v` pairs into a nested dictionary `{a: {b: v}}`. Values are parsed the
+/// way figment parses environment values (numbers, booleans, arrays like `[0, 1]`).
+fn env_overrides<I, K, V>(env: I) -> Dict
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let mut root = Dict::new();
+    for (key, value) in env {
+        let Some(path) = key.as_ref().strip_prefix(ENV_PREFIX) else { continue };
+        let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if parts.iter().any(String::is_empty) {
+            continue;
+        }
+        let value: Value = value
+            .as_ref()
+            .parse()
+            .unwrap_or_else(|_| Value::from(value.as_ref().to_owned()));
+        insert_path(&mut root, &parts, value);
+    }
+    root
+}
+
+fn insert_path(dict: &mut Dict, parts: &[String], value: Value) {
+    match parts {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if entry.as_dict().is_none() {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_EXAMPLE: &str = r#"
+servers:
+  server_21:
+    host: "your-server-21-host"
+    port: 22
+    username: "username"
+    key_path: "/path/to/private/key"
+    role: "data_source"
+  training_server:
+    host: "training-server-host"
+    username: "username"
+    key_path: "/path/to/private/key"
+    role: "training"
+    gpus: [0, 1, 2, 3]
+storage:
+  staging_dir: "/data/staging"
+fuxictr_paths:
+  data_root: "./data/"
+  model_root: "./checkpoints/"
+transfer:
+  method: "rsync"
+  chunk_size: 104857600
+  max_retries: 10
+  parallel_workers: 4
+  compression: true
+  checksum_verify: true
+  bandwidth_limit: "100M"
+workflow:
+  heartbeat_interval: 30
+  log_rotation_size: 104857600
+  checkpoint_interval: 1
+  auto_resume: true
+  notification:
+    on_complete: false
+    on_failure: true
+    webhook_url: ""
+"#;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write config");
+        f
+    }
+
+    #[test]
+    fn the_seed_example_loads() {
+        let f = write(SEED_EXAMPLE);
+        let c = FerryConfig::load(Some(f.path()), no_env()).expect("loads");
+        assert_eq!(c.servers["training_server"].gpus, vec![0, 1, 2, 3]);
+        assert_eq!(c.servers["training_server"].port, 22);
+        assert_eq!(c.servers["server_21"].role, Role::DataSource);
+        assert_eq!(c.transfer.bandwidth_limit, "100M");
+        assert_eq!(c.workflow.agent_timeout(), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let f = write(SEED_EXAMPLE);
+        let env = [
+            ("FERRY_WORKFLOW__HEARTBEAT_INTERVAL", "5"),
+            ("FERRY_SERVERS__TRAINING_SERVER__GPUS", "[7]"),
+            ("FERRY_COORDINATOR__LISTEN", "127.0.0.1:6000"),
+            ("OTHER_VAR", "ignored"),
+        ];
+        let c = FerryConfig::load(Some(f.path()), env).expect("loads");
+        assert_eq!(c.workflow.heartbeat_interval, 5);
+        assert_eq!(c.servers["training_server"].gpus, vec![7]);
+        assert_eq!(c.coordinator.listen, "127.0.0.1:6000");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = write("workflow:\n  heartbeat_intervall: 3\n");
+        let err = FerryConfig::load(Some(f.path()), no_env()).expect_err("typo").to_string();
+        assert!(err.contains("heartbeat_intervall"), "{err}");
+        let err = FerryConfig::load(None, [("FERRY_TRANSFER__CHUNKSIZE", "1")])
+            .expect_err("typo in env")
+            .to_string();
+        assert!(err.contains("chunksize"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let f = write("workflow:\n  heartbeat_interval: soon\n");
+        let err = FerryConfig::load(Some(f.path()), no_env()).expect_err("type").to_string();
+        assert!(err.contains("heartbeat_interval"), "{err}");
+        let err = FerryConfig::from_yaml_str("servers:\n  a: {host: h, username: u, key_path: k, role: gpu}\n")
+            .expect_err("role")
+            .to_string();
+        assert!(err.contains("gpu") && err.contains("role"), "{err}");
+        let err = FerryConfig::from_yaml_str("transfer:\n  bandwidth_limit: fast\n")
+            .expect_err("bwlimit")
+            .to_string();
+        assert_eq!(err, "invalid configuration: `transfer.bandwidth_limit`: `fast` is not a rate like 100M, 512K or 1G");
+        let err = FerryConfig::from_yaml_str("workflow:\n  heartbeat_interval: 0\n")
+            .expect_err("zero")
+            .to_string();
+        assert!(err.contains("`workflow.heartbeat_interval`"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = FerryConfig::load(Some(Path::new("/nonexistent/ferry.yaml")), no_env())
+            .expect_err("missing");
+        assert_eq!(err.to_string(), "config file /nonexistent/ferry.yaml does not exist");
+    }
+}

@@ -1,0 +1,16 @@
+//! Ferry's domain model. No IO beyond reading one config file, no async runtime.
+//!
+//! Everything the coordinator, the agents and the CLI must agree on lives here:
+//! identifiers, the workflow DAG and its validation, the job/step/task state machines,
+//! retry policy, step-kind parameters, and the configuration schema.
+
+pub mod config;
+pub mod ids;
+pub mod kinds;
+pub mod retry;
+pub mod state;
+pub mod template;
+pub mod workflow;
+
+pub use ids::{JobId, TaskId, WorkflowId};
+pub use state::{ErrorClass, JobState, Role, StepStatus, TaskStatus};

@@ -1,0 +1,146 @@
+//! Wire ↔ domain conversions.
+
+use ferry_core::retry::RetrySpec;
+use ferry_core::workflow::{Placement, StepDef, WorkflowDef};
+use ferry_core::{ErrorClass, JobState, Role};
+
+use crate::v1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConversionError {
+    #[error("step `{step}`: params_json is not valid JSON: {source}")]
+    BadParams { step: String, source: serde_json::Error },
+    #[error("step `{step}`: placement is missing (set `role` or `agent`)")]
+    MissingPlacement { step: String },
+    #[error("step `{step}`: {source}")]
+    BadRole { step: String, source: ferry_core::state::UnknownValue },
+    #[error("request has no workflow definition")]
+    MissingDefinition,
+}
+
+impl TryFrom<v1::WorkflowDefinition> for WorkflowDef {
+    type Error = ConversionError;
+
+    fn try_from(d: v1::WorkflowDefinition) -> Result<Self, Self::Error> {
+        let steps = d
+            .steps
+            .into_iter()
+            .map(StepDef::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(WorkflowDef { name: d.name, description: d.description, steps })
+    }
+}
+
+impl TryFrom<v1::StepDefinition> for StepDef {
+    type Error = ConversionError;
+
+    fn try_from(s: v1::StepDefinition) -> Result<Self, Self::Error> {
+        let params = if s.params_json.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&s.params_json)
+                .map_err(|source| ConversionError::BadParams { step: s.name.clone(), source })?
+        };
+        let placement = match s.placement {
+            Some(v1::step_definition::Placement::Role(r)) => Placement::Role(
+                r.parse::<Role>()
+                    .map_err(|source| ConversionError::BadRole { step: s.name.clone(), source })?,
+            ),
+            Some(v1::step_definition::Placement::Agent(a)) => Placement::Agent(a),
+            None => return Err(ConversionError::MissingPlacement { step: s.name }),
+        };
+        let retry = (s.max_retries.is_some() || s.backoff_ms.is_some())
+            .then_some(RetrySpec { max_retries: s.max_retries, backoff_ms: s.backoff_ms });
+        Ok(StepDef { name: s.name, kind: s.kind, params, placement, inputs: s.inputs, retry })
+    }
+}
+
+impl From<&WorkflowDef> for v1::WorkflowDefinition {
+    fn from(d: &WorkflowDef) -> Self {
+        v1::WorkflowDefinition {
+            name: d.name.clone(),
+            description: d.description.clone(),
+            steps: d.steps.iter().map(v1::StepDefinition::from).collect(),
+        }
+    }
+}
+
+impl From<&StepDef> for v1::StepDefinition {
+    fn from(s: &StepDef) -> Self {
+        v1::StepDefinition {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            params_json: if s.params.is_null() { String::new() } else { s.params.to_string() },
+            placement: Some(match &s.placement {
+                Placement::Role(r) => v1::step_definition::Placement::Role(r.as_str().to_owned()),
+                Placement::Agent(a) => v1::step_definition::Placement::Agent(a.clone()),
+            }),
+            inputs: s.inputs.clone(),
+            max_retries: s.retry.and_then(|r| r.max_retries),
+            backoff_ms: s.retry.and_then(|r| r.backoff_ms),
+        }
+    }
+}
+
+pub fn job_state_to_wire(s: JobState) -> v1::JobState {
+    match s {
+        JobState::Idle => v1::JobState::Idle,
+        JobState::Ready => v1::JobState::Ready,
+        JobState::Running => v1::JobState::Running,
+        JobState::Completed => v1::JobState::Completed,
+        JobState::Failed => v1::JobState::Failed,
+        JobState::Cancelled => v1::JobState::Cancelled,
+    }
+}
+
+/// `None` for UNSPECIFIED or a value this build does not know.
+pub fn job_state_from_wire(raw: i32) -> Option<JobState> {
+    Some(match v1::JobState::try_from(raw).ok()? {
+        v1::JobState::Unspecified => return None,
+        v1::JobState::Idle => JobState::Idle,
+        v1::JobState::Ready => JobState::Ready,
+        v1::JobState::Running => JobState::Running,
+        v1::JobState::Completed => JobState::Completed,
+        v1::JobState::Failed => JobState::Failed,
+        v1::JobState::Cancelled => JobState::Cancelled,
+    })
+}
+
+pub fn error_class_to_wire(c: ErrorClass) -> v1::ErrorClass {
+    match c {
+        ErrorClass::Transient => v1::ErrorClass::Transient,
+        ErrorClass::Permanent => v1::ErrorClass::Permanent,
+    }
+}
+
+/// Unknown or unspecified classes count as transient: retrying is the safe default.
+pub fn error_class_from_wire(raw: i32) -> ErrorClass {
+    match v1::ErrorClass::try_from(raw) {
+        Ok(v1::ErrorClass::Permanent) => ErrorClass::Permanent,
+        _ => ErrorClass::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_round_trip() {
+        let def = WorkflowDef::from_yaml(
+            "name: w\nsteps:\n  - {name: a, kind: exec, params: {program: ls}, placement: {agent: x}, retry: {max_retries: 1}}\n  - {name: b, kind: noop, placement: {role: inference}, inputs: [a]}\n",
+        )
+        .expect("yaml");
+        let wire = v1::WorkflowDefinition::from(&def);
+        let back = WorkflowDef::try_from(wire).expect("converts");
+        assert_eq!(back, def);
+    }
+
+    #[test]
+    fn every_job_state_round_trips() {
+        for s in JobState::ALL {
+            assert_eq!(job_state_from_wire(job_state_to_wire(*s) as i32), Some(*s));
+        }
+        assert_eq!(job_state_from_wire(0), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! sea-orm entities, one module per table. JSON columns are stored as TEXT so the same
+//! schema works on SQLite and PostgreSQL.
+
+pub mod step_metric;
+pub mod task_log;
+pub mod transfer_chunk;
+pub mod workflow;
+pub mod workflow_step;
+pub mod workflow_task;

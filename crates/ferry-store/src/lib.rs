@@ -1,0 +1,357 @@
+//! Ferry's persistent state: sea-orm entities, migrations and the repository functions the
+//! coordinator uses. SQLite by default; a `postgres://` URL works unchanged.
+//!
+//! Only the coordinator depends on this crate. The engine is the single writer of task and
+//! step rows and commits each batch of changes in one transaction (see `commit`).
+
+pub mod entity;
+pub mod migration;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_core::workflow::WorkflowDef;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+pub use entity::{step_metric, task_log, transfer_chunk, workflow, workflow_step, workflow_task};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    #[error("cannot open database `{url}`: {source}")]
+    Connect { url: String, source: DbErr },
+    #[error("stored workflow `{name}` is unreadable: {message}")]
+    CorruptWorkflow { name: String, message: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Changes the engine commits together, in one transaction.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub tasks: Vec<workflow_task::Model>,
+    pub steps: Vec<workflow_step::Model>,
+    pub logs: Vec<task_log::Model>,
+    pub metrics: Vec<step_metric::ActiveModel>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.steps.is_empty() && self.logs.is_empty() && self.metrics.is_empty()
+    }
+}
+
+/// A task row to insert, with its steps.
+pub struct NewTask {
+    pub name: String,
+    pub workflow_id: i64,
+    pub workflow_name: String,
+    pub params: String,
+    pub status: String,
+    pub steps: Vec<NewStep>,
+}
+
+pub struct NewStep {
+    pub step_name: String,
+    pub step_order: i32,
+    pub kind: String,
+    pub params: String,
+    pub placement: String,
+    pub depends_on: String,
+    pub exec_constraint: String,
+    pub max_retries: i32,
+    pub backoff_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            // WAL lets API reads proceed while the engine writes; NORMAL sync is durable
+            // across process crashes (the coordinator's failure mode), at a fraction of FULL's cost.
+            .map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        if url.starts_with("sqlite:") {
+            opts.max_connections(4);
+        }
+        let db = Database::connect(opts)
+            .await
+            .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+        migration::Migrator::up(&db, None).await?;
+        Ok(Store { db })
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    // ---- workflows -------------------------------------------------------------------
+
+    /// Stores a (validated) definition, replacing any earlier one of the same name.
+    pub async fn apply_workflow(&self, def: &WorkflowDef) -> Result<workflow::Model> {
+        let now = Utc::now();
+        let json = serde_json::to_string(def).map_err(|e| StoreError::CorruptWorkflow {
+            name: def.name.clone(),
+            message: e.to_string(),
+        })?;
+        let row = workflow::ActiveModel {
+            name: Set(def.name.clone()),
+            description: Set(def.description.clone()),
+            definition: Set(json),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        workflow::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(workflow::Column::Name)
+                    .update_columns([
+                        workflow::Column::Description,
+                        workflow::Column::Definition,
+                        workflow::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec(&self.db)
+            .await?;
+        self.workflow_by_name(&def.name)
+            .await?
+            .ok_or_else(|| StoreError::Db(DbErr::RecordNotFound(def.name.clone())))
+    }
+
+    pub async fn list_workflows(&self) -> Result<Vec<workflow::Model>> {
+        Ok(workflow::Entity::find()
+            .order_by_asc(workflow::Column::Name)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn workflow_by_name(&self, name: &str) -> Result<Option<workflow::Model>> {
+        Ok(workflow::Entity::find()
+            .filter(workflow::Column::Name.eq(name))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Parses a stored definition.
+    pub fn definition_of(row: &workflow::Model) -> Result<WorkflowDef> {
+        serde_json::from_str(&row.definition).map_err(|e| StoreError::CorruptWorkflow {
+            name: row.name.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    // ---- tasks and steps -------------------------------------------------------------
+
+    /// Inserts a task and its steps in one transaction.
+    pub async fn insert_task(
+        &self,
+        task: NewTask,
+    ) -> Result<(workflow_task::Model, Vec<workflow_step::Model>)> {
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let total = task.steps.len() as i32;
+        let row = workflow_task::ActiveModel {
+            name: Set(task.name),
+            workflow_id: Set(task.workflow_id),
+            workflow_name: Set(task.workflow_name),
+            status: Set(task.status),
+            current_step: Set(0),
+            total_steps: Set(total),
+            params: Set(task.params),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        let mut steps = Vec::with_capacity(task.steps.len());
+        for s in task.steps {
+            let step = workflow_step::ActiveModel {
+                task_id: Set(row.id),
+                step_name: Set(s.step_name),
+                step_order: Set(s.step_order),
+                kind: Set(s.kind),
+                params: Set(s.params),
+                placement: Set(s.placement),
+                depends_on: Set(s.depends_on),
+                exec_constraint: Set(s.exec_constraint),
+                status: Set(ferry_core::StepStatus::Pending.as_str().to_owned()),
+                attempt: Set(0),
+                retry_count: Set(0),
+                max_retries: Set(s.max_retries),
+                backoff_ms: Set(s.backoff_ms),
+                updated_at: Set(now),
+                ..Default::default()
+            }
+            .insert(&txn)
+            .await?;
+            steps.push(step);
+        }
+        txn.commit().await?;
+        Ok((row, steps))
+    }
+
+    pub async fn task(&self, id: i64) -> Result<Option<workflow_task::Model>> {
+        Ok(workflow_task::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    /// Newest first.
+    pub async fn list_tasks(
+        &self,
+        status: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<workflow_task::Model>> {
+        let mut q = workflow_task::Entity::find().order_by_desc(workflow_task::Column::Id);
+        if let Some(s) = status {
+            q = q.filter(workflow_task::Column::Status.eq(s));
+        }
+        Ok(q.limit(limit).all(&self.db).await?)
+    }
+
+    /// Tasks the engine must keep driving after a restart.
+    pub async fn unfinished_tasks(&self) -> Result<Vec<workflow_task::Model>> {
+        use ferry_core::TaskStatus::*;
+        Ok(workflow_task::Entity::find()
+            .filter(
+                workflow_task::Column::Status
+                    .is_in([Pending.as_str(), Running.as_str(), Paused.as_str()]),
+            )
+            .order_by_asc(workflow_task::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn steps(&self, task_id: i64) -> Result<Vec<workflow_step::Model>> {
+        Ok(workflow_step::Entity::find()
+            .filter(workflow_step::Column::TaskId.eq(task_id))
+            .order_by_asc(workflow_step::Column::StepOrder)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Writes a batch of engine changes atomically: full rows of changed tasks and steps,
+    /// new log lines and metrics.
+    pub async fn commit(&self, batch: WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await?;
+        for t in batch.tasks {
+            t.into_active_model().reset_all().update(&txn).await?;
+        }
+        for s in batch.steps {
+            s.into_active_model().reset_all().update(&txn).await?;
+        }
+        // Stay well under every backend's bound-parameter limit.
+        for chunk in batch.logs.chunks(500) {
+            let rows = chunk.iter().cloned().map(IntoActiveModel::into_active_model);
+            task_log::Entity::insert_many(rows).exec(&txn).await?;
+        }
+        if !batch.metrics.is_empty() {
+            for chunk in batch.metrics.chunks(500) {
+                step_metric::Entity::insert_many(chunk.to_vec()).exec(&txn).await?;
+            }
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    // ---- logs and metrics -----------------------------------------------------------
+
+    pub async fn logs(&self, task_id: i64, after_id: i64, limit: u64) -> Result<Vec<task_log::Model>> {
+        Ok(task_log::Entity::find()
+            .filter(task_log::Column::TaskId.eq(task_id))
+            .filter(task_log::Column::Id.gt(after_id))
+            .order_by_asc(task_log::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The largest log id in use, so the engine can continue numbering after a restart.
+    pub async fn max_log_id(&self) -> Result<i64> {
+        let last = task_log::Entity::find()
+            .order_by_desc(task_log::Column::Id)
+            .one(&self.db)
+            .await?;
+        Ok(last.map_or(0, |l| l.id))
+    }
+
+    pub async fn metrics(&self, task_id: i64) -> Result<Vec<step_metric::Model>> {
+        Ok(step_metric::Entity::find()
+            .filter(step_metric::Column::TaskId.eq(task_id))
+            .order_by_asc(step_metric::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Checks the connection works (used by health reporting).
+    pub async fn ping(&self) -> Result<()> {
+        self.db.execute_unprepared("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// A metric row to insert.
+pub fn new_metric(
+    task_id: i64,
+    step_name: &str,
+    name: &str,
+    value: f64,
+    idx: i64,
+    ts: DateTime<Utc>,
+) -> step_metric::ActiveModel {
+    step_metric::ActiveModel {
+        task_id: Set(task_id),
+        step_name: Set(step_name.to_owned()),
+        name: Set(name.to_owned()),
+        value: Set(value),
+        idx: Set(idx),
+        ts: Set(ts),
+        ..Default::default()
+    }
+}
+
+/// Hides a password in a database URL before it goes into an error message.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &creds[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://ferry:secret@db:5432/ferry"), "postgres://ferry:***@db:5432/ferry");
+        assert_eq!(redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+}

@@ -1,0 +1,205 @@
+//! Schema migrations. A migration, once released, is never edited: schema changes go in a
+//! new `mNNNN_*` module appended to `Migrator::migrations`.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_initial::Migration)]
+    }
+}
+
+fn a(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with an elided lifetime
+mod m0001_initial {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m0001_initial"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("workflows"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(string_uniq(a("name")))
+                        .col(text(a("description")))
+                        .col(text(a("definition")))
+                        .col(timestamp_with_time_zone(a("created_at")))
+                        .col(timestamp_with_time_zone(a("updated_at")))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("workflow_tasks"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(string_len(a("name"), 255))
+                        .col(big_integer(a("workflow_id")))
+                        .col(string_len(a("workflow_name"), 255))
+                        .col(string_len_null(a("experiment_id"), 100))
+                        .col(text_null(a("sample_sql")))
+                        .col(text_null(a("infer_sql")))
+                        .col(string_len_null(a("hdfs_path"), 500))
+                        .col(string_len_null(a("hive_table"), 255))
+                        .col(string_len(a("status"), 50).default("pending"))
+                        .col(text_null(a("status_reason")))
+                        .col(integer(a("current_step")).default(0))
+                        .col(integer(a("total_steps")).default(5))
+                        .col(string_len_null(a("training_server"), 100))
+                        .col(string_len_null(a("inference_server"), 100))
+                        .col(text(a("params")))
+                        .col(timestamp_with_time_zone(a("created_at")))
+                        .col(timestamp_with_time_zone(a("updated_at")))
+                        .col(timestamp_with_time_zone_null(a("started_at")))
+                        .col(timestamp_with_time_zone_null(a("completed_at")))
+                        .foreign_key(
+                            ForeignKey::create()
+                                .from(a("workflow_tasks"), a("workflow_id"))
+                                .to(a("workflows"), a("id")),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("workflow_steps"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(big_integer(a("task_id")))
+                        .col(string_len(a("step_name"), 50))
+                        .col(integer(a("step_order")))
+                        .col(string_len(a("kind"), 50))
+                        .col(text(a("params")))
+                        .col(string(a("placement")))
+                        .col(text(a("depends_on")))
+                        .col(string_len(a("exec_constraint"), 20))
+                        .col(string_len(a("status"), 50).default("pending"))
+                        .col(string_null(a("agent_name")))
+                        .col(string_null(a("job_id")))
+                        .col(integer(a("attempt")).default(0))
+                        .col(integer(a("retry_count")).default(0))
+                        .col(integer(a("max_retries")))
+                        .col(big_integer(a("backoff_ms")))
+                        .col(timestamp_with_time_zone_null(a("next_attempt_at")))
+                        .col(timestamp_with_time_zone_null(a("started_at")))
+                        .col(timestamp_with_time_zone_null(a("completed_at")))
+                        .col(text_null(a("error_message")))
+                        .col(text_null(a("checkpoint_data")))
+                        .col(text_null(a("progress")))
+                        .col(timestamp_with_time_zone(a("updated_at")))
+                        .foreign_key(
+                            ForeignKey::create()
+                                .from(a("workflow_steps"), a("task_id"))
+                                .to(a("workflow_tasks"), a("id")),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("transfer_chunks"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(big_integer(a("task_id")))
+                        .col(string_len(a("step_name"), 50))
+                        .col(string_len(a("chunk_id"), 100))
+                        .col(string_len_null(a("source_path"), 500))
+                        .col(string_len_null(a("dest_path"), 500))
+                        .col(big_integer_null(a("offset")))
+                        .col(big_integer_null(a("size")))
+                        .col(string_len_null(a("checksum"), 64))
+                        .col(string_len(a("status"), 50).default("pending"))
+                        .col(timestamp_with_time_zone_null(a("started_at")))
+                        .col(timestamp_with_time_zone_null(a("completed_at")))
+                        .col(integer(a("retry_count")).default(0))
+                        .col(text_null(a("error_message")))
+                        .foreign_key(
+                            ForeignKey::create()
+                                .from(a("transfer_chunks"), a("task_id"))
+                                .to(a("workflow_tasks"), a("id")),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("task_logs"))
+                        .if_not_exists()
+                        .col(big_integer(a("id")).primary_key())
+                        .col(big_integer(a("task_id")))
+                        .col(string_len(a("step_name"), 50))
+                        .col(timestamp_with_time_zone(a("ts")))
+                        .col(string_len(a("level"), 10))
+                        .col(string_len(a("source"), 20))
+                        .col(text(a("message")))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("step_metrics"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(big_integer(a("task_id")))
+                        .col(string_len(a("step_name"), 50))
+                        .col(string_len(a("name"), 100))
+                        .col(double(a("value")))
+                        .col(big_integer(a("idx")))
+                        .col(timestamp_with_time_zone(a("ts")))
+                        .to_owned(),
+                )
+                .await?;
+            // Seed 000 Appendix B's indexes, plus the ones the engine's queries need.
+            let indexes = [
+                ("idx_task_status", "workflow_tasks", &["status"][..], false),
+                ("idx_step_status", "workflow_steps", &["task_id", "status"][..], false),
+                ("idx_step_name", "workflow_steps", &["task_id", "step_name"][..], true),
+                ("idx_transfer_status", "transfer_chunks", &["task_id", "status"][..], false),
+                ("idx_transfer_chunk", "transfer_chunks", &["task_id", "step_name", "chunk_id"][..], true),
+                ("idx_log_task", "task_logs", &["task_id", "id"][..], false),
+                ("idx_metric_task", "step_metrics", &["task_id", "step_name"][..], false),
+            ];
+            for (name, table, cols, unique) in indexes {
+                let mut idx = Index::create();
+                idx.name(name).table(a(table)).if_not_exists();
+                for c in cols {
+                    idx.col(a(c));
+                }
+                if unique {
+                    idx.unique();
+                }
+                manager.create_index(idx.to_owned()).await?;
+            }
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            for t in ["step_metrics", "task_logs", "transfer_chunks", "workflow_steps", "workflow_tasks", "workflows"] {
+                manager.drop_table(Table::drop().table(a(t)).if_exists().to_owned()).await?;
+            }
+            Ok(())
+        }
+    }
+}
