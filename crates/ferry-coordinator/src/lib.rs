@@ -1,1 +1,91 @@
+//! Ferry's coordinator: the DAG workflow engine and the gRPC services in front of it.
+//!
+//! `run` is the whole coordinator; the daemon only parses arguments and calls it, and tests
+//! call it with a listener on port 0.
 
+mod agent_api;
+mod api;
+pub mod engine;
+pub mod error;
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+
+use ferry_core::config::FerryConfig;
+use ferry_proto::v1::agent_service_server::AgentServiceServer;
+use ferry_proto::v1::workflow_service_server::WorkflowServiceServer;
+use ferry_store::Store;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use engine::format_duration;
+pub use error::{CoordinatorError, EngineError};
+
+/// Runs the coordinator on `listener` until `shutdown` resolves.
+///
+/// On shutdown the engine commits what it decided and stops first, which closes the agents'
+/// streams (they keep their jobs and re-attach to the next coordinator); then the server stops.
+pub async fn run(
+    config: FerryConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
+    let store = Store::connect(&config.coordinator.database_url).await?;
+    let settings = engine::EngineSettings {
+        heartbeat: config.workflow.heartbeat(),
+        agent_timeout: config.workflow.agent_timeout(),
+        auto_resume: config.workflow.auto_resume,
+    };
+    let (engine, handle) = engine::Engine::start(store.clone(), settings)
+        .await
+        .map_err(|e| CoordinatorError::Engine(e.to_string()))?;
+    let stop_engine = CancellationToken::new();
+    let engine_task = tokio::spawn(engine.run(stop_engine.clone()));
+    let engine_done = CancellationToken::new();
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<WorkflowServiceServer<api::WorkflowApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AgentServiceServer<agent_api::AgentApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferry_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let workflow_api = api::WorkflowApi { store, engine: handle.clone() };
+    let agent_api = agent_api::AgentApi { engine: handle, next_conn: AtomicU64::new(1) };
+
+    {
+        let stop_engine = stop_engine.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            info!("shutting down");
+            stop_engine.cancel();
+        });
+    }
+    let server_stop = engine_done.clone();
+    let addr = listener.local_addr().ok();
+    info!(addr = ?addr, "coordinator listening");
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(WorkflowServiceServer::new(workflow_api))
+        .add_service(AgentServiceServer::new(agent_api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            server_stop.cancelled().await;
+        });
+    let server_task = tokio::spawn(server);
+    let engine_result = engine_task.await;
+    engine_done.cancel();
+    let server_result = server_task
+        .await
+        .map_err(|e| CoordinatorError::Engine(format!("server task panicked: {e}")))?;
+    engine_result.map_err(|e| CoordinatorError::Engine(format!("engine task panicked: {e}")))?;
+    server_result?;
+    Ok(())
+}

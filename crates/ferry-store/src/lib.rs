@@ -250,26 +250,24 @@ impl Store {
 
     /// Writes a batch of engine changes atomically: full rows of changed tasks and steps,
     /// new log lines and metrics.
-    pub async fn commit(&self, batch: WriteBatch) -> Result<()> {
+    pub async fn commit(&self, batch: &WriteBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin().await?;
-        for t in batch.tasks {
-            t.into_active_model().reset_all().update(&txn).await?;
+        for t in &batch.tasks {
+            t.clone().into_active_model().reset_all().update(&txn).await?;
         }
-        for s in batch.steps {
-            s.into_active_model().reset_all().update(&txn).await?;
+        for s in &batch.steps {
+            s.clone().into_active_model().reset_all().update(&txn).await?;
         }
         // Stay well under every backend's bound-parameter limit.
         for chunk in batch.logs.chunks(500) {
             let rows = chunk.iter().cloned().map(IntoActiveModel::into_active_model);
             task_log::Entity::insert_many(rows).exec(&txn).await?;
         }
-        if !batch.metrics.is_empty() {
-            for chunk in batch.metrics.chunks(500) {
-                step_metric::Entity::insert_many(chunk.to_vec()).exec(&txn).await?;
-            }
+        for chunk in batch.metrics.chunks(500) {
+            step_metric::Entity::insert_many(chunk.to_vec()).exec(&txn).await?;
         }
         txn.commit().await?;
         Ok(())

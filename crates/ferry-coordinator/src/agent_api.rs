@@ -1,0 +1,61 @@
+//! The agent gRPC service: one long-lived bidirectional stream per agent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferry_proto::v1::{self, agent_message, agent_service_server::AgentService};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::engine::{EngineHandle, EngineMsg};
+
+pub struct AgentApi {
+    pub engine: EngineHandle,
+    pub next_conn: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type AttachStream = UnboundedReceiverStream<Result<v1::CoordinatorMessage, Status>>;
+
+    async fn attach(&self, req: Request<Streaming<v1::AgentMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = req.into_inner();
+        let register = match inbound.message().await? {
+            Some(v1::AgentMessage { msg: Some(agent_message::Msg::Register(r)) }) => r,
+            _ => return Err(Status::invalid_argument("the first message on the stream must be Register")),
+        };
+        let name = register.agent_name.clone();
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        self.engine
+            .send(EngineMsg::AgentAttached { conn_id, register, tx, reply })
+            .await?;
+        answer.await.map_err(|_| Status::unavailable("the engine is shutting down"))??;
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(v1::AgentMessage { msg: Some(msg) })) => {
+                        let m = EngineMsg::FromAgent { name: name.clone(), conn_id, msg };
+                        if engine.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        debug!(agent = %name, "agent closed its stream");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(agent = %name, error = %e, "agent stream broke");
+                        break;
+                    }
+                }
+            }
+            let _ = engine.send(EngineMsg::AgentDetached { name, conn_id }).await;
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}

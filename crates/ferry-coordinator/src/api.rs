@@ -1,0 +1,342 @@
+//! The client gRPC service (seed 000 §9): reads come from the store, changes go through the
+//! engine so they are ordered with everything else it does.
+
+use std::pin::Pin;
+
+use ferry_core::TaskStatus;
+use ferry_core::workflow::WorkflowDef;
+use ferry_proto::v1::{self, workflow_service_server::WorkflowService};
+use ferry_store::{Store, step_metric, task_log, workflow, workflow_step, workflow_task};
+use futures_util::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{ApiRequest, Broadcast, EngineHandle};
+use crate::error::EngineError;
+
+pub struct WorkflowApi {
+    pub store: Store,
+    pub engine: EngineHandle,
+}
+
+const DEFAULT_LIST_LIMIT: u64 = 100;
+const LOG_PAGE: u64 = 1000;
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn ts_opt(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(ts).unwrap_or_default()
+}
+
+fn store_err(e: ferry_store::StoreError) -> Status {
+    Status::from(EngineError::Store(e))
+}
+
+pub fn task_to_wire(t: &workflow_task::Model, completed_steps: i32) -> v1::Task {
+    v1::Task {
+        id: t.id,
+        name: t.name.clone(),
+        workflow: t.workflow_name.clone(),
+        status: t.status.clone(),
+        status_reason: t.status_reason.clone().unwrap_or_default(),
+        current_step: t.current_step,
+        total_steps: t.total_steps,
+        completed_steps,
+        created_at: ts(t.created_at),
+        updated_at: ts(t.updated_at),
+        started_at: ts_opt(t.started_at),
+        completed_at: ts_opt(t.completed_at),
+        params: serde_json::from_str(&t.params).unwrap_or_default(),
+    }
+}
+
+fn step_to_wire(s: &workflow_step::Model) -> v1::Step {
+    let placement = match serde_json::from_str::<ferry_core::workflow::Placement>(&s.placement) {
+        Ok(p) => p.to_string(),
+        Err(_) => s.placement.clone(),
+    };
+    v1::Step {
+        name: s.step_name.clone(),
+        step_order: s.step_order,
+        kind: s.kind.clone(),
+        status: s.status.clone(),
+        placement,
+        inputs: serde_json::from_str(&s.depends_on).unwrap_or_default(),
+        constraint: s.exec_constraint.clone(),
+        agent: s.agent_name.clone().unwrap_or_default(),
+        job_id: s.job_id.clone().unwrap_or_default(),
+        retry_count: s.retry_count.max(0) as u32,
+        max_retries: s.max_retries.max(0) as u32,
+        error_message: s.error_message.clone().unwrap_or_default(),
+        checkpoint_json: s.checkpoint_data.clone().unwrap_or_default(),
+        progress_json: s.progress.clone().unwrap_or_default(),
+        started_at: ts_opt(s.started_at),
+        completed_at: ts_opt(s.completed_at),
+        attempt: s.attempt.max(0) as u32,
+    }
+}
+
+fn log_to_wire(l: &task_log::Model) -> v1::LogEntry {
+    let level = match l.level.as_str() {
+        "DEBUG" => v1::LogLevel::Debug,
+        "WARN" => v1::LogLevel::Warn,
+        "ERROR" => v1::LogLevel::Error,
+        _ => v1::LogLevel::Info,
+    };
+    v1::LogEntry {
+        id: l.id,
+        task_id: l.task_id,
+        step: l.step_name.clone(),
+        timestamp: ts(l.ts),
+        level: level as i32,
+        source: l.source.clone(),
+        message: l.message.clone(),
+    }
+}
+
+fn metric_to_wire(m: &step_metric::Model) -> v1::Metric {
+    v1::Metric { step: m.step_name.clone(), name: m.name.clone(), value: m.value, index: m.idx, timestamp: ts(m.ts) }
+}
+
+fn workflow_to_wire(w: &workflow::Model) -> Result<v1::Workflow, Status> {
+    let def = Store::definition_of(w).map_err(store_err)?;
+    Ok(v1::Workflow {
+        id: w.id,
+        definition: Some(v1::WorkflowDefinition::from(&def)),
+        created_at: ts(w.created_at),
+        updated_at: ts(w.updated_at),
+    })
+}
+
+impl WorkflowApi {
+    async fn task_row(&self, id: i64) -> Result<workflow_task::Model, Status> {
+        self.store
+            .task(id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| Status::not_found(format!("task {id} not found")))
+    }
+
+    async fn task_reply(&self, row: workflow_task::Model) -> Result<Response<v1::Task>, Status> {
+        Ok(Response::new(task_to_wire(&row, row.current_step)))
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<v1::LogEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkflowService for WorkflowApi {
+    async fn apply_workflow(&self, req: Request<v1::ApplyWorkflowRequest>) -> Result<Response<v1::Workflow>, Status> {
+        let wire = req.into_inner().definition.ok_or_else(|| Status::invalid_argument("request has no workflow definition"))?;
+        let def = WorkflowDef::try_from(wire).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        def.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let row = self.store.apply_workflow(&def).await.map_err(store_err)?;
+        Ok(Response::new(workflow_to_wire(&row)?))
+    }
+
+    async fn list_workflows(&self, _: Request<v1::ListWorkflowsRequest>) -> Result<Response<v1::ListWorkflowsResponse>, Status> {
+        let rows = self.store.list_workflows().await.map_err(store_err)?;
+        let workflows = rows.iter().map(workflow_to_wire).collect::<Result<_, _>>()?;
+        Ok(Response::new(v1::ListWorkflowsResponse { workflows }))
+    }
+
+    async fn get_workflow(&self, req: Request<v1::GetWorkflowRequest>) -> Result<Response<v1::Workflow>, Status> {
+        let name = req.into_inner().name;
+        let row = self
+            .store
+            .workflow_by_name(&name)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| Status::not_found(format!("workflow `{name}` not found")))?;
+        Ok(Response::new(workflow_to_wire(&row)?))
+    }
+
+    async fn create_task(&self, req: Request<v1::CreateTaskRequest>) -> Result<Response<v1::Task>, Status> {
+        let r = req.into_inner();
+        if r.workflow.trim().is_empty() {
+            return Err(Status::invalid_argument("`workflow` must name a stored workflow"));
+        }
+        let params = r.params.into_iter().collect();
+        let row = self
+            .engine
+            .request(|reply| ApiRequest::CreateTask { workflow: r.workflow, name: r.name, params, reply })
+            .await?;
+        self.task_reply(row).await
+    }
+
+    async fn list_tasks(&self, req: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let r = req.into_inner();
+        let status = if r.status.is_empty() {
+            None
+        } else {
+            r.status.parse::<TaskStatus>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Some(r.status.as_str())
+        };
+        let limit = if r.limit == 0 { DEFAULT_LIST_LIMIT } else { u64::from(r.limit) };
+        let rows = self.store.list_tasks(status, limit).await.map_err(store_err)?;
+        Ok(Response::new(v1::ListTasksResponse { tasks: rows.iter().map(|t| task_to_wire(t, t.current_step)).collect() }))
+    }
+
+    async fn get_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::TaskDetail>, Status> {
+        let id = req.into_inner().task_id;
+        let row = self.task_row(id).await?;
+        let steps = self.store.steps(id).await.map_err(store_err)?;
+        Ok(Response::new(v1::TaskDetail {
+            task: Some(task_to_wire(&row, row.current_step)),
+            steps: steps.iter().map(step_to_wire).collect(),
+        }))
+    }
+
+    async fn cancel_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+        let task_id = req.into_inner().task_id;
+        let row = self.engine.request(|reply| ApiRequest::Cancel { task_id, reply }).await?;
+        self.task_reply(row).await
+    }
+
+    async fn retry_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+        let task_id = req.into_inner().task_id;
+        let row = self.engine.request(|reply| ApiRequest::Retry { task_id, reply }).await?;
+        self.task_reply(row).await
+    }
+
+    async fn pause_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+        let task_id = req.into_inner().task_id;
+        let row = self.engine.request(|reply| ApiRequest::Pause { task_id, reply }).await?;
+        self.task_reply(row).await
+    }
+
+    async fn resume_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+        let task_id = req.into_inner().task_id;
+        let row = self.engine.request(|reply| ApiRequest::Resume { task_id, reply }).await?;
+        self.task_reply(row).await
+    }
+
+    async fn get_task_status(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+        let row = self.task_row(req.into_inner().task_id).await?;
+        self.task_reply(row).await
+    }
+
+    async fn get_steps(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::StepList>, Status> {
+        let id = req.into_inner().task_id;
+        self.task_row(id).await?;
+        let steps = self.store.steps(id).await.map_err(store_err)?;
+        Ok(Response::new(v1::StepList { steps: steps.iter().map(step_to_wire).collect() }))
+    }
+
+    async fn get_logs(&self, req: Request<v1::GetLogsRequest>) -> Result<Response<v1::LogList>, Status> {
+        let r = req.into_inner();
+        self.task_row(r.task_id).await?;
+        let limit = if r.limit == 0 { 10_000 } else { u64::from(r.limit) };
+        let rows = self.store.logs(r.task_id, r.after_id, limit).await.map_err(store_err)?;
+        Ok(Response::new(v1::LogList { entries: rows.iter().map(log_to_wire).collect() }))
+    }
+
+    type FollowLogsStream = LogStream;
+
+    async fn follow_logs(&self, req: Request<v1::GetLogsRequest>) -> Result<Response<Self::FollowLogsStream>, Status> {
+        let r = req.into_inner();
+        let task_id = r.task_id;
+        self.task_row(task_id).await?;
+        // Subscribe before reading history so nothing falls between the two.
+        let mut sub = self.engine.subscribe();
+        let store = self.store.clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = r.after_id;
+            if !catch_up(&store, task_id, &mut last, &tx).await {
+                return;
+            }
+            if let Ok(Some(t)) = store.task(task_id).await
+                && ends_follow(&t.status)
+            {
+                catch_up(&store, task_id, &mut last, &tx).await;
+                return;
+            }
+            loop {
+                match sub.recv().await {
+                    Ok(Broadcast::Log(l)) if l.task_id == task_id && l.id > last => {
+                        last = l.id;
+                        if tx.send(Ok(log_to_wire(&l))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Broadcast::TaskStatus { task_id: t, status }) if t == task_id && ends_follow(status.as_str()) => {
+                        catch_up(&store, task_id, &mut last, &tx).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        if !catch_up(&store, task_id, &mut last, &tx).await {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_metrics(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::MetricList>, Status> {
+        let id = req.into_inner().task_id;
+        self.task_row(id).await?;
+        let rows = self.store.metrics(id).await.map_err(store_err)?;
+        Ok(Response::new(v1::MetricList { metrics: rows.iter().map(metric_to_wire).collect() }))
+    }
+
+    async fn get_progress(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::ProgressList>, Status> {
+        let id = req.into_inner().task_id;
+        self.task_row(id).await?;
+        let steps = self.store.steps(id).await.map_err(store_err)?;
+        Ok(Response::new(v1::ProgressList {
+            steps: steps
+                .iter()
+                .map(|s| v1::StepProgress {
+                    step: s.step_name.clone(),
+                    status: s.status.clone(),
+                    progress_json: s.progress.clone().unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        Ok(Response::new(v1::ListAgentsResponse { agents: self.engine.list_agents().await? }))
+    }
+}
+
+/// A follow ends when the task can make no more progress on its own.
+fn ends_follow(status: &str) -> bool {
+    matches!(status, "completed" | "failed" | "cancelled")
+}
+
+/// Sends every stored entry after `last`; false when the follower went away.
+async fn catch_up(
+    store: &Store,
+    task_id: i64,
+    last: &mut i64,
+    tx: &mpsc::Sender<Result<v1::LogEntry, Status>>,
+) -> bool {
+    loop {
+        let rows = match store.logs(task_id, *last, LOG_PAGE).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = tx.send(Err(store_err(e))).await;
+                return false;
+            }
+        };
+        if rows.is_empty() {
+            return true;
+        }
+        for row in rows {
+            *last = row.id;
+            if tx.send(Ok(log_to_wire(&row))).await.is_err() {
+                return false;
+            }
+        }
+    }
+}

@@ -1,0 +1,1264 @@
+//! The workflow engine: one actor that owns every live task's state and is the only writer
+//! of task and step rows.
+//!
+//! Each turn of the loop takes every message waiting (agent events, API requests), applies
+//! them to the in-memory state, decides what to dispatch, commits all resulting row changes
+//! in **one** transaction, and only then sends commands to agents and answers to callers.
+//! Persist-then-act is what makes a crash safe: an agent is never told to start anything
+//! that the database does not already record, and a completion is durable before anything
+//! downstream starts, so after a restart completed steps never run again.
+//!
+//! Dispatch is seed 003's two-phase start, per step: `CreateJob` (the agent answers with its
+//! job id; the job is IDLE), then `StartJob`. A step with inputs (INPUTS_READY) stays
+//! pending until every input step has completed.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use ferry_core::retry::RetryPolicy;
+use ferry_core::template::{self, TemplateContext};
+use ferry_core::workflow::{Placement, WorkflowDef};
+use ferry_core::{ErrorClass, JobState, Role, StepStatus, TaskStatus};
+use ferry_proto::v1::{self, agent_message, coordinator_message, job_event};
+use ferry_proto::{error_class_from_wire, job_state_from_wire};
+use ferry_store::{NewStep, NewTask, Store, WriteBatch, task_log, workflow_step, workflow_task};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::error::EngineError;
+
+/// What the engine needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub heartbeat: Duration,
+    pub agent_timeout: Duration,
+    pub auto_resume: bool,
+}
+
+/// Messages the engine processes, from the gRPC services.
+pub enum EngineMsg {
+    AgentAttached {
+        conn_id: u64,
+        register: v1::Register,
+        tx: AgentTx,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    AgentDetached {
+        name: String,
+        conn_id: u64,
+    },
+    FromAgent {
+        name: String,
+        conn_id: u64,
+        msg: agent_message::Msg,
+    },
+    Api(ApiRequest),
+}
+
+pub type AgentTx = mpsc::UnboundedSender<Result<v1::CoordinatorMessage, tonic::Status>>;
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// Requests that change tasks; reads go straight to the store.
+pub enum ApiRequest {
+    CreateTask {
+        workflow: String,
+        name: String,
+        params: BTreeMap<String, String>,
+        reply: Reply<workflow_task::Model>,
+    },
+    Pause { task_id: i64, reply: Reply<workflow_task::Model> },
+    Resume { task_id: i64, reply: Reply<workflow_task::Model> },
+    Cancel { task_id: i64, reply: Reply<workflow_task::Model> },
+    Retry { task_id: i64, reply: Reply<workflow_task::Model> },
+    ListAgents { reply: oneshot::Sender<Vec<v1::AgentInfo>> },
+}
+
+/// What followers of a task's log hear, after the change is committed.
+#[derive(Debug, Clone)]
+pub enum Broadcast {
+    Log(task_log::Model),
+    TaskStatus { task_id: i64, status: TaskStatus },
+}
+
+/// Handle the gRPC services use to talk to the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<EngineMsg>,
+    broadcast: broadcast::Sender<Broadcast>,
+}
+
+impl EngineHandle {
+    pub async fn send(&self, msg: EngineMsg) -> Result<(), EngineError> {
+        self.tx.send(msg).await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    pub async fn request<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> ApiRequest,
+    ) -> Result<T, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(EngineMsg::Api(make(reply))).await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<v1::AgentInfo>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(EngineMsg::Api(ApiRequest::ListAgents { reply })).await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Broadcast> {
+        self.broadcast.subscribe()
+    }
+}
+
+struct StepRt {
+    row: workflow_step::Model,
+    status: StepStatus,
+    placement: Placement,
+    deps: Vec<usize>,
+    dependents: Vec<usize>,
+    policy: RetryPolicy,
+}
+
+struct TaskRt {
+    row: workflow_task::Model,
+    status: TaskStatus,
+    steps: Vec<StepRt>,
+}
+
+impl TaskRt {
+    fn completed_steps(&self) -> usize {
+        self.steps.iter().filter(|s| s.status == StepStatus::Completed).count()
+    }
+}
+
+struct AgentRt {
+    role: Role,
+    kinds: HashSet<String>,
+    gpus: Vec<u32>,
+    hostname: String,
+    conn: Option<(u64, AgentTx)>,
+    last_seen: Instant,
+    /// When the agent went away (or, for agents known only from the database after a
+    /// restart, when the engine started).
+    offline_since: Option<Instant>,
+    running: u32,
+}
+
+/// A create request in flight (phase one sent, no answer yet).
+struct PendingCreate {
+    task_id: i64,
+    step: usize,
+    attempt: i32,
+}
+
+type StepKey = (i64, usize);
+
+pub struct Engine {
+    store: Store,
+    settings: EngineSettings,
+    rx: mpsc::Receiver<EngineMsg>,
+    broadcast: broadcast::Sender<Broadcast>,
+    tasks: HashMap<i64, TaskRt>,
+    agents: HashMap<String, AgentRt>,
+    jobs: HashMap<String, StepKey>,
+    pending_creates: HashMap<u64, PendingCreate>,
+    next_request_id: u64,
+    next_log_id: i64,
+    /// Steps that may have become dispatchable since the last turn.
+    candidates: HashSet<StepKey>,
+    /// Steps that found no agent to run them; re-examined when an agent attaches.
+    waiting_for_agent: HashSet<StepKey>,
+    retry_timers: BinaryHeap<Reverse<(Instant, i64, usize)>>,
+    // What this turn will commit, then send.
+    dirty_tasks: HashSet<i64>,
+    dirty_steps: HashSet<StepKey>,
+    new_logs: Vec<task_log::Model>,
+    new_metrics: Vec<ferry_store::step_metric::ActiveModel>,
+    outbox: Vec<(String, coordinator_message::Msg)>,
+    replies: Vec<Box<dyn FnOnce() + Send>>,
+    broadcasts: Vec<Broadcast>,
+}
+
+const LOG_SOURCE_ENGINE: &str = "engine";
+/// Most messages handled in one turn (one transaction).
+const MAX_BATCH: usize = 2048;
+
+impl Engine {
+    /// Loads unfinished tasks from the store and returns the engine and its handle.
+    pub async fn start(store: Store, settings: EngineSettings) -> Result<(Engine, EngineHandle), EngineError> {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let (broadcast, _) = broadcast::channel(16 * 1024);
+        let next_log_id = store.max_log_id().await? + 1;
+        let mut engine = Engine {
+            store,
+            settings,
+            rx,
+            broadcast: broadcast.clone(),
+            tasks: HashMap::new(),
+            agents: HashMap::new(),
+            jobs: HashMap::new(),
+            pending_creates: HashMap::new(),
+            next_request_id: 1,
+            next_log_id,
+            candidates: HashSet::new(),
+            waiting_for_agent: HashSet::new(),
+            retry_timers: BinaryHeap::new(),
+            dirty_tasks: HashSet::new(),
+            dirty_steps: HashSet::new(),
+            new_logs: Vec::new(),
+            new_metrics: Vec::new(),
+            outbox: Vec::new(),
+            replies: Vec::new(),
+            broadcasts: Vec::new(),
+        };
+        engine.recover().await?;
+        Ok((engine, EngineHandle { tx, broadcast }))
+    }
+
+    /// Reloads every unfinished task. Steps that were on an agent stay as they are: the
+    /// agent re-attaches them when it registers, or they are retried after the agent timeout.
+    async fn recover(&mut self) -> Result<(), EngineError> {
+        let rows = self.store.unfinished_tasks().await?;
+        let now = Instant::now();
+        for row in rows {
+            let id = row.id;
+            self.load_task(row).await?;
+            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            for step in &task.steps {
+                if step.status.is_on_agent()
+                    && let Some(agent) = &step.row.agent_name
+                {
+                    self.agents.entry(agent.clone()).or_insert_with(|| AgentRt {
+                        role: Role::DataSource,
+                        kinds: HashSet::new(),
+                        gpus: Vec::new(),
+                        hostname: String::new(),
+                        conn: None,
+                        last_seen: now,
+                        offline_since: Some(now),
+                        running: 0,
+                    });
+                    if let Some(job) = &step.row.job_id {
+                        self.jobs.insert(job.clone(), (id, step.row.step_order as usize));
+                    }
+                }
+            }
+            if task.status == TaskStatus::Running && !self.settings.auto_resume {
+                task.status = TaskStatus::Paused;
+                task.row.status_reason =
+                    Some("the coordinator restarted and workflow.auto_resume is off".into());
+                self.dirty_tasks.insert(id);
+                self.log(id, "", "INFO", "task paused: coordinator restarted with auto_resume off".into());
+            } else if task.status == TaskStatus::Running {
+                self.log(id, "", "INFO", "coordinator restarted: resuming task from persisted state".into());
+            }
+            self.enqueue_pending(id);
+        }
+        info!(tasks = self.tasks.len(), "recovered unfinished tasks");
+        Ok(())
+    }
+
+    async fn load_task(&mut self, row: workflow_task::Model) -> Result<(), EngineError> {
+        let steps = self.store.steps(row.id).await?;
+        let task = build_task_rt(row, steps)?;
+        self.tasks.insert(task.row.id, task);
+        Ok(())
+    }
+
+    /// Runs until `shutdown` fires or every handle is dropped.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(m) => self.handle(m).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+            let mut handled = 1;
+            while handled < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(m) => self.handle(m).await,
+                    Err(_) => break,
+                }
+                handled += 1;
+            }
+            self.fire_due_retries();
+            self.schedule();
+            self.flush(&shutdown).await;
+        }
+        // Make what was decided durable before exiting; agents keep running their jobs and
+        // re-attach to the next coordinator.
+        self.flush(&shutdown).await;
+        info!("engine stopped");
+    }
+
+    // ---- message handling --------------------------------------------------------------
+
+    async fn handle(&mut self, msg: EngineMsg) {
+        match msg {
+            EngineMsg::AgentAttached { conn_id, register, tx, reply } => {
+                let result = self.attach_agent(conn_id, register, tx);
+                let _ = reply.send(result);
+            }
+            EngineMsg::AgentDetached { name, conn_id } => self.detach_agent(&name, conn_id),
+            EngineMsg::FromAgent { name, conn_id, msg } => self.from_agent(&name, conn_id, msg),
+            EngineMsg::Api(req) => self.api(req).await,
+        }
+    }
+
+    fn attach_agent(&mut self, conn_id: u64, reg: v1::Register, tx: AgentTx) -> Result<(), EngineError> {
+        let name = reg.agent_name.trim().to_owned();
+        if name.is_empty() {
+            return Err(EngineError::InvalidRequest("agent_name must not be empty".into()));
+        }
+        let role: Role = reg
+            .role
+            .parse()
+            .map_err(|e: ferry_core::state::UnknownValue| EngineError::InvalidRequest(e.to_string()))?;
+        let now = Instant::now();
+        let _ = tx.send(Ok(v1::CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Registered(v1::Registered {
+                heartbeat_interval_ms: self.settings.heartbeat.as_millis() as u64,
+            })),
+        }));
+        let agent = self.agents.entry(name.clone()).or_insert_with(|| AgentRt {
+            role,
+            kinds: HashSet::new(),
+            gpus: Vec::new(),
+            hostname: String::new(),
+            conn: None,
+            last_seen: now,
+            offline_since: None,
+            running: 0,
+        });
+        agent.role = role;
+        agent.kinds = reg.kinds.iter().cloned().collect();
+        agent.gpus = reg.gpus.clone();
+        agent.hostname = reg.hostname.clone();
+        agent.conn = Some((conn_id, tx));
+        agent.last_seen = now;
+        agent.offline_since = None;
+        info!(agent = %name, role = %role, jobs = reg.jobs.len(), "agent registered");
+        self.reconcile_agent_jobs(&name, reg.jobs);
+        self.candidates.extend(self.waiting_for_agent.drain());
+        Ok(())
+    }
+
+    /// Matches the jobs an agent reports against the steps the engine placed on it:
+    /// re-attach what still runs, apply what finished while we were apart, re-dispatch what
+    /// the agent lost, and cancel what nobody wants any more.
+    fn reconcile_agent_jobs(&mut self, agent: &str, reports: Vec<v1::JobReport>) {
+        // Creates sent on the agent's previous connection will never be answered there; the
+        // agent's report below says whether it created them.
+        let tasks = &self.tasks;
+        self.pending_creates.retain(|_, p| {
+            tasks
+                .get(&p.task_id)
+                .is_none_or(|t| t.steps[p.step].row.agent_name.as_deref() != Some(agent))
+        });
+        let mut reported: HashSet<StepKey> = HashSet::new();
+        for r in reports {
+            let key = self
+                .tasks
+                .get(&r.task_id)
+                .and_then(|t| t.steps.iter().position(|s| s.row.step_name == r.step))
+                .map(|i| (r.task_id, i));
+            let state = job_state_from_wire(r.state);
+            let current = key.and_then(|k| {
+                let step = &self.tasks[&k.0].steps[k.1];
+                (step.status.is_on_agent()
+                    && step.row.attempt == r.attempt as i32
+                    && step.row.agent_name.as_deref() == Some(agent))
+                .then_some(k)
+            });
+            let Some(key) = current else {
+                // A job from an earlier attempt or a finished task.
+                match state {
+                    Some(s) if s.is_terminal() => self.send(agent, forget(&r.job_id)),
+                    _ => self.send(agent, cancel(&r.job_id, "superseded")),
+                }
+                continue;
+            };
+            reported.insert(key);
+            self.jobs.insert(r.job_id.clone(), key);
+            {
+                let step = &mut self.step_mut(key).row;
+                if step.job_id.as_deref() != Some(r.job_id.as_str()) {
+                    step.job_id = Some(r.job_id.clone());
+                    self.dirty_steps.insert(key);
+                }
+            }
+            match state {
+                Some(JobState::Idle) | Some(JobState::Ready) | None => {
+                    self.set_step_status(key, StepStatus::Ready);
+                    self.send(agent, start(&r.job_id));
+                }
+                Some(JobState::Running) => {
+                    self.log_step(key, "INFO", format!("re-attached to job {} on agent {agent}", r.job_id));
+                    self.mark_running(key);
+                }
+                Some(JobState::Completed) => self.job_completed(key, agent, &r.job_id),
+                Some(JobState::Failed) => {
+                    let class = error_class_from_wire(r.error_class);
+                    self.job_failed(key, &r.error, class);
+                    self.send(agent, forget(&r.job_id));
+                }
+                Some(JobState::Cancelled) => {
+                    self.job_failed(key, "job was cancelled on the agent", ErrorClass::Transient);
+                    self.send(agent, forget(&r.job_id));
+                }
+            }
+        }
+        // Steps placed on this agent that it no longer knows: it restarted and lost them.
+        let lost: Vec<StepKey> = self
+            .tasks
+            .iter()
+            .flat_map(|(id, t)| {
+                t.steps.iter().enumerate().filter_map(move |(i, s)| {
+                    (s.status.is_on_agent() && s.row.agent_name.as_deref() == Some(agent)).then_some((*id, i))
+                })
+            })
+            .filter(|k| !reported.contains(k))
+            .collect();
+        for key in lost {
+            let status = self.step(key).status;
+            if status == StepStatus::Running {
+                self.job_failed(key, &format!("agent {agent} restarted and lost the job"), ErrorClass::Transient);
+            } else {
+                // Never started: dispatch again without counting a retry.
+                self.log_step(key, "INFO", format!("agent {agent} does not know the job; dispatching again"));
+                self.requeue_without_retry(key);
+            }
+        }
+    }
+
+    fn detach_agent(&mut self, name: &str, conn_id: u64) {
+        if let Some(agent) = self.agents.get_mut(name)
+            && agent.conn.as_ref().is_some_and(|(id, _)| *id == conn_id)
+        {
+            agent.conn = None;
+            agent.offline_since = Some(Instant::now());
+            warn!(agent = %name, "agent disconnected");
+        }
+    }
+
+    fn from_agent(&mut self, name: &str, conn_id: u64, msg: agent_message::Msg) {
+        match self.agents.get_mut(name) {
+            Some(a) if a.conn.as_ref().is_some_and(|(id, _)| *id == conn_id) => a.last_seen = Instant::now(),
+            _ => return, // a message from a replaced connection
+        }
+        match msg {
+            agent_message::Msg::Register(_) => warn!(agent = %name, "duplicate register ignored"),
+            agent_message::Msg::Heartbeat(hb) => {
+                if let Some(a) = self.agents.get_mut(name) {
+                    a.running = hb.running_jobs;
+                }
+            }
+            agent_message::Msg::JobCreated(c) => self.job_created(name, c),
+            agent_message::Msg::JobEvent(ev) => self.job_event(name, ev),
+        }
+    }
+
+    fn job_created(&mut self, agent: &str, c: v1::JobCreated) {
+        let Some(p) = self.pending_creates.remove(&c.request_id) else { return };
+        let key = (p.task_id, p.step);
+        let still_wanted = self.tasks.get(&p.task_id).is_some_and(|t| {
+            let s = &t.steps[p.step];
+            s.status == StepStatus::Dispatching && s.row.attempt == p.attempt
+        });
+        if !still_wanted {
+            if !c.job_id.is_empty() {
+                self.send(agent, cancel(&c.job_id, "step no longer wants this job"));
+            }
+            return;
+        }
+        if !c.error.is_empty() {
+            self.job_failed(key, &format!("agent {agent} refused the job: {}", c.error), ErrorClass::Transient);
+            return;
+        }
+        self.jobs.insert(c.job_id.clone(), key);
+        self.step_mut(key).row.job_id = Some(c.job_id.clone());
+        self.set_step_status(key, StepStatus::Ready);
+        self.send(agent, start(&c.job_id));
+    }
+
+    fn job_event(&mut self, agent: &str, ev: v1::JobEvent) {
+        let Some(&key) = self.jobs.get(&ev.job_id) else {
+            debug!(job = %ev.job_id, "event for an unknown job ignored");
+            return;
+        };
+        if !self.tasks.contains_key(&key.0) {
+            self.jobs.remove(&ev.job_id);
+            return;
+        }
+        // Only the step's current job may change it; logs of older attempts are still kept.
+        let current = self.step(key).row.job_id.as_deref() == Some(ev.job_id.as_str());
+        match ev.event {
+            Some(job_event::Event::State(s)) => {
+                if !current {
+                    return;
+                }
+                match job_state_from_wire(s.state) {
+                    Some(JobState::Running) => self.mark_running(key),
+                    Some(JobState::Completed) => self.job_completed(key, agent, &ev.job_id),
+                    Some(JobState::Failed) => {
+                        self.job_failed(key, &s.error, error_class_from_wire(s.error_class));
+                        self.jobs.remove(&ev.job_id);
+                        self.send(agent, forget(&ev.job_id));
+                    }
+                    Some(JobState::Cancelled) => {
+                        if !self.step(key).status.is_terminal() {
+                            self.job_failed(key, "job was cancelled on the agent", ErrorClass::Transient);
+                        }
+                        self.jobs.remove(&ev.job_id);
+                        self.send(agent, forget(&ev.job_id));
+                    }
+                    _ => {}
+                }
+            }
+            Some(job_event::Event::Log(l)) => {
+                let level = match v1::LogLevel::try_from(l.level) {
+                    Ok(v1::LogLevel::Debug) => "DEBUG",
+                    Ok(v1::LogLevel::Warn) => "WARN",
+                    Ok(v1::LogLevel::Error) => "ERROR",
+                    _ => "INFO",
+                };
+                let step = self.step(key).row.step_name.clone();
+                let source = if l.source.is_empty() { "agent".to_owned() } else { l.source };
+                self.push_log(key.0, &step, level, &source, l.message);
+            }
+            Some(job_event::Event::Checkpoint(c)) if current => {
+                self.step_mut(key).row.checkpoint_data = Some(c.data_json);
+                self.dirty_steps.insert(key);
+            }
+            Some(job_event::Event::Progress(p)) if current => {
+                self.step_mut(key).row.progress = Some(p.data_json);
+                self.dirty_steps.insert(key);
+            }
+            Some(job_event::Event::Metric(m)) => {
+                let step = self.step(key).row.step_name.clone();
+                self.new_metrics.push(ferry_store::new_metric(key.0, &step, &m.name, m.value, m.index, Utc::now()));
+            }
+            _ => {}
+        }
+    }
+
+    // ---- step transitions ---------------------------------------------------------------
+
+    fn mark_running(&mut self, key: StepKey) {
+        let status = self.step(key).status;
+        if matches!(status, StepStatus::Dispatching | StepStatus::Ready) {
+            if self.step(key).row.started_at.is_none() {
+                self.step_mut(key).row.started_at = Some(Utc::now());
+            }
+            self.set_step_status(key, StepStatus::Running);
+            let agent = self.step(key).row.agent_name.clone().unwrap_or_default();
+            self.log_step(key, "INFO", format!("running on agent {agent}"));
+        }
+    }
+
+    fn job_completed(&mut self, key: StepKey, agent: &str, job_id: &str) {
+        self.jobs.remove(job_id);
+        self.send(agent, forget(job_id));
+        if self.step(key).status.is_terminal() {
+            return;
+        }
+        {
+            let step = self.step_mut(key);
+            step.row.completed_at = Some(Utc::now());
+            step.row.error_message = None;
+            step.row.next_attempt_at = None;
+        }
+        self.set_step_status(key, StepStatus::Completed);
+        let elapsed = self.step_elapsed(key);
+        self.log_step(key, "INFO", format!("completed in {elapsed}"));
+        let task = self.tasks.get_mut(&key.0).expect("key refers to a live task");
+        task.row.current_step = task.completed_steps() as i32;
+        self.dirty_tasks.insert(key.0);
+        let dependents = task.steps[key.1].dependents.clone();
+        for d in dependents {
+            self.candidates.insert((key.0, d));
+        }
+        self.check_task_done(key.0);
+    }
+
+    /// Applies a failed attempt: retry with back-off, pause (permanent), or fail the task.
+    fn job_failed(&mut self, key: StepKey, error: &str, class: ErrorClass) {
+        if self.step(key).status.is_terminal() {
+            return;
+        }
+        let error = if error.is_empty() { "job failed without a message" } else { error };
+        let (retries, policy, name) = {
+            let s = self.step(key);
+            (s.row.retry_count as u32, s.policy, s.row.step_name.clone())
+        };
+        let task_status = self.tasks[&key.0].status;
+        if task_status == TaskStatus::Cancelled {
+            self.set_step_status(key, StepStatus::Cancelled);
+            return;
+        }
+        if class == ErrorClass::Transient && policy.allows_retry(retries) {
+            let retry = retries + 1;
+            let delay = policy.backoff(retry);
+            let due = Instant::now() + delay;
+            {
+                let step = self.step_mut(key);
+                step.row.retry_count = retry as i32;
+                step.row.error_message = Some(error.to_owned());
+                step.row.job_id = None;
+                step.row.next_attempt_at =
+                    Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            }
+            self.set_step_status(key, StepStatus::Pending);
+            self.retry_timers.push(Reverse((due, key.0, key.1)));
+            self.log_step(
+                key,
+                "WARN",
+                format!(
+                    "attempt failed: {error}; retry {retry}/{} in {:.1}s",
+                    policy.max_retries,
+                    delay.as_secs_f64()
+                ),
+            );
+            return;
+        }
+        {
+            let step = self.step_mut(key);
+            step.row.error_message = Some(error.to_owned());
+            step.row.job_id = None;
+            step.row.completed_at = Some(Utc::now());
+        }
+        self.set_step_status(key, StepStatus::Failed);
+        if class == ErrorClass::Permanent {
+            let reason = format!("step `{name}` failed permanently: {error}");
+            self.log_step(key, "ERROR", format!("failed permanently: {error}; task paused"));
+            self.set_task_status(key.0, TaskStatus::Paused, Some(reason));
+        } else {
+            let reason = format!("step `{name}` failed after {retries} retries: {error}");
+            self.log_step(key, "ERROR", format!("failed after {retries} retries: {error}"));
+            self.set_task_status(key.0, TaskStatus::Failed, Some(reason));
+        }
+    }
+
+    fn requeue_without_retry(&mut self, key: StepKey) {
+        let step = self.step_mut(key);
+        step.row.job_id = None;
+        step.row.agent_name = None;
+        self.set_step_status(key, StepStatus::Pending);
+        self.candidates.insert(key);
+    }
+
+    fn check_task_done(&mut self, task_id: i64) {
+        let Some(task) = self.tasks.get(&task_id) else { return };
+        if task.steps.iter().all(|s| s.status == StepStatus::Completed) {
+            let elapsed = format_duration(
+                (Utc::now() - task.row.started_at.unwrap_or(task.row.created_at))
+                    .to_std()
+                    .unwrap_or_default(),
+            );
+            self.log(task_id, "", "INFO", format!("workflow complete - total time: {elapsed}"));
+            self.set_task_status(task_id, TaskStatus::Completed, None);
+        }
+    }
+
+    // ---- scheduling ---------------------------------------------------------------------
+
+    fn enqueue_pending(&mut self, task_id: i64) {
+        if let Some(task) = self.tasks.get(&task_id) {
+            for (i, s) in task.steps.iter().enumerate() {
+                if s.status == StepStatus::Pending {
+                    self.candidates.insert((task_id, i));
+                }
+            }
+        }
+    }
+
+    fn fire_due_retries(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((due, task, step))) = self.retry_timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.retry_timers.pop();
+            self.candidates.insert((task, step));
+        }
+    }
+
+    /// Phase one for every step whose inputs are complete: pick an agent and create the job.
+    fn schedule(&mut self) {
+        if self.candidates.is_empty() {
+            return;
+        }
+        let mut keys: Vec<StepKey> = self.candidates.drain().collect();
+        keys.sort_unstable();
+        let now = Utc::now();
+        for key in keys {
+            let Some(task) = self.tasks.get(&key.0) else { continue };
+            if task.status != TaskStatus::Running {
+                continue;
+            }
+            let step = &task.steps[key.1];
+            if step.status != StepStatus::Pending {
+                continue;
+            }
+            if step.row.next_attempt_at.is_some_and(|t| t > now) {
+                continue; // its retry timer will bring it back
+            }
+            if !step.deps.iter().all(|&d| task.steps[d].status == StepStatus::Completed) {
+                continue; // INPUTS_READY not yet satisfied
+            }
+            let Some(agent) = self.pick_agent(&step.placement, &step.row.kind) else {
+                if self.waiting_for_agent.insert(key) {
+                    let msg = format!("waiting for an agent ({}, kind {})", step.placement, step.row.kind);
+                    self.log_step(key, "WARN", msg);
+                }
+                continue;
+            };
+            self.dispatch(key, agent);
+        }
+    }
+
+    fn pick_agent(&self, placement: &Placement, kind: &str) -> Option<String> {
+        let usable = |a: &AgentRt| a.conn.is_some() && a.kinds.contains(kind);
+        match placement {
+            Placement::Agent(name) => self.agents.get(name).filter(|a| usable(a)).map(|_| name.clone()),
+            Placement::Role(role) => self
+                .agents
+                .iter()
+                .filter(|(_, a)| a.role == *role && usable(a))
+                .min_by_key(|(name, a)| (a.running, (*name).clone()))
+                .map(|(name, _)| name.clone()),
+        }
+    }
+
+    fn dispatch(&mut self, key: StepKey, agent: String) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let (create, attempt) = {
+            let task = &self.tasks[&key.0];
+            let step = &task.steps[key.1];
+            let attempt = step.row.attempt + 1;
+            (
+                v1::CreateJob {
+                    request_id,
+                    task_id: key.0,
+                    step: step.row.step_name.clone(),
+                    attempt: attempt as u32,
+                    kind: step.row.kind.clone(),
+                    params_json: step.row.params.clone(),
+                    checkpoint_json: step.row.checkpoint_data.clone().unwrap_or_default(),
+                    task_name: task.row.name.clone(),
+                },
+                attempt,
+            )
+        };
+        {
+            let step = self.step_mut(key);
+            step.row.attempt = attempt;
+            step.row.agent_name = Some(agent.clone());
+            step.row.job_id = None;
+            step.row.next_attempt_at = None;
+        }
+        self.set_step_status(key, StepStatus::Dispatching);
+        if let Some(a) = self.agents.get_mut(&agent) {
+            a.running += 1;
+        }
+        self.pending_creates.insert(request_id, PendingCreate { task_id: key.0, step: key.1, attempt });
+        let retry_note = match self.step(key).row.retry_count {
+            0 => String::new(),
+            n => format!(" (retry {n})"),
+        };
+        self.log_step(key, "INFO", format!("dispatching to agent {agent}{retry_note}"));
+        self.send(&agent, coordinator_message::Msg::CreateJob(create));
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let timeout = self.settings.agent_timeout;
+        // An agent that stopped talking is as good as gone.
+        for (name, agent) in &mut self.agents {
+            if agent.conn.is_some() && now.duration_since(agent.last_seen) > timeout {
+                warn!(agent = %name, "agent missed its heartbeats; treating it as disconnected");
+                agent.conn = None;
+                agent.offline_since = Some(agent.last_seen);
+            }
+        }
+        let gone: HashSet<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.conn.is_none() && a.offline_since.is_some_and(|t| now.duration_since(t) > timeout))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let gone = &gone;
+        let stranded: Vec<(StepKey, String)> = self
+            .tasks
+            .iter()
+            .flat_map(|(id, t)| {
+                t.steps.iter().enumerate().filter_map(move |(i, s)| {
+                    let agent = s.row.agent_name.as_ref()?;
+                    (s.status.is_on_agent() && gone.contains(agent)).then(|| ((*id, i), agent.clone()))
+                })
+            })
+            .collect();
+        for (key, agent) in stranded {
+            self.pending_creates.retain(|_, p| (p.task_id, p.step) != key);
+            let msg = format!("agent {agent} unreachable for more than {}s", timeout.as_secs());
+            self.job_failed(key, &msg, ErrorClass::Transient);
+        }
+    }
+
+    // ---- API ----------------------------------------------------------------------------
+
+    async fn api(&mut self, req: ApiRequest) {
+        match req {
+            ApiRequest::CreateTask { workflow, name, params, reply } => {
+                let result = self.create_task(&workflow, name, params).await;
+                self.reply_after_commit(reply, result);
+            }
+            ApiRequest::Pause { task_id, reply } => {
+                let r = self.with_task(task_id, |e, t| e.pause(t)).await;
+                self.reply_after_commit(reply, r);
+            }
+            ApiRequest::Resume { task_id, reply } => {
+                let r = self.with_task(task_id, |e, t| e.resume(t)).await;
+                self.reply_after_commit(reply, r);
+            }
+            ApiRequest::Cancel { task_id, reply } => {
+                let r = self.with_task(task_id, |e, t| e.cancel_task(t)).await;
+                self.reply_after_commit(reply, r);
+            }
+            ApiRequest::Retry { task_id, reply } => {
+                let r = self.with_task(task_id, |e, t| e.retry_task(t)).await;
+                self.reply_after_commit(reply, r);
+            }
+            ApiRequest::ListAgents { reply } => {
+                let now = Instant::now();
+                let mut list: Vec<v1::AgentInfo> = self
+                    .agents
+                    .iter()
+                    .map(|(name, a)| v1::AgentInfo {
+                        name: name.clone(),
+                        role: a.role.to_string(),
+                        kinds: {
+                            let mut k: Vec<String> = a.kinds.iter().cloned().collect();
+                            k.sort();
+                            k
+                        },
+                        gpus: a.gpus.clone(),
+                        connected: a.conn.is_some(),
+                        last_seen: format!("{:.1}s ago", now.duration_since(a.last_seen).as_secs_f64()),
+                        running_jobs: a.running,
+                        hostname: a.hostname.clone(),
+                    })
+                    .collect();
+                list.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(list);
+            }
+        }
+    }
+
+    /// Sends the answer once this turn's changes are committed, with the task row as
+    /// committed.
+    fn reply_after_commit(&mut self, reply: Reply<workflow_task::Model>, result: Result<i64, EngineError>) {
+        match result {
+            Ok(task_id) => {
+                let row = self.tasks.get(&task_id).map(|t| t.row.clone());
+                self.replies.push(Box::new(move || {
+                    let _ = reply.send(row.ok_or_else(|| EngineError::NotFound(format!("task {task_id} not found"))));
+                }));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    async fn with_task(
+        &mut self,
+        task_id: i64,
+        op: impl FnOnce(&mut Self, i64) -> Result<(), EngineError>,
+    ) -> Result<i64, EngineError> {
+        if !self.tasks.contains_key(&task_id) {
+            let row = self
+                .store
+                .task(task_id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(format!("task {task_id} not found")))?;
+            self.load_task(row).await?;
+        }
+        op(self, task_id)?;
+        Ok(task_id)
+    }
+
+    async fn create_task(
+        &mut self,
+        workflow: &str,
+        name: String,
+        params: BTreeMap<String, String>,
+    ) -> Result<i64, EngineError> {
+        let wf = self
+            .store
+            .workflow_by_name(workflow)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("workflow `{workflow}` not found")))?;
+        let def: WorkflowDef = Store::definition_of(&wf)?;
+        def.validate().map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        // Check every placeholder now, with a stand-in id, so the insert below cannot fail
+        // half-way.
+        let probe = TemplateContext { task_id: 0, task_name: &name, params: &params };
+        for s in &def.steps {
+            template::render(&s.params, &probe)
+                .map_err(|e| EngineError::InvalidRequest(format!("step `{}`: {e}", s.name)))?;
+        }
+        let task_name = if name.trim().is_empty() {
+            format!("{}_{}", def.name, Utc::now().format("%Y%m%d_%H%M%S"))
+        } else {
+            name
+        };
+        let order: HashMap<&str, usize> = def
+            .topological_order()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let mut steps: Vec<_> = def.steps.iter().collect();
+        steps.sort_by_key(|s| order.get(s.name.as_str()).copied().unwrap_or(usize::MAX));
+        let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
+        let new_task = NewTask {
+            name: task_name.clone(),
+            workflow_id: wf.id,
+            workflow_name: def.name.clone(),
+            params: params_json,
+            status: TaskStatus::Running.as_str().to_owned(),
+            steps: steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let policy = s.retry_policy();
+                    NewStep {
+                        step_name: s.name.clone(),
+                        step_order: i as i32,
+                        kind: s.kind.clone(),
+                        params: s.params.to_string(),
+                        placement: serde_json::to_string(&s.placement).unwrap_or_default(),
+                        depends_on: serde_json::to_string(&s.inputs).unwrap_or_else(|_| "[]".into()),
+                        exec_constraint: match s.constraint() {
+                            ferry_core::workflow::Constraint::None => "NONE".into(),
+                            ferry_core::workflow::Constraint::InputsReady => "INPUTS_READY".into(),
+                        },
+                        max_retries: policy.max_retries as i32,
+                        backoff_ms: policy.backoff_ms as i64,
+                    }
+                })
+                .collect(),
+        };
+        let (mut task_row, mut step_rows) = self.store.insert_task(new_task).await?;
+        // Render placeholders now that the task has its id.
+        let ctx = TemplateContext { task_id: task_row.id, task_name: &task_name, params: &params };
+        for row in &mut step_rows {
+            let raw: serde_json::Value = serde_json::from_str(&row.params).unwrap_or_default();
+            let rendered = template::render(&raw, &ctx)
+                .map_err(|e| EngineError::InvalidRequest(format!("step `{}`: {e}", row.step_name)))?;
+            row.params = rendered.to_string();
+        }
+        task_row.started_at = Some(Utc::now());
+        let id = task_row.id;
+        let task = build_task_rt(task_row, step_rows)?;
+        let keys: Vec<StepKey> = (0..task.steps.len()).map(|i| (id, i)).collect();
+        self.tasks.insert(id, task);
+        self.dirty_tasks.insert(id);
+        self.dirty_steps.extend(keys);
+        let count = self.tasks[&id].steps.len();
+        self.log(id, "", "INFO", format!("task created from workflow {} with {count} steps", def.name));
+        self.broadcasts.push(Broadcast::TaskStatus { task_id: id, status: TaskStatus::Running });
+        self.enqueue_pending(id);
+        Ok(id)
+    }
+
+    fn pause(&mut self, task_id: i64) -> Result<(), EngineError> {
+        let status = self.tasks[&task_id].status;
+        if !matches!(status, TaskStatus::Running | TaskStatus::Pending) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "task {task_id} is {status}; only a running task can be paused"
+            )));
+        }
+        self.set_task_status(task_id, TaskStatus::Paused, Some("paused by user".into()));
+        self.log(task_id, "", "INFO", "task paused: running steps finish, no new step starts".into());
+        Ok(())
+    }
+
+    fn resume(&mut self, task_id: i64) -> Result<(), EngineError> {
+        let status = self.tasks[&task_id].status;
+        if status != TaskStatus::Paused {
+            return Err(EngineError::FailedPrecondition(format!(
+                "task {task_id} is {status}; only a paused task can be resumed (use retry for a failed one)"
+            )));
+        }
+        self.requeue_failed_steps(task_id);
+        self.set_task_status(task_id, TaskStatus::Running, None);
+        self.log(task_id, "", "INFO", "task resumed".into());
+        self.enqueue_pending(task_id);
+        Ok(())
+    }
+
+    fn retry_task(&mut self, task_id: i64) -> Result<(), EngineError> {
+        let status = self.tasks[&task_id].status;
+        if !matches!(status, TaskStatus::Failed | TaskStatus::Paused | TaskStatus::Cancelled) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "task {task_id} is {status}; only a failed, paused or cancelled task can be retried"
+            )));
+        }
+        let requeued = self.requeue_failed_steps(task_id);
+        self.set_task_status(task_id, TaskStatus::Running, None);
+        let completed_at = &mut self.tasks.get_mut(&task_id).expect("task is loaded").row.completed_at;
+        *completed_at = None;
+        self.log(task_id, "", "INFO", format!("task retried from its failed steps: {}", requeued.join(", ")));
+        self.enqueue_pending(task_id);
+        Ok(())
+    }
+
+    /// Puts failed and cancelled steps back to pending with a fresh retry budget.
+    fn requeue_failed_steps(&mut self, task_id: i64) -> Vec<String> {
+        let task = self.tasks.get_mut(&task_id).expect("task is loaded");
+        let mut names = Vec::new();
+        for (i, s) in task.steps.iter_mut().enumerate() {
+            if matches!(s.status, StepStatus::Failed | StepStatus::Cancelled) {
+                s.status = StepStatus::Pending;
+                s.row.status = StepStatus::Pending.as_str().to_owned();
+                s.row.retry_count = 0;
+                s.row.error_message = None;
+                s.row.job_id = None;
+                s.row.completed_at = None;
+                s.row.next_attempt_at = None;
+                names.push(s.row.step_name.clone());
+                self.dirty_steps.insert((task_id, i));
+            }
+        }
+        names
+    }
+
+    fn cancel_task(&mut self, task_id: i64) -> Result<(), EngineError> {
+        let status = self.tasks[&task_id].status;
+        if matches!(status, TaskStatus::Completed | TaskStatus::Cancelled) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "task {task_id} is already {status}"
+            )));
+        }
+        let mut to_cancel = Vec::new();
+        let n = self.tasks[&task_id].steps.len();
+        for i in 0..n {
+            let key = (task_id, i);
+            let s = self.step(key);
+            if s.status.is_terminal() {
+                continue;
+            }
+            if let (Some(agent), Some(job)) = (&s.row.agent_name, &s.row.job_id)
+                && s.status.is_on_agent()
+            {
+                to_cancel.push((agent.clone(), job.clone()));
+            }
+            self.step_mut(key).row.completed_at = Some(Utc::now());
+            self.set_step_status(key, StepStatus::Cancelled);
+        }
+        for (agent, job) in to_cancel {
+            self.send(&agent, cancel(&job, "task cancelled"));
+        }
+        self.set_task_status(task_id, TaskStatus::Cancelled, Some("cancelled by user".into()));
+        self.log(task_id, "", "INFO", "task cancelled".into());
+        Ok(())
+    }
+
+    // ---- state helpers -------------------------------------------------------------------
+
+    fn step(&self, key: StepKey) -> &StepRt {
+        &self.tasks[&key.0].steps[key.1]
+    }
+
+    fn step_mut(&mut self, key: StepKey) -> &mut StepRt {
+        self.dirty_steps.insert(key);
+        &mut self.tasks.get_mut(&key.0).expect("key refers to a live task").steps[key.1]
+    }
+
+    fn set_step_status(&mut self, key: StepKey, status: StepStatus) {
+        let was = self.step(key).status;
+        if was.is_on_agent() && !status.is_on_agent()
+            && let Some(agent) = self.step(key).row.agent_name.clone()
+            && let Some(a) = self.agents.get_mut(&agent)
+        {
+            a.running = a.running.saturating_sub(1);
+        }
+        let step = self.step_mut(key);
+        step.status = status;
+        step.row.status = status.as_str().to_owned();
+        step.row.updated_at = Utc::now();
+    }
+
+    fn set_task_status(&mut self, task_id: i64, status: TaskStatus, reason: Option<String>) {
+        let Some(task) = self.tasks.get_mut(&task_id) else { return };
+        task.status = status;
+        task.row.status = status.as_str().to_owned();
+        task.row.status_reason = reason;
+        task.row.updated_at = Utc::now();
+        if matches!(status, TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed) {
+            task.row.completed_at = Some(Utc::now());
+        }
+        self.dirty_tasks.insert(task_id);
+        self.broadcasts.push(Broadcast::TaskStatus { task_id, status });
+        info!(task_id, status = %status, "task status changed");
+    }
+
+    fn step_elapsed(&self, key: StepKey) -> String {
+        let row = &self.step(key).row;
+        match (row.started_at, row.completed_at) {
+            (Some(a), Some(b)) => format_duration((b - a).to_std().unwrap_or_default()),
+            _ => "-".into(),
+        }
+    }
+
+    fn log_step(&mut self, key: StepKey, level: &str, message: String) {
+        let step = self.step(key).row.step_name.clone();
+        self.log(key.0, &step, level, message);
+    }
+
+    fn log(&mut self, task_id: i64, step: &str, level: &str, message: String) {
+        info!(task_id, step, "{message}");
+        self.push_log(task_id, step, level, LOG_SOURCE_ENGINE, message);
+    }
+
+    fn push_log(&mut self, task_id: i64, step: &str, level: &str, source: &str, message: String) {
+        let id = self.next_log_id;
+        self.next_log_id += 1;
+        self.new_logs.push(task_log::Model {
+            id,
+            task_id,
+            step_name: step.to_owned(),
+            ts: Utc::now(),
+            level: level.to_owned(),
+            source: source.to_owned(),
+            message,
+        });
+    }
+
+    fn send(&mut self, agent: &str, msg: coordinator_message::Msg) {
+        self.outbox.push((agent.to_owned(), msg));
+    }
+
+    // ---- commit -------------------------------------------------------------------------
+
+    /// Commits this turn's changes, then sends what they imply. A failed commit is retried
+    /// (nothing is sent before it succeeds): losing the state would be worse than waiting.
+    async fn flush(&mut self, shutdown: &CancellationToken) {
+        let batch = WriteBatch {
+            tasks: self.dirty_tasks.iter().filter_map(|id| self.tasks.get(id).map(|t| t.row.clone())).collect(),
+            steps: self
+                .dirty_steps
+                .iter()
+                .filter_map(|(t, i)| self.tasks.get(t).map(|t| t.steps[*i].row.clone()))
+                .collect(),
+            logs: std::mem::take(&mut self.new_logs),
+            metrics: std::mem::take(&mut self.new_metrics),
+        };
+        self.dirty_tasks.clear();
+        self.dirty_steps.clear();
+        let mut backoff = Duration::from_millis(100);
+        while let Err(e) = self.store.commit(&batch).await {
+            error!(error = %e, "cannot persist engine state; retrying");
+            if shutdown.is_cancelled() && backoff >= Duration::from_secs(5) {
+                error!("giving up on persisting the last changes during shutdown");
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        for (agent, msg) in self.outbox.drain(..) {
+            let sent = self
+                .agents
+                .get(&agent)
+                .and_then(|a| a.conn.as_ref())
+                .is_some_and(|(_, tx)| tx.send(Ok(v1::CoordinatorMessage { msg: Some(msg) })).is_ok());
+            if !sent {
+                // The agent is gone; its steps are recovered when it re-registers or times out.
+                debug!(agent = %agent, "command not delivered: agent disconnected");
+            }
+        }
+        for reply in self.replies.drain(..) {
+            reply();
+        }
+        for log in batch.logs {
+            let _ = self.broadcast.send(Broadcast::Log(log));
+        }
+        for b in self.broadcasts.drain(..) {
+            let _ = self.broadcast.send(b);
+        }
+        // Forget finished tasks; the database has them.
+        self.tasks.retain(|_, t| !matches!(t.status, TaskStatus::Completed | TaskStatus::Cancelled));
+    }
+}
+
+fn build_task_rt(row: workflow_task::Model, steps: Vec<workflow_step::Model>) -> Result<TaskRt, EngineError> {
+    let status: TaskStatus = row
+        .status
+        .parse()
+        .map_err(|e: ferry_core::state::UnknownValue| EngineError::InvalidRequest(format!("task {}: {e}", row.id)))?;
+    let index: HashMap<String, usize> = steps.iter().enumerate().map(|(i, s)| (s.step_name.clone(), i)).collect();
+    let mut rts = Vec::with_capacity(steps.len());
+    for s in steps {
+        let corrupt = |what: &str| EngineError::InvalidRequest(format!("task {} step `{}`: bad {what}", s.task_id, s.step_name));
+        let status: StepStatus = s.status.parse().map_err(|_| corrupt("status"))?;
+        let placement: Placement = serde_json::from_str(&s.placement).map_err(|_| corrupt("placement"))?;
+        let inputs: Vec<String> = serde_json::from_str(&s.depends_on).map_err(|_| corrupt("depends_on"))?;
+        let deps = inputs.iter().filter_map(|n| index.get(n).copied()).collect();
+        let policy = RetryPolicy { max_retries: s.max_retries.max(0) as u32, backoff_ms: s.backoff_ms.max(0) as u64 };
+        rts.push(StepRt { row: s, status, placement, deps, dependents: Vec::new(), policy });
+    }
+    for i in 0..rts.len() {
+        for d in rts[i].deps.clone() {
+            rts[d].dependents.push(i);
+        }
+    }
+    // Rows are ordered by step_order, which the engine uses as the step's index.
+    for (i, s) in rts.iter_mut().enumerate() {
+        s.row.step_order = i as i32;
+    }
+    Ok(TaskRt { row, status, steps: rts })
+}
+
+fn start(job_id: &str) -> coordinator_message::Msg {
+    coordinator_message::Msg::StartJob(v1::StartJob { job_id: job_id.to_owned() })
+}
+
+fn cancel(job_id: &str, reason: &str) -> coordinator_message::Msg {
+    coordinator_message::Msg::CancelJob(v1::CancelJob { job_id: job_id.to_owned(), reason: reason.to_owned() })
+}
+
+fn forget(job_id: &str) -> coordinator_message::Msg {
+    coordinator_message::Msg::ForgetJob(v1::ForgetJob { job_id: job_id.to_owned() })
+}
+
+/// `1h52m30s`, `9m29s`, `3.2s`, `12ms`: how the seed's log examples print durations.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 3600 {
+        format!("{}h{:02}m{:02}s", secs / 3600, (secs % 3600) / 60, secs % 60)
+    } else if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else if secs >= 1 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
