@@ -1,1 +1,10 @@
+//! Ferry's agent: the runtime that connects to the coordinator and runs jobs, the
+//! `Executor` contract, and the executors of the generic step kinds.
 
+pub mod daemon;
+pub mod exec;
+pub mod executor;
+pub mod runtime;
+
+pub use executor::{Executor, JobContext, JobError, JobFuture};
+pub use runtime::{AgentError, AgentSettings, run};

@@ -1,1 +1,416 @@
-fn main() {}
+//! `ferry`: the command-line client of the coordinator's gRPC API.
+//!
+//! Readable tables by default, `--json` for scripts. Exit codes: 0 success, 1 the request
+//! failed, 2 the coordinator could not be reached or the command line was wrong.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use ferry_core::workflow::WorkflowDef;
+use ferry_proto::v1::{self, workflow_service_client::WorkflowServiceClient};
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Drive Ferry workflows from the command line")]
+struct Cli {
+    /// Coordinator gRPC URL.
+    #[arg(long, global = true, env = "FERRY_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Workflow definitions.
+    #[command(subcommand)]
+    Workflow(WorkflowCmd),
+    /// Tasks (executions of workflows).
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Show a task's log; `--follow` streams it until the task ends.
+    Logs {
+        task: i64,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Agents known to the coordinator.
+    Agents,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkflowCmd {
+    /// Create or replace a workflow from a YAML or JSON file.
+    Apply { file: PathBuf },
+    List,
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCmd {
+    /// Start a task of a stored workflow.
+    Create {
+        /// Workflow name.
+        #[arg(long, short)]
+        workflow: String,
+        /// Task name (default: workflow name and a timestamp).
+        #[arg(long)]
+        name: Option<String>,
+        /// `KEY=VALUE` for `${param.KEY}` placeholders; repeatable.
+        #[arg(long = "param", short = 'p', value_parser = parse_kv)]
+        params: Vec<(String, String)>,
+    },
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    Show { task: i64 },
+    Pause { task: i64 },
+    Resume { task: i64 },
+    Cancel { task: i64 },
+    /// Run a failed, paused or cancelled task again from its failed steps.
+    Retry { task: i64 },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+/// The coordinator could not be reached (exit code 2).
+#[derive(Debug)]
+struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            if e.downcast_ref::<Unreachable>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
+    let endpoint = Channel::from_shared(url.to_owned())
+        .map_err(|e| Unreachable(format!("invalid coordinator URL `{url}`: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        Unreachable(format!(
+            "cannot reach the coordinator at {url}: {e} (is ferry-coordinatord running? set --coordinator or FERRY_COORDINATOR)"
+        ))
+    })?;
+    Ok(WorkflowServiceClient::new(channel))
+}
+
+/// Turns a gRPC status into an error that shows only its message.
+fn status(e: tonic::Status) -> anyhow::Error {
+    match e.code() {
+        tonic::Code::Unavailable => Unreachable(format!("coordinator unavailable: {}", e.message())).into(),
+        _ => anyhow::anyhow!("{}", e.message()),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = connect(&cli.coordinator).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Workflow(WorkflowCmd::Apply { file }) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let def = WorkflowDef::from_yaml(&text).with_context(|| format!("{} is not a valid workflow", file.display()))?;
+            def.validate()?;
+            let wf = client
+                .apply_workflow(v1::ApplyWorkflowRequest { definition: Some((&def).into()) })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                print_json(&workflow_json(&wf))?;
+            } else {
+                println!("workflow {} applied (id {}, {} steps)", def.name, wf.id, def.steps.len());
+            }
+        }
+        Command::Workflow(WorkflowCmd::List) => {
+            let list = client.list_workflows(v1::ListWorkflowsRequest {}).await.map_err(status)?.into_inner();
+            if json {
+                print_json(&serde_json::Value::Array(list.workflows.iter().map(workflow_json).collect()))?;
+            } else {
+                let rows = list
+                    .workflows
+                    .iter()
+                    .map(|w| {
+                        let d = w.definition.clone().unwrap_or_default();
+                        vec![w.id.to_string(), d.name, d.steps.len().to_string(), w.updated_at.clone(), d.description]
+                    })
+                    .collect();
+                print_table(&["ID", "NAME", "STEPS", "UPDATED", "DESCRIPTION"], rows);
+            }
+        }
+        Command::Workflow(WorkflowCmd::Show { name }) => {
+            let wf = client.get_workflow(v1::GetWorkflowRequest { name }).await.map_err(status)?.into_inner();
+            if json {
+                print_json(&workflow_json(&wf))?;
+            } else {
+                let def = WorkflowDef::try_from(wf.definition.unwrap_or_default())?;
+                print!("{}", serde_yaml::to_string(&def)?);
+            }
+        }
+        Command::Task(TaskCmd::Create { workflow, name, params }) => {
+            let task = client
+                .create_task(v1::CreateTaskRequest {
+                    workflow,
+                    name: name.unwrap_or_default(),
+                    params: params.into_iter().collect::<HashMap<_, _>>(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                print_json(&task_json(&task))?;
+            } else {
+                println!("task {} created: {} ({})", task.id, task.name, task.status);
+            }
+        }
+        Command::Task(TaskCmd::List { status: st, limit }) => {
+            let list = client
+                .list_tasks(v1::ListTasksRequest { status: st.unwrap_or_default(), limit })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                print_json(&serde_json::Value::Array(list.tasks.iter().map(task_json).collect()))?;
+            } else {
+                let rows = list
+                    .tasks
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.to_string(),
+                            t.name.clone(),
+                            t.workflow.clone(),
+                            t.status.clone(),
+                            format!("{}/{}", t.completed_steps, t.total_steps),
+                            t.created_at.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["ID", "NAME", "WORKFLOW", "STATUS", "STEPS", "CREATED"], rows);
+            }
+        }
+        Command::Task(TaskCmd::Show { task }) => {
+            let detail = client.get_task(v1::TaskRef { task_id: task }).await.map_err(status)?.into_inner();
+            let t = detail.task.clone().unwrap_or_default();
+            if json {
+                let mut v = task_json(&t);
+                v["steps"] = serde_json::Value::Array(detail.steps.iter().map(step_json).collect());
+                print_json(&v)?;
+            } else {
+                println!("task {}  {}  [{}]  workflow {}", t.id, t.name, t.status, t.workflow);
+                if !t.status_reason.is_empty() {
+                    println!("reason: {}", t.status_reason);
+                }
+                println!("created {}  started {}  completed {}", t.created_at, dash(&t.started_at), dash(&t.completed_at));
+                println!();
+                let rows = detail
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.step_order.to_string(),
+                            s.name.clone(),
+                            s.kind.clone(),
+                            s.status.clone(),
+                            dash(&s.agent).to_owned(),
+                            format!("{}/{}", s.retry_count, s.max_retries),
+                            s.inputs.join(","),
+                            s.error_message.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["#", "STEP", "KIND", "STATUS", "AGENT", "RETRIES", "INPUTS", "ERROR"], rows);
+            }
+        }
+        Command::Task(cmd @ (TaskCmd::Pause { .. } | TaskCmd::Resume { .. } | TaskCmd::Cancel { .. } | TaskCmd::Retry { .. })) => {
+            let (verb, task_id) = match cmd {
+                TaskCmd::Pause { task } => ("paused", task),
+                TaskCmd::Resume { task } => ("resumed", task),
+                TaskCmd::Cancel { task } => ("cancelled", task),
+                TaskCmd::Retry { task } => ("retried", task),
+                _ => bail!("unreachable task command"),
+            };
+            let r = v1::TaskRef { task_id };
+            let t = match verb {
+                "paused" => client.pause_task(r).await,
+                "resumed" => client.resume_task(r).await,
+                "cancelled" => client.cancel_task(r).await,
+                _ => client.retry_task(r).await,
+            }
+            .map_err(status)?
+            .into_inner();
+            if json {
+                print_json(&task_json(&t))?;
+            } else {
+                println!("task {} {verb}: now {}", t.id, t.status);
+            }
+        }
+        Command::Logs { task, follow } => {
+            let req = v1::GetLogsRequest { task_id: task, after_id: 0, limit: 0 };
+            if follow {
+                let mut stream = client.follow_logs(req).await.map_err(status)?.into_inner();
+                while let Some(entry) = stream.message().await.map_err(status)? {
+                    print_log(&entry, json)?;
+                }
+                let t = client.get_task_status(v1::TaskRef { task_id: task }).await.map_err(status)?.into_inner();
+                if !json {
+                    println!("-- task {} is {}{}", t.id, t.status, if t.status_reason.is_empty() { String::new() } else { format!(": {}", t.status_reason) });
+                }
+            } else {
+                let logs = client.get_logs(req).await.map_err(status)?.into_inner();
+                for entry in &logs.entries {
+                    print_log(entry, json)?;
+                }
+            }
+        }
+        Command::Agents => {
+            let list = client.list_agents(v1::ListAgentsRequest {}).await.map_err(status)?.into_inner();
+            if json {
+                let v: Vec<_> = list
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({"name": a.name, "role": a.role, "kinds": a.kinds, "gpus": a.gpus,
+                            "connected": a.connected, "last_seen": a.last_seen, "running_jobs": a.running_jobs,
+                            "hostname": a.hostname})
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(v))?;
+            } else {
+                let rows = list
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.name.clone(),
+                            a.role.clone(),
+                            if a.connected { "connected".into() } else { "offline".into() },
+                            a.running_jobs.to_string(),
+                            a.kinds.join(","),
+                            format!("{:?}", a.gpus),
+                            a.last_seen.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NAME", "ROLE", "STATE", "JOBS", "KINDS", "GPUS", "LAST SEEN"], rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_log(e: &v1::LogEntry, json: bool) -> anyhow::Result<()> {
+    let level = v1::LogLevel::try_from(e.level).map(|l| l.as_str_name().trim_start_matches("LOG_LEVEL_")).unwrap_or("INFO");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": e.id, "timestamp": e.timestamp, "task_id": e.task_id, "step": e.step,
+                "level": level, "source": e.source, "message": e.message})
+        );
+    } else {
+        // `[10:00:05] [data_fetch] Executing sample SQL...` as in seed 000 §14.
+        let time = e.timestamp.get(11..19).unwrap_or(&e.timestamp);
+        let step = if e.step.is_empty() { "task" } else { &e.step };
+        let src = match e.source.as_str() {
+            "stdout" | "engine" => String::new(),
+            other => format!("{other}: "),
+        };
+        println!("[{time}] [{step}] {src}{}", e.message);
+    }
+    Ok(())
+}
+
+fn workflow_json(w: &v1::Workflow) -> serde_json::Value {
+    let def = w.definition.clone().and_then(|d| WorkflowDef::try_from(d).ok());
+    serde_json::json!({"id": w.id, "created_at": w.created_at, "updated_at": w.updated_at,
+        "definition": def.and_then(|d| serde_json::to_value(d).ok())})
+}
+
+fn task_json(t: &v1::Task) -> serde_json::Value {
+    serde_json::json!({"id": t.id, "name": t.name, "workflow": t.workflow, "status": t.status,
+        "status_reason": t.status_reason, "completed_steps": t.completed_steps, "total_steps": t.total_steps,
+        "created_at": t.created_at, "started_at": t.started_at, "completed_at": t.completed_at, "params": t.params})
+}
+
+fn step_json(s: &v1::Step) -> serde_json::Value {
+    serde_json::json!({"name": s.name, "order": s.step_order, "kind": s.kind, "status": s.status,
+        "placement": s.placement, "inputs": s.inputs, "constraint": s.constraint, "agent": s.agent,
+        "job_id": s.job_id, "attempt": s.attempt, "retry_count": s.retry_count, "max_retries": s.max_retries,
+        "error": s.error_message, "started_at": s.started_at, "completed_at": s.completed_at,
+        "checkpoint": s.checkpoint_json, "progress": s.progress_json})
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}

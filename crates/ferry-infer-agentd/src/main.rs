@@ -1,1 +1,28 @@
-fn main() {}
+//! `ferry-infer-agentd`: the agent of the inference host. Parses arguments, loads the
+//! config, starts tracing and runs the agent library until SIGTERM.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use ferry_agent::daemon::{AgentArgs, run_daemon};
+use ferry_core::Role;
+use ferry_core::config::FerryConfig;
+
+fn main() -> ExitCode {
+    let args = AgentArgs::parse();
+    let result = (|| -> anyhow::Result<()> {
+        let config = FerryConfig::load(args.config.as_deref(), std::env::vars())?;
+        ferry_telemetry::init(args.log_format.parse()?)?;
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        runtime.block_on(run_daemon(Role::Inference, config, args))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-infer-agentd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! What the three agent daemons share: their command line, and turning config + arguments
+//! into a running agent for one role.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::Role;
+use ferry_core::config::FerryConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{ExecExecutor, NoopExecutor};
+use crate::executor::Executor;
+use crate::runtime::{AgentError, AgentSettings};
+
+/// Command line of `ferry-source-agentd`, `ferry-train-agentd` and `ferry-infer-agentd`.
+#[derive(Debug, Clone, clap::Parser)]
+pub struct AgentArgs {
+    /// YAML config file (see deploy/); `FERRY_*` variables override it.
+    #[arg(long, short, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Agent name (default: `agent.name` from the config, else the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Coordinator URL (default: `agent.coordinator_url`).
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// Work directory (default: `agent.work_dir`).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// `plain` or `json`.
+    #[arg(long, default_value = "plain")]
+    pub log_format: String,
+}
+
+/// The executors an agent of `role` offers. Role-specific kinds (SQL on the data-source
+/// host, training and inference on the compute hosts) join these in their own crates.
+pub fn executors_for(_role: Role) -> Vec<Arc<dyn Executor>> {
+    vec![Arc::new(ExecExecutor), Arc::new(NoopExecutor)]
+}
+
+/// Resolves the agent's settings from config and arguments.
+pub fn settings(role: Role, config: &FerryConfig, args: &AgentArgs) -> AgentSettings {
+    let name = args
+        .name
+        .clone()
+        .or_else(|| config.agent.name.clone())
+        .unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| format!("{role}-agent"))
+        });
+    // GPUs come from this agent's entry in `servers`, when it has one.
+    let gpus = config.servers.get(&name).map(|s| s.gpus.clone()).unwrap_or_default();
+    AgentSettings {
+        name,
+        role,
+        coordinator_url: args.coordinator.clone().unwrap_or_else(|| config.agent.coordinator_url.clone()),
+        work_dir: args.work_dir.clone().unwrap_or_else(|| config.agent.work_dir.clone()),
+        reconnect_interval: Duration::from_millis(config.agent.reconnect_interval_ms),
+        gpus,
+        shutdown_grace: Duration::from_secs(10),
+    }
+}
+
+/// Runs an agent of `role` until SIGTERM or Ctrl-C.
+pub async fn run_daemon(role: Role, config: FerryConfig, args: AgentArgs) -> Result<(), AgentError> {
+    let settings = settings(role, &config, &args);
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            shutdown.cancel();
+        }
+    });
+    crate::runtime::run(settings, executors_for(role), shutdown).await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The `exec` kind (seed 003's STANDALONE service) and the `noop` kind.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::kinds::{self, ExecParams, NoopParams};
+use ferry_proto::v1::LogLevel;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use crate::executor::{Executor, JobContext, JobError, JobFuture};
+
+/// How long a cancelled program gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+/// Longer output lines are cut, so one runaway line cannot flood the coordinator.
+const MAX_LINE: usize = 64 * 1024;
+
+pub struct ExecExecutor;
+
+impl Executor for ExecExecutor {
+    fn kind(&self) -> &'static str {
+        kinds::EXEC
+    }
+
+    fn run(&self, ctx: JobContext) -> JobFuture {
+        Box::pin(run_exec(ctx))
+    }
+}
+
+async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
+    let p: ExecParams = ctx.params()?;
+    let workdir = match &p.workdir {
+        Some(dir) => PathBuf::from(dir),
+        None => ctx.work_dir.join(format!("task-{}", ctx.task_id)).join(&ctx.step),
+    };
+    tokio::fs::create_dir_all(&workdir).await.map_err(|e| {
+        JobError::transient(format!("cannot create working directory {}: {e}", workdir.display()))
+    })?;
+    let mut cmd = Command::new(&p.program);
+    cmd.args(&p.args)
+        .envs(&p.env)
+        .env("FERRY_TASK_ID", ctx.task_id.to_string())
+        .env("FERRY_TASK_NAME", &ctx.task_name)
+        .env("FERRY_STEP", &ctx.step)
+        .env("FERRY_ATTEMPT", ctx.attempt.to_string())
+        .env("FERRY_JOB_ID", &ctx.job_id)
+        .current_dir(&workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so cancel reaches the program's children too.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| {
+        let msg = format!("cannot start `{}`: {e}", p.program);
+        match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => JobError::permanent(msg),
+            _ => JobError::transient(msg),
+        }
+    })?;
+    let pid = child.id().map(|id| Pid::from_raw(id as i32));
+    ctx.info(format!("started `{}` (pid {})", p.program, child.id().unwrap_or(0)));
+    let ctx = Arc::new(ctx);
+    let out = child.stdout.take().map(|s| tokio::spawn(forward_lines(s, ctx.clone(), "stdout", LogLevel::Info)));
+    let err = child.stderr.take().map(|s| tokio::spawn(forward_lines(s, ctx.clone(), "stderr", LogLevel::Warn)));
+    let timeout = p.timeout_secs.map(Duration::from_secs);
+
+    enum Outcome {
+        Exited(std::process::ExitStatus),
+        Cancelled,
+        TimedOut,
+    }
+    let outcome = tokio::select! {
+        status = child.wait() => Outcome::Exited(status.map_err(|e| JobError::transient(format!("waiting for `{}` failed: {e}", p.program)))?),
+        _ = ctx.cancel.cancelled() => Outcome::Cancelled,
+        _ = sleep_opt(timeout) => Outcome::TimedOut,
+    };
+    if !matches!(outcome, Outcome::Exited(_)) {
+        terminate(&mut child, pid).await;
+    }
+    // Every line the program wrote is forwarded before the job reports its end.
+    for h in [out, err].into_iter().flatten() {
+        let _ = h.await;
+    }
+    match outcome {
+        Outcome::Cancelled => Err(JobError::transient("cancelled")),
+        Outcome::TimedOut => Err(JobError::transient(format!(
+            "`{}` did not finish within {}s and was killed",
+            p.program,
+            p.timeout_secs.unwrap_or_default()
+        ))),
+        Outcome::Exited(status) => match status.code() {
+            Some(0) => Ok(()),
+            Some(code) if p.permanent_exit_codes.contains(&code) => {
+                Err(JobError::permanent(format!("`{}` exited with code {code}", p.program)))
+            }
+            Some(code) => Err(JobError::transient(format!("`{}` exited with code {code}", p.program))),
+            None => Err(JobError::transient(format!(
+                "`{}` was killed by signal {}",
+                p.program,
+                status.signal().unwrap_or(0)
+            ))),
+        },
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM to the whole process group, then SIGKILL if it lingers.
+async fn terminate(child: &mut tokio::process::Child, pid: Option<Pid>) {
+    if let Some(pid) = pid {
+        let _ = killpg(pid, Signal::SIGTERM);
+        if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_ok() {
+            // The leader is gone; make sure no straggler of its group survives.
+            let _ = killpg(pid, Signal::SIGKILL);
+            return;
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+    let _ = child.kill().await;
+}
+
+async fn forward_lines(stream: impl AsyncRead + Unpin, ctx: Arc<JobContext>, source: &'static str, level: LogLevel) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    buf.pop();
+                }
+                buf.truncate(MAX_LINE);
+                ctx.log(level, source, String::from_utf8_lossy(&buf).into_owned());
+            }
+        }
+    }
+}
+
+/// Succeeds (after an optional pause); the engine benchmark's step.
+pub struct NoopExecutor;
+
+impl Executor for NoopExecutor {
+    fn kind(&self) -> &'static str {
+        kinds::NOOP
+    }
+
+    fn run(&self, ctx: JobContext) -> JobFuture {
+        Box::pin(async move {
+            let p: NoopParams = ctx.params()?;
+            if p.sleep_ms > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(p.sleep_ms)) => {}
+                    _ = ctx.cancel.cancelled() => return Err(JobError::transient("cancelled")),
+                }
+            }
+            Ok(())
+        })
+    }
+}

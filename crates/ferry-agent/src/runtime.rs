@@ -1,0 +1,404 @@
+//! The agent runtime: keep one stream to the coordinator open (reconnecting as needed),
+//! register with role, kinds and GPUs, heartbeat, and run the jobs the coordinator creates
+//! and starts.
+//!
+//! Jobs outlive connections. When the coordinator goes away, running jobs go on; their
+//! events wait in a queue, and the next `Register` lists every job the agent knows so a
+//! restarted coordinator can re-attach them. A job's final state is kept until the
+//! coordinator confirms it persisted it (`ForgetJob`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ferry_core::{ErrorClass, JobState, Role};
+use ferry_proto::v1::{self, agent_message, agent_service_client::AgentServiceClient, coordinator_message};
+use ferry_proto::{error_class_to_wire, job_state_to_wire};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::executor::{Executor, JobContext};
+
+/// Everything the runtime needs to know about this agent.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub name: String,
+    pub role: Role,
+    pub coordinator_url: String,
+    pub work_dir: PathBuf,
+    pub reconnect_interval: Duration,
+    pub gpus: Vec<u32>,
+    /// How long a graceful shutdown waits for cancelled jobs to report.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create the work directory {}: {source}", path.display())]
+    WorkDir { path: PathBuf, source: std::io::Error },
+    #[error("invalid coordinator URL `{url}`: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("agent name must not be empty")]
+    NoName,
+}
+
+struct Job {
+    task_id: i64,
+    task_name: String,
+    step: String,
+    attempt: u32,
+    kind: String,
+    params: serde_json::Value,
+    checkpoint: Option<serde_json::Value>,
+    state: JobState,
+    error: String,
+    class: ErrorClass,
+    cancel: CancellationToken,
+}
+
+struct Shared {
+    settings: AgentSettings,
+    executors: HashMap<&'static str, Arc<dyn Executor>>,
+    jobs: Mutex<HashMap<String, Job>>,
+    events: mpsc::UnboundedSender<v1::AgentMessage>,
+}
+
+impl Shared {
+    fn jobs(&self) -> MutexGuard<'_, HashMap<String, Job>> {
+        // A panic while holding the lock leaves the map usable; keep serving.
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn running_jobs(&self) -> u32 {
+        self.jobs().values().filter(|j| !j.state.is_terminal()).count() as u32
+    }
+
+    fn emit_state(&self, job_id: &str, state: JobState, error: &str, class: ErrorClass) {
+        let _ = self.events.send(v1::AgentMessage {
+            msg: Some(agent_message::Msg::JobEvent(v1::JobEvent {
+                job_id: job_id.to_owned(),
+                event: Some(v1::job_event::Event::State(v1::JobStateChange {
+                    state: job_state_to_wire(state) as i32,
+                    error: error.to_owned(),
+                    error_class: error_class_to_wire(class) as i32,
+                })),
+            })),
+        });
+    }
+
+    fn register_message(&self) -> v1::AgentMessage {
+        let mut kinds: Vec<String> = self.executors.keys().map(|k| (*k).to_owned()).collect();
+        kinds.sort();
+        let jobs = self
+            .jobs()
+            .iter()
+            .map(|(id, j)| v1::JobReport {
+                job_id: id.clone(),
+                task_id: j.task_id,
+                step: j.step.clone(),
+                attempt: j.attempt,
+                state: job_state_to_wire(j.state) as i32,
+                error: j.error.clone(),
+                error_class: error_class_to_wire(j.class) as i32,
+            })
+            .collect();
+        v1::AgentMessage {
+            msg: Some(agent_message::Msg::Register(v1::Register {
+                agent_name: self.settings.name.clone(),
+                role: self.settings.role.to_string(),
+                kinds,
+                gpus: self.settings.gpus.clone(),
+                hostname: hostname(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                jobs,
+            })),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` fires. On shutdown, running jobs are cancelled (the
+/// coordinator retries them) and their final states are sent if the coordinator is reachable.
+pub async fn run(
+    settings: AgentSettings,
+    executors: Vec<Arc<dyn Executor>>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    if settings.name.trim().is_empty() {
+        return Err(AgentError::NoName);
+    }
+    std::fs::create_dir_all(&settings.work_dir)
+        .map_err(|source| AgentError::WorkDir { path: settings.work_dir.clone(), source })?;
+    let endpoint = Endpoint::from_shared(settings.coordinator_url.clone())
+        .map_err(|e| AgentError::BadUrl { url: settings.coordinator_url.clone(), message: e.to_string() })?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        executors: executors.into_iter().map(|e| (e.kind(), e)).collect(),
+        settings,
+        jobs: Mutex::new(HashMap::new()),
+        events,
+    });
+    info!(agent = %shared.settings.name, role = %shared.settings.role, "agent starting");
+    // A message taken from the queue but not delivered before a connection broke.
+    let mut carry: Option<v1::AgentMessage> = None;
+    while !shutdown.is_cancelled() {
+        let channel = tokio::select! {
+            c = endpoint.connect() => c,
+            _ = shutdown.cancelled() => break,
+        };
+        match channel {
+            Ok(channel) => match session(&shared, channel, &mut events_rx, &mut carry, &shutdown).await {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Broken(reason) => warn!(reason = %reason, "lost the coordinator; reconnecting"),
+            },
+            Err(e) => debug!(error = %e, url = %shared.settings.coordinator_url, "coordinator unreachable"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(shared.settings.reconnect_interval) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    // Shutting down without a coordinator to report to: still stop every job cleanly.
+    cancel_all(&shared);
+    let deadline = tokio::time::Instant::now() + shared.settings.shutdown_grace;
+    while shared.running_jobs() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    info!("agent stopped");
+    Ok(())
+}
+
+enum SessionEnd {
+    Shutdown,
+    Broken(String),
+}
+
+/// One connection's life: register, then pump events up and commands down.
+async fn session(
+    shared: &Arc<Shared>,
+    channel: Channel,
+    events_rx: &mut mpsc::UnboundedReceiver<v1::AgentMessage>,
+    carry: &mut Option<v1::AgentMessage>,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let mut client = AgentServiceClient::new(channel);
+    let (out, out_rx) = mpsc::channel::<v1::AgentMessage>(4096);
+    if out.send(shared.register_message()).await.is_err() {
+        return SessionEnd::Broken("stream closed before register".into());
+    }
+    let response = match client.attach(ReceiverStream::new(out_rx)).await {
+        Ok(r) => r,
+        Err(status) => return SessionEnd::Broken(format!("register refused: {}", status.message())),
+    };
+    let mut inbound = response.into_inner();
+    info!(coordinator = %shared.settings.coordinator_url, "registered with the coordinator");
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(30));
+    let mut seq = 0u64;
+    // Set on shutdown: keep forwarding the cancelled jobs' final events until this instant.
+    let mut drain_deadline = None;
+    if let Some(m) = carry.take()
+        && out.send(m.clone()).await.is_err()
+    {
+        *carry = Some(m);
+        return SessionEnd::Broken("stream closed".into());
+    }
+    loop {
+        if drain_deadline.is_some() && shared.running_jobs() == 0 && events_rx.is_empty() {
+            return SessionEnd::Shutdown;
+        }
+        tokio::select! {
+            cmd = inbound.message() => match cmd {
+                Ok(Some(v1::CoordinatorMessage { msg: Some(msg) })) => {
+                    if let coordinator_message::Msg::Registered(r) = &msg
+                        && r.heartbeat_interval_ms > 0
+                    {
+                        heartbeat = tokio::time::interval(Duration::from_millis(r.heartbeat_interval_ms));
+                    }
+                    handle_command(shared, msg, &out).await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return SessionEnd::Broken("the coordinator closed the stream".into()),
+                Err(status) => return SessionEnd::Broken(status.message().to_owned()),
+            },
+            ev = events_rx.recv() => {
+                let Some(ev) = ev else { return SessionEnd::Shutdown };
+                if out.send(ev.clone()).await.is_err() {
+                    *carry = Some(ev);
+                    return SessionEnd::Broken("stream closed".into());
+                }
+            }
+            _ = heartbeat.tick() => {
+                seq += 1;
+                let hb = v1::AgentMessage {
+                    msg: Some(agent_message::Msg::Heartbeat(v1::Heartbeat { seq, running_jobs: shared.running_jobs() })),
+                };
+                if out.send(hb).await.is_err() {
+                    return SessionEnd::Broken("stream closed".into());
+                }
+            }
+            _ = shutdown.cancelled(), if drain_deadline.is_none() => {
+                cancel_all(shared);
+                drain_deadline = Some(tokio::time::Instant::now() + shared.settings.shutdown_grace);
+            }
+            _ = sleep_until_opt(drain_deadline) => return SessionEnd::Shutdown,
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn cancel_all(shared: &Shared) {
+    let jobs = shared.jobs();
+    let live = jobs.values().filter(|j| !j.state.is_terminal()).count();
+    if live > 0 {
+        info!(jobs = live, "shutting down: cancelling running jobs");
+    }
+    for j in jobs.values() {
+        j.cancel.cancel();
+    }
+}
+
+async fn handle_command(shared: &Arc<Shared>, msg: coordinator_message::Msg, out: &mpsc::Sender<v1::AgentMessage>) {
+    match msg {
+        coordinator_message::Msg::Registered(_) => {}
+        coordinator_message::Msg::CreateJob(c) => {
+            let reply = create_job(shared, c);
+            let _ = out.send(reply).await;
+        }
+        coordinator_message::Msg::StartJob(s) => start_job(shared, &s.job_id),
+        coordinator_message::Msg::CancelJob(c) => cancel_job(shared, &c.job_id, &c.reason),
+        coordinator_message::Msg::ForgetJob(f) => {
+            let mut jobs = shared.jobs();
+            if jobs.get(&f.job_id).is_some_and(|j| j.state.is_terminal()) {
+                jobs.remove(&f.job_id);
+            }
+        }
+    }
+}
+
+/// Phase one: record the job (IDLE) and answer with its id. Idempotent per
+/// (task, step, attempt), so a create repeated by a restarted coordinator finds the same job.
+fn create_job(shared: &Shared, c: v1::CreateJob) -> v1::AgentMessage {
+    let answer = |job_id: String, error: String| v1::AgentMessage {
+        msg: Some(agent_message::Msg::JobCreated(v1::JobCreated { request_id: c.request_id, job_id, error })),
+    };
+    if !shared.executors.contains_key(c.kind.as_str()) {
+        return answer(String::new(), format!("this agent cannot run step kind `{}`", c.kind));
+    }
+    let params = match serde_json::from_str(&c.params_json) {
+        Ok(p) => p,
+        Err(e) => return answer(String::new(), format!("params are not valid JSON: {e}")),
+    };
+    let checkpoint = (!c.checkpoint_json.is_empty())
+        .then(|| serde_json::from_str(&c.checkpoint_json).ok())
+        .flatten();
+    let mut jobs = shared.jobs();
+    if let Some((id, _)) = jobs
+        .iter()
+        .find(|(_, j)| j.task_id == c.task_id && j.step == c.step && j.attempt == c.attempt)
+    {
+        return answer(id.clone(), String::new());
+    }
+    let job_id = format!("{}-{}", shared.settings.name, &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    debug!(job = %job_id, task_id = c.task_id, step = %c.step, "job created");
+    jobs.insert(
+        job_id.clone(),
+        Job {
+            task_id: c.task_id,
+            task_name: c.task_name,
+            step: c.step,
+            attempt: c.attempt,
+            kind: c.kind,
+            params,
+            checkpoint,
+            state: JobState::Idle,
+            error: String::new(),
+            class: ErrorClass::Transient,
+            cancel: CancellationToken::new(),
+        },
+    );
+    answer(job_id, String::new())
+}
+
+/// Phase two: the job's inputs are ready (the coordinator starts a job only then), so it
+/// goes READY and straight to RUNNING.
+fn start_job(shared: &Arc<Shared>, job_id: &str) {
+    let (ctx, executor) = {
+        let mut jobs = shared.jobs();
+        let Some(job) = jobs.get_mut(job_id) else {
+            warn!(job = %job_id, "start for an unknown job");
+            shared.emit_state(job_id, JobState::Failed, "the agent does not know this job", ErrorClass::Transient);
+            return;
+        };
+        if job.state != JobState::Idle {
+            return; // already started; a repeated start is harmless
+        }
+        let Some(executor) = shared.executors.get(job.kind.as_str()).cloned() else { return };
+        job.state = JobState::Running;
+        let ctx = JobContext {
+            job_id: job_id.to_owned(),
+            task_id: job.task_id,
+            task_name: job.task_name.clone(),
+            step: job.step.clone(),
+            attempt: job.attempt,
+            params: job.params.clone(),
+            checkpoint: job.checkpoint.clone(),
+            work_dir: shared.settings.work_dir.clone(),
+            cancel: job.cancel.clone(),
+            events: shared.events.clone(),
+        };
+        (ctx, executor)
+    };
+    info!(job = %job_id, task_id = ctx.task_id, step = %ctx.step, attempt = ctx.attempt, "job started");
+    shared.emit_state(job_id, JobState::Running, "", ErrorClass::Transient);
+    let shared = shared.clone();
+    let job_id = job_id.to_owned();
+    let cancel = ctx.cancel.clone();
+    tokio::spawn(async move {
+        let result = executor.run(ctx).await;
+        let (state, error, class) = match result {
+            Ok(()) => (JobState::Completed, String::new(), ErrorClass::Transient),
+            Err(_) if cancel.is_cancelled() => (JobState::Cancelled, "cancelled".to_owned(), ErrorClass::Transient),
+            Err(e) => (JobState::Failed, e.message, e.class),
+        };
+        if let Some(job) = shared.jobs().get_mut(&job_id) {
+            job.state = state;
+            job.error = error.clone();
+            job.class = class;
+        }
+        info!(job = %job_id, state = %state, error = %error, "job finished");
+        shared.emit_state(&job_id, state, &error, class);
+    });
+}
+
+fn cancel_job(shared: &Shared, job_id: &str, reason: &str) {
+    let mut jobs = shared.jobs();
+    let Some(job) = jobs.get_mut(job_id) else { return };
+    info!(job = %job_id, reason = %reason, "cancelling job");
+    if job.state == JobState::Idle {
+        job.state = JobState::Cancelled;
+        drop(jobs);
+        shared.emit_state(job_id, JobState::Cancelled, reason, ErrorClass::Transient);
+        return;
+    }
+    job.cancel.cancel();
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
