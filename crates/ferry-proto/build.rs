@@ -6,7 +6,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["ferry/v1/common.proto", "ferry/v1/workflow.proto", "ferry/v1/agent.proto"];
+    let files = [
+        "ferry/v1/common.proto",
+        "ferry/v1/workflow.proto",
+        "ferry/v1/agent.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -29,7 +29,11 @@ pub fn bin_dir() -> PathBuf {
 }
 
 pub fn bin(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
+    bin_in(&bin_dir(), name)
+}
+
+fn bin_in(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
     assert!(
         path.is_file(),
         "{} is missing: build the daemons first (`cargo build --workspace --bins`, or run `cargo xtask test`)",
@@ -43,6 +47,10 @@ pub struct Cluster {
     pub config: PathBuf,
     /// `host:port` the coordinator listens on; stable across restarts.
     pub addr: String,
+    /// Where the daemon binaries are (the test build's directory by default).
+    pub bin_dir: PathBuf,
+    /// Extra environment for every daemon (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
     coordinator: Option<Child>,
     agents: HashMap<String, Child>,
 }
@@ -64,7 +72,15 @@ impl Cluster {
             dir.path().join("work").display()
         );
         std::fs::write(&config, text).expect("write config");
-        Cluster { dir, config, addr: String::new(), coordinator: None, agents: HashMap::new() }
+        Cluster {
+            dir,
+            config,
+            addr: String::new(),
+            bin_dir: bin_dir(),
+            env: Vec::new(),
+            coordinator: None,
+            agents: HashMap::new(),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -84,8 +100,12 @@ impl Cluster {
     pub async fn start_coordinator(&mut self) {
         let addr_file = self.path("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let mut cmd = Command::new(bin("ferry-coordinatord"));
-        cmd.arg("--config").arg(&self.config).arg("--addr-file").arg(&addr_file);
+        let mut cmd = Command::new(bin_in(&self.bin_dir, "ferry-coordinatord"));
+        cmd.envs(self.env.iter().cloned());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--addr-file")
+            .arg(&addr_file);
         if !self.addr.is_empty() {
             cmd.arg("--listen").arg(&self.addr);
         }
@@ -104,10 +124,21 @@ impl Cluster {
                 self.addr = a.trim().to_owned();
                 break;
             }
-            if let Some(status) = self.coordinator.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("coordinator exited with {status}: {}", self.read_log("coordinator"));
+            if let Some(status) = self
+                .coordinator
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "coordinator exited with {status}: {}",
+                    self.read_log("coordinator")
+                );
             }
-            assert!(Instant::now() < deadline, "coordinator did not start: {}", self.read_log("coordinator"));
+            assert!(
+                Instant::now() < deadline,
+                "coordinator did not start: {}",
+                self.read_log("coordinator")
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -124,7 +155,8 @@ impl Cluster {
     /// `role` is `source`, `train` or `infer`.
     pub fn start_agent(&mut self, role: &str, name: &str) {
         let log = self.log_file(name);
-        let child = Command::new(bin(&format!("ferry-{role}-agentd")))
+        let child = Command::new(bin_in(&self.bin_dir, &format!("ferry-{role}-agentd")))
+            .envs(self.env.iter().cloned())
             .arg("--config")
             .arg(&self.config)
             .arg("--name")
@@ -156,7 +188,10 @@ impl Cluster {
     /// SIGTERM and wait for the coordinator to exit; returns its exit status.
     pub fn stop_coordinator(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.coordinator.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(s)) = c.try_wait() {
@@ -175,7 +210,9 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(self.url()).await.expect("connect to coordinator")
+        Client::connect(self.url())
+            .await
+            .expect("connect to coordinator")
     }
 
     /// Waits until `n` agents are connected.
@@ -202,7 +239,9 @@ impl Cluster {
         let def = WorkflowDef::from_yaml(yaml).expect("test workflow parses");
         self.client()
             .await
-            .apply_workflow(v1::ApplyWorkflowRequest { definition: Some((&def).into()) })
+            .apply_workflow(v1::ApplyWorkflowRequest {
+                definition: Some((&def).into()),
+            })
             .await
             .map(tonic::Response::into_inner)
     }
@@ -210,14 +249,23 @@ impl Cluster {
     pub async fn create_task(&self, workflow: &str) -> v1::Task {
         self.client()
             .await
-            .create_task(v1::CreateTaskRequest { workflow: workflow.to_owned(), name: String::new(), params: Default::default() })
+            .create_task(v1::CreateTaskRequest {
+                workflow: workflow.to_owned(),
+                name: String::new(),
+                params: Default::default(),
+            })
             .await
             .expect("create task")
             .into_inner()
     }
 
     pub async fn task(&self, id: i64) -> v1::TaskDetail {
-        self.client().await.get_task(v1::TaskRef { task_id: id }).await.expect("get task").into_inner()
+        self.client()
+            .await
+            .get_task(v1::TaskRef { task_id: id })
+            .await
+            .expect("get task")
+            .into_inner()
     }
 
     /// Polls the task until `done` holds for it, or panics after `timeout` with the task's
@@ -240,7 +288,10 @@ impl Cluster {
                     return detail;
                 }
                 if Instant::now() > deadline {
-                    panic!("timed out waiting for task {id} to be {what}: {detail:#?}\nlogs:\n{}", self.logs_text(id).await);
+                    panic!(
+                        "timed out waiting for task {id} to be {what}: {detail:#?}\nlogs:\n{}",
+                        self.logs_text(id).await
+                    );
                 }
             } else if Instant::now() > deadline {
                 panic!("timed out waiting for task {id} to be {what}: coordinator unreachable");
@@ -250,12 +301,24 @@ impl Cluster {
     }
 
     pub async fn wait_status(&self, id: i64, status: &str, timeout: Duration) -> v1::TaskDetail {
-        self.wait_until(id, timeout, status, |d| d.task.as_ref().is_some_and(|t| t.status == status)).await
+        self.wait_until(id, timeout, status, |d| {
+            d.task.as_ref().is_some_and(|t| t.status == status)
+        })
+        .await
     }
 
     pub async fn logs_text(&self, id: i64) -> String {
-        let Ok(mut client) = Client::connect(self.url()).await else { return String::new() };
-        match client.get_logs(v1::GetLogsRequest { task_id: id, after_id: 0, limit: 0 }).await {
+        let Ok(mut client) = Client::connect(self.url()).await else {
+            return String::new();
+        };
+        match client
+            .get_logs(v1::GetLogsRequest {
+                task_id: id,
+                after_id: 0,
+                limit: 0,
+            })
+            .await
+        {
             Ok(l) => l
                 .into_inner()
                 .entries

@@ -44,22 +44,41 @@ async fn a_three_step_dag_runs_across_two_agents() {
     let wf = shell_workflow(
         "produce_transform_check",
         &[
-            ("produce", "data_source", &[], &format!("seq 1 100 > {d}/numbers.txt; echo produced 100 numbers"), ""),
+            (
+                "produce",
+                "data_source",
+                &[],
+                &format!("seq 1 100 > {d}/numbers.txt; echo produced 100 numbers"),
+                "",
+            ),
             (
                 "transform",
                 "training",
                 &["produce"],
-                &format!("awk '{{s+=$1}} END {{print s}}' {d}/numbers.txt > {d}/sum.txt; echo sum=$(cat {d}/sum.txt)"),
+                &format!(
+                    "awk '{{s+=$1}} END {{print s}}' {d}/numbers.txt > {d}/sum.txt; echo sum=$(cat {d}/sum.txt)"
+                ),
                 "",
             ),
-            ("check", "agent:src-1", &["transform"], &format!("test \"$(cat {d}/sum.txt)\" = 5050"), "retry: {max_retries: 0}"),
+            (
+                "check",
+                "agent:src-1",
+                &["transform"],
+                &format!("test \"$(cat {d}/sum.txt)\" = 5050"),
+                "retry: {max_retries: 0}",
+            ),
         ],
     );
     c.apply(&wf).await.expect("valid workflow");
     let task = c.create_task("produce_transform_check").await;
     let done = c.wait_status(task.id, "completed", T).await;
 
-    assert_eq!(std::fs::read_to_string(c.path("sum.txt")).expect("sum written").trim(), "5050");
+    assert_eq!(
+        std::fs::read_to_string(c.path("sum.txt"))
+            .expect("sum written")
+            .trim(),
+        "5050"
+    );
     assert_eq!(step(&done, "produce").agent, "src-1");
     assert_eq!(step(&done, "transform").agent, "train-1");
     assert_eq!(step(&done, "transform").constraint, "INPUTS_READY");
@@ -73,7 +92,10 @@ async fn a_three_step_dag_runs_across_two_agents() {
     let order = |n: &str| step(&done, n).started_at.clone();
     assert!(order("produce") <= order("transform") && order("transform") <= order("check"));
     let logs = c.logs_text(task.id).await;
-    assert!(logs.contains("[produce] stdout: produced 100 numbers"), "{logs}");
+    assert!(
+        logs.contains("[produce] stdout: produced 100 numbers"),
+        "{logs}"
+    );
     assert!(logs.contains("[transform] stdout: sum=5050"), "{logs}");
     assert!(logs.contains("workflow complete"), "{logs}");
 }
@@ -85,21 +107,41 @@ async fn invalid_workflows_are_rejected_with_the_step_named() {
     let cycle = "name: cyclic\nsteps:\n  - {name: a, kind: noop, placement: {role: training}, inputs: [c]}\n  - {name: b, kind: noop, placement: {role: training}, inputs: [a]}\n  - {name: c, kind: noop, placement: {role: training}, inputs: [b]}\n";
     let err = c.apply(cycle).await.expect_err("a cycle is refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert_eq!(err.message(), "invalid workflow: cycle between steps: a -> b -> c -> a");
+    assert_eq!(
+        err.message(),
+        "invalid workflow: cycle between steps: a -> b -> c -> a"
+    );
 
     let unknown = "name: unknown_kind\nsteps:\n  - {name: fetch, kind: noop, placement: {role: training}}\n  - {name: teleport_it, kind: teleport, placement: {role: training}, inputs: [fetch]}\n";
-    let err = c.apply(unknown).await.expect_err("an unknown kind is refused");
+    let err = c
+        .apply(unknown)
+        .await
+        .expect_err("an unknown kind is refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("step `teleport_it`: unknown step kind `teleport`"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("step `teleport_it`: unknown step kind `teleport`"),
+        "{}",
+        err.message()
+    );
 
     // Nothing was stored for either.
-    let list = c.client().await.list_workflows(v1::ListWorkflowsRequest {}).await.expect("list").into_inner();
+    let list = c
+        .client()
+        .await
+        .list_workflows(v1::ListWorkflowsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
     assert!(list.workflows.is_empty(), "{list:?}");
     // And a task of a workflow that does not exist is a clear error.
     let err = c
         .client()
         .await
-        .create_task(v1::CreateTaskRequest { workflow: "nope".into(), ..Default::default() })
+        .create_task(v1::CreateTaskRequest {
+            workflow: "nope".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("no such workflow");
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -114,20 +156,31 @@ fn side_effect_chain(dir: &Path, name: &str, middle_secs: u32) -> String {
         name,
         &[
             ("a", "data_source", &[], &format!("echo a >> {fx}"), ""),
-            ("b", "training", &["a"], &format!("echo b-start >> {fx}; sleep {middle_secs}; echo b >> {fx}"), ""),
+            (
+                "b",
+                "training",
+                &["a"],
+                &format!("echo b-start >> {fx}; sleep {middle_secs}; echo b >> {fx}"),
+                "",
+            ),
             ("c", "data_source", &["b"], &format!("echo c >> {fx}"), ""),
         ],
     )
 }
 
 async fn wait_step_running(c: &Cluster, task: i64, name: &str) {
-    c.wait_until(task, T, &format!("{name} running"), |d| step(d, name).status == "running").await;
+    c.wait_until(task, T, &format!("{name} running"), |d| {
+        step(d, name).status == "running"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_coordinator_resumes_and_reattaches_the_running_step() {
     let mut c = cluster_with_two_agents().await;
-    c.apply(&side_effect_chain(c.dir.path(), "chain", 4)).await.expect("valid");
+    c.apply(&side_effect_chain(c.dir.path(), "chain", 4))
+        .await
+        .expect("valid");
     let task = c.create_task("chain").await;
     wait_step_running(&c, task.id, "b").await;
 
@@ -135,7 +188,11 @@ async fn a_killed_coordinator_resumes_and_reattaches_the_running_step() {
     c.start_coordinator().await;
 
     let done = c.wait_status(task.id, "completed", T).await;
-    assert_eq!(lines(&c.path("effects.txt")), ["a", "b-start", "b", "c"], "no completed step ran twice");
+    assert_eq!(
+        lines(&c.path("effects.txt")),
+        ["a", "b-start", "b", "c"],
+        "no completed step ran twice"
+    );
     assert_eq!(step(&done, "a").attempt, 1);
     assert_eq!(step(&done, "b").attempt, 1, "b was re-attached, not re-run");
     let logs = c.logs_text(task.id).await;
@@ -145,7 +202,9 @@ async fn a_killed_coordinator_resumes_and_reattaches_the_running_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_that_finishes_while_the_coordinator_is_down_is_not_run_again() {
     let mut c = cluster_with_two_agents().await;
-    c.apply(&side_effect_chain(c.dir.path(), "chain", 1)).await.expect("valid");
+    c.apply(&side_effect_chain(c.dir.path(), "chain", 1))
+        .await
+        .expect("valid");
     let task = c.create_task("chain").await;
     wait_step_running(&c, task.id, "b").await;
 
@@ -162,24 +221,44 @@ async fn a_step_that_finishes_while_the_coordinator_is_down_is_not_run_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_new_steps_and_resume_continues() {
     let c = cluster_with_two_agents().await;
-    c.apply(&side_effect_chain(c.dir.path(), "chain", 2)).await.expect("valid");
+    c.apply(&side_effect_chain(c.dir.path(), "chain", 2))
+        .await
+        .expect("valid");
     let task = c.create_task("chain").await;
     wait_step_running(&c, task.id, "b").await;
 
-    let paused = c.client().await.pause_task(v1::TaskRef { task_id: task.id }).await.expect("pause").into_inner();
+    let paused = c
+        .client()
+        .await
+        .pause_task(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("pause")
+        .into_inner();
     assert_eq!(paused.status, "paused");
     // b is allowed to finish; c must not start while paused.
-    c.wait_until(task.id, T, "b completed", |d| step(d, "b").status == "completed").await;
+    c.wait_until(task.id, T, "b completed", |d| {
+        step(d, "b").status == "completed"
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let d = c.task(task.id).await;
     assert_eq!(step(&d, "c").status, "pending");
     assert_eq!(d.task.as_ref().map(|t| t.status.as_str()), Some("paused"));
     assert_eq!(lines(&c.path("effects.txt")), ["a", "b-start", "b"]);
 
-    let err = c.client().await.pause_task(v1::TaskRef { task_id: task.id }).await.expect_err("already paused");
+    let err = c
+        .client()
+        .await
+        .pause_task(v1::TaskRef { task_id: task.id })
+        .await
+        .expect_err("already paused");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 
-    c.client().await.resume_task(v1::TaskRef { task_id: task.id }).await.expect("resume");
+    c.client()
+        .await
+        .resume_task(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("resume");
     c.wait_status(task.id, "completed", T).await;
     assert_eq!(lines(&c.path("effects.txt")), ["a", "b-start", "b", "c"]);
 }
@@ -187,7 +266,7 @@ async fn pause_holds_new_steps_and_resume_continues() {
 fn process_alive(pid: i32) -> bool {
     // A zombie has exited; only its parent has not reaped it yet.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"),
+        Ok(stat) => stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"),
         Err(_) => false,
     }
 }
@@ -200,7 +279,13 @@ async fn cancel_stops_the_process_on_the_agent() {
         "sleeper",
         &[
             // `$$$$` is the shell's `$$`: step parameters treat `$$` as an escaped `$`.
-            ("sleep", "training", &[], &format!("echo $$$$ > {}; exec sleep 1000", pidfile.display()), ""),
+            (
+                "sleep",
+                "training",
+                &[],
+                &format!("echo $$$$ > {}; exec sleep 1000", pidfile.display()),
+                "",
+            ),
             ("after", "training", &["sleep"], "true", ""),
         ],
     );
@@ -214,22 +299,39 @@ async fn cancel_stops_the_process_on_the_agent() {
         {
             break p;
         }
-        assert!(std::time::Instant::now() < deadline, "the step never wrote its pid");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never wrote its pid"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(process_alive(pid));
 
-    let t = c.client().await.cancel_task(v1::TaskRef { task_id: task.id }).await.expect("cancel").into_inner();
+    let t = c
+        .client()
+        .await
+        .cancel_task(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("cancel")
+        .into_inner();
     assert_eq!(t.status, "cancelled");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while process_alive(pid) {
-        assert!(std::time::Instant::now() < deadline, "process {pid} survived the cancel");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} survived the cancel"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let d = c.task(task.id).await;
     assert_eq!(step(&d, "sleep").status, "cancelled");
     assert_eq!(step(&d, "after").status, "cancelled");
-    let err = c.client().await.cancel_task(v1::TaskRef { task_id: task.id }).await.expect_err("already cancelled");
+    let err = c
+        .client()
+        .await
+        .cancel_task(v1::TaskRef { task_id: task.id })
+        .await
+        .expect_err("already cancelled");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 }
 
@@ -241,9 +343,27 @@ async fn retry_runs_the_task_again_from_its_failed_step() {
     let wf = shell_workflow(
         "fragile",
         &[
-            ("a", "data_source", &[], &format!("echo a >> {}", fx.display()), ""),
-            ("b", "training", &["a"], &format!("echo b >> {}; test -f {}", fx.display(), flag.display()), "retry: {max_retries: 1, backoff_ms: 100}"),
-            ("c", "data_source", &["b"], &format!("echo c >> {}", fx.display()), ""),
+            (
+                "a",
+                "data_source",
+                &[],
+                &format!("echo a >> {}", fx.display()),
+                "",
+            ),
+            (
+                "b",
+                "training",
+                &["a"],
+                &format!("echo b >> {}; test -f {}", fx.display(), flag.display()),
+                "retry: {max_retries: 1, backoff_ms: 100}",
+            ),
+            (
+                "c",
+                "data_source",
+                &["b"],
+                &format!("echo c >> {}", fx.display()),
+                "",
+            ),
         ],
     );
     c.apply(&wf).await.expect("valid");
@@ -253,13 +373,27 @@ async fn retry_runs_the_task_again_from_its_failed_step() {
     assert_eq!(b.status, "failed");
     assert_eq!(b.retry_count, 1, "one retry was made before giving up");
     assert!(b.error_message.contains("exited with code 1"), "{b:?}");
-    assert!(failed.task.as_ref().is_some_and(|t| t.status_reason.contains("step `b` failed after 1 retries")), "{failed:?}");
+    assert!(
+        failed
+            .task
+            .as_ref()
+            .is_some_and(|t| t.status_reason.contains("step `b` failed after 1 retries")),
+        "{failed:?}"
+    );
     assert_eq!(step(&failed, "c").status, "pending");
 
     std::fs::write(&flag, "").expect("fix the cause");
-    c.client().await.retry_task(v1::TaskRef { task_id: task.id }).await.expect("retry");
+    c.client()
+        .await
+        .retry_task(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("retry");
     let done = c.wait_status(task.id, "completed", T).await;
-    assert_eq!(lines(&fx), ["a", "b", "b", "b", "c"], "a did not run again; b ran twice, then once more");
+    assert_eq!(
+        lines(&fx),
+        ["a", "b", "b", "b", "c"],
+        "a did not run again; b ran twice, then once more"
+    );
     assert_eq!(step(&done, "a").attempt, 1);
 }
 
@@ -275,10 +409,19 @@ async fn transient_failures_are_retried_and_permanent_ones_pause_the_task() {
                 "training",
                 &[],
                 // Fails on the first two attempts, succeeds on the third.
-                &format!("echo x >> {0}; test $(wc -l < {0}) -ge 3", counter.display()),
+                &format!(
+                    "echo x >> {0}; test $(wc -l < {0}) -ge 3",
+                    counter.display()
+                ),
                 "retry: {max_retries: 3, backoff_ms: 100}",
             ),
-            ("bad_input", "training", &["flaky"], "echo 'no such table' >&2; exit 3", "params_extra: none"),
+            (
+                "bad_input",
+                "training",
+                &["flaky"],
+                "echo 'no such table' >&2; exit 3",
+                "params_extra: none",
+            ),
         ],
     );
     // `permanent_exit_codes` goes into params; patch the YAML of the second step.
@@ -296,8 +439,15 @@ async fn transient_failures_are_retried_and_permanent_ones_pause_the_task() {
     let bad = step(&paused, "bad_input");
     assert_eq!(bad.status, "failed");
     assert_eq!(bad.retry_count, 0, "a permanent error is not retried");
-    let reason = paused.task.as_ref().map(|t| t.status_reason.clone()).unwrap_or_default();
-    assert_eq!(reason, "step `bad_input` failed permanently: `sh` exited with code 3");
+    let reason = paused
+        .task
+        .as_ref()
+        .map(|t| t.status_reason.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        reason,
+        "step `bad_input` failed permanently: `sh` exited with code 3"
+    );
     let logs = c.logs_text(task.id).await;
     assert!(logs.contains("retry 1/3"), "{logs}");
     assert!(logs.contains("stderr: no such table"), "{logs}");
@@ -312,7 +462,13 @@ async fn a_lost_agent_has_its_step_retried_on_another() {
     let fx = c.path("effects.txt");
     let wf = shell_workflow(
         "long",
-        &[("work", "training", &[], &format!("echo $FERRY_ATTEMPT >> {}; sleep 3", fx.display()), "retry: {backoff_ms: 100}")],
+        &[(
+            "work",
+            "training",
+            &[],
+            &format!("echo $FERRY_ATTEMPT >> {}; sleep 3", fx.display()),
+            "retry: {backoff_ms: 100}",
+        )],
     );
     c.apply(&wf).await.expect("valid");
     let task = c.create_task("long").await;
@@ -346,7 +502,9 @@ async fn the_coordinator_refuses_a_bad_config_naming_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_coordinator_cleanly_and_state_survives() {
     let mut c = cluster_with_two_agents().await;
-    c.apply(&side_effect_chain(c.dir.path(), "chain", 1)).await.expect("valid");
+    c.apply(&side_effect_chain(c.dir.path(), "chain", 1))
+        .await
+        .expect("valid");
     let task = c.create_task("chain").await;
     c.wait_status(task.id, "completed", T).await;
     let status = c.stop_coordinator().expect("coordinator was running");
@@ -354,5 +512,32 @@ async fn sigterm_stops_the_coordinator_cleanly_and_state_survives() {
     c.start_coordinator().await;
     let d = c.task(task.id).await;
     assert_eq!(d.task.map(|t| t.status), Some("completed".into()));
+    assert_eq!(lines(&c.path("effects.txt")), ["a", "b-start", "b", "c"]);
+}
+
+/// The same crash-and-resume run with the state in a real PostgreSQL, when
+/// `FERRY_TEST_POSTGRES_E2E_URL` names an (empty) database; `.ci/run` sets one up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_runs_and_recovers_on_postgresql() {
+    let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_E2E_URL") else {
+        eprintln!("FERRY_TEST_POSTGRES_E2E_URL is not set: the PostgreSQL tier is skipped");
+        return;
+    };
+    let mut c = Cluster::new();
+    // The environment override is how operators point the coordinator elsewhere, too.
+    c.env.push(("FERRY_COORDINATOR__DATABASE_URL".into(), url));
+    c.start_coordinator().await;
+    c.start_agent("source", "src-1");
+    c.start_agent("train", "train-1");
+    c.wait_for_agents(2).await;
+    let name = format!("pg_chain_{}", std::process::id());
+    c.apply(&side_effect_chain(c.dir.path(), &name, 3))
+        .await
+        .expect("valid");
+    let task = c.create_task(&name).await;
+    wait_step_running(&c, task.id, "b").await;
+    c.kill_coordinator();
+    c.start_coordinator().await;
+    c.wait_status(task.id, "completed", T).await;
     assert_eq!(lines(&c.path("effects.txt")), ["a", "b-start", "b", "c"]);
 }

@@ -52,12 +52,22 @@ pub fn settings(role: Role, config: &FerryConfig, args: &AgentArgs) -> AgentSett
                 .unwrap_or_else(|| format!("{role}-agent"))
         });
     // GPUs come from this agent's entry in `servers`, when it has one.
-    let gpus = config.servers.get(&name).map(|s| s.gpus.clone()).unwrap_or_default();
+    let gpus = config
+        .servers
+        .get(&name)
+        .map(|s| s.gpus.clone())
+        .unwrap_or_default();
     AgentSettings {
         name,
         role,
-        coordinator_url: args.coordinator.clone().unwrap_or_else(|| config.agent.coordinator_url.clone()),
-        work_dir: args.work_dir.clone().unwrap_or_else(|| config.agent.work_dir.clone()),
+        coordinator_url: args
+            .coordinator
+            .clone()
+            .unwrap_or_else(|| config.agent.coordinator_url.clone()),
+        work_dir: args
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| config.agent.work_dir.clone()),
         reconnect_interval: Duration::from_millis(config.agent.reconnect_interval_ms),
         gpus,
         shutdown_grace: Duration::from_secs(10),
@@ -65,7 +75,11 @@ pub fn settings(role: Role, config: &FerryConfig, args: &AgentArgs) -> AgentSett
 }
 
 /// Runs an agent of `role` until SIGTERM or Ctrl-C.
-pub async fn run_daemon(role: Role, config: FerryConfig, args: AgentArgs) -> Result<(), AgentError> {
+pub async fn run_daemon(
+    role: Role,
+    config: FerryConfig,
+    args: AgentArgs,
+) -> Result<(), AgentError> {
     let settings = settings(role, &config, &args);
     let shutdown = CancellationToken::new();
     tokio::spawn({

@@ -36,10 +36,16 @@ async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
     let p: ExecParams = ctx.params()?;
     let workdir = match &p.workdir {
         Some(dir) => PathBuf::from(dir),
-        None => ctx.work_dir.join(format!("task-{}", ctx.task_id)).join(&ctx.step),
+        None => ctx
+            .work_dir
+            .join(format!("task-{}", ctx.task_id))
+            .join(&ctx.step),
     };
     tokio::fs::create_dir_all(&workdir).await.map_err(|e| {
-        JobError::transient(format!("cannot create working directory {}: {e}", workdir.display()))
+        JobError::transient(format!(
+            "cannot create working directory {}: {e}",
+            workdir.display()
+        ))
     })?;
     let mut cmd = Command::new(&p.program);
     cmd.args(&p.args)
@@ -59,15 +65,27 @@ async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
     let mut child = cmd.spawn().map_err(|e| {
         let msg = format!("cannot start `{}`: {e}", p.program);
         match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => JobError::permanent(msg),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                JobError::permanent(msg)
+            }
             _ => JobError::transient(msg),
         }
     })?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
-    ctx.info(format!("started `{}` (pid {})", p.program, child.id().unwrap_or(0)));
+    ctx.info(format!(
+        "started `{}` (pid {})",
+        p.program,
+        child.id().unwrap_or(0)
+    ));
     let ctx = Arc::new(ctx);
-    let out = child.stdout.take().map(|s| tokio::spawn(forward_lines(s, ctx.clone(), "stdout", LogLevel::Info)));
-    let err = child.stderr.take().map(|s| tokio::spawn(forward_lines(s, ctx.clone(), "stderr", LogLevel::Warn)));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(forward_lines(s, ctx.clone(), "stdout", LogLevel::Info)));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(forward_lines(s, ctx.clone(), "stderr", LogLevel::Warn)));
     let timeout = p.timeout_secs.map(Duration::from_secs);
 
     enum Outcome {
@@ -96,10 +114,13 @@ async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
         ))),
         Outcome::Exited(status) => match status.code() {
             Some(0) => Ok(()),
-            Some(code) if p.permanent_exit_codes.contains(&code) => {
-                Err(JobError::permanent(format!("`{}` exited with code {code}", p.program)))
-            }
-            Some(code) => Err(JobError::transient(format!("`{}` exited with code {code}", p.program))),
+            Some(code) if p.permanent_exit_codes.contains(&code) => Err(JobError::permanent(
+                format!("`{}` exited with code {code}", p.program),
+            )),
+            Some(code) => Err(JobError::transient(format!(
+                "`{}` exited with code {code}",
+                p.program
+            ))),
             None => Err(JobError::transient(format!(
                 "`{}` was killed by signal {}",
                 p.program,
@@ -130,7 +151,12 @@ async fn terminate(child: &mut tokio::process::Child, pid: Option<Pid>) {
     let _ = child.kill().await;
 }
 
-async fn forward_lines(stream: impl AsyncRead + Unpin, ctx: Arc<JobContext>, source: &'static str, level: LogLevel) {
+async fn forward_lines(
+    stream: impl AsyncRead + Unpin,
+    ctx: Arc<JobContext>,
+    source: &'static str,
+    level: LogLevel,
+) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {

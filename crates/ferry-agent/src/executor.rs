@@ -20,11 +20,17 @@ pub struct JobError {
 
 impl JobError {
     pub fn transient(message: impl Into<String>) -> Self {
-        JobError { class: ErrorClass::Transient, message: message.into() }
+        JobError {
+            class: ErrorClass::Transient,
+            message: message.into(),
+        }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
-        JobError { class: ErrorClass::Permanent, message: message.into() }
+        JobError {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+        }
     }
 }
 
@@ -80,15 +86,23 @@ impl JobContext {
 
     /// Persists `data` in the step's `checkpoint_data`; a retry or resume receives it back.
     pub fn save_checkpoint(&self, data: &serde_json::Value) {
-        self.emit(job_event::Event::Checkpoint(v1::JobCheckpoint { data_json: data.to_string() }));
+        self.emit(job_event::Event::Checkpoint(v1::JobCheckpoint {
+            data_json: data.to_string(),
+        }));
     }
 
     pub fn progress(&self, data: &serde_json::Value) {
-        self.emit(job_event::Event::Progress(v1::JobProgress { data_json: data.to_string() }));
+        self.emit(job_event::Event::Progress(v1::JobProgress {
+            data_json: data.to_string(),
+        }));
     }
 
     pub fn metric(&self, name: &str, value: f64, index: i64) {
-        self.emit(job_event::Event::Metric(v1::JobMetric { name: name.to_owned(), value, index }));
+        self.emit(job_event::Event::Metric(v1::JobMetric {
+            name: name.to_owned(),
+            value,
+            index,
+        }));
     }
 
     fn emit(&self, event: job_event::Event) {

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ferry_core::{ErrorClass, JobState, Role};
-use ferry_proto::v1::{self, agent_message, agent_service_client::AgentServiceClient, coordinator_message};
+use ferry_proto::v1::{
+    self, agent_message, agent_service_client::AgentServiceClient, coordinator_message,
+};
 use ferry_proto::{error_class_to_wire, job_state_to_wire};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -39,7 +41,10 @@ pub struct AgentSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot create the work directory {}: {source}", path.display())]
-    WorkDir { path: PathBuf, source: std::io::Error },
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid coordinator URL `{url}`: {message}")]
     BadUrl { url: String, message: String },
     #[error("agent name must not be empty")]
@@ -74,7 +79,10 @@ impl Shared {
     }
 
     fn running_jobs(&self) -> u32 {
-        self.jobs().values().filter(|j| !j.state.is_terminal()).count() as u32
+        self.jobs()
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .count() as u32
     }
 
     fn emit_state(&self, job_id: &str, state: JobState, error: &str, class: ErrorClass) {
@@ -130,10 +138,15 @@ pub async fn run(
     if settings.name.trim().is_empty() {
         return Err(AgentError::NoName);
     }
-    std::fs::create_dir_all(&settings.work_dir)
-        .map_err(|source| AgentError::WorkDir { path: settings.work_dir.clone(), source })?;
+    std::fs::create_dir_all(&settings.work_dir).map_err(|source| AgentError::WorkDir {
+        path: settings.work_dir.clone(),
+        source,
+    })?;
     let endpoint = Endpoint::from_shared(settings.coordinator_url.clone())
-        .map_err(|e| AgentError::BadUrl { url: settings.coordinator_url.clone(), message: e.to_string() })?
+        .map_err(|e| AgentError::BadUrl {
+            url: settings.coordinator_url.clone(),
+            message: e.to_string(),
+        })?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -154,11 +167,17 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         };
         match channel {
-            Ok(channel) => match session(&shared, channel, &mut events_rx, &mut carry, &shutdown).await {
-                SessionEnd::Shutdown => break,
-                SessionEnd::Broken(reason) => warn!(reason = %reason, "lost the coordinator; reconnecting"),
-            },
-            Err(e) => debug!(error = %e, url = %shared.settings.coordinator_url, "coordinator unreachable"),
+            Ok(channel) => {
+                match session(&shared, channel, &mut events_rx, &mut carry, &shutdown).await {
+                    SessionEnd::Shutdown => break,
+                    SessionEnd::Broken(reason) => {
+                        warn!(reason = %reason, "lost the coordinator; reconnecting")
+                    }
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, url = %shared.settings.coordinator_url, "coordinator unreachable")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(shared.settings.reconnect_interval) => {}
@@ -195,7 +214,9 @@ async fn session(
     }
     let response = match client.attach(ReceiverStream::new(out_rx)).await {
         Ok(r) => r,
-        Err(status) => return SessionEnd::Broken(format!("register refused: {}", status.message())),
+        Err(status) => {
+            return SessionEnd::Broken(format!("register refused: {}", status.message()));
+        }
     };
     let mut inbound = response.into_inner();
     info!(coordinator = %shared.settings.coordinator_url, "registered with the coordinator");
@@ -270,7 +291,11 @@ fn cancel_all(shared: &Shared) {
     }
 }
 
-async fn handle_command(shared: &Arc<Shared>, msg: coordinator_message::Msg, out: &mpsc::Sender<v1::AgentMessage>) {
+async fn handle_command(
+    shared: &Arc<Shared>,
+    msg: coordinator_message::Msg,
+    out: &mpsc::Sender<v1::AgentMessage>,
+) {
     match msg {
         coordinator_message::Msg::Registered(_) => {}
         coordinator_message::Msg::CreateJob(c) => {
@@ -292,10 +317,17 @@ async fn handle_command(shared: &Arc<Shared>, msg: coordinator_message::Msg, out
 /// (task, step, attempt), so a create repeated by a restarted coordinator finds the same job.
 fn create_job(shared: &Shared, c: v1::CreateJob) -> v1::AgentMessage {
     let answer = |job_id: String, error: String| v1::AgentMessage {
-        msg: Some(agent_message::Msg::JobCreated(v1::JobCreated { request_id: c.request_id, job_id, error })),
+        msg: Some(agent_message::Msg::JobCreated(v1::JobCreated {
+            request_id: c.request_id,
+            job_id,
+            error,
+        })),
     };
     if !shared.executors.contains_key(c.kind.as_str()) {
-        return answer(String::new(), format!("this agent cannot run step kind `{}`", c.kind));
+        return answer(
+            String::new(),
+            format!("this agent cannot run step kind `{}`", c.kind),
+        );
     }
     let params = match serde_json::from_str(&c.params_json) {
         Ok(p) => p,
@@ -311,7 +343,11 @@ fn create_job(shared: &Shared, c: v1::CreateJob) -> v1::AgentMessage {
     {
         return answer(id.clone(), String::new());
     }
-    let job_id = format!("{}-{}", shared.settings.name, &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let job_id = format!(
+        "{}-{}",
+        shared.settings.name,
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     debug!(job = %job_id, task_id = c.task_id, step = %c.step, "job created");
     jobs.insert(
         job_id.clone(),
@@ -339,13 +375,20 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
         let mut jobs = shared.jobs();
         let Some(job) = jobs.get_mut(job_id) else {
             warn!(job = %job_id, "start for an unknown job");
-            shared.emit_state(job_id, JobState::Failed, "the agent does not know this job", ErrorClass::Transient);
+            shared.emit_state(
+                job_id,
+                JobState::Failed,
+                "the agent does not know this job",
+                ErrorClass::Transient,
+            );
             return;
         };
         if job.state != JobState::Idle {
             return; // already started; a repeated start is harmless
         }
-        let Some(executor) = shared.executors.get(job.kind.as_str()).cloned() else { return };
+        let Some(executor) = shared.executors.get(job.kind.as_str()).cloned() else {
+            return;
+        };
         job.state = JobState::Running;
         let ctx = JobContext {
             job_id: job_id.to_owned(),
@@ -370,7 +413,11 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
         let result = executor.run(ctx).await;
         let (state, error, class) = match result {
             Ok(()) => (JobState::Completed, String::new(), ErrorClass::Transient),
-            Err(_) if cancel.is_cancelled() => (JobState::Cancelled, "cancelled".to_owned(), ErrorClass::Transient),
+            Err(_) if cancel.is_cancelled() => (
+                JobState::Cancelled,
+                "cancelled".to_owned(),
+                ErrorClass::Transient,
+            ),
             Err(e) => (JobState::Failed, e.message, e.class),
         };
         if let Some(job) = shared.jobs().get_mut(&job_id) {
@@ -385,7 +432,9 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
 
 fn cancel_job(shared: &Shared, job_id: &str, reason: &str) {
     let mut jobs = shared.jobs();
-    let Some(job) = jobs.get_mut(job_id) else { return };
+    let Some(job) = jobs.get_mut(job_id) else {
+        return;
+    };
     info!(job = %job_id, reason = %reason, "cancelling job");
     if job.state == JobState::Idle {
         job.state = JobState::Cancelled;

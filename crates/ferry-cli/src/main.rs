@@ -14,10 +14,19 @@ use ferry_proto::v1::{self, workflow_service_client::WorkflowServiceClient};
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "Drive Ferry workflows from the command line")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Drive Ferry workflows from the command line"
+)]
 struct Cli {
     /// Coordinator gRPC URL.
-    #[arg(long, global = true, env = "FERRY_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -47,9 +56,13 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum WorkflowCmd {
     /// Create or replace a workflow from a YAML or JSON file.
-    Apply { file: PathBuf },
+    Apply {
+        file: PathBuf,
+    },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,12 +85,22 @@ enum TaskCmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    Show { task: i64 },
-    Pause { task: i64 },
-    Resume { task: i64 },
-    Cancel { task: i64 },
+    Show {
+        task: i64,
+    },
+    Pause {
+        task: i64,
+    },
+    Resume {
+        task: i64,
+    },
+    Cancel {
+        task: i64,
+    },
     /// Run a failed, paused or cancelled task again from its failed steps.
-    Retry { task: i64 },
+    Retry {
+        task: i64,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -100,7 +123,10 @@ impl std::error::Error for Unreachable {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");
@@ -135,7 +161,9 @@ async fn connect(url: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
 /// Turns a gRPC status into an error that shows only its message.
 fn status(e: tonic::Status) -> anyhow::Error {
     match e.code() {
-        tonic::Code::Unavailable => Unreachable(format!("coordinator unavailable: {}", e.message())).into(),
+        tonic::Code::Unavailable => {
+            Unreachable(format!("coordinator unavailable: {}", e.message())).into()
+        }
         _ => anyhow::anyhow!("{}", e.message()),
     }
 }
@@ -145,38 +173,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Workflow(WorkflowCmd::Apply { file }) => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let def = WorkflowDef::from_yaml(&text).with_context(|| format!("{} is not a valid workflow", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let def = WorkflowDef::from_yaml(&text)
+                .with_context(|| format!("{} is not a valid workflow", file.display()))?;
             def.validate()?;
             let wf = client
-                .apply_workflow(v1::ApplyWorkflowRequest { definition: Some((&def).into()) })
+                .apply_workflow(v1::ApplyWorkflowRequest {
+                    definition: Some((&def).into()),
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
             if json {
                 print_json(&workflow_json(&wf))?;
             } else {
-                println!("workflow {} applied (id {}, {} steps)", def.name, wf.id, def.steps.len());
+                println!(
+                    "workflow {} applied (id {}, {} steps)",
+                    def.name,
+                    wf.id,
+                    def.steps.len()
+                );
             }
         }
         Command::Workflow(WorkflowCmd::List) => {
-            let list = client.list_workflows(v1::ListWorkflowsRequest {}).await.map_err(status)?.into_inner();
+            let list = client
+                .list_workflows(v1::ListWorkflowsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
             if json {
-                print_json(&serde_json::Value::Array(list.workflows.iter().map(workflow_json).collect()))?;
+                print_json(&serde_json::Value::Array(
+                    list.workflows.iter().map(workflow_json).collect(),
+                ))?;
             } else {
                 let rows = list
                     .workflows
                     .iter()
                     .map(|w| {
                         let d = w.definition.clone().unwrap_or_default();
-                        vec![w.id.to_string(), d.name, d.steps.len().to_string(), w.updated_at.clone(), d.description]
+                        vec![
+                            w.id.to_string(),
+                            d.name,
+                            d.steps.len().to_string(),
+                            w.updated_at.clone(),
+                            d.description,
+                        ]
                     })
                     .collect();
                 print_table(&["ID", "NAME", "STEPS", "UPDATED", "DESCRIPTION"], rows);
             }
         }
         Command::Workflow(WorkflowCmd::Show { name }) => {
-            let wf = client.get_workflow(v1::GetWorkflowRequest { name }).await.map_err(status)?.into_inner();
+            let wf = client
+                .get_workflow(v1::GetWorkflowRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
             if json {
                 print_json(&workflow_json(&wf))?;
             } else {
@@ -184,7 +237,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", serde_yaml::to_string(&def)?);
             }
         }
-        Command::Task(TaskCmd::Create { workflow, name, params }) => {
+        Command::Task(TaskCmd::Create {
+            workflow,
+            name,
+            params,
+        }) => {
             let task = client
                 .create_task(v1::CreateTaskRequest {
                     workflow,
@@ -202,12 +259,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Task(TaskCmd::List { status: st, limit }) => {
             let list = client
-                .list_tasks(v1::ListTasksRequest { status: st.unwrap_or_default(), limit })
+                .list_tasks(v1::ListTasksRequest {
+                    status: st.unwrap_or_default(),
+                    limit,
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
             if json {
-                print_json(&serde_json::Value::Array(list.tasks.iter().map(task_json).collect()))?;
+                print_json(&serde_json::Value::Array(
+                    list.tasks.iter().map(task_json).collect(),
+                ))?;
             } else {
                 let rows = list
                     .tasks
@@ -223,22 +285,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                print_table(&["ID", "NAME", "WORKFLOW", "STATUS", "STEPS", "CREATED"], rows);
+                print_table(
+                    &["ID", "NAME", "WORKFLOW", "STATUS", "STEPS", "CREATED"],
+                    rows,
+                );
             }
         }
         Command::Task(TaskCmd::Show { task }) => {
-            let detail = client.get_task(v1::TaskRef { task_id: task }).await.map_err(status)?.into_inner();
+            let detail = client
+                .get_task(v1::TaskRef { task_id: task })
+                .await
+                .map_err(status)?
+                .into_inner();
             let t = detail.task.clone().unwrap_or_default();
             if json {
                 let mut v = task_json(&t);
                 v["steps"] = serde_json::Value::Array(detail.steps.iter().map(step_json).collect());
                 print_json(&v)?;
             } else {
-                println!("task {}  {}  [{}]  workflow {}", t.id, t.name, t.status, t.workflow);
+                println!(
+                    "task {}  {}  [{}]  workflow {}",
+                    t.id, t.name, t.status, t.workflow
+                );
                 if !t.status_reason.is_empty() {
                     println!("reason: {}", t.status_reason);
                 }
-                println!("created {}  started {}  completed {}", t.created_at, dash(&t.started_at), dash(&t.completed_at));
+                println!(
+                    "created {}  started {}  completed {}",
+                    t.created_at,
+                    dash(&t.started_at),
+                    dash(&t.completed_at)
+                );
                 println!();
                 let rows = detail
                     .steps
@@ -256,10 +333,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                print_table(&["#", "STEP", "KIND", "STATUS", "AGENT", "RETRIES", "INPUTS", "ERROR"], rows);
+                print_table(
+                    &[
+                        "#", "STEP", "KIND", "STATUS", "AGENT", "RETRIES", "INPUTS", "ERROR",
+                    ],
+                    rows,
+                );
             }
         }
-        Command::Task(cmd @ (TaskCmd::Pause { .. } | TaskCmd::Resume { .. } | TaskCmd::Cancel { .. } | TaskCmd::Retry { .. })) => {
+        Command::Task(
+            cmd @ (TaskCmd::Pause { .. }
+            | TaskCmd::Resume { .. }
+            | TaskCmd::Cancel { .. }
+            | TaskCmd::Retry { .. }),
+        ) => {
             let (verb, task_id) = match cmd {
                 TaskCmd::Pause { task } => ("paused", task),
                 TaskCmd::Resume { task } => ("resumed", task),
@@ -283,15 +370,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Logs { task, follow } => {
-            let req = v1::GetLogsRequest { task_id: task, after_id: 0, limit: 0 };
+            let req = v1::GetLogsRequest {
+                task_id: task,
+                after_id: 0,
+                limit: 0,
+            };
             if follow {
                 let mut stream = client.follow_logs(req).await.map_err(status)?.into_inner();
                 while let Some(entry) = stream.message().await.map_err(status)? {
                     print_log(&entry, json)?;
                 }
-                let t = client.get_task_status(v1::TaskRef { task_id: task }).await.map_err(status)?.into_inner();
+                let t = client
+                    .get_task_status(v1::TaskRef { task_id: task })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
                 if !json {
-                    println!("-- task {} is {}{}", t.id, t.status, if t.status_reason.is_empty() { String::new() } else { format!(": {}", t.status_reason) });
+                    println!(
+                        "-- task {} is {}{}",
+                        t.id,
+                        t.status,
+                        if t.status_reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", t.status_reason)
+                        }
+                    );
                 }
             } else {
                 let logs = client.get_logs(req).await.map_err(status)?.into_inner();
@@ -301,7 +405,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Agents => {
-            let list = client.list_agents(v1::ListAgentsRequest {}).await.map_err(status)?.into_inner();
+            let list = client
+                .list_agents(v1::ListAgentsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
             if json {
                 let v: Vec<_> = list
                     .agents
@@ -321,7 +429,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         vec![
                             a.name.clone(),
                             a.role.clone(),
-                            if a.connected { "connected".into() } else { "offline".into() },
+                            if a.connected {
+                                "connected".into()
+                            } else {
+                                "offline".into()
+                            },
                             a.running_jobs.to_string(),
                             a.kinds.join(","),
                             format!("{:?}", a.gpus),
@@ -329,7 +441,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                print_table(&["NAME", "ROLE", "STATE", "JOBS", "KINDS", "GPUS", "LAST SEEN"], rows);
+                print_table(
+                    &[
+                        "NAME",
+                        "ROLE",
+                        "STATE",
+                        "JOBS",
+                        "KINDS",
+                        "GPUS",
+                        "LAST SEEN",
+                    ],
+                    rows,
+                );
             }
         }
     }
@@ -346,7 +469,9 @@ fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 fn print_log(e: &v1::LogEntry, json: bool) -> anyhow::Result<()> {
-    let level = v1::LogLevel::try_from(e.level).map(|l| l.as_str_name().trim_start_matches("LOG_LEVEL_")).unwrap_or("INFO");
+    let level = v1::LogLevel::try_from(e.level)
+        .map(|l| l.as_str_name().trim_start_matches("LOG_LEVEL_"))
+        .unwrap_or("INFO");
     if json {
         println!(
             "{}",
@@ -367,7 +492,10 @@ fn print_log(e: &v1::LogEntry, json: bool) -> anyhow::Result<()> {
 }
 
 fn workflow_json(w: &v1::Workflow) -> serde_json::Value {
-    let def = w.definition.clone().and_then(|d| WorkflowDef::try_from(d).ok());
+    let def = w
+        .definition
+        .clone()
+        .and_then(|d| WorkflowDef::try_from(d).ok());
     serde_json::json!({"id": w.id, "created_at": w.created_at, "updated_at": w.updated_at,
         "definition": def.and_then(|d| serde_json::to_value(d).ok())})
 }

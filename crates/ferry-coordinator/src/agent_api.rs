@@ -19,26 +19,46 @@ pub struct AgentApi {
 impl AgentService for AgentApi {
     type AttachStream = UnboundedReceiverStream<Result<v1::CoordinatorMessage, Status>>;
 
-    async fn attach(&self, req: Request<Streaming<v1::AgentMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+    async fn attach(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
         let mut inbound = req.into_inner();
         let register = match inbound.message().await? {
-            Some(v1::AgentMessage { msg: Some(agent_message::Msg::Register(r)) }) => r,
-            _ => return Err(Status::invalid_argument("the first message on the stream must be Register")),
+            Some(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Register(r)),
+            }) => r,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on the stream must be Register",
+                ));
+            }
         };
         let name = register.agent_name.clone();
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         self.engine
-            .send(EngineMsg::AgentAttached { conn_id, register, tx, reply })
+            .send(EngineMsg::AgentAttached {
+                conn_id,
+                register,
+                tx,
+                reply,
+            })
             .await?;
-        answer.await.map_err(|_| Status::unavailable("the engine is shutting down"))??;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("the engine is shutting down"))??;
         let engine = self.engine.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(v1::AgentMessage { msg: Some(msg) })) => {
-                        let m = EngineMsg::FromAgent { name: name.clone(), conn_id, msg };
+                        let m = EngineMsg::FromAgent {
+                            name: name.clone(),
+                            conn_id,
+                            msg,
+                        };
                         if engine.send(m).await.is_err() {
                             return;
                         }
@@ -54,7 +74,9 @@ impl AgentService for AgentApi {
                     }
                 }
             }
-            let _ = engine.send(EngineMsg::AgentDetached { name, conn_id }).await;
+            let _ = engine
+                .send(EngineMsg::AgentDetached { name, conn_id })
+                .await;
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }

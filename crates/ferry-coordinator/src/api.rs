@@ -25,7 +25,7 @@ const DEFAULT_LIST_LIMIT: u64 = 100;
 const LOG_PAGE: u64 = 1000;
 
 fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 fn ts_opt(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -99,7 +99,13 @@ fn log_to_wire(l: &task_log::Model) -> v1::LogEntry {
 }
 
 fn metric_to_wire(m: &step_metric::Model) -> v1::Metric {
-    v1::Metric { step: m.step_name.clone(), name: m.name.clone(), value: m.value, index: m.idx, timestamp: ts(m.ts) }
+    v1::Metric {
+        step: m.step_name.clone(),
+        name: m.name.clone(),
+        value: m.value,
+        index: m.idx,
+        timestamp: ts(m.ts),
+    }
 }
 
 fn workflow_to_wire(w: &workflow::Model) -> Result<v1::Workflow, Status> {
@@ -130,21 +136,38 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<v1::LogEntry, Status>> + Send>
 
 #[tonic::async_trait]
 impl WorkflowService for WorkflowApi {
-    async fn apply_workflow(&self, req: Request<v1::ApplyWorkflowRequest>) -> Result<Response<v1::Workflow>, Status> {
-        let wire = req.into_inner().definition.ok_or_else(|| Status::invalid_argument("request has no workflow definition"))?;
-        let def = WorkflowDef::try_from(wire).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        def.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+    async fn apply_workflow(
+        &self,
+        req: Request<v1::ApplyWorkflowRequest>,
+    ) -> Result<Response<v1::Workflow>, Status> {
+        let wire = req
+            .into_inner()
+            .definition
+            .ok_or_else(|| Status::invalid_argument("request has no workflow definition"))?;
+        let def =
+            WorkflowDef::try_from(wire).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        def.validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let row = self.store.apply_workflow(&def).await.map_err(store_err)?;
         Ok(Response::new(workflow_to_wire(&row)?))
     }
 
-    async fn list_workflows(&self, _: Request<v1::ListWorkflowsRequest>) -> Result<Response<v1::ListWorkflowsResponse>, Status> {
+    async fn list_workflows(
+        &self,
+        _: Request<v1::ListWorkflowsRequest>,
+    ) -> Result<Response<v1::ListWorkflowsResponse>, Status> {
         let rows = self.store.list_workflows().await.map_err(store_err)?;
-        let workflows = rows.iter().map(workflow_to_wire).collect::<Result<_, _>>()?;
+        let workflows = rows
+            .iter()
+            .map(workflow_to_wire)
+            .collect::<Result<_, _>>()?;
         Ok(Response::new(v1::ListWorkflowsResponse { workflows }))
     }
 
-    async fn get_workflow(&self, req: Request<v1::GetWorkflowRequest>) -> Result<Response<v1::Workflow>, Status> {
+    async fn get_workflow(
+        &self,
+        req: Request<v1::GetWorkflowRequest>,
+    ) -> Result<Response<v1::Workflow>, Status> {
         let name = req.into_inner().name;
         let row = self
             .store
@@ -155,33 +178,64 @@ impl WorkflowService for WorkflowApi {
         Ok(Response::new(workflow_to_wire(&row)?))
     }
 
-    async fn create_task(&self, req: Request<v1::CreateTaskRequest>) -> Result<Response<v1::Task>, Status> {
+    async fn create_task(
+        &self,
+        req: Request<v1::CreateTaskRequest>,
+    ) -> Result<Response<v1::Task>, Status> {
         let r = req.into_inner();
         if r.workflow.trim().is_empty() {
-            return Err(Status::invalid_argument("`workflow` must name a stored workflow"));
+            return Err(Status::invalid_argument(
+                "`workflow` must name a stored workflow",
+            ));
         }
         let params = r.params.into_iter().collect();
         let row = self
             .engine
-            .request(|reply| ApiRequest::CreateTask { workflow: r.workflow, name: r.name, params, reply })
+            .request(|reply| ApiRequest::CreateTask {
+                workflow: r.workflow,
+                name: r.name,
+                params,
+                reply,
+            })
             .await?;
         self.task_reply(row).await
     }
 
-    async fn list_tasks(&self, req: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        req: Request<v1::ListTasksRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
         let r = req.into_inner();
         let status = if r.status.is_empty() {
             None
         } else {
-            r.status.parse::<TaskStatus>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+            r.status
+                .parse::<TaskStatus>()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
             Some(r.status.as_str())
         };
-        let limit = if r.limit == 0 { DEFAULT_LIST_LIMIT } else { u64::from(r.limit) };
-        let rows = self.store.list_tasks(status, limit).await.map_err(store_err)?;
-        Ok(Response::new(v1::ListTasksResponse { tasks: rows.iter().map(|t| task_to_wire(t, t.current_step)).collect() }))
+        let limit = if r.limit == 0 {
+            DEFAULT_LIST_LIMIT
+        } else {
+            u64::from(r.limit)
+        };
+        let rows = self
+            .store
+            .list_tasks(status, limit)
+            .await
+            .map_err(store_err)?;
+        Ok(Response::new(v1::ListTasksResponse {
+            tasks: rows
+                .iter()
+                .map(|t| task_to_wire(t, t.current_step))
+                .collect(),
+        }))
     }
 
-    async fn get_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::TaskDetail>, Status> {
+    async fn get_task(
+        &self,
+        req: Request<v1::TaskRef>,
+    ) -> Result<Response<v1::TaskDetail>, Status> {
         let id = req.into_inner().task_id;
         let row = self.task_row(id).await?;
         let steps = self.store.steps(id).await.map_err(store_err)?;
@@ -193,29 +247,44 @@ impl WorkflowService for WorkflowApi {
 
     async fn cancel_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
         let task_id = req.into_inner().task_id;
-        let row = self.engine.request(|reply| ApiRequest::Cancel { task_id, reply }).await?;
+        let row = self
+            .engine
+            .request(|reply| ApiRequest::Cancel { task_id, reply })
+            .await?;
         self.task_reply(row).await
     }
 
     async fn retry_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
         let task_id = req.into_inner().task_id;
-        let row = self.engine.request(|reply| ApiRequest::Retry { task_id, reply }).await?;
+        let row = self
+            .engine
+            .request(|reply| ApiRequest::Retry { task_id, reply })
+            .await?;
         self.task_reply(row).await
     }
 
     async fn pause_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
         let task_id = req.into_inner().task_id;
-        let row = self.engine.request(|reply| ApiRequest::Pause { task_id, reply }).await?;
+        let row = self
+            .engine
+            .request(|reply| ApiRequest::Pause { task_id, reply })
+            .await?;
         self.task_reply(row).await
     }
 
     async fn resume_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
         let task_id = req.into_inner().task_id;
-        let row = self.engine.request(|reply| ApiRequest::Resume { task_id, reply }).await?;
+        let row = self
+            .engine
+            .request(|reply| ApiRequest::Resume { task_id, reply })
+            .await?;
         self.task_reply(row).await
     }
 
-    async fn get_task_status(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+    async fn get_task_status(
+        &self,
+        req: Request<v1::TaskRef>,
+    ) -> Result<Response<v1::Task>, Status> {
         let row = self.task_row(req.into_inner().task_id).await?;
         self.task_reply(row).await
     }
@@ -224,20 +293,38 @@ impl WorkflowService for WorkflowApi {
         let id = req.into_inner().task_id;
         self.task_row(id).await?;
         let steps = self.store.steps(id).await.map_err(store_err)?;
-        Ok(Response::new(v1::StepList { steps: steps.iter().map(step_to_wire).collect() }))
+        Ok(Response::new(v1::StepList {
+            steps: steps.iter().map(step_to_wire).collect(),
+        }))
     }
 
-    async fn get_logs(&self, req: Request<v1::GetLogsRequest>) -> Result<Response<v1::LogList>, Status> {
+    async fn get_logs(
+        &self,
+        req: Request<v1::GetLogsRequest>,
+    ) -> Result<Response<v1::LogList>, Status> {
         let r = req.into_inner();
         self.task_row(r.task_id).await?;
-        let limit = if r.limit == 0 { 10_000 } else { u64::from(r.limit) };
-        let rows = self.store.logs(r.task_id, r.after_id, limit).await.map_err(store_err)?;
-        Ok(Response::new(v1::LogList { entries: rows.iter().map(log_to_wire).collect() }))
+        let limit = if r.limit == 0 {
+            10_000
+        } else {
+            u64::from(r.limit)
+        };
+        let rows = self
+            .store
+            .logs(r.task_id, r.after_id, limit)
+            .await
+            .map_err(store_err)?;
+        Ok(Response::new(v1::LogList {
+            entries: rows.iter().map(log_to_wire).collect(),
+        }))
     }
 
     type FollowLogsStream = LogStream;
 
-    async fn follow_logs(&self, req: Request<v1::GetLogsRequest>) -> Result<Response<Self::FollowLogsStream>, Status> {
+    async fn follow_logs(
+        &self,
+        req: Request<v1::GetLogsRequest>,
+    ) -> Result<Response<Self::FollowLogsStream>, Status> {
         let r = req.into_inner();
         let task_id = r.task_id;
         self.task_row(task_id).await?;
@@ -264,7 +351,9 @@ impl WorkflowService for WorkflowApi {
                             return;
                         }
                     }
-                    Ok(Broadcast::TaskStatus { task_id: t, status }) if t == task_id && ends_follow(status.as_str()) => {
+                    Ok(Broadcast::TaskStatus { task_id: t, status })
+                        if t == task_id && ends_follow(status.as_str()) =>
+                    {
                         catch_up(&store, task_id, &mut last, &tx).await;
                         return;
                     }
@@ -281,14 +370,22 @@ impl WorkflowService for WorkflowApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_metrics(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::MetricList>, Status> {
+    async fn get_metrics(
+        &self,
+        req: Request<v1::TaskRef>,
+    ) -> Result<Response<v1::MetricList>, Status> {
         let id = req.into_inner().task_id;
         self.task_row(id).await?;
         let rows = self.store.metrics(id).await.map_err(store_err)?;
-        Ok(Response::new(v1::MetricList { metrics: rows.iter().map(metric_to_wire).collect() }))
+        Ok(Response::new(v1::MetricList {
+            metrics: rows.iter().map(metric_to_wire).collect(),
+        }))
     }
 
-    async fn get_progress(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::ProgressList>, Status> {
+    async fn get_progress(
+        &self,
+        req: Request<v1::TaskRef>,
+    ) -> Result<Response<v1::ProgressList>, Status> {
         let id = req.into_inner().task_id;
         self.task_row(id).await?;
         let steps = self.store.steps(id).await.map_err(store_err)?;
@@ -304,8 +401,13 @@ impl WorkflowService for WorkflowApi {
         }))
     }
 
-    async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        Ok(Response::new(v1::ListAgentsResponse { agents: self.engine.list_agents().await? }))
+    async fn list_agents(
+        &self,
+        _: Request<v1::ListAgentsRequest>,
+    ) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        Ok(Response::new(v1::ListAgentsResponse {
+            agents: self.engine.list_agents().await?,
+        }))
     }
 }
 

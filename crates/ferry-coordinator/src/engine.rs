@@ -70,11 +70,25 @@ pub enum ApiRequest {
         params: BTreeMap<String, String>,
         reply: Reply<workflow_task::Model>,
     },
-    Pause { task_id: i64, reply: Reply<workflow_task::Model> },
-    Resume { task_id: i64, reply: Reply<workflow_task::Model> },
-    Cancel { task_id: i64, reply: Reply<workflow_task::Model> },
-    Retry { task_id: i64, reply: Reply<workflow_task::Model> },
-    ListAgents { reply: oneshot::Sender<Vec<v1::AgentInfo>> },
+    Pause {
+        task_id: i64,
+        reply: Reply<workflow_task::Model>,
+    },
+    Resume {
+        task_id: i64,
+        reply: Reply<workflow_task::Model>,
+    },
+    Cancel {
+        task_id: i64,
+        reply: Reply<workflow_task::Model>,
+    },
+    Retry {
+        task_id: i64,
+        reply: Reply<workflow_task::Model>,
+    },
+    ListAgents {
+        reply: oneshot::Sender<Vec<v1::AgentInfo>>,
+    },
 }
 
 /// What followers of a task's log hear, after the change is committed.
@@ -93,7 +107,10 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     pub async fn send(&self, msg: EngineMsg) -> Result<(), EngineError> {
-        self.tx.send(msg).await.map_err(|_| EngineError::ShuttingDown)
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)
     }
 
     pub async fn request<T>(
@@ -107,7 +124,8 @@ impl EngineHandle {
 
     pub async fn list_agents(&self) -> Result<Vec<v1::AgentInfo>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.send(EngineMsg::Api(ApiRequest::ListAgents { reply })).await?;
+        self.send(EngineMsg::Api(ApiRequest::ListAgents { reply }))
+            .await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
@@ -133,7 +151,10 @@ struct TaskRt {
 
 impl TaskRt {
     fn completed_steps(&self) -> usize {
-        self.steps.iter().filter(|s| s.status == StepStatus::Completed).count()
+        self.steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Completed)
+            .count()
     }
 }
 
@@ -191,7 +212,10 @@ const MAX_BATCH: usize = 2048;
 
 impl Engine {
     /// Loads unfinished tasks from the store and returns the engine and its handle.
-    pub async fn start(store: Store, settings: EngineSettings) -> Result<(Engine, EngineHandle), EngineError> {
+    pub async fn start(
+        store: Store,
+        settings: EngineSettings,
+    ) -> Result<(Engine, EngineHandle), EngineError> {
         let (tx, rx) = mpsc::channel(16 * 1024);
         let (broadcast, _) = broadcast::channel(16 * 1024);
         let next_log_id = store.max_log_id().await? + 1;
@@ -229,7 +253,9 @@ impl Engine {
         for row in rows {
             let id = row.id;
             self.load_task(row).await?;
-            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             for step in &task.steps {
                 if step.status.is_on_agent()
                     && let Some(agent) = &step.row.agent_name
@@ -245,7 +271,8 @@ impl Engine {
                         running: 0,
                     });
                     if let Some(job) = &step.row.job_id {
-                        self.jobs.insert(job.clone(), (id, step.row.step_order as usize));
+                        self.jobs
+                            .insert(job.clone(), (id, step.row.step_order as usize));
                     }
                 }
             }
@@ -254,9 +281,19 @@ impl Engine {
                 task.row.status_reason =
                     Some("the coordinator restarted and workflow.auto_resume is off".into());
                 self.dirty_tasks.insert(id);
-                self.log(id, "", "INFO", "task paused: coordinator restarted with auto_resume off".into());
+                self.log(
+                    id,
+                    "",
+                    "INFO",
+                    "task paused: coordinator restarted with auto_resume off".into(),
+                );
             } else if task.status == TaskStatus::Running {
-                self.log(id, "", "INFO", "coordinator restarted: resuming task from persisted state".into());
+                self.log(
+                    id,
+                    "",
+                    "INFO",
+                    "coordinator restarted: resuming task from persisted state".into(),
+                );
             }
             self.enqueue_pending(id);
         }
@@ -307,25 +344,39 @@ impl Engine {
 
     async fn handle(&mut self, msg: EngineMsg) {
         match msg {
-            EngineMsg::AgentAttached { conn_id, register, tx, reply } => {
+            EngineMsg::AgentAttached {
+                conn_id,
+                register,
+                tx,
+                reply,
+            } => {
                 let result = self.attach_agent(conn_id, register, tx);
                 let _ = reply.send(result);
             }
             EngineMsg::AgentDetached { name, conn_id } => self.detach_agent(&name, conn_id),
-            EngineMsg::FromAgent { name, conn_id, msg } => self.from_agent(&name, conn_id, msg),
+            EngineMsg::FromAgent { name, conn_id, msg } => self.agent_message(&name, conn_id, msg),
             EngineMsg::Api(req) => self.api(req).await,
         }
     }
 
-    fn attach_agent(&mut self, conn_id: u64, reg: v1::Register, tx: AgentTx) -> Result<(), EngineError> {
+    fn attach_agent(
+        &mut self,
+        conn_id: u64,
+        reg: v1::Register,
+        tx: AgentTx,
+    ) -> Result<(), EngineError> {
         let name = reg.agent_name.trim().to_owned();
         if name.is_empty() {
-            return Err(EngineError::InvalidRequest("agent_name must not be empty".into()));
+            return Err(EngineError::InvalidRequest(
+                "agent_name must not be empty".into(),
+            ));
         }
         let role: Role = reg
             .role
             .parse()
-            .map_err(|e: ferry_core::state::UnknownValue| EngineError::InvalidRequest(e.to_string()))?;
+            .map_err(|e: ferry_core::state::UnknownValue| {
+                EngineError::InvalidRequest(e.to_string())
+            })?;
         let now = Instant::now();
         let _ = tx.send(Ok(v1::CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Registered(v1::Registered {
@@ -405,7 +456,11 @@ impl Engine {
                     self.send(agent, start(&r.job_id));
                 }
                 Some(JobState::Running) => {
-                    self.log_step(key, "INFO", format!("re-attached to job {} on agent {agent}", r.job_id));
+                    self.log_step(
+                        key,
+                        "INFO",
+                        format!("re-attached to job {} on agent {agent}", r.job_id),
+                    );
                     self.mark_running(key);
                 }
                 Some(JobState::Completed) => self.job_completed(key, agent, &r.job_id),
@@ -426,7 +481,8 @@ impl Engine {
             .iter()
             .flat_map(|(id, t)| {
                 t.steps.iter().enumerate().filter_map(move |(i, s)| {
-                    (s.status.is_on_agent() && s.row.agent_name.as_deref() == Some(agent)).then_some((*id, i))
+                    (s.status.is_on_agent() && s.row.agent_name.as_deref() == Some(agent))
+                        .then_some((*id, i))
                 })
             })
             .filter(|k| !reported.contains(k))
@@ -434,10 +490,18 @@ impl Engine {
         for key in lost {
             let status = self.step(key).status;
             if status == StepStatus::Running {
-                self.job_failed(key, &format!("agent {agent} restarted and lost the job"), ErrorClass::Transient);
+                self.job_failed(
+                    key,
+                    &format!("agent {agent} restarted and lost the job"),
+                    ErrorClass::Transient,
+                );
             } else {
                 // Never started: dispatch again without counting a retry.
-                self.log_step(key, "INFO", format!("agent {agent} does not know the job; dispatching again"));
+                self.log_step(
+                    key,
+                    "INFO",
+                    format!("agent {agent} does not know the job; dispatching again"),
+                );
                 self.requeue_without_retry(key);
             }
         }
@@ -453,9 +517,11 @@ impl Engine {
         }
     }
 
-    fn from_agent(&mut self, name: &str, conn_id: u64, msg: agent_message::Msg) {
+    fn agent_message(&mut self, name: &str, conn_id: u64, msg: agent_message::Msg) {
         match self.agents.get_mut(name) {
-            Some(a) if a.conn.as_ref().is_some_and(|(id, _)| *id == conn_id) => a.last_seen = Instant::now(),
+            Some(a) if a.conn.as_ref().is_some_and(|(id, _)| *id == conn_id) => {
+                a.last_seen = Instant::now()
+            }
             _ => return, // a message from a replaced connection
         }
         match msg {
@@ -471,7 +537,9 @@ impl Engine {
     }
 
     fn job_created(&mut self, agent: &str, c: v1::JobCreated) {
-        let Some(p) = self.pending_creates.remove(&c.request_id) else { return };
+        let Some(p) = self.pending_creates.remove(&c.request_id) else {
+            return;
+        };
         let key = (p.task_id, p.step);
         let still_wanted = self.tasks.get(&p.task_id).is_some_and(|t| {
             let s = &t.steps[p.step];
@@ -484,7 +552,11 @@ impl Engine {
             return;
         }
         if !c.error.is_empty() {
-            self.job_failed(key, &format!("agent {agent} refused the job: {}", c.error), ErrorClass::Transient);
+            self.job_failed(
+                key,
+                &format!("agent {agent} refused the job: {}", c.error),
+                ErrorClass::Transient,
+            );
             return;
         }
         self.jobs.insert(c.job_id.clone(), key);
@@ -519,7 +591,11 @@ impl Engine {
                     }
                     Some(JobState::Cancelled) => {
                         if !self.step(key).status.is_terminal() {
-                            self.job_failed(key, "job was cancelled on the agent", ErrorClass::Transient);
+                            self.job_failed(
+                                key,
+                                "job was cancelled on the agent",
+                                ErrorClass::Transient,
+                            );
                         }
                         self.jobs.remove(&ev.job_id);
                         self.send(agent, forget(&ev.job_id));
@@ -535,7 +611,11 @@ impl Engine {
                     _ => "INFO",
                 };
                 let step = self.step(key).row.step_name.clone();
-                let source = if l.source.is_empty() { "agent".to_owned() } else { l.source };
+                let source = if l.source.is_empty() {
+                    "agent".to_owned()
+                } else {
+                    l.source
+                };
                 self.push_log(key.0, &step, level, &source, l.message);
             }
             Some(job_event::Event::Checkpoint(c)) if current => {
@@ -548,7 +628,14 @@ impl Engine {
             }
             Some(job_event::Event::Metric(m)) => {
                 let step = self.step(key).row.step_name.clone();
-                self.new_metrics.push(ferry_store::new_metric(key.0, &step, &m.name, m.value, m.index, Utc::now()));
+                self.new_metrics.push(ferry_store::new_metric(
+                    key.0,
+                    &step,
+                    &m.name,
+                    m.value,
+                    m.index,
+                    Utc::now(),
+                ));
             }
             _ => {}
         }
@@ -583,7 +670,10 @@ impl Engine {
         self.set_step_status(key, StepStatus::Completed);
         let elapsed = self.step_elapsed(key);
         self.log_step(key, "INFO", format!("completed in {elapsed}"));
-        let task = self.tasks.get_mut(&key.0).expect("key refers to a live task");
+        let task = self
+            .tasks
+            .get_mut(&key.0)
+            .expect("key refers to a live task");
         task.row.current_step = task.completed_steps() as i32;
         self.dirty_tasks.insert(key.0);
         let dependents = task.steps[key.1].dependents.clone();
@@ -598,7 +688,11 @@ impl Engine {
         if self.step(key).status.is_terminal() {
             return;
         }
-        let error = if error.is_empty() { "job failed without a message" } else { error };
+        let error = if error.is_empty() {
+            "job failed without a message"
+        } else {
+            error
+        };
         let (retries, policy, name) = {
             let s = self.step(key);
             (s.row.retry_count as u32, s.policy, s.row.step_name.clone())
@@ -642,11 +736,19 @@ impl Engine {
         self.set_step_status(key, StepStatus::Failed);
         if class == ErrorClass::Permanent {
             let reason = format!("step `{name}` failed permanently: {error}");
-            self.log_step(key, "ERROR", format!("failed permanently: {error}; task paused"));
+            self.log_step(
+                key,
+                "ERROR",
+                format!("failed permanently: {error}; task paused"),
+            );
             self.set_task_status(key.0, TaskStatus::Paused, Some(reason));
         } else {
             let reason = format!("step `{name}` failed after {retries} retries: {error}");
-            self.log_step(key, "ERROR", format!("failed after {retries} retries: {error}"));
+            self.log_step(
+                key,
+                "ERROR",
+                format!("failed after {retries} retries: {error}"),
+            );
             self.set_task_status(key.0, TaskStatus::Failed, Some(reason));
         }
     }
@@ -660,14 +762,21 @@ impl Engine {
     }
 
     fn check_task_done(&mut self, task_id: i64) {
-        let Some(task) = self.tasks.get(&task_id) else { return };
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
         if task.steps.iter().all(|s| s.status == StepStatus::Completed) {
             let elapsed = format_duration(
                 (Utc::now() - task.row.started_at.unwrap_or(task.row.created_at))
                     .to_std()
                     .unwrap_or_default(),
             );
-            self.log(task_id, "", "INFO", format!("workflow complete - total time: {elapsed}"));
+            self.log(
+                task_id,
+                "",
+                "INFO",
+                format!("workflow complete - total time: {elapsed}"),
+            );
             self.set_task_status(task_id, TaskStatus::Completed, None);
         }
     }
@@ -704,7 +813,9 @@ impl Engine {
         keys.sort_unstable();
         let now = Utc::now();
         for key in keys {
-            let Some(task) = self.tasks.get(&key.0) else { continue };
+            let Some(task) = self.tasks.get(&key.0) else {
+                continue;
+            };
             if task.status != TaskStatus::Running {
                 continue;
             }
@@ -715,12 +826,19 @@ impl Engine {
             if step.row.next_attempt_at.is_some_and(|t| t > now) {
                 continue; // its retry timer will bring it back
             }
-            if !step.deps.iter().all(|&d| task.steps[d].status == StepStatus::Completed) {
+            if !step
+                .deps
+                .iter()
+                .all(|&d| task.steps[d].status == StepStatus::Completed)
+            {
                 continue; // INPUTS_READY not yet satisfied
             }
             let Some(agent) = self.pick_agent(&step.placement, &step.row.kind) else {
                 if self.waiting_for_agent.insert(key) {
-                    let msg = format!("waiting for an agent ({}, kind {})", step.placement, step.row.kind);
+                    let msg = format!(
+                        "waiting for an agent ({}, kind {})",
+                        step.placement, step.row.kind
+                    );
                     self.log_step(key, "WARN", msg);
                 }
                 continue;
@@ -732,7 +850,11 @@ impl Engine {
     fn pick_agent(&self, placement: &Placement, kind: &str) -> Option<String> {
         let usable = |a: &AgentRt| a.conn.is_some() && a.kinds.contains(kind);
         match placement {
-            Placement::Agent(name) => self.agents.get(name).filter(|a| usable(a)).map(|_| name.clone()),
+            Placement::Agent(name) => self
+                .agents
+                .get(name)
+                .filter(|a| usable(a))
+                .map(|_| name.clone()),
             Placement::Role(role) => self
                 .agents
                 .iter()
@@ -774,12 +896,23 @@ impl Engine {
         if let Some(a) = self.agents.get_mut(&agent) {
             a.running += 1;
         }
-        self.pending_creates.insert(request_id, PendingCreate { task_id: key.0, step: key.1, attempt });
+        self.pending_creates.insert(
+            request_id,
+            PendingCreate {
+                task_id: key.0,
+                step: key.1,
+                attempt,
+            },
+        );
         let retry_note = match self.step(key).row.retry_count {
             0 => String::new(),
             n => format!(" (retry {n})"),
         };
-        self.log_step(key, "INFO", format!("dispatching to agent {agent}{retry_note}"));
+        self.log_step(
+            key,
+            "INFO",
+            format!("dispatching to agent {agent}{retry_note}"),
+        );
         self.send(&agent, coordinator_message::Msg::CreateJob(create));
     }
 
@@ -797,7 +930,11 @@ impl Engine {
         let gone: HashSet<String> = self
             .agents
             .iter()
-            .filter(|(_, a)| a.conn.is_none() && a.offline_since.is_some_and(|t| now.duration_since(t) > timeout))
+            .filter(|(_, a)| {
+                a.conn.is_none()
+                    && a.offline_since
+                        .is_some_and(|t| now.duration_since(t) > timeout)
+            })
             .map(|(n, _)| n.clone())
             .collect();
         if gone.is_empty() {
@@ -810,13 +947,18 @@ impl Engine {
             .flat_map(|(id, t)| {
                 t.steps.iter().enumerate().filter_map(move |(i, s)| {
                     let agent = s.row.agent_name.as_ref()?;
-                    (s.status.is_on_agent() && gone.contains(agent)).then(|| ((*id, i), agent.clone()))
+                    (s.status.is_on_agent() && gone.contains(agent))
+                        .then(|| ((*id, i), agent.clone()))
                 })
             })
             .collect();
         for (key, agent) in stranded {
-            self.pending_creates.retain(|_, p| (p.task_id, p.step) != key);
-            let msg = format!("agent {agent} unreachable for more than {}s", timeout.as_secs());
+            self.pending_creates
+                .retain(|_, p| (p.task_id, p.step) != key);
+            let msg = format!(
+                "agent {agent} unreachable for more than {}s",
+                timeout.as_secs()
+            );
             self.job_failed(key, &msg, ErrorClass::Transient);
         }
     }
@@ -825,7 +967,12 @@ impl Engine {
 
     async fn api(&mut self, req: ApiRequest) {
         match req {
-            ApiRequest::CreateTask { workflow, name, params, reply } => {
+            ApiRequest::CreateTask {
+                workflow,
+                name,
+                params,
+                reply,
+            } => {
                 let result = self.create_task(&workflow, name, params).await;
                 self.reply_after_commit(reply, result);
             }
@@ -860,7 +1007,10 @@ impl Engine {
                         },
                         gpus: a.gpus.clone(),
                         connected: a.conn.is_some(),
-                        last_seen: format!("{:.1}s ago", now.duration_since(a.last_seen).as_secs_f64()),
+                        last_seen: format!(
+                            "{:.1}s ago",
+                            now.duration_since(a.last_seen).as_secs_f64()
+                        ),
                         running_jobs: a.running,
                         hostname: a.hostname.clone(),
                     })
@@ -873,12 +1023,19 @@ impl Engine {
 
     /// Sends the answer once this turn's changes are committed, with the task row as
     /// committed.
-    fn reply_after_commit(&mut self, reply: Reply<workflow_task::Model>, result: Result<i64, EngineError>) {
+    fn reply_after_commit(
+        &mut self,
+        reply: Reply<workflow_task::Model>,
+        result: Result<i64, EngineError>,
+    ) {
         match result {
             Ok(task_id) => {
                 let row = self.tasks.get(&task_id).map(|t| t.row.clone());
                 self.replies.push(Box::new(move || {
-                    let _ = reply.send(row.ok_or_else(|| EngineError::NotFound(format!("task {task_id} not found"))));
+                    let _ =
+                        reply.send(row.ok_or_else(|| {
+                            EngineError::NotFound(format!("task {task_id} not found"))
+                        }));
                 }));
             }
             Err(e) => {
@@ -916,10 +1073,15 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("workflow `{workflow}` not found")))?;
         let def: WorkflowDef = Store::definition_of(&wf)?;
-        def.validate().map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        def.validate()
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         // Check every placeholder now, with a stand-in id, so the insert below cannot fail
         // half-way.
-        let probe = TemplateContext { task_id: 0, task_name: &name, params: &params };
+        let probe = TemplateContext {
+            task_id: 0,
+            task_name: &name,
+            params: &params,
+        };
         for s in &def.steps {
             template::render(&s.params, &probe)
                 .map_err(|e| EngineError::InvalidRequest(format!("step `{}`: {e}", s.name)))?;
@@ -955,7 +1117,8 @@ impl Engine {
                         kind: s.kind.clone(),
                         params: s.params.to_string(),
                         placement: serde_json::to_string(&s.placement).unwrap_or_default(),
-                        depends_on: serde_json::to_string(&s.inputs).unwrap_or_else(|_| "[]".into()),
+                        depends_on: serde_json::to_string(&s.inputs)
+                            .unwrap_or_else(|_| "[]".into()),
                         exec_constraint: match s.constraint() {
                             ferry_core::workflow::Constraint::None => "NONE".into(),
                             ferry_core::workflow::Constraint::InputsReady => "INPUTS_READY".into(),
@@ -968,11 +1131,16 @@ impl Engine {
         };
         let (mut task_row, mut step_rows) = self.store.insert_task(new_task).await?;
         // Render placeholders now that the task has its id.
-        let ctx = TemplateContext { task_id: task_row.id, task_name: &task_name, params: &params };
+        let ctx = TemplateContext {
+            task_id: task_row.id,
+            task_name: &task_name,
+            params: &params,
+        };
         for row in &mut step_rows {
             let raw: serde_json::Value = serde_json::from_str(&row.params).unwrap_or_default();
-            let rendered = template::render(&raw, &ctx)
-                .map_err(|e| EngineError::InvalidRequest(format!("step `{}`: {e}", row.step_name)))?;
+            let rendered = template::render(&raw, &ctx).map_err(|e| {
+                EngineError::InvalidRequest(format!("step `{}`: {e}", row.step_name))
+            })?;
             row.params = rendered.to_string();
         }
         task_row.started_at = Some(Utc::now());
@@ -983,8 +1151,16 @@ impl Engine {
         self.dirty_tasks.insert(id);
         self.dirty_steps.extend(keys);
         let count = self.tasks[&id].steps.len();
-        self.log(id, "", "INFO", format!("task created from workflow {} with {count} steps", def.name));
-        self.broadcasts.push(Broadcast::TaskStatus { task_id: id, status: TaskStatus::Running });
+        self.log(
+            id,
+            "",
+            "INFO",
+            format!("task created from workflow {} with {count} steps", def.name),
+        );
+        self.broadcasts.push(Broadcast::TaskStatus {
+            task_id: id,
+            status: TaskStatus::Running,
+        });
         self.enqueue_pending(id);
         Ok(id)
     }
@@ -997,7 +1173,12 @@ impl Engine {
             )));
         }
         self.set_task_status(task_id, TaskStatus::Paused, Some("paused by user".into()));
-        self.log(task_id, "", "INFO", "task paused: running steps finish, no new step starts".into());
+        self.log(
+            task_id,
+            "",
+            "INFO",
+            "task paused: running steps finish, no new step starts".into(),
+        );
         Ok(())
     }
 
@@ -1017,16 +1198,32 @@ impl Engine {
 
     fn retry_task(&mut self, task_id: i64) -> Result<(), EngineError> {
         let status = self.tasks[&task_id].status;
-        if !matches!(status, TaskStatus::Failed | TaskStatus::Paused | TaskStatus::Cancelled) {
+        if !matches!(
+            status,
+            TaskStatus::Failed | TaskStatus::Paused | TaskStatus::Cancelled
+        ) {
             return Err(EngineError::FailedPrecondition(format!(
                 "task {task_id} is {status}; only a failed, paused or cancelled task can be retried"
             )));
         }
         let requeued = self.requeue_failed_steps(task_id);
         self.set_task_status(task_id, TaskStatus::Running, None);
-        let completed_at = &mut self.tasks.get_mut(&task_id).expect("task is loaded").row.completed_at;
+        let completed_at = &mut self
+            .tasks
+            .get_mut(&task_id)
+            .expect("task is loaded")
+            .row
+            .completed_at;
         *completed_at = None;
-        self.log(task_id, "", "INFO", format!("task retried from its failed steps: {}", requeued.join(", ")));
+        self.log(
+            task_id,
+            "",
+            "INFO",
+            format!(
+                "task retried from its failed steps: {}",
+                requeued.join(", ")
+            ),
+        );
         self.enqueue_pending(task_id);
         Ok(())
     }
@@ -1077,7 +1274,11 @@ impl Engine {
         for (agent, job) in to_cancel {
             self.send(&agent, cancel(&job, "task cancelled"));
         }
-        self.set_task_status(task_id, TaskStatus::Cancelled, Some("cancelled by user".into()));
+        self.set_task_status(
+            task_id,
+            TaskStatus::Cancelled,
+            Some("cancelled by user".into()),
+        );
         self.log(task_id, "", "INFO", "task cancelled".into());
         Ok(())
     }
@@ -1090,12 +1291,17 @@ impl Engine {
 
     fn step_mut(&mut self, key: StepKey) -> &mut StepRt {
         self.dirty_steps.insert(key);
-        &mut self.tasks.get_mut(&key.0).expect("key refers to a live task").steps[key.1]
+        &mut self
+            .tasks
+            .get_mut(&key.0)
+            .expect("key refers to a live task")
+            .steps[key.1]
     }
 
     fn set_step_status(&mut self, key: StepKey, status: StepStatus) {
         let was = self.step(key).status;
-        if was.is_on_agent() && !status.is_on_agent()
+        if was.is_on_agent()
+            && !status.is_on_agent()
             && let Some(agent) = self.step(key).row.agent_name.clone()
             && let Some(a) = self.agents.get_mut(&agent)
         {
@@ -1108,16 +1314,22 @@ impl Engine {
     }
 
     fn set_task_status(&mut self, task_id: i64, status: TaskStatus, reason: Option<String>) {
-        let Some(task) = self.tasks.get_mut(&task_id) else { return };
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
         task.status = status;
         task.row.status = status.as_str().to_owned();
         task.row.status_reason = reason;
         task.row.updated_at = Utc::now();
-        if matches!(status, TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed) {
+        if matches!(
+            status,
+            TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed
+        ) {
             task.row.completed_at = Some(Utc::now());
         }
         self.dirty_tasks.insert(task_id);
-        self.broadcasts.push(Broadcast::TaskStatus { task_id, status });
+        self.broadcasts
+            .push(Broadcast::TaskStatus { task_id, status });
         info!(task_id, status = %status, "task status changed");
     }
 
@@ -1163,7 +1375,11 @@ impl Engine {
     /// (nothing is sent before it succeeds): losing the state would be worse than waiting.
     async fn flush(&mut self, shutdown: &CancellationToken) {
         let batch = WriteBatch {
-            tasks: self.dirty_tasks.iter().filter_map(|id| self.tasks.get(id).map(|t| t.row.clone())).collect(),
+            tasks: self
+                .dirty_tasks
+                .iter()
+                .filter_map(|id| self.tasks.get(id).map(|t| t.row.clone()))
+                .collect(),
             steps: self
                 .dirty_steps
                 .iter()
@@ -1189,7 +1405,10 @@ impl Engine {
                 .agents
                 .get(&agent)
                 .and_then(|a| a.conn.as_ref())
-                .is_some_and(|(_, tx)| tx.send(Ok(v1::CoordinatorMessage { msg: Some(msg) })).is_ok());
+                .is_some_and(|(_, tx)| {
+                    tx.send(Ok(v1::CoordinatorMessage { msg: Some(msg) }))
+                        .is_ok()
+                });
             if !sent {
                 // The agent is gone; its steps are recovered when it re-registers or times out.
                 debug!(agent = %agent, "command not delivered: agent disconnected");
@@ -1205,25 +1424,55 @@ impl Engine {
             let _ = self.broadcast.send(b);
         }
         // Forget finished tasks; the database has them.
-        self.tasks.retain(|_, t| !matches!(t.status, TaskStatus::Completed | TaskStatus::Cancelled));
+        self.tasks
+            .retain(|_, t| !matches!(t.status, TaskStatus::Completed | TaskStatus::Cancelled));
     }
 }
 
-fn build_task_rt(row: workflow_task::Model, steps: Vec<workflow_step::Model>) -> Result<TaskRt, EngineError> {
+fn build_task_rt(
+    row: workflow_task::Model,
+    steps: Vec<workflow_step::Model>,
+) -> Result<TaskRt, EngineError> {
     let status: TaskStatus = row
         .status
         .parse()
-        .map_err(|e: ferry_core::state::UnknownValue| EngineError::InvalidRequest(format!("task {}: {e}", row.id)))?;
-    let index: HashMap<String, usize> = steps.iter().enumerate().map(|(i, s)| (s.step_name.clone(), i)).collect();
+        .map_err(|e: ferry_core::state::UnknownValue| {
+            EngineError::InvalidRequest(format!("task {}: {e}", row.id))
+        })?;
+    let index: HashMap<String, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.step_name.clone(), i))
+        .collect();
     let mut rts = Vec::with_capacity(steps.len());
     for s in steps {
-        let corrupt = |what: &str| EngineError::InvalidRequest(format!("task {} step `{}`: bad {what}", s.task_id, s.step_name));
+        let corrupt = |what: &str| {
+            EngineError::InvalidRequest(format!(
+                "task {} step `{}`: bad {what}",
+                s.task_id, s.step_name
+            ))
+        };
         let status: StepStatus = s.status.parse().map_err(|_| corrupt("status"))?;
-        let placement: Placement = serde_json::from_str(&s.placement).map_err(|_| corrupt("placement"))?;
-        let inputs: Vec<String> = serde_json::from_str(&s.depends_on).map_err(|_| corrupt("depends_on"))?;
-        let deps = inputs.iter().filter_map(|n| index.get(n).copied()).collect();
-        let policy = RetryPolicy { max_retries: s.max_retries.max(0) as u32, backoff_ms: s.backoff_ms.max(0) as u64 };
-        rts.push(StepRt { row: s, status, placement, deps, dependents: Vec::new(), policy });
+        let placement: Placement =
+            serde_json::from_str(&s.placement).map_err(|_| corrupt("placement"))?;
+        let inputs: Vec<String> =
+            serde_json::from_str(&s.depends_on).map_err(|_| corrupt("depends_on"))?;
+        let deps = inputs
+            .iter()
+            .filter_map(|n| index.get(n).copied())
+            .collect();
+        let policy = RetryPolicy {
+            max_retries: s.max_retries.max(0) as u32,
+            backoff_ms: s.backoff_ms.max(0) as u64,
+        };
+        rts.push(StepRt {
+            row: s,
+            status,
+            placement,
+            deps,
+            dependents: Vec::new(),
+            policy,
+        });
     }
     for i in 0..rts.len() {
         for d in rts[i].deps.clone() {
@@ -1234,26 +1483,42 @@ fn build_task_rt(row: workflow_task::Model, steps: Vec<workflow_step::Model>) ->
     for (i, s) in rts.iter_mut().enumerate() {
         s.row.step_order = i as i32;
     }
-    Ok(TaskRt { row, status, steps: rts })
+    Ok(TaskRt {
+        row,
+        status,
+        steps: rts,
+    })
 }
 
 fn start(job_id: &str) -> coordinator_message::Msg {
-    coordinator_message::Msg::StartJob(v1::StartJob { job_id: job_id.to_owned() })
+    coordinator_message::Msg::StartJob(v1::StartJob {
+        job_id: job_id.to_owned(),
+    })
 }
 
 fn cancel(job_id: &str, reason: &str) -> coordinator_message::Msg {
-    coordinator_message::Msg::CancelJob(v1::CancelJob { job_id: job_id.to_owned(), reason: reason.to_owned() })
+    coordinator_message::Msg::CancelJob(v1::CancelJob {
+        job_id: job_id.to_owned(),
+        reason: reason.to_owned(),
+    })
 }
 
 fn forget(job_id: &str) -> coordinator_message::Msg {
-    coordinator_message::Msg::ForgetJob(v1::ForgetJob { job_id: job_id.to_owned() })
+    coordinator_message::Msg::ForgetJob(v1::ForgetJob {
+        job_id: job_id.to_owned(),
+    })
 }
 
 /// `1h52m30s`, `9m29s`, `3.2s`, `12ms`: how the seed's log examples print durations.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 3600 {
-        format!("{}h{:02}m{:02}s", secs / 3600, (secs % 3600) / 60, secs % 60)
+        format!(
+            "{}h{:02}m{:02}s",
+            secs / 3600,
+            (secs % 3600) / 60,
+            secs % 60
+        )
     } else if secs >= 60 {
         format!("{}m{:02}s", secs / 60, secs % 60)
     } else if secs >= 1 {

@@ -57,8 +57,14 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let workflow_api = api::WorkflowApi { store, engine: handle.clone() };
-    let agent_api = agent_api::AgentApi { engine: handle, next_conn: AtomicU64::new(1) };
+    let workflow_api = api::WorkflowApi {
+        store,
+        engine: handle.clone(),
+    };
+    let agent_api = agent_api::AgentApi {
+        engine: handle,
+        next_conn: AtomicU64::new(1),
+    };
 
     {
         let stop_engine = stop_engine.clone();

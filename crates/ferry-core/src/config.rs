@@ -31,7 +31,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -95,7 +98,10 @@ pub struct FuxiCtrPaths {
 
 impl Default for FuxiCtrPaths {
     fn default() -> Self {
-        FuxiCtrPaths { data_root: "./data/".into(), model_root: "./checkpoints/".into() }
+        FuxiCtrPaths {
+            data_root: "./data/".into(),
+            model_root: "./checkpoints/".into(),
+        }
     }
 }
 
@@ -184,7 +190,11 @@ pub struct NotificationConfig {
 
 impl Default for NotificationConfig {
     fn default() -> Self {
-        NotificationConfig { on_complete: false, on_failure: true, webhook_url: String::new() }
+        NotificationConfig {
+            on_complete: false,
+            on_failure: true,
+            webhook_url: String::new(),
+        }
     }
 }
 
@@ -254,8 +264,8 @@ impl FerryConfig {
 
     /// Parses a YAML document (no file, no environment); for tests and tools.
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
-        let figment = Figment::from(Serialized::defaults(FerryConfig::default()))
-            .merge(Yaml::string(text));
+        let figment =
+            Figment::from(Serialized::defaults(FerryConfig::default())).merge(Yaml::string(text));
         let config: FerryConfig = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -292,16 +302,25 @@ impl FerryConfig {
             ));
         }
         if self.workflow.heartbeat_interval == 0 {
-            return Err(invalid("workflow.heartbeat_interval", "must be at least 1 second"));
+            return Err(invalid(
+                "workflow.heartbeat_interval",
+                "must be at least 1 second",
+            ));
         }
         if self.workflow.agent_timeout == Some(0) {
-            return Err(invalid("workflow.agent_timeout", "must be at least 1 second"));
+            return Err(invalid(
+                "workflow.agent_timeout",
+                "must be at least 1 second",
+            ));
         }
         if self.workflow.checkpoint_interval == 0 {
-            return Err(invalid("workflow.checkpoint_interval", "must be at least 1 epoch"));
+            return Err(invalid(
+                "workflow.checkpoint_interval",
+                "must be at least 1 epoch",
+            ));
         }
         let url = &self.workflow.notification.webhook_url;
-        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(invalid(
                 "workflow.notification.webhook_url",
                 format!("`{url}` is not an http(s) URL"),
@@ -310,11 +329,17 @@ impl FerryConfig {
         if self.coordinator.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "coordinator.listen",
-                format!("`{}` is not an address like 127.0.0.1:50051", self.coordinator.listen),
+                format!(
+                    "`{}` is not an address like 127.0.0.1:50051",
+                    self.coordinator.listen
+                ),
             ));
         }
         let db = &self.coordinator.database_url;
-        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
             return Err(invalid(
                 "coordinator.database_url",
                 format!("`{db}` is neither a sqlite: nor a postgres:// URL"),
@@ -349,7 +374,9 @@ where
 {
     let mut root = Dict::new();
     for (key, value) in env {
-        let Some(path) = key.as_ref().strip_prefix(ENV_PREFIX) else { continue };
+        let Some(path) = key.as_ref().strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
         if parts.iter().any(String::is_empty) {
             continue;
@@ -464,7 +491,9 @@ workflow:
     #[test]
     fn unknown_keys_are_named() {
         let f = write("workflow:\n  heartbeat_intervall: 3\n");
-        let err = FerryConfig::load(Some(f.path()), no_env()).expect_err("typo").to_string();
+        let err = FerryConfig::load(Some(f.path()), no_env())
+            .expect_err("typo")
+            .to_string();
         assert!(err.contains("heartbeat_intervall"), "{err}");
         let err = FerryConfig::load(None, [("FERRY_TRANSFER__CHUNKSIZE", "1")])
             .expect_err("typo in env")
@@ -475,16 +504,23 @@ workflow:
     #[test]
     fn bad_values_are_named() {
         let f = write("workflow:\n  heartbeat_interval: soon\n");
-        let err = FerryConfig::load(Some(f.path()), no_env()).expect_err("type").to_string();
-        assert!(err.contains("heartbeat_interval"), "{err}");
-        let err = FerryConfig::from_yaml_str("servers:\n  a: {host: h, username: u, key_path: k, role: gpu}\n")
-            .expect_err("role")
+        let err = FerryConfig::load(Some(f.path()), no_env())
+            .expect_err("type")
             .to_string();
+        assert!(err.contains("heartbeat_interval"), "{err}");
+        let err = FerryConfig::from_yaml_str(
+            "servers:\n  a: {host: h, username: u, key_path: k, role: gpu}\n",
+        )
+        .expect_err("role")
+        .to_string();
         assert!(err.contains("gpu") && err.contains("role"), "{err}");
         let err = FerryConfig::from_yaml_str("transfer:\n  bandwidth_limit: fast\n")
             .expect_err("bwlimit")
             .to_string();
-        assert_eq!(err, "invalid configuration: `transfer.bandwidth_limit`: `fast` is not a rate like 100M, 512K or 1G");
+        assert_eq!(
+            err,
+            "invalid configuration: `transfer.bandwidth_limit`: `fast` is not a rate like 100M, 512K or 1G"
+        );
         let err = FerryConfig::from_yaml_str("workflow:\n  heartbeat_interval: 0\n")
             .expect_err("zero")
             .to_string();
@@ -495,6 +531,24 @@ workflow:
     fn a_missing_file_is_named() {
         let err = FerryConfig::load(Some(Path::new("/nonexistent/ferry.yaml")), no_env())
             .expect_err("missing");
-        assert_eq!(err.to_string(), "config file /nonexistent/ferry.yaml does not exist");
+        assert_eq!(
+            err.to_string(),
+            "config file /nonexistent/ferry.yaml does not exist"
+        );
+    }
+
+    #[test]
+    fn every_shipped_deploy_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("deploy/config exists") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                FerryConfig::load(Some(&path), no_env())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 4, "one config per daemon");
     }
 }

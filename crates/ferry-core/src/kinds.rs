@@ -94,6 +94,9 @@ mod tests {
     #[test]
     fn unknown_kinds_list_the_known_ones() {
         let err = validate_params("frobnicate", &Value::Null).expect_err("unknown");
-        assert_eq!(err, "unknown step kind `frobnicate` (known kinds: exec, noop)");
+        assert_eq!(
+            err,
+            "unknown step kind `frobnicate` (known kinds: exec, noop)"
+        );
     }
 }

@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let p = RetryPolicy { max_retries: 10, backoff_ms: 2000 };
+        let p = RetryPolicy {
+            max_retries: 10,
+            backoff_ms: 2000,
+        };
         assert_eq!(p.backoff(1), Duration::from_secs(2));
         assert_eq!(p.backoff(2), Duration::from_secs(4));
         assert_eq!(p.backoff(3), Duration::from_secs(8));

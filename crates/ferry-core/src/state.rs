@@ -78,7 +78,10 @@ string_enum! {
 
 impl JobState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
     }
 
     /// Whether a job may move from `self` to `next`. Any live state may be cancelled or fail;
@@ -114,12 +117,18 @@ string_enum! {
 
 impl StepStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, StepStatus::Completed | StepStatus::Failed | StepStatus::Cancelled)
+        matches!(
+            self,
+            StepStatus::Completed | StepStatus::Failed | StepStatus::Cancelled
+        )
     }
 
     /// A job exists (or may exist) on an agent for this step.
     pub fn is_on_agent(self) -> bool {
-        matches!(self, StepStatus::Dispatching | StepStatus::Ready | StepStatus::Running)
+        matches!(
+            self,
+            StepStatus::Dispatching | StepStatus::Ready | StepStatus::Running
+        )
     }
 }
 

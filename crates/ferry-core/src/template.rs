@@ -109,16 +109,27 @@ mod tests {
     #[test]
     fn fills_placeholders_in_nested_strings_only() {
         let params = BTreeMap::from([("day".to_owned(), "2026-01-21".to_owned())]);
-        let ctx = TemplateContext { task_id: 7, task_name: "nightly", params: &params };
+        let ctx = TemplateContext {
+            task_id: 7,
+            task_name: "nightly",
+            params: &params,
+        };
         let v = json!({"args": ["out/${task_id}/${param.day}.txt", "$$HOME", "$PATH"], "n": 3});
         let got = render(&v, &ctx).expect("renders");
-        assert_eq!(got, json!({"args": ["out/7/2026-01-21.txt", "$HOME", "$PATH"], "n": 3}));
+        assert_eq!(
+            got,
+            json!({"args": ["out/7/2026-01-21.txt", "$HOME", "$PATH"], "n": 3})
+        );
     }
 
     #[test]
     fn missing_and_unknown_placeholders_are_named() {
         let params = BTreeMap::new();
-        let ctx = TemplateContext { task_id: 1, task_name: "t", params: &params };
+        let ctx = TemplateContext {
+            task_id: 1,
+            task_name: "t",
+            params: &params,
+        };
         assert_eq!(
             render(&json!("${param.day}"), &ctx),
             Err(TemplateError::MissingParam("day".into()))

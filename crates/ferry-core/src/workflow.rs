@@ -70,8 +70,14 @@ impl TryFrom<PlacementRepr> for Placement {
 impl From<Placement> for PlacementRepr {
     fn from(p: Placement) -> Self {
         match p {
-            Placement::Role(role) => PlacementRepr { role: Some(role), agent: None },
-            Placement::Agent(agent) => PlacementRepr { role: None, agent: Some(agent) },
+            Placement::Role(role) => PlacementRepr {
+                role: Some(role),
+                agent: None,
+            },
+            Placement::Agent(agent) => PlacementRepr {
+                role: None,
+                agent: Some(agent),
+            },
         }
     }
 }
@@ -174,7 +180,10 @@ impl WorkflowDef {
                 problems.push(ValidationError::DuplicateStep(step.name.clone()));
             }
             if let Err(message) = kinds::validate_params(&step.kind, &step.params) {
-                problems.push(ValidationError::BadStep { step: step.name.clone(), message });
+                problems.push(ValidationError::BadStep {
+                    step: step.name.clone(),
+                    message,
+                });
             }
             if let Placement::Agent(a) = &step.placement
                 && a.trim().is_empty()
@@ -236,7 +245,9 @@ impl WorkflowDef {
                 if *next_edge < inputs.len() {
                     let target = inputs[*next_edge].as_str();
                     *next_edge += 1;
-                    let Some(&t) = index.get(target) else { continue };
+                    let Some(&t) = index.get(target) else {
+                        continue;
+                    };
                     match marks[t] {
                         Mark::New => {
                             marks[t] = Mark::OnPath;
@@ -250,13 +261,14 @@ impl WorkflowDef {
                                 path[start..].iter().map(|&(n, _)| n).collect();
                             members.reverse();
                             // Start at the step defined first, so the message is stable.
-                            let first = (0..members.len())
-                                .min_by_key(|&i| members[i])
-                                .unwrap_or(0);
+                            let first = (0..members.len()).min_by_key(|&i| members[i]).unwrap_or(0);
                             members.rotate_left(first);
                             members.push(members[0]);
                             return Some(
-                                members.iter().map(|&n| self.steps[n].name.clone()).collect(),
+                                members
+                                    .iter()
+                                    .map(|&n| self.steps[n].name.clone())
+                                    .collect(),
                             );
                         }
                         Mark::Done => {}
@@ -323,7 +335,11 @@ steps:
     fn a_chain_validates_and_orders() {
         let w = wf(CHAIN);
         w.validate().expect("valid");
-        let names: Vec<_> = w.topological_order().iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<_> = w
+            .topological_order()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
         assert_eq!(names, ["produce", "transform", "check"]);
         assert_eq!(w.steps[0].constraint(), Constraint::None);
         assert_eq!(w.steps[1].constraint(), Constraint::InputsReady);
@@ -352,14 +368,19 @@ steps:
   - {name: b, kind: noop, placement: {role: training}}
 "#);
         let msg = w.validate().expect_err("invalid").to_string();
-        assert!(msg.contains("step `a`: unknown step kind `teleport`"), "{msg}");
+        assert!(
+            msg.contains("step `a`: unknown step kind `teleport`"),
+            "{msg}"
+        );
         assert!(msg.contains("step `b`: input `zzz` is not a step"), "{msg}");
         assert!(msg.contains("step `b` is defined more than once"), "{msg}");
     }
 
     #[test]
     fn empty_workflows_and_self_inputs_are_refused() {
-        let err = wf("name: empty\nsteps: []\n").validate().expect_err("empty");
+        let err = wf("name: empty\nsteps: []\n")
+            .validate()
+            .expect_err("empty");
         assert_eq!(err.problems, vec![ValidationError::NoSteps("empty".into())]);
         let err = wf("name: s\nsteps:\n  - {name: a, kind: noop, placement: {role: training}, inputs: [a]}\n")
             .validate()

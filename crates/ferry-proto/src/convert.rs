@@ -9,11 +9,17 @@ use crate::v1;
 #[derive(Debug, thiserror::Error)]
 pub enum ConversionError {
     #[error("step `{step}`: params_json is not valid JSON: {source}")]
-    BadParams { step: String, source: serde_json::Error },
+    BadParams {
+        step: String,
+        source: serde_json::Error,
+    },
     #[error("step `{step}`: placement is missing (set `role` or `agent`)")]
     MissingPlacement { step: String },
     #[error("step `{step}`: {source}")]
-    BadRole { step: String, source: ferry_core::state::UnknownValue },
+    BadRole {
+        step: String,
+        source: ferry_core::state::UnknownValue,
+    },
     #[error("request has no workflow definition")]
     MissingDefinition,
 }
@@ -27,7 +33,11 @@ impl TryFrom<v1::WorkflowDefinition> for WorkflowDef {
             .into_iter()
             .map(StepDef::try_from)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(WorkflowDef { name: d.name, description: d.description, steps })
+        Ok(WorkflowDef {
+            name: d.name,
+            description: d.description,
+            steps,
+        })
     }
 }
 
@@ -38,20 +48,34 @@ impl TryFrom<v1::StepDefinition> for StepDef {
         let params = if s.params_json.trim().is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_str(&s.params_json)
-                .map_err(|source| ConversionError::BadParams { step: s.name.clone(), source })?
+            serde_json::from_str(&s.params_json).map_err(|source| ConversionError::BadParams {
+                step: s.name.clone(),
+                source,
+            })?
         };
         let placement = match s.placement {
             Some(v1::step_definition::Placement::Role(r)) => Placement::Role(
                 r.parse::<Role>()
-                    .map_err(|source| ConversionError::BadRole { step: s.name.clone(), source })?,
+                    .map_err(|source| ConversionError::BadRole {
+                        step: s.name.clone(),
+                        source,
+                    })?,
             ),
             Some(v1::step_definition::Placement::Agent(a)) => Placement::Agent(a),
             None => return Err(ConversionError::MissingPlacement { step: s.name }),
         };
-        let retry = (s.max_retries.is_some() || s.backoff_ms.is_some())
-            .then_some(RetrySpec { max_retries: s.max_retries, backoff_ms: s.backoff_ms });
-        Ok(StepDef { name: s.name, kind: s.kind, params, placement, inputs: s.inputs, retry })
+        let retry = (s.max_retries.is_some() || s.backoff_ms.is_some()).then_some(RetrySpec {
+            max_retries: s.max_retries,
+            backoff_ms: s.backoff_ms,
+        });
+        Ok(StepDef {
+            name: s.name,
+            kind: s.kind,
+            params,
+            placement,
+            inputs: s.inputs,
+            retry,
+        })
     }
 }
 
@@ -70,7 +94,11 @@ impl From<&StepDef> for v1::StepDefinition {
         v1::StepDefinition {
             name: s.name.clone(),
             kind: s.kind.clone(),
-            params_json: if s.params.is_null() { String::new() } else { s.params.to_string() },
+            params_json: if s.params.is_null() {
+                String::new()
+            } else {
+                s.params.to_string()
+            },
             placement: Some(match &s.placement {
                 Placement::Role(r) => v1::step_definition::Placement::Role(r.as_str().to_owned()),
                 Placement::Agent(a) => v1::step_definition::Placement::Agent(a.clone()),

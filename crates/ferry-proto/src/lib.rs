@@ -1,7 +1,13 @@
 //! The only crate that knows Ferry's wire format: generated gRPC types for `ferry.v1` and
 //! conversions between them and `ferry-core`'s domain types.
 
-#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, rust_2018_idioms, missing_docs)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    rust_2018_idioms,
+    missing_docs
+)]
 pub mod v1 {
     tonic::include_proto!("ferry.v1");
 
@@ -11,4 +17,7 @@ pub mod v1 {
 
 mod convert;
 
-pub use convert::{ConversionError, error_class_from_wire, error_class_to_wire, job_state_from_wire, job_state_to_wire};
+pub use convert::{
+    ConversionError, error_class_from_wire, error_class_to_wire, job_state_from_wire,
+    job_state_to_wire,
+};

@@ -44,7 +44,10 @@ pub struct WriteBatch {
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.steps.is_empty() && self.logs.is_empty() && self.metrics.is_empty()
+        self.tasks.is_empty()
+            && self.steps.is_empty()
+            && self.logs.is_empty()
+            && self.metrics.is_empty()
     }
 }
 
@@ -94,7 +97,10 @@ impl Store {
         }
         let db = Database::connect(opts)
             .await
-            .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+            .map_err(|source| StoreError::Connect {
+                url: redact(url),
+                source,
+            })?;
         migration::Migrator::up(&db, None).await?;
         Ok(Store { db })
     }
@@ -231,10 +237,11 @@ impl Store {
     pub async fn unfinished_tasks(&self) -> Result<Vec<workflow_task::Model>> {
         use ferry_core::TaskStatus::*;
         Ok(workflow_task::Entity::find()
-            .filter(
-                workflow_task::Column::Status
-                    .is_in([Pending.as_str(), Running.as_str(), Paused.as_str()]),
-            )
+            .filter(workflow_task::Column::Status.is_in([
+                Pending.as_str(),
+                Running.as_str(),
+                Paused.as_str(),
+            ]))
             .order_by_asc(workflow_task::Column::Id)
             .all(&self.db)
             .await?)
@@ -256,18 +263,31 @@ impl Store {
         }
         let txn = self.db.begin().await?;
         for t in &batch.tasks {
-            t.clone().into_active_model().reset_all().update(&txn).await?;
+            t.clone()
+                .into_active_model()
+                .reset_all()
+                .update(&txn)
+                .await?;
         }
         for s in &batch.steps {
-            s.clone().into_active_model().reset_all().update(&txn).await?;
+            s.clone()
+                .into_active_model()
+                .reset_all()
+                .update(&txn)
+                .await?;
         }
         // Stay well under every backend's bound-parameter limit.
         for chunk in batch.logs.chunks(500) {
-            let rows = chunk.iter().cloned().map(IntoActiveModel::into_active_model);
+            let rows = chunk
+                .iter()
+                .cloned()
+                .map(IntoActiveModel::into_active_model);
             task_log::Entity::insert_many(rows).exec(&txn).await?;
         }
         for chunk in batch.metrics.chunks(500) {
-            step_metric::Entity::insert_many(chunk.to_vec()).exec(&txn).await?;
+            step_metric::Entity::insert_many(chunk.to_vec())
+                .exec(&txn)
+                .await?;
         }
         txn.commit().await?;
         Ok(())
@@ -275,7 +295,12 @@ impl Store {
 
     // ---- logs and metrics -----------------------------------------------------------
 
-    pub async fn logs(&self, task_id: i64, after_id: i64, limit: u64) -> Result<Vec<task_log::Model>> {
+    pub async fn logs(
+        &self,
+        task_id: i64,
+        after_id: i64,
+        limit: u64,
+    ) -> Result<Vec<task_log::Model>> {
         Ok(task_log::Entity::find()
             .filter(task_log::Column::TaskId.eq(task_id))
             .filter(task_log::Column::Id.gt(after_id))
@@ -335,7 +360,12 @@ fn redact(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let creds = &url[scheme_end + 3..at];
             match creds.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &creds[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
                 None => url.to_owned(),
             }
         }
@@ -349,7 +379,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://ferry:secret@db:5432/ferry"), "postgres://ferry:***@db:5432/ferry");
+        assert_eq!(
+            redact("postgres://ferry:secret@db:5432/ferry"),
+            "postgres://ferry:***@db:5432/ferry"
+        );
         assert_eq!(redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
     }
 }

@@ -174,12 +174,37 @@ mod m0001_initial {
             // Seed 000 Appendix B's indexes, plus the ones the engine's queries need.
             let indexes = [
                 ("idx_task_status", "workflow_tasks", &["status"][..], false),
-                ("idx_step_status", "workflow_steps", &["task_id", "status"][..], false),
-                ("idx_step_name", "workflow_steps", &["task_id", "step_name"][..], true),
-                ("idx_transfer_status", "transfer_chunks", &["task_id", "status"][..], false),
-                ("idx_transfer_chunk", "transfer_chunks", &["task_id", "step_name", "chunk_id"][..], true),
+                (
+                    "idx_step_status",
+                    "workflow_steps",
+                    &["task_id", "status"][..],
+                    false,
+                ),
+                (
+                    "idx_step_name",
+                    "workflow_steps",
+                    &["task_id", "step_name"][..],
+                    true,
+                ),
+                (
+                    "idx_transfer_status",
+                    "transfer_chunks",
+                    &["task_id", "status"][..],
+                    false,
+                ),
+                (
+                    "idx_transfer_chunk",
+                    "transfer_chunks",
+                    &["task_id", "step_name", "chunk_id"][..],
+                    true,
+                ),
                 ("idx_log_task", "task_logs", &["task_id", "id"][..], false),
-                ("idx_metric_task", "step_metrics", &["task_id", "step_name"][..], false),
+                (
+                    "idx_metric_task",
+                    "step_metrics",
+                    &["task_id", "step_name"][..],
+                    false,
+                ),
             ];
             for (name, table, cols, unique) in indexes {
                 let mut idx = Index::create();
@@ -196,8 +221,17 @@ mod m0001_initial {
         }
 
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-            for t in ["step_metrics", "task_logs", "transfer_chunks", "workflow_steps", "workflow_tasks", "workflows"] {
-                manager.drop_table(Table::drop().table(a(t)).if_exists().to_owned()).await?;
+            for t in [
+                "step_metrics",
+                "task_logs",
+                "transfer_chunks",
+                "workflow_steps",
+                "workflow_tasks",
+                "workflows",
+            ] {
+                manager
+                    .drop_table(Table::drop().table(a(t)).if_exists().to_owned())
+                    .await?;
             }
             Ok(())
         }

@@ -1,0 +1,179 @@
+//! `cargo xtask bench engine`: release daemons on loopback, SQLite state, `noop` steps.
+//!
+//! Throughput: many concurrent tasks, each a chain of no-op steps alternating between two
+//! agents; total steps per second from the first task's creation to the last completion.
+//! Latency: one chain alone; each hand-off is the time from step N reported done to step
+//! N+1 started on the other agent, both as the coordinator recorded them.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use ferry_e2e::Cluster;
+use ferry_proto::v1;
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Concurrent tasks in the throughput run.
+    #[arg(long, default_value_t = 200)]
+    tasks: usize,
+    /// Steps per task in the throughput run.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Steps in the latency chain.
+    #[arg(long, default_value_t = 200)]
+    chain: usize,
+}
+
+const TARGET_STEPS_PER_S: f64 = 1000.0;
+const TARGET_P50_MS: f64 = 5.0;
+const TARGET_P99_MS: f64 = 50.0;
+
+fn chain_yaml(name: &str, steps: usize) -> String {
+    let mut y = format!("name: {name}\nsteps:\n");
+    for i in 0..steps {
+        let agent = if i % 2 == 0 { "bench-a" } else { "bench-b" };
+        y.push_str(&format!(
+            "  - {{name: s{i}, kind: noop, placement: {{agent: {agent}}}"
+        ));
+        if i > 0 {
+            y.push_str(&format!(", inputs: [s{}]", i - 1));
+        }
+        y.push_str("}\n");
+    }
+    y
+}
+
+fn parse_ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("bad timestamp `{s}`"))?
+        .with_timezone(&Utc))
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    crate::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "ferry-coordinatord",
+        "-p",
+        "ferry-source-agentd",
+        "-p",
+        "ferry-train-agentd",
+    ])?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(bench(opts))
+}
+
+async fn bench(opts: Options) -> anyhow::Result<()> {
+    let mut c = Cluster::new();
+    c.bin_dir = crate::target_dir().join("release");
+    c.env.push(("RUST_LOG".into(), "warn".into()));
+    c.start_coordinator().await;
+    c.start_agent("source", "bench-a");
+    c.start_agent("train", "bench-b");
+    c.wait_for_agents(2).await;
+    c.apply(&chain_yaml("bench_chain", opts.steps)).await?;
+    c.apply(&chain_yaml("bench_latency", opts.chain)).await?;
+
+    // Warm-up: one task through every code path.
+    let warm = c.create_task("bench_chain").await;
+    c.wait_status(warm.id, "completed", Duration::from_secs(60))
+        .await;
+
+    // ---- throughput
+    let started = Instant::now();
+    let mut creators = Vec::new();
+    for _ in 0..opts.tasks {
+        let mut client = c.client().await;
+        creators.push(tokio::spawn(async move {
+            client
+                .create_task(v1::CreateTaskRequest {
+                    workflow: "bench_chain".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for h in creators {
+        ids.push(h.await??);
+    }
+    let mut client = c.client().await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = client
+            .list_tasks(v1::ListTasksRequest {
+                status: "completed".into(),
+                limit: (opts.tasks + 10) as u32,
+            })
+            .await?
+            .into_inner()
+            .tasks
+            .len();
+        // The bench tasks plus the warm-up task.
+        if done > opts.tasks {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {} tasks completed", opts.tasks + 1);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let poll_wall = started.elapsed();
+    let (mut first, mut last) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
+    for id in &ids {
+        let t = client
+            .get_task_status(v1::TaskRef { task_id: *id })
+            .await?
+            .into_inner();
+        let created = parse_ts(&t.created_at)?;
+        let completed = parse_ts(&t.completed_at)?;
+        first = Some(first.map_or(created, |f| f.min(created)));
+        last = Some(last.map_or(completed, |l| l.max(completed)));
+    }
+    let (Some(first), Some(last)) = (first, last) else {
+        bail!("no tasks ran")
+    };
+    let wall = (last - first).to_std()?.as_secs_f64();
+    let total = opts.tasks * opts.steps;
+    let throughput = total as f64 / wall;
+
+    // ---- latency
+    let task = c.create_task("bench_latency").await;
+    let done = c
+        .wait_status(task.id, "completed", Duration::from_secs(600))
+        .await;
+    let mut handoffs: Vec<f64> = Vec::new();
+    for pair in done.steps.windows(2) {
+        let finished = parse_ts(&pair[0].completed_at)?;
+        let started = parse_ts(&pair[1].started_at)?;
+        handoffs.push((started - finished).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    handoffs.sort_by(f64::total_cmp);
+    let pct = |p: f64| handoffs[((handoffs.len() as f64 - 1.0) * p).round() as usize];
+    let (p50, p99) = (pct(0.50), pct(0.99));
+
+    println!();
+    println!("engine benchmark (release daemons, SQLite, loopback gRPC, 2 agents)");
+    println!(
+        "  throughput: {} tasks x {} no-op steps = {total} steps in {wall:.2} s -> {throughput:.0} steps/s \
+         (target >= {TARGET_STEPS_PER_S:.0}; ratio {:.2}x) [poll wall {:.2} s]",
+        opts.tasks,
+        opts.steps,
+        throughput / TARGET_STEPS_PER_S,
+        poll_wall.as_secs_f64()
+    );
+    println!(
+        "  hand-off latency over a {}-step chain ({} hand-offs): p50 {p50:.2} ms (target <= {TARGET_P50_MS}), \
+         p99 {p99:.2} ms (target <= {TARGET_P99_MS}), max {:.2} ms",
+        opts.chain,
+        handoffs.len(),
+        handoffs.last().copied().unwrap_or_default()
+    );
+    Ok(())
+}
