@@ -256,7 +256,7 @@ impl FerryConfig {
             }
             figment = figment.merge(Yaml::file_exact(path));
         }
-        figment = figment.merge(Serialized::defaults(env_overrides(env)));
+        figment = figment.merge(EnvOverrides(env_overrides(env)));
         let config: FerryConfig = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -364,8 +364,24 @@ fn valid_bwlimit(s: &str) -> bool {
     !digits.is_empty() && s.len() - digits.len() <= 1 && digits.chars().all(|c| c.is_ascii_digit())
 }
 
+/// The `FERRY_*` overrides as a figment provider, named so errors say where a bad key came from.
+struct EnvOverrides(Dict);
+
+impl figment::Provider for EnvOverrides {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("FERRY_* environment variables")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.0.clone()))
+    }
+}
+
 /// Turns `FERRY_A__B=v` pairs into a nested dictionary `{a: {b: v}}`. Values are parsed the
 /// way figment parses environment values (numbers, booleans, arrays like `[0, 1]`).
+///
+/// Every config key lives in a section, so an override always has a `__`; other `FERRY_*`
+/// variables (`FERRY_CONFIG`, `FERRY_COORDINATOR` for the CLI, ...) are not config keys.
 fn env_overrides<I, K, V>(env: I) -> Dict
 where
     I: IntoIterator<Item = (K, V)>,
@@ -377,6 +393,9 @@ where
         let Some(path) = key.as_ref().strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        if !path.contains("__") {
+            continue;
+        }
         let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
         if parts.iter().any(String::is_empty) {
             continue;
@@ -481,6 +500,7 @@ workflow:
             ("FERRY_SERVERS__TRAINING_SERVER__GPUS", "[7]"),
             ("FERRY_COORDINATOR__LISTEN", "127.0.0.1:6000"),
             ("OTHER_VAR", "ignored"),
+            ("FERRY_CONFIG", "/not/a/config/key"),
         ];
         let c = FerryConfig::load(Some(f.path()), env).expect("loads");
         assert_eq!(c.workflow.heartbeat_interval, 5);
@@ -498,7 +518,10 @@ workflow:
         let err = FerryConfig::load(None, [("FERRY_TRANSFER__CHUNKSIZE", "1")])
             .expect_err("typo in env")
             .to_string();
-        assert!(err.contains("chunksize"), "{err}");
+        assert!(
+            err.contains("chunksize") && err.contains("FERRY_* environment variables"),
+            "{err}"
+        );
     }
 
     #[test]
