@@ -16,8 +16,8 @@ use ferry_proto::v1::agent_service_server::AgentServiceServer;
 use ferry_proto::v1::workflow_service_server::WorkflowServiceServer;
 use ferry_store::Store;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 pub use engine::format_duration;
@@ -82,9 +82,13 @@ pub async fn run(
         .add_service(reflection)
         .add_service(WorkflowServiceServer::new(workflow_api))
         .add_service(AgentServiceServer::new(agent_api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            server_stop.cancelled().await;
-        });
+        // No Nagle: agent commands are small messages that must leave at once.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                server_stop.cancelled().await;
+            },
+        );
     let server_task = tokio::spawn(server);
     let engine_result = engine_task.await;
     engine_done.cancel();
