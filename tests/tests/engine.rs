@@ -541,3 +541,68 @@ async fn the_engine_runs_and_recovers_on_postgresql() {
     c.wait_status(task.id, "completed", T).await;
     assert_eq!(lines(&c.path("effects.txt")), ["a", "b-start", "b", "c"]);
 }
+
+/// A step saves its progress as a checkpoint, fails, and its retry starts from the checkpoint
+/// instead of from scratch; progress and metrics reach the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_step_gets_its_checkpoint_back() {
+    let c = cluster_with_two_agents().await;
+    let fx = c.path("parts.txt");
+    let fx = fx.display();
+    // Processes parts 1..6 and saves a checkpoint after each; the first attempt dies after
+    // part 3. The retry resumes after the last checkpointed part.
+    let script = format!(
+        r#"start=$(echo "$FERRY_CHECKPOINT" | sed -n 's/.*"done":\([0-9]*\).*/\1/p'); start=${{start:-0}}
+i=$((start + 1))
+while [ $i -le 6 ]; do
+  echo "part $i" >> {fx}
+  echo "::ferry-checkpoint:: {{\"done\":$i}}"
+  echo "::ferry-progress:: {{\"parts\":$i,\"of\":6}}"
+  echo "::ferry-metric:: parts_per_attempt $i $FERRY_ATTEMPT"
+  if [ $i -eq 3 ] && [ "$FERRY_ATTEMPT" = 1 ]; then echo crashing >&2; exit 1; fi
+  i=$((i + 1))
+done"#
+    )
+    // `$` is the template escape in step params: double every `$` for the shell.
+    .replace('$', "$$");
+    let wf = shell_workflow(
+        "resumable",
+        &[(
+            "parts",
+            "training",
+            &[],
+            &script,
+            "retry: {max_retries: 2, backoff_ms: 100}",
+        )],
+    );
+    c.apply(&wf).await.expect("valid");
+    let task = c.create_task("resumable").await;
+    let done = c.wait_status(task.id, "completed", T).await;
+    let parts = step(&done, "parts");
+    assert_eq!(parts.attempt, 2);
+    assert_eq!(
+        lines(&c.path("parts.txt")),
+        ["part 1", "part 2", "part 3", "part 4", "part 5", "part 6"],
+        "no part was redone"
+    );
+    assert_eq!(parts.checkpoint_json, r#"{"done":6}"#);
+    assert_eq!(parts.progress_json, r#"{"of":6,"parts":6}"#);
+    let metrics = c
+        .client()
+        .await
+        .get_metrics(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("metrics")
+        .into_inner();
+    assert_eq!(metrics.metrics.len(), 6);
+    assert!(
+        metrics
+            .metrics
+            .iter()
+            .all(|m| m.name == "parts_per_attempt")
+    );
+    // The marker lines are not in the log; the ordinary stderr line is.
+    let logs = c.logs_text(task.id).await;
+    assert!(!logs.contains("::ferry-"), "{logs}");
+    assert!(logs.contains("stderr: crashing"), "{logs}");
+}

@@ -1,4 +1,9 @@
 //! The `exec` kind (seed 003's STANDALONE service) and the `noop` kind.
+//!
+//! A program talks back to Ferry through stdout lines that start with a marker:
+//! `::ferry-checkpoint:: {json}` saves the step's checkpoint (given back to a retried or
+//! resumed attempt in `FERRY_CHECKPOINT`), `::ferry-progress:: {json}` reports progress, and
+//! `::ferry-metric:: NAME VALUE [INDEX]` records a metric. Every other line is a log line.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -55,6 +60,13 @@ async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
         .env("FERRY_STEP", &ctx.step)
         .env("FERRY_ATTEMPT", ctx.attempt.to_string())
         .env("FERRY_JOB_ID", &ctx.job_id)
+        .env(
+            "FERRY_CHECKPOINT",
+            ctx.checkpoint
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        )
         .current_dir(&workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -168,10 +180,66 @@ async fn forward_lines(
                     buf.pop();
                 }
                 buf.truncate(MAX_LINE);
-                ctx.log(level, source, String::from_utf8_lossy(&buf).into_owned());
+                let line = String::from_utf8_lossy(&buf);
+                if source == "stdout" && handle_marker(&ctx, &line) {
+                    continue;
+                }
+                ctx.log(level, source, line.into_owned());
             }
         }
     }
+}
+
+const CHECKPOINT_MARKER: &str = "::ferry-checkpoint::";
+const PROGRESS_MARKER: &str = "::ferry-progress::";
+const METRIC_MARKER: &str = "::ferry-metric::";
+
+/// Applies a marker line; false when the line is an ordinary log line. A malformed marker
+/// is logged as a warning rather than dropped, so the author sees what went wrong.
+fn handle_marker(ctx: &JobContext, line: &str) -> bool {
+    let parse_json =
+        |rest: &str, what: &str| match serde_json::from_str::<serde_json::Value>(rest.trim()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                ctx.log(
+                    LogLevel::Warn,
+                    "agent",
+                    format!("ignored {what}: not JSON ({e}): {}", rest.trim()),
+                );
+                None
+            }
+        };
+    if let Some(rest) = line.strip_prefix(CHECKPOINT_MARKER) {
+        if let Some(v) = parse_json(rest, "checkpoint") {
+            ctx.save_checkpoint(&v);
+        }
+    } else if let Some(rest) = line.strip_prefix(PROGRESS_MARKER) {
+        if let Some(v) = parse_json(rest, "progress") {
+            ctx.progress(&v);
+        }
+    } else if let Some(rest) = line.strip_prefix(METRIC_MARKER) {
+        let mut parts = rest.split_whitespace();
+        let name = parts.next();
+        let value = parts.next().and_then(|v| v.parse::<f64>().ok());
+        let index = parts
+            .next()
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        match (name, value) {
+            (Some(name), Some(value)) => ctx.metric(name, value, index),
+            _ => ctx.log(
+                LogLevel::Warn,
+                "agent",
+                format!(
+                    "ignored metric: expected NAME VALUE [INDEX]: {}",
+                    rest.trim()
+                ),
+            ),
+        }
+    } else {
+        return false;
+    }
+    true
 }
 
 /// Succeeds (after an optional pause); the engine benchmark's step.
