@@ -1,0 +1,12 @@
+//! Ferry's transport between hosts that share no directory: SSH sessions (openssh, one
+//! multiplexed master per host), rsync over the session's control socket, and chunk
+//! manifests that prove what arrived is what left.
+
+pub mod confine;
+pub mod error;
+pub mod manifest;
+pub mod rsync;
+pub mod ssh;
+
+pub use error::TransferError;
+pub use manifest::{HashAlgorithm, MANIFEST_NAME, Manifest};

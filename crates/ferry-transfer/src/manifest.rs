@@ -1,0 +1,388 @@
+//! Chunk manifests: for every file under a root, its size and one checksum per chunk. The
+//! source writes one beside the data; the destination verifies against it, so a damaged
+//! chunk is found (and re-sent) alone, not its whole file.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{TransferError, confine};
+
+/// File name of the manifest, at the top of the transferred directory.
+pub const MANIFEST_NAME: &str = ".ferry-manifest.json";
+const FORMAT_VERSION: u32 = 1;
+const READ_BUF: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlgorithm {
+    /// Fast (several GB/s per core); the default.
+    Blake3,
+    /// For sites that require SHA-256.
+    Sha256,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    pub algorithm: HashAlgorithm,
+    pub chunk_size: u64,
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Relative to the manifest's root, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    /// Hex checksum of each chunk, in order; none for an empty file.
+    pub chunks: Vec<String>,
+}
+
+/// One chunk of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub path: String,
+    pub index: usize,
+    pub offset: u64,
+    pub len: u64,
+    pub checksum: String,
+}
+
+impl ChunkRef {
+    /// Stable id used in `transfer_chunks.chunk_id`.
+    pub fn id(&self) -> String {
+        format!("{}#{}", self.path, self.index)
+    }
+}
+
+/// What verification found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub verified: Vec<ChunkRef>,
+    pub bad: Vec<ChunkRef>,
+    /// Files absent at the destination (all their chunks are also in `bad`).
+    pub missing_files: Vec<String>,
+    /// Files longer than the manifest says (extra bytes at the end).
+    pub too_long: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_complete(&self) -> bool {
+        self.bad.is_empty() && self.missing_files.is_empty() && self.too_long.is_empty()
+    }
+}
+
+impl Manifest {
+    /// Hashes every regular file under `root` (in path order). Symlinks are refused: what a
+    /// link points to on the source says nothing about the destination.
+    pub fn build(
+        root: &Path,
+        chunk_size: u64,
+        algorithm: HashAlgorithm,
+    ) -> Result<Manifest, TransferError> {
+        if !root.is_dir() {
+            return Err(TransferError::MissingSource(root.to_owned()));
+        }
+        let chunk_size = chunk_size.max(1);
+        let mut paths = Vec::new();
+        collect_files(root, root, &mut paths)?;
+        paths.sort();
+        let mut buf = vec![0u8; READ_BUF];
+        let mut files = Vec::with_capacity(paths.len());
+        for rel in paths {
+            let full = root.join(&rel);
+            let mut f = File::open(&full).map_err(|e| TransferError::io(&full, e))?;
+            let size = f.metadata().map_err(|e| TransferError::io(&full, e))?.len();
+            let mut chunks = Vec::with_capacity(size.div_ceil(chunk_size) as usize);
+            let mut offset = 0;
+            while offset < size {
+                let len = chunk_size.min(size - offset);
+                chunks.push(hash_range(&mut f, &full, offset, len, algorithm, &mut buf)?);
+                offset += len;
+            }
+            files.push(FileEntry {
+                path: rel,
+                size,
+                chunks,
+            });
+        }
+        Ok(Manifest {
+            version: FORMAT_VERSION,
+            algorithm,
+            chunk_size,
+            files,
+        })
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    pub fn chunks(&self) -> impl Iterator<Item = ChunkRef> + '_ {
+        self.files.iter().flat_map(move |f| {
+            f.chunks.iter().enumerate().map(move |(i, c)| {
+                let offset = i as u64 * self.chunk_size;
+                ChunkRef {
+                    path: f.path.clone(),
+                    index: i,
+                    offset,
+                    len: self.chunk_size.min(f.size - offset),
+                    checksum: c.clone(),
+                }
+            })
+        })
+    }
+
+    /// Reads and checks a manifest: known format, consistent chunk counts, and every path
+    /// confined to `root`.
+    pub fn load(path: &Path, root: &Path) -> Result<Manifest, TransferError> {
+        let bad = |detail: String| TransferError::BadManifest {
+            path: path.to_owned(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| TransferError::io(path, e))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if m.version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {} is not supported",
+                m.version
+            )));
+        }
+        if m.chunk_size == 0 {
+            return Err(bad("chunk_size is 0".into()));
+        }
+        for f in &m.files {
+            confine::check_relative(root, &f.path)?;
+            if f.chunks.len() as u64 != f.size.div_ceil(m.chunk_size) {
+                return Err(bad(format!(
+                    "`{}` has {} chunks for {} bytes",
+                    f.path,
+                    f.chunks.len(),
+                    f.size
+                )));
+            }
+        }
+        Ok(m)
+    }
+
+    /// Writes the manifest atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), TransferError> {
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(self).map_err(|e| TransferError::BadManifest {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let mut f = File::create(&tmp).map_err(|e| TransferError::io(&tmp, e))?;
+        f.write_all(&text)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| TransferError::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| TransferError::io(path, e))
+    }
+
+    /// Checks every chunk under `root` against the manifest.
+    pub fn verify(&self, root: &Path) -> Result<VerifyReport, TransferError> {
+        let mut report = VerifyReport::default();
+        let mut buf = vec![0u8; READ_BUF];
+        let mut chunks = self.chunks().peekable();
+        for f in &self.files {
+            let full = confine::join(root, &f.path)?;
+            let file = File::open(&full);
+            let mut file = match file {
+                Ok(file) => Some(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    report.missing_files.push(f.path.clone());
+                    None
+                }
+                Err(e) => return Err(TransferError::io(&full, e)),
+            };
+            let actual = match &file {
+                Some(h) => h.metadata().map_err(|e| TransferError::io(&full, e))?.len(),
+                None => 0,
+            };
+            if actual > f.size {
+                report.too_long.push(f.path.clone());
+            }
+            while chunks.peek().is_some_and(|c| c.path == f.path) {
+                let Some(c) = chunks.next() else { break };
+                let ok = match file.as_mut() {
+                    Some(h) if c.offset + c.len <= actual => {
+                        hash_range(h, &full, c.offset, c.len, self.algorithm, &mut buf)?
+                            == c.checksum
+                    }
+                    _ => false,
+                };
+                if ok {
+                    report.verified.push(c);
+                } else {
+                    report.bad.push(c);
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Hex checksum of `len` bytes of `file` from `offset`.
+pub fn hash_range(
+    file: &mut File,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    algorithm: HashAlgorithm,
+    buf: &mut [u8],
+) -> Result<String, TransferError> {
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| TransferError::io(path, e))?;
+    let mut remaining = len;
+    enum H {
+        B(Box<blake3::Hasher>),
+        S(sha2::Sha256),
+    }
+    let mut h = match algorithm {
+        HashAlgorithm::Blake3 => H::B(Box::new(blake3::Hasher::new())),
+        HashAlgorithm::Sha256 => H::S(<sha2::Sha256 as sha2::Digest>::new()),
+    };
+    while remaining > 0 {
+        let want = remaining.min(buf.len() as u64) as usize;
+        let n = file
+            .read(&mut buf[..want])
+            .map_err(|e| TransferError::io(path, e))?;
+        if n == 0 {
+            return Err(TransferError::Verification {
+                path: path.to_owned(),
+                detail: format!("file ends before byte {}", offset + len),
+            });
+        }
+        match &mut h {
+            H::B(b) => {
+                b.update(&buf[..n]);
+            }
+            H::S(s) => sha2::Digest::update(s, &buf[..n]),
+        }
+        remaining -= n as u64;
+    }
+    Ok(match h {
+        H::B(b) => b.finalize().to_hex().to_string(),
+        H::S(s) => sha2::Digest::finalize(s)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    })
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), TransferError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| TransferError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| TransferError::io(dir, e))?;
+        let path = entry.path();
+        let ty = entry.file_type().map_err(|e| TransferError::io(&path, e))?;
+        let rel = relative(root, &path);
+        if ty.is_symlink() {
+            return Err(TransferError::Confinement {
+                root: root.to_owned(),
+                path: rel,
+                reason: "symlinks are not transferred".into(),
+            });
+        } else if ty.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if ty.is_file() && rel != MANIFEST_NAME && !rel.ends_with(".json.tmp") {
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    let rel: PathBuf = path.strip_prefix(root).unwrap_or(path).to_owned();
+    rel.to_string_lossy()
+        .replace(std::path::MAIN_SEPARATOR, "/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) {
+        std::fs::create_dir_all(dir.join("train")).expect("mkdir");
+        let big: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect(); // 40,000 bytes
+        std::fs::write(dir.join("train/part-0.bin"), &big).expect("write");
+        std::fs::write(dir.join("empty.txt"), b"").expect("write");
+        std::fs::write(dir.join("small.txt"), b"hello").expect("write");
+    }
+
+    #[test]
+    fn build_verify_and_find_a_single_damaged_chunk() {
+        for algorithm in [HashAlgorithm::Blake3, HashAlgorithm::Sha256] {
+            let src = tempfile::tempdir().expect("tmp");
+            sample(src.path());
+            let m = Manifest::build(src.path(), 16_384, algorithm).expect("build");
+            assert_eq!(m.files.len(), 3);
+            assert_eq!(m.total_bytes(), 40_005);
+            let big = m
+                .files
+                .iter()
+                .find(|f| f.path == "train/part-0.bin")
+                .expect("big file");
+            assert_eq!(big.chunks.len(), 3, "40,000 bytes in 16 KiB chunks");
+            assert!(
+                m.files
+                    .iter()
+                    .any(|f| f.path == "empty.txt" && f.chunks.is_empty())
+            );
+            assert!(m.verify(src.path()).expect("verify").is_complete());
+
+            // Flip one byte in the middle chunk.
+            let target = src.path().join("train/part-0.bin");
+            let mut bytes = std::fs::read(&target).expect("read");
+            bytes[20_000] ^= 0xff;
+            std::fs::write(&target, &bytes).expect("write");
+            let report = m.verify(src.path()).expect("verify");
+            assert_eq!(report.bad.len(), 1);
+            assert_eq!(report.bad[0].id(), "train/part-0.bin#1");
+            assert_eq!((report.bad[0].offset, report.bad[0].len), (16_384, 16_384));
+
+            std::fs::remove_file(src.path().join("small.txt")).expect("rm");
+            let report = m.verify(src.path()).expect("verify");
+            assert_eq!(report.missing_files, ["small.txt"]);
+        }
+    }
+
+    #[test]
+    fn manifests_round_trip_and_hostile_paths_are_refused() {
+        let src = tempfile::tempdir().expect("tmp");
+        sample(src.path());
+        let m = Manifest::build(src.path(), 1 << 20, HashAlgorithm::Blake3).expect("build");
+        let path = src.path().join(MANIFEST_NAME);
+        m.save(&path).expect("save");
+        assert_eq!(Manifest::load(&path, src.path()).expect("load"), m);
+        // The manifest itself is not part of the next build.
+        assert_eq!(
+            Manifest::build(src.path(), 1 << 20, HashAlgorithm::Blake3).expect("rebuild"),
+            m
+        );
+
+        let mut evil = m.clone();
+        evil.files[0].path = "../../etc/passwd".into();
+        evil.save(&path).expect("save");
+        let err = Manifest::load(&path, src.path()).expect_err("refused");
+        assert!(err.to_string().contains("`..` is not allowed"), "{err}");
+        assert_eq!(err.class(), ferry_core::ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn a_missing_source_is_a_clear_permanent_error() {
+        let err = Manifest::build(
+            Path::new("/nonexistent/export"),
+            1024,
+            HashAlgorithm::Blake3,
+        )
+        .expect_err("missing");
+        assert_eq!(err.to_string(), "source /nonexistent/export does not exist");
+        assert_eq!(err.class(), ferry_core::ErrorClass::Permanent);
+    }
+}

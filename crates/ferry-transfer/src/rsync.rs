@@ -1,0 +1,210 @@
+//! rsync over an SSH session's control socket: push or pull a directory with `--partial`
+//! (an interrupted file resumes from what arrived), optional compression and bandwidth
+//! limit, progress as it goes, and the byte counts rsync reports.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::io::{AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::TransferError;
+use crate::ssh::{SshSession, shell_quote};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Local directory → remote directory.
+    Push,
+    /// Remote directory → local directory.
+    Pull,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RsyncOptions {
+    pub compress: bool,
+    /// `--bwlimit` value (e.g. `100M`); empty for none.
+    pub bandwidth_limit: String,
+}
+
+/// What rsync reported (`--stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RsyncStats {
+    /// Bytes of file data actually sent (not matched from the destination's copy).
+    pub literal_bytes: u64,
+    /// Bytes on the wire in the sending direction.
+    pub bytes_sent: u64,
+    pub files_transferred: u64,
+}
+
+/// A progress line of `--info=progress2`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub bytes: u64,
+    pub percent: u32,
+    pub rate: String,
+    pub eta: String,
+}
+
+/// Copies the *contents* of `local` to/from the remote directory `remote`.
+pub async fn transfer(
+    session: &SshSession,
+    direction: Direction,
+    local: &Path,
+    remote: &str,
+    opts: &RsyncOptions,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<RsyncStats, TransferError> {
+    let remote_spec = format!(
+        "{}:{}/",
+        session.target.destination(),
+        shell_quote(remote.trim_end_matches('/'))
+    );
+    let local_spec = format!("{}/", local.display().to_string().trim_end_matches('/'));
+    let (src, dst) = match direction {
+        Direction::Push => (local_spec, remote_spec),
+        Direction::Pull => (remote_spec, local_spec),
+    };
+    let mut cmd = Command::new("rsync");
+    cmd.arg("-a")
+        .arg("--partial")
+        .arg("--stats")
+        .arg("--info=progress2")
+        .arg("--no-inc-recursive")
+        .arg("-e")
+        .arg(session.ssh_command());
+    if opts.compress {
+        cmd.arg("-z");
+    }
+    if !opts.bandwidth_limit.is_empty() {
+        cmd.arg(format!("--bwlimit={}", opts.bandwidth_limit));
+    }
+    cmd.arg(&src)
+        .arg(&dst)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let what = format!("rsync {src} {dst}");
+    let mut child = cmd.spawn().map_err(|e| TransferError::Command {
+        what: what.clone(),
+        detail: e.to_string(),
+    })?;
+    let mut stderr = child.stderr.take();
+    let err_task = tokio::spawn(async move {
+        let mut s = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut s).await;
+        }
+        s
+    });
+    let mut stats_text = String::new();
+    if let Some(out) = child.stdout.take() {
+        // progress2 separates updates with '\r'; --stats ends with '\n' lines.
+        let mut reader = BufReader::new(out);
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 4096];
+        loop {
+            let n = reader
+                .read(&mut byte)
+                .await
+                .map_err(|e| TransferError::Command {
+                    what: what.clone(),
+                    detail: e.to_string(),
+                })?;
+            if n == 0 {
+                break;
+            }
+            for &b in &byte[..n] {
+                if b == b'\r' || b == b'\n' {
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some(p) = parse_progress(&line) {
+                        on_progress(p);
+                    } else if !line.trim().is_empty() {
+                        stats_text.push_str(&line);
+                        stats_text.push('\n');
+                    }
+                    buf.clear();
+                } else {
+                    buf.push(b);
+                }
+            }
+        }
+    }
+    let status = child.wait().await.map_err(|e| TransferError::Command {
+        what: what.clone(),
+        detail: e.to_string(),
+    })?;
+    let stderr = err_task.await.unwrap_or_default();
+    if !status.success() {
+        return Err(TransferError::Command {
+            what,
+            detail: format!("{status}: {}", stderr.trim()),
+        });
+    }
+    Ok(parse_stats(&stats_text))
+}
+
+fn number(s: &str) -> Option<u64> {
+    s.replace(',', "").parse().ok()
+}
+
+/// `    1,234,567  45%   12.34MB/s    0:00:05 (xfr#3, to-chk=10/20)`
+fn parse_progress(line: &str) -> Option<Progress> {
+    let mut it = line.split_whitespace();
+    let bytes = number(it.next()?)?;
+    let percent = it.next()?.strip_suffix('%')?.parse().ok()?;
+    let rate = it.next()?.to_owned();
+    let eta = it.next()?.to_owned();
+    Some(Progress {
+        bytes,
+        percent,
+        rate,
+        eta,
+    })
+}
+
+fn parse_stats(text: &str) -> RsyncStats {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|rest| rest.trim().split_whitespace().next().and_then(number))
+            .unwrap_or(0)
+    };
+    RsyncStats {
+        literal_bytes: field("Literal data:"),
+        bytes_sent: field("Total bytes sent:"),
+        files_transferred: field("Number of regular files transferred:"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_and_stats_lines_parse() {
+        let p = parse_progress("    1,234,567  45%   12.34MB/s    0:00:05 (xfr#3, to-chk=10/20)")
+            .expect("progress");
+        assert_eq!(
+            p,
+            Progress {
+                bytes: 1_234_567,
+                percent: 45,
+                rate: "12.34MB/s".into(),
+                eta: "0:00:05".into()
+            }
+        );
+        assert!(parse_progress("Number of files: 3").is_none());
+        let s = parse_stats(
+            "Number of regular files transferred: 2\nLiteral data: 40,005 bytes\nTotal bytes sent: 40,512\n",
+        );
+        assert_eq!(
+            s,
+            RsyncStats {
+                literal_bytes: 40_005,
+                bytes_sent: 40_512,
+                files_transferred: 2
+            }
+        );
+    }
+}
