@@ -72,7 +72,50 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Debian packages the tests and the demo need, with a file each one provides.
+const SYSTEM_PACKAGES: &[(&str, &[&str])] = &[
+    ("openssh-server", &["/usr/sbin/sshd"]),
+    ("openssh-client", &["/usr/bin/ssh", "/usr/bin/ssh-keygen"]),
+    ("rsync", &["/usr/bin/rsync"]),
+];
+
+/// Installs missing packages when running as root; otherwise says exactly what to install.
+pub fn ensure_system_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .filter(|(_, files)| !files.iter().all(|f| std::path::Path::new(f).exists()))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !is_root {
+        bail!(
+            "missing system packages: {}. Install them with: sudo apt-get install -y {}",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let update = Command::new("apt-get").args(["update", "-qq"]).status()?;
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !update.success() || !install.success() {
+        bail!("apt-get could not install {}", missing.join(" "));
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
+    ensure_system_packages()?;
     // The integration tests spawn the real daemons, so build them first.
     cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test", "--workspace"];

@@ -167,7 +167,7 @@ fn parse_stats(text: &str) -> RsyncStats {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(name))
-            .and_then(|rest| rest.trim().split_whitespace().next().and_then(number))
+            .and_then(|rest| rest.split_whitespace().next().and_then(number))
             .unwrap_or(0)
     };
     RsyncStats {

@@ -105,7 +105,7 @@ impl SshSession {
                     });
                 }
                 Err(e) => {
-                    let err = classify(target, &e.to_string());
+                    let err = classify(target, &error_chain(&e));
                     if err.class() == ErrorClass::Permanent || attempt >= attempts {
                         return Err(err);
                     }
@@ -157,6 +157,17 @@ impl SshSession {
     pub async fn close(self) {
         let _ = self.session.close().await;
     }
+}
+
+/// The error and its sources in one line: openssh keeps ssh's own words in the source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
 }
 
 /// Names the failure the way the engine must act on it.
