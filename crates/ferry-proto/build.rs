@@ -11,8 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ferry/v1/workflow.proto",
         "ferry/v1/agent.proto",
     ];
+    // Relative to this package, so checkouts that share a target directory each watch
+    // their own files.
     for f in &files {
-        println!("cargo:rerun-if-changed={}", root.join(f).display());
+        println!("cargo:rerun-if-changed=../../proto/{f}");
     }
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -201,6 +201,7 @@ pub struct Engine {
     dirty_steps: HashSet<StepKey>,
     new_logs: Vec<task_log::Model>,
     new_metrics: Vec<ferry_store::step_metric::ActiveModel>,
+    new_chunks: Vec<ferry_store::transfer_chunk::ActiveModel>,
     outbox: Vec<(String, coordinator_message::Msg)>,
     replies: Vec<Box<dyn FnOnce() + Send>>,
     broadcasts: Vec<Broadcast>,
@@ -237,6 +238,7 @@ impl Engine {
             dirty_steps: HashSet::new(),
             new_logs: Vec::new(),
             new_metrics: Vec::new(),
+            new_chunks: Vec::new(),
             outbox: Vec::new(),
             replies: Vec::new(),
             broadcasts: Vec::new(),
@@ -625,6 +627,13 @@ impl Engine {
             Some(job_event::Event::Progress(p)) if current => {
                 self.step_mut(key).row.progress = Some(p.data_json);
                 self.dirty_steps.insert(key);
+            }
+            Some(job_event::Event::Chunks(c)) => {
+                let step = self.step(key).row.step_name.clone();
+                let now = Utc::now();
+                for ch in c.chunks {
+                    self.new_chunks.push(chunk_row(key.0, &step, ch, now));
+                }
             }
             Some(job_event::Event::Metric(m)) => {
                 let step = self.step(key).row.step_name.clone();
@@ -1387,6 +1396,7 @@ impl Engine {
                 .collect(),
             logs: std::mem::take(&mut self.new_logs),
             metrics: std::mem::take(&mut self.new_metrics),
+            chunks: std::mem::take(&mut self.new_chunks),
         };
         self.dirty_tasks.clear();
         self.dirty_steps.clear();
@@ -1488,6 +1498,33 @@ fn build_task_rt(
         status,
         steps: rts,
     })
+}
+
+/// A `transfer_chunks` row from an agent's chunk report.
+fn chunk_row(
+    task_id: i64,
+    step: &str,
+    c: v1::ChunkState,
+    now: chrono::DateTime<Utc>,
+) -> ferry_store::transfer_chunk::ActiveModel {
+    use ferry_store::Set;
+    let text = |s: String| (!s.is_empty()).then_some(s);
+    ferry_store::transfer_chunk::ActiveModel {
+        task_id: Set(task_id),
+        step_name: Set(step.to_owned()),
+        chunk_id: Set(c.chunk_id),
+        source_path: Set(text(c.source_path)),
+        dest_path: Set(text(c.dest_path)),
+        offset: Set(Some(c.offset)),
+        size: Set(Some(c.size)),
+        checksum: Set(text(c.checksum)),
+        started_at: Set((c.status == "in_progress").then_some(now)),
+        completed_at: Set((c.status == "completed").then_some(now)),
+        retry_count: Set(c.retry_count as i32),
+        error_message: Set(text(c.error)),
+        status: Set(c.status),
+        ..Default::default()
+    }
 }
 
 fn start(job_id: &str) -> coordinator_message::Msg {

@@ -124,6 +124,10 @@ pub struct TransferConfig {
     pub checksum_verify: bool,
     /// rsync `--bwlimit` value, e.g. `100M`; empty for no limit.
     pub bandwidth_limit: String,
+    /// `blake3` (fast, default) or `sha256` for chunk checksums.
+    pub hash_algorithm: String,
+    /// The `ferry` CLI on the other hosts, used to build and verify manifests there.
+    pub remote_ferry: String,
 }
 
 impl Default for TransferConfig {
@@ -136,6 +140,8 @@ impl Default for TransferConfig {
             compression: true,
             checksum_verify: true,
             bandwidth_limit: String::new(),
+            hash_algorithm: "blake3".into(),
+            remote_ferry: "ferry".into(),
         }
     }
 }
@@ -228,6 +234,14 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     /// Milliseconds between attempts to reach the coordinator.
     pub reconnect_interval_ms: u64,
+    /// Directories this agent may read and write; transfers outside them are refused.
+    /// Empty: the work dir, `storage.staging_dir` and the FuxiCTR data and model roots.
+    pub roots: Vec<PathBuf>,
+    /// known_hosts file for SSH host-key checking; `~/.ssh/known_hosts` when empty.
+    pub known_hosts: PathBuf,
+    /// Accept and record the host key of a server seen for the first time (a changed key
+    /// is still refused).
+    pub accept_new_host_keys: bool,
 }
 
 impl Default for AgentConfig {
@@ -237,7 +251,25 @@ impl Default for AgentConfig {
             coordinator_url: "http://127.0.0.1:50051".into(),
             work_dir: "./agent-work".into(),
             reconnect_interval_ms: 1000,
+            roots: Vec::new(),
+            known_hosts: PathBuf::new(),
+            accept_new_host_keys: false,
         }
+    }
+}
+
+impl AgentConfig {
+    /// The directories transfers may touch (see `roots`).
+    pub fn effective_roots(&self, config: &FerryConfig) -> Vec<PathBuf> {
+        if !self.roots.is_empty() {
+            return self.roots.clone();
+        }
+        vec![
+            self.work_dir.clone(),
+            config.storage.staging_dir.clone(),
+            config.fuxictr_paths.data_root.clone(),
+            config.fuxictr_paths.model_root.clone(),
+        ]
     }
 }
 
@@ -299,6 +331,12 @@ impl FerryConfig {
             return Err(invalid(
                 "transfer.bandwidth_limit",
                 format!("`{bw}` is not a rate like 100M, 512K or 1G"),
+            ));
+        }
+        if !matches!(self.transfer.hash_algorithm.as_str(), "blake3" | "sha256") {
+            return Err(invalid(
+                "transfer.hash_algorithm",
+                format!("`{}` is neither blake3 nor sha256", self.transfer.hash_algorithm),
             ));
         }
         if self.workflow.heartbeat_interval == 0 {

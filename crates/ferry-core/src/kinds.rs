@@ -12,9 +12,44 @@ use serde_json::Value;
 pub const EXEC: &str = "exec";
 /// Do nothing and succeed; kept for benchmarking the engine itself.
 pub const NOOP: &str = "noop";
+/// Move a directory between this agent and a configured server over SSH/rsync, verified
+/// chunk by chunk.
+pub const TRANSFER: &str = "transfer";
 
 /// Every kind a workflow may name.
-pub const KNOWN_KINDS: &[&str] = &[EXEC, NOOP];
+pub const KNOWN_KINDS: &[&str] = &[EXEC, NOOP, TRANSFER];
+
+/// Which way a transfer goes, seen from the agent that runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferDirection {
+    /// This agent's `local_path` → the server's `remote_path`.
+    Push,
+    /// The server's `remote_path` → this agent's `local_path`.
+    Pull,
+}
+
+/// Parameters of a `transfer` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferParams {
+    pub direction: TransferDirection,
+    /// Name of the other host in the config's `servers` (host, port, user, key).
+    pub server: String,
+    /// Directory on this agent (must be under one of its roots).
+    pub local_path: String,
+    /// Directory on the other host.
+    pub remote_path: String,
+    /// `blake3` (default) or `sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// Overrides `transfer.compression`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<bool>,
+    /// Overrides `transfer.chunk_size` (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
+}
 
 /// Parameters of an `exec` step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +95,25 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
             Ok(())
         }
         NOOP => parse_params::<NoopParams>(params).map(|_| ()),
+        TRANSFER => {
+            let p: TransferParams = parse_params(params)?;
+            if p.server.trim().is_empty() {
+                return Err("`server` must name a server of the config".into());
+            }
+            if p.local_path.trim().is_empty() || p.remote_path.trim().is_empty() {
+                return Err("`local_path` and `remote_path` must not be empty".into());
+            }
+            if let Some(a) = &p.algorithm
+                && a != "blake3"
+                && a != "sha256"
+            {
+                return Err(format!("`algorithm` must be blake3 or sha256, not `{a}`"));
+            }
+            if p.chunk_size == Some(0) {
+                return Err("`chunk_size` must be at least 1".into());
+            }
+            Ok(())
+        }
         other => Err(format!(
             "unknown step kind `{other}` (known kinds: {})",
             KNOWN_KINDS.join(", ")
@@ -96,7 +150,7 @@ mod tests {
         let err = validate_params("frobnicate", &Value::Null).expect_err("unknown");
         assert_eq!(
             err,
-            "unknown step kind `frobnicate` (known kinds: exec, noop)"
+            "unknown step kind `frobnicate` (known kinds: exec, noop, transfer)"
         );
     }
 }

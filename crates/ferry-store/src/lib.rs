@@ -14,11 +14,13 @@ use ferry_core::workflow::WorkflowDef;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
+    DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
+/// Re-exported so callers can build rows without depending on sea-orm themselves.
+pub use sea_orm::ActiveValue::Set;
 pub use entity::{step_metric, task_log, transfer_chunk, workflow, workflow_step, workflow_task};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,8 @@ pub struct WriteBatch {
     pub steps: Vec<workflow_step::Model>,
     pub logs: Vec<task_log::Model>,
     pub metrics: Vec<step_metric::ActiveModel>,
+    /// Upserted by (task_id, step_name, chunk_id).
+    pub chunks: Vec<transfer_chunk::ActiveModel>,
 }
 
 impl WriteBatch {
@@ -48,6 +52,7 @@ impl WriteBatch {
             && self.steps.is_empty()
             && self.logs.is_empty()
             && self.metrics.is_empty()
+            && self.chunks.is_empty()
     }
 }
 
@@ -289,6 +294,32 @@ impl Store {
                 .exec(&txn)
                 .await?;
         }
+        // Chunk rows are keyed by (task, step, chunk id): a later report replaces an earlier.
+        for rows in batch.chunks.chunks(200) {
+            transfer_chunk::Entity::insert_many(rows.to_vec())
+                .on_conflict(
+                    OnConflict::columns([
+                        transfer_chunk::Column::TaskId,
+                        transfer_chunk::Column::StepName,
+                        transfer_chunk::Column::ChunkId,
+                    ])
+                    .update_columns([
+                        transfer_chunk::Column::SourcePath,
+                        transfer_chunk::Column::DestPath,
+                        transfer_chunk::Column::Offset,
+                        transfer_chunk::Column::Size,
+                        transfer_chunk::Column::Checksum,
+                        transfer_chunk::Column::Status,
+                        transfer_chunk::Column::StartedAt,
+                        transfer_chunk::Column::CompletedAt,
+                        transfer_chunk::Column::RetryCount,
+                        transfer_chunk::Column::ErrorMessage,
+                    ])
+                    .to_owned(),
+                )
+                .exec(&txn)
+                .await?;
+        }
         txn.commit().await?;
         Ok(())
     }
@@ -325,6 +356,19 @@ impl Store {
             .order_by_asc(step_metric::Column::Id)
             .all(&self.db)
             .await?)
+    }
+
+    /// Chunk rows of a task (of one step, when given), in insertion order.
+    pub async fn chunks(
+        &self,
+        task_id: i64,
+        step_name: Option<&str>,
+    ) -> Result<Vec<transfer_chunk::Model>> {
+        let mut q = transfer_chunk::Entity::find().filter(transfer_chunk::Column::TaskId.eq(task_id));
+        if let Some(s) = step_name {
+            q = q.filter(transfer_chunk::Column::StepName.eq(s));
+        }
+        Ok(q.order_by_asc(transfer_chunk::Column::Id).all(&self.db).await?)
     }
 
     /// Checks the connection works (used by health reporting).

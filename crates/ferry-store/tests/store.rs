@@ -38,6 +38,23 @@ fn new_task(workflow_id: i64, workflow: &str) -> NewTask {
     }
 }
 
+fn chunk_row(task_id: i64, status: &str, retries: i32) -> ferry_store::transfer_chunk::ActiveModel {
+    use sea_orm::Set;
+    ferry_store::transfer_chunk::ActiveModel {
+        task_id: Set(task_id),
+        step_name: Set("a".into()),
+        chunk_id: Set("train/part-0.bin#0".into()),
+        source_path: Set(Some("/src/train/part-0.bin".into())),
+        dest_path: Set(Some("/dst/train/part-0.bin".into())),
+        offset: Set(Some(0)),
+        size: Set(Some(1024)),
+        checksum: Set(Some("ab".repeat(32))),
+        status: Set(status.into()),
+        retry_count: Set(retries),
+        ..Default::default()
+    }
+}
+
 async fn exercise(store: Store, suffix: &str) {
     let wf_name = format!("wf_{suffix}");
     // Apply twice: the second replaces the first, same id.
@@ -99,6 +116,7 @@ async fn exercise(store: Store, suffix: &str) {
             1,
             Utc::now(),
         )],
+        chunks: vec![chunk_row(task.id, "in_progress", 0)],
     };
     store.commit(&batch).await.expect("commit");
 
@@ -128,6 +146,18 @@ async fn exercise(store: Store, suffix: &str) {
     let metrics = store.metrics(task.id).await.expect("metrics");
     assert_eq!(metrics.len(), 1);
     assert_eq!(metrics[0].name, "auc");
+    // Chunk rows are upserted by (task, step, chunk id).
+    let again = WriteBatch { chunks: vec![chunk_row(task.id, "completed", 2)], ..Default::default() };
+    store.commit(&again).await.expect("upsert");
+    let chunks = store.chunks(task.id, Some("a")).await.expect("chunks");
+    assert_eq!(chunks.len(), 1);
+    assert_eq!((chunks[0].status.as_str(), chunks[0].retry_count), ("completed", 2));
+    // Chunk rows are upserted by (task, step, chunk id).
+    let again = WriteBatch { chunks: vec![chunk_row(task.id, "completed", 2)], ..Default::default() };
+    store.commit(&again).await.expect("upsert");
+    let chunks = store.chunks(task.id, Some("a")).await.expect("chunks");
+    assert_eq!(chunks.len(), 1);
+    assert_eq!((chunks[0].status.as_str(), chunks[0].retry_count), ("completed", 2));
     let listed = store.list_tasks(Some("completed"), 10).await.expect("list");
     assert!(listed.iter().any(|t| t.id == task.id));
 }
