@@ -51,6 +51,29 @@ enum Command {
     },
     /// Agents known to the coordinator.
     Agents,
+    /// Chunk manifests on this host (what transfers run on the other end over SSH).
+    #[command(subcommand)]
+    Manifest(ManifestCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ManifestCmd {
+    /// Hash every file under DIR and write DIR/.ferry-manifest.json.
+    Build {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 100 * 1024 * 1024)]
+        chunk_size: u64,
+        /// blake3 or sha256.
+        #[arg(long, default_value = "blake3")]
+        algorithm: String,
+    },
+    /// Check every chunk under DIR against DIR/.ferry-manifest.json; exit 1 if any differs.
+    Verify {
+        dir: PathBuf,
+        /// Print the summary as JSON (always exit 0 when the check itself ran).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,10 +191,60 @@ fn status(e: tonic::Status) -> anyhow::Error {
     }
 }
 
+/// Local manifest commands need no coordinator.
+fn manifest(cmd: ManifestCmd) -> anyhow::Result<()> {
+    use ferry_transfer::manifest::{HashAlgorithm, MANIFEST_NAME, Manifest};
+    use ferry_transfer::transfer::VerifySummary;
+    match cmd {
+        ManifestCmd::Build {
+            dir,
+            chunk_size,
+            algorithm,
+        } => {
+            let algorithm = match algorithm.as_str() {
+                "blake3" => HashAlgorithm::Blake3,
+                "sha256" => HashAlgorithm::Sha256,
+                other => bail!("unknown algorithm `{other}` (blake3 or sha256)"),
+            };
+            let m = Manifest::build(&dir, chunk_size, algorithm)?;
+            m.save(&dir.join(MANIFEST_NAME))?;
+            println!(
+                "{} files, {} chunks, {} bytes",
+                m.files.len(),
+                m.chunks().count(),
+                m.total_bytes()
+            );
+        }
+        ManifestCmd::Verify { dir, json } => {
+            let m = Manifest::load(&dir.join(MANIFEST_NAME), &dir)?;
+            let report = m.verify(&dir)?;
+            let summary = VerifySummary::from(&report);
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else if summary.complete {
+                println!("all {} chunks verified", summary.verified);
+            } else {
+                bail!(
+                    "{} chunks differ ({}), {} files missing, {} too long",
+                    summary.bad.len(),
+                    summary.bad.join(", "),
+                    summary.missing_files.len(),
+                    summary.too_long.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = match cli.command {
+        Command::Manifest(cmd) => return manifest(cmd),
+        other => other,
+    };
     let mut client = connect(&cli.coordinator).await?;
     let json = cli.json;
-    match cli.command {
+    match command {
         Command::Workflow(WorkflowCmd::Apply { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -455,6 +528,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Manifest(_) => bail!("manifest commands run locally"),
     }
     Ok(())
 }

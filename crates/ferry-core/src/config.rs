@@ -336,7 +336,10 @@ impl FerryConfig {
         if !matches!(self.transfer.hash_algorithm.as_str(), "blake3" | "sha256") {
             return Err(invalid(
                 "transfer.hash_algorithm",
-                format!("`{}` is neither blake3 nor sha256", self.transfer.hash_algorithm),
+                format!(
+                    "`{}` is neither blake3 nor sha256",
+                    self.transfer.hash_algorithm
+                ),
             ));
         }
         if self.workflow.heartbeat_interval == 0 {

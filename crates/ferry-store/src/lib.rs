@@ -14,14 +14,13 @@ use ferry_core::workflow::WorkflowDef;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
+pub use entity::{step_metric, task_log, transfer_chunk, workflow, workflow_step, workflow_task};
 /// Re-exported so callers can build rows without depending on sea-orm themselves.
 pub use sea_orm::ActiveValue::Set;
-pub use entity::{step_metric, task_log, transfer_chunk, workflow, workflow_step, workflow_task};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -364,11 +363,14 @@ impl Store {
         task_id: i64,
         step_name: Option<&str>,
     ) -> Result<Vec<transfer_chunk::Model>> {
-        let mut q = transfer_chunk::Entity::find().filter(transfer_chunk::Column::TaskId.eq(task_id));
+        let mut q =
+            transfer_chunk::Entity::find().filter(transfer_chunk::Column::TaskId.eq(task_id));
         if let Some(s) = step_name {
             q = q.filter(transfer_chunk::Column::StepName.eq(s));
         }
-        Ok(q.order_by_asc(transfer_chunk::Column::Id).all(&self.db).await?)
+        Ok(q.order_by_asc(transfer_chunk::Column::Id)
+            .all(&self.db)
+            .await?)
     }
 
     /// Checks the connection works (used by health reporting).

@@ -147,17 +147,29 @@ async fn exercise(store: Store, suffix: &str) {
     assert_eq!(metrics.len(), 1);
     assert_eq!(metrics[0].name, "auc");
     // Chunk rows are upserted by (task, step, chunk id).
-    let again = WriteBatch { chunks: vec![chunk_row(task.id, "completed", 2)], ..Default::default() };
+    let again = WriteBatch {
+        chunks: vec![chunk_row(task.id, "completed", 2)],
+        ..Default::default()
+    };
     store.commit(&again).await.expect("upsert");
     let chunks = store.chunks(task.id, Some("a")).await.expect("chunks");
     assert_eq!(chunks.len(), 1);
-    assert_eq!((chunks[0].status.as_str(), chunks[0].retry_count), ("completed", 2));
+    assert_eq!(
+        (chunks[0].status.as_str(), chunks[0].retry_count),
+        ("completed", 2)
+    );
     // Chunk rows are upserted by (task, step, chunk id).
-    let again = WriteBatch { chunks: vec![chunk_row(task.id, "completed", 2)], ..Default::default() };
+    let again = WriteBatch {
+        chunks: vec![chunk_row(task.id, "completed", 2)],
+        ..Default::default()
+    };
     store.commit(&again).await.expect("upsert");
     let chunks = store.chunks(task.id, Some("a")).await.expect("chunks");
     assert_eq!(chunks.len(), 1);
-    assert_eq!((chunks[0].status.as_str(), chunks[0].retry_count), ("completed", 2));
+    assert_eq!(
+        (chunks[0].status.as_str(), chunks[0].retry_count),
+        ("completed", 2)
+    );
     let listed = store.list_tasks(Some("completed"), 10).await.expect("list");
     assert!(listed.iter().any(|t| t.id == task.id));
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod manifest;
 pub mod rsync;
 pub mod ssh;
+pub mod transfer;
 
 pub use error::TransferError;
 pub use manifest::{HashAlgorithm, MANIFEST_NAME, Manifest};

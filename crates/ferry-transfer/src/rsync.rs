@@ -24,6 +24,8 @@ pub struct RsyncOptions {
     pub compress: bool,
     /// `--bwlimit` value (e.g. `100M`); empty for none.
     pub bandwidth_limit: String,
+    /// Further rsync options.
+    pub extra: Vec<String>,
 }
 
 /// What rsync reported (`--stats`).
@@ -78,6 +80,7 @@ pub async fn transfer(
     if !opts.bandwidth_limit.is_empty() {
         cmd.arg(format!("--bwlimit={}", opts.bandwidth_limit));
     }
+    cmd.args(&opts.extra);
     cmd.arg(&src)
         .arg(&dst)
         .stdin(Stdio::null())

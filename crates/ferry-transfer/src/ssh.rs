@@ -154,6 +154,11 @@ impl SshSession {
         Ok(out)
     }
 
+    /// A command on the remote host, for callers that stream its stdin or stdout.
+    pub fn command<'a>(&'a self, program: &'a str) -> openssh::OwningCommand<&'a Session> {
+        self.session.command(program)
+    }
+
     pub async fn close(self) {
         let _ = self.session.close().await;
     }

@@ -281,3 +281,336 @@ async fn a_refused_connection_is_transient_after_the_retries() {
     assert!(matches!(err, TransferError::Connect { .. }), "{err}");
     assert_eq!(err.class(), ErrorClass::Transient);
 }
+
+// ---- verified transfers ------------------------------------------------------------------
+
+use ferry_transfer::transfer::{
+    self, ChunkStatus, ChunkUpdate, TransferEvents, TransferProgress, TransferSpec,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+/// The `ferry` CLI the other end runs to build and verify manifests.
+fn ferry_cli() -> String {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let cli = dir.join("ferry");
+    assert!(
+        cli.is_file(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, or `cargo xtask test`)",
+        cli.display()
+    );
+    cli.display().to_string()
+}
+
+#[derive(Default)]
+struct Recorder {
+    chunks: Vec<ChunkUpdate>,
+    progress: Vec<TransferProgress>,
+    logs: Vec<String>,
+}
+
+impl TransferEvents for Recorder {
+    fn chunks(&mut self, updates: &[ChunkUpdate]) {
+        self.chunks.extend_from_slice(updates);
+    }
+    fn progress(&mut self, p: &TransferProgress) {
+        self.progress.push(p.clone());
+    }
+    fn log(&mut self, m: &str) {
+        self.logs.push(m.to_owned());
+    }
+}
+
+impl Recorder {
+    fn last_status(&self, id: &str) -> Option<ChunkStatus> {
+        self.chunks
+            .iter()
+            .rev()
+            .find(|u| u.chunk.id() == id)
+            .map(|u| u.status)
+    }
+}
+
+fn spec(direction: Direction, local: &Path, remote: &Path) -> TransferSpec {
+    TransferSpec {
+        direction,
+        local: local.to_owned(),
+        remote: remote.display().to_string(),
+        chunk_size: MIB,
+        algorithm: HashAlgorithm::Blake3,
+        rsync: RsyncOptions::default(),
+        max_chunk_retries: 3,
+        remote_ferry: ferry_cli(),
+    }
+}
+
+/// Flips one byte and keeps the file's mtime, so only checksums can notice (bit rot).
+fn flip_byte_keep_mtime(file: &Path, at: usize) {
+    let mtime = std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let mut bytes = std::fs::read(file).expect("read");
+    bytes[at] ^= 0x5a;
+    std::fs::write(file, &bytes).expect("write");
+    std::fs::File::options()
+        .write(true)
+        .open(file)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("restore mtime");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_verifies_every_chunk_and_a_damaged_chunk_is_resent_alone() {
+    let sshd = Sshd::start();
+    let src = tempfile::tempdir().expect("tmp");
+    sample_tree(src.path());
+    let dst = tempfile::tempdir().expect("tmp");
+    let session = SshSession::connect(&sshd.target(), &sshd.path("ctl"))
+        .await
+        .expect("connect");
+    let s = spec(Direction::Push, src.path(), dst.path());
+
+    let mut rec = Recorder::default();
+    let out = transfer::run(&session, &s, &mut rec)
+        .await
+        .expect("transfer");
+    assert_eq!((out.files, out.chunks, out.chunks_resent), (42, 44, 0));
+    assert!(
+        rec.chunks
+            .iter()
+            .filter(|u| u.status == ChunkStatus::Completed)
+            .count()
+            == 44
+    );
+    assert_eq!(rec.progress.last().map(|p| p.phase), Some("verified"));
+
+    // Silent corruption in chunk 2 of the big file: rsync's quick check cannot see it.
+    flip_byte_keep_mtime(
+        &dst.path().join("train/part-000.bin"),
+        (2 * MIB + 100) as usize,
+    );
+    let mut rec = Recorder::default();
+    let out = transfer::run(&session, &s, &mut rec).await.expect("repair");
+    assert_eq!(out.chunks_resent, 1, "only the damaged chunk is re-sent");
+    assert_eq!(
+        out.rsync.literal_bytes, 0,
+        "rsync itself sent no file data: {:?}",
+        out.rsync
+    );
+    let failed: Vec<String> = rec
+        .chunks
+        .iter()
+        .filter(|u| u.status == ChunkStatus::Failed)
+        .map(|u| u.chunk.id())
+        .collect();
+    assert_eq!(failed, ["train/part-000.bin#2"]);
+    assert_eq!(
+        rec.last_status("train/part-000.bin#2"),
+        Some(ChunkStatus::Completed)
+    );
+    let m = Manifest::load(&src.path().join(MANIFEST_NAME), src.path()).expect("manifest");
+    assert!(m.verify(dst.path()).expect("verify").is_complete());
+    session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_killed_mid_file_resumes_without_resending_what_arrived() {
+    let sshd = Sshd::start();
+    let src = tempfile::tempdir().expect("tmp");
+    let size = 8 * MIB as usize;
+    let data: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+        .collect();
+    std::fs::write(src.path().join("big.bin"), &data).expect("write");
+    let dst = tempfile::tempdir().expect("tmp");
+    let session = SshSession::connect(&sshd.target(), &sshd.path("ctl"))
+        .await
+        .expect("connect");
+    let mut slow = spec(Direction::Push, src.path(), dst.path());
+    slow.rsync.bandwidth_limit = "2000".into(); // KiB/s: about four seconds for 8 MiB
+
+    // Start, let part of the file arrive, then kill the transfer (rsync with it).
+    let partial = dst.path().join(transfer::PARTIAL_DIR).join("big.bin");
+    let handle = {
+        let s = slow.clone();
+        let target = sshd.target();
+        let ctl = sshd.path("ctl-slow");
+        tokio::spawn(async move {
+            let session = SshSession::connect(&target, &ctl).await.expect("connect");
+            transfer::run(&session, &s, &mut Recorder::default()).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // rsync writes into a temp file in the destination dir and moves it into the
+        // partial dir when killed; wait until a few MiB are on their way.
+        let in_flight: u64 = std::fs::read_dir(dst.path())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".big.bin"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if in_flight >= 3 * MIB {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the transfer made no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.abort();
+    let _ = handle.await;
+    // rsync, killed, keeps what it had in the partial dir (give it a moment to move it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !partial.exists() {
+        assert!(Instant::now() < deadline, "no partial file kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = std::fs::metadata(&partial).expect("partial").len();
+    assert!((2 * MIB..8 * MIB).contains(&kept), "kept {kept} bytes");
+    assert!(
+        !dst.path().join("big.bin").exists(),
+        "a partial file never sits under its final name"
+    );
+
+    let fast = spec(Direction::Push, src.path(), dst.path());
+    let mut rec = Recorder::default();
+    let out = transfer::run(&session, &fast, &mut rec)
+        .await
+        .expect("resume");
+    let remaining = 8 * MIB - kept;
+    assert!(
+        out.rsync.literal_bytes <= remaining + MIB,
+        "re-sent {} bytes; {remaining} were missing (+ at most one chunk allowed)",
+        out.rsync.literal_bytes
+    );
+    assert_eq!(
+        std::fs::read(dst.path().join("big.bin")).expect("arrived"),
+        data
+    );
+    assert!(
+        !dst.path()
+            .join(transfer::PARTIAL_DIR)
+            .join("big.bin")
+            .exists()
+    );
+    session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_destination_is_a_disk_full_error_with_needed_and_free() {
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() != "0")
+        .unwrap_or(true)
+    {
+        eprintln!("not root: cannot mount a small tmpfs; the disk-full case is skipped");
+        return;
+    }
+    let sshd = Sshd::start();
+    let src = tempfile::tempdir().expect("tmp");
+    sample_tree(src.path()); // about 3.5 MiB
+    let small = tempfile::tempdir().expect("tmp");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(small.path())
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount a 2 MiB tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(small.path().to_owned());
+    let session = SshSession::connect(&sshd.target(), &sshd.path("ctl"))
+        .await
+        .expect("connect");
+    let mut rec = Recorder::default();
+    let err = transfer::run(
+        &session,
+        &spec(Direction::Push, src.path(), small.path()),
+        &mut rec,
+    )
+    .await
+    .expect_err("does not fit");
+    assert!(matches!(err, TransferError::DiskFull { .. }), "{err}");
+    assert_eq!(err.class(), ErrorClass::Transient);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bytes needed") && msg.contains("free"),
+        "{msg}"
+    );
+    let TransferError::DiskFull { needed, free, .. } = err else {
+        unreachable!()
+    };
+    assert!(
+        needed > free && needed > 3 * MIB,
+        "needed {needed}, free {free}"
+    );
+    assert!(
+        rec.chunks
+            .iter()
+            .all(|u| u.status != ChunkStatus::Completed),
+        "nothing is reported complete"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(small.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "no partial files left: {leftovers:?}");
+    session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_repairs_a_damaged_local_chunk_and_missing_sources_are_named() {
+    let sshd = Sshd::start();
+    let remote = tempfile::tempdir().expect("tmp");
+    sample_tree(remote.path());
+    let local = tempfile::tempdir().expect("tmp");
+    let session = SshSession::connect(&sshd.target(), &sshd.path("ctl"))
+        .await
+        .expect("connect");
+    let s = spec(Direction::Pull, local.path(), remote.path());
+    transfer::run(&session, &s, &mut Recorder::default())
+        .await
+        .expect("pull");
+    flip_byte_keep_mtime(&local.path().join("train/part-000.bin"), 10);
+    let out = transfer::run(&session, &s, &mut Recorder::default())
+        .await
+        .expect("pull again");
+    assert_eq!(out.chunks_resent, 1);
+    assert_eq!(
+        std::fs::read(local.path().join("train/part-000.bin")).expect("local"),
+        std::fs::read(remote.path().join("train/part-000.bin")).expect("remote")
+    );
+
+    let gone = spec(
+        Direction::Pull,
+        local.path(),
+        Path::new("/nonexistent/export"),
+    );
+    let err = transfer::run(&session, &gone, &mut Recorder::default())
+        .await
+        .expect_err("missing remote source");
+    assert_eq!(err.to_string(), "source /nonexistent/export does not exist");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    let gone = spec(
+        Direction::Push,
+        Path::new("/nonexistent/staging"),
+        remote.path(),
+    );
+    let err = transfer::run(&session, &gone, &mut Recorder::default())
+        .await
+        .expect_err("missing local source");
+    assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+    session.close().await;
+}

@@ -1,0 +1,723 @@
+//! One verified directory transfer, push or pull:
+//!
+//! 1. the source side writes a manifest (chunk checksums) beside the data;
+//! 2. the destination's free space is checked against what is still missing;
+//! 3. rsync moves the data over the session (`--partial-dir`, so an interrupted file
+//!    resumes and a half-written file never sits under its final name);
+//! 4. the destination verifies every chunk against the manifest;
+//! 5. each chunk that fails is re-sent alone (a `dd` of its byte range through the same
+//!    session) and verified again, up to the retry limit.
+//!
+//! Chunk states and progress are reported through `TransferEvents` as they change.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use openssh::Stdio;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::manifest::{ChunkRef, HashAlgorithm, MANIFEST_NAME, Manifest, VerifyReport};
+use crate::rsync::{self, Direction, Progress, RsyncOptions, RsyncStats};
+use crate::ssh::SshSession;
+use crate::{TransferError, confine};
+
+/// Where rsync keeps partly transferred files, inside the destination directory.
+pub const PARTIAL_DIR: &str = ".ferry-partial";
+
+#[derive(Debug, Clone)]
+pub struct TransferSpec {
+    pub direction: Direction,
+    /// The directory on this host (already confined by the caller).
+    pub local: PathBuf,
+    /// The directory on the other host.
+    pub remote: String,
+    pub chunk_size: u64,
+    pub algorithm: HashAlgorithm,
+    pub rsync: RsyncOptions,
+    /// Re-sends of one chunk before the transfer fails (seed 000: 10).
+    pub max_chunk_retries: u32,
+    /// The `ferry` CLI on the other host (builds and verifies manifests there).
+    pub remote_ferry: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkStatus {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+}
+
+impl ChunkStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkStatus::Pending => "pending",
+            ChunkStatus::InProgress => "in_progress",
+            ChunkStatus::Completed => "completed",
+            ChunkStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkUpdate {
+    pub chunk: ChunkRef,
+    pub source_path: String,
+    pub dest_path: String,
+    pub status: ChunkStatus,
+    pub retry_count: u32,
+    pub error: Option<String>,
+}
+
+/// Progress of the whole transfer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TransferProgress {
+    pub phase: &'static str,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub files_total: usize,
+    pub percent: u32,
+    pub rate: String,
+    pub eta: String,
+}
+
+/// Where a transfer reports what happens.
+pub trait TransferEvents: Send {
+    fn chunks(&mut self, updates: &[ChunkUpdate]);
+    fn progress(&mut self, progress: &TransferProgress);
+    fn log(&mut self, message: &str);
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TransferOutcome {
+    pub bytes_total: u64,
+    pub files: usize,
+    pub chunks: usize,
+    /// Chunks that failed verification and were re-sent alone.
+    pub chunks_resent: usize,
+    /// File bytes rsync sent as literal data (not matched from the destination).
+    pub rsync: RsyncStats,
+    pub seconds: f64,
+}
+
+/// What `ferry manifest verify --json` prints, for verification on the other host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifySummary {
+    pub complete: bool,
+    pub verified: usize,
+    /// Chunk ids (`path#index`) that are missing or wrong.
+    pub bad: Vec<String>,
+    pub missing_files: Vec<String>,
+    pub too_long: Vec<String>,
+}
+
+impl From<&VerifyReport> for VerifySummary {
+    fn from(r: &VerifyReport) -> Self {
+        VerifySummary {
+            complete: r.is_complete(),
+            verified: r.verified.len(),
+            bad: r.bad.iter().map(ChunkRef::id).collect(),
+            missing_files: r.missing_files.clone(),
+            too_long: r.too_long.clone(),
+        }
+    }
+}
+
+/// Runs one transfer over `session`.
+pub async fn run(
+    session: &SshSession,
+    spec: &TransferSpec,
+    events: &mut dyn TransferEvents,
+) -> Result<TransferOutcome, TransferError> {
+    let started = Instant::now();
+    let manifest = match spec.direction {
+        Direction::Push => build_local_manifest(spec)?,
+        Direction::Pull => build_remote_manifest(session, spec).await?,
+    };
+    let (src_root, dst_root) = match spec.direction {
+        Direction::Push => (spec.local.display().to_string(), spec.remote.clone()),
+        Direction::Pull => (spec.remote.clone(), spec.local.display().to_string()),
+    };
+    let update =
+        |c: &ChunkRef, status: ChunkStatus, retry_count: u32, error: Option<String>| ChunkUpdate {
+            source_path: format!("{src_root}/{}", c.path),
+            dest_path: format!("{dst_root}/{}", c.path),
+            chunk: c.clone(),
+            status,
+            retry_count,
+            error,
+        };
+    let all: Vec<ChunkRef> = manifest.chunks().collect();
+    let total = manifest.total_bytes();
+    events.log(&format!(
+        "manifest: {} files, {} chunks, {} ({} chunks of {})",
+        manifest.files.len(),
+        all.len(),
+        human_bytes(total),
+        manifest.algorithm_name(),
+        human_bytes(manifest.chunk_size)
+    ));
+    events.chunks(
+        &all.iter()
+            .map(|c| update(c, ChunkStatus::InProgress, 0, None))
+            .collect::<Vec<_>>(),
+    );
+
+    check_space(session, spec, total).await?;
+
+    let mut progress = TransferProgress {
+        phase: "transferring",
+        bytes_total: total,
+        files_total: manifest.files.len(),
+        ..Default::default()
+    };
+    let mut last_report = Instant::now();
+    let stats = rsync_dir(session, spec, |p: Progress| {
+        if last_report.elapsed().as_millis() >= 500 {
+            last_report = Instant::now();
+            progress.bytes_done = p.bytes.min(total);
+            progress.percent = p.percent;
+            progress.rate = p.rate.clone();
+            progress.eta = p.eta.clone();
+            events.progress(&progress);
+        }
+    })
+    .await;
+    let stats = match stats {
+        Ok(s) => s,
+        Err(e) => return Err(on_rsync_error(session, spec, total, e).await),
+    };
+
+    // Verify, then re-send what is wrong, chunk by chunk.
+    let mut retries: std::collections::HashMap<String, u32> = Default::default();
+    let mut resent = 0;
+    let mut summary = verify_destination(session, spec, &manifest).await?;
+    loop {
+        if summary.complete {
+            break;
+        }
+        if !summary.missing_files.is_empty() {
+            // Whole files are absent (deleted or never written): let rsync bring them.
+            events.log(&format!(
+                "{} files missing at the destination; sending them again",
+                summary.missing_files.len()
+            ));
+            rsync_dir(session, spec, |_| {}).await?;
+        }
+        for path in &summary.too_long {
+            let entry = manifest.files.iter().find(|f| &f.path == path);
+            if let Some(f) = entry {
+                truncate_destination(session, spec, path, f.size).await?;
+            }
+        }
+        let bad: Vec<&ChunkRef> = all
+            .iter()
+            .filter(|c| summary.bad.contains(&c.id()))
+            .collect();
+        let mut failed_updates = Vec::new();
+        for c in &bad {
+            let n = retries.entry(c.id()).or_insert(0);
+            *n += 1;
+            if *n > spec.max_chunk_retries {
+                events.chunks(&[update(
+                    c,
+                    ChunkStatus::Failed,
+                    *n - 1,
+                    Some("checksum mismatch after every retry".into()),
+                )]);
+                return Err(TransferError::Verification {
+                    path: PathBuf::from(format!("{dst_root}/{}", c.path)),
+                    detail: format!(
+                        "chunk {} still differs after {} re-sends",
+                        c.index, spec.max_chunk_retries
+                    ),
+                });
+            }
+            failed_updates.push(update(
+                c,
+                ChunkStatus::Failed,
+                *n,
+                Some("checksum mismatch; re-sending".into()),
+            ));
+        }
+        if !failed_updates.is_empty() {
+            events.chunks(&failed_updates);
+            events.log(&format!(
+                "{} chunks failed verification; re-sending them alone",
+                bad.len()
+            ));
+        }
+        for c in bad {
+            send_chunk(session, spec, c).await?;
+            resent += 1;
+        }
+        summary = verify_destination(session, spec, &manifest).await?;
+    }
+    events.chunks(
+        &all.iter()
+            .map(|c| {
+                update(
+                    c,
+                    ChunkStatus::Completed,
+                    retries.get(&c.id()).copied().unwrap_or(0),
+                    None,
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    progress.phase = "verified";
+    progress.bytes_done = total;
+    progress.percent = 100;
+    events.progress(&progress);
+    Ok(TransferOutcome {
+        bytes_total: total,
+        files: manifest.files.len(),
+        chunks: all.len(),
+        chunks_resent: resent,
+        rsync: stats,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+impl Manifest {
+    fn algorithm_name(&self) -> &'static str {
+        match self.algorithm {
+            HashAlgorithm::Blake3 => "blake3",
+            HashAlgorithm::Sha256 => "sha256",
+        }
+    }
+}
+
+fn algorithm_arg(a: HashAlgorithm) -> &'static str {
+    match a {
+        HashAlgorithm::Blake3 => "blake3",
+        HashAlgorithm::Sha256 => "sha256",
+    }
+}
+
+fn build_local_manifest(spec: &TransferSpec) -> Result<Manifest, TransferError> {
+    let m = Manifest::build(&spec.local, spec.chunk_size, spec.algorithm)?;
+    m.save(&spec.local.join(MANIFEST_NAME))?;
+    Ok(m)
+}
+
+async fn build_remote_manifest(
+    session: &SshSession,
+    spec: &TransferSpec,
+) -> Result<Manifest, TransferError> {
+    let chunk = spec.chunk_size.to_string();
+    session
+        .run(
+            &spec.remote_ferry,
+            &[
+                "manifest",
+                "build",
+                &spec.remote,
+                "--chunk-size",
+                &chunk,
+                "--algorithm",
+                algorithm_arg(spec.algorithm),
+            ],
+        )
+        .await
+        .map_err(|e| missing_remote_source(spec, e))?;
+    let out = session
+        .run("cat", &[&format!("{}/{MANIFEST_NAME}", spec.remote)])
+        .await?;
+    let m: Manifest =
+        serde_json::from_slice(&out.stdout).map_err(|e| TransferError::BadManifest {
+            path: PathBuf::from(format!("{}/{MANIFEST_NAME}", spec.remote)),
+            detail: e.to_string(),
+        })?;
+    for f in &m.files {
+        confine::check_relative(&spec.local, &f.path)?;
+    }
+    Ok(m)
+}
+
+fn missing_remote_source(spec: &TransferSpec, e: TransferError) -> TransferError {
+    match &e {
+        TransferError::Command { detail, .. } if detail.contains("does not exist") => {
+            TransferError::MissingSource(PathBuf::from(&spec.remote))
+        }
+        _ => e,
+    }
+}
+
+async fn rsync_dir(
+    session: &SshSession,
+    spec: &TransferSpec,
+    on_progress: impl FnMut(Progress),
+) -> Result<RsyncStats, TransferError> {
+    if spec.direction == Direction::Push {
+        session.run("mkdir", &["-p", &spec.remote]).await?;
+    } else {
+        std::fs::create_dir_all(&spec.local).map_err(|e| TransferError::io(&spec.local, e))?;
+    }
+    let mut opts = spec.rsync.clone();
+    opts.extra.push(format!("--partial-dir={PARTIAL_DIR}"));
+    rsync::transfer(
+        session,
+        spec.direction,
+        &spec.local,
+        &spec.remote,
+        &opts,
+        on_progress,
+    )
+    .await
+}
+
+/// Free bytes on the destination and bytes already there.
+async fn destination_space(
+    session: &SshSession,
+    spec: &TransferSpec,
+) -> Result<(u64, u64), TransferError> {
+    match spec.direction {
+        Direction::Push => {
+            session.run("mkdir", &["-p", &spec.remote]).await?;
+            let df = session.run("df", &["-Pk", &spec.remote]).await?;
+            let free = parse_df_available(&String::from_utf8_lossy(&df.stdout)).unwrap_or(u64::MAX);
+            let du = session.run("du", &["-sb", &spec.remote]).await?;
+            let used = String::from_utf8_lossy(&du.stdout)
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Ok((free, used))
+        }
+        Direction::Pull => {
+            std::fs::create_dir_all(&spec.local).map_err(|e| TransferError::io(&spec.local, e))?;
+            let out = tokio::process::Command::new("df")
+                .arg("-Pk")
+                .arg(&spec.local)
+                .output()
+                .await
+                .map_err(|e| TransferError::io(&spec.local, e))?;
+            let free =
+                parse_df_available(&String::from_utf8_lossy(&out.stdout)).unwrap_or(u64::MAX);
+            let used = dir_bytes(&spec.local);
+            Ok((free, used))
+        }
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// `df -Pk` → available bytes.
+fn parse_df_available(out: &str) -> Option<u64> {
+    let line = out.lines().nth(1)?;
+    let kb: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+async fn check_space(
+    session: &SshSession,
+    spec: &TransferSpec,
+    total: u64,
+) -> Result<(), TransferError> {
+    let (free, present) = destination_space(session, spec).await?;
+    let needed = total.saturating_sub(present);
+    if needed > free {
+        return Err(disk_full(session, spec, needed, free));
+    }
+    Ok(())
+}
+
+fn disk_full(session: &SshSession, spec: &TransferSpec, needed: u64, free: u64) -> TransferError {
+    let (host, path) = match spec.direction {
+        Direction::Push => (session.target.host.clone(), PathBuf::from(&spec.remote)),
+        Direction::Pull => ("this host".to_owned(), spec.local.clone()),
+    };
+    TransferError::DiskFull {
+        host,
+        path,
+        needed,
+        free,
+    }
+}
+
+/// An rsync failure: a full destination has its temporary files removed and is reported
+/// with the space needed and free.
+async fn on_rsync_error(
+    session: &SshSession,
+    spec: &TransferSpec,
+    total: u64,
+    e: TransferError,
+) -> TransferError {
+    let full = matches!(&e, TransferError::Command { detail, .. } if detail.contains("No space left on device") || detail.contains("Disk quota exceeded"));
+    if !full {
+        return e;
+    }
+    let _ = clean_partial(session, spec).await;
+    match destination_space(session, spec).await {
+        Ok((free, present)) => disk_full(session, spec, total.saturating_sub(present), free),
+        Err(_) => disk_full(session, spec, total, 0),
+    }
+}
+
+/// Removes rsync's partial files at the destination (the step's temporary files).
+pub async fn clean_partial(session: &SshSession, spec: &TransferSpec) -> Result<(), TransferError> {
+    match spec.direction {
+        Direction::Push => {
+            session
+                .run(
+                    "find",
+                    &[
+                        &spec.remote,
+                        "-type",
+                        "d",
+                        "-name",
+                        PARTIAL_DIR,
+                        "-prune",
+                        "-exec",
+                        "rm",
+                        "-rf",
+                        "{}",
+                        "+",
+                    ],
+                )
+                .await?;
+        }
+        Direction::Pull => remove_partial_dirs(&spec.local),
+    }
+    Ok(())
+}
+
+fn remove_partial_dirs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            if e.file_name() == PARTIAL_DIR {
+                let _ = std::fs::remove_dir_all(e.path());
+            } else {
+                remove_partial_dirs(&e.path());
+            }
+        }
+    }
+}
+
+async fn verify_destination(
+    session: &SshSession,
+    spec: &TransferSpec,
+    manifest: &Manifest,
+) -> Result<VerifySummary, TransferError> {
+    match spec.direction {
+        Direction::Pull => {
+            let report = manifest.verify(&spec.local)?;
+            Ok(VerifySummary::from(&report))
+        }
+        Direction::Push => {
+            let out = session
+                .run(
+                    &spec.remote_ferry,
+                    &["manifest", "verify", &spec.remote, "--json"],
+                )
+                .await?;
+            serde_json::from_slice(&out.stdout).map_err(|e| TransferError::Command {
+                what: format!(
+                    "`{} manifest verify` on {}",
+                    spec.remote_ferry, session.target.host
+                ),
+                detail: format!("unreadable answer: {e}"),
+            })
+        }
+    }
+}
+
+async fn truncate_destination(
+    session: &SshSession,
+    spec: &TransferSpec,
+    path: &str,
+    size: u64,
+) -> Result<(), TransferError> {
+    match spec.direction {
+        Direction::Push => {
+            session
+                .run(
+                    "truncate",
+                    &["-s", &size.to_string(), &format!("{}/{path}", spec.remote)],
+                )
+                .await?;
+        }
+        Direction::Pull => {
+            let full = confine::join(&spec.local, path)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&full)
+                .map_err(|e| TransferError::io(&full, e))?;
+            f.set_len(size).map_err(|e| TransferError::io(&full, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Re-sends one chunk's byte range, nothing else.
+async fn send_chunk(
+    session: &SshSession,
+    spec: &TransferSpec,
+    c: &ChunkRef,
+) -> Result<(), TransferError> {
+    let remote_file = format!("{}/{}", spec.remote, c.path);
+    let what = || format!("re-sending chunk {} of {}", c.index, c.path);
+    match spec.direction {
+        Direction::Push => {
+            let local = confine::join(&spec.local, &c.path)?;
+            let mut buf = vec![0u8; c.len as usize];
+            {
+                let mut f =
+                    std::fs::File::open(&local).map_err(|e| TransferError::io(&local, e))?;
+                f.seek(SeekFrom::Start(c.offset))
+                    .and_then(|_| f.read_exact(&mut buf))
+                    .map_err(|e| TransferError::io(&local, e))?;
+            }
+            let mut child = session
+                .command("dd")
+                .arg(format!("of={remote_file}"))
+                .arg("bs=1M")
+                .arg(format!("seek={}", c.offset))
+                .arg("oflag=seek_bytes")
+                .arg("conv=notrunc")
+                .arg("status=none")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .await
+                .map_err(|e| TransferError::Command {
+                    what: what(),
+                    detail: e.to_string(),
+                })?;
+            if let Some(mut stdin) = child.stdin().take() {
+                stdin
+                    .write_all(&buf)
+                    .await
+                    .map_err(|e| TransferError::Command {
+                        what: what(),
+                        detail: e.to_string(),
+                    })?;
+                stdin.shutdown().await.map_err(|e| TransferError::Command {
+                    what: what(),
+                    detail: e.to_string(),
+                })?;
+            }
+            let out = child
+                .wait_with_output()
+                .await
+                .map_err(|e| TransferError::Command {
+                    what: what(),
+                    detail: e.to_string(),
+                })?;
+            if !out.status.success() {
+                return Err(TransferError::Command {
+                    what: what(),
+                    detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+        }
+        Direction::Pull => {
+            let mut child = session
+                .command("dd")
+                .arg(format!("if={remote_file}"))
+                .arg("bs=1M")
+                .arg(format!("skip={}", c.offset))
+                .arg(format!("count={}", c.len))
+                .arg("iflag=skip_bytes,count_bytes")
+                .arg("status=none")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .await
+                .map_err(|e| TransferError::Command {
+                    what: what(),
+                    detail: e.to_string(),
+                })?;
+            let mut buf = Vec::with_capacity(c.len as usize);
+            if let Some(mut stdout) = child.stdout().take() {
+                stdout
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(|e| TransferError::Command {
+                        what: what(),
+                        detail: e.to_string(),
+                    })?;
+            }
+            let out = child
+                .wait_with_output()
+                .await
+                .map_err(|e| TransferError::Command {
+                    what: what(),
+                    detail: e.to_string(),
+                })?;
+            if !out.status.success() || buf.len() as u64 != c.len {
+                return Err(TransferError::Command {
+                    what: what(),
+                    detail: format!(
+                        "got {} of {} bytes: {}",
+                        buf.len(),
+                        c.len,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                });
+            }
+            let local = confine::join(&spec.local, &c.path)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&local)
+                .map_err(|e| TransferError::io(&local, e))?;
+            f.seek(SeekFrom::Start(c.offset))
+                .and_then(|_| f.write_all(&buf))
+                .and_then(|()| f.sync_data())
+                .map_err(|e| TransferError::io(&local, e))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn df_output_parses() {
+        let out = "Filesystem     1024-blocks  Used Available Capacity Mounted on\ntmpfs                 2048     4      2044       1% /mnt/x\n";
+        assert_eq!(parse_df_available(out), Some(2044 * 1024));
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12), "12 B");
+    }
+}
