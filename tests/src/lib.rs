@@ -4,6 +4,8 @@
 //! The binaries come from `FERRY_BIN_DIR`, or from the cargo target directory the test
 //! executable lives in; `cargo xtask test` builds them first.
 
+pub mod sshd;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,11 +65,16 @@ impl Cluster {
 
     /// Like `new`, with extra YAML appended to the config.
     pub fn with_config(extra: &str) -> Cluster {
+        Self::with_agent_config("", extra)
+    }
+
+    /// Like `with_config`, with extra lines (indented two spaces) in the `agent` section.
+    pub fn with_agent_config(agent_lines: &str, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("ferry.yaml");
         let db = dir.path().join("ferry.db");
         let text = format!(
-            "workflow:\n  heartbeat_interval: 1\n  agent_timeout: 3\ncoordinator:\n  listen: \"127.0.0.1:0\"\n  database_url: \"sqlite://{}?mode=rwc\"\nagent:\n  reconnect_interval_ms: 200\n  work_dir: \"{}\"\n{extra}",
+            "workflow:\n  heartbeat_interval: 1\n  agent_timeout: 3\ncoordinator:\n  listen: \"127.0.0.1:0\"\n  database_url: \"sqlite://{}?mode=rwc\"\nagent:\n  reconnect_interval_ms: 200\n  work_dir: \"{}\"\n{agent_lines}{extra}",
             db.display(),
             dir.path().join("work").display()
         );

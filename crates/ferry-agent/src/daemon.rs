@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::exec::{ExecExecutor, NoopExecutor};
 use crate::executor::Executor;
 use crate::runtime::{AgentError, AgentSettings};
+use crate::transfer::TransferExecutor;
 
 /// Command line of `ferry-source-agentd`, `ferry-train-agentd` and `ferry-infer-agentd`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -35,8 +36,16 @@ pub struct AgentArgs {
 
 /// The executors an agent of `role` offers. Role-specific kinds (SQL on the data-source
 /// host, training and inference on the compute hosts) join these in their own crates.
-pub fn executors_for(_role: Role) -> Vec<Arc<dyn Executor>> {
-    vec![Arc::new(ExecExecutor), Arc::new(NoopExecutor)]
+pub fn executors_for(
+    _role: Role,
+    config: &FerryConfig,
+    settings: &AgentSettings,
+) -> Vec<Arc<dyn Executor>> {
+    vec![
+        Arc::new(ExecExecutor),
+        Arc::new(NoopExecutor),
+        Arc::new(TransferExecutor::new(config.clone(), &settings.work_dir)),
+    ]
 }
 
 /// Resolves the agent's settings from config and arguments.
@@ -89,7 +98,8 @@ pub async fn run_daemon(
             shutdown.cancel();
         }
     });
-    crate::runtime::run(settings, executors_for(role), shutdown).await
+    let executors = executors_for(role, &config, &settings);
+    crate::runtime::run(settings, executors, shutdown).await
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -105,6 +105,11 @@ impl JobContext {
         }));
     }
 
+    /// Reports state changes of transfer chunks (recorded in `transfer_chunks`).
+    pub fn chunks(&self, chunks: Vec<v1::ChunkState>) {
+        self.emit(job_event::Event::Chunks(v1::JobChunks { chunks }));
+    }
+
     fn emit(&self, event: job_event::Event) {
         let _ = self.events.send(v1::AgentMessage {
             msg: Some(agent_message::Msg::JobEvent(v1::JobEvent {

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod exec;
 pub mod executor;
 pub mod runtime;
+pub mod transfer;
 
 pub use executor::{Executor, JobContext, JobError, JobFuture};
 pub use runtime::{AgentError, AgentSettings, run};

@@ -389,13 +389,23 @@ impl WorkflowService for WorkflowApi {
         let id = req.into_inner().task_id;
         self.task_row(id).await?;
         let steps = self.store.steps(id).await.map_err(store_err)?;
+        let chunks = self.store.chunks(id, None).await.map_err(store_err)?;
         Ok(Response::new(v1::ProgressList {
             steps: steps
                 .iter()
-                .map(|s| v1::StepProgress {
-                    step: s.step_name.clone(),
-                    status: s.status.clone(),
-                    progress_json: s.progress.clone().unwrap_or_default(),
+                .map(|s| {
+                    let mine = chunks.iter().filter(|c| c.step_name == s.step_name);
+                    let count =
+                        |status: &str| mine.clone().filter(|c| c.status == status).count() as u32;
+                    v1::StepProgress {
+                        step: s.step_name.clone(),
+                        status: s.status.clone(),
+                        progress_json: s.progress.clone().unwrap_or_default(),
+                        chunks_total: mine.clone().count() as u32,
+                        chunks_completed: count("completed"),
+                        chunks_failed: count("failed"),
+                        chunk_retries: mine.clone().map(|c| c.retry_count.max(0) as u32).sum(),
+                    }
                 })
                 .collect(),
         }))

@@ -3,111 +3,15 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_core::ErrorClass;
+use ferry_e2e::sshd::{Sshd, keygen};
 use ferry_transfer::TransferError;
 use ferry_transfer::manifest::{HashAlgorithm, MANIFEST_NAME, Manifest};
 use ferry_transfer::rsync::{self, Direction, RsyncOptions};
-use ferry_transfer::ssh::{HostKeyPolicy, SshSession, SshTarget};
-
-struct Sshd {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Child,
-}
-
-fn keygen(path: &Path) {
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(status.success());
-}
-
-fn whoami() -> String {
-    let out = Command::new("id").arg("-un").output().expect("id");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-impl Sshd {
-    fn start() -> Sshd {
-        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect(
-                "sshd is not installed: install Debian's openssh-server and rsync (.ci/run does)",
-            );
-        let dir = tempfile::tempdir().expect("tmp");
-        let d = dir.path();
-        keygen(&d.join("host_key"));
-        keygen(&d.join("user_key"));
-        std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).expect("authorized_keys");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {0}/host_key\nPidFile {0}/sshd.pid\nAuthorizedKeysFile {0}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n",
-            d.display()
-        );
-        std::fs::write(d.join("sshd_config"), config).expect("config");
-        // sshd running as root wants its privilege-separation directory.
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(d.join("sshd.log")).expect("log"),
-            ))
-            .spawn()
-            .expect("start sshd");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not start: {}",
-                std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).expect("host key");
-        std::fs::write(
-            d.join("known_hosts"),
-            format!("[127.0.0.1]:{port} {host_pub}"),
-        )
-        .expect("known_hosts");
-        Sshd { dir, port, child }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn target(&self) -> SshTarget {
-        let mut t = SshTarget::new(
-            "127.0.0.1",
-            self.port,
-            &whoami(),
-            &self.path("user_key"),
-            &self.path("known_hosts"),
-        );
-        t.connect_attempts = 2;
-        t.connect_backoff = Duration::from_millis(50);
-        t
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use ferry_transfer::ssh::{HostKeyPolicy, SshSession};
 
 fn sample_tree(root: &Path) {
     std::fs::create_dir_all(root.join("train/nested")).expect("mkdir");
@@ -292,18 +196,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// The `ferry` CLI the other end runs to build and verify manifests.
 fn ferry_cli() -> String {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let cli = dir.join("ferry");
-    assert!(
-        cli.is_file(),
-        "{} is missing: build it first (`cargo build --workspace --bins`, or `cargo xtask test`)",
-        cli.display()
-    );
-    cli.display().to_string()
+    ferry_e2e::bin("ferry").display().to_string()
 }
 
 #[derive(Default)]

@@ -1,0 +1,266 @@
+//! The `transfer` kind: moves a directory between this agent and a server of the config,
+//! verified chunk by chunk (see `ferry_transfer::transfer`). One SSH master per
+//! (host, port, user) is kept and reused by every transfer of this agent.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_core::config::FerryConfig;
+use ferry_core::kinds::{self, TransferDirection, TransferParams};
+use ferry_proto::v1;
+use ferry_transfer::manifest::HashAlgorithm;
+use ferry_transfer::rsync::{Direction, RsyncOptions};
+use ferry_transfer::ssh::{HostKeyPolicy, SshSession, SshTarget};
+use ferry_transfer::transfer::{
+    self, ChunkUpdate, TransferEvents, TransferProgress, TransferSpec, human_bytes,
+};
+use ferry_transfer::{TransferError, confine};
+use tokio::sync::Mutex;
+
+use crate::executor::{Executor, JobContext, JobError, JobFuture};
+
+pub struct TransferExecutor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: FerryConfig,
+    roots: Vec<PathBuf>,
+    known_hosts: PathBuf,
+    control_dir: PathBuf,
+    sessions: Mutex<HashMap<(String, u16, String), Arc<SshSession>>>,
+}
+
+impl TransferExecutor {
+    pub fn new(config: FerryConfig, work_dir: &Path) -> TransferExecutor {
+        let roots = config.agent.effective_roots(&config);
+        let known_hosts = if config.agent.known_hosts.as_os_str().is_empty() {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/root"))
+                .join(".ssh/known_hosts")
+        } else {
+            config.agent.known_hosts.clone()
+        };
+        TransferExecutor {
+            inner: Arc::new(Inner {
+                roots,
+                known_hosts,
+                control_dir: work_dir.join("ssh"),
+                sessions: Mutex::new(HashMap::new()),
+                config,
+            }),
+        }
+    }
+}
+
+impl Executor for TransferExecutor {
+    fn kind(&self) -> &'static str {
+        kinds::TRANSFER
+    }
+
+    fn run(&self, ctx: JobContext) -> JobFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.run(ctx).await })
+    }
+}
+
+fn job_error(e: TransferError) -> JobError {
+    JobError {
+        class: e.class(),
+        message: e.to_string(),
+    }
+}
+
+impl Inner {
+    async fn run(&self, ctx: JobContext) -> Result<(), JobError> {
+        let p: TransferParams = ctx.params()?;
+        let server = self.config.servers.get(&p.server).ok_or_else(|| {
+            let known: Vec<&str> = self.config.servers.keys().map(String::as_str).collect();
+            JobError::permanent(format!(
+                "server `{}` is not in this agent's config (known: {})",
+                p.server,
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })?;
+        let local = self.confine(&p.local_path).map_err(job_error)?;
+        let t = &self.config.transfer;
+        let algorithm = match p.algorithm.as_deref().unwrap_or(&t.hash_algorithm) {
+            "sha256" => HashAlgorithm::Sha256,
+            _ => HashAlgorithm::Blake3,
+        };
+        let spec = TransferSpec {
+            direction: match p.direction {
+                TransferDirection::Push => Direction::Push,
+                TransferDirection::Pull => Direction::Pull,
+            },
+            local,
+            remote: p.remote_path.clone(),
+            chunk_size: p.chunk_size.unwrap_or(t.chunk_size),
+            algorithm,
+            rsync: RsyncOptions {
+                compress: p.compression.unwrap_or(t.compression),
+                bandwidth_limit: t.bandwidth_limit.clone(),
+                extra: Vec::new(),
+            },
+            max_chunk_retries: t.max_retries,
+            remote_ferry: t.remote_ferry.clone(),
+        };
+        let mut target = SshTarget::new(
+            &server.host,
+            server.port,
+            &server.username,
+            &server.key_path,
+            &self.known_hosts,
+        );
+        if self.config.agent.accept_new_host_keys {
+            target.host_key_policy = HostKeyPolicy::AcceptNew;
+        }
+        target.keepalive =
+            std::time::Duration::from_secs(self.config.workflow.heartbeat_interval.max(1));
+        let (from, to) = match p.direction {
+            TransferDirection::Push => (
+                format!("{}", spec.local.display()),
+                format!("{}:{}", p.server, p.remote_path),
+            ),
+            TransferDirection::Pull => (
+                format!("{}:{}", p.server, p.remote_path),
+                format!("{}", spec.local.display()),
+            ),
+        };
+        ctx.info(format!(
+            "connecting to {} ({}@{}:{})...",
+            p.server, server.username, server.host, server.port
+        ));
+        let session = self.session(&target).await.map_err(job_error)?;
+        ctx.info(format!("starting transfer {from} -> {to}"));
+        let mut events = JobEvents { ctx: &ctx };
+        let work = transfer::run(&session, &spec, &mut events);
+        let outcome = tokio::select! {
+            r = work => r,
+            _ = ctx.cancellation().cancelled() => return Err(JobError::transient("cancelled")),
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                if matches!(
+                    e,
+                    TransferError::Connect { .. } | TransferError::Command { .. }
+                ) {
+                    // The master may be dead; the next attempt opens a fresh one.
+                    self.sessions.lock().await.remove(&key(&target));
+                }
+                return Err(job_error(e));
+            }
+        };
+        let rate = outcome.bytes_total as f64 / outcome.seconds.max(1e-6);
+        ctx.info(format!(
+            "transfer complete: {} in {} files, {} chunks verified ({} re-sent), {:.1}s ({}/s)",
+            human_bytes(outcome.bytes_total),
+            outcome.files,
+            outcome.chunks,
+            outcome.chunks_resent,
+            outcome.seconds,
+            human_bytes(rate as u64)
+        ));
+        ctx.metric("transfer_bytes", outcome.bytes_total as f64, 0);
+        ctx.metric("transfer_seconds", outcome.seconds, 0);
+        ctx.metric(
+            "transfer_literal_bytes",
+            outcome.rsync.literal_bytes as f64,
+            0,
+        );
+        ctx.save_checkpoint(&serde_json::json!({
+            "verified_chunks": outcome.chunks,
+            "bytes": outcome.bytes_total,
+        }));
+        Ok(())
+    }
+
+    /// `path` if it lies under one of this agent's roots (symlinks included).
+    fn confine(&self, path: &str) -> Result<PathBuf, TransferError> {
+        let p = Path::new(path);
+        for root in &self.roots {
+            if let Ok(rel) = p.strip_prefix(root) {
+                let rel = rel.to_string_lossy();
+                if rel.is_empty() {
+                    return Ok(p.to_owned());
+                }
+                std::fs::create_dir_all(root).map_err(|e| TransferError::io(root, e))?;
+                return confine::join(root, &rel);
+            }
+        }
+        Err(TransferError::Confinement {
+            root: self.roots.first().cloned().unwrap_or_default(),
+            path: path.to_owned(),
+            reason: format!(
+                "not under any of this agent's roots ({})",
+                self.roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
+
+    async fn session(&self, target: &SshTarget) -> Result<Arc<SshSession>, TransferError> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&key(target)) {
+            return Ok(s.clone());
+        }
+        let dir = self
+            .control_dir
+            .join(format!("{}-{}-{}", target.host, target.port, target.user));
+        let s = Arc::new(SshSession::connect(target, &dir).await?);
+        sessions.insert(key(target), s.clone());
+        Ok(s)
+    }
+}
+
+fn key(t: &SshTarget) -> (String, u16, String) {
+    (t.host.clone(), t.port, t.user.clone())
+}
+
+/// Forwards transfer events to the coordinator as job events.
+struct JobEvents<'a> {
+    ctx: &'a JobContext,
+}
+
+impl TransferEvents for JobEvents<'_> {
+    fn chunks(&mut self, updates: &[ChunkUpdate]) {
+        // Large transfers have many chunks; send them in reasonably sized messages.
+        for batch in updates.chunks(1000) {
+            self.ctx.chunks(
+                batch
+                    .iter()
+                    .map(|u| v1::ChunkState {
+                        chunk_id: u.chunk.id(),
+                        source_path: u.source_path.clone(),
+                        dest_path: u.dest_path.clone(),
+                        offset: u.chunk.offset as i64,
+                        size: u.chunk.len as i64,
+                        checksum: u.chunk.checksum.clone(),
+                        status: u.status.as_str().to_owned(),
+                        retry_count: u.retry_count,
+                        error: u.error.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            );
+        }
+    }
+
+    fn progress(&mut self, p: &TransferProgress) {
+        self.ctx
+            .progress(&serde_json::to_value(p).unwrap_or_default());
+    }
+
+    fn log(&mut self, message: &str) {
+        self.ctx.info(message);
+    }
+}

@@ -1,0 +1,166 @@
+//! The `transfer` step kind through the whole system: an agent moves data to another host
+//! over a real sshd, every chunk is verified and recorded, and failures land in the right
+//! error class.
+
+use std::time::Duration;
+
+use ferry_e2e::sshd::{Sshd, keygen, whoami};
+use ferry_e2e::{Cluster, bin, step};
+use ferry_proto::v1;
+
+const T: Duration = Duration::from_secs(90);
+
+/// A cluster whose agents know `training_server` (the private sshd) and `broken_server`
+/// (same host, a key the server does not accept), with roots under the cluster's `area/`.
+async fn cluster(sshd: &Sshd) -> Cluster {
+    keygen(&sshd.path("unauthorized_key"));
+    let area = sshd.path("area");
+    std::fs::create_dir_all(&area).expect("area");
+    let agent_lines = format!(
+        "  roots: [\"{}\"]\n  known_hosts: \"{}\"\n",
+        area.display(),
+        sshd.path("known_hosts").display()
+    );
+    let server = |name: &str, key: &str| {
+        format!(
+            "  {name}:\n    host: 127.0.0.1\n    port: {}\n    username: {}\n    key_path: \"{}\"\n    role: training\n",
+            sshd.port,
+            whoami(),
+            sshd.path(key).display()
+        )
+    };
+    let extra = format!(
+        "servers:\n{}{}transfer:\n  chunk_size: 1048576\n  max_retries: 3\n  remote_ferry: \"{}\"\n",
+        server("training_server", "user_key"),
+        server("broken_server", "unauthorized_key"),
+        bin("ferry").display()
+    );
+    let mut c = Cluster::with_agent_config(&agent_lines, &extra);
+    c.start_coordinator().await;
+    c.start_agent("source", "src-1");
+    c.start_agent("train", "train-1");
+    c.wait_for_agents(2).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_step_moves_verified_data_and_records_every_chunk() {
+    let sshd = Sshd::start();
+    let c = cluster(&sshd).await;
+    let area = sshd.path("area");
+    let staging = area.join("staging/sample_data");
+    let dest = area.join("train_host/data/campaign/train");
+    let wf = format!(
+        r#"name: ship
+steps:
+  - name: export
+    kind: exec
+    placement: {{role: data_source}}
+    params:
+      program: sh
+      args: ["-c", "mkdir -p {staging} && dd if=/dev/urandom of={staging}/part-0.bin bs=1M count=3 status=none && head -c 500000 /dev/urandom > {staging}/part-1.bin && : > {staging}/_SUCCESS"]
+  - name: ship
+    kind: transfer
+    placement: {{role: data_source}}
+    inputs: [export]
+    params: {{direction: push, server: training_server, local_path: "{staging}", remote_path: "{dest}"}}
+  - name: check
+    kind: exec
+    placement: {{role: training}}
+    inputs: [ship]
+    params:
+      program: sh
+      args: ["-c", "cmp {staging}/part-0.bin {dest}/part-0.bin && cmp {staging}/part-1.bin {dest}/part-1.bin && test -f {dest}/_SUCCESS"]
+"#,
+        staging = staging.display(),
+        dest = dest.display()
+    );
+    c.apply(&wf).await.expect("valid workflow");
+    let task = c.create_task("ship").await;
+    c.wait_status(task.id, "completed", T).await;
+
+    let progress = c
+        .client()
+        .await
+        .get_progress(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("progress")
+        .into_inner();
+    let ship = progress
+        .steps
+        .iter()
+        .find(|s| s.step == "ship")
+        .expect("ship step");
+    // 3 MiB in 1 MiB chunks + 1 chunk for part-1; the empty _SUCCESS has none.
+    assert_eq!(
+        (ship.chunks_total, ship.chunks_completed, ship.chunks_failed),
+        (4, 4, 0)
+    );
+    let p: serde_json::Value = serde_json::from_str(&ship.progress_json).expect("progress JSON");
+    assert_eq!(p["phase"], "verified");
+    assert_eq!(p["bytes_done"], 3 * 1024 * 1024 + 500_000);
+    let metrics = c
+        .client()
+        .await
+        .get_metrics(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("metrics")
+        .into_inner();
+    assert!(
+        metrics
+            .metrics
+            .iter()
+            .any(|m| m.name == "transfer_bytes" && m.value == (3 * 1024 * 1024 + 500_000) as f64)
+    );
+    let logs = c.logs_text(task.id).await;
+    assert!(
+        logs.contains("[ship] agent: connecting to training_server"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("transfer complete: 3.5 MiB in 3 files, 4 chunks verified (0 re-sent)"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_keys_and_paths_outside_the_roots_pause_the_task_with_the_reason() {
+    let sshd = Sshd::start();
+    let c = cluster(&sshd).await;
+    let staging = sshd.path("area/staging/x");
+    std::fs::create_dir_all(&staging).expect("staging");
+    std::fs::write(staging.join("f"), b"data").expect("file");
+    let wf = format!(
+        "name: bad_key\nsteps:\n  - {{name: ship, kind: transfer, placement: {{role: data_source}}, params: {{direction: push, server: broken_server, local_path: \"{}\", remote_path: /tmp/ferry-never}}}}\n",
+        staging.display()
+    );
+    c.apply(&wf).await.expect("valid");
+    let task = c.create_task("bad_key").await;
+    let paused = c.wait_status(task.id, "paused", T).await;
+    let ship = step(&paused, "ship");
+    assert_eq!(
+        ship.retry_count, 0,
+        "authentication failures are not retried"
+    );
+    assert!(
+        ship.error_message.contains("SSH authentication to"),
+        "{}",
+        ship.error_message
+    );
+    assert!(
+        ship.error_message.contains("unauthorized_key"),
+        "the key is named: {}",
+        ship.error_message
+    );
+
+    let wf = "name: escape\nsteps:\n  - {name: ship, kind: transfer, placement: {role: data_source}, params: {direction: push, server: training_server, local_path: /etc, remote_path: /tmp/ferry-never}}\n";
+    c.apply(wf).await.expect("valid");
+    let task = c.create_task("escape").await;
+    let paused = c.wait_status(task.id, "paused", T).await;
+    let reason = paused.task.map(|t| t.status_reason).unwrap_or_default();
+    assert!(
+        reason.contains("`/etc` is outside the allowed root")
+            && reason.contains("not under any of this agent's roots"),
+        "{reason}"
+    );
+}
