@@ -3,8 +3,10 @@
 //! - `cargo xtask test [ARGS]`: build the daemons, then run every test (README's test command).
 //! - `cargo xtask demo`: the example workflow across two agents on this machine.
 //! - `cargo xtask bench engine`: the engine's throughput and hand-off latency.
+//! - `cargo xtask bench transfer`: verified transfer goodput against plain rsync.
 
 mod bench_engine;
+mod bench_transfer;
 mod demo;
 
 use std::path::PathBuf;
@@ -39,6 +41,8 @@ enum Bench {
     /// Engine throughput (concurrent chains of no-op steps across two agents) and hand-off
     /// latency (one chain alone).
     Engine(bench_engine::Options),
+    /// Ferry's verified transfer against plain `rsync -a` over the same sshd.
+    Transfer(bench_transfer::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
         Cmd::Bench(Bench::Engine(opts)) => bench_engine::run(opts),
+        Cmd::Bench(Bench::Transfer(opts)) => bench_transfer::run(opts),
     }
 }
 

@@ -110,6 +110,7 @@ impl Inner {
             },
             max_chunk_retries: t.max_retries,
             remote_ferry: t.remote_ferry.clone(),
+            parallel_workers: t.parallel_workers,
         };
         let mut target = SshTarget::new(
             &server.host,

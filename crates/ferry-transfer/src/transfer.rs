@@ -41,6 +41,8 @@ pub struct TransferSpec {
     pub max_chunk_retries: u32,
     /// The `ferry` CLI on the other host (builds and verifies manifests there).
     pub remote_ferry: String,
+    /// rsync processes run side by side, each on its share of the files.
+    pub parallel_workers: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,7 +178,7 @@ pub async fn run(
         ..Default::default()
     };
     let mut last_report = Instant::now();
-    let stats = rsync_dir(session, spec, |p: Progress| {
+    let stats = rsync_dir(session, spec, Some(&manifest), |p: Progress| {
         if last_report.elapsed().as_millis() >= 500 {
             last_report = Instant::now();
             progress.bytes_done = p.bytes.min(total);
@@ -206,7 +208,7 @@ pub async fn run(
                 "{} files missing at the destination; sending them again",
                 summary.missing_files.len()
             ));
-            rsync_dir(session, spec, |_| {}).await?;
+            rsync_dir(session, spec, None, |_| {}).await?;
         }
         for path in &summary.too_long {
             let entry = manifest.files.iter().find(|f| &f.path == path);
@@ -348,10 +350,13 @@ fn missing_remote_source(spec: &TransferSpec, e: TransferError) -> TransferError
     }
 }
 
+/// rsync of the whole directory: one process, or (with `parallel_workers` > 1 and a
+/// manifest to split by) one per share of the files, all through the same SSH master.
 async fn rsync_dir(
     session: &SshSession,
     spec: &TransferSpec,
-    on_progress: impl FnMut(Progress),
+    manifest: Option<&Manifest>,
+    mut on_progress: impl FnMut(Progress),
 ) -> Result<RsyncStats, TransferError> {
     if spec.direction == Direction::Push {
         session.run("mkdir", &["-p", &spec.remote]).await?;
@@ -360,15 +365,104 @@ async fn rsync_dir(
     }
     let mut opts = spec.rsync.clone();
     opts.extra.push(format!("--partial-dir={PARTIAL_DIR}"));
-    rsync::transfer(
-        session,
-        spec.direction,
-        &spec.local,
-        &spec.remote,
-        &opts,
-        on_progress,
-    )
-    .await
+    let workers = spec.parallel_workers.max(1) as usize;
+    let groups = match manifest {
+        Some(m) if workers > 1 && m.files.len() > 1 => split_files(m, workers),
+        _ => {
+            return rsync::transfer(
+                session,
+                spec.direction,
+                &spec.local,
+                &spec.remote,
+                &opts,
+                on_progress,
+            )
+            .await;
+        }
+    };
+    let lists = tempfile::tempdir().map_err(|e| TransferError::io(std::env::temp_dir(), e))?;
+    let done = std::sync::Mutex::new(vec![0u64; groups.len()]);
+    let report = std::sync::Mutex::new(&mut on_progress);
+    let mut runs = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let list = lists.path().join(format!("files-{i}"));
+        std::fs::write(&list, group.join("\n") + "\n").map_err(|e| TransferError::io(&list, e))?;
+        let mut o = opts.clone();
+        o.extra.push(format!("--files-from={}", list.display()));
+        let (done, report) = (&done, &report);
+        runs.push(async move {
+            rsync::transfer(
+                session,
+                spec.direction,
+                &spec.local,
+                &spec.remote,
+                &o,
+                move |p: Progress| {
+                    let sum: u64 = {
+                        let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
+                        d[i] = p.bytes;
+                        d.iter().sum()
+                    };
+                    let mut f = report.lock().unwrap_or_else(|e| e.into_inner());
+                    (*f)(Progress { bytes: sum, ..p });
+                },
+            )
+            .await
+        });
+    }
+    let mut total = RsyncStats::default();
+    for r in futures_join_all(runs).await {
+        let s = r?;
+        total.literal_bytes += s.literal_bytes;
+        total.bytes_sent += s.bytes_sent;
+        total.files_transferred += s.files_transferred;
+    }
+    Ok(total)
+}
+
+/// Runs futures concurrently on the current task and returns their results in order.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(results.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+/// Splits the manifest's files (and the manifest itself) into `n` groups of similar size.
+fn split_files(m: &Manifest, n: usize) -> Vec<Vec<String>> {
+    let mut files: Vec<(&str, u64)> = m.files.iter().map(|f| (f.path.as_str(), f.size)).collect();
+    files.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut groups: Vec<(u64, Vec<String>)> = vec![(0, Vec::new()); n.min(files.len()).max(1)];
+    for (path, size) in files {
+        if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
+            g.0 += size.max(1);
+            g.1.push(path.to_owned());
+        }
+    }
+    if let Some(g) = groups.first_mut() {
+        g.1.push(MANIFEST_NAME.to_owned());
+    }
+    groups
+        .into_iter()
+        .map(|g| g.1)
+        .filter(|g| !g.is_empty())
+        .collect()
 }
 
 /// Free bytes on the destination and bytes already there.
@@ -712,6 +806,33 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_split_into_balanced_groups() {
+        let m = Manifest {
+            version: 1,
+            algorithm: HashAlgorithm::Blake3,
+            chunk_size: 10,
+            files: [("a", 100u64), ("b", 60), ("c", 50), ("d", 10)]
+                .iter()
+                .map(|(p, size)| crate::manifest::FileEntry {
+                    path: (*p).to_owned(),
+                    size: *size,
+                    chunks: vec![String::new(); size.div_ceil(10) as usize],
+                })
+                .collect(),
+        };
+        let groups = split_files(&m, 2);
+        // Largest first onto the lighter group: 100 + 10 against 60 + 50.
+        assert_eq!(
+            groups,
+            vec![
+                vec!["a".to_owned(), "d".into(), MANIFEST_NAME.into()],
+                vec!["b".to_owned(), "c".into()]
+            ]
+        );
+        assert_eq!(split_files(&m, 8).len(), 4, "never more groups than files");
+    }
 
     #[test]
     fn df_output_parses() {

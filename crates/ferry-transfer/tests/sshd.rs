@@ -238,6 +238,7 @@ fn spec(direction: Direction, local: &Path, remote: &Path) -> TransferSpec {
         rsync: RsyncOptions::default(),
         max_chunk_retries: 3,
         remote_ferry: ferry_cli(),
+        parallel_workers: 1,
     }
 }
 
@@ -505,5 +506,32 @@ async fn a_pull_repairs_a_damaged_local_chunk_and_missing_sources_are_named() {
         .await
         .expect_err("missing local source");
     assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+    session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_workers_split_the_files_and_the_result_verifies() {
+    let sshd = Sshd::start();
+    let src = tempfile::tempdir().expect("tmp");
+    sample_tree(src.path());
+    let dst = tempfile::tempdir().expect("tmp");
+    let session = SshSession::connect(&sshd.target(), &sshd.path("ctl"))
+        .await
+        .expect("connect");
+    let mut s = spec(Direction::Push, src.path(), dst.path());
+    s.parallel_workers = 3;
+    let mut rec = Recorder::default();
+    let out = transfer::run(&session, &s, &mut rec)
+        .await
+        .expect("transfer");
+    assert_eq!((out.files, out.chunks, out.chunks_resent), (42, 44, 0));
+    // 42 data files and the manifest, each through exactly one worker.
+    assert_eq!(
+        out.rsync.files_transferred, 43,
+        "every file went through exactly one worker: {:?}",
+        out.rsync
+    );
+    let m = Manifest::load(&dst.path().join(MANIFEST_NAME), dst.path()).expect("manifest arrived");
+    assert!(m.verify(dst.path()).expect("verify").is_complete());
     session.close().await;
 }
