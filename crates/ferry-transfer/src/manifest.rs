@@ -78,9 +78,21 @@ impl VerifyReport {
 }
 
 impl Manifest {
-    /// Hashes every regular file under `root` (in path order). Symlinks are refused: what a
-    /// link points to on the source says nothing about the destination.
+    /// Hashes every regular file under `root` (in path order), on every core. Symlinks are
+    /// refused: what a link points to on the source says nothing about the destination.
     pub fn build(
+        root: &Path,
+        chunk_size: u64,
+        algorithm: HashAlgorithm,
+    ) -> Result<Manifest, TransferError> {
+        let mut m = Manifest::scan(root, chunk_size, algorithm)?;
+        m.hash_all(root)?;
+        Ok(m)
+    }
+
+    /// The files and sizes under `root`, without checksums yet (`hash_all` fills them in);
+    /// enough to check space and plan a transfer while hashing goes on.
+    pub fn scan(
         root: &Path,
         chunk_size: u64,
         algorithm: HashAlgorithm,
@@ -92,23 +104,16 @@ impl Manifest {
         let mut paths = Vec::new();
         collect_files(root, root, &mut paths)?;
         paths.sort();
-        let mut buf = vec![0u8; READ_BUF];
         let mut files = Vec::with_capacity(paths.len());
         for rel in paths {
             let full = root.join(&rel);
-            let mut f = File::open(&full).map_err(|e| TransferError::io(&full, e))?;
-            let size = f.metadata().map_err(|e| TransferError::io(&full, e))?.len();
-            let mut chunks = Vec::with_capacity(size.div_ceil(chunk_size) as usize);
-            let mut offset = 0;
-            while offset < size {
-                let len = chunk_size.min(size - offset);
-                chunks.push(hash_range(&mut f, &full, offset, len, algorithm, &mut buf)?);
-                offset += len;
-            }
+            let size = std::fs::metadata(&full)
+                .map_err(|e| TransferError::io(&full, e))?
+                .len();
             files.push(FileEntry {
                 path: rel,
                 size,
-                chunks,
+                chunks: Vec::new(),
             });
         }
         Ok(Manifest {
@@ -119,20 +124,46 @@ impl Manifest {
         })
     }
 
+    /// Computes every chunk checksum of a scanned manifest, spreading chunks over all cores.
+    pub fn hash_all(&mut self, root: &Path) -> Result<(), TransferError> {
+        let tasks: Vec<(usize, u64, u64)> = self
+            .files
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| {
+                let cs = self.chunk_size;
+                (0..f.size.div_ceil(cs)).map(move |c| (i, c * cs, cs.min(f.size - c * cs)))
+            })
+            .collect();
+        let paths: Vec<PathBuf> = self.files.iter().map(|f| root.join(&f.path)).collect();
+        let sums = parallel_map(&tasks, |&(i, offset, len), buf| {
+            let mut f = File::open(&paths[i]).map_err(|e| TransferError::io(&paths[i], e))?;
+            hash_range(&mut f, &paths[i], offset, len, self.algorithm, buf)
+        })?;
+        for f in &mut self.files {
+            f.chunks.clear();
+        }
+        for ((i, _, _), sum) in tasks.iter().zip(sums) {
+            self.files[*i].chunks.push(sum);
+        }
+        Ok(())
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
 
+    /// Every chunk in order. A manifest from `scan` (not hashed yet) yields empty checksums.
     pub fn chunks(&self) -> impl Iterator<Item = ChunkRef> + '_ {
         self.files.iter().flat_map(move |f| {
-            f.chunks.iter().enumerate().map(move |(i, c)| {
-                let offset = i as u64 * self.chunk_size;
+            (0..f.size.div_ceil(self.chunk_size)).map(move |i| {
+                let offset = i * self.chunk_size;
                 ChunkRef {
                     path: f.path.clone(),
-                    index: i,
+                    index: i as usize,
                     offset,
                     len: self.chunk_size.min(f.size - offset),
-                    checksum: c.clone(),
+                    checksum: f.chunks.get(i as usize).cloned().unwrap_or_default(),
                 }
             })
         })
@@ -184,47 +215,101 @@ impl Manifest {
         std::fs::rename(&tmp, path).map_err(|e| TransferError::io(path, e))
     }
 
-    /// Checks every chunk under `root` against the manifest.
+    /// Checks every chunk under `root` against the manifest, on every core.
     pub fn verify(&self, root: &Path) -> Result<VerifyReport, TransferError> {
         let mut report = VerifyReport::default();
-        let mut buf = vec![0u8; READ_BUF];
-        let mut chunks = self.chunks().peekable();
+        let mut sizes = Vec::with_capacity(self.files.len());
         for f in &self.files {
             let full = confine::join(root, &f.path)?;
-            let file = File::open(&full);
-            let mut file = match file {
-                Ok(file) => Some(file),
+            match std::fs::metadata(&full) {
+                Ok(meta) => {
+                    if meta.len() > f.size {
+                        report.too_long.push(f.path.clone());
+                    }
+                    sizes.push(Some((full, meta.len())));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     report.missing_files.push(f.path.clone());
-                    None
+                    sizes.push(None);
                 }
                 Err(e) => return Err(TransferError::io(&full, e)),
-            };
-            let actual = match &file {
-                Some(h) => h.metadata().map_err(|e| TransferError::io(&full, e))?.len(),
-                None => 0,
-            };
-            if actual > f.size {
-                report.too_long.push(f.path.clone());
             }
-            while chunks.peek().is_some_and(|c| c.path == f.path) {
-                let Some(c) = chunks.next() else { break };
-                let ok = match file.as_mut() {
-                    Some(h) if c.offset + c.len <= actual => {
-                        hash_range(h, &full, c.offset, c.len, self.algorithm, &mut buf)?
-                            == c.checksum
-                    }
-                    _ => false,
-                };
-                if ok {
-                    report.verified.push(c);
-                } else {
-                    report.bad.push(c);
-                }
+        }
+        let index: std::collections::HashMap<&str, usize> = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.path.as_str(), i))
+            .collect();
+        let chunks: Vec<ChunkRef> = self.chunks().collect();
+        let ok = parallel_map(&chunks, |c, buf| {
+            let Some((full, actual)) = &sizes[index[c.path.as_str()]] else {
+                return Ok(false);
+            };
+            if c.offset + c.len > *actual {
+                return Ok(false);
+            }
+            let mut f = File::open(full).map_err(|e| TransferError::io(full, e))?;
+            Ok(hash_range(&mut f, full, c.offset, c.len, self.algorithm, buf)? == c.checksum)
+        })?;
+        for (c, ok) in chunks.into_iter().zip(ok) {
+            if ok {
+                report.verified.push(c);
+            } else {
+                report.bad.push(c);
             }
         }
         Ok(report)
     }
+}
+
+/// Applies `f` to every item on all available cores (each thread with its own read
+/// buffer) and returns the results in order; the first error wins.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T, &mut [u8]) -> Result<R, TransferError> + Sync,
+) -> Result<Vec<R>, TransferError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len())
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<R, TransferError>>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; READ_BUF];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item, &mut buf);
+                    let failed = r.is_err();
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                    if failed {
+                        // Stop handing out work; the error is reported below.
+                        next.store(items.len(), Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for slot in results {
+        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(r)) => out.push(r),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    if out.len() != items.len() {
+        return Err(TransferError::Verification {
+            path: PathBuf::new(),
+            detail: "hashing stopped early".into(),
+        });
+    }
+    Ok(out)
 }
 
 /// Hex checksum of `len` bytes of `file` from `offset`.

@@ -71,7 +71,6 @@ pub async fn transfer(
         .arg("--partial")
         .arg("--stats")
         .arg("--info=progress2")
-        .arg("--no-inc-recursive")
         .arg("-e")
         .arg(session.ssh_command());
     if opts.compress {

@@ -136,9 +136,17 @@ pub async fn run(
     events: &mut dyn TransferEvents,
 ) -> Result<TransferOutcome, TransferError> {
     let started = Instant::now();
-    let manifest = match spec.direction {
-        Direction::Push => build_local_manifest(spec)?,
-        Direction::Pull => build_remote_manifest(session, spec).await?,
+    // Push: sizes now, checksums while rsync moves the data (both read the page cache).
+    // Pull: the source host hashes first, then the data comes.
+    let (plan, hashing) = match spec.direction {
+        Direction::Push => {
+            let plan = Manifest::scan(&spec.local, spec.chunk_size, spec.algorithm)?;
+            let mut m = plan.clone();
+            let root = spec.local.clone();
+            let hashing = tokio::task::spawn_blocking(move || m.hash_all(&root).map(|()| m));
+            (plan, Some(hashing))
+        }
+        Direction::Pull => (build_remote_manifest(session, spec).await?, None),
     };
     let (src_root, dst_root) = match spec.direction {
         Direction::Push => (spec.local.display().to_string(), spec.remote.clone()),
@@ -153,18 +161,19 @@ pub async fn run(
             retry_count,
             error,
         };
-    let all: Vec<ChunkRef> = manifest.chunks().collect();
-    let total = manifest.total_bytes();
+    let planned: Vec<ChunkRef> = plan.chunks().collect();
+    let total = plan.total_bytes();
     events.log(&format!(
-        "manifest: {} files, {} chunks, {} ({} chunks of {})",
-        manifest.files.len(),
-        all.len(),
+        "{} files, {} chunks of {}, {} in all; checksums: {}",
+        plan.files.len(),
+        planned.len(),
+        human_bytes(plan.chunk_size),
         human_bytes(total),
-        manifest.algorithm_name(),
-        human_bytes(manifest.chunk_size)
+        plan.algorithm_name()
     ));
     events.chunks(
-        &all.iter()
+        &planned
+            .iter()
             .map(|c| update(c, ChunkStatus::InProgress, 0, None))
             .collect::<Vec<_>>(),
     );
@@ -174,11 +183,11 @@ pub async fn run(
     let mut progress = TransferProgress {
         phase: "transferring",
         bytes_total: total,
-        files_total: manifest.files.len(),
+        files_total: plan.files.len(),
         ..Default::default()
     };
     let mut last_report = Instant::now();
-    let stats = rsync_dir(session, spec, Some(&manifest), |p: Progress| {
+    let stats = rsync_dir(session, spec, Some(&plan), |p: Progress| {
         if last_report.elapsed().as_millis() >= 500 {
             last_report = Instant::now();
             progress.bytes_done = p.bytes.min(total);
@@ -193,6 +202,28 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => return Err(on_rsync_error(session, spec, total, e).await),
     };
+    let manifest = match hashing {
+        Some(h) => {
+            let m = h.await.map_err(|e| TransferError::Verification {
+                path: spec.local.clone(),
+                detail: format!("hashing stopped: {e}"),
+            })??;
+            let local_manifest = spec.local.join(MANIFEST_NAME);
+            m.save(&local_manifest)?;
+            let bytes = std::fs::read(&local_manifest)
+                .map_err(|e| TransferError::io(&local_manifest, e))?;
+            write_remote(
+                session,
+                &format!("{}/{MANIFEST_NAME}", spec.remote),
+                None,
+                &bytes,
+            )
+            .await?;
+            m
+        }
+        None => plan,
+    };
+    let all: Vec<ChunkRef> = manifest.chunks().collect();
 
     // Verify, then re-send what is wrong, chunk by chunk.
     let mut retries: std::collections::HashMap<String, u32> = Default::default();
@@ -301,12 +332,6 @@ fn algorithm_arg(a: HashAlgorithm) -> &'static str {
     }
 }
 
-fn build_local_manifest(spec: &TransferSpec) -> Result<Manifest, TransferError> {
-    let m = Manifest::build(&spec.local, spec.chunk_size, spec.algorithm)?;
-    m.save(&spec.local.join(MANIFEST_NAME))?;
-    Ok(m)
-}
-
 async fn build_remote_manifest(
     session: &SshSession,
     spec: &TransferSpec,
@@ -365,9 +390,15 @@ async fn rsync_dir(
     }
     let mut opts = spec.rsync.clone();
     opts.extra.push(format!("--partial-dir={PARTIAL_DIR}"));
+    if spec.direction == Direction::Push {
+        // The manifest is being written while rsync runs; it follows on its own.
+        opts.extra.push(format!("--exclude=/{MANIFEST_NAME}"));
+    }
     let workers = spec.parallel_workers.max(1) as usize;
     let groups = match manifest {
-        Some(m) if workers > 1 && m.files.len() > 1 => split_files(m, workers),
+        Some(m) if workers > 1 && m.files.len() > 1 => {
+            split_files(m, workers, spec.direction == Direction::Pull)
+        }
         _ => {
             return rsync::transfer(
                 session,
@@ -444,8 +475,9 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     results.into_iter().flatten().collect()
 }
 
-/// Splits the manifest's files (and the manifest itself) into `n` groups of similar size.
-fn split_files(m: &Manifest, n: usize) -> Vec<Vec<String>> {
+/// Splits the manifest's files into `n` groups of similar size (the first group also
+/// carries the manifest file when `with_manifest`).
+fn split_files(m: &Manifest, n: usize, with_manifest: bool) -> Vec<Vec<String>> {
     let mut files: Vec<(&str, u64)> = m.files.iter().map(|f| (f.path.as_str(), f.size)).collect();
     files.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let mut groups: Vec<(u64, Vec<String>)> = vec![(0, Vec::new()); n.min(files.len()).max(1)];
@@ -455,7 +487,7 @@ fn split_files(m: &Manifest, n: usize) -> Vec<Vec<String>> {
             g.1.push(path.to_owned());
         }
     }
-    if let Some(g) = groups.first_mut() {
+    if with_manifest && let Some(g) = groups.first_mut() {
         g.1.push(MANIFEST_NAME.to_owned());
     }
     groups
@@ -663,6 +695,55 @@ async fn truncate_destination(
     Ok(())
 }
 
+/// Writes `bytes` into a file on the other host: at `offset` leaving the rest intact, or
+/// (without an offset) as the whole new content.
+async fn write_remote(
+    session: &SshSession,
+    remote_file: &str,
+    offset: Option<u64>,
+    bytes: &[u8],
+) -> Result<(), TransferError> {
+    let err = |detail: String| TransferError::Command {
+        what: format!(
+            "writing {} bytes to {remote_file} on {}",
+            bytes.len(),
+            session.target.host
+        ),
+        detail,
+    };
+    let mut cmd = session.command("dd");
+    cmd.arg(format!("of={remote_file}"))
+        .arg("bs=1M")
+        .arg("status=none");
+    if let Some(offset) = offset {
+        cmd.arg(format!("seek={offset}"))
+            .arg("oflag=seek_bytes")
+            .arg("conv=notrunc");
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin().take() {
+        stdin
+            .write_all(bytes)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        stdin.shutdown().await.map_err(|e| err(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if !out.status.success() {
+        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(())
+}
+
 /// Re-sends one chunk's byte range, nothing else.
 async fn send_chunk(
     session: &SshSession,
@@ -682,49 +763,7 @@ async fn send_chunk(
                     .and_then(|_| f.read_exact(&mut buf))
                     .map_err(|e| TransferError::io(&local, e))?;
             }
-            let mut child = session
-                .command("dd")
-                .arg(format!("of={remote_file}"))
-                .arg("bs=1M")
-                .arg(format!("seek={}", c.offset))
-                .arg("oflag=seek_bytes")
-                .arg("conv=notrunc")
-                .arg("status=none")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .await
-                .map_err(|e| TransferError::Command {
-                    what: what(),
-                    detail: e.to_string(),
-                })?;
-            if let Some(mut stdin) = child.stdin().take() {
-                stdin
-                    .write_all(&buf)
-                    .await
-                    .map_err(|e| TransferError::Command {
-                        what: what(),
-                        detail: e.to_string(),
-                    })?;
-                stdin.shutdown().await.map_err(|e| TransferError::Command {
-                    what: what(),
-                    detail: e.to_string(),
-                })?;
-            }
-            let out = child
-                .wait_with_output()
-                .await
-                .map_err(|e| TransferError::Command {
-                    what: what(),
-                    detail: e.to_string(),
-                })?;
-            if !out.status.success() {
-                return Err(TransferError::Command {
-                    what: what(),
-                    detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                });
-            }
+            write_remote(session, &remote_file, Some(c.offset), &buf).await?;
         }
         Direction::Pull => {
             let mut child = session
@@ -822,7 +861,7 @@ mod tests {
                 })
                 .collect(),
         };
-        let groups = split_files(&m, 2);
+        let groups = split_files(&m, 2, true);
         // Largest first onto the lighter group: 100 + 10 against 60 + 50.
         assert_eq!(
             groups,
@@ -831,7 +870,11 @@ mod tests {
                 vec!["b".to_owned(), "c".into()]
             ]
         );
-        assert_eq!(split_files(&m, 8).len(), 4, "never more groups than files");
+        assert_eq!(
+            split_files(&m, 8, false).len(),
+            4,
+            "never more groups than files"
+        );
     }
 
     #[test]
