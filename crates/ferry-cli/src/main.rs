@@ -66,6 +66,9 @@ enum ManifestCmd {
         /// blake3 or sha256.
         #[arg(long, default_value = "blake3")]
         algorithm: String,
+        /// Hashing threads (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Check every chunk under DIR against DIR/.ferry-manifest.json; exit 1 if any differs.
     Verify {
@@ -200,13 +203,14 @@ fn manifest(cmd: ManifestCmd) -> anyhow::Result<()> {
             dir,
             chunk_size,
             algorithm,
+            threads,
         } => {
             let algorithm = match algorithm.as_str() {
                 "blake3" => HashAlgorithm::Blake3,
                 "sha256" => HashAlgorithm::Sha256,
                 other => bail!("unknown algorithm `{other}` (blake3 or sha256)"),
             };
-            let m = Manifest::build(&dir, chunk_size, algorithm)?;
+            let m = Manifest::build_with_threads(&dir, chunk_size, algorithm, threads)?;
             m.save(&dir.join(MANIFEST_NAME))?;
             println!(
                 "{} files, {} chunks, {} bytes",

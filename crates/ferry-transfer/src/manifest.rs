@@ -85,8 +85,18 @@ impl Manifest {
         chunk_size: u64,
         algorithm: HashAlgorithm,
     ) -> Result<Manifest, TransferError> {
+        Self::build_with_threads(root, chunk_size, algorithm, 0)
+    }
+
+    /// `build` on at most `threads` threads (0: every core).
+    pub fn build_with_threads(
+        root: &Path,
+        chunk_size: u64,
+        algorithm: HashAlgorithm,
+        threads: usize,
+    ) -> Result<Manifest, TransferError> {
         let mut m = Manifest::scan(root, chunk_size, algorithm)?;
-        m.hash_all(root)?;
+        m.hash_with_threads(root, threads)?;
         Ok(m)
     }
 
@@ -126,6 +136,10 @@ impl Manifest {
 
     /// Computes every chunk checksum of a scanned manifest, spreading chunks over all cores.
     pub fn hash_all(&mut self, root: &Path) -> Result<(), TransferError> {
+        self.hash_with_threads(root, 0)
+    }
+
+    fn hash_with_threads(&mut self, root: &Path, threads: usize) -> Result<(), TransferError> {
         let tasks: Vec<(usize, u64, u64)> = self
             .files
             .iter()
@@ -136,7 +150,7 @@ impl Manifest {
             })
             .collect();
         let paths: Vec<PathBuf> = self.files.iter().map(|f| root.join(&f.path)).collect();
-        let sums = parallel_map(&tasks, |&(i, offset, len), buf| {
+        let sums = parallel_map(&tasks, threads, |&(i, offset, len), buf| {
             let mut f = File::open(&paths[i]).map_err(|e| TransferError::io(&paths[i], e))?;
             hash_range(&mut f, &paths[i], offset, len, self.algorithm, buf)
         })?;
@@ -242,7 +256,7 @@ impl Manifest {
             .map(|(i, f)| (f.path.as_str(), i))
             .collect();
         let chunks: Vec<ChunkRef> = self.chunks().collect();
-        let ok = parallel_map(&chunks, |c, buf| {
+        let ok = parallel_map(&chunks, 0, |c, buf| {
             let Some((full, actual)) = &sizes[index[c.path.as_str()]] else {
                 return Ok(false);
             };
@@ -263,15 +277,16 @@ impl Manifest {
     }
 }
 
-/// Applies `f` to every item on all available cores (each thread with its own read
+/// Applies `f` to every item on `threads` threads (0: all available cores) (each thread with its own read
 /// buffer) and returns the results in order; the first error wins.
 fn parallel_map<T: Sync, R: Send>(
     items: &[T],
+    threads: usize,
     f: impl Fn(&T, &mut [u8]) -> Result<R, TransferError> + Sync,
 ) -> Result<Vec<R>, TransferError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if threads == 0 { cores } else { threads }
         .min(items.len())
         .max(1);
     let next = AtomicUsize::new(0);
