@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: the example DAG on this machine — a coordinator (SQLite state) and
-//! two agents as real processes on loopback — with the log streamed as a user sees it.
+//! `cargo xtask demo`: an example workflow on this machine — a coordinator (SQLite state), a
+//! data-source agent and a training agent as real processes on loopback, and a private sshd
+//! standing in for the training host — with the log streamed as a user sees it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,11 +11,12 @@ use ferry_proto::v1;
 
 /// The example workflow shipped in deploy/examples.
 fn read_example() -> anyhow::Result<String> {
-    let path = crate::workspace_root().join("deploy/examples/produce-transform-check.yaml");
+    let path = crate::workspace_root().join("deploy/examples/produce-ship-check.yaml");
     std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 pub fn run() -> anyhow::Result<()> {
+    crate::ensure_system_packages()?;
     crate::cargo(&["build", "--workspace", "--bins"])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -24,8 +26,28 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 async fn demo() -> anyhow::Result<()> {
-    let mut c = Cluster::new();
-    c.bin_dir = crate::target_dir().join("debug");
+    let bin_dir = crate::target_dir().join("debug");
+    let sshd = ferry_e2e::sshd::Sshd::start();
+    let area = sshd.path("area");
+    std::fs::create_dir_all(&area)?;
+    let agent_lines = format!(
+        "  roots: [\"{}\"]\n  known_hosts: \"{}\"\n",
+        area.display(),
+        sshd.path("known_hosts").display()
+    );
+    let servers = format!(
+        "servers:\n  training_server:\n    host: 127.0.0.1\n    port: {}\n    username: {}\n    key_path: \"{}\"\n    role: training\ntransfer:\n  chunk_size: 262144\n  remote_ferry: \"{}\"\n",
+        sshd.port,
+        ferry_e2e::sshd::whoami(),
+        sshd.path("user_key").display(),
+        bin_dir.join("ferry").display()
+    );
+    let mut c = Cluster::with_agent_config(&agent_lines, &servers);
+    c.bin_dir = bin_dir;
+    println!(
+        "== private sshd for the training host on 127.0.0.1:{}",
+        sshd.port
+    );
     c.env.push(("RUST_LOG".into(), "warn".into()));
     println!(
         "== starting a coordinator and two agents in {}",
@@ -49,7 +71,7 @@ async fn demo() -> anyhow::Result<()> {
         })
         .await
         .context("apply the example workflow")?;
-    let out = c.path("out");
+    let out = area.join("demo");
     let task = client
         .create_task(v1::CreateTaskRequest {
             workflow: def.name.clone(),
@@ -86,6 +108,16 @@ async fn demo() -> anyhow::Result<()> {
         println!(
             "   {:<10} {:<10} on {:<13} attempt {}",
             s.name, s.status, s.agent, s.attempt
+        );
+    }
+    let progress = client
+        .get_progress(v1::TaskRef { task_id: task.id })
+        .await?
+        .into_inner();
+    for p in progress.steps.iter().filter(|p| p.chunks_total > 0) {
+        println!(
+            "   {}: {}/{} chunks verified at the destination, {} failed, {} re-sent",
+            p.step, p.chunks_completed, p.chunks_total, p.chunks_failed, p.chunk_retries
         );
     }
     if t.status != "completed" {
