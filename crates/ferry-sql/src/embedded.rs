@@ -1,0 +1,530 @@
+//! The embedded engine: DataFusion over a local warehouse directory laid out like Hive,
+//! `<warehouse>/<db>.db/<table>/[<col>=<value>/]*.parquet`, partitions discovered as columns.
+//! Databases are schemas (`default` is the default one), tables are what the directories hold
+//! at the moment of the query.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::TableReference;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use futures_util::StreamExt;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::{PartitionSpec, SqlError, TableRef};
+
+const CATALOG: &str = "datafusion";
+const DEFAULT_DB: &str = "default";
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Rows per Parquet part; a new part starts beyond it.
+    pub rows_per_part: usize,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            rows_per_part: 1_000_000,
+        }
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExportSummary {
+    pub rows: u64,
+    pub parts: usize,
+    pub bytes: u64,
+    /// `name: type` of each column.
+    pub schema: Vec<String>,
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LoadSummary {
+    pub table: String,
+    pub partition: String,
+    pub rows: u64,
+    pub parts: usize,
+}
+
+pub struct EmbeddedEngine {
+    warehouse: PathBuf,
+}
+
+/// Classifies by the innermost error (DataFusion wraps planning errors in diagnostics and
+/// context layers).
+fn df_error(e: DataFusionError) -> SqlError {
+    let root = e.find_root();
+    match root {
+        DataFusionError::SQL(inner, _) => SqlError::Syntax(inner.to_string()),
+        DataFusionError::Plan(msg) if msg.starts_with("table '") && msg.ends_with("not found") => {
+            SqlError::MissingTable(msg.clone())
+        }
+        _ => SqlError::Query(e.to_string()),
+    }
+}
+
+impl EmbeddedEngine {
+    pub fn new(warehouse: impl Into<PathBuf>) -> EmbeddedEngine {
+        EmbeddedEngine {
+            warehouse: warehouse.into(),
+        }
+    }
+
+    pub fn warehouse(&self) -> &Path {
+        &self.warehouse
+    }
+
+    /// Directory of a table.
+    pub fn table_dir(&self, t: &TableRef) -> PathBuf {
+        self.warehouse
+            .join(format!("{}.db", t.database))
+            .join(&t.table)
+    }
+
+    /// A session that sees every table of the warehouse as it is now.
+    pub async fn context(&self) -> Result<SessionContext, SqlError> {
+        let mut config = SessionConfig::new()
+            .with_create_default_catalog_and_schema(true)
+            .with_default_catalog_and_schema(CATALOG, DEFAULT_DB)
+            .with_information_schema(true);
+        // Column names match as written (`I1`, `C26`), the way warehouse users write them;
+        // DataFusion would otherwise fold unquoted names to lower case.
+        config.options_mut().sql_parser.enable_ident_normalization = false;
+        let ctx = SessionContext::new_with_config(config);
+        let Ok(dbs) = std::fs::read_dir(&self.warehouse) else {
+            return Ok(ctx); // an empty warehouse has no tables
+        };
+        let catalog = ctx
+            .catalog(CATALOG)
+            .ok_or_else(|| SqlError::Query("the default catalog is missing".into()))?;
+        for db in dbs.flatten() {
+            let name = db.file_name().to_string_lossy().into_owned();
+            let Some(db_name) = name.strip_suffix(".db") else {
+                continue;
+            };
+            if crate::ident::check_identifier(db_name).is_err() || !db.path().is_dir() {
+                continue;
+            }
+            if catalog.schema(db_name).is_none() {
+                let _ = catalog.register_schema(db_name, Arc::new(MemorySchemaProvider::new()));
+            }
+            for table in std::fs::read_dir(db.path())
+                .map_err(|e| SqlError::io(db.path(), e))?
+                .flatten()
+            {
+                let t = table.file_name().to_string_lossy().into_owned();
+                if crate::ident::check_identifier(&t).is_err() || !table.path().is_dir() {
+                    continue;
+                }
+                match self.listing_table(&ctx, &table.path()).await {
+                    Ok(Some(provider)) => {
+                        ctx.register_table(TableReference::partial(db_name, t.as_str()), provider)
+                            .map_err(df_error)?;
+                    }
+                    Ok(None) => debug!(table = %t, "no data files yet; not registered"),
+                    Err(e) => warn!(table = %t, error = %e, "table skipped"),
+                }
+            }
+        }
+        Ok(ctx)
+    }
+
+    async fn listing_table(
+        &self,
+        ctx: &SessionContext,
+        dir: &Path,
+    ) -> Result<Option<Arc<ListingTable>>, SqlError> {
+        let partition_cols = discover_partition_columns(dir);
+        if !has_parquet(dir) {
+            return Ok(None);
+        }
+        let url = ListingTableUrl::parse(format!("{}/", dir.display())).map_err(df_error)?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(
+                partition_cols
+                    .into_iter()
+                    .map(|c| (c, DataType::Utf8))
+                    .collect(),
+            );
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .infer_schema(&ctx.state())
+            .await
+            .map_err(df_error)?;
+        Ok(Some(Arc::new(
+            ListingTable::try_new(config).map_err(df_error)?,
+        )))
+    }
+
+    /// Runs `sql` and writes its result as `part-NNNNN.parquet` files into `out_dir`
+    /// (replacing earlier parts), streaming batch by batch so memory stays bounded.
+    pub async fn export(
+        &self,
+        sql: &str,
+        out_dir: &Path,
+        opts: &ExportOptions,
+    ) -> Result<ExportSummary, SqlError> {
+        let ctx = self.context().await?;
+        let df = ctx.sql(sql).await.map_err(df_error)?;
+        let mut stream = df.execute_stream().await.map_err(df_error)?;
+        let schema = stream.schema();
+        prepare_dir(out_dir)?;
+        let mut writer = PartWriter::new(out_dir, schema.clone(), opts.rows_per_part.max(1));
+        while let Some(batch) = stream.next().await {
+            writer.write(&batch.map_err(df_error)?)?;
+        }
+        let mut summary = writer.finish()?;
+        summary.schema = schema
+            .fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect();
+        if summary.rows == 0 {
+            return Err(SqlError::NoRows);
+        }
+        Ok(summary)
+    }
+
+    /// Rows of `table` (in `partition` when given).
+    pub async fn count_rows(
+        &self,
+        table: &TableRef,
+        partition: Option<&PartitionSpec>,
+    ) -> Result<u64, SqlError> {
+        let ctx = self.context().await?;
+        // Names are validated identifiers; the partition value is a validated literal.
+        let mut sql = format!(
+            "SELECT COUNT(*) AS n FROM \"{}\".\"{}\"",
+            table.database, table.table
+        );
+        if let Some(p) = partition {
+            sql.push_str(&format!(" WHERE \"{}\" = '{}'", p.column, p.value));
+        }
+        let batches = match ctx.sql(&sql).await {
+            Ok(df) => df.collect().await.map_err(df_error)?,
+            Err(e) => match df_error(e) {
+                SqlError::MissingTable(_) => return Ok(0),
+                other => return Err(other),
+            },
+        };
+        Ok(first_count(&batches))
+    }
+
+    /// Loads the Parquet parts in `parts_dir` into `table`'s `partition`, replacing whatever
+    /// the partition held: the parts are staged beside the table and swapped in with renames,
+    /// so running it twice, or again after a crash, never duplicates rows. Then checks the
+    /// partition's row count against `expected_rows`.
+    pub async fn load_partition(
+        &self,
+        table: &TableRef,
+        partition: &PartitionSpec,
+        parts_dir: &Path,
+        expected_rows: Option<u64>,
+    ) -> Result<LoadSummary, SqlError> {
+        let table_dir = self.table_dir(table);
+        std::fs::create_dir_all(&table_dir).map_err(|e| SqlError::io(&table_dir, e))?;
+        recover_interrupted_swap(&table_dir, partition)?;
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(parts_dir)
+            .map_err(|e| SqlError::io(parts_dir, e))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        parts.sort();
+        let staging = table_dir.join(format!(".staging-{}", partition.dir_name()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| SqlError::io(&staging, e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| SqlError::io(&staging, e))?;
+        let mut rows = 0;
+        for (i, part) in parts.iter().enumerate() {
+            rows += parquet_rows(part)?;
+            let dest = staging.join(format!("part-{i:05}.parquet"));
+            std::fs::copy(part, &dest).map_err(|e| SqlError::io(&dest, e))?;
+        }
+        sync_dir(&staging)?;
+        // Marks the staged partition complete: recovery may only swap in a complete one.
+        std::fs::write(staging.join(COMPLETE_MARK), b"").map_err(|e| SqlError::io(&staging, e))?;
+        swap_in(&table_dir, partition, &staging)?;
+        let summary = LoadSummary {
+            table: table.to_string(),
+            partition: partition.dir_name(),
+            rows,
+            parts: parts.len(),
+        };
+        if let Some(expected) = expected_rows {
+            let found = self.count_rows(table, Some(partition)).await?;
+            if found != expected {
+                return Err(SqlError::RowCountMismatch {
+                    table: format!("{table} {}", partition.dir_name()),
+                    expected,
+                    found,
+                });
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Up to `limit` rows of `table`'s `partition` as JSON objects (for approval previews).
+    pub async fn preview(
+        &self,
+        table: &TableRef,
+        partition: Option<&PartitionSpec>,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, SqlError> {
+        let ctx = self.context().await?;
+        let mut sql = format!("SELECT * FROM \"{}\".\"{}\"", table.database, table.table);
+        if let Some(p) = partition {
+            sql.push_str(&format!(" WHERE \"{}\" = '{}'", p.column, p.value));
+        }
+        sql.push_str(&format!(" LIMIT {limit}"));
+        let batches = ctx
+            .sql(&sql)
+            .await
+            .map_err(df_error)?
+            .collect()
+            .await
+            .map_err(df_error)?;
+        let mut buf = Vec::new();
+        {
+            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut buf);
+            for b in &batches {
+                w.write(b).map_err(|e| SqlError::Query(e.to_string()))?;
+            }
+            w.finish().map_err(|e| SqlError::Query(e.to_string()))?;
+        }
+        if buf.is_empty() {
+            return Ok(Vec::new());
+        }
+        serde_json::from_slice(&buf).map_err(|e| SqlError::Query(e.to_string()))
+    }
+}
+
+const COMPLETE_MARK: &str = "_FERRY_STAGED";
+
+/// The partition dir is replaced in two renames: old → trash, staged → live. A crash between
+/// them leaves no live partition but a complete staged one, which recovery swaps in.
+fn swap_in(table_dir: &Path, p: &PartitionSpec, staging: &Path) -> Result<(), SqlError> {
+    let live = table_dir.join(p.dir_name());
+    let trash = table_dir.join(format!(".trash-{}", p.dir_name()));
+    if trash.exists() {
+        std::fs::remove_dir_all(&trash).map_err(|e| SqlError::io(&trash, e))?;
+    }
+    if live.exists() {
+        std::fs::rename(&live, &trash).map_err(|e| SqlError::io(&live, e))?;
+    }
+    std::fs::rename(staging, &live).map_err(|e| SqlError::io(staging, e))?;
+    let _ = std::fs::remove_file(live.join(COMPLETE_MARK));
+    sync_dir(table_dir)?;
+    if trash.exists() {
+        std::fs::remove_dir_all(&trash).map_err(|e| SqlError::io(&trash, e))?;
+    }
+    Ok(())
+}
+
+/// Finishes or discards a swap a crash interrupted.
+fn recover_interrupted_swap(table_dir: &Path, p: &PartitionSpec) -> Result<(), SqlError> {
+    let live = table_dir.join(p.dir_name());
+    let staging = table_dir.join(format!(".staging-{}", p.dir_name()));
+    let trash = table_dir.join(format!(".trash-{}", p.dir_name()));
+    if !live.exists() && staging.join(COMPLETE_MARK).exists() {
+        std::fs::rename(&staging, &live).map_err(|e| SqlError::io(&staging, e))?;
+        let _ = std::fs::remove_file(live.join(COMPLETE_MARK));
+    }
+    if trash.exists() {
+        std::fs::remove_dir_all(&trash).map_err(|e| SqlError::io(&trash, e))?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SqlError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SqlError::io(dir, e))
+}
+
+fn parquet_rows(path: &Path) -> Result<u64, SqlError> {
+    let file = File::open(path).map_err(|e| SqlError::io(path, e))?;
+    let reader =
+        parquet::file::serialized_reader::SerializedFileReader::new(file).map_err(|e| {
+            SqlError::Parquet {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }
+        })?;
+    use parquet::file::reader::FileReader;
+    Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+fn first_count(batches: &[RecordBatch]) -> u64 {
+    batches
+        .first()
+        .and_then(|b| {
+            let col = b.column(0);
+            col.as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .map(|a| a.value(0).max(0) as u64)
+        })
+        .unwrap_or(0)
+}
+
+/// `col=value` directory levels below a table directory, in order.
+fn discover_partition_columns(dir: &Path) -> Vec<String> {
+    let mut cols = Vec::new();
+    let mut current = dir.to_owned();
+    loop {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            break;
+        };
+        let next = entries.flatten().find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (e.path().is_dir() && !name.starts_with('.') && !name.starts_with('_'))
+                .then(|| name.split_once('=').map(|(c, _)| (c.to_owned(), e.path())))
+                .flatten()
+        });
+        match next {
+            Some((col, path)) => {
+                cols.push(col);
+                current = path;
+            }
+            None => break,
+        }
+    }
+    cols
+}
+
+fn has_parquet(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            return false;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            has_parquet(&p)
+        } else {
+            name.ends_with(".parquet")
+        }
+    })
+}
+
+/// Empties (or creates) an export directory of earlier parts.
+fn prepare_dir(dir: &Path) -> Result<(), SqlError> {
+    std::fs::create_dir_all(dir).map_err(|e| SqlError::io(dir, e))?;
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| SqlError::io(dir, e))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("part-")
+            && (name.ends_with(".parquet") || name.ends_with(".parquet.tmp"))
+        {
+            std::fs::remove_file(e.path()).map_err(|err| SqlError::io(e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes batches into numbered parts, each under a temporary name until complete.
+struct PartWriter {
+    dir: PathBuf,
+    schema: SchemaRef,
+    rows_per_part: usize,
+    current: Option<(ArrowWriter<File>, PathBuf, usize)>,
+    summary: ExportSummary,
+}
+
+impl PartWriter {
+    fn new(dir: &Path, schema: SchemaRef, rows_per_part: usize) -> PartWriter {
+        PartWriter {
+            dir: dir.to_owned(),
+            schema,
+            rows_per_part,
+            current: None,
+            summary: ExportSummary::default(),
+        }
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), SqlError> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if self.current.is_none() {
+                let tmp = self
+                    .dir
+                    .join(format!("part-{:05}.parquet.tmp", self.summary.parts));
+                let file = File::create(&tmp).map_err(|e| SqlError::io(&tmp, e))?;
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .build();
+                let w =
+                    ArrowWriter::try_new(file, self.schema.clone(), Some(props)).map_err(|e| {
+                        SqlError::Parquet {
+                            path: tmp.clone(),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                self.current = Some((w, tmp, 0));
+            }
+            let Some((w, tmp, in_part)) = self.current.as_mut() else {
+                break;
+            };
+            let take = (self.rows_per_part - *in_part).min(batch.num_rows() - offset);
+            w.write(&batch.slice(offset, take))
+                .map_err(|e| SqlError::Parquet {
+                    path: tmp.clone(),
+                    detail: e.to_string(),
+                })?;
+            *in_part += take;
+            offset += take;
+            self.summary.rows += take as u64;
+            if *in_part >= self.rows_per_part {
+                self.close_part()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close_part(&mut self) -> Result<(), SqlError> {
+        if let Some((w, tmp, _)) = self.current.take() {
+            w.close().map_err(|e| SqlError::Parquet {
+                path: tmp.clone(),
+                detail: e.to_string(),
+            })?;
+            let done = tmp.with_extension("");
+            std::fs::rename(&tmp, &done).map_err(|e| SqlError::io(&tmp, e))?;
+            self.summary.bytes += std::fs::metadata(&done).map(|m| m.len()).unwrap_or(0);
+            self.summary.files.push(
+                done.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+            self.summary.parts += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<ExportSummary, SqlError> {
+        self.close_part()?;
+        Ok(self.summary)
+    }
+}

@@ -1,0 +1,52 @@
+//! SQL errors, in the classes the engine acts on.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The query names a table (or partition) that does not exist: "source data not ready".
+    #[error("source data not ready: {0}")]
+    MissingTable(String),
+    #[error("source data not ready: the query returned 0 rows")]
+    NoRows,
+    #[error("SQL syntax error: {0}")]
+    Syntax(String),
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("invalid identifier `{name}`: {reason}")]
+    BadIdentifier { name: String, reason: String },
+    #[error("I/O on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Parquet {}: {detail}", path.display())]
+    Parquet { path: PathBuf, detail: String },
+    #[error("load verification failed for {table}: {expected} rows expected, {found} found")]
+    RowCountMismatch {
+        table: String,
+        expected: u64,
+        found: u64,
+    },
+}
+
+impl SqlError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        SqlError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Retrying the same SQL against the same data cannot fix a missing table, a syntax
+    /// error or a bad name; I/O and verification may recover.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            SqlError::MissingTable(_)
+                | SqlError::NoRows
+                | SqlError::Syntax(_)
+                | SqlError::BadIdentifier { .. }
+        )
+    }
+}
