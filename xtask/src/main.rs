@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask test [ARGS]`: build the daemons, then run every test (README's test command).
 //! - `cargo xtask demo`: the example workflow across two agents on this machine.
+//! - `cargo xtask gen-data --rows N --out DIR`: the sample campaign warehouse.
 //! - `cargo xtask bench engine`: the engine's throughput and hand-off latency.
 //! - `cargo xtask bench transfer`: verified transfer goodput against plain rsync.
 
@@ -31,6 +32,20 @@ enum Cmd {
     },
     /// README's main job: run the example workflow on this machine and show its progress.
     Demo,
+    /// Write the sample campaign tables (data-spec.md) into a warehouse directory.
+    GenData {
+        /// Training rows (`campaign_sample`); inference rows are a quarter of it.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        /// Inference rows (`campaign_infer`), if not a quarter of `--rows`.
+        #[arg(long)]
+        infer_rows: Option<usize>,
+        #[arg(long, default_value_t = 2024)]
+        seed: u64,
+        /// Warehouse directory (tables go to OUT/default.db/).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
@@ -49,6 +64,12 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
+        Cmd::GenData {
+            rows,
+            infer_rows,
+            seed,
+            out,
+        } => gen_data(rows, infer_rows, seed, &out),
         Cmd::Bench(Bench::Engine(opts)) => bench_engine::run(opts),
         Cmd::Bench(Bench::Transfer(opts)) => bench_transfer::run(opts),
     }
@@ -119,8 +140,73 @@ pub fn ensure_system_packages() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn gen_data(
+    rows: usize,
+    infer_rows: Option<usize>,
+    seed: u64,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut spec = ferry_sampledata::SampleSpec::new(rows, seed);
+    if let Some(n) = infer_rows {
+        spec.infer_rows = n;
+    }
+    let started = std::time::Instant::now();
+    for t in ferry_sampledata::generate(out, &spec)? {
+        println!(
+            "{}: {} rows in {} parts at {} (clicks {}, conversions {})",
+            t.table,
+            t.rows,
+            t.parts,
+            t.dir.display(),
+            t.clicks,
+            t.conversions
+        );
+    }
+    println!(
+        "done in {:.1}s (seed {seed})",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Heavy dependencies stay with the daemons that need them (docs/ARCHITECTURE.md).
+const FORBIDDEN_LINKS: &[(&str, &str)] = &[
+    ("ferry-train-agentd", "datafusion"),
+    ("ferry-infer-agentd", "datafusion"),
+    ("ferry-coordinatord", "datafusion"),
+    ("ferry-source-agentd", "burn"),
+    ("ferry-coordinatord", "burn"),
+];
+
+fn check_architecture() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for (daemon, forbidden) in FORBIDDEN_LINKS {
+        let out = Command::new(&cargo)
+            .args(["tree", "-p", daemon, "-e", "normal", "--prefix", "none"])
+            .current_dir(workspace_root())
+            .output()
+            .with_context(|| format!("cargo tree -p {daemon}"))?;
+        if !out.status.success() {
+            bail!(
+                "cargo tree -p {daemon} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        if tree
+            .lines()
+            .any(|l| l.starts_with(&format!("{forbidden} v")))
+        {
+            bail!("architecture invariant broken: {daemon} links {forbidden}");
+        }
+    }
+    println!("architecture: daemons link only what their role needs");
+    Ok(())
+}
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
     ensure_system_packages()?;
+    check_architecture()?;
     // The integration tests spawn the real daemons, so build them first.
     cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test", "--workspace"];

@@ -89,6 +89,17 @@ pub async fn run_daemon(
     config: FerryConfig,
     args: AgentArgs,
 ) -> Result<(), AgentError> {
+    run_daemon_with(role, config, args, Vec::new()).await
+}
+
+/// `run_daemon` with the role's own step kinds added (the source agent's SQL kinds live in
+/// `ferry-agent-sql`, so only that daemon links DataFusion).
+pub async fn run_daemon_with(
+    role: Role,
+    config: FerryConfig,
+    args: AgentArgs,
+    extra: Vec<Arc<dyn Executor>>,
+) -> Result<(), AgentError> {
     let settings = settings(role, &config, &args);
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -98,7 +109,8 @@ pub async fn run_daemon(
             shutdown.cancel();
         }
     });
-    let executors = executors_for(role, &config, &settings);
+    let mut executors = executors_for(role, &config, &settings);
+    executors.extend(extra);
     crate::runtime::run(settings, executors, shutdown).await
 }
 

@@ -48,6 +48,29 @@ pub struct FerryConfig {
     pub workflow: WorkflowConfig,
     pub coordinator: CoordinatorConfig,
     pub agent: AgentConfig,
+    pub sql: SqlConfig,
+}
+
+/// The data-source host's SQL engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// `embedded` (DataFusion over `warehouse_dir`).
+    pub engine: String,
+    /// The embedded engine's warehouse: `<dir>/<db>.db/<table>/[<col>=<value>/]*.parquet`.
+    pub warehouse_dir: PathBuf,
+    /// Rows per exported Parquet part.
+    pub rows_per_part: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig {
+            engine: "embedded".into(),
+            warehouse_dir: "./warehouse".into(),
+            rows_per_part: 1_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,6 +290,7 @@ impl AgentConfig {
         vec![
             self.work_dir.clone(),
             config.storage.staging_dir.clone(),
+            config.sql.warehouse_dir.clone(),
             config.fuxictr_paths.data_root.clone(),
             config.fuxictr_paths.model_root.clone(),
         ]
@@ -341,6 +365,18 @@ impl FerryConfig {
                     self.transfer.hash_algorithm
                 ),
             ));
+        }
+        if self.sql.engine != "embedded" {
+            return Err(invalid(
+                "sql.engine",
+                format!(
+                    "`{}` is not available (this build has: embedded)",
+                    self.sql.engine
+                ),
+            ));
+        }
+        if self.sql.rows_per_part == 0 {
+            return Err(invalid("sql.rows_per_part", "must be at least 1"));
         }
         if self.workflow.heartbeat_interval == 0 {
             return Err(invalid(

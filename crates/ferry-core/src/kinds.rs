@@ -16,8 +16,41 @@ pub const NOOP: &str = "noop";
 /// chunk by chunk.
 pub const TRANSFER: &str = "transfer";
 
+/// Run SQL on the data-source host and write the result as Parquet parts into staging.
+pub const SQL_EXPORT: &str = "sql_export";
+/// Load result parts into a Hive table's partition, idempotently, and verify the row count.
+pub const HIVE_LOAD: &str = "hive_load";
+
 /// Every kind a workflow may name.
-pub const KNOWN_KINDS: &[&str] = &[EXEC, NOOP, TRANSFER];
+pub const KNOWN_KINDS: &[&str] = &[EXEC, NOOP, TRANSFER, SQL_EXPORT, HIVE_LOAD];
+
+/// Parameters of a `sql_export` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlExportParams {
+    /// The user's query, passed to the engine unchanged.
+    pub sql: String,
+    /// Directory on the data-source host that receives `part-NNNNN.parquet`.
+    pub output_dir: String,
+    /// Overrides `sql.rows_per_part`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_per_part: Option<usize>,
+}
+
+/// Parameters of a `hive_load` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiveLoadParams {
+    /// `db.table` (validated as identifiers).
+    pub table: String,
+    /// `column=value` of the partition to (re)write.
+    pub partition: String,
+    /// Directory holding the Parquet parts to load.
+    pub parts_dir: String,
+    /// The row count the partition must have afterwards (what inference produced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_rows: Option<u64>,
+}
 
 /// Which way a transfer goes, seen from the agent that runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +147,25 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
             }
             Ok(())
         }
+        SQL_EXPORT => {
+            let p: SqlExportParams = parse_params(params)?;
+            if p.sql.trim().is_empty() || p.output_dir.trim().is_empty() {
+                return Err("`sql` and `output_dir` must not be empty".into());
+            }
+            if p.rows_per_part == Some(0) {
+                return Err("`rows_per_part` must be at least 1".into());
+            }
+            Ok(())
+        }
+        HIVE_LOAD => {
+            let p: HiveLoadParams = parse_params(params)?;
+            crate::ident::TableRef::parse(&p.table).map_err(|e| e.to_string())?;
+            // A placeholder (`${param.day}`) is checked when the task fills it in.
+            if !p.partition.contains("${") {
+                crate::ident::PartitionSpec::parse(&p.partition).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
         other => Err(format!(
             "unknown step kind `{other}` (known kinds: {})",
             KNOWN_KINDS.join(", ")
@@ -146,11 +198,23 @@ mod tests {
     }
 
     #[test]
+    fn hive_load_names_are_checked_when_the_workflow_is_applied() {
+        let ok = json!({"table": "prod.scores", "partition": "dt=2026-01-22", "parts_dir": "/s"});
+        assert!(validate_params(HIVE_LOAD, &ok).is_ok());
+        let evil = json!({"table": "a; DROP TABLE b", "partition": "dt=1", "parts_dir": "/s"});
+        let err = validate_params(HIVE_LOAD, &evil).expect_err("refused");
+        assert!(
+            err.starts_with("invalid identifier `a; DROP TABLE b`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_kinds_list_the_known_ones() {
         let err = validate_params("frobnicate", &Value::Null).expect_err("unknown");
         assert_eq!(
             err,
-            "unknown step kind `frobnicate` (known kinds: exec, noop, transfer)"
+            "unknown step kind `frobnicate` (known kinds: exec, noop, transfer, sql_export, hive_load)"
         );
     }
 }

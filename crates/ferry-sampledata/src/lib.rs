@@ -314,7 +314,7 @@ impl Teacher {
             sample_id.append_value(id as i64);
             user_id.append_value((rng.at(1) % 2_000_000) as i64);
             let mut logit_click = -3.1;
-            let mut logit_conv = -0.4;
+            let mut logit_conv = -1.6;
             for (k, b) in numerics.iter_mut().enumerate() {
                 let h = rng.at(100 + k as u64);
                 if unit(h) < 0.05 {

@@ -118,7 +118,7 @@ impl EmbeddedEngine {
             let Some(db_name) = name.strip_suffix(".db") else {
                 continue;
             };
-            if crate::ident::check_identifier(db_name).is_err() || !db.path().is_dir() {
+            if ferry_core::ident::check_identifier(db_name).is_err() || !db.path().is_dir() {
                 continue;
             }
             if catalog.schema(db_name).is_none() {
@@ -129,7 +129,7 @@ impl EmbeddedEngine {
                 .flatten()
             {
                 let t = table.file_name().to_string_lossy().into_owned();
-                if crate::ident::check_identifier(&t).is_err() || !table.path().is_dir() {
+                if ferry_core::ident::check_identifier(&t).is_err() || !table.path().is_dir() {
                     continue;
                 }
                 match self.listing_table(&ctx, &table.path()).await {

@@ -13,8 +13,8 @@ pub enum SqlError {
     Syntax(String),
     #[error("query failed: {0}")]
     Query(String),
-    #[error("invalid identifier `{name}`: {reason}")]
-    BadIdentifier { name: String, reason: String },
+    #[error(transparent)]
+    BadIdentifier(#[from] ferry_core::ident::IdentError),
     #[error("I/O on {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -46,7 +46,7 @@ impl SqlError {
             SqlError::MissingTable(_)
                 | SqlError::NoRows
                 | SqlError::Syntax(_)
-                | SqlError::BadIdentifier { .. }
+                | SqlError::BadIdentifier(_)
         )
     }
 }

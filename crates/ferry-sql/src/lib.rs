@@ -6,8 +6,7 @@
 
 pub mod embedded;
 pub mod error;
-pub mod ident;
 
 pub use embedded::{EmbeddedEngine, ExportOptions, ExportSummary, LoadSummary};
 pub use error::SqlError;
-pub use ident::{PartitionSpec, TableRef};
+pub use ferry_core::ident::{IdentError, PartitionSpec, TableRef};

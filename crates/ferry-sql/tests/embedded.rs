@@ -241,7 +241,7 @@ async fn loading_twice_or_after_a_crash_never_duplicates_rows() {
 
 #[tokio::test]
 async fn names_that_could_inject_sql_are_refused_before_anything_runs() {
-    let err = TableRef::parse("a; DROP TABLE b").expect_err("refused");
+    let err = SqlError::from(TableRef::parse("a; DROP TABLE b").expect_err("refused"));
     assert_eq!(
         err.to_string(),
         "invalid identifier `a; DROP TABLE b`: the table part is not a plain identifier"

@@ -1,0 +1,142 @@
+//! The data-source host's step kinds, `sql_export` and `hive_load`, on the embedded engine.
+//! A separate crate (not a feature of `ferry-agent`) so that only the source agent links
+//! DataFusion, however the workspace is built.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_agent::daemon::{AgentArgs, run_daemon_with};
+use ferry_agent::{AgentError, Executor, JobContext, JobError, JobFuture};
+use ferry_core::Role;
+use ferry_core::config::FerryConfig;
+use ferry_core::kinds::{self, HiveLoadParams, SqlExportParams};
+use ferry_sql::{EmbeddedEngine, ExportOptions, PartitionSpec, SqlError, TableRef};
+
+/// Runs `ferry-source-agentd`: the generic kinds plus the SQL ones.
+pub async fn run_source_agent(config: FerryConfig, args: AgentArgs) -> Result<(), AgentError> {
+    let engine = Arc::new(EmbeddedEngine::new(config.sql.warehouse_dir.clone()));
+    let extra: Vec<Arc<dyn Executor>> = vec![
+        Arc::new(SqlExportExecutor {
+            engine: engine.clone(),
+            rows_per_part: config.sql.rows_per_part,
+        }),
+        Arc::new(HiveLoadExecutor { engine }),
+    ];
+    run_daemon_with(Role::DataSource, config, args, extra).await
+}
+
+fn job_error(e: SqlError) -> JobError {
+    if e.is_permanent() {
+        JobError::permanent(e.to_string())
+    } else {
+        JobError::transient(e.to_string())
+    }
+}
+
+/// Runs the step's future unless the job is cancelled first.
+async fn cancellable<T>(
+    ctx: &JobContext,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, JobError> {
+    tokio::select! {
+        r = work => Ok(r),
+        _ = ctx.cancellation().cancelled() => Err(JobError::transient("cancelled")),
+    }
+}
+
+pub struct SqlExportExecutor {
+    engine: Arc<EmbeddedEngine>,
+    rows_per_part: usize,
+}
+
+impl Executor for SqlExportExecutor {
+    fn kind(&self) -> &'static str {
+        kinds::SQL_EXPORT
+    }
+
+    fn run(&self, ctx: JobContext) -> JobFuture {
+        let engine = self.engine.clone();
+        let default_rows = self.rows_per_part;
+        Box::pin(async move {
+            let p: SqlExportParams = ctx.params()?;
+            let out = PathBuf::from(&p.output_dir);
+            ctx.info("executing SQL...");
+            let started = std::time::Instant::now();
+            let opts = ExportOptions {
+                rows_per_part: p.rows_per_part.unwrap_or(default_rows),
+            };
+            let summary = cancellable(&ctx, engine.export(&p.sql, &out, &opts))
+                .await?
+                .map_err(job_error)?;
+            let secs = started.elapsed().as_secs_f64();
+            ctx.info(format!(
+                "exported {} rows to {} ({} parts, {} bytes) in {:.1}s",
+                summary.rows,
+                out.display(),
+                summary.parts,
+                summary.bytes,
+                secs
+            ));
+            ctx.metric("export_rows", summary.rows as f64, 0);
+            ctx.metric("export_bytes", summary.bytes as f64, 0);
+            ctx.progress(&serde_json::json!({
+                "rows": summary.rows, "parts": summary.parts, "bytes": summary.bytes,
+                "schema": summary.schema, "output_dir": out,
+            }));
+            ctx.save_checkpoint(&serde_json::json!({"rows": summary.rows, "files": summary.files}));
+            Ok(())
+        })
+    }
+}
+
+pub struct HiveLoadExecutor {
+    engine: Arc<EmbeddedEngine>,
+}
+
+impl Executor for HiveLoadExecutor {
+    fn kind(&self) -> &'static str {
+        kinds::HIVE_LOAD
+    }
+
+    fn run(&self, ctx: JobContext) -> JobFuture {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let p: HiveLoadParams = ctx.params()?;
+            let table =
+                TableRef::parse(&p.table).map_err(|e| JobError::permanent(e.to_string()))?;
+            let partition = PartitionSpec::parse(&p.partition)
+                .map_err(|e| JobError::permanent(e.to_string()))?;
+            let parts = Path::new(&p.parts_dir);
+            if !parts.is_dir() {
+                return Err(JobError::permanent(format!(
+                    "parts directory {} does not exist",
+                    parts.display()
+                )));
+            }
+            ctx.info(format!(
+                "loading data to Hive table {table} ({})...",
+                partition.dir_name()
+            ));
+            let summary = cancellable(
+                &ctx,
+                engine.load_partition(&table, &partition, parts, p.expected_rows),
+            )
+            .await?
+            .map_err(job_error)?;
+            ctx.info(format!(
+                "loaded {} rows in {} parts into {table} {}{}",
+                summary.rows,
+                summary.parts,
+                summary.partition,
+                if p.expected_rows.is_some() {
+                    "; row count verified"
+                } else {
+                    ""
+                }
+            ));
+            ctx.metric("load_rows", summary.rows as f64, 0);
+            ctx.progress(&serde_json::json!({"table": summary.table, "partition": summary.partition, "rows": summary.rows}));
+            Ok(())
+        })
+    }
+}

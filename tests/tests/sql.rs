@@ -1,0 +1,105 @@
+//! The data-source kinds through the whole system: `sql_export` on the source agent against
+//! a generated warehouse, then `hive_load` of the parts into a table partition, verified.
+
+use std::time::Duration;
+
+use ferry_e2e::{Cluster, step};
+use ferry_proto::v1;
+use ferry_sampledata::{SampleSpec, generate};
+
+const T: Duration = Duration::from_secs(90);
+
+/// A cluster with a source agent over a freshly generated warehouse (kept alive by the
+/// returned directory).
+async fn cluster() -> (Cluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut spec = SampleSpec::new(3_000, 5);
+    spec.rows_per_part = 1_000;
+    generate(dir.path(), &spec).expect("sample data");
+    let extra = format!(
+        "sql:\n  warehouse_dir: \"{}\"\n  rows_per_part: 700\n",
+        dir.path().display()
+    );
+    let mut c = Cluster::with_config(&extra);
+    c.start_coordinator().await;
+    c.start_agent("source", "src-1");
+    c.wait_for_agents(1).await;
+    (c, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_load_into_a_partition_verifies_the_row_count() {
+    let (c, warehouse) = cluster().await;
+    let warehouse = warehouse.path();
+    let staging = c.path("staging/infer_data");
+    let wf = format!(
+        r#"name: export_load
+steps:
+  - name: export
+    kind: sql_export
+    placement: {{role: data_source}}
+    params:
+      sql: "SELECT sample_id, user_id, C1 FROM campaign_infer WHERE dt = '${{param.day}}'"
+      output_dir: "{staging}"
+  - name: load
+    kind: hive_load
+    placement: {{role: data_source}}
+    inputs: [export]
+    params: {{table: scores.campaign_copy, partition: "dt=${{param.day}}", parts_dir: "{staging}", expected_rows: 750}}
+"#,
+        staging = staging.display()
+    );
+    c.apply(&wf).await.expect("valid");
+    let mut client = c.client().await;
+    let create = |day: &str| v1::CreateTaskRequest {
+        workflow: "export_load".into(),
+        name: String::new(),
+        params: [("day".to_owned(), day.to_owned())].into_iter().collect(),
+    };
+    let task = client
+        .create_task(create("2026-01-22"))
+        .await
+        .expect("create")
+        .into_inner();
+    let done = c.wait_status(task.id, "completed", T).await;
+    let export = step(&done, "export");
+    let progress: serde_json::Value = serde_json::from_str(&export.progress_json).expect("json");
+    assert_eq!(progress["rows"], 750);
+    assert_eq!(progress["parts"], 2, "700 rows per part");
+    assert!(
+        progress["schema"].as_array().is_some_and(|s| s.len() == 3),
+        "{progress}"
+    );
+    let logs = c.logs_text(task.id).await;
+    assert!(logs.contains("exported 750 rows"), "{logs}");
+    assert!(
+        logs.contains(
+            "loaded 750 rows in 2 parts into scores.campaign_copy dt=2026-01-22; row count verified"
+        ),
+        "{logs}"
+    );
+    let table = warehouse.join("scores.db/campaign_copy/dt=2026-01-22");
+    assert_eq!(std::fs::read_dir(&table).expect("partition").count(), 2);
+
+    // Loading the same day again (a rerun) leaves the same rows, not twice as many.
+    let again = client
+        .create_task(create("2026-01-22"))
+        .await
+        .expect("create")
+        .into_inner();
+    c.wait_status(again.id, "completed", T).await;
+    assert_eq!(std::fs::read_dir(&table).expect("partition").count(), 2);
+
+    // A day with no data pauses the task: the source data is not ready.
+    let empty = client
+        .create_task(create("2030-01-01"))
+        .await
+        .expect("create")
+        .into_inner();
+    let paused = c.wait_status(empty.id, "paused", T).await;
+    let reason = paused.task.map(|t| t.status_reason).unwrap_or_default();
+    assert_eq!(
+        reason,
+        "step `export` failed permanently: source data not ready: the query returned 0 rows"
+    );
+}
