@@ -5,6 +5,7 @@
 //! - `cargo xtask gen-data --rows N --out DIR`: the sample campaign warehouse.
 //! - `cargo xtask bench engine`: the engine's throughput and hand-off latency.
 //! - `cargo xtask bench transfer`: verified transfer goodput against plain rsync.
+//! - `cargo xtask bench sql`: embedded export rows/s on generated data.
 
 mod bench_engine;
 mod bench_transfer;
@@ -58,6 +59,11 @@ enum Bench {
     Engine(bench_engine::Options),
     /// Ferry's verified transfer against plain `rsync -a` over the same sshd.
     Transfer(bench_transfer::Options),
+    /// Export rows/s of the embedded SQL engine (release build).
+    Sql {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +78,25 @@ fn main() -> anyhow::Result<()> {
         } => gen_data(rows, infer_rows, seed, &out),
         Cmd::Bench(Bench::Engine(opts)) => bench_engine::run(opts),
         Cmd::Bench(Bench::Transfer(opts)) => bench_transfer::run(opts),
+        Cmd::Bench(Bench::Sql { rows }) => {
+            let work = std::env::temp_dir().join(format!("ferry-bench-sql-{}", std::process::id()));
+            let rows = rows.to_string();
+            let dir = work.display().to_string();
+            let result = cargo(&[
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "ferry-sql",
+                "--example",
+                "export_bench",
+                "--",
+                &rows,
+                &dir,
+            ]);
+            let _ = std::fs::remove_dir_all(&work);
+            result
+        }
     }
 }
 

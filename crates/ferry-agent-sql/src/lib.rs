@@ -10,11 +10,13 @@ use ferry_agent::{AgentError, Executor, JobContext, JobError, JobFuture};
 use ferry_core::Role;
 use ferry_core::config::FerryConfig;
 use ferry_core::kinds::{self, HiveLoadParams, SqlExportParams};
-use ferry_sql::{EmbeddedEngine, ExportOptions, PartitionSpec, SqlError, TableRef};
+use ferry_sql::{ExportOptions, PartitionSpec, SqlEngine, SqlError, TableRef};
 
 /// Runs `ferry-source-agentd`: the generic kinds plus the SQL ones.
 pub async fn run_source_agent(config: FerryConfig, args: AgentArgs) -> Result<(), AgentError> {
-    let engine = Arc::new(EmbeddedEngine::new(config.sql.warehouse_dir.clone()));
+    let engine = Arc::new(
+        SqlEngine::from_config(&config.sql).map_err(|e| AgentError::Setup(e.to_string()))?,
+    );
     let extra: Vec<Arc<dyn Executor>> = vec![
         Arc::new(SqlExportExecutor {
             engine: engine.clone(),
@@ -45,7 +47,7 @@ async fn cancellable<T>(
 }
 
 pub struct SqlExportExecutor {
-    engine: Arc<EmbeddedEngine>,
+    engine: Arc<SqlEngine>,
     rows_per_part: usize,
 }
 
@@ -60,7 +62,7 @@ impl Executor for SqlExportExecutor {
         Box::pin(async move {
             let p: SqlExportParams = ctx.params()?;
             let out = PathBuf::from(&p.output_dir);
-            ctx.info("executing SQL...");
+            ctx.info(format!("executing SQL on the {} engine...", engine.name()));
             let started = std::time::Instant::now();
             let opts = ExportOptions {
                 rows_per_part: p.rows_per_part.unwrap_or(default_rows),
@@ -90,7 +92,7 @@ impl Executor for SqlExportExecutor {
 }
 
 pub struct HiveLoadExecutor {
-    engine: Arc<EmbeddedEngine>,
+    engine: Arc<SqlEngine>,
 }
 
 impl Executor for HiveLoadExecutor {

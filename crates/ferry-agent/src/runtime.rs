@@ -49,6 +49,8 @@ pub enum AgentError {
     BadUrl { url: String, message: String },
     #[error("agent name must not be empty")]
     NoName,
+    #[error("cannot set up the agent: {0}")]
+    Setup(String),
 }
 
 struct Job {

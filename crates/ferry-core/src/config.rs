@@ -55,8 +55,11 @@ pub struct FerryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqlConfig {
-    /// `embedded` (DataFusion over `warehouse_dir`).
+    /// `embedded` (DataFusion over `warehouse_dir`), `spark-sql`, `beeline` or `hive`.
     pub engine: String,
+    /// Command of an external engine; `{sql}` is replaced by the statement. Empty: the
+    /// engine's default (e.g. `["spark-sql", "-S", "-e", "{sql}"]`).
+    pub command: Vec<String>,
     /// The embedded engine's warehouse: `<dir>/<db>.db/<table>/[<col>=<value>/]*.parquet`.
     pub warehouse_dir: PathBuf,
     /// Rows per exported Parquet part.
@@ -67,6 +70,7 @@ impl Default for SqlConfig {
     fn default() -> Self {
         SqlConfig {
             engine: "embedded".into(),
+            command: Vec::new(),
             warehouse_dir: "./warehouse".into(),
             rows_per_part: 1_000_000,
         }
@@ -366,13 +370,22 @@ impl FerryConfig {
                 ),
             ));
         }
-        if self.sql.engine != "embedded" {
+        if !matches!(
+            self.sql.engine.as_str(),
+            "embedded" | "spark-sql" | "beeline" | "hive"
+        ) {
             return Err(invalid(
                 "sql.engine",
                 format!(
-                    "`{}` is not available (this build has: embedded)",
+                    "`{}` is not one of embedded, spark-sql, beeline, hive",
                     self.sql.engine
                 ),
+            ));
+        }
+        if !self.sql.command.is_empty() && !self.sql.command.iter().any(|a| a.contains("{sql}")) {
+            return Err(invalid(
+                "sql.command",
+                "no argument contains the `{sql}` placeholder",
             ));
         }
         if self.sql.rows_per_part == 0 {
