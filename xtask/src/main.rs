@@ -59,7 +59,8 @@ enum Bench {
     Engine(bench_engine::Options),
     /// Ferry's verified transfer against plain `rsync -a` over the same sshd.
     Transfer(bench_transfer::Options),
-    /// Export rows/s of the embedded SQL engine (release build).
+    /// Export rows/s of the embedded SQL engine (release build), and of spark-sql beside it
+    /// when FERRY_TEST_SPARK_SQL names a launcher.
     Sql {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
@@ -82,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             let work = std::env::temp_dir().join(format!("ferry-bench-sql-{}", std::process::id()));
             let rows = rows.to_string();
             let dir = work.display().to_string();
-            let result = cargo(&[
+            let mut args = vec![
                 "run",
                 "--release",
                 "-q",
@@ -93,7 +94,13 @@ fn main() -> anyhow::Result<()> {
                 "--",
                 &rows,
                 &dir,
-            ]);
+            ];
+            // The Spark tier's launcher, when set, runs the same export on spark-sql beside it.
+            let spark = std::env::var("FERRY_TEST_SPARK_SQL").ok();
+            if let Some(launcher) = &spark {
+                args.push(launcher);
+            }
+            let result = cargo(&args);
             let _ = std::fs::remove_dir_all(&work);
             result
         }
@@ -201,6 +208,8 @@ const FORBIDDEN_LINKS: &[(&str, &str)] = &[
     ("ferry-coordinatord", "datafusion"),
     ("ferry-source-agentd", "burn"),
     ("ferry-coordinatord", "burn"),
+    ("ferry-cli", "burn"),
+    ("ferry-cli", "datafusion"),
 ];
 
 fn check_architecture() -> anyhow::Result<()> {

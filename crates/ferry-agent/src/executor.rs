@@ -43,7 +43,9 @@ pub trait Executor: Send + Sync + 'static {
 }
 
 /// Everything a job needs: its parameters, what an earlier attempt saved, a way to report,
-/// and the signal that it must stop.
+/// and the signal that it must stop. Cloneable, so blocking work (training, inference) can
+/// report from its own thread.
+#[derive(Clone)]
 pub struct JobContext {
     pub job_id: String,
     pub task_id: i64,

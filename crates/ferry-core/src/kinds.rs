@@ -22,7 +22,61 @@ pub const SQL_EXPORT: &str = "sql_export";
 pub const HIVE_LOAD: &str = "hive_load";
 
 /// Every kind a workflow may name.
-pub const KNOWN_KINDS: &[&str] = &[EXEC, NOOP, TRANSFER, SQL_EXPORT, HIVE_LOAD];
+/// Prepares the dataset and trains a CTR model on the training host (burn).
+pub const TRAIN: &str = "train";
+/// Scores inference data part by part with a trained model on the inference host.
+pub const INFER: &str = "infer";
+
+pub const KNOWN_KINDS: &[&str] = &[EXEC, NOOP, TRANSFER, SQL_EXPORT, HIVE_LOAD, TRAIN, INFER];
+
+/// Parameters of a `train` step. Files go to `{data_root}/{dataset_id}/` and
+/// `{model_root}/{dataset_id}/` of the host's `fuxictr_paths`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    pub dataset_id: String,
+    /// The exported sample data (raw Parquet parts) on this host.
+    pub sample_dir: String,
+    /// FuxiCTR-style model settings: `model`, `model_id`, `embedding_dim`, `hidden_units`,
+    /// `batch_size`, `epochs`, `learning_rate`, `seed`, ... (checked by the training host).
+    pub model: Value,
+    /// Label columns; `[click]` when empty (`[click, conversion]` for MMoE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Fraction of rows held out for validation (default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_ratio: Option<f64>,
+}
+
+/// Parameters of an `infer` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferParams {
+    pub dataset_id: String,
+    pub model_id: String,
+    /// The exported inference data (raw Parquet parts) on this host.
+    pub input_dir: String,
+    /// Names the result directory `{data_root}/{dataset_id}/{expid}_inference_result/`.
+    pub expid: String,
+    /// Rows per forward pass (default 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+}
+
+/// Dataset, model and experiment ids become directory and file names.
+fn check_name(key: &str, v: &str) -> Result<(), String> {
+    if v.is_empty()
+        || v.starts_with('.')
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        return Err(format!(
+            "`{key}` must be a name of letters, digits, '_', '-' or '.', not `{v}`"
+        ));
+    }
+    Ok(())
+}
 
 /// Parameters of a `sql_export` step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +217,46 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
             // A placeholder (`${param.day}`) is checked when the task fills it in.
             if !p.partition.contains("${") {
                 crate::ident::PartitionSpec::parse(&p.partition).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        TRAIN => {
+            let p: TrainParams = parse_params(params)?;
+            if !p.dataset_id.contains("${") {
+                check_name("dataset_id", &p.dataset_id)?;
+            }
+            if p.sample_dir.trim().is_empty() {
+                return Err("`sample_dir` must not be empty".into());
+            }
+            let model = p
+                .model
+                .as_object()
+                .ok_or("`model` must be a mapping of model settings")?;
+            for key in ["model", "model_id"] {
+                if !model.contains_key(key) {
+                    return Err(format!("`model.{key}` is missing"));
+                }
+            }
+            if let Some(r) = p.valid_ratio
+                && !(r > 0.0 && r < 1.0)
+            {
+                return Err("`valid_ratio` must be between 0 and 1".into());
+            }
+            Ok(())
+        }
+        INFER => {
+            let p: InferParams = parse_params(params)?;
+            for (key, v) in [
+                ("dataset_id", &p.dataset_id),
+                ("model_id", &p.model_id),
+                ("expid", &p.expid),
+            ] {
+                if !v.contains("${") {
+                    check_name(key, v)?;
+                }
+            }
+            if p.batch_size == Some(0) {
+                return Err("`batch_size` must be at least 1".into());
             }
             Ok(())
         }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use ferry_agent::daemon::{AgentArgs, run_daemon};
-use ferry_core::Role;
+use ferry_agent::daemon::AgentArgs;
+use ferry_agent_ctr::run_infer_agent;
 use ferry_core::config::FerryConfig;
 
 fn main() -> ExitCode {
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         let config = FerryConfig::load(args.config.as_deref(), std::env::vars())?;
         ferry_telemetry::init(args.log_format.parse()?)?;
         let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-        runtime.block_on(run_daemon(Role::Inference, config, args))?;
+        runtime.block_on(run_infer_agent(config, args))?;
         Ok(())
     })();
     match result {

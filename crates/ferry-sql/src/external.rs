@@ -80,6 +80,31 @@ impl ExternalEngine {
         ExternalEngine { kind, command }
     }
 
+    /// spark-sql in local mode with its warehouse and Derby metastore under `work`: what the
+    /// Spark test tier and `cargo xtask bench sql` run (one JVM per statement).
+    pub fn spark_local(launcher: &str, work: &Path) -> ExternalEngine {
+        let w = work.display();
+        let command = vec![
+            launcher.to_owned(),
+            "-S".into(),
+            "--master".into(),
+            "local[2]".into(),
+            "--conf".into(),
+            format!("spark.sql.warehouse.dir={w}/spark-warehouse"),
+            "--conf".into(),
+            format!(
+                "spark.hadoop.javax.jdo.option.ConnectionURL=jdbc:derby:;databaseName={w}/metastore_db;create=true"
+            ),
+            "--conf".into(),
+            format!("spark.driver.extraJavaOptions=-Dderby.system.home={w}"),
+            "--conf".into(),
+            "spark.ui.enabled=false".into(),
+            "-e".into(),
+            "{sql}".into(),
+        ];
+        ExternalEngine::new(ExternalKind::SparkSql, command)
+    }
+
     /// Runs one statement; returns its stdout. Errors are classified from stderr.
     pub async fn run(&self, sql: &str) -> Result<String, SqlError> {
         let Some((program, args)) = self.command.split_first() else {

@@ -5,34 +5,10 @@
 use std::path::Path;
 
 use ferry_sampledata::{SampleSpec, generate};
-use ferry_sql::{
-    EmbeddedEngine, ExportOptions, ExternalEngine, ExternalKind, PartitionSpec, SqlError, TableRef,
-};
+use ferry_sql::{EmbeddedEngine, ExportOptions, ExternalEngine, PartitionSpec, SqlError, TableRef};
 
 fn spark(work: &Path, launcher: &str) -> ExternalEngine {
-    let w = work.display();
-    let command = [
-        launcher,
-        "-S",
-        "--master",
-        "local[2]",
-        "--conf",
-        &format!("spark.sql.warehouse.dir={w}/spark-warehouse"),
-        "--conf",
-        &format!(
-            "spark.hadoop.javax.jdo.option.ConnectionURL=jdbc:derby:;databaseName={w}/metastore_db;create=true"
-        ),
-        "--conf",
-        &format!("spark.driver.extraJavaOptions=-Dderby.system.home={w}"),
-        "--conf",
-        "spark.ui.enabled=false",
-        "-e",
-        "{sql}",
-    ];
-    ExternalEngine::new(
-        ExternalKind::SparkSql,
-        command.iter().map(|s| (*s).to_owned()).collect(),
-    )
+    ExternalEngine::spark_local(launcher, work)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,292 @@
+//! The training and inference hosts' step kinds, `train` and `infer`, on `ferry-ctr`.
+//! A separate crate (like `ferry-agent-sql`) so that only those two daemons link burn.
+//! Training and inference are CPU/GPU-bound: they run on blocking threads and report through
+//! a clone of the job context; cancellation is checked between batches and parts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_agent::daemon::{AgentArgs, run_daemon_with};
+use ferry_agent::{AgentError, Executor, JobContext, JobError, JobFuture};
+use ferry_core::Role;
+use ferry_core::config::FerryConfig;
+use ferry_core::kinds::{self, InferParams, TrainParams};
+use ferry_ctr::dataset::{PrepareOptions, prepare_dataset};
+use ferry_ctr::device::{Device, devices_for};
+use ferry_ctr::infer::{InferObserver, InferOptions, infer};
+use ferry_ctr::train::{EpochReport, TrainObserver, TrainOptions, train};
+use ferry_ctr::{CtrError, FeatureSpec, ModelConfig};
+
+/// Where this host keeps datasets and models, and which devices it computes on.
+#[derive(Clone)]
+pub struct CtrHost {
+    pub data_root: PathBuf,
+    pub model_root: PathBuf,
+    pub devices: Vec<Device>,
+}
+
+impl CtrHost {
+    pub fn from_config(config: &FerryConfig, gpus: &[u32]) -> Result<CtrHost, AgentError> {
+        Ok(CtrHost {
+            data_root: config.fuxictr_paths.data_root.clone(),
+            model_root: config.fuxictr_paths.model_root.clone(),
+            devices: devices_for(gpus).map_err(|e| AgentError::Setup(e.to_string()))?,
+        })
+    }
+}
+
+async fn run_with(role: Role, config: FerryConfig, args: AgentArgs) -> Result<(), AgentError> {
+    let settings = ferry_agent::daemon::settings(role, &config, &args);
+    let host = Arc::new(CtrHost::from_config(&config, &settings.gpus)?);
+    let extra: Vec<Arc<dyn Executor>> = vec![
+        Arc::new(TrainExecutor { host: host.clone() }),
+        Arc::new(InferExecutor { host }),
+    ];
+    run_daemon_with(role, config, args, extra).await
+}
+
+/// Runs `ferry-train-agentd`: the generic kinds plus `train` and `infer`.
+pub async fn run_train_agent(config: FerryConfig, args: AgentArgs) -> Result<(), AgentError> {
+    run_with(Role::Training, config, args).await
+}
+
+/// Runs `ferry-infer-agentd`: the generic kinds plus `infer` and `train`.
+pub async fn run_infer_agent(config: FerryConfig, args: AgentArgs) -> Result<(), AgentError> {
+    run_with(Role::Inference, config, args).await
+}
+
+fn job_error(e: CtrError) -> JobError {
+    match e {
+        CtrError::Cancelled => JobError::transient("cancelled"),
+        e if e.is_transient() => JobError::transient(e.to_string()),
+        e => JobError::permanent(e.to_string()),
+    }
+}
+
+/// Runs blocking work on its own thread; a panic there is a permanent error, not a crash.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CtrError> + Send + 'static,
+) -> Result<T, JobError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(r) => r.map_err(job_error),
+        Err(e) => Err(JobError::permanent(format!("the job's thread failed: {e}"))),
+    }
+}
+
+fn dataset_dirs(host: &CtrHost, dataset_id: &str) -> (PathBuf, PathBuf) {
+    (
+        host.data_root.join(dataset_id),
+        host.model_root.join(dataset_id),
+    )
+}
+
+struct JobTrainObserver {
+    ctx: JobContext,
+    last_progress: std::time::Instant,
+}
+
+impl TrainObserver for JobTrainObserver {
+    fn on_batch(&mut self, epoch: usize, batches: usize, rows: u64, loss: f64) {
+        if self.last_progress.elapsed().as_secs_f64() >= 2.0 {
+            self.last_progress = std::time::Instant::now();
+            self.ctx.progress(&serde_json::json!({
+                "stage": "training", "epoch": epoch + 1, "batches": batches,
+                "rows": rows, "loss": loss,
+            }));
+        }
+    }
+
+    fn on_epoch(&mut self, r: &EpochReport) {
+        let e = r.epoch as i64;
+        self.ctx.metric("train_loss", r.train_loss, e);
+        self.ctx.metric("val_auc", r.monitor(), e);
+        for (t, (auc, ll)) in r.val_auc.iter().zip(&r.val_logloss).enumerate() {
+            self.ctx.metric(&format!("val_auc_{t}"), *auc, e);
+            self.ctx.metric(&format!("val_logloss_{t}"), *ll, e);
+        }
+        self.ctx.metric("samples_per_sec", r.samples_per_sec(), e);
+        self.ctx.info(format!(
+            "epoch {}: train loss {:.5}, validation AUC {:?}, logloss {:?}, {:.0} samples/s{}",
+            r.epoch,
+            r.train_loss,
+            r.val_auc,
+            r.val_logloss,
+            r.samples_per_sec(),
+            if r.improved { " (best so far)" } else { "" }
+        ));
+        self.ctx.save_checkpoint(&serde_json::json!({
+            "completed_epochs": r.epoch, "val_auc": r.val_auc,
+        }));
+    }
+
+    fn on_event(&mut self, message: &str) {
+        self.ctx.info(message.to_owned());
+    }
+
+    fn cancelled(&self) -> bool {
+        self.ctx.cancellation().is_cancelled()
+    }
+}
+
+pub struct TrainExecutor {
+    host: Arc<CtrHost>,
+}
+
+impl Executor for TrainExecutor {
+    fn kind(&self) -> &'static str {
+        kinds::TRAIN
+    }
+
+    fn run(&self, ctx: JobContext) -> JobFuture {
+        let host = self.host.clone();
+        Box::pin(async move {
+            let p: TrainParams = ctx.params()?;
+            let config: ModelConfig = serde_json::from_value(p.model.clone())
+                .map_err(|e| JobError::permanent(format!("model settings: {e}")))?;
+            config
+                .validate()
+                .map_err(|e| JobError::permanent(e.to_string()))?;
+            let labels: Vec<String> = if !p.labels.is_empty() {
+                p.labels.clone()
+            } else if config.model.is_multi_task() {
+                vec!["click".into(), "conversion".into()]
+            } else {
+                vec!["click".into()]
+            };
+            let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let spec = FeatureSpec::campaign(&label_refs);
+            let (data_dir, model_dir) = dataset_dirs(&host, &p.dataset_id);
+            let Some(device) = host.devices.first().cloned() else {
+                return Err(JobError::permanent("this host has no device to train on"));
+            };
+            if host.devices.len() > 1 {
+                ctx.info(format!(
+                    "{} devices configured; this release trains on the first one",
+                    host.devices.len()
+                ));
+            }
+            let mut prep = PrepareOptions::default();
+            if let Some(r) = p.valid_ratio {
+                prep.valid_ratio = r;
+            }
+            prep.seed = config.seed;
+            let sample_dir = PathBuf::from(&p.sample_dir);
+            let ctx2 = ctx.clone();
+            let outcome = blocking(move || {
+                ctx2.info(format!(
+                    "preparing dataset {} from {}...",
+                    data_dir.display(),
+                    sample_dir.display()
+                ));
+                let (processor, dataset) =
+                    prepare_dataset(&sample_dir, &data_dir, &p.dataset_id, &spec, &prep)?;
+                ctx2.info(format!(
+                    "dataset ready: {} training rows, {} validation rows, {} fields",
+                    dataset.train_rows,
+                    dataset.valid_rows,
+                    processor.spec.num_fields()
+                ));
+                ctx2.info(format!(
+                    "training {:?} `{}` for {} epochs on {:?}...",
+                    config.model, config.model_id, config.epochs, device
+                ));
+                let opts = TrainOptions::new(&data_dir, &model_dir, device);
+                let mut observer = JobTrainObserver {
+                    ctx: ctx2.clone(),
+                    last_progress: std::time::Instant::now(),
+                };
+                train(&config, &processor, &dataset, &opts, &mut observer)
+            })
+            .await?;
+            let best = outcome.state.best_monitor.unwrap_or(0.0);
+            ctx.info(format!(
+                "training complete: best epoch {} with validation AUC {best:.4}; model {}",
+                outcome.state.best_epoch.unwrap_or(0),
+                outcome.model_path.display()
+            ));
+            ctx.metric("best_val_auc", best, 0);
+            ctx.progress(&serde_json::json!({
+                "stage": "trained", "model_path": outcome.model_path,
+                "best_epoch": outcome.state.best_epoch, "best_val_auc": best,
+                "epochs": outcome.state.history,
+                "stopped_early": outcome.stopped_early,
+            }));
+            Ok(())
+        })
+    }
+}
+
+struct JobInferObserver {
+    ctx: JobContext,
+}
+
+impl InferObserver for JobInferObserver {
+    fn on_part(&self, done: usize, total: usize, rows: u64) {
+        self.ctx.progress(&serde_json::json!({
+            "stage": "inference", "parts_done": done, "parts_total": total, "rows": rows,
+        }));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.ctx.cancellation().is_cancelled()
+    }
+}
+
+pub struct InferExecutor {
+    host: Arc<CtrHost>,
+}
+
+/// `{data_root}/{dataset_id}/{expid}_inference_result`.
+pub fn inference_result_dir(data_root: &Path, dataset_id: &str, expid: &str) -> PathBuf {
+    data_root
+        .join(dataset_id)
+        .join(format!("{expid}_inference_result"))
+}
+
+impl Executor for InferExecutor {
+    fn kind(&self) -> &'static str {
+        kinds::INFER
+    }
+
+    fn run(&self, ctx: JobContext) -> JobFuture {
+        let host = self.host.clone();
+        Box::pin(async move {
+            let p: InferParams = ctx.params()?;
+            let (data_dir, model_dir) = dataset_dirs(&host, &p.dataset_id);
+            let opts = InferOptions {
+                input_dir: PathBuf::from(&p.input_dir),
+                output_dir: inference_result_dir(&host.data_root, &p.dataset_id, &p.expid),
+                data_dir,
+                model_dir,
+                model_id: p.model_id.clone(),
+                batch_size: p.batch_size.unwrap_or(10_000),
+                devices: host.devices.clone(),
+                stop_after_parts: None,
+            };
+            ctx.info(format!(
+                "scoring {} with model {} on {} device(s)...",
+                opts.input_dir.display(),
+                p.model_id,
+                opts.devices.len()
+            ));
+            let ctx2 = ctx.clone();
+            let outcome = blocking(move || infer(&opts, &JobInferObserver { ctx: ctx2 })).await?;
+            ctx.info(format!(
+                "inference complete: {} parts ({} computed now, {} kept from before), {} rows, {:.0} rows/s",
+                outcome.parts_total,
+                outcome.parts_computed,
+                outcome.parts_skipped,
+                outcome.rows_total,
+                outcome.rows_per_sec()
+            ));
+            ctx.metric("inference_rows", outcome.rows_total as f64, 0);
+            ctx.metric("inference_rows_per_sec", outcome.rows_per_sec(), 0);
+            ctx.progress(&serde_json::json!({
+                "stage": "inferred", "rows": outcome.rows_total, "parts": outcome.parts_total,
+                "score_columns": outcome.score_columns,
+            }));
+            ctx.save_checkpoint(&serde_json::json!({"rows": outcome.rows_total}));
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,743 @@
+//! Feature processing in FuxiCTR's manner: categorical vocabularies fitted on the training split
+//! (tokens ordered by count, then token; index 0 `__PAD__`, `__OOV__` last, a minimum count),
+//! numeric fields with nulls filled by 0 and MinMax-scaled with the training min/max. Fitting and
+//! encoding work batch by batch, so memory follows the vocabularies, not the row count.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float32Array, Int32Array};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CtrError, Result};
+
+pub const PAD_TOKEN: &str = "__PAD__";
+pub const OOV_TOKEN: &str = "__OOV__";
+pub const PROCESSOR_FILE: &str = "feature_processor.json";
+pub const FEATURE_MAP_FILE: &str = "feature_map.json";
+pub const VOCAB_FILE: &str = "feature_vocab.json";
+
+/// Which input columns play which part (FuxiCTR's `feature_cols` / `label_col`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    /// Carried through to inference output, not used as features.
+    #[serde(default)]
+    pub id_columns: Vec<String>,
+    pub numeric: Vec<String>,
+    pub categorical: Vec<String>,
+    pub labels: Vec<String>,
+    /// Tokens seen fewer times than this in the training split map to `__OOV__`.
+    #[serde(default = "default_min_count")]
+    pub min_categr_count: u64,
+}
+
+fn default_min_count() -> u64 {
+    1
+}
+
+impl FeatureSpec {
+    /// The columns of the sample campaign tables (`I1..I13`, `C1..C26`, ids `sample_id`,
+    /// `user_id`) with the given labels.
+    pub fn campaign(labels: &[&str]) -> FeatureSpec {
+        FeatureSpec {
+            id_columns: vec!["sample_id".into(), "user_id".into()],
+            numeric: (1..=13).map(|i| format!("I{i}")).collect(),
+            categorical: (1..=26).map(|i| format!("C{i}")).collect(),
+            labels: labels.iter().map(|s| (*s).to_owned()).collect(),
+            min_categr_count: 1,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.numeric.is_empty() && self.categorical.is_empty() {
+            return Err(CtrError::Config(
+                "the feature spec names no feature columns".into(),
+            ));
+        }
+        if self.labels.is_empty() {
+            return Err(CtrError::Config(
+                "the feature spec names no label column".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for name in self
+            .id_columns
+            .iter()
+            .chain(&self.numeric)
+            .chain(&self.categorical)
+            .chain(&self.labels)
+        {
+            if !seen.insert(name) {
+                return Err(CtrError::Config(format!(
+                    "column {name} appears twice in the feature spec"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn num_fields(&self) -> usize {
+        self.numeric.len() + self.categorical.len()
+    }
+}
+
+/// One categorical field's fitted vocabulary: `tokens[i]` has index `i + 1`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Vocabulary {
+    pub tokens: Vec<String>,
+    #[serde(skip)]
+    index: HashMap<String, i32>,
+}
+
+impl Vocabulary {
+    fn from_tokens(tokens: Vec<String>) -> Vocabulary {
+        let mut v = Vocabulary {
+            tokens,
+            index: HashMap::new(),
+        };
+        v.rebuild_index();
+        v
+    }
+
+    fn rebuild_index(&mut self) {
+        self.index = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as i32 + 1))
+            .collect();
+    }
+
+    pub fn oov_index(&self) -> i32 {
+        self.tokens.len() as i32 + 1
+    }
+
+    /// `__PAD__` + tokens + `__OOV__`.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len() + 2
+    }
+
+    pub fn lookup(&self, token: Option<&str>) -> i32 {
+        token
+            .and_then(|t| self.index.get(t).copied())
+            .unwrap_or_else(|| self.oov_index())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NumericStats {
+    pub min: f64,
+    pub max: f64,
+}
+
+impl NumericStats {
+    pub fn scale(&self, x: f64) -> f32 {
+        let range = self.max - self.min;
+        // A constant column scales like scikit-learn's MinMaxScaler: shifted, not divided.
+        if range > 0.0 {
+            ((x - self.min) / range) as f32
+        } else {
+            (x - self.min) as f32
+        }
+    }
+}
+
+/// Rows encoded for a model: row-major matrices.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EncodedBatch {
+    pub rows: usize,
+    /// `rows × num categorical`, vocabulary indices.
+    pub categorical: Vec<i32>,
+    /// `rows × num numeric`, scaled values.
+    pub numeric: Vec<f32>,
+    /// `rows × num labels` (empty for inference input).
+    pub labels: Vec<f32>,
+}
+
+impl EncodedBatch {
+    /// Rows `[start, end)` as a new batch.
+    pub fn slice(&self, start: usize, end: usize, spec: &FeatureSpec) -> EncodedBatch {
+        let (c, n, l) = (
+            spec.categorical.len(),
+            spec.numeric.len(),
+            self.label_width(),
+        );
+        EncodedBatch {
+            rows: end - start,
+            categorical: self.categorical[start * c..end * c].to_vec(),
+            numeric: self.numeric[start * n..end * n].to_vec(),
+            labels: if l == 0 {
+                Vec::new()
+            } else {
+                self.labels[start * l..end * l].to_vec()
+            },
+        }
+    }
+
+    pub fn label_width(&self) -> usize {
+        self.labels.len().checked_div(self.rows).unwrap_or(0)
+    }
+
+    /// Reorders rows by `order` (a permutation of `0..rows`).
+    pub fn permute(&self, order: &[usize], spec: &FeatureSpec) -> EncodedBatch {
+        let (c, n, l) = (
+            spec.categorical.len(),
+            spec.numeric.len(),
+            self.label_width(),
+        );
+        let mut out = EncodedBatch {
+            rows: order.len(),
+            categorical: Vec::with_capacity(order.len() * c),
+            numeric: Vec::with_capacity(order.len() * n),
+            labels: Vec::with_capacity(order.len() * l),
+        };
+        for &r in order {
+            out.categorical
+                .extend_from_slice(&self.categorical[r * c..(r + 1) * c]);
+            out.numeric
+                .extend_from_slice(&self.numeric[r * n..(r + 1) * n]);
+            out.labels
+                .extend_from_slice(&self.labels[r * l..(r + 1) * l]);
+        }
+        out
+    }
+
+    /// The Arrow form written to the encoded `train/` and `valid/` parts.
+    pub fn to_record_batch(&self, spec: &FeatureSpec) -> Result<RecordBatch> {
+        let schema = encoded_schema(spec, self.label_width() > 0);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        let (c, n, l) = (
+            spec.categorical.len(),
+            spec.numeric.len(),
+            self.label_width(),
+        );
+        for j in 0..n {
+            columns.push(Arc::new(Float32Array::from_iter_values(
+                (0..self.rows).map(|r| self.numeric[r * n + j]),
+            )));
+        }
+        for j in 0..c {
+            columns.push(Arc::new(Int32Array::from_iter_values(
+                (0..self.rows).map(|r| self.categorical[r * c + j]),
+            )));
+        }
+        for j in 0..l {
+            columns.push(Arc::new(Float32Array::from_iter_values(
+                (0..self.rows).map(|r| self.labels[r * l + j]),
+            )));
+        }
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    /// Reads back what [`EncodedBatch::to_record_batch`] wrote.
+    pub fn from_record_batch(batch: &RecordBatch, spec: &FeatureSpec) -> Result<EncodedBatch> {
+        let rows = batch.num_rows();
+        let (c, n) = (spec.categorical.len(), spec.numeric.len());
+        let with_labels = spec
+            .labels
+            .iter()
+            .all(|l| batch.column_by_name(l).is_some());
+        let l = if with_labels { spec.labels.len() } else { 0 };
+        let mut out = EncodedBatch {
+            rows,
+            categorical: vec![0; rows * c],
+            numeric: vec![0.0; rows * n],
+            labels: vec![0.0; rows * l],
+        };
+        let f32_column = |name: &str| -> Result<&Float32Array> {
+            batch
+                .column_by_name(name)
+                .and_then(|a| a.as_any().downcast_ref::<Float32Array>())
+                .ok_or_else(|| CtrError::Data(format!("encoded data lacks Float32 column {name}")))
+        };
+        for (j, name) in spec.numeric.iter().enumerate() {
+            for (r, v) in f32_column(name)?.values().iter().enumerate() {
+                out.numeric[r * n + j] = *v;
+            }
+        }
+        for (j, name) in spec.categorical.iter().enumerate() {
+            let col = batch
+                .column_by_name(name)
+                .and_then(|a| a.as_any().downcast_ref::<Int32Array>())
+                .ok_or_else(|| CtrError::Data(format!("encoded data lacks Int32 column {name}")))?;
+            for (r, v) in col.values().iter().enumerate() {
+                out.categorical[r * c + j] = *v;
+            }
+        }
+        for (j, name) in spec.labels.iter().enumerate().take(l) {
+            for (r, v) in f32_column(name)?.values().iter().enumerate() {
+                out.labels[r * l + j] = *v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub fn encoded_schema(spec: &FeatureSpec, with_labels: bool) -> SchemaRef {
+    let mut fields: Vec<Field> = Vec::new();
+    fields.extend(
+        spec.numeric
+            .iter()
+            .map(|n| Field::new(n, DataType::Float32, false)),
+    );
+    fields.extend(
+        spec.categorical
+            .iter()
+            .map(|n| Field::new(n, DataType::Int32, false)),
+    );
+    if with_labels {
+        fields.extend(
+            spec.labels
+                .iter()
+                .map(|n| Field::new(n, DataType::Float32, false)),
+        );
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| CtrError::Data(format!("input has no column {name}")))
+}
+
+/// A column as `f64` values with nulls filled by 0 (FuxiCTR's `fill_na` for numerics).
+fn numeric_values(batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
+    let col = column(batch, name)?;
+    if !col.data_type().is_numeric() {
+        return Err(CtrError::Data(format!(
+            "numeric column {name} has type {}",
+            col.data_type()
+        )));
+    }
+    let cast = arrow::compute::cast(col, &DataType::Float64)?;
+    let values = cast.as_primitive::<Float64Type>();
+    Ok((0..values.len())
+        .map(|i| {
+            if values.is_null(i) {
+                0.0
+            } else {
+                values.value(i)
+            }
+        })
+        .collect())
+}
+
+/// A categorical column as strings (numbers are tokens too); nulls stay `None`.
+fn categorical_values(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+    let col = column(batch, name)?;
+    match col.data_type() {
+        DataType::Utf8 => Ok(col.clone()),
+        t if t.is_numeric() || matches!(t, DataType::LargeUtf8 | DataType::Utf8View) => {
+            Ok(arrow::compute::cast(col, &DataType::Utf8)?)
+        }
+        t => Err(CtrError::Data(format!(
+            "categorical column {name} has type {t}"
+        ))),
+    }
+}
+
+/// The label columns as 0/1 floats; anything else is a data error naming the column.
+pub(crate) fn label_values(batch: &RecordBatch, name: &str) -> Result<Vec<f32>> {
+    let values = numeric_values(batch, name)?;
+    let col = column(batch, name)?;
+    if col.null_count() > 0 {
+        return Err(CtrError::Data(format!(
+            "label column {name} has null values"
+        )));
+    }
+    values
+        .into_iter()
+        .map(|v| {
+            if v == 0.0 || v == 1.0 {
+                Ok(v as f32)
+            } else {
+                Err(CtrError::Data(format!(
+                    "label column {name} has value {v} (labels must be 0 or 1)"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// Accumulates token counts and numeric ranges over the training split.
+pub struct FeatureFitter {
+    spec: FeatureSpec,
+    counts: Vec<HashMap<String, u64>>,
+    ranges: Vec<Option<NumericStats>>,
+    rows: u64,
+}
+
+impl FeatureFitter {
+    pub fn new(spec: FeatureSpec) -> Result<FeatureFitter> {
+        spec.validate()?;
+        Ok(FeatureFitter {
+            counts: vec![HashMap::new(); spec.categorical.len()],
+            ranges: vec![None; spec.numeric.len()],
+            spec,
+            rows: 0,
+        })
+    }
+
+    /// Counts the rows of `batch` for which `keep(row)` holds.
+    pub fn observe(&mut self, batch: &RecordBatch, keep: &[bool]) -> Result<()> {
+        for (j, name) in self.spec.numeric.iter().enumerate() {
+            for (x, _) in numeric_values(batch, name)?
+                .into_iter()
+                .zip(keep)
+                .filter(|(_, k)| **k)
+            {
+                let r = self.ranges[j].get_or_insert(NumericStats { min: x, max: x });
+                r.min = r.min.min(x);
+                r.max = r.max.max(x);
+            }
+        }
+        for (j, name) in self.spec.categorical.iter().enumerate() {
+            let col = categorical_values(batch, name)?;
+            let strings = col.as_string::<i32>();
+            let counts = &mut self.counts[j];
+            for (i, k) in keep.iter().enumerate() {
+                if *k && !strings.is_null(i) {
+                    let token = strings.value(i);
+                    match counts.get_mut(token) {
+                        Some(c) => *c += 1,
+                        None => {
+                            counts.insert(token.to_owned(), 1);
+                        }
+                    }
+                }
+            }
+        }
+        self.rows += keep.iter().filter(|k| **k).count() as u64;
+        Ok(())
+    }
+
+    pub fn finish(self, dataset_id: &str) -> Result<FeatureProcessor> {
+        if self.rows == 0 {
+            return Err(CtrError::Data("the training split has no rows".into()));
+        }
+        let min_count = self.spec.min_categr_count.max(1);
+        let vocabularies = self
+            .counts
+            .into_iter()
+            .map(|counts| {
+                let mut tokens: Vec<(String, u64)> = counts
+                    .into_iter()
+                    .filter(|(_, c)| *c >= min_count)
+                    .collect();
+                tokens.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                Vocabulary::from_tokens(tokens.into_iter().map(|(t, _)| t).collect())
+            })
+            .collect();
+        let numeric = self
+            .ranges
+            .into_iter()
+            .map(|r| r.unwrap_or(NumericStats { min: 0.0, max: 0.0 }))
+            .collect();
+        Ok(FeatureProcessor {
+            dataset_id: dataset_id.to_owned(),
+            spec: self.spec,
+            vocabularies,
+            numeric,
+        })
+    }
+}
+
+/// The fitted encoders, saved beside the dataset and reused for validation and inference.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureProcessor {
+    pub dataset_id: String,
+    pub spec: FeatureSpec,
+    pub vocabularies: Vec<Vocabulary>,
+    pub numeric: Vec<NumericStats>,
+}
+
+impl FeatureProcessor {
+    /// Vocabulary sizes per categorical field (padding and OOV included).
+    pub fn vocab_sizes(&self) -> Vec<usize> {
+        self.vocabularies
+            .iter()
+            .map(Vocabulary::vocab_size)
+            .collect()
+    }
+
+    /// Encodes one batch of raw rows; `with_labels` also reads (and checks) the label columns.
+    pub fn encode(&self, batch: &RecordBatch, with_labels: bool) -> Result<EncodedBatch> {
+        let rows = batch.num_rows();
+        let (c, n) = (self.spec.categorical.len(), self.spec.numeric.len());
+        let mut out = EncodedBatch {
+            rows,
+            categorical: vec![0; rows * c],
+            numeric: vec![0.0; rows * n],
+            labels: Vec::new(),
+        };
+        for (j, name) in self.spec.numeric.iter().enumerate() {
+            let stats = self.numeric[j];
+            for (r, x) in numeric_values(batch, name)?.into_iter().enumerate() {
+                out.numeric[r * n + j] = stats.scale(x);
+            }
+        }
+        for (j, name) in self.spec.categorical.iter().enumerate() {
+            let col = categorical_values(batch, name)?;
+            let strings = col.as_string::<i32>();
+            let vocab = &self.vocabularies[j];
+            for r in 0..rows {
+                let token = (!strings.is_null(r)).then(|| strings.value(r));
+                out.categorical[r * c + j] = vocab.lookup(token);
+            }
+        }
+        if with_labels {
+            let l = self.spec.labels.len();
+            out.labels = vec![0.0; rows * l];
+            for (j, name) in self.spec.labels.iter().enumerate() {
+                for (r, y) in label_values(batch, name)?.into_iter().enumerate() {
+                    out.labels[r * l + j] = y;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `feature_processor.json`, and FuxiCTR's `feature_map.json` and
+    /// `feature_vocab.json`, each to a temporary name first.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(CtrError::io(dir))?;
+        let processor = serde_json::to_vec(self)
+            .map_err(|e| CtrError::Data(format!("cannot serialise the feature processor: {e}")))?;
+        write_atomic(&dir.join(PROCESSOR_FILE), &processor)?;
+        write_atomic(
+            &dir.join(FEATURE_MAP_FILE),
+            self.feature_map_json().as_bytes(),
+        )?;
+        write_atomic(&dir.join(VOCAB_FILE), self.vocab_json().as_bytes())?;
+        Ok(())
+    }
+
+    pub fn load(dir: &Path) -> Result<FeatureProcessor> {
+        let path = dir.join(PROCESSOR_FILE);
+        let bytes = std::fs::read(&path).map_err(CtrError::io(&path))?;
+        let mut p: FeatureProcessor =
+            serde_json::from_slice(&bytes).map_err(|e| CtrError::Corrupt {
+                path: path.clone(),
+                message: format!("not a feature processor: {e}"),
+            })?;
+        if p.vocabularies.len() != p.spec.categorical.len()
+            || p.numeric.len() != p.spec.numeric.len()
+        {
+            return Err(CtrError::Corrupt {
+                path,
+                message: "encoders do not match the feature spec".into(),
+            });
+        }
+        for v in &mut p.vocabularies {
+            v.rebuild_index();
+        }
+        Ok(p)
+    }
+
+    /// FuxiCTR's `feature_map.json`: numeric fields first, then categorical, 4-space indent.
+    pub fn feature_map_json(&self) -> String {
+        let mut features = Vec::new();
+        for name in &self.spec.numeric {
+            features.push(serde_json::json!({ name: {"source": "", "type": "numeric"} }));
+        }
+        for (name, vocab) in self.spec.categorical.iter().zip(&self.vocabularies) {
+            features.push(serde_json::json!({ name: {
+                "source": "", "type": "categorical", "padding_idx": 0,
+                "vocab_size": vocab.vocab_size(),
+            }}));
+        }
+        let total_features: usize = self.spec.numeric.len()
+            + self
+                .vocabularies
+                .iter()
+                .map(Vocabulary::vocab_size)
+                .sum::<usize>();
+        let map = serde_json::json!({
+            "dataset_id": self.dataset_id,
+            "num_fields": self.spec.num_fields(),
+            "total_features": total_features,
+            "input_length": self.spec.num_fields(),
+            "labels": self.spec.labels,
+            "features": features,
+        });
+        pretty4(&map)
+    }
+
+    /// FuxiCTR's `feature_vocab.json`: per field, tokens in index order.
+    pub fn vocab_json(&self) -> String {
+        let mut out = String::from("{\n");
+        for (f, (name, vocab)) in self
+            .spec
+            .categorical
+            .iter()
+            .zip(&self.vocabularies)
+            .enumerate()
+        {
+            out.push_str(&format!("    {}: {{", json_str(name)));
+            out.push_str(&format!("{}: 0", json_str(PAD_TOKEN)));
+            for (i, t) in vocab.tokens.iter().enumerate() {
+                out.push_str(&format!(", {}: {}", json_str(t), i + 1));
+            }
+            out.push_str(&format!(
+                ", {}: {}}}",
+                json_str(OOV_TOKEN),
+                vocab.oov_index()
+            ));
+            out.push_str(if f + 1 < self.vocabularies.len() {
+                ",\n"
+            } else {
+                "\n"
+            });
+        }
+        out.push('}');
+        out
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+fn pretty4(value: &serde_json::Value) -> String {
+    let mut buf = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, formatter);
+    // Serialising a Value into memory cannot fail.
+    let _ = value.serialize(&mut ser);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Writes `path` via a temporary sibling and a rename, so a crash never leaves half a file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(CtrError::io(&tmp))?;
+    f.write_all(bytes).map_err(CtrError::io(&tmp))?;
+    f.sync_all().map_err(CtrError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(CtrError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int32Array as I32, StringArray};
+
+    fn spec() -> FeatureSpec {
+        FeatureSpec {
+            id_columns: vec![],
+            numeric: vec!["I1".into()],
+            categorical: vec!["C1".into()],
+            labels: vec!["click".into()],
+            min_categr_count: 2,
+        }
+    }
+
+    fn batch(i1: Vec<Option<f64>>, c1: Vec<Option<&str>>, click: Vec<i32>) -> RecordBatch {
+        RecordBatch::try_from_iter(vec![
+            ("I1", Arc::new(Float64Array::from(i1)) as ArrayRef),
+            ("C1", Arc::new(StringArray::from(c1)) as ArrayRef),
+            ("click", Arc::new(I32::from(click)) as ArrayRef),
+        ])
+        .expect("batch")
+    }
+
+    #[test]
+    fn vocabulary_follows_fuxictr_ordering_and_special_indices() {
+        let b = batch(
+            vec![Some(2.0), None, Some(6.0), Some(4.0), Some(3.0)],
+            vec![Some("b"), Some("a"), Some("b"), Some("a"), Some("rare")],
+            vec![1, 0, 0, 1, 0],
+        );
+        let mut fitter = FeatureFitter::new(spec()).expect("spec");
+        fitter.observe(&b, &[true; 5]).expect("observe");
+        let p = fitter.finish("toy").expect("fit");
+        // "a" and "b" both twice: ties ordered by token; "rare" is under min count 2.
+        assert_eq!(p.vocabularies[0].tokens, vec!["a", "b"]);
+        assert_eq!(p.vocab_sizes(), vec![4]);
+        assert_eq!(p.numeric[0], NumericStats { min: 0.0, max: 6.0 });
+
+        let e = p
+            .encode(
+                &batch(
+                    vec![Some(3.0), None],
+                    vec![Some("b"), Some("never-seen")],
+                    vec![0, 1],
+                ),
+                true,
+            )
+            .expect("encode");
+        assert_eq!(e.categorical, vec![2, 3]); // "b" → 2; unseen → OOV = 3
+        assert_eq!(e.numeric, vec![0.5, 0.0]); // (3-0)/6; null → 0 → 0
+        assert_eq!(e.labels, vec![0.0, 1.0]);
+        let null_token = p
+            .encode(&batch(vec![Some(1.0)], vec![None], vec![0]), false)
+            .expect("encode");
+        assert_eq!(null_token.categorical, vec![3], "missing → OOV");
+    }
+
+    #[test]
+    fn processor_round_trips_through_its_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let b = batch(
+            vec![Some(1.0), Some(5.0), Some(9.0)],
+            vec![Some("x"), Some("y"), Some("x")],
+            vec![0, 1, 1],
+        );
+        let mut s = spec();
+        s.min_categr_count = 1;
+        let mut fitter = FeatureFitter::new(s).expect("spec");
+        fitter.observe(&b, &[true; 3]).expect("observe");
+        let p = fitter.finish("toy").expect("fit");
+        p.save(dir.path()).expect("save");
+        let back = FeatureProcessor::load(dir.path()).expect("load");
+        assert_eq!(
+            back.encode(&b, true).expect("encode"),
+            p.encode(&b, true).expect("encode")
+        );
+        let map: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(FEATURE_MAP_FILE)).expect("map"))
+                .expect("json");
+        assert_eq!(map["num_fields"], 2);
+        assert_eq!(map["total_features"], 1 + 4);
+        assert_eq!(map["features"][1]["C1"]["vocab_size"], 4);
+        let vocab: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(VOCAB_FILE)).expect("vocab"))
+                .expect("json");
+        assert_eq!(vocab["C1"]["x"], 1);
+        assert_eq!(vocab["C1"]["__OOV__"], 3);
+        // Encoded batches survive their Arrow form.
+        let e = p.encode(&b, true).expect("encode");
+        let rb = e.to_record_batch(&p.spec).expect("arrow");
+        assert_eq!(
+            EncodedBatch::from_record_batch(&rb, &p.spec).expect("back"),
+            e
+        );
+    }
+
+    #[test]
+    fn bad_labels_and_missing_columns_are_named() {
+        let mut fitter = FeatureFitter::new(spec()).expect("spec");
+        let b = batch(vec![Some(1.0)], vec![Some("x")], vec![0]);
+        fitter.observe(&b, &[true]).expect("observe");
+        let p = fitter.finish("toy").expect("fit");
+        let err = p
+            .encode(&batch(vec![Some(1.0)], vec![Some("x")], vec![2]), true)
+            .expect_err("label 2");
+        assert!(
+            err.to_string().contains("label column click has value 2"),
+            "{err}"
+        );
+        let no_c1 = RecordBatch::try_from_iter(vec![(
+            "I1",
+            Arc::new(Float64Array::from(vec![1.0])) as ArrayRef,
+        )])
+        .expect("batch");
+        let err = p.encode(&no_c1, false).expect_err("missing");
+        assert!(err.to_string().contains("no column C1"), "{err}");
+    }
+}

@@ -1,0 +1,367 @@
+//! Part-level inference (seed 000 §4 stage 3): each input part becomes
+//! `{output_dir}/part_N.parquet` with the id columns and one `{label}_score` column per task,
+//! written to a hidden temporary name and renamed when complete. A `.inference_lock` guards the
+//! directory while a job runs; a rerun skips the parts that exist, so a crash costs at most the
+//! parts that were in flight. Row counts and schemas are verified at the end.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use burn::tensor::Device;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{parquet_files, read_batches};
+use crate::error::{CtrError, Result};
+use crate::features::{FeatureProcessor, write_atomic};
+use crate::model::{CtrModel, Inputs};
+use crate::train::{ModelCard, load_trained};
+
+pub const LOCK_FILE: &str = ".inference_lock";
+pub const SUMMARY_FILE: &str = "_inference.json";
+
+#[derive(Clone, Debug)]
+pub struct InferOptions {
+    /// Raw inference input (Parquet parts as exported).
+    pub input_dir: PathBuf,
+    /// `{data_root}/{dataset_id}` (holds the fitted feature processor).
+    pub data_dir: PathBuf,
+    /// `{model_root}/{dataset_id}`.
+    pub model_dir: PathBuf,
+    pub model_id: String,
+    /// `{data_root}/{dataset_id}/{expid}_inference_result`.
+    pub output_dir: PathBuf,
+    /// Rows per forward pass (config `inference.batch_size`, default 10,000).
+    pub batch_size: usize,
+    /// Parts are spread over these devices, one worker each.
+    pub devices: Vec<Device>,
+    /// Stop after computing this many parts (as if killed), for tests and time slicing.
+    pub stop_after_parts: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartResult {
+    pub part: String,
+    pub input: String,
+    pub rows: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferOutcome {
+    pub parts_total: usize,
+    pub parts_computed: usize,
+    pub parts_skipped: usize,
+    /// Rows scored by this call.
+    pub rows_computed: u64,
+    /// Rows in all output parts (after verification; 0 when not finished).
+    pub rows_total: u64,
+    pub seconds: f64,
+    pub finished: bool,
+    pub score_columns: Vec<String>,
+    pub parts: Vec<PartResult>,
+}
+
+impl InferOutcome {
+    pub fn rows_per_sec(&self) -> f64 {
+        self.rows_computed as f64 / self.seconds.max(1e-9)
+    }
+}
+
+pub trait InferObserver: Sync {
+    fn on_part(&self, _done: usize, _total: usize, _rows: u64) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl InferObserver for () {}
+
+/// Holds `.inference_lock`; removed on drop. A lock left by a dead process is taken over.
+struct Lock(PathBuf);
+
+impl Lock {
+    fn acquire(dir: &Path) -> Result<Lock> {
+        let path = dir.join(LOCK_FILE);
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    writeln!(f, "{}", std::process::id()).map_err(CtrError::io(&path))?;
+                    return Ok(Lock(path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok());
+                    let alive = holder.is_some_and(|pid| {
+                        pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+                    });
+                    if alive {
+                        return Err(CtrError::Locked(path));
+                    }
+                    // Stale: its process is gone (a crash); take it over.
+                    std::fs::remove_file(&path).map_err(CtrError::io(&path))?;
+                }
+                Err(e) => return Err(CtrError::Io { path, source: e }),
+            }
+        }
+        Err(CtrError::Locked(path))
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn output_schema(input: &Schema, id_columns: &[String], scores: &[String]) -> Result<SchemaRef> {
+    let mut fields = Vec::new();
+    for id in id_columns {
+        let f = input
+            .field_with_name(id)
+            .map_err(|_| CtrError::Data(format!("inference input has no id column {id}")))?;
+        fields.push(f.clone());
+    }
+    for s in scores {
+        fields.push(Field::new(s, DataType::Float32, false));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_part(
+    model: &CtrModel,
+    card: &ModelCard,
+    processor: &FeatureProcessor,
+    input: &Path,
+    output: &Path,
+    batch_size: usize,
+    device: &Device,
+    score_columns: &[String],
+) -> Result<u64> {
+    let tmp = output.with_file_name(format!(
+        ".{}.tmp",
+        output
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut writer: Option<ArrowWriter<File>> = None;
+    let mut rows = 0u64;
+    let tasks = card.shape.num_tasks;
+    for batch in read_batches(std::slice::from_ref(&input.to_owned()), batch_size) {
+        let batch = batch?;
+        let encoded = processor.encode(&batch, false)?;
+        let probs = model
+            .predict(&Inputs::new(&encoded, &card.shape, device)?)
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| CtrError::Data(format!("cannot read predictions: {e:?}")))?;
+        let schema = output_schema(&batch.schema(), &processor.spec.id_columns, score_columns)?;
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for id in &processor.spec.id_columns {
+            columns.push(
+                batch
+                    .column_by_name(id)
+                    .cloned()
+                    .ok_or_else(|| CtrError::Data(format!("no id column {id}")))?,
+            );
+        }
+        for t in 0..tasks {
+            columns.push(Arc::new(Float32Array::from_iter_values(
+                (0..batch.num_rows()).map(|r| probs[r * tasks + t]),
+            )));
+        }
+        let out = RecordBatch::try_new(schema.clone(), columns)?;
+        if writer.is_none() {
+            let file = File::create(&tmp).map_err(CtrError::io(&tmp))?;
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build();
+            writer = Some(
+                ArrowWriter::try_new(file, schema, Some(props)).map_err(CtrError::parquet(&tmp))?,
+            );
+        }
+        if let Some(w) = writer.as_mut() {
+            w.write(&out).map_err(CtrError::parquet(&tmp))?;
+        }
+        rows += batch.num_rows() as u64;
+    }
+    let Some(w) = writer else {
+        return Err(CtrError::Data(format!("{} has no rows", input.display())));
+    };
+    let file = w.into_inner().map_err(CtrError::parquet(&tmp))?;
+    file.sync_all().map_err(CtrError::io(&tmp))?;
+    std::fs::rename(&tmp, output).map_err(CtrError::io(output))?;
+    Ok(rows)
+}
+
+fn parquet_rows(path: &Path) -> Result<(u64, SchemaRef)> {
+    let f = File::open(path).map_err(CtrError::io(path))?;
+    let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(CtrError::parquet(path))?;
+    Ok((
+        b.metadata().file_metadata().num_rows() as u64,
+        b.schema().clone(),
+    ))
+}
+
+/// Scores every input part not yet scored; verifies all parts when none is missing.
+pub fn infer(opts: &InferOptions, observer: &dyn InferObserver) -> Result<InferOutcome> {
+    let started = Instant::now();
+    if opts.devices.is_empty() {
+        return Err(CtrError::Device("no device to run inference on".into()));
+    }
+    let processor = FeatureProcessor::load(&opts.data_dir)?;
+    let inputs = parquet_files(&opts.input_dir)?;
+    if inputs.is_empty() {
+        return Err(CtrError::Data(format!(
+            "no Parquet parts under {}",
+            opts.input_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(&opts.output_dir).map_err(CtrError::io(&opts.output_dir))?;
+    let _lock = Lock::acquire(&opts.output_dir)?;
+    // Leftovers of parts that were in flight when a previous run died.
+    for entry in std::fs::read_dir(&opts.output_dir).map_err(CtrError::io(&opts.output_dir))? {
+        let entry = entry.map_err(CtrError::io(&opts.output_dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let p = entry.path();
+            std::fs::remove_file(&p).map_err(CtrError::io(&p))?;
+        }
+    }
+    let outputs: Vec<PathBuf> = (0..inputs.len())
+        .map(|i| opts.output_dir.join(format!("part_{i}.parquet")))
+        .collect();
+    let todo: Vec<usize> = (0..inputs.len())
+        .filter(|&i| !outputs[i].exists())
+        .collect();
+    let skipped = inputs.len() - todo.len();
+
+    // Each worker loads its own copy of the model on its device.
+    let card = ModelCard::load(&ModelCard::path(&opts.model_dir, &opts.model_id))?;
+    let score_columns: Vec<String> = card.labels.iter().map(|l| format!("{l}_score")).collect();
+    let next = AtomicUsize::new(0);
+    let computed = AtomicUsize::new(0);
+    let rows_computed = std::sync::atomic::AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let limit = opts.stop_after_parts.unwrap_or(usize::MAX);
+    let first_error: std::sync::Mutex<Option<CtrError>> = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for device in &opts.devices {
+            let (next, computed, rows_computed, stop, first_error) =
+                (&next, &computed, &rows_computed, &stop, &first_error);
+            let (todo, inputs, outputs, processor, score_columns) =
+                (&todo, &inputs, &outputs, &processor, &score_columns);
+            scope.spawn(move || {
+                let work = || -> Result<()> {
+                    let (model, card) = load_trained(&opts.model_dir, &opts.model_id, device)?;
+                    let model = burn::module::Module::valid(&model);
+                    loop {
+                        if stop.load(Ordering::SeqCst) || observer.cancelled() {
+                            return Ok(());
+                        }
+                        let k = next.fetch_add(1, Ordering::SeqCst);
+                        if k >= todo.len() || k >= limit {
+                            return Ok(());
+                        }
+                        let i = todo[k];
+                        let rows = score_part(
+                            &model,
+                            &card,
+                            processor,
+                            &inputs[i],
+                            &outputs[i],
+                            opts.batch_size.max(1),
+                            device,
+                            score_columns,
+                        )?;
+                        rows_computed.fetch_add(rows, Ordering::SeqCst);
+                        let done = computed.fetch_add(1, Ordering::SeqCst) + 1;
+                        observer.on_part(skipped + done, inputs.len(), rows);
+                    }
+                };
+                if let Err(e) = work() {
+                    stop.store(true, Ordering::SeqCst);
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    if observer.cancelled() {
+        return Err(CtrError::Cancelled);
+    }
+    let parts_computed = computed.into_inner();
+    let mut outcome = InferOutcome {
+        parts_total: inputs.len(),
+        parts_computed,
+        parts_skipped: skipped,
+        rows_computed: rows_computed.into_inner(),
+        rows_total: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        finished: false,
+        score_columns: score_columns.clone(),
+        parts: Vec::new(),
+    };
+    if outputs.iter().any(|o| !o.exists()) {
+        return Ok(outcome);
+    }
+    // Verify: every output part has its input's row count and the expected columns.
+    let mut expected_schema: Option<SchemaRef> = None;
+    for (input, output) in inputs.iter().zip(&outputs) {
+        let (in_rows, in_schema) = parquet_rows(input)?;
+        let (out_rows, out_schema) = parquet_rows(output)?;
+        if in_rows != out_rows {
+            return Err(CtrError::Data(format!(
+                "{} has {out_rows} rows but its input {} has {in_rows}; remove it and rerun",
+                output.display(),
+                input.display()
+            )));
+        }
+        let want = output_schema(&in_schema, &processor.spec.id_columns, &score_columns)?;
+        let names =
+            |s: &Schema| -> Vec<String> { s.fields().iter().map(|f| f.name().clone()).collect() };
+        if names(&out_schema) != names(&want) {
+            return Err(CtrError::Data(format!(
+                "{} has columns {:?}, expected {:?}",
+                output.display(),
+                names(&out_schema),
+                names(&want)
+            )));
+        }
+        expected_schema.get_or_insert(out_schema);
+        outcome.rows_total += out_rows;
+        outcome.parts.push(PartResult {
+            part: output
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            input: input.display().to_string(),
+            rows: out_rows,
+        });
+    }
+    outcome.finished = true;
+    let json = serde_json::to_vec_pretty(&outcome)
+        .map_err(|e| CtrError::Data(format!("cannot serialise the summary: {e}")))?;
+    write_atomic(&opts.output_dir.join(SUMMARY_FILE), &json)?;
+    Ok(outcome)
+}

@@ -1,0 +1,18 @@
+//! CTR models on burn for the training and inference hosts: FuxiCTR-compatible feature
+//! processing and data layout, the LR / FM / DeepFM / DCN / MMoE models, training with
+//! per-epoch checkpoints and exact resume, and part-level inference.
+
+pub mod dataset;
+pub mod device;
+pub mod error;
+pub mod features;
+pub mod infer;
+pub mod metrics;
+pub mod model;
+pub mod rng;
+pub mod tensorboard;
+pub mod train;
+
+pub use error::{CtrError, Result};
+pub use features::{EncodedBatch, FeatureProcessor, FeatureSpec};
+pub use model::{CtrModel, InputShape, ModelConfig, ModelKind};

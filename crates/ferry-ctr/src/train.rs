@@ -1,0 +1,739 @@
+//! Training with per-epoch evaluation and checkpoints (seed 000 §4 stage 2, §7.1).
+//!
+//! Files under `{model_root}/{dataset_id}/`:
+//! - `{model_id}.model` — the best model so far by validation AUC (burnpack);
+//! - `{model_id}.json` — model config + input shape, enough to rebuild the model for inference;
+//! - `{model_id}.log` — one line per epoch and per recovery action;
+//! - `{model_id}/events.out.tfevents.*` — loss and AUC per epoch for TensorBoard;
+//! - `{model_id}.ckpt/epoch-N/{model,optim}.bpk` + `state.json`, and `{model_id}.ckpt/LATEST`
+//!   naming the newest complete one (written last, by rename): resume starts there.
+//!
+//! Resume is exact: each epoch's shuffle and dropout are seeded from `(seed, epoch)`, and the
+//! checkpoint carries the model, Adam's moments and step count, the learning rate and batch size.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::store::ModuleRecord;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{EncodedBatches, PreparedDataset};
+use crate::error::{CtrError, Result};
+use crate::features::{FeatureProcessor, write_atomic};
+use crate::metrics::{auc, logloss};
+use crate::model::{CtrModel, InputShape, Inputs, ModelConfig, bce_with_logits, label_tensor};
+use crate::tensorboard::EventWriter;
+
+/// What is saved beside the model so inference can rebuild it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub config: ModelConfig,
+    pub shape: InputShape,
+    pub labels: Vec<String>,
+}
+
+impl ModelCard {
+    pub fn path(model_dir: &Path, model_id: &str) -> PathBuf {
+        model_dir.join(format!("{model_id}.json"))
+    }
+
+    pub fn load(path: &Path) -> Result<ModelCard> {
+        let bytes = std::fs::read(path).map_err(CtrError::io(path))?;
+        serde_json::from_slice(&bytes).map_err(|e| CtrError::Corrupt {
+            path: path.to_owned(),
+            message: format!("not a model card: {e}"),
+        })
+    }
+
+    /// The fields that must match for a checkpoint to be loadable into a new run.
+    fn architecture(&self) -> serde_json::Value {
+        let mut c = self.config.clone();
+        c.batch_size = 0;
+        c.epochs = 0;
+        c.learning_rate = 0.0;
+        c.early_stop_patience = 0;
+        c.inference_batch_size = 0;
+        serde_json::json!({ "config": c, "shape": self.shape })
+    }
+}
+
+/// Per-epoch figures, reported to the coordinator and written to the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    /// Per task, in label order.
+    pub val_auc: Vec<f64>,
+    pub val_logloss: Vec<f64>,
+    pub samples: u64,
+    pub seconds: f64,
+    pub learning_rate: f64,
+    pub batch_size: usize,
+    pub improved: bool,
+}
+
+impl EpochReport {
+    pub fn samples_per_sec(&self) -> f64 {
+        self.samples as f64 / self.seconds.max(1e-9)
+    }
+
+    /// The monitored figure: the mean validation AUC over tasks.
+    pub fn monitor(&self) -> f64 {
+        self.val_auc.iter().sum::<f64>() / self.val_auc.len().max(1) as f64
+    }
+}
+
+/// Everything needed to continue after a crash (the checkpoint's `state.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub completed_epochs: usize,
+    pub best_monitor: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub learning_rate: f64,
+    pub batch_size: usize,
+    pub epochs_without_improvement: usize,
+    pub rollbacks: usize,
+    pub history: Vec<EpochReport>,
+}
+
+/// Callbacks from a running training: progress, epochs, and whether to stop.
+pub trait TrainObserver {
+    fn on_batch(&mut self, _epoch: usize, _batches_done: usize, _rows_done: u64, _loss: f64) {}
+    fn on_epoch(&mut self, _report: &EpochReport) {}
+    fn on_event(&mut self, _message: &str) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl TrainObserver for () {}
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// `{model_root}/{dataset_id}`.
+    pub model_dir: PathBuf,
+    /// `{data_root}/{dataset_id}` (prepared by [`crate::dataset::prepare_dataset`]).
+    pub data_dir: PathBuf,
+    pub device: Device,
+    /// Checkpoints kept besides the newest one.
+    pub keep_checkpoints: usize,
+    /// A batch loss above this multiple of the epoch's running mean counts as divergence.
+    pub loss_spike_factor: f64,
+    /// Rollbacks (divergence or out-of-memory) allowed before giving up.
+    pub max_recoveries: usize,
+    /// Stop after this many epochs in this call (the task is resumed later); for tests and
+    /// for time-sliced runs.
+    pub stop_after_epochs: Option<usize>,
+    /// Fault injection: batches larger than this fail as if the device ran out of memory.
+    pub simulate_oom_above: Option<usize>,
+    /// Fault injection: the loss of this (epoch, batch) is replaced by NaN, once.
+    pub simulate_nan_at: Option<(usize, usize)>,
+}
+
+impl TrainOptions {
+    pub fn new(data_dir: &Path, model_dir: &Path, device: Device) -> TrainOptions {
+        TrainOptions {
+            model_dir: model_dir.to_owned(),
+            data_dir: data_dir.to_owned(),
+            device,
+            keep_checkpoints: 1,
+            loss_spike_factor: 20.0,
+            max_recoveries: 4,
+            stop_after_epochs: None,
+            simulate_oom_above: None,
+            simulate_nan_at: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    pub state: TrainState,
+    /// Whether all epochs (or early stopping) finished; false after `stop_after_epochs`.
+    pub finished: bool,
+    pub stopped_early: bool,
+    pub model_path: PathBuf,
+}
+
+struct Paths {
+    model: PathBuf,
+    log: PathBuf,
+    ckpt: PathBuf,
+    tensorboard: PathBuf,
+}
+
+impl Paths {
+    fn new(dir: &Path, model_id: &str) -> Paths {
+        Paths {
+            model: dir.join(format!("{model_id}.model")),
+            log: dir.join(format!("{model_id}.log")),
+            ckpt: dir.join(format!("{model_id}.ckpt")),
+            tensorboard: dir.join(model_id),
+        }
+    }
+}
+
+/// Why an epoch did not complete.
+enum EpochFailure {
+    /// Recoverable by rolling back: NaN or a loss spike (lower the learning rate), or the
+    /// device ran out of memory (halve the batch size).
+    Diverged(String),
+    OutOfMemory(String),
+    Fatal(CtrError),
+}
+
+fn log_line(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(CtrError::io(path))?;
+    let now = chrono_like_now();
+    writeln!(f, "{now} {line}").map_err(CtrError::io(path))
+}
+
+/// Seconds since the epoch, for log lines (no calendar dependency in this crate).
+fn chrono_like_now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("[{:.3}]", t.as_secs_f64())
+}
+
+fn load_module(model: CtrModel, path: &Path) -> Result<CtrModel> {
+    let record = ModuleRecord::load(path).map_err(|e| CtrError::Corrupt {
+        path: path.to_owned(),
+        message: format!("cannot read model: {e:?}"),
+    })?;
+    model
+        .try_load_record(record)
+        .map_err(|e| CtrError::Corrupt {
+            path: path.to_owned(),
+            message: format!("model does not match its config: {e:?}"),
+        })
+}
+
+fn save_module(model: &CtrModel, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    model
+        .clone()
+        .into_record()
+        .save(&tmp)
+        .map_err(|e| CtrError::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other(format!("{e:?}")),
+        })?;
+    std::fs::rename(&tmp, path).map_err(CtrError::io(path))
+}
+
+/// Loads the best model saved for `model_id` (for inference), on `device`.
+pub fn load_trained(
+    model_dir: &Path,
+    model_id: &str,
+    device: &Device,
+) -> Result<(CtrModel, ModelCard)> {
+    let card = ModelCard::load(&ModelCard::path(model_dir, model_id))?;
+    let model = CtrModel::new(&card.config, &card.shape, device)?;
+    let model = load_module(model, &Paths::new(model_dir, model_id).model)?;
+    Ok((model, card))
+}
+
+fn evaluate(
+    model: &CtrModel,
+    processor: &FeatureProcessor,
+    shape: &InputShape,
+    files: &[PathBuf],
+    batch_size: usize,
+    device: &Device,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let valid = model.valid();
+    let tasks = shape.num_tasks;
+    let mut labels: Vec<Vec<f32>> = vec![Vec::new(); tasks];
+    let mut scores: Vec<Vec<f32>> = vec![Vec::new(); tasks];
+    for batch in EncodedBatches::new(&processor.spec, files, batch_size, None) {
+        let batch = batch?;
+        let probs = valid.predict(&Inputs::new(&batch, shape, device)?);
+        let data = probs
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| CtrError::Data(format!("cannot read predictions: {e:?}")))?;
+        let l = batch.label_width();
+        for r in 0..batch.rows {
+            for t in 0..tasks {
+                labels[t].push(batch.labels[r * l + t]);
+                scores[t].push(data[r * tasks + t]);
+            }
+        }
+    }
+    let mut aucs = Vec::with_capacity(tasks);
+    let mut losses = Vec::with_capacity(tasks);
+    for t in 0..tasks {
+        aucs.push(auc(&labels[t], &scores[t]).ok_or_else(|| {
+            CtrError::Data(format!(
+                "validation labels of {} have a single class: AUC is undefined",
+                processor.spec.labels[t]
+            ))
+        })?);
+        losses.push(logloss(&labels[t], &scores[t]));
+    }
+    Ok((aucs, losses))
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
+
+fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("outofmemory") || m.contains("oom")
+}
+
+/// Trains `config` on the prepared dataset, resuming from the newest checkpoint if there is one.
+pub fn train(
+    config: &ModelConfig,
+    processor: &FeatureProcessor,
+    dataset: &PreparedDataset,
+    opts: &TrainOptions,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome> {
+    config.validate()?;
+    if dataset.train_rows == 0 || dataset.valid_rows == 0 {
+        return Err(CtrError::Data(format!(
+            "dataset {} has {} training and {} validation rows",
+            dataset.dataset_id, dataset.train_rows, dataset.valid_rows
+        )));
+    }
+    for (label, rate) in processor.spec.labels.iter().zip(&dataset.label_rates) {
+        if *rate <= 0.0 || *rate >= 1.0 {
+            return Err(CtrError::Data(format!(
+                "label {label} has a single class in the training split (positive rate {rate})"
+            )));
+        }
+    }
+    let num_tasks = if config.model.is_multi_task() {
+        processor.spec.labels.len()
+    } else {
+        1
+    };
+    let shape = InputShape {
+        vocab_sizes: processor.vocab_sizes(),
+        num_numeric: processor.spec.numeric.len(),
+        num_tasks,
+    };
+    let card = ModelCard {
+        config: config.clone(),
+        shape: shape.clone(),
+        labels: processor.spec.labels[..num_tasks].to_vec(),
+    };
+    std::fs::create_dir_all(&opts.model_dir).map_err(CtrError::io(&opts.model_dir))?;
+    let paths = Paths::new(&opts.model_dir, &config.model_id);
+    let card_path = ModelCard::path(&opts.model_dir, &config.model_id);
+
+    let device = opts.device.clone().autodiff();
+    let mut model = CtrModel::new(config, &shape, &device)?;
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut state = TrainState {
+        completed_epochs: 0,
+        best_monitor: None,
+        best_epoch: None,
+        learning_rate: config.learning_rate,
+        batch_size: config.batch_size,
+        epochs_without_improvement: 0,
+        rollbacks: 0,
+        history: Vec::new(),
+    };
+
+    // Resume from the newest complete checkpoint.
+    if let Some(epoch_dir) = latest_checkpoint(&paths.ckpt)? {
+        let saved = ModelCard::load(&card_path)?;
+        if saved.architecture() != card.architecture() {
+            return Err(CtrError::Config(format!(
+                "{} holds a checkpoint of a different model or dataset shape; use another \
+                 model_id or remove the checkpoint to start over",
+                paths.ckpt.display()
+            )));
+        }
+        (model, optim, state) = load_checkpoint(&epoch_dir, model, optim)?;
+        // Changed training settings (a retry with new hyperparameters) apply from here on.
+        if config.learning_rate != saved.config.learning_rate {
+            state.learning_rate = config.learning_rate;
+        }
+        if config.batch_size != saved.config.batch_size {
+            state.batch_size = config.batch_size;
+        }
+        let msg = format!(
+            "resuming {} after epoch {} from {}",
+            config.model_id,
+            state.completed_epochs,
+            epoch_dir.display()
+        );
+        log_line(&paths.log, &msg)?;
+        observer.on_event(&msg);
+    }
+    write_atomic(
+        &card_path,
+        &serde_json::to_vec_pretty(&card)
+            .map_err(|e| CtrError::Config(format!("cannot serialise model card: {e}")))?,
+    )?;
+    let mut events = EventWriter::open(&paths.tensorboard)?;
+
+    let train_files = dataset.train_files(&opts.data_dir);
+    let valid_files = dataset.valid_files(&opts.data_dir);
+    let mut epochs_this_call = 0;
+    let mut stopped_early = false;
+    while state.completed_epochs < config.epochs {
+        if state.epochs_without_improvement >= config.early_stop_patience.max(1)
+            && state.best_epoch.is_some()
+        {
+            stopped_early = true;
+            break;
+        }
+        if opts
+            .stop_after_epochs
+            .is_some_and(|n| epochs_this_call >= n)
+        {
+            break;
+        }
+        let epoch = state.completed_epochs;
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_epoch(
+                &model,
+                &mut optim,
+                &state,
+                epoch,
+                config.seed,
+                processor,
+                &shape,
+                &train_files,
+                opts,
+                &device,
+                observer,
+            )
+        }));
+        let outcome = match result {
+            Ok(r) => r,
+            Err(p) => {
+                let m = panic_message(p.as_ref());
+                if is_out_of_memory(&m) {
+                    Err(EpochFailure::OutOfMemory(m))
+                } else {
+                    Err(EpochFailure::Fatal(CtrError::Device(format!(
+                        "training failed in epoch {}: {m}",
+                        epoch + 1
+                    ))))
+                }
+            }
+        };
+        match outcome {
+            Ok((trained, train_loss, samples)) => {
+                model = trained;
+                let (val_auc, val_logloss) = evaluate(
+                    &model,
+                    processor,
+                    &shape,
+                    &valid_files,
+                    config.inference_batch_size,
+                    &opts.device,
+                )?;
+                let mut report = EpochReport {
+                    epoch: epoch + 1,
+                    train_loss,
+                    val_auc,
+                    val_logloss,
+                    samples,
+                    seconds: started.elapsed().as_secs_f64(),
+                    learning_rate: state.learning_rate,
+                    batch_size: state.batch_size,
+                    improved: false,
+                };
+                let monitor = report.monitor();
+                if state.best_monitor.is_none_or(|b| monitor > b) {
+                    report.improved = true;
+                    state.best_monitor = Some(monitor);
+                    state.best_epoch = Some(epoch + 1);
+                    state.epochs_without_improvement = 0;
+                    save_module(&model.valid(), &paths.model)?;
+                } else {
+                    state.epochs_without_improvement += 1;
+                }
+                state.completed_epochs = epoch + 1;
+                state.history.push(report.clone());
+                save_checkpoint(&paths.ckpt, &model, &optim, &state, opts.keep_checkpoints)?;
+                log_line(
+                    &paths.log,
+                    &format!(
+                        "epoch {} train_loss {:.6} val_auc {:?} val_logloss {:?} {:.0} samples/s{}",
+                        report.epoch,
+                        report.train_loss,
+                        report.val_auc,
+                        report.val_logloss,
+                        report.samples_per_sec(),
+                        if report.improved { " (best)" } else { "" }
+                    ),
+                )?;
+                events.scalar("train/loss", report.epoch, report.train_loss)?;
+                for (t, label) in card.labels.iter().enumerate() {
+                    events.scalar(
+                        &format!("valid/{label}/AUC"),
+                        report.epoch,
+                        report.val_auc[t],
+                    )?;
+                    events.scalar(
+                        &format!("valid/{label}/logloss"),
+                        report.epoch,
+                        report.val_logloss[t],
+                    )?;
+                }
+                observer.on_epoch(&report);
+                epochs_this_call += 1;
+            }
+            Err(EpochFailure::Fatal(e)) => return Err(e),
+            Err(failure) => {
+                let (action, diverged) = match failure {
+                    EpochFailure::Diverged(m) => (format!("diverged ({m})"), true),
+                    EpochFailure::OutOfMemory(m) => (format!("out of memory ({m})"), false),
+                    EpochFailure::Fatal(e) => return Err(e),
+                };
+                if state.rollbacks >= opts.max_recoveries {
+                    return Err(CtrError::Diverged(format!(
+                        "epoch {}: {action}; gave up after {} recoveries",
+                        epoch + 1,
+                        state.rollbacks
+                    )));
+                }
+                // Roll back to the best checkpoint (divergence) or the newest one (memory),
+                // or to a fresh model when there is none yet.
+                let mut next_lr = state.learning_rate;
+                let mut next_batch = state.batch_size;
+                if diverged {
+                    next_lr *= 0.5;
+                } else {
+                    next_batch = (next_batch / 2).max(1);
+                }
+                let to_best = diverged;
+                let rollbacks = state.rollbacks + 1;
+                let target = if to_best {
+                    best_checkpoint(&paths.ckpt, &state)?
+                } else {
+                    latest_checkpoint(&paths.ckpt)?
+                };
+                match target {
+                    Some(dir) => {
+                        (model, optim, state) = load_checkpoint(
+                            &dir,
+                            CtrModel::new(config, &shape, &device)?,
+                            AdamConfig::new().with_epsilon(1e-8).init(),
+                        )?;
+                    }
+                    None => {
+                        model = CtrModel::new(config, &shape, &device)?;
+                        optim = AdamConfig::new().with_epsilon(1e-8).init();
+                        state.completed_epochs = 0;
+                        state.history.clear();
+                        state.best_monitor = None;
+                        state.best_epoch = None;
+                        state.epochs_without_improvement = 0;
+                    }
+                }
+                state.learning_rate = next_lr;
+                state.batch_size = next_batch;
+                state.rollbacks = rollbacks;
+                let msg = format!(
+                    "epoch {}: {action}; rolled back to epoch {} with learning rate {} and batch size {}",
+                    epoch + 1,
+                    state.completed_epochs,
+                    state.learning_rate,
+                    state.batch_size
+                );
+                log_line(&paths.log, &msg)?;
+                observer.on_event(&msg);
+            }
+        }
+    }
+    let finished = state.completed_epochs >= config.epochs || stopped_early;
+    if stopped_early {
+        let msg = format!(
+            "early stop after epoch {}: no better validation AUC for {} epochs; best is epoch {}",
+            state.completed_epochs,
+            state.epochs_without_improvement,
+            state.best_epoch.unwrap_or(0)
+        );
+        log_line(&paths.log, &msg)?;
+        observer.on_event(&msg);
+    }
+    Ok(TrainOutcome {
+        state,
+        finished,
+        stopped_early,
+        model_path: paths.model,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_epoch(
+    model: &CtrModel,
+    optim: &mut ModuleOptimizer,
+    state: &TrainState,
+    epoch: usize,
+    seed: u64,
+    processor: &FeatureProcessor,
+    shape: &InputShape,
+    files: &[PathBuf],
+    opts: &TrainOptions,
+    device: &Device,
+    observer: &mut dyn TrainObserver,
+) -> std::result::Result<(CtrModel, f64, u64), EpochFailure> {
+    // Shuffle and dropout depend only on (seed, epoch, recovery attempt): an epoch run after a
+    // resume sees exactly what it would have seen uninterrupted.
+    let seed = crate::rng::SplitMix64::hash(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (state.rollbacks as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
+    device.seed(seed);
+    let mut model = model.clone();
+    let mut loss_sum = 0.0;
+    let mut batches = 0usize;
+    let mut rows = 0u64;
+    for batch in EncodedBatches::new(&processor.spec, files, state.batch_size, Some(seed)) {
+        if observer.cancelled() {
+            return Err(EpochFailure::Fatal(CtrError::Cancelled));
+        }
+        let batch = batch.map_err(EpochFailure::Fatal)?;
+        if opts.simulate_oom_above.is_some_and(|max| batch.rows > max) {
+            return Err(EpochFailure::OutOfMemory(format!(
+                "simulated: batch of {} rows does not fit",
+                batch.rows
+            )));
+        }
+        let x = Inputs::new(&batch, shape, device).map_err(EpochFailure::Fatal)?;
+        let y = label_tensor(&batch, shape.num_tasks, device);
+        let loss = bce_with_logits(model.forward(&x), y);
+        let mut value = loss.clone().into_scalar::<f32>() as f64;
+        if opts.simulate_nan_at == Some((epoch, batches)) && state.rollbacks == 0 {
+            value = f64::NAN;
+        }
+        let mean = if batches > 0 {
+            loss_sum / batches as f64
+        } else {
+            value
+        };
+        if !value.is_finite() || (batches >= 10 && value > mean * opts.loss_spike_factor) {
+            return Err(EpochFailure::Diverged(format!(
+                "batch {} loss {value} (epoch mean so far {mean:.4})",
+                batches + 1
+            )));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(state.learning_rate, model, grads);
+        loss_sum += value;
+        batches += 1;
+        rows += batch.rows as u64;
+        observer.on_batch(epoch, batches, rows, value);
+    }
+    Ok((model, loss_sum / batches.max(1) as f64, rows))
+}
+
+fn epoch_dir(ckpt: &Path, epoch: usize) -> PathBuf {
+    ckpt.join(format!("epoch-{epoch}"))
+}
+
+fn latest_checkpoint(ckpt: &Path) -> Result<Option<PathBuf>> {
+    let latest = ckpt.join("LATEST");
+    match std::fs::read_to_string(&latest) {
+        Ok(name) => {
+            let dir = ckpt.join(name.trim());
+            if dir.join("state.json").is_file() {
+                Ok(Some(dir))
+            } else {
+                Err(CtrError::Corrupt {
+                    path: latest,
+                    message: format!("names {} which is incomplete", dir.display()),
+                })
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CtrError::Io {
+            path: latest,
+            source: e,
+        }),
+    }
+}
+
+fn best_checkpoint(ckpt: &Path, state: &TrainState) -> Result<Option<PathBuf>> {
+    match state.best_epoch {
+        Some(best) if epoch_dir(ckpt, best).join("state.json").is_file() => {
+            Ok(Some(epoch_dir(ckpt, best)))
+        }
+        _ => latest_checkpoint(ckpt),
+    }
+}
+
+fn save_checkpoint(
+    ckpt: &Path,
+    model: &CtrModel,
+    optim: &ModuleOptimizer,
+    state: &TrainState,
+    keep: usize,
+) -> Result<()> {
+    let dir = epoch_dir(ckpt, state.completed_epochs);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(CtrError::io(&dir))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(CtrError::io(&dir))?;
+    save_module(model, &dir.join("model.bpk"))?;
+    let optim_path = dir.join("optim.bpk");
+    optim.save(&optim_path).map_err(|e| CtrError::Io {
+        path: optim_path.clone(),
+        source: std::io::Error::other(format!("{e:?}")),
+    })?;
+    let json = serde_json::to_vec_pretty(state)
+        .map_err(|e| CtrError::Config(format!("cannot serialise training state: {e}")))?;
+    write_atomic(&dir.join("state.json"), &json)?;
+    write_atomic(
+        &ckpt.join("LATEST"),
+        format!("epoch-{}", state.completed_epochs).as_bytes(),
+    )?;
+    // Prune: keep the newest `keep + 1` and the best.
+    let keep_from = state.completed_epochs.saturating_sub(keep);
+    for e in 1..keep_from {
+        if Some(e) == state.best_epoch {
+            continue;
+        }
+        let old = epoch_dir(ckpt, e);
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(CtrError::io(&old))?;
+        }
+    }
+    Ok(())
+}
+
+fn load_checkpoint(
+    dir: &Path,
+    model: CtrModel,
+    optim: ModuleOptimizer,
+) -> Result<(CtrModel, ModuleOptimizer, TrainState)> {
+    let state_path = dir.join("state.json");
+    let bytes = std::fs::read(&state_path).map_err(CtrError::io(&state_path))?;
+    let state: TrainState = serde_json::from_slice(&bytes).map_err(|e| CtrError::Corrupt {
+        path: state_path,
+        message: e.to_string(),
+    })?;
+    let model = load_module(model, &dir.join("model.bpk"))?;
+    let optim_path = dir.join("optim.bpk");
+    let optim = optim.load(&optim_path).map_err(|e| CtrError::Corrupt {
+        path: optim_path,
+        message: format!("cannot read optimizer state: {e:?}"),
+    })?;
+    Ok((model, optim, state))
+}

@@ -1,0 +1,284 @@
+//! Training and inference on generated campaign data, through the files a user sees:
+//! prepare → train (with resume, divergence and out-of-memory recovery) → infer (with resume).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use ferry_ctr::dataset::{PrepareOptions, PreparedDataset, prepare_dataset};
+use ferry_ctr::infer::{InferOptions, infer};
+use ferry_ctr::train::{TrainOptions, load_trained, train};
+use ferry_ctr::{EncodedBatch, FeatureProcessor, FeatureSpec, ModelConfig, ModelKind};
+use ferry_sampledata::{SampleSpec, generate};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    infer_input: PathBuf,
+    processor: FeatureProcessor,
+    dataset: PreparedDataset,
+}
+
+impl Fixture {
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data/campaign")
+    }
+    fn model_dir(&self, name: &str) -> PathBuf {
+        self.root.join(name).join("campaign")
+    }
+}
+
+fn fixture(labels: &[&str]) -> Fixture {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().to_owned();
+    let mut spec = SampleSpec::new(6_000, 7);
+    spec.infer_rows = 2_000;
+    spec.rows_per_part = 500;
+    let tables = generate(&root.join("warehouse"), &spec).expect("generate");
+    let sample = tables
+        .iter()
+        .find(|t| t.table == "campaign_sample")
+        .expect("sample table");
+    let infer_table = tables
+        .iter()
+        .find(|t| t.table == "campaign_infer")
+        .expect("infer table");
+    let opts = PrepareOptions {
+        rows_per_part: 1_500,
+        ..PrepareOptions::default()
+    };
+    let (processor, dataset) = prepare_dataset(
+        &sample.dir,
+        &root.join("data/campaign"),
+        "campaign",
+        &FeatureSpec::campaign(labels),
+        &opts,
+    )
+    .expect("prepare");
+    Fixture {
+        _tmp: tmp,
+        root,
+        infer_input: infer_table.dir.clone(),
+        processor,
+        dataset,
+    }
+}
+
+fn small(kind: ModelKind, epochs: usize) -> ModelConfig {
+    let mut c = ModelConfig::new(kind, &format!("{kind:?}_test"));
+    c.embedding_dim = 4;
+    c.hidden_units = vec![16, 16];
+    c.expert_hidden_units = vec![16, 8];
+    c.gate_hidden_units = vec![8];
+    c.tower_hidden_units = vec![8];
+    c.num_experts = 2;
+    c.num_cross_layers = 2;
+    c.batch_size = 256;
+    c.epochs = epochs;
+    c.learning_rate = 3e-3;
+    c.early_stop_patience = 10;
+    c
+}
+
+/// Predictions of the trained best model on the first validation part.
+fn predictions(f: &Fixture, model_dir: &Path, model_id: &str) -> Vec<f32> {
+    let device = Device::flex();
+    let (model, card) = load_trained(model_dir, model_id, &device).expect("load");
+    let files = f.dataset.valid_files(&f.data_dir());
+    let batch: EncodedBatch =
+        ferry_ctr::dataset::EncodedBatches::new(&f.processor.spec, &files[..1], 1_000, None)
+            .next()
+            .expect("a batch")
+            .expect("read");
+    model
+        .predict(&ferry_ctr::model::Inputs::new(&batch, &card.shape, &device).expect("inputs"))
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("f32")
+}
+
+#[test]
+fn the_dataset_directory_has_fuxictr_files_and_is_reused() {
+    let f = fixture(&["click"]);
+    let dir = f.data_dir();
+    for name in [
+        "feature_map.json",
+        "feature_vocab.json",
+        "feature_processor.json",
+        "dataset.json",
+    ] {
+        assert!(dir.join(name).is_file(), "{name} missing");
+    }
+    assert_eq!(f.dataset.train_rows + f.dataset.valid_rows, 6_000);
+    assert!(
+        f.dataset.valid_rows > 300 && f.dataset.valid_rows < 900,
+        "{:?}",
+        f.dataset
+    );
+    // A second prepare (a resumed step) reuses the directory as is.
+    let (_, again) = prepare_dataset(
+        Path::new("/nonexistent"),
+        &dir,
+        "campaign",
+        &FeatureSpec::campaign(&["click"]),
+        &PrepareOptions::default(),
+    )
+    .expect("reuse");
+    assert_eq!(again, f.dataset);
+}
+
+#[test]
+fn deepfm_learns_resumes_exactly_and_scores_parts_with_resume() {
+    let f = fixture(&["click"]);
+    let config = small(ModelKind::DeepFM, 3);
+    let device = Device::flex();
+
+    // Uninterrupted reference run.
+    let full_dir = f.model_dir("full");
+    let full = train(
+        &config,
+        &f.processor,
+        &f.dataset,
+        &TrainOptions::new(&f.data_dir(), &full_dir, device.clone()),
+        &mut (),
+    )
+    .expect("train");
+    assert!(full.finished);
+    assert_eq!(full.state.history.len(), 3);
+    let best = full.state.best_monitor.expect("a best AUC");
+    assert!(
+        best > 0.55,
+        "DeepFM should learn some of the teacher's signal from 5,400 rows: AUC {best}"
+    );
+    for name in ["DeepFM_test.model", "DeepFM_test.log", "DeepFM_test.json"] {
+        assert!(full_dir.join(name).is_file(), "{name} missing");
+    }
+    let events: Vec<_> = std::fs::read_dir(full_dir.join("DeepFM_test"))
+        .expect("tensorboard dir")
+        .collect();
+    assert_eq!(events.len(), 1, "one event file");
+
+    // Interrupted after epoch 1 (as if killed), then resumed: the same final model.
+    let resumed_dir = f.model_dir("resumed");
+    let mut opts = TrainOptions::new(&f.data_dir(), &resumed_dir, device.clone());
+    opts.stop_after_epochs = Some(1);
+    let first = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("epoch 1");
+    assert!(!first.finished);
+    assert_eq!(first.state.completed_epochs, 1);
+    opts.stop_after_epochs = None;
+    let second = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("resume");
+    assert!(second.finished);
+    assert_eq!(
+        second
+            .state
+            .history
+            .iter()
+            .map(|r| r.val_auc.clone())
+            .collect::<Vec<_>>(),
+        full.state
+            .history
+            .iter()
+            .map(|r| r.val_auc.clone())
+            .collect::<Vec<_>>(),
+        "resumed run must see exactly the same epochs"
+    );
+    assert_eq!(
+        predictions(&f, &resumed_dir, "DeepFM_test"),
+        predictions(&f, &full_dir, "DeepFM_test"),
+        "final weights must equal the uninterrupted run's"
+    );
+    let log = std::fs::read_to_string(resumed_dir.join("DeepFM_test.log")).expect("log");
+    assert!(log.contains("resuming DeepFM_test after epoch 1"), "{log}");
+
+    // Inference: stop after 2 of 4 parts, resume, and only the missing parts are computed.
+    let out = f.data_dir().join("exp1_inference_result");
+    let mut iopts = InferOptions {
+        input_dir: f.infer_input.clone(),
+        data_dir: f.data_dir(),
+        model_dir: full_dir.clone(),
+        model_id: "DeepFM_test".into(),
+        output_dir: out.clone(),
+        batch_size: 300,
+        devices: vec![device.clone()],
+        stop_after_parts: Some(2),
+    };
+    let partial = infer(&iopts, &()).expect("infer part");
+    assert_eq!((partial.parts_total, partial.parts_computed), (4, 2));
+    assert!(!partial.finished);
+    let first_part_time = std::fs::metadata(out.join("part_0.parquet"))
+        .and_then(|m| m.modified())
+        .expect("part_0");
+    // A stale lock from the "killed" run and a half-written part must not matter.
+    std::fs::write(out.join(".inference_lock"), "999999999\n").expect("stale lock");
+    std::fs::write(out.join(".part_3.parquet.tmp"), b"half").expect("tmp");
+    iopts.stop_after_parts = None;
+    let rest = infer(&iopts, &()).expect("resume");
+    assert_eq!((rest.parts_computed, rest.parts_skipped), (2, 2));
+    assert!(rest.finished);
+    assert_eq!(rest.rows_total, 2_000);
+    assert_eq!(rest.score_columns, vec!["click_score"]);
+    assert_eq!(
+        std::fs::metadata(out.join("part_0.parquet"))
+            .and_then(|m| m.modified())
+            .expect("part_0"),
+        first_part_time,
+        "completed parts are not recomputed"
+    );
+    assert!(!out.join(".inference_lock").exists(), "lock released");
+    assert!(
+        !out.join(".part_3.parquet.tmp").exists(),
+        "leftover removed"
+    );
+}
+
+#[test]
+fn mmoe_trains_both_tasks_and_recovers_from_nan_and_oom() {
+    let f = fixture(&["click", "conversion"]);
+    let mut config = small(ModelKind::MMoE, 2);
+    config.model_id = "mmoe_nan".into();
+    let dir = f.model_dir("models");
+    let mut opts = TrainOptions::new(&f.data_dir(), &dir, Device::flex());
+    opts.simulate_nan_at = Some((1, 3));
+    let out = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("train");
+    assert!(out.finished);
+    assert_eq!(out.state.history.last().map(|r| r.val_auc.len()), Some(2));
+    assert_eq!(out.state.rollbacks, 1);
+    assert_eq!(out.state.learning_rate, config.learning_rate * 0.5);
+    let log = std::fs::read_to_string(dir.join("mmoe_nan.log")).expect("log");
+    assert!(log.contains("diverged"), "{log}");
+
+    let mut config = small(ModelKind::MMoE, 1);
+    config.model_id = "mmoe_oom".into();
+    let mut opts = TrainOptions::new(&f.data_dir(), &dir, Device::flex());
+    opts.simulate_oom_above = Some(100);
+    let out = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("train");
+    assert!(out.finished);
+    assert_eq!(out.state.batch_size, 64, "256 → 128 → 64");
+}
+
+#[test]
+fn every_model_trains_one_epoch_and_bad_configs_are_named() {
+    let f = fixture(&["click", "conversion"]);
+    for kind in [ModelKind::LR, ModelKind::FM, ModelKind::DCN] {
+        let config = small(kind, 1);
+        let out = train(
+            &config,
+            &f.processor,
+            &f.dataset,
+            &TrainOptions::new(&f.data_dir(), &f.model_dir("each"), Device::flex()),
+            &mut (),
+        )
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        assert!(out.state.best_monitor.is_some_and(|a| a > 0.5), "{kind:?}");
+    }
+    let mut bad = small(ModelKind::DeepFM, 1);
+    bad.learning_rate = -1.0;
+    let err = train(
+        &bad,
+        &f.processor,
+        &f.dataset,
+        &TrainOptions::new(&f.data_dir(), &f.model_dir("bad"), Device::flex()),
+        &mut (),
+    )
+    .expect_err("bad lr");
+    assert!(err.to_string().contains("learning_rate"), "{err}");
+}
