@@ -161,9 +161,16 @@ impl Cluster {
 
     /// `role` is `source`, `train` or `infer`.
     pub fn start_agent(&mut self, role: &str, name: &str) {
+        self.start_agent_with_env(role, name, &[]);
+    }
+
+    /// Like `start_agent`, with extra environment (e.g. `FERRY_FUXICTR_PATHS__DATA_ROOT` to
+    /// give each "host" its own directories on one machine).
+    pub fn start_agent_with_env(&mut self, role: &str, name: &str, env: &[(String, String)]) {
         let log = self.log_file(name);
         let child = Command::new(bin_in(&self.bin_dir, &format!("ferry-{role}-agentd")))
             .envs(self.env.iter().cloned())
+            .envs(env.iter().cloned())
             .arg("--config")
             .arg(&self.config)
             .arg("--name")

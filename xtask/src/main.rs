@@ -7,6 +7,7 @@
 //! - `cargo xtask bench transfer`: verified transfer goodput against plain rsync.
 //! - `cargo xtask bench sql`: embedded export rows/s on generated data.
 
+mod bench_ctr;
 mod bench_engine;
 mod bench_transfer;
 mod demo;
@@ -65,6 +66,8 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
     },
+    /// CTR training samples/s and inference rows/s (release build, CPU) beside FuxiCTR's.
+    Ctr(bench_ctr::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             out,
         } => gen_data(rows, infer_rows, seed, &out),
         Cmd::Bench(Bench::Engine(opts)) => bench_engine::run(opts),
+        Cmd::Bench(Bench::Ctr(opts)) => bench_ctr::run(opts),
         Cmd::Bench(Bench::Transfer(opts)) => bench_transfer::run(opts),
         Cmd::Bench(Bench::Sql { rows }) => {
             let work = std::env::temp_dir().join(format!("ferry-bench-sql-{}", std::process::id()));

@@ -33,7 +33,8 @@ pub const SUMMARY_FILE: &str = "_inference.json";
 pub struct InferOptions {
     /// Raw inference input (Parquet parts as exported).
     pub input_dir: PathBuf,
-    /// `{data_root}/{dataset_id}` (holds the fitted feature processor).
+    /// `{data_root}/{dataset_id}`: its fitted feature processor is used when present, else
+    /// the copy in `model_dir`.
     pub data_dir: PathBuf,
     /// `{model_root}/{dataset_id}`.
     pub model_dir: PathBuf,
@@ -225,7 +226,16 @@ pub fn infer(opts: &InferOptions, observer: &dyn InferObserver) -> Result<InferO
     if opts.devices.is_empty() {
         return Err(CtrError::Device("no device to run inference on".into()));
     }
-    let processor = FeatureProcessor::load(&opts.data_dir)?;
+    // The dataset's processor when this host prepared it, else the copy beside the model.
+    let processor = if opts
+        .data_dir
+        .join(crate::features::PROCESSOR_FILE)
+        .is_file()
+    {
+        FeatureProcessor::load(&opts.data_dir)?
+    } else {
+        FeatureProcessor::load(&opts.model_dir)?
+    };
     let inputs = parquet_files(&opts.input_dir)?;
     if inputs.is_empty() {
         return Err(CtrError::Data(format!(

@@ -1,0 +1,179 @@
+//! The CTR benchmark behind `cargo xtask bench ctr` (release build): generates the sample
+//! campaign data, prepares the dataset, trains DeepFM and MMoE for one epoch at the FuxiCTR
+//! reference shapes and scores the inference table, printing training samples/s, end-to-end and
+//! forward-only inference rows/s, validation AUC/logloss and peak RSS.
+//!
+//! Usage: `ctr_bench ROWS WORKDIR [MODELS]` with MODELS a comma list of `deepfm,mmoe`.
+//! With `FERRY_BENCH_JSON=FILE` the figures are also written as JSON.
+
+use std::path::Path;
+use std::time::Instant;
+
+use ferry_ctr::dataset::{EncodedBatches, PrepareOptions, prepare_dataset};
+use ferry_ctr::device::Device;
+use ferry_ctr::infer::{InferOptions, infer};
+use ferry_ctr::model::Inputs;
+use ferry_ctr::train::{TrainOptions, load_trained, train};
+use ferry_ctr::{FeatureSpec, ModelConfig, ModelKind};
+use ferry_sampledata::{SampleSpec, generate};
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn config(kind: ModelKind) -> ModelConfig {
+    // fuxictr-reference.md: embedding 16, Adam 1e-3, batch 4096, 1 epoch, no dropout.
+    let mut c = ModelConfig::new(kind, &format!("{kind:?}_bench"));
+    c.embedding_dim = 16;
+    c.hidden_units = vec![400, 400, 400];
+    c.num_experts = 4;
+    c.expert_hidden_units = vec![512, 256];
+    c.gate_hidden_units = vec![128, 64];
+    c.tower_hidden_units = vec![128, 64];
+    c.batch_size = 4096;
+    c.epochs = 1;
+    c.learning_rate = 1e-3;
+    c.inference_batch_size = 10_000;
+    c
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let usage = "usage: ctr_bench ROWS WORKDIR [deepfm,mmoe]";
+    let mut args = std::env::args().skip(1);
+    let rows: usize = args.next().ok_or(usage)?.parse()?;
+    let work = std::path::PathBuf::from(args.next().ok_or(usage)?);
+    let models: Vec<ModelKind> = args
+        .next()
+        .unwrap_or_else(|| "deepfm,mmoe".into())
+        .split(',')
+        .map(|m| ModelKind::parse(m).ok_or(format!("unknown model {m}")))
+        .collect::<Result<_, _>>()?;
+    let device = Device::flex();
+
+    let t = Instant::now();
+    let mut spec = SampleSpec::new(rows, 2024);
+    spec.infer_rows = (rows / 10).max(1);
+    spec.rows_per_part = 100_000;
+    let tables = generate(&work.join("warehouse"), &spec)?;
+    println!(
+        "generated {rows} training rows and {} inference rows in {:.1}s",
+        spec.infer_rows,
+        t.elapsed().as_secs_f64()
+    );
+    let sample_dir = &tables[0].dir;
+    let infer_dir = &tables[1].dir;
+
+    let mut results = Vec::new();
+    for kind in models {
+        let labels: &[&str] = if kind.is_multi_task() {
+            &["click", "conversion"]
+        } else {
+            &["click"]
+        };
+        let data_dir = work.join(format!("data/{kind:?}"));
+        let model_dir = work.join(format!("models/{kind:?}"));
+        let t = Instant::now();
+        let (processor, dataset) = prepare_dataset(
+            sample_dir,
+            &data_dir,
+            "campaign",
+            &FeatureSpec::campaign(labels),
+            &PrepareOptions::default(),
+        )?;
+        let prep_secs = t.elapsed().as_secs_f64();
+        let features: usize = processor.vocab_sizes().iter().sum();
+        println!(
+            "\n{kind:?}: prepared {} train / {} valid rows ({features} categorical features) in {prep_secs:.1}s",
+            dataset.train_rows, dataset.valid_rows
+        );
+        let cfg = config(kind);
+        let outcome = train(
+            &cfg,
+            &processor,
+            &dataset,
+            &TrainOptions::new(&data_dir, &model_dir, device.clone()),
+            &mut (),
+        )?;
+        let report = outcome
+            .state
+            .history
+            .last()
+            .ok_or("training produced no epoch")?
+            .clone();
+        println!(
+            "{kind:?}: training {:.0} samples/s ({} samples in {:.1}s), validation AUC {:?} logloss {:?}",
+            report.samples_per_sec(),
+            report.samples,
+            report.train_seconds,
+            report.val_auc,
+            report.val_logloss
+        );
+
+        // End to end: load model and processor, read, encode, score, write Parquet parts.
+        let out = data_dir.join("bench_inference_result");
+        let _ = std::fs::remove_dir_all(&out);
+        let inferred = infer(
+            &InferOptions {
+                input_dir: infer_dir.clone(),
+                data_dir: data_dir.clone(),
+                model_dir: model_dir.clone(),
+                model_id: cfg.model_id.clone(),
+                output_dir: out,
+                batch_size: cfg.inference_batch_size,
+                devices: vec![device.clone()],
+                stop_after_parts: None,
+            },
+            &(),
+        )?;
+        // Forward only: encoded batches already in memory.
+        let (model, card) = load_trained(&model_dir, &cfg.model_id, &device)?;
+        let batches: Vec<_> = EncodedBatches::new(
+            &processor.spec,
+            &dataset.valid_files(&data_dir),
+            cfg.inference_batch_size,
+            None,
+        )
+        .collect::<Result<_, _>>()?;
+        let inputs: Vec<Inputs> = batches
+            .iter()
+            .map(|b| Inputs::new(b, &card.shape, &device))
+            .collect::<Result<_, _>>()?;
+        let t = Instant::now();
+        let mut forward_rows = 0usize;
+        for x in &inputs {
+            let p = model.predict(x).into_data();
+            forward_rows += p.num_elements() / card.shape.num_tasks;
+        }
+        let forward_rate = forward_rows as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "{kind:?}: inference {:.0} rows/s end to end ({} rows, {} parts), {forward_rate:.0} rows/s forward only",
+            inferred.rows_per_sec(),
+            inferred.rows_total,
+            inferred.parts_total
+        );
+        results.push(serde_json::json!({
+            "model": format!("{kind:?}"),
+            "train_rows": dataset.train_rows,
+            "preprocess_s": prep_secs,
+            "train_samples_per_s": report.samples_per_sec(),
+            "val_auc": report.val_auc,
+            "val_logloss": report.val_logloss,
+            "predict_rows_per_s": inferred.rows_per_sec(),
+            "forward_only_rows_per_s": forward_rate,
+        }));
+    }
+    let rss = peak_rss_mb();
+    println!("\npeak RSS {rss:.0} MB");
+    if let Ok(path) = std::env::var("FERRY_BENCH_JSON") {
+        let json = serde_json::json!({ "rows": rows, "peak_rss_mb": rss, "results": results });
+        std::fs::write(Path::new(&path), serde_json::to_vec_pretty(&json)?)?;
+    }
+    Ok(())
+}

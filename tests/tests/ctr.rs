@@ -1,0 +1,115 @@
+//! Training and inference through the whole system: the source agent exports sample and
+//! inference data, the training agent trains (metrics per epoch reach the coordinator), the
+//! inference agent scores part by part, and the source agent loads the scores into a table.
+
+use std::time::Duration;
+
+use ferry_e2e::{Cluster, step};
+use ferry_proto::v1;
+use ferry_sampledata::{SampleSpec, generate};
+
+const T: Duration = Duration::from_secs(240);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_train_infer_and_load_scores() {
+    let warehouse = tempfile::tempdir().expect("tmp");
+    let mut spec = SampleSpec::new(4_000, 11);
+    spec.infer_rows = 1_500;
+    spec.rows_per_part = 1_000;
+    generate(warehouse.path(), &spec).expect("sample data");
+    let data_root = tempfile::tempdir().expect("tmp");
+    let extra = format!(
+        "sql:\n  warehouse_dir: \"{w}\"\n  rows_per_part: 500\nfuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\n",
+        w = warehouse.path().display(),
+        d = data_root.path().display()
+    );
+    let mut c = Cluster::with_config(&extra);
+    c.start_coordinator().await;
+    c.start_agent("source", "src-1");
+    c.start_agent("train", "train-1");
+    c.start_agent("infer", "infer-1");
+    c.wait_for_agents(3).await;
+
+    let staging = c.path("staging");
+    let wf = format!(
+        r#"name: ctr_mini
+steps:
+  - name: export_sample
+    kind: sql_export
+    placement: {{role: data_source}}
+    params: {{sql: "SELECT * FROM campaign_sample WHERE dt = '2026-01-21'", output_dir: "{s}/sample_data"}}
+  - name: export_infer
+    kind: sql_export
+    placement: {{role: data_source}}
+    params: {{sql: "SELECT * FROM campaign_infer WHERE dt = '2026-01-22'", output_dir: "{s}/infer_data"}}
+  - name: train
+    kind: train
+    placement: {{role: training}}
+    inputs: [export_sample]
+    params:
+      dataset_id: campaign
+      sample_dir: "{s}/sample_data"
+      model: {{model: DeepFM, model_id: deepfm_e2e, embedding_dim: 4, hidden_units: [16],
+               batch_size: 256, epochs: 2, learning_rate: 0.003}}
+  - name: infer
+    kind: infer
+    placement: {{role: inference}}
+    inputs: [train, export_infer]
+    params: {{dataset_id: campaign, model_id: deepfm_e2e, expid: e2e, input_dir: "{s}/infer_data", batch_size: 400}}
+  - name: load
+    kind: hive_load
+    placement: {{role: data_source}}
+    inputs: [infer]
+    params: {{table: scores.campaign_scores, partition: "dt=2026-01-22", parts_dir: "{r}", expected_rows: 1500}}
+"#,
+        s = staging.display(),
+        r = data_root
+            .path()
+            .join("data/campaign/e2e_inference_result")
+            .display()
+    );
+    c.apply(&wf).await.expect("valid workflow");
+    let task = c.create_task("ctr_mini").await;
+    let done = c.wait_status(task.id, "completed", T).await;
+
+    let metrics = c
+        .client()
+        .await
+        .get_metrics(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("metrics")
+        .into_inner();
+    let aucs: Vec<f64> = metrics
+        .metrics
+        .iter()
+        .filter(|m| m.name == "val_auc")
+        .map(|m| m.value)
+        .collect();
+    assert_eq!(aucs.len(), 2, "one validation AUC per epoch: {metrics:?}");
+    assert!(aucs.iter().all(|a| *a > 0.0 && *a < 1.0), "{aucs:?}");
+    assert!(
+        aucs.iter().any(|a| *a > 0.5),
+        "the model learns something from 3,600 rows: {aucs:?}"
+    );
+
+    let infer = step(&done, "infer");
+    let progress: serde_json::Value = serde_json::from_str(&infer.progress_json).expect("json");
+    assert_eq!(progress["rows"], 1500);
+    assert_eq!(progress["parts"], 3, "one result part per exported part");
+    let logs = c.logs_text(task.id).await;
+    assert!(logs.contains("training complete: best epoch"), "{logs}");
+    assert!(
+        logs.contains("loaded 1500 rows in 3 parts into scores.campaign_scores dt=2026-01-22; row count verified"),
+        "{logs}"
+    );
+    let model_dir = data_root.path().join("models/campaign");
+    for f in ["deepfm_e2e.model", "deepfm_e2e.log", "deepfm_e2e.json"] {
+        assert!(model_dir.join(f).is_file(), "{f} missing");
+    }
+    assert!(
+        data_root
+            .path()
+            .join("data/campaign/feature_map.json")
+            .is_file()
+    );
+}
