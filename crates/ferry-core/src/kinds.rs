@@ -308,7 +308,32 @@ mod tests {
         let err = validate_params("frobnicate", &Value::Null).expect_err("unknown");
         assert_eq!(
             err,
-            "unknown step kind `frobnicate` (known kinds: exec, noop, transfer, sql_export, hive_load)"
+            "unknown step kind `frobnicate` (known kinds: exec, noop, transfer, sql_export, hive_load, train, infer)"
+        );
+    }
+
+    #[test]
+    fn train_and_infer_params_name_what_is_wrong() {
+        let ok = serde_json::json!({"dataset_id": "campaign", "sample_dir": "/d",
+            "model": {"model": "DeepFM", "model_id": "m1"}});
+        assert_eq!(validate_params(TRAIN, &ok), Ok(()));
+        let no_id = serde_json::json!({"dataset_id": "campaign", "sample_dir": "/d",
+            "model": {"model": "DeepFM"}});
+        assert_eq!(
+            validate_params(TRAIN, &no_id),
+            Err("`model.model_id` is missing".into())
+        );
+        let escape = serde_json::json!({"dataset_id": "../etc", "sample_dir": "/d",
+            "model": {"model": "DeepFM", "model_id": "m1"}});
+        assert!(
+            validate_params(TRAIN, &escape)
+                .is_err_and(|e| e.contains("`dataset_id` must be a name"))
+        );
+        let infer = serde_json::json!({"dataset_id": "c_${task_id}", "model_id": "m1",
+            "input_dir": "/i", "expid": "e1", "batch_size": 0});
+        assert_eq!(
+            validate_params(INFER, &infer),
+            Err("`batch_size` must be at least 1".into())
         );
     }
 }
