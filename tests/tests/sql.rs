@@ -103,3 +103,119 @@ steps:
         "step `export` failed permanently: source data not ready: the query returned 0 rows"
     );
 }
+
+/// `ferry` CLI against the cluster's coordinator.
+fn ferry(c: &Cluster, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(ferry_e2e::bin("ferry"))
+        .arg("--coordinator")
+        .arg(c.url())
+        .args(args)
+        .env("USER", "alice")
+        .output()
+        .expect("run ferry")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_into_production_tables_wait_for_an_approval_with_a_preview() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut spec = SampleSpec::new(2_000, 5);
+    spec.rows_per_part = 1_000;
+    generate(dir.path(), &spec).expect("sample data");
+    let extra = format!(
+        "sql:\n  warehouse_dir: \"{}\"\n  production_tables: [\"prod.*\"]\n",
+        dir.path().display()
+    );
+    let mut c = Cluster::with_config(&extra);
+    c.start_coordinator().await;
+    c.start_agent("source", "src-1");
+    c.wait_for_agents(1).await;
+    let staging = c.path("staging/infer_data");
+    let wf = format!(
+        r#"name: to_prod
+steps:
+  - name: export
+    kind: sql_export
+    placement: {{role: data_source}}
+    params: {{sql: "SELECT sample_id, C1 FROM campaign_infer", output_dir: "{s}"}}
+  - name: load
+    kind: hive_load
+    placement: {{role: data_source}}
+    inputs: [export]
+    params: {{table: prod.campaign_scores, partition: "dt=2026-01-22", parts_dir: "{s}"}}
+"#,
+        s = staging.display()
+    );
+    c.apply(&wf).await.expect("valid");
+    let task = c.create_task("to_prod").await;
+    let paused = c.wait_status(task.id, "paused", T).await;
+    let load = step(&paused, "load");
+    assert_eq!(load.status, "awaiting_approval");
+    let reason = paused
+        .task
+        .as_ref()
+        .map(|t| t.status_reason.clone())
+        .unwrap_or_default();
+    assert!(reason.contains("step `load` awaits approval"), "{reason}");
+    let progress: serde_json::Value = serde_json::from_str(&load.progress_json).expect("json");
+    assert_eq!(
+        progress["preview"].as_array().map(Vec::len),
+        Some(5),
+        "{progress}"
+    );
+    assert!(progress["preview"][0]["sample_id"].is_i64(), "{progress}");
+    let partition = dir.path().join("prod.db/campaign_scores/dt=2026-01-22");
+    assert!(!partition.exists(), "nothing is loaded before the approval");
+
+    // Resume is refused while a decision is pending; a rejection keeps the task paused.
+    let out = ferry(&c, &["task", "resume", &task.id.to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("awaits approval"));
+    let out = ferry(
+        &c,
+        &[
+            "reject",
+            &task.id.to_string(),
+            "load",
+            "-c",
+            "scores look off",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rejected = c.task(task.id).await;
+    assert_eq!(step(&rejected, "load").status, "failed");
+    let reason = rejected.task.map(|t| t.status_reason).unwrap_or_default();
+    assert_eq!(reason, "step `load` rejected by alice: scores look off");
+
+    // Retried, the load asks again; approved, it runs, and the decision is on record.
+    let out = ferry(&c, &["task", "retry", &task.id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = c.wait_status(task.id, "paused", T).await;
+    assert_eq!(step(&again, "load").status, "awaiting_approval");
+    let out = ferry(
+        &c,
+        &["approve", &task.id.to_string(), "load", "-c", "checked"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = c.wait_status(task.id, "completed", T).await;
+    let checkpoint: serde_json::Value =
+        serde_json::from_str(&step(&done, "load").checkpoint_json).expect("json");
+    assert_eq!(checkpoint["approval"]["decision"], "approved");
+    assert_eq!(checkpoint["approval"]["by"], "alice");
+    assert!(partition.is_dir());
+    let logs = c.logs_text(task.id).await;
+    assert!(logs.contains("rejected by alice"), "{logs}");
+    assert!(logs.contains("approved by alice"), "{logs}");
+    assert!(logs.contains("load approved by alice"), "{logs}");
+}

@@ -22,7 +22,10 @@ pub async fn run_source_agent(config: FerryConfig, args: AgentArgs) -> Result<()
             engine: engine.clone(),
             rows_per_part: config.sql.rows_per_part,
         }),
-        Arc::new(HiveLoadExecutor { engine }),
+        Arc::new(HiveLoadExecutor {
+            engine,
+            production_tables: config.sql.production_tables.clone(),
+        }),
     ];
     run_daemon_with(Role::DataSource, config, args, extra).await
 }
@@ -93,6 +96,20 @@ impl Executor for SqlExportExecutor {
 
 pub struct HiveLoadExecutor {
     engine: Arc<SqlEngine>,
+    /// `sql.production_tables`: loads into these need an approval first.
+    production_tables: Vec<String>,
+}
+
+/// The approval recorded by the engine in the step's checkpoint, if it approves.
+fn approved_by(ctx: &JobContext) -> Option<String> {
+    let a = ctx.checkpoint.as_ref()?.get("approval")?;
+    (a.get("decision")?.as_str()? == "approved").then(|| {
+        format!(
+            "{} at {}",
+            a.get("by").and_then(|v| v.as_str()).unwrap_or("?"),
+            a.get("at").and_then(|v| v.as_str()).unwrap_or("?")
+        )
+    })
 }
 
 impl Executor for HiveLoadExecutor {
@@ -102,6 +119,7 @@ impl Executor for HiveLoadExecutor {
 
     fn run(&self, ctx: JobContext) -> JobFuture {
         let engine = self.engine.clone();
+        let production = self.production_tables.clone();
         Box::pin(async move {
             let p: HiveLoadParams = ctx.params()?;
             let table =
@@ -114,6 +132,33 @@ impl Executor for HiveLoadExecutor {
                     "parts directory {} does not exist",
                     parts.display()
                 )));
+            }
+            if let Some(pattern) = production
+                .iter()
+                .find(|pat| ferry_core::ident::table_matches(pat, &table))
+            {
+                match approved_by(&ctx) {
+                    Some(who) => ctx.info(format!(
+                        "{table} is a production table ({pattern}); load approved by {who}"
+                    )),
+                    None => {
+                        // Show the approver what would be written.
+                        let preview = ferry_sql::preview_parts(parts, 5)
+                            .await
+                            .map_err(job_error)?;
+                        ctx.progress(&serde_json::json!({
+                            "awaiting_approval": true, "table": table.to_string(),
+                            "partition": partition.dir_name(), "preview": preview,
+                        }));
+                        ctx.info(format!(
+                            "preview of the rows to load into {table}: {}",
+                            serde_json::Value::Array(preview)
+                        ));
+                        return Err(JobError::approval(format!(
+                            "loading into production table {table} (matches `{pattern}`) needs an approval"
+                        )));
+                    }
+                }
             }
             ctx.info(format!(
                 "loading data to Hive table {table} ({})...",

@@ -32,6 +32,14 @@ impl JobError {
             message: message.into(),
         }
     }
+
+    /// The step must wait for a person's approval; the engine holds it and pauses the task.
+    pub fn approval(message: impl Into<String>) -> Self {
+        JobError {
+            class: ErrorClass::Approval,
+            message: message.into(),
+        }
+    }
 }
 
 pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;

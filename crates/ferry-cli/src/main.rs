@@ -51,6 +51,26 @@ enum Command {
     },
     /// Agents known to the coordinator.
     Agents,
+    /// Approve a step that awaits approval (e.g. a load into a production table); the task
+    /// continues. Recorded with who and when.
+    Approve {
+        task: i64,
+        step: String,
+        #[arg(long, short, default_value = "")]
+        comment: String,
+        /// Who approves (default: the login name).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        user: String,
+    },
+    /// Reject a step that awaits approval; the task stays paused with the reason.
+    Reject {
+        task: i64,
+        step: String,
+        #[arg(long, short, default_value = "")]
+        comment: String,
+        #[arg(long, env = "USER", default_value = "unknown")]
+        user: String,
+    },
     /// Chunk manifests on this host (what transfers run on the other end over SSH).
     #[command(subcommand)]
     Manifest(ManifestCmd),
@@ -248,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let mut client = connect(&cli.coordinator).await?;
     let json = cli.json;
+    let approve = matches!(command, Command::Approve { .. });
     match command {
         Command::Workflow(WorkflowCmd::Apply { file }) => {
             let text = std::fs::read_to_string(&file)
@@ -444,6 +465,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&task_json(&t))?;
             } else {
                 println!("task {} {verb}: now {}", t.id, t.status);
+            }
+        }
+        Command::Approve {
+            task,
+            step,
+            comment,
+            user,
+        }
+        | Command::Reject {
+            task,
+            step,
+            comment,
+            user,
+        } => {
+            let d = v1::StepDecision {
+                task_id: task,
+                step: step.clone(),
+                user,
+                comment,
+            };
+            let t = if approve {
+                client.approve_step(d).await
+            } else {
+                client.reject_step(d).await
+            }
+            .map_err(status)?
+            .into_inner();
+            if json {
+                print_json(&task_json(&t))?;
+            } else {
+                let verb = if approve { "approved" } else { "rejected" };
+                println!("step {step} of task {} {verb}: task now {}", t.id, t.status);
             }
         }
         Command::Logs { task, follow } => {

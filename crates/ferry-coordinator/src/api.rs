@@ -127,6 +127,25 @@ impl WorkflowApi {
             .ok_or_else(|| Status::not_found(format!("task {id} not found")))
     }
 
+    async fn decide(
+        &self,
+        d: v1::StepDecision,
+        approve: bool,
+    ) -> Result<Response<v1::Task>, Status> {
+        let row = self
+            .engine
+            .request(|reply| ApiRequest::Decide {
+                task_id: d.task_id,
+                step: d.step,
+                approve,
+                user: d.user,
+                comment: d.comment,
+                reply,
+            })
+            .await?;
+        self.task_reply(row).await
+    }
+
     async fn task_reply(&self, row: workflow_task::Model) -> Result<Response<v1::Task>, Status> {
         Ok(Response::new(task_to_wire(&row, row.current_step)))
     }
@@ -279,6 +298,20 @@ impl WorkflowService for WorkflowApi {
             .request(|reply| ApiRequest::Resume { task_id, reply })
             .await?;
         self.task_reply(row).await
+    }
+
+    async fn approve_step(
+        &self,
+        req: Request<v1::StepDecision>,
+    ) -> Result<Response<v1::Task>, Status> {
+        self.decide(req.into_inner(), true).await
+    }
+
+    async fn reject_step(
+        &self,
+        req: Request<v1::StepDecision>,
+    ) -> Result<Response<v1::Task>, Status> {
+        self.decide(req.into_inner(), false).await
     }
 
     async fn get_task_status(

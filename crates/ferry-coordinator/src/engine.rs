@@ -86,6 +86,15 @@ pub enum ApiRequest {
         task_id: i64,
         reply: Reply<workflow_task::Model>,
     },
+    /// Approve or reject a step held in `awaiting_approval`.
+    Decide {
+        task_id: i64,
+        step: String,
+        approve: bool,
+        user: String,
+        comment: String,
+        reply: Reply<workflow_task::Model>,
+    },
     ListAgents {
         reply: oneshot::Sender<Vec<v1::AgentInfo>>,
     },
@@ -711,6 +720,28 @@ impl Engine {
             self.set_step_status(key, StepStatus::Cancelled);
             return;
         }
+        if class == ErrorClass::Approval {
+            {
+                let step = self.step_mut(key);
+                step.row.error_message = Some(error.to_owned());
+                step.row.job_id = None;
+            }
+            self.set_step_status(key, StepStatus::AwaitingApproval);
+            self.log_step(
+                key,
+                "WARN",
+                format!(
+                    "awaiting approval: {error} (ferry approve|reject {} {name})",
+                    key.0
+                ),
+            );
+            self.set_task_status(
+                key.0,
+                TaskStatus::Paused,
+                Some(format!("step `{name}` awaits approval: {error}")),
+            );
+            return;
+        }
         if class == ErrorClass::Transient && policy.allows_retry(retries) {
             let retry = retries + 1;
             let delay = policy.backoff(retry);
@@ -1001,6 +1032,19 @@ impl Engine {
                 let r = self.with_task(task_id, |e, t| e.retry_task(t)).await;
                 self.reply_after_commit(reply, r);
             }
+            ApiRequest::Decide {
+                task_id,
+                step,
+                approve,
+                user,
+                comment,
+                reply,
+            } => {
+                let r = self
+                    .with_task(task_id, |e, t| e.decide(t, &step, approve, &user, &comment))
+                    .await;
+                self.reply_after_commit(reply, r);
+            }
             ApiRequest::ListAgents { reply } => {
                 let now = Instant::now();
                 let mut list: Vec<v1::AgentInfo> = self
@@ -1198,6 +1242,16 @@ impl Engine {
                 "task {task_id} is {status}; only a paused task can be resumed (use retry for a failed one)"
             )));
         }
+        if let Some(waiting) = self.tasks[&task_id]
+            .steps
+            .iter()
+            .find(|s| s.status == StepStatus::AwaitingApproval)
+        {
+            return Err(EngineError::FailedPrecondition(format!(
+                "step `{}` of task {task_id} awaits approval: approve or reject it",
+                waiting.row.step_name
+            )));
+        }
         self.requeue_failed_steps(task_id);
         self.set_task_status(task_id, TaskStatus::Running, None);
         self.log(task_id, "", "INFO", "task resumed".into());
@@ -1234,6 +1288,83 @@ impl Engine {
             ),
         );
         self.enqueue_pending(task_id);
+        Ok(())
+    }
+
+    /// Records a person's decision on a step held for approval. Approval puts the step back
+    /// to pending (its next attempt finds the decision in its checkpoint) and resumes the
+    /// task; rejection fails the step and leaves the task paused with the reason.
+    fn decide(
+        &mut self,
+        task_id: i64,
+        step_name: &str,
+        approve: bool,
+        user: &str,
+        comment: &str,
+    ) -> Result<(), EngineError> {
+        let Some(index) = self.tasks[&task_id]
+            .steps
+            .iter()
+            .position(|s| s.row.step_name == step_name)
+        else {
+            return Err(EngineError::NotFound(format!(
+                "task {task_id} has no step `{step_name}`"
+            )));
+        };
+        let key = (task_id, index);
+        let status = self.step(key).status;
+        if status != StepStatus::AwaitingApproval {
+            return Err(EngineError::FailedPrecondition(format!(
+                "step `{step_name}` of task {task_id} is {status}, not awaiting approval"
+            )));
+        }
+        if user.trim().is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "a decision needs the name of who makes it".into(),
+            ));
+        }
+        let decision = if approve { "approved" } else { "rejected" };
+        let at = Utc::now().to_rfc3339();
+        let record = serde_json::json!({
+            "decision": decision, "by": user, "at": at, "comment": comment,
+        });
+        {
+            let step = self.step_mut(key);
+            let mut data: serde_json::Value = step
+                .row
+                .checkpoint_data
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| serde_json::json!({}));
+            data["approval"] = record;
+            step.row.checkpoint_data = Some(data.to_string());
+        }
+        let note = if comment.is_empty() {
+            String::new()
+        } else {
+            format!(": {comment}")
+        };
+        if approve {
+            {
+                let step = self.step_mut(key);
+                step.row.error_message = None;
+            }
+            self.set_step_status(key, StepStatus::Pending);
+            self.log_step(key, "INFO", format!("approved by {user} at {at}{note}"));
+            self.set_task_status(task_id, TaskStatus::Running, None);
+            self.enqueue_pending(task_id);
+        } else {
+            let reason = format!("step `{step_name}` rejected by {user}{note}");
+            {
+                let step = self.step_mut(key);
+                step.row.error_message = Some(format!("rejected by {user}{note}"));
+                step.row.completed_at = Some(Utc::now());
+            }
+            self.set_step_status(key, StepStatus::Failed);
+            self.log_step(key, "WARN", format!("rejected by {user} at {at}{note}"));
+            self.set_task_status(task_id, TaskStatus::Paused, Some(reason));
+        }
         Ok(())
     }
 

@@ -64,6 +64,9 @@ pub struct SqlConfig {
     pub warehouse_dir: PathBuf,
     /// Rows per exported Parquet part.
     pub rows_per_part: usize,
+    /// Tables (`db.table`, `*` matches any run of characters, e.g. `prod.*`) whose loads need
+    /// a person's approval, shown with a preview of the rows.
+    pub production_tables: Vec<String>,
 }
 
 impl Default for SqlConfig {
@@ -73,6 +76,7 @@ impl Default for SqlConfig {
             command: Vec::new(),
             warehouse_dir: "./warehouse".into(),
             rows_per_part: 1_000_000,
+            production_tables: Vec::new(),
         }
     }
 }
@@ -390,6 +394,18 @@ impl FerryConfig {
         }
         if self.sql.rows_per_part == 0 {
             return Err(invalid("sql.rows_per_part", "must be at least 1"));
+        }
+        for p in &self.sql.production_tables {
+            if p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '*')
+            {
+                return Err(invalid(
+                    "sql.production_tables",
+                    format!("`{p}` is not a table pattern like `prod.*` or `db.table`"),
+                ));
+            }
         }
         if self.workflow.heartbeat_interval == 0 {
             return Err(invalid(

@@ -39,6 +39,30 @@ pub fn check_identifier(name: &str) -> Result<(), IdentError> {
 }
 
 /// `db.table` (or `table`, in the `default` database).
+/// Whether `db.table` matches a production-table pattern, where `*` matches any run of
+/// characters (`prod.*`, `*.scores`, `db.table`); case-insensitive like Hive names.
+pub fn table_matches(pattern: &str, table: &TableRef) -> bool {
+    let name = format!("{}.{}", table.database, table.table).to_ascii_lowercase();
+    let pattern = pattern.to_ascii_lowercase();
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut rest = name.as_str();
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else if let Some(at) = rest.find(part) {
+            rest = &rest[at + part.len()..];
+        } else {
+            return false;
+        }
+    }
+    rest.is_empty()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableRef {
     pub database: String,
@@ -107,6 +131,19 @@ impl PartitionSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn production_patterns_match_whole_names() {
+        let t = TableRef::parse("prod.campaign_scores").expect("table");
+        assert!(table_matches("prod.*", &t));
+        assert!(table_matches("*.campaign_scores", &t));
+        assert!(table_matches("PROD.campaign_scores", &t));
+        assert!(table_matches("*", &t));
+        assert!(!table_matches("prod", &t));
+        assert!(!table_matches("production.*", &t));
+        assert!(!table_matches("prod.campaign", &t));
+        assert!(table_matches("p*d.*scores", &t));
+    }
 
     #[test]
     fn injection_through_names_is_refused() {

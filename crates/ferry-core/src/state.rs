@@ -109,6 +109,8 @@ string_enum! {
         /// Phase two sent: the agent has the job and was told to start it.
         Ready => "ready",
         Running => "running",
+        /// Held until a person approves or rejects it; no job exists.
+        AwaitingApproval => "awaiting_approval",
         Completed => "completed",
         Failed => "failed",
         Cancelled => "cancelled",
@@ -157,6 +159,9 @@ string_enum! {
         Transient => "transient",
         /// Retrying cannot help (bad credentials, bad input): the task pauses with the reason.
         Permanent => "permanent",
+        /// The step may only run once a person approves it (seed 000 §7.3): the step waits in
+        /// `awaiting_approval`, the task pauses, and `ferry approve|reject` decides.
+        Approval => "approval",
     }
 }
 

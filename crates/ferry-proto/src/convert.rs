@@ -138,6 +138,7 @@ pub fn error_class_to_wire(c: ErrorClass) -> v1::ErrorClass {
     match c {
         ErrorClass::Transient => v1::ErrorClass::Transient,
         ErrorClass::Permanent => v1::ErrorClass::Permanent,
+        ErrorClass::Approval => v1::ErrorClass::Approval,
     }
 }
 
@@ -145,6 +146,7 @@ pub fn error_class_to_wire(c: ErrorClass) -> v1::ErrorClass {
 pub fn error_class_from_wire(raw: i32) -> ErrorClass {
     match v1::ErrorClass::try_from(raw) {
         Ok(v1::ErrorClass::Permanent) => ErrorClass::Permanent,
+        Ok(v1::ErrorClass::Approval) => ErrorClass::Approval,
         _ => ErrorClass::Transient,
     }
 }

@@ -302,10 +302,38 @@ impl EmbeddedEngine {
             .collect()
             .await
             .map_err(df_error)?;
+        batches_to_json(&batches)
+    }
+}
+
+/// Up to `limit` rows of the Parquet files in `dir` as JSON objects: what an approver sees of
+/// the rows a load would write (read locally, whichever engine runs the load).
+pub async fn preview_parts(dir: &Path, limit: usize) -> Result<Vec<serde_json::Value>, SqlError> {
+    let ctx = SessionContext::new();
+    let path = dir.display().to_string();
+    ctx.register_parquet(
+        "parts",
+        &path,
+        datafusion::prelude::ParquetReadOptions::default().file_extension(".parquet"),
+    )
+    .await
+    .map_err(df_error)?;
+    let batches = ctx
+        .sql(&format!("SELECT * FROM parts LIMIT {limit}"))
+        .await
+        .map_err(df_error)?
+        .collect()
+        .await
+        .map_err(df_error)?;
+    batches_to_json(&batches)
+}
+
+fn batches_to_json(batches: &[RecordBatch]) -> Result<Vec<serde_json::Value>, SqlError> {
+    {
         let mut buf = Vec::new();
         {
             let mut w = datafusion::arrow::json::ArrayWriter::new(&mut buf);
-            for b in &batches {
+            for b in batches {
                 w.write(b).map_err(|e| SqlError::Query(e.to_string()))?;
             }
             w.finish().map_err(|e| SqlError::Query(e.to_string()))?;

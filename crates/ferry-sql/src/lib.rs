@@ -10,7 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod external;
 
-pub use embedded::{EmbeddedEngine, ExportOptions, ExportSummary, LoadSummary};
+pub use embedded::{EmbeddedEngine, ExportOptions, ExportSummary, LoadSummary, preview_parts};
 pub use engine::SqlEngine;
 pub use error::SqlError;
 pub use external::{ExternalEngine, ExternalKind};
