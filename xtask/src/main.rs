@@ -111,8 +111,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The checkout `cargo xtask` was run in. `cargo run` sets CARGO_MANIFEST_DIR at run time; the
+/// compile-time value is only a fallback, because checkouts sharing one target directory (a CI
+/// clone beside a working copy) can run an xtask binary built from the other checkout.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("..")
 }
 
 pub fn target_dir() -> PathBuf {

@@ -482,6 +482,16 @@ pub enum CtrModel {
 impl CtrModel {
     /// A freshly initialised model (seeded by `config.seed`).
     pub fn new(config: &ModelConfig, shape: &InputShape, device: &Device) -> Result<CtrModel> {
+        Ok(Self::structure(config, shape, device)?.map(&mut SeededInit::new(config.seed)))
+    }
+
+    /// The model's structure with lazily initialised parameters, to load saved weights into
+    /// (skips drawing millions of random numbers that would be overwritten).
+    pub fn structure(
+        config: &ModelConfig,
+        shape: &InputShape,
+        device: &Device,
+    ) -> Result<CtrModel> {
         config.validate()?;
         if shape.num_fields() == 0 {
             return Err(CtrError::Config("the model has no input fields".into()));
@@ -534,9 +544,9 @@ impl CtrModel {
                 })
             }
         };
-        // Weights come from our own seeded generator, not the backend's: its RNG is global
-        // to the process, so concurrent jobs (or tests) would otherwise perturb each other.
-        Ok(model.map(&mut SeededInit::new(config.seed)))
+        // `new` draws the weights from our own seeded generator, not the backend's: its RNG
+        // is global to the process, so concurrent jobs (or tests) would perturb each other.
+        Ok(model)
     }
 
     /// Logits `[B, T]`: one column per task (1 for single-task models).

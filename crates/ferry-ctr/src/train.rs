@@ -243,7 +243,7 @@ pub fn load_trained(
     device: &Device,
 ) -> Result<(CtrModel, ModelCard)> {
     let card = ModelCard::load(&ModelCard::path(model_dir, model_id))?;
-    let model = CtrModel::new(&card.config, &card.shape, device)?;
+    let model = CtrModel::structure(&card.config, &card.shape, device)?;
     let model = load_module(model, &Paths::new(model_dir, model_id).model)?;
     Ok((model, card))
 }
