@@ -113,3 +113,92 @@ steps:
             .is_file()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_training_agent_killed_mid_training_resumes_after_the_last_epoch() {
+    let warehouse = tempfile::tempdir().expect("tmp");
+    let mut spec = SampleSpec::new(12_000, 3);
+    spec.infer_rows = 10;
+    spec.rows_per_part = 4_000;
+    let tables = generate(warehouse.path(), &spec).expect("sample data");
+    let sample_dir = tables[0].dir.clone();
+    let roots = tempfile::tempdir().expect("tmp");
+    let extra = format!(
+        "fuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\n",
+        d = roots.path().display()
+    );
+    let mut c = Cluster::with_config(&extra);
+    c.start_coordinator().await;
+    c.start_agent("train", "train-1");
+    c.wait_for_agents(1).await;
+    let wf = format!(
+        r#"name: train_only
+steps:
+  - name: train
+    kind: train
+    placement: {{role: training}}
+    retry: {{backoff_ms: 200}}
+    params:
+      dataset_id: campaign
+      sample_dir: "{s}"
+      model: {{model: DeepFM, model_id: deepfm_kill, embedding_dim: 8, hidden_units: [64, 64],
+               batch_size: 512, epochs: 3, learning_rate: 0.002}}
+"#,
+        s = sample_dir.display()
+    );
+    c.apply(&wf).await.expect("valid workflow");
+    let task = c.create_task("train_only").await;
+
+    // Kill the agent (and the training in it) as soon as epoch 1 is reported.
+    let epochs = |m: &v1::MetricList| -> Vec<i64> {
+        m.metrics
+            .iter()
+            .filter(|m| m.name == "val_auc")
+            .map(|m| m.index)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let m = c
+            .client()
+            .await
+            .get_metrics(v1::TaskRef { task_id: task.id })
+            .await
+            .expect("metrics")
+            .into_inner();
+        if !epochs(&m).is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "epoch 1 never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.kill_agent("train-1");
+    c.start_agent("train", "train-1");
+    let done = c.wait_status(task.id, "completed", T).await;
+    let train = step(&done, "train");
+    assert!(train.attempt >= 2, "the step ran again after the kill");
+
+    let logs = c.logs_text(task.id).await;
+    assert!(logs.contains("resuming deepfm_kill after epoch"), "{logs}");
+    let m = c
+        .client()
+        .await
+        .get_metrics(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("metrics")
+        .into_inner();
+    let mut seen = epochs(&m);
+    seen.sort_unstable();
+    let before = seen.len();
+    seen.dedup();
+    assert_eq!(before, seen.len(), "no epoch was trained twice: {seen:?}");
+    assert_eq!(seen.first(), Some(&1));
+    assert_eq!(seen.last(), Some(&3));
+    let state =
+        std::fs::read_to_string(roots.path().join("models/campaign/deepfm_kill.ckpt/LATEST"))
+            .expect("checkpoint");
+    assert_eq!(state.trim(), "epoch-3");
+}
