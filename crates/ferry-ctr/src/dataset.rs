@@ -55,6 +55,35 @@ pub struct PreparedDataset {
     pub valid_parts: Vec<String>,
     /// Positive rate of each label in the training split.
     pub label_rates: Vec<f64>,
+    /// Digest of the raw input files (names, sizes, times) and the preparation settings: a
+    /// changed export rebuilds the dataset, and checkpoints of the old one are not resumed.
+    #[serde(default)]
+    pub source_fingerprint: u64,
+}
+
+/// A stable digest of the raw files under `raw_dir` and the settings that shape the dataset.
+fn source_fingerprint(
+    files: &[PathBuf],
+    raw_dir: &Path,
+    spec: &FeatureSpec,
+    opts: &PrepareOptions,
+) -> Result<u64> {
+    let mut text =
+        serde_json::json!({"spec": spec, "valid_ratio": opts.valid_ratio, "seed": opts.seed})
+            .to_string();
+    for f in files {
+        let m = std::fs::metadata(f).map_err(CtrError::io(f))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let rel = f.strip_prefix(raw_dir).unwrap_or(f);
+        text.push_str(&format!("|{}:{}:{mtime}", rel.display(), m.len()));
+    }
+    Ok(text
+        .bytes()
+        .fold(0x5EED_u64, |h, b| SplitMix64::hash(h ^ b as u64)))
 }
 
 impl PreparedDataset {
@@ -233,11 +262,23 @@ pub fn prepare_dataset(
     spec: &FeatureSpec,
     opts: &PrepareOptions,
 ) -> Result<(FeatureProcessor, PreparedDataset)> {
-    if let Some(done) = PreparedDataset::load(dataset_dir)? {
-        return Ok((FeatureProcessor::load(dataset_dir)?, done));
-    }
     spec.validate()?;
-    let files = parquet_files(raw_dir)?;
+    // The raw export may be gone (staging cleaned) once the dataset exists: then reuse it.
+    let files = if raw_dir.is_dir() {
+        parquet_files(raw_dir)?
+    } else {
+        Vec::new()
+    };
+    if let Some(done) = PreparedDataset::load(dataset_dir)? {
+        let unchanged = files.is_empty()
+            || source_fingerprint(&files, raw_dir, spec, opts)? == done.source_fingerprint;
+        if unchanged {
+            return Ok((FeatureProcessor::load(dataset_dir)?, done));
+        }
+        // A new export under the same dataset id: rebuild from it.
+        std::fs::remove_file(dataset_dir.join(PREPARED_FILE))
+            .map_err(CtrError::io(dataset_dir.join(PREPARED_FILE)))?;
+    }
     if files.is_empty() {
         return Err(CtrError::Data(format!(
             "no Parquet files under {}",
@@ -281,6 +322,7 @@ pub fn prepare_dataset(
         )));
     }
     let prepared = PreparedDataset {
+        source_fingerprint: source_fingerprint(&files, raw_dir, spec, opts)?,
         dataset_id: dataset_id.to_owned(),
         train_rows: train.rows,
         valid_rows: valid.rows,

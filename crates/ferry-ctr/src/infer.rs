@@ -28,6 +28,8 @@ use crate::train::{ModelCard, load_trained};
 
 pub const LOCK_FILE: &str = ".inference_lock";
 pub const SUMMARY_FILE: &str = "_inference.json";
+/// What the existing parts were computed from (input files and model); see [`infer`].
+pub const INPUTS_FILE: &str = "_inputs.json";
 
 #[derive(Clone, Debug)]
 pub struct InferOptions {
@@ -211,6 +213,25 @@ fn score_part(
     Ok(rows)
 }
 
+/// Input files (path, size, mtime) and the model file (size, mtime).
+fn inputs_fingerprint(inputs: &[PathBuf], model: &Path) -> Result<serde_json::Value> {
+    let stamp = |p: &Path| -> Result<serde_json::Value> {
+        let m = std::fs::metadata(p).map_err(CtrError::io(p))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(
+            serde_json::json!({"path": p.display().to_string(), "bytes": m.len(), "mtime_ns": mtime}),
+        )
+    };
+    Ok(serde_json::json!({
+        "inputs": inputs.iter().map(|p| stamp(p)).collect::<Result<Vec<_>>>()?,
+        "model": stamp(model)?,
+    }))
+}
+
 fn parquet_rows(path: &Path) -> Result<(u64, SchemaRef)> {
     let f = File::open(path).map_err(CtrError::io(path))?;
     let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(CtrError::parquet(path))?;
@@ -253,6 +274,28 @@ pub fn infer(opts: &InferOptions, observer: &dyn InferObserver) -> Result<InferO
             let p = entry.path();
             std::fs::remove_file(&p).map_err(CtrError::io(&p))?;
         }
+    }
+    // Parts are only reused when they were computed from the same input files and the same
+    // model; otherwise (new export, retrained model) every old part is removed first, so a
+    // load never mixes results of two runs.
+    let model_path = opts.model_dir.join(format!("{}.model", opts.model_id));
+    let fingerprint = inputs_fingerprint(&inputs, &model_path)?;
+    let fingerprint_path = opts.output_dir.join(INPUTS_FILE);
+    let previous = std::fs::read(&fingerprint_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if previous.as_ref() != Some(&fingerprint) {
+        for entry in std::fs::read_dir(&opts.output_dir).map_err(CtrError::io(&opts.output_dir))? {
+            let entry = entry.map_err(CtrError::io(&opts.output_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if (name.starts_with("part_") && name.ends_with(".parquet")) || name == SUMMARY_FILE {
+                let p = entry.path();
+                std::fs::remove_file(&p).map_err(CtrError::io(&p))?;
+            }
+        }
+        let json = serde_json::to_vec_pretty(&fingerprint)
+            .map_err(|e| CtrError::Data(format!("cannot serialise {INPUTS_FILE}: {e}")))?;
+        write_atomic(&fingerprint_path, &json)?;
     }
     let outputs: Vec<PathBuf> = (0..inputs.len())
         .map(|i| opts.output_dir.join(format!("part_{i}.parquet")))

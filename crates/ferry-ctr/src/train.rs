@@ -36,6 +36,9 @@ pub struct ModelCard {
     pub config: ModelConfig,
     pub shape: InputShape,
     pub labels: Vec<String>,
+    /// The dataset it was trained on ([`PreparedDataset::source_fingerprint`]).
+    #[serde(default)]
+    pub dataset_fingerprint: u64,
 }
 
 impl ModelCard {
@@ -340,6 +343,7 @@ pub fn train(
         config: config.clone(),
         shape: shape.clone(),
         labels: processor.spec.labels[..num_tasks].to_vec(),
+        dataset_fingerprint: dataset.source_fingerprint,
     };
     std::fs::create_dir_all(&opts.model_dir).map_err(CtrError::io(&opts.model_dir))?;
     let paths = Paths::new(&opts.model_dir, &config.model_id);
@@ -367,6 +371,14 @@ pub fn train(
                 "{} holds a checkpoint of a different model or dataset shape; use another \
                  model_id or remove the checkpoint to start over",
                 paths.ckpt.display()
+            )));
+        }
+        if saved.dataset_fingerprint != card.dataset_fingerprint {
+            return Err(CtrError::Config(format!(
+                "{} holds a checkpoint trained on another export of dataset {}; use another \
+                 model_id or remove the checkpoint to start over",
+                paths.ckpt.display(),
+                dataset.dataset_id
             )));
         }
         (model, optim, state) = load_checkpoint(&epoch_dir, model, optim)?;

@@ -124,6 +124,29 @@ fn the_dataset_directory_has_fuxictr_files_and_is_reused() {
     )
     .expect("reuse");
     assert_eq!(again, f.dataset);
+
+    // A new export under the same dataset id (here: one part fewer) rebuilds the dataset.
+    let raw = f.root.join("raw_fewer");
+    std::fs::create_dir_all(&raw).expect("dir");
+    let sample = f.root.join("warehouse/default.db/campaign_sample");
+    let mut parts = ferry_ctr::dataset::parquet_files(&sample).expect("parts");
+    parts.pop();
+    for p in &parts {
+        std::fs::copy(p, raw.join(p.file_name().expect("name"))).expect("copy");
+    }
+    let (_, rebuilt) = prepare_dataset(
+        &raw,
+        &dir,
+        "campaign",
+        &FeatureSpec::campaign(&["click"]),
+        &PrepareOptions {
+            rows_per_part: 1_500,
+            ..PrepareOptions::default()
+        },
+    )
+    .expect("rebuild");
+    assert_eq!(rebuilt.train_rows + rebuilt.valid_rows, 5_500);
+    assert_ne!(rebuilt.source_fingerprint, f.dataset.source_fingerprint);
 }
 
 #[test]
@@ -228,6 +251,20 @@ fn deepfm_learns_resumes_exactly_and_scores_parts_with_resume() {
         !out.join(".part_3.parquet.tmp").exists(),
         "leftover removed"
     );
+
+    // A new export with fewer parts: old results are not reused or left behind.
+    let fewer = f.root.join("infer_fewer");
+    std::fs::create_dir_all(&fewer).expect("dir");
+    let mut parts = ferry_ctr::dataset::parquet_files(&f.infer_input).expect("parts");
+    parts.truncate(3);
+    for p in &parts {
+        std::fs::copy(p, fewer.join(p.file_name().expect("name"))).expect("copy");
+    }
+    iopts.input_dir = fewer;
+    let redo = infer(&iopts, &()).expect("new inputs");
+    assert_eq!((redo.parts_computed, redo.parts_skipped), (3, 0));
+    assert_eq!(redo.rows_total, 1_500);
+    assert!(!out.join("part_3.parquet").exists(), "stale part removed");
 }
 
 #[test]
