@@ -273,6 +273,25 @@ impl Cluster {
             .into_inner()
     }
 
+    pub async fn metrics(&self, id: i64) -> v1::MetricList {
+        self.client()
+            .await
+            .get_metrics(v1::TaskRef { task_id: id })
+            .await
+            .expect("get metrics")
+            .into_inner()
+    }
+
+    /// Runs the `ferry` CLI against this cluster's coordinator.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_in(&self.bin_dir, "ferry"))
+            .arg("--coordinator")
+            .arg(self.url())
+            .args(args)
+            .output()
+            .expect("run ferry")
+    }
+
     pub async fn task(&self, id: i64) -> v1::TaskDetail {
         self.client()
             .await

@@ -14,12 +14,7 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 fn ferry(c: &Cluster, args: &[&str]) -> std::process::Output {
-    Command::new(bin("ferry"))
-        .arg("--coordinator")
-        .arg(c.url())
-        .args(args)
-        .output()
-        .expect("run ferry")
+    c.cli(args)
 }
 
 fn ok_stdout(out: std::process::Output) -> String {

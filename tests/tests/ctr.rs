@@ -72,13 +72,7 @@ steps:
     let task = c.create_task("ctr_mini").await;
     let done = c.wait_status(task.id, "completed", T).await;
 
-    let metrics = c
-        .client()
-        .await
-        .get_metrics(v1::TaskRef { task_id: task.id })
-        .await
-        .expect("metrics")
-        .into_inner();
+    let metrics = c.metrics(task.id).await;
     let aucs: Vec<f64> = metrics
         .metrics
         .iter()
@@ -159,13 +153,7 @@ steps:
     };
     let deadline = std::time::Instant::now() + T;
     loop {
-        let m = c
-            .client()
-            .await
-            .get_metrics(v1::TaskRef { task_id: task.id })
-            .await
-            .expect("metrics")
-            .into_inner();
+        let m = c.metrics(task.id).await;
         if !epochs(&m).is_empty() {
             break;
         }
@@ -183,13 +171,7 @@ steps:
 
     let logs = c.logs_text(task.id).await;
     assert!(logs.contains("resuming deepfm_kill after epoch"), "{logs}");
-    let m = c
-        .client()
-        .await
-        .get_metrics(v1::TaskRef { task_id: task.id })
-        .await
-        .expect("metrics")
-        .into_inner();
+    let m = c.metrics(task.id).await;
     let mut seen = epochs(&m);
     seen.sort_unstable();
     let before = seen.len();

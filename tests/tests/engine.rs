@@ -587,13 +587,7 @@ done"#
     );
     assert_eq!(parts.checkpoint_json, r#"{"done":6}"#);
     assert_eq!(parts.progress_json, r#"{"of":6,"parts":6}"#);
-    let metrics = c
-        .client()
-        .await
-        .get_metrics(v1::TaskRef { task_id: task.id })
-        .await
-        .expect("metrics")
-        .into_inner();
+    let metrics = c.metrics(task.id).await;
     assert_eq!(metrics.metrics.len(), 6);
     assert!(
         metrics

@@ -104,17 +104,6 @@ steps:
     );
 }
 
-/// `ferry` CLI against the cluster's coordinator.
-fn ferry(c: &Cluster, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(ferry_e2e::bin("ferry"))
-        .arg("--coordinator")
-        .arg(c.url())
-        .args(args)
-        .env("USER", "alice")
-        .output()
-        .expect("run ferry")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_into_production_tables_wait_for_an_approval_with_a_preview() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -167,19 +156,18 @@ steps:
     assert!(!partition.exists(), "nothing is loaded before the approval");
 
     // Resume is refused while a decision is pending; a rejection keeps the task paused.
-    let out = ferry(&c, &["task", "resume", &task.id.to_string()]);
+    let out = c.cli(&["task", "resume", &task.id.to_string()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("awaits approval"));
-    let out = ferry(
-        &c,
-        &[
-            "reject",
-            &task.id.to_string(),
-            "load",
-            "-c",
-            "scores look off",
-        ],
-    );
+    let out = c.cli(&[
+        "reject",
+        &task.id.to_string(),
+        "load",
+        "--user",
+        "alice",
+        "-c",
+        "scores look off",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -191,7 +179,7 @@ steps:
     assert_eq!(reason, "step `load` rejected by alice: scores look off");
 
     // Retried, the load asks again; approved, it runs, and the decision is on record.
-    let out = ferry(&c, &["task", "retry", &task.id.to_string()]);
+    let out = c.cli(&["task", "retry", &task.id.to_string()]);
     assert!(
         out.status.success(),
         "{}",
@@ -199,10 +187,15 @@ steps:
     );
     let again = c.wait_status(task.id, "paused", T).await;
     assert_eq!(step(&again, "load").status, "awaiting_approval");
-    let out = ferry(
-        &c,
-        &["approve", &task.id.to_string(), "load", "-c", "checked"],
-    );
+    let out = c.cli(&[
+        "approve",
+        &task.id.to_string(),
+        "load",
+        "--user",
+        "alice",
+        "-c",
+        "checked",
+    ]);
     assert!(
         out.status.success(),
         "{}",

@@ -99,13 +99,7 @@ steps:
     let p: serde_json::Value = serde_json::from_str(&ship.progress_json).expect("progress JSON");
     assert_eq!(p["phase"], "verified");
     assert_eq!(p["bytes_done"], 3 * 1024 * 1024 + 500_000);
-    let metrics = c
-        .client()
-        .await
-        .get_metrics(v1::TaskRef { task_id: task.id })
-        .await
-        .expect("metrics")
-        .into_inner();
+    let metrics = c.metrics(task.id).await;
     assert!(
         metrics
             .metrics

@@ -294,10 +294,14 @@ pub fn label_tensor(batch: &EncodedBatch, num_tasks: usize, device: &Device) -> 
     Tensor::<2>::from_data(TensorData::new(labels, [batch.rows, num_tasks]), device)
 }
 
+/// Parameters start as zeros (cheap, never random): `CtrModel::new` draws the real weights in
+/// one place (`SeededInit`), and a model built to load saved weights needs none.
+const PLACEHOLDER: Initializer = Initializer::Zeros;
+
 fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
     LinearConfig::new(d_in, d_out)
         .with_bias(bias)
-        .with_initializer(Initializer::XavierNormal { gain: 1.0 })
+        .with_initializer(PLACEHOLDER)
         .init(device)
 }
 
@@ -309,22 +313,16 @@ pub struct FeatureEmbedding {
 }
 
 impl FeatureEmbedding {
-    fn new(shape: &InputShape, dim: usize, std: f64, device: &Device) -> FeatureEmbedding {
+    fn new(shape: &InputShape, dim: usize, device: &Device) -> FeatureEmbedding {
         let total: usize = shape.vocab_sizes.iter().sum();
         FeatureEmbedding {
             table: (total > 0).then(|| {
                 EmbeddingConfig::new(total, dim)
-                    .with_initializer(Initializer::Normal { mean: 0.0, std })
+                    .with_initializer(PLACEHOLDER)
                     .init(device)
             }),
-            numeric: (shape.num_numeric > 0).then(|| {
-                Initializer::XavierNormal { gain: 1.0 }.init_with(
-                    [shape.num_numeric, dim],
-                    Some(1),
-                    Some(dim),
-                    device,
-                )
-            }),
+            numeric: (shape.num_numeric > 0)
+                .then(|| PLACEHOLDER.init([shape.num_numeric, dim], device)),
         }
     }
 
@@ -404,10 +402,7 @@ impl FirstOrder {
         FirstOrder {
             table: (total > 0).then(|| {
                 EmbeddingConfig::new(total, 1)
-                    .with_initializer(Initializer::Normal {
-                        mean: 0.0,
-                        std: 1e-4,
-                    })
+                    .with_initializer(PLACEHOLDER)
                     .init(device)
             }),
             numeric: (shape.num_numeric > 0).then(|| linear(shape.num_numeric, 1, false, device)),
@@ -485,8 +480,8 @@ impl CtrModel {
         Ok(Self::structure(config, shape, device)?.map(&mut SeededInit::new(config.seed)))
     }
 
-    /// The model's structure with lazily initialised parameters, to load saved weights into
-    /// (skips drawing millions of random numbers that would be overwritten).
+    /// The model's structure with placeholder (zero, lazily created) parameters, to load
+    /// saved weights into without drawing millions of random numbers first.
     pub fn structure(
         config: &ModelConfig,
         shape: &InputShape,
@@ -498,7 +493,7 @@ impl CtrModel {
         }
         let dim = config.embedding_dim;
         let flat = shape.num_fields() * dim;
-        let emb = || FeatureEmbedding::new(shape, dim, 1e-4, device);
+        let emb = || FeatureEmbedding::new(shape, dim, device);
         let mlp = |d_in: usize, hidden: &[usize], out: Option<usize>| {
             Mlp::new(d_in, hidden, out, config.dropout, device)
         };

@@ -351,7 +351,7 @@ pub fn train(
 
     let device = opts.device.clone().autodiff();
     let mut model = CtrModel::new(config, &shape, &device)?;
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut optim = new_optimizer();
     let mut state = TrainState {
         completed_epochs: 0,
         best_monitor: None,
@@ -556,12 +556,12 @@ pub fn train(
                         (model, optim, state) = load_checkpoint(
                             &dir,
                             CtrModel::new(config, &shape, &device)?,
-                            AdamConfig::new().with_epsilon(1e-8).init(),
+                            new_optimizer(),
                         )?;
                     }
                     None => {
                         model = CtrModel::new(config, &shape, &device)?;
-                        optim = AdamConfig::new().with_epsilon(1e-8).init();
+                        optim = new_optimizer();
                         state.completed_epochs = 0;
                         state.history.clear();
                         state.best_monitor = None;
@@ -665,6 +665,11 @@ fn run_epoch(
         observer.on_batch(epoch, batches, rows, value);
     }
     Ok((model, loss_sum / batches.max(1) as f64, rows))
+}
+
+/// Adam with PyTorch's epsilon (burn's default is 1e-5), as FuxiCTR trains.
+fn new_optimizer() -> ModuleOptimizer {
+    AdamConfig::new().with_epsilon(1e-8).init()
 }
 
 fn epoch_dir(ckpt: &Path, epoch: usize) -> PathBuf {
