@@ -156,13 +156,26 @@ impl Executor for TrainExecutor {
             let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
             let spec = FeatureSpec::campaign(&label_refs);
             let (data_dir, model_dir) = dataset_dirs(&host, &p.dataset_id);
-            let Some(device) = host.devices.first().cloned() else {
+            // `gpu_count` picks the first N of the host's devices; 0 means the CPU.
+            let devices: Vec<Device> = match p.gpu_count {
+                Some(0) => vec![Device::flex()],
+                Some(n) if n as usize > host.devices.len() => {
+                    return Err(JobError::permanent(format!(
+                        "gpu_count {n} asks for more devices than this host has ({})",
+                        host.devices.len()
+                    )));
+                }
+                Some(n) => host.devices[..n as usize].to_vec(),
+                None => host.devices.clone(),
+            };
+            let Some(device) = devices.first().cloned() else {
                 return Err(JobError::permanent("this host has no device to train on"));
             };
-            if host.devices.len() > 1 {
+            ctx.info(format!("starting training on {}", describe(&devices)));
+            if devices.len() > 1 {
                 ctx.info(format!(
-                    "{} devices configured; this release trains on the first one",
-                    host.devices.len()
+                    "{} devices selected; this release trains on the first one",
+                    devices.len()
                 ));
             }
             let mut prep = PrepareOptions::default();
@@ -288,5 +301,12 @@ impl Executor for InferExecutor {
             ctx.save_checkpoint(&serde_json::json!({"rows": outcome.rows_total}));
             Ok(())
         })
+    }
+}
+
+fn describe(devices: &[Device]) -> String {
+    match devices {
+        [one] => format!("{one:?}"),
+        many => format!("{} devices ({:?})", many.len(), many),
     }
 }

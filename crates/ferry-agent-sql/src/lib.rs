@@ -100,18 +100,6 @@ pub struct HiveLoadExecutor {
     production_tables: Vec<String>,
 }
 
-/// The approval recorded by the engine in the step's checkpoint, if it approves.
-fn approved_by(ctx: &JobContext) -> Option<String> {
-    let a = ctx.checkpoint.as_ref()?.get("approval")?;
-    (a.get("decision")?.as_str()? == "approved").then(|| {
-        format!(
-            "{} at {}",
-            a.get("by").and_then(|v| v.as_str()).unwrap_or("?"),
-            a.get("at").and_then(|v| v.as_str()).unwrap_or("?")
-        )
-    })
-}
-
 impl Executor for HiveLoadExecutor {
     fn kind(&self) -> &'static str {
         kinds::HIVE_LOAD
@@ -137,7 +125,7 @@ impl Executor for HiveLoadExecutor {
                 .iter()
                 .find(|pat| ferry_core::ident::table_matches(pat, &table))
             {
-                match approved_by(&ctx) {
+                match ctx.approved_by() {
                     Some(who) => ctx.info(format!(
                         "{table} is a production table ({pattern}); load approved by {who}"
                     )),

@@ -1,6 +1,7 @@
 //! What the three agent daemons share: their command line, and turning config + arguments
 //! into a running agent for one role.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec::{ExecExecutor, NoopExecutor};
 use crate::executor::Executor;
+use crate::monitor::{CleanupExecutor, MonitorExecutor};
 use crate::runtime::{AgentError, AgentSettings};
 use crate::transfer::TransferExecutor;
 
@@ -45,6 +47,8 @@ pub fn executors_for(
         Arc::new(ExecExecutor),
         Arc::new(NoopExecutor),
         Arc::new(TransferExecutor::new(config.clone(), &settings.work_dir)),
+        Arc::new(MonitorExecutor::new(config, &settings.coordinator_url)),
+        Arc::new(CleanupExecutor::new(config)),
     ]
 }
 
@@ -67,7 +71,6 @@ pub fn settings(role: Role, config: &FerryConfig, args: &AgentArgs) -> AgentSett
         .map(|s| s.gpus.clone())
         .unwrap_or_default();
     AgentSettings {
-        name,
         role,
         coordinator_url: args
             .coordinator
@@ -80,6 +83,14 @@ pub fn settings(role: Role, config: &FerryConfig, args: &AgentArgs) -> AgentSett
         reconnect_interval: Duration::from_millis(config.agent.reconnect_interval_ms),
         gpus,
         shutdown_grace: Duration::from_secs(10),
+        paths: reported_paths(config),
+        ssh_to: config
+            .servers
+            .keys()
+            .filter(|s| **s != name)
+            .cloned()
+            .collect(),
+        name,
     }
 }
 
@@ -128,4 +139,41 @@ pub async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// The roots the coordinator plans paths with, made absolute against the working directory
+/// (config paths like `./data/` are relative to where the daemon runs).
+fn reported_paths(config: &FerryConfig) -> BTreeMap<String, String> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    [
+        ("data_root", &config.fuxictr_paths.data_root),
+        ("model_root", &config.fuxictr_paths.model_root),
+        ("staging_dir", &config.storage.staging_dir),
+    ]
+    .into_iter()
+    .map(|(k, p)| {
+        let abs = if p.is_absolute() {
+            p.clone()
+        } else {
+            cwd.join(p)
+        };
+        (k.to_owned(), normalize(&abs).display().to_string())
+    })
+    .collect()
+}
+
+/// Removes `.` and resolves `..` lexically (the directories may not exist yet).
+fn normalize(p: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }

@@ -76,6 +76,19 @@ impl JobContext {
         ferry_core::kinds::parse_params(&self.params).map_err(JobError::permanent)
     }
 
+    /// Who approved this step and when, if the engine recorded an approval in its checkpoint
+    /// (see `JobError::approval`).
+    pub fn approved_by(&self) -> Option<String> {
+        let a = self.checkpoint.as_ref()?.get("approval")?;
+        (a.get("decision")?.as_str()? == "approved").then(|| {
+            format!(
+                "{} at {}",
+                a.get("by").and_then(|v| v.as_str()).unwrap_or("?"),
+                a.get("at").and_then(|v| v.as_str()).unwrap_or("?")
+            )
+        })
+    }
+
     /// Fires when the job is cancelled.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel

@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod exec;
 pub mod executor;
+pub mod monitor;
 pub mod runtime;
 pub mod transfer;
 

@@ -7,7 +7,7 @@
 //! restarted coordinator can re-attach them. A job's final state is kept until the
 //! coordinator confirms it persisted it (`ForgetJob`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,6 +36,10 @@ pub struct AgentSettings {
     pub gpus: Vec<u32>,
     /// How long a graceful shutdown waits for cancelled jobs to report.
     pub shutdown_grace: Duration,
+    /// Absolute roots reported at registration (data_root, model_root, staging_dir).
+    pub paths: BTreeMap<String, String>,
+    /// Servers this agent can reach over SSH (its config's `servers`, itself excluded).
+    pub ssh_to: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +129,8 @@ impl Shared {
                 hostname: hostname(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 jobs,
+                paths: self.settings.paths.clone().into_iter().collect(),
+                ssh_to: self.settings.ssh_to.clone(),
             })),
         }
     }

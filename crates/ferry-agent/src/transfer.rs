@@ -139,6 +139,9 @@ impl Inner {
             p.server, server.username, server.host, server.port
         ));
         let session = self.session(&target).await.map_err(job_error)?;
+        if let Some(limit) = p.confirm_above {
+            self.confirm_size(&ctx, &session, &p, &spec, limit).await?;
+        }
         ctx.info(format!("starting transfer {from} -> {to}"));
         let mut events = JobEvents { ctx: &ctx };
         let work = transfer::run(&session, &spec, &mut events);
@@ -183,31 +186,65 @@ impl Inner {
         Ok(())
     }
 
+    /// Seed 000 §7.3: a transfer larger than `limit` bytes waits for a person's
+    /// confirmation, once; the approval then stays in the step's checkpoint.
+    async fn confirm_size(
+        &self,
+        ctx: &JobContext,
+        session: &SshSession,
+        p: &TransferParams,
+        spec: &TransferSpec,
+        limit: u64,
+    ) -> Result<(), JobError> {
+        let bytes = match p.direction {
+            TransferDirection::Push => {
+                let local = spec.local.clone();
+                tokio::task::spawn_blocking(move || tree_size(&local))
+                    .await
+                    .map_err(|e| JobError::transient(e.to_string()))?
+                    .map_err(|e| {
+                        JobError::permanent(format!("cannot size {}: {e}", spec.local.display()))
+                    })?
+            }
+            TransferDirection::Pull => {
+                let out = session
+                    .run("du", &["-sb", "--", &p.remote_path])
+                    .await
+                    .map_err(job_error)?;
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| {
+                        JobError::transient(format!("cannot read the size of {}", p.remote_path))
+                    })?
+            }
+        };
+        if bytes <= limit {
+            return Ok(());
+        }
+        if let Some(who) = ctx.approved_by() {
+            ctx.info(format!(
+                "{} to move (over the {} confirmation limit); confirmed by {who}",
+                human_bytes(bytes),
+                human_bytes(limit)
+            ));
+            return Ok(());
+        }
+        ctx.progress(&serde_json::json!({
+            "awaiting_approval": true, "bytes": bytes, "confirm_above": limit,
+            "server": p.server, "local_path": p.local_path, "remote_path": p.remote_path,
+        }));
+        Err(JobError::approval(format!(
+            "transfer of {} is larger than transfer.confirm_above ({})",
+            human_bytes(bytes),
+            human_bytes(limit)
+        )))
+    }
+
     /// `path` if it lies under one of this agent's roots (symlinks included).
     fn confine(&self, path: &str) -> Result<PathBuf, TransferError> {
-        let p = Path::new(path);
-        for root in &self.roots {
-            if let Ok(rel) = p.strip_prefix(root) {
-                let rel = rel.to_string_lossy();
-                if rel.is_empty() {
-                    return Ok(p.to_owned());
-                }
-                std::fs::create_dir_all(root).map_err(|e| TransferError::io(root, e))?;
-                return confine::join(root, &rel);
-            }
-        }
-        Err(TransferError::Confinement {
-            root: self.roots.first().cloned().unwrap_or_default(),
-            path: path.to_owned(),
-            reason: format!(
-                "not under any of this agent's roots ({})",
-                self.roots
-                    .iter()
-                    .map(|r| r.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        })
+        confine_to_roots(&self.roots, path)
     }
 
     async fn session(&self, target: &SshTarget) -> Result<Arc<SshSession>, TransferError> {
@@ -264,4 +301,44 @@ impl TransferEvents for JobEvents<'_> {
     fn log(&mut self, message: &str) {
         self.ctx.info(message);
     }
+}
+
+/// `path` if it lies under one of `roots` (symlinks included).
+pub(crate) fn confine_to_roots(roots: &[PathBuf], path: &str) -> Result<PathBuf, TransferError> {
+    let p = Path::new(path);
+    for root in roots {
+        if let Ok(rel) = p.strip_prefix(root) {
+            let rel = rel.to_string_lossy();
+            if rel.is_empty() {
+                return Ok(p.to_owned());
+            }
+            std::fs::create_dir_all(root).map_err(|e| TransferError::io(root, e))?;
+            return confine::join(root, &rel);
+        }
+    }
+    Err(TransferError::Confinement {
+        root: roots.first().cloned().unwrap_or_default(),
+        path: path.to_owned(),
+        reason: format!(
+            "not under any of this agent's roots ({})",
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// Bytes in the regular files under `path`.
+fn tree_size(path: &Path) -> std::io::Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(if meta.is_file() { meta.len() } else { 0 });
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        total += tree_size(&entry?.path())?;
+    }
+    Ok(total)
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use ferry_core::pipeline::{CTR_PIPELINE, CtrTaskRequest};
 use ferry_core::workflow::WorkflowDef;
 use ferry_proto::v1::{self, workflow_service_client::WorkflowServiceClient};
 use tonic::transport::Channel;
@@ -113,17 +114,20 @@ enum WorkflowCmd {
 
 #[derive(Debug, Subcommand)]
 enum TaskCmd {
-    /// Start a task of a stored workflow.
+    /// Start a task of a stored workflow, or of the built-in CTR pipeline (`-w ctr_pipeline`,
+    /// or any of the pipeline's options) from seed 000's task request.
     Create {
         /// Workflow name.
         #[arg(long, short)]
-        workflow: String,
+        workflow: Option<String>,
         /// Task name (default: workflow name and a timestamp).
         #[arg(long)]
         name: Option<String>,
         /// `KEY=VALUE` for `${param.KEY}` placeholders; repeatable.
         #[arg(long = "param", short = 'p', value_parser = parse_kv)]
         params: Vec<(String, String)>,
+        #[command(flatten)]
+        ctr: CtrArgs,
     },
     List {
         #[arg(long)]
@@ -146,7 +150,115 @@ enum TaskCmd {
     /// Run a failed, paused or cancelled task again from its failed steps.
     Retry {
         task: i64,
+        /// `STEP.KEY=VALUE`: change a step's parameter first (e.g.
+        /// `train.model.learning_rate=0.0005`); the value is read as YAML; repeatable.
+        #[arg(long = "set", value_parser = parse_kv)]
+        set: Vec<(String, String)>,
+        /// Who changes the parameters (recorded in the task log).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        user: String,
     },
+}
+
+/// The task request of the built-in CTR pipeline (seed 000 §8.2). Flags override the file.
+#[derive(Debug, Default, clap::Args)]
+struct CtrArgs {
+    /// A YAML or JSON task request (name, experiment_id, sample_sql, infer_sql, hdfs_path,
+    /// hive_table, and the optional fields below).
+    #[arg(long)]
+    request: Option<PathBuf>,
+    #[arg(long)]
+    experiment_id: Option<String>,
+    #[arg(long)]
+    sample_sql: Option<String>,
+    #[arg(long)]
+    infer_sql: Option<String>,
+    #[arg(long)]
+    hdfs_path: Option<String>,
+    #[arg(long)]
+    hive_table: Option<String>,
+    /// `dt=2026-01-22` (default: the day the task is created).
+    #[arg(long)]
+    partition: Option<String>,
+    #[arg(long)]
+    training_server: Option<String>,
+    #[arg(long)]
+    inference_server: Option<String>,
+    #[arg(long)]
+    source_server: Option<String>,
+    #[arg(long)]
+    gpu_count: Option<u32>,
+    #[arg(long)]
+    batch_size: Option<u32>,
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// LR, FM, DeepFM, DCN or MMoE (default: from the experiment id's prefix, else DeepFM).
+    #[arg(long)]
+    model: Option<String>,
+    /// `KEY=VALUE` model setting (embedding_dim, learning_rate, ...); repeatable.
+    #[arg(long = "model-param", value_parser = parse_kv)]
+    model_params: Vec<(String, String)>,
+}
+
+impl CtrArgs {
+    fn given(&self) -> bool {
+        self.request.is_some()
+            || self.experiment_id.is_some()
+            || self.sample_sql.is_some()
+            || self.infer_sql.is_some()
+            || self.hive_table.is_some()
+    }
+
+    fn into_request(self, name: Option<String>) -> anyhow::Result<CtrTaskRequest> {
+        let mut r = match &self.request {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                serde_yaml::from_str::<CtrTaskRequest>(&text)
+                    .with_context(|| format!("{} is not a valid task request", path.display()))?
+            }
+            None => CtrTaskRequest::default(),
+        };
+        let set = |field: &mut String, v: Option<String>| {
+            if let Some(v) = v {
+                *field = v;
+            }
+        };
+        set(&mut r.name, name);
+        set(&mut r.experiment_id, self.experiment_id);
+        set(&mut r.sample_sql, self.sample_sql);
+        set(&mut r.infer_sql, self.infer_sql);
+        set(&mut r.hdfs_path, self.hdfs_path);
+        set(&mut r.hive_table, self.hive_table);
+        r.partition = self.partition.or(r.partition);
+        r.training_server = self.training_server.or(r.training_server);
+        r.inference_server = self.inference_server.or(r.inference_server);
+        r.source_server = self.source_server.or(r.source_server);
+        r.gpu_count = self.gpu_count.or(r.gpu_count);
+        r.batch_size = self.batch_size.or(r.batch_size);
+        r.epochs = self.epochs.or(r.epochs);
+        r.model = self.model.or(r.model);
+        for (k, v) in self.model_params {
+            r.model_params.insert(k, yaml_value(&v));
+        }
+        // Checked here too, so a mistake is reported before anything is sent.
+        r.validate()?;
+        Ok(r)
+    }
+}
+
+/// A command-line value as YAML reads it (numbers, booleans, lists), else as text.
+fn yaml_value(v: &str) -> serde_json::Value {
+    serde_yaml::from_str::<serde_json::Value>(v)
+        .ok()
+        .filter(|x| !x.is_null())
+        .unwrap_or_else(|| serde_json::Value::String(v.to_owned()))
+}
+
+/// `model.learning_rate` = 0.1 → `{"model": {"learning_rate": 0.1}}`.
+fn nested_patch(path: &str, value: serde_json::Value) -> serde_json::Value {
+    path.rsplit('.')
+        .fold(value, |inner, key| serde_json::json!({ key: inner }))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -339,7 +451,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             workflow,
             name,
             params,
+            ctr,
+        }) if ctr.given() || workflow.as_deref() == Some(CTR_PIPELINE) => {
+            if !params.is_empty() {
+                bail!("the built-in {CTR_PIPELINE} takes its request fields, not --param");
+            }
+            let request = ctr.into_request(name)?;
+            let task = client
+                .create_ctr_task(v1::CtrTaskRequest::from(&request))
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                print_json(&task_json(&task))?;
+            } else {
+                println!(
+                    "task {} created: {} ({}, {} steps)",
+                    task.id, task.name, task.status, task.total_steps
+                );
+            }
+        }
+        Command::Task(TaskCmd::Create {
+            workflow,
+            name,
+            params,
+            ctr: _,
         }) => {
+            let Some(workflow) = workflow else {
+                bail!(
+                    "name a workflow with -w, or give the CTR pipeline's request (--request FILE or --experiment-id, --sample-sql, ...)"
+                );
+            };
             let task = client
                 .create_task(v1::CreateTaskRequest {
                     workflow,
@@ -449,7 +591,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 TaskCmd::Pause { task } => ("paused", task),
                 TaskCmd::Resume { task } => ("resumed", task),
                 TaskCmd::Cancel { task } => ("cancelled", task),
-                TaskCmd::Retry { task } => ("retried", task),
+                TaskCmd::Retry { task, set, user } => {
+                    for (path, value) in set {
+                        let Some((step, key)) = path.split_once('.') else {
+                            bail!(
+                                "`--set {path}=...` needs STEP.KEY (e.g. train.model.learning_rate)"
+                            );
+                        };
+                        let patch = nested_patch(key, yaml_value(&value));
+                        client
+                            .update_step_params(v1::StepParamsUpdate {
+                                task_id: task,
+                                step: step.to_owned(),
+                                patch_json: patch.to_string(),
+                                user: user.clone(),
+                            })
+                            .await
+                            .map_err(status)?;
+                        if !json {
+                            println!("step {step} of task {task}: {key} = {value}");
+                        }
+                    }
+                    ("retried", task)
+                }
                 _ => bail!("unreachable task command"),
             };
             let r = v1::TaskRef { task_id };

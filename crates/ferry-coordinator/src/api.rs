@@ -300,6 +300,46 @@ impl WorkflowService for WorkflowApi {
         self.task_reply(row).await
     }
 
+    async fn create_ctr_task(
+        &self,
+        req: Request<v1::CtrTaskRequest>,
+    ) -> Result<Response<v1::Task>, Status> {
+        let request: ferry_core::pipeline::CtrTaskRequest =
+            req.into_inner()
+                .try_into()
+                .map_err(|e: ferry_core::pipeline::RequestError| {
+                    Status::invalid_argument(e.to_string())
+                })?;
+        let row = self
+            .engine
+            .request(|reply| ApiRequest::CreateCtrTask {
+                request: Box::new(request),
+                reply,
+            })
+            .await?;
+        self.task_reply(row).await
+    }
+
+    async fn update_step_params(
+        &self,
+        req: Request<v1::StepParamsUpdate>,
+    ) -> Result<Response<v1::Task>, Status> {
+        let u = req.into_inner();
+        let patch: serde_json::Value = serde_json::from_str(&u.patch_json)
+            .map_err(|e| Status::invalid_argument(format!("`patch_json` is not JSON: {e}")))?;
+        let row = self
+            .engine
+            .request(|reply| ApiRequest::UpdateStepParams {
+                task_id: u.task_id,
+                step: u.step,
+                patch,
+                user: u.user,
+                reply,
+            })
+            .await?;
+        self.task_reply(row).await
+    }
+
     async fn approve_step(
         &self,
         req: Request<v1::StepDecision>,

@@ -14,9 +14,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use ferry_core::pipeline::{self, CtrTaskRequest, HostInfo, PipelineSettings};
 use ferry_core::retry::RetryPolicy;
 use ferry_core::template::{self, TemplateContext};
 use ferry_core::workflow::{Placement, WorkflowDef};
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::error::EngineError;
+use crate::observe::{Observer, TaskOutcome};
 
 /// What the engine needs from the configuration.
 #[derive(Debug, Clone)]
@@ -37,6 +40,10 @@ pub struct EngineSettings {
     pub heartbeat: Duration,
     pub agent_timeout: Duration,
     pub auto_resume: bool,
+    /// What shapes every plan of the built-in CTR pipeline.
+    pub pipeline: PipelineSettings,
+    /// Prometheus metrics and webhook notifications.
+    pub observer: Arc<Observer>,
 }
 
 /// Messages the engine processes, from the gRPC services.
@@ -68,6 +75,19 @@ pub enum ApiRequest {
         workflow: String,
         name: String,
         params: BTreeMap<String, String>,
+        reply: Reply<workflow_task::Model>,
+    },
+    /// Plans the built-in CTR pipeline on the connected agents and starts it.
+    CreateCtrTask {
+        request: Box<CtrTaskRequest>,
+        reply: Reply<workflow_task::Model>,
+    },
+    /// Merges `patch` into a pending step's parameters (paused or failed tasks only).
+    UpdateStepParams {
+        task_id: i64,
+        step: String,
+        patch: serde_json::Value,
+        user: String,
         reply: Reply<workflow_task::Model>,
     },
     Pause {
@@ -172,6 +192,8 @@ struct AgentRt {
     kinds: HashSet<String>,
     gpus: Vec<u32>,
     hostname: String,
+    paths: BTreeMap<String, String>,
+    ssh_to: Vec<String>,
     conn: Option<(u64, AgentTx)>,
     last_seen: Instant,
     /// When the agent went away (or, for agents known only from the database after a
@@ -276,6 +298,8 @@ impl Engine {
                         kinds: HashSet::new(),
                         gpus: Vec::new(),
                         hostname: String::new(),
+                        paths: BTreeMap::new(),
+                        ssh_to: Vec::new(),
                         conn: None,
                         last_seen: now,
                         offline_since: Some(now),
@@ -399,6 +423,8 @@ impl Engine {
             kinds: HashSet::new(),
             gpus: Vec::new(),
             hostname: String::new(),
+            paths: BTreeMap::new(),
+            ssh_to: Vec::new(),
             conn: None,
             last_seen: now,
             offline_since: None,
@@ -408,6 +434,8 @@ impl Engine {
         agent.kinds = reg.kinds.iter().cloned().collect();
         agent.gpus = reg.gpus.clone();
         agent.hostname = reg.hostname.clone();
+        agent.paths = reg.paths.clone().into_iter().collect();
+        agent.ssh_to = reg.ssh_to.clone();
         agent.conn = Some((conn_id, tx));
         agent.last_seen = now;
         agent.offline_since = None;
@@ -646,6 +674,9 @@ impl Engine {
             }
             Some(job_event::Event::Metric(m)) => {
                 let step = self.step(key).row.step_name.clone();
+                self.settings
+                    .observer
+                    .on_step_metric(key.0, &step, &m.name, m.value);
                 self.new_metrics.push(ferry_store::new_metric(
                     key.0,
                     &step,
@@ -755,6 +786,10 @@ impl Engine {
                     Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
             }
             self.set_step_status(key, StepStatus::Pending);
+            self.settings.observer.on_retry(
+                &self.tasks[&key.0].row.workflow_name,
+                &self.step(key).row.kind,
+            );
             self.retry_timers.push(Reverse((due, key.0, key.1)));
             self.log_step(
                 key,
@@ -1016,6 +1051,24 @@ impl Engine {
                 let result = self.create_task(&workflow, name, params).await;
                 self.reply_after_commit(reply, result);
             }
+            ApiRequest::CreateCtrTask { request, reply } => {
+                let result = self.create_ctr_task(*request).await;
+                self.reply_after_commit(reply, result);
+            }
+            ApiRequest::UpdateStepParams {
+                task_id,
+                step,
+                patch,
+                user,
+                reply,
+            } => {
+                let r = self
+                    .with_task(task_id, |e, t| {
+                        e.update_step_params(t, &step, &patch, &user)
+                    })
+                    .await;
+                self.reply_after_commit(reply, r);
+            }
             ApiRequest::Pause { task_id, reply } => {
                 let r = self.with_task(task_id, |e, t| e.pause(t)).await;
                 self.reply_after_commit(reply, r);
@@ -1066,6 +1119,8 @@ impl Engine {
                         ),
                         running_jobs: a.running,
                         hostname: a.hostname.clone(),
+                        paths: a.paths.clone().into_iter().collect(),
+                        ssh_to: a.ssh_to.clone(),
                     })
                     .collect();
                 list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1126,6 +1181,56 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("workflow `{workflow}` not found")))?;
         let def: WorkflowDef = Store::definition_of(&wf)?;
+        self.create_task_from(wf.id, def, name, params).await
+    }
+
+    /// Plans seed 000's pipeline for `request` on the connected agents, stores the plan as
+    /// the `ctr_pipeline` workflow (the latest plan; each task keeps its own steps) and
+    /// starts it.
+    async fn create_ctr_task(&mut self, request: CtrTaskRequest) -> Result<i64, EngineError> {
+        request
+            .validate()
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        let hosts: Vec<HostInfo> = self
+            .agents
+            .iter()
+            .map(|(name, a)| HostInfo {
+                name: name.clone(),
+                role: Some(a.role),
+                paths: a.paths.clone(),
+                ssh_to: a.ssh_to.clone(),
+                connected: a.conn.is_some(),
+            })
+            .collect();
+        let hosts = pipeline::select_hosts(&request, &hosts)
+            .map_err(|e| EngineError::FailedPrecondition(e.to_string()))?;
+        let today = Utc::now().format("%Y-%m-%d").to_string();
+        let def = pipeline::plan(&request, &hosts, &self.settings.pipeline, &today)
+            .map_err(|e| EngineError::FailedPrecondition(e.to_string()))?;
+        let wf = self.store.apply_workflow(&def).await?;
+        let mut params = BTreeMap::new();
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&request) {
+            for (k, v) in fields {
+                let text = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                params.insert(k, text);
+            }
+        }
+        let name = request.name.clone();
+        let id = self.create_task_from(wf.id, def, name, params).await?;
+        self.log(id, "", "INFO", format!("planned on {hosts}"));
+        Ok(id)
+    }
+
+    async fn create_task_from(
+        &mut self,
+        workflow_id: i64,
+        def: WorkflowDef,
+        name: String,
+        params: BTreeMap<String, String>,
+    ) -> Result<i64, EngineError> {
         def.validate()
             .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         // Check every placeholder now, with a stand-in id, so the insert below cannot fail
@@ -1155,7 +1260,7 @@ impl Engine {
         let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
         let new_task = NewTask {
             name: task_name.clone(),
-            workflow_id: wf.id,
+            workflow_id,
             workflow_name: def.name.clone(),
             params: params_json,
             status: TaskStatus::Running.as_str().to_owned(),
@@ -1288,6 +1393,66 @@ impl Engine {
             ),
         );
         self.enqueue_pending(task_id);
+        Ok(())
+    }
+
+    /// Changes a step's parameters before it runs again (seed 000 §7.3: after a training
+    /// failure, retry with other hyperparameters). Only steps that have not completed, of a
+    /// task that is not running, and only to parameters its kind accepts.
+    fn update_step_params(
+        &mut self,
+        task_id: i64,
+        step_name: &str,
+        patch: &serde_json::Value,
+        user: &str,
+    ) -> Result<(), EngineError> {
+        let status = self.tasks[&task_id].status;
+        if !matches!(
+            status,
+            TaskStatus::Failed | TaskStatus::Paused | TaskStatus::Cancelled
+        ) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "task {task_id} is {status}; pause it (or let it fail) before changing a step"
+            )));
+        }
+        let Some(index) = self.tasks[&task_id]
+            .steps
+            .iter()
+            .position(|s| s.row.step_name == step_name)
+        else {
+            return Err(EngineError::NotFound(format!(
+                "task {task_id} has no step `{step_name}`"
+            )));
+        };
+        let key = (task_id, index);
+        let step_status = self.step(key).status;
+        if step_status == StepStatus::Completed || step_status.is_on_agent() {
+            return Err(EngineError::FailedPrecondition(format!(
+                "step `{step_name}` is {step_status}; only a step that has not completed can change"
+            )));
+        }
+        if !patch.is_object() {
+            return Err(EngineError::InvalidRequest(
+                "the change must be a JSON object of parameters".into(),
+            ));
+        }
+        if user.trim().is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "a change needs the name of who makes it".into(),
+            ));
+        }
+        let mut params: serde_json::Value =
+            serde_json::from_str(&self.step(key).row.params).unwrap_or_default();
+        merge_patch(&mut params, patch);
+        ferry_core::kinds::validate_params(&self.step(key).row.kind, &params).map_err(|e| {
+            EngineError::InvalidRequest(format!("step `{step_name}` after the change: {e}"))
+        })?;
+        self.step_mut(key).row.params = params.to_string();
+        self.log_step(
+            key,
+            "INFO",
+            format!("parameters changed by {user}: {patch}"),
+        );
         Ok(())
     }
 
@@ -1447,6 +1612,19 @@ impl Engine {
         {
             a.running = a.running.saturating_sub(1);
         }
+        if status == StepStatus::Completed && was != StepStatus::Completed {
+            let row = &self.step(key).row;
+            let seconds = row
+                .started_at
+                .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0)
+                .unwrap_or(0.0);
+            self.settings.observer.on_step_completed(
+                &self.tasks[&key.0].row.workflow_name,
+                pipeline::stage_of(&row.step_name),
+                &row.kind,
+                seconds.max(0.0),
+            );
+        }
         let step = self.step_mut(key);
         step.status = status;
         step.row.status = status.as_str().to_owned();
@@ -1466,6 +1644,27 @@ impl Engine {
             TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed
         ) {
             task.row.completed_at = Some(Utc::now());
+        }
+        if matches!(
+            status,
+            TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::Failed
+        ) {
+            let outcome = TaskOutcome {
+                task_id,
+                name: task.row.name.clone(),
+                workflow: task.row.workflow_name.clone(),
+                status: status.as_str().to_owned(),
+                reason: task.row.status_reason.clone(),
+                duration_seconds: task
+                    .row
+                    .started_at
+                    .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0)
+                    .unwrap_or(0.0)
+                    .max(0.0),
+                completed_steps: task.completed_steps(),
+                total_steps: task.steps.len(),
+            };
+            self.settings.observer.on_task_finished(outcome);
         }
         self.dirty_tasks.insert(task_id);
         self.broadcasts
@@ -1693,5 +1892,25 @@ pub fn format_duration(d: Duration) -> String {
         format!("{:.1}s", d.as_secs_f64())
     } else {
         format!("{}ms", d.as_millis())
+    }
+}
+
+/// RFC 7396 JSON merge patch: objects merge key by key, `null` removes, the rest replaces.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    if let serde_json::Value::Object(map) = target {
+        for (k, v) in changes {
+            if v.is_null() {
+                map.remove(k);
+            } else {
+                merge_patch(map.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
     }
 }

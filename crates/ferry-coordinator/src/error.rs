@@ -40,4 +40,9 @@ pub enum CoordinatorError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the engine stopped unexpectedly: {0}")]
     Engine(String),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        addr: String,
+        source: std::io::Error,
+    },
 }

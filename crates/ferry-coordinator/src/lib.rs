@@ -7,11 +7,13 @@ mod agent_api;
 mod api;
 pub mod engine;
 pub mod error;
+pub mod observe;
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 
 use ferry_core::config::FerryConfig;
+use ferry_core::pipeline::PipelineSettings;
 use ferry_proto::v1::agent_service_server::AgentServiceServer;
 use ferry_proto::v1::workflow_service_server::WorkflowServiceServer;
 use ferry_store::Store;
@@ -37,11 +39,34 @@ pub async fn run(
         heartbeat: config.workflow.heartbeat(),
         agent_timeout: config.workflow.agent_timeout(),
         auto_resume: config.workflow.auto_resume,
+        pipeline: PipelineSettings {
+            confirm_transfer_above: config.transfer.confirm_above,
+            cleanup_staging: config.workflow.cleanup_staging,
+            keep_checkpoints: config.workflow.keep_checkpoints,
+        },
+        observer: observe::Observer::new(config.workflow.notification.clone()),
     };
+    let observer = settings.observer.clone();
     let (engine, handle) = engine::Engine::start(store.clone(), settings)
         .await
         .map_err(|e| CoordinatorError::Engine(e.to_string()))?;
     let stop_engine = CancellationToken::new();
+    if !config.coordinator.metrics_listen.is_empty() {
+        let addr = &config.coordinator.metrics_listen;
+        let metrics =
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| CoordinatorError::MetricsListen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+        info!(addr = %addr, "Prometheus metrics at /metrics");
+        tokio::spawn(observe::serve_metrics(
+            metrics,
+            observer,
+            stop_engine.clone(),
+        ));
+    }
     let engine_task = tokio::spawn(engine.run(stop_engine.clone()));
     let engine_done = CancellationToken::new();
 

@@ -159,6 +159,9 @@ pub struct TransferConfig {
     pub hash_algorithm: String,
     /// The `ferry` CLI on the other hosts, used to build and verify manifests there.
     pub remote_ferry: String,
+    /// Transfers larger than this many bytes wait for a person's confirmation before they
+    /// start (seed 000 §7.3); 0 never asks.
+    pub confirm_above: u64,
 }
 
 impl Default for TransferConfig {
@@ -173,6 +176,7 @@ impl Default for TransferConfig {
             bandwidth_limit: String::new(),
             hash_algorithm: "blake3".into(),
             remote_ferry: "ferry".into(),
+            confirm_above: 0,
         }
     }
 }
@@ -192,6 +196,11 @@ pub struct WorkflowConfig {
     /// Continue running tasks when the coordinator restarts (otherwise they pause).
     pub auto_resume: bool,
     pub notification: NotificationConfig,
+    /// The monitor stage removes a pipeline task's staging data on the data-source host.
+    pub cleanup_staging: bool,
+    /// The monitor stage keeps this many pipeline runs' model directories under
+    /// `model_root` and moves older ones to `{model_root}/archive/`; 0 keeps all.
+    pub keep_checkpoints: u32,
 }
 
 impl Default for WorkflowConfig {
@@ -203,6 +212,8 @@ impl Default for WorkflowConfig {
             checkpoint_interval: 1,
             auto_resume: true,
             notification: NotificationConfig::default(),
+            cleanup_staging: false,
+            keep_checkpoints: 5,
         }
     }
 }
@@ -242,6 +253,8 @@ pub struct CoordinatorConfig {
     pub listen: String,
     /// `sqlite://PATH?mode=rwc` (default) or `postgres://...`.
     pub database_url: String,
+    /// Where the Prometheus text endpoint (`/metrics`) listens; empty: not served.
+    pub metrics_listen: String,
 }
 
 impl Default for CoordinatorConfig {
@@ -249,6 +262,7 @@ impl Default for CoordinatorConfig {
         CoordinatorConfig {
             listen: "127.0.0.1:50051".into(),
             database_url: "sqlite://ferry.db?mode=rwc".into(),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -351,6 +365,22 @@ impl FerryConfig {
             if server.key_path.as_os_str().is_empty() {
                 return Err(invalid(key("key_path"), "must not be empty"));
             }
+        }
+        let hook = &self.workflow.notification.webhook_url;
+        if !hook.is_empty() && !hook.starts_with("http://") {
+            return Err(invalid(
+                "workflow.notification.webhook_url",
+                format!(
+                    "`{hook}` is not an http:// URL (https needs the TLS support that comes with mutual TLS)"
+                ),
+            ));
+        }
+        let metrics = &self.coordinator.metrics_listen;
+        if !metrics.is_empty() && metrics.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "coordinator.metrics_listen",
+                format!("`{metrics}` is not an address like 127.0.0.1:9464"),
+            ));
         }
         if self.transfer.chunk_size == 0 {
             return Err(invalid("transfer.chunk_size", "must be at least 1 byte"));

@@ -27,7 +27,38 @@ pub const TRAIN: &str = "train";
 /// Scores inference data part by part with a trained model on the inference host.
 pub const INFER: &str = "infer";
 
-pub const KNOWN_KINDS: &[&str] = &[EXEC, NOOP, TRANSFER, SQL_EXPORT, HIVE_LOAD, TRAIN, INFER];
+/// The pipeline's monitor stage: report, checkpoint retention (seed 000 stage 5).
+pub const MONITOR: &str = "monitor";
+/// Removes directories under the agent's roots (staging data after a pipeline run).
+pub const CLEANUP: &str = "cleanup";
+
+pub const KNOWN_KINDS: &[&str] = &[
+    EXEC, NOOP, TRANSFER, SQL_EXPORT, HIVE_LOAD, TRAIN, INFER, MONITOR, CLEANUP,
+];
+
+/// Parameters of the `monitor` kind: the task's steps and metrics, read from the
+/// coordinator, are written as `report_path`; older runs under `model_root` are archived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorParams {
+    pub report_path: String,
+    /// Where pipeline runs keep their model directories (`{model_root}/{dataset_id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_root: Option<String>,
+    /// How many runs' model directories to keep; 0 keeps all.
+    #[serde(default)]
+    pub keep_checkpoints: u32,
+    /// Free-form facts copied into the report (dataset id, model id, table, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
+}
+
+/// Parameters of the `cleanup` kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupParams {
+    pub paths: Vec<String>,
+}
 
 /// Parameters of a `train` step. Files go to `{data_root}/{dataset_id}/` and
 /// `{model_root}/{dataset_id}/` of the host's `fuxictr_paths`.
@@ -46,6 +77,10 @@ pub struct TrainParams {
     /// Fraction of rows held out for validation (default 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_ratio: Option<f64>,
+    /// How many of the agent's GPUs to use (the first N of `servers.<agent>.gpus`); 0 trains
+    /// on the CPU; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_count: Option<u32>,
 }
 
 /// Parameters of an `infer` step.
@@ -136,6 +171,9 @@ pub struct TransferParams {
     /// Overrides `transfer.chunk_size` (bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<u64>,
+    /// A transfer of more bytes than this waits for a person's confirmation (seed 000 §7.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_above: Option<u64>,
 }
 
 /// Parameters of an `exec` step.
@@ -260,6 +298,23 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
             }
             Ok(())
         }
+        MONITOR => {
+            let p: MonitorParams = parse_params(params)?;
+            if p.report_path.trim().is_empty() {
+                return Err("`report_path` must not be empty".into());
+            }
+            if p.keep_checkpoints > 0 && p.model_root.is_none() {
+                return Err("`keep_checkpoints` needs `model_root`".into());
+            }
+            Ok(())
+        }
+        CLEANUP => {
+            let p: CleanupParams = parse_params(params)?;
+            if p.paths.iter().any(|x| x.trim().is_empty()) {
+                return Err("`paths` must not contain empty paths".into());
+            }
+            Ok(())
+        }
         other => Err(format!(
             "unknown step kind `{other}` (known kinds: {})",
             KNOWN_KINDS.join(", ")
@@ -308,7 +363,7 @@ mod tests {
         let err = validate_params("frobnicate", &Value::Null).expect_err("unknown");
         assert_eq!(
             err,
-            "unknown step kind `frobnicate` (known kinds: exec, noop, transfer, sql_export, hive_load, train, infer)"
+            "unknown step kind `frobnicate` (known kinds: exec, noop, transfer, sql_export, hive_load, train, infer, monitor, cleanup)"
         );
     }
 

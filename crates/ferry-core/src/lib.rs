@@ -8,6 +8,7 @@ pub mod config;
 pub mod ident;
 pub mod ids;
 pub mod kinds;
+pub mod pipeline;
 pub mod retry;
 pub mod state;
 pub mod template;

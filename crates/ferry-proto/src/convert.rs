@@ -174,3 +174,63 @@ mod tests {
         assert_eq!(job_state_from_wire(0), None);
     }
 }
+
+impl TryFrom<v1::CtrTaskRequest> for ferry_core::pipeline::CtrTaskRequest {
+    type Error = ferry_core::pipeline::RequestError;
+
+    fn try_from(r: v1::CtrTaskRequest) -> Result<Self, Self::Error> {
+        let model_params = if r.model_params_json.trim().is_empty() {
+            Default::default()
+        } else {
+            serde_json::from_str(&r.model_params_json).map_err(|e| {
+                ferry_core::pipeline::RequestError {
+                    field: "model_params",
+                    message: format!("not a JSON object of settings: {e}"),
+                }
+            })?
+        };
+        Ok(ferry_core::pipeline::CtrTaskRequest {
+            name: r.name,
+            experiment_id: r.experiment_id,
+            sample_sql: r.sample_sql,
+            infer_sql: r.infer_sql,
+            hdfs_path: r.hdfs_path,
+            hive_table: r.hive_table,
+            partition: r.partition,
+            training_server: r.training_server,
+            inference_server: r.inference_server,
+            source_server: r.source_server,
+            gpu_count: r.gpu_count,
+            batch_size: r.batch_size,
+            epochs: r.epochs,
+            model: r.model,
+            model_params,
+        })
+    }
+}
+
+impl From<&ferry_core::pipeline::CtrTaskRequest> for v1::CtrTaskRequest {
+    fn from(r: &ferry_core::pipeline::CtrTaskRequest) -> Self {
+        v1::CtrTaskRequest {
+            name: r.name.clone(),
+            experiment_id: r.experiment_id.clone(),
+            sample_sql: r.sample_sql.clone(),
+            infer_sql: r.infer_sql.clone(),
+            hdfs_path: r.hdfs_path.clone(),
+            hive_table: r.hive_table.clone(),
+            partition: r.partition.clone(),
+            training_server: r.training_server.clone(),
+            inference_server: r.inference_server.clone(),
+            source_server: r.source_server.clone(),
+            gpu_count: r.gpu_count,
+            batch_size: r.batch_size,
+            epochs: r.epochs,
+            model: r.model.clone(),
+            model_params_json: if r.model_params.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&r.model_params).unwrap_or_default()
+            },
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! What the coordinator tells the outside world about its work: Prometheus metrics with
+//! seed 000 §13.1's names, served as text on `coordinator.metrics_listen`, and webhook
+//! notifications when a task completes or fails (`workflow.notification`).
+//!
+//! The engine calls the `on_*` hooks from its loop; they only update counters under a
+//! short lock or spawn the HTTP POST, so the engine never waits on the network.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_core::config::NotificationConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Bucket bounds in seconds: from a no-op step to a day-long training run.
+const BUCKETS: &[f64] = &[
+    0.01,
+    0.1,
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    24.0 * 3600.0,
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    workflow_duration: BTreeMap<Labels, Histogram>,
+    stage_duration: BTreeMap<Labels, Histogram>,
+    transfer_duration: BTreeMap<Labels, Histogram>,
+    transfer_bytes: BTreeMap<Labels, f64>,
+    retries: BTreeMap<Labels, f64>,
+    training_loss: BTreeMap<Labels, f64>,
+    inference_throughput: BTreeMap<Labels, f64>,
+}
+
+/// A finished task, as the webhook reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskOutcome {
+    pub task_id: i64,
+    pub name: String,
+    pub workflow: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub duration_seconds: f64,
+    pub completed_steps: usize,
+    pub total_steps: usize,
+}
+
+pub struct Observer {
+    registry: Mutex<Registry>,
+    notification: NotificationConfig,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer").finish_non_exhaustive()
+    }
+}
+
+impl Observer {
+    pub fn new(notification: NotificationConfig) -> Arc<Observer> {
+        Arc::new(Observer {
+            registry: Mutex::new(Registry::default()),
+            notification,
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        // A panic elsewhere while holding the lock leaves plain numbers behind; keep going.
+        let mut guard = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn on_step_completed(&self, workflow: &str, stage: &str, kind: &str, seconds: f64) {
+        let labels = vec![
+            ("workflow", workflow.to_owned()),
+            ("stage", stage.to_owned()),
+            ("kind", kind.to_owned()),
+        ];
+        self.with(|r| r.stage_duration.entry(labels).or_default().observe(seconds));
+    }
+
+    pub fn on_retry(&self, workflow: &str, kind: &str) {
+        let labels = vec![("workflow", workflow.to_owned()), ("kind", kind.to_owned())];
+        self.with(|r| *r.retries.entry(labels).or_default() += 1.0);
+    }
+
+    /// A metric an agent reported for a step.
+    pub fn on_step_metric(&self, task_id: i64, step: &str, name: &str, value: f64) {
+        let task = || vec![("task_id", task_id.to_string()), ("step", step.to_owned())];
+        self.with(|r| match name {
+            "transfer_bytes" => {
+                *r.transfer_bytes
+                    .entry(vec![("step", step.to_owned())])
+                    .or_default() += value;
+            }
+            "transfer_seconds" => r
+                .transfer_duration
+                .entry(vec![("step", step.to_owned())])
+                .or_default()
+                .observe(value),
+            "train_loss" => {
+                r.training_loss.insert(task(), value);
+            }
+            "inference_rows_per_sec" => {
+                r.inference_throughput.insert(task(), value);
+            }
+            _ => {}
+        });
+    }
+
+    /// A task reached a final state: record its duration and notify when configured.
+    pub fn on_task_finished(&self, outcome: TaskOutcome) {
+        let labels = vec![
+            ("workflow", outcome.workflow.clone()),
+            ("status", outcome.status.clone()),
+        ];
+        self.with(|r| {
+            r.workflow_duration
+                .entry(labels)
+                .or_default()
+                .observe(outcome.duration_seconds)
+        });
+        let n = &self.notification;
+        let wanted = match outcome.status.as_str() {
+            "completed" => n.on_complete,
+            "failed" => n.on_failure,
+            _ => false,
+        };
+        if wanted && !n.webhook_url.is_empty() {
+            let url = n.webhook_url.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    match post_json(&url, &outcome).await {
+                        Ok(code) => {
+                            info!(task_id = outcome.task_id, %url, code, "notification sent")
+                        }
+                        Err(e) => {
+                            warn!(task_id = outcome.task_id, %url, "notification failed: {e}")
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.with(|r| {
+            let mut out = String::new();
+            histogram(
+                &mut out,
+                "workflow_duration_seconds",
+                "Total workflow (task) time",
+                &r.workflow_duration,
+            );
+            histogram(
+                &mut out,
+                "stage_duration_seconds",
+                "Per-stage (step) duration",
+                &r.stage_duration,
+            );
+            scalar(
+                &mut out,
+                "transfer_bytes_total",
+                "counter",
+                "Total bytes transferred",
+                &r.transfer_bytes,
+            );
+            histogram(
+                &mut out,
+                "transfer_duration_seconds",
+                "Transfer time",
+                &r.transfer_duration,
+            );
+            scalar(
+                &mut out,
+                "training_loss",
+                "gauge",
+                "Training loss of the latest epoch",
+                &r.training_loss,
+            );
+            scalar(
+                &mut out,
+                "inference_throughput",
+                "gauge",
+                "Inference rows per second",
+                &r.inference_throughput,
+            );
+            scalar(
+                &mut out,
+                "retry_count_total",
+                "counter",
+                "Number of step retries",
+                &r.retries,
+            );
+            out
+        })
+    }
+}
+
+fn label_text(labels: &Labels, extra: Option<(&str, String)>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    if let Some((k, v)) = extra {
+        parts.push(format!("{k}=\"{v}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, series: &BTreeMap<Labels, Histogram>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (labels, h) in series {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let le = label_text(labels, Some(("le", b.to_string())));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{le} {}",
+                h.counts.get(i).copied().unwrap_or(0)
+            );
+        }
+        let inf = label_text(labels, Some(("le", "+Inf".into())));
+        let _ = writeln!(out, "{name}_bucket{inf} {}", h.count);
+        let l = label_text(labels, None);
+        let _ = writeln!(out, "{name}_sum{l} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{l} {}", h.count);
+    }
+}
+
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, series: &BTreeMap<Labels, f64>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in series {
+        let _ = writeln!(out, "{name}{} {v}", label_text(labels, None));
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` fires.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    observer: Arc<Observer>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (mut socket, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("metrics endpoint: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let observer = observer.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = if request.starts_with("GET ")
+                && (path == "/metrics" || path.starts_with("/metrics?"))
+            {
+                ("200 OK", observer.render())
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_owned(),
+                )
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("`{0}` is not an http://host[:port]/path URL")]
+    BadUrl(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no answer within 10 s")]
+    Timeout,
+    #[error("the server answered `{0}`")]
+    Status(String),
+}
+
+/// POSTs `body` as JSON with HTTP/1.1 and returns the status code (2xx only).
+pub async fn post_json(url: &str, body: &impl serde::Serialize) -> Result<u16, WebhookError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| WebhookError::BadUrl(url.to_owned()))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(WebhookError::BadUrl(url.to_owned()));
+    }
+    let addr = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let json = serde_json::to_string(body).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let exchange = async {
+        let mut stream = TcpStream::connect(&addr).await?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: ferry-coordinator\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| WebhookError::Timeout)??;
+    let text = String::from_utf8_lossy(&answer);
+    let status_line = text.lines().next().unwrap_or_default().to_owned();
+    let code: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if (200..300).contains(&code) {
+        Ok(code)
+    } else {
+        Err(WebhookError::Status(status_line))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_seed_metric_names_with_labels() {
+        let o = Observer::new(NotificationConfig::default());
+        o.on_step_completed("ctr_pipeline", "train", "train", 42.0);
+        o.on_step_metric(7, "ship_sample", "transfer_bytes", 1000.0);
+        o.on_step_metric(7, "ship_model", "transfer_bytes", 24.0);
+        o.on_step_metric(7, "ship_sample", "transfer_seconds", 2.0);
+        o.on_step_metric(7, "train", "train_loss", 0.45);
+        o.on_step_metric(7, "infer", "inference_rows_per_sec", 48000.0);
+        o.on_retry("ctr_pipeline", "transfer");
+        o.on_task_finished(TaskOutcome {
+            task_id: 7,
+            name: "t".into(),
+            workflow: "ctr_pipeline".into(),
+            status: "completed".into(),
+            reason: None,
+            duration_seconds: 100.0,
+            completed_steps: 10,
+            total_steps: 10,
+        });
+        let text = o.render();
+        for line in [
+            "stage_duration_seconds_bucket{workflow=\"ctr_pipeline\",stage=\"train\",kind=\"train\",le=\"60\"} 1",
+            "stage_duration_seconds_bucket{workflow=\"ctr_pipeline\",stage=\"train\",kind=\"train\",le=\"15\"} 0",
+            "transfer_bytes_total{step=\"ship_sample\"} 1000",
+            "transfer_duration_seconds_count{step=\"ship_sample\"} 1",
+            "training_loss{task_id=\"7\",step=\"train\"} 0.45",
+            "inference_throughput{task_id=\"7\",step=\"infer\"} 48000",
+            "retry_count_total{workflow=\"ctr_pipeline\",kind=\"transfer\"} 1",
+            "workflow_duration_seconds_sum{workflow=\"ctr_pipeline\",status=\"completed\"} 100",
+            "# TYPE transfer_bytes_total counter",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn webhook_posts_json_and_reports_http_errors() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let mut bodies = Vec::new();
+            for answer in ["200 OK", "500 Internal Server Error"] {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                // The body ends the request (it is JSON, closed by `}`).
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 8192];
+                while !got.ends_with(b"}") {
+                    let n = s.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "request cut short");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                bodies.push(String::from_utf8_lossy(&got).to_string());
+                let reply = format!("HTTP/1.1 {answer}\r\nContent-Length: 0\r\n\r\n");
+                s.write_all(reply.as_bytes()).await.expect("write");
+            }
+            bodies
+        });
+        let url = format!("http://127.0.0.1:{port}/hooks/ferry");
+        let body = serde_json::json!({"task_id": 3, "status": "failed"});
+        assert_eq!(post_json(&url, &body).await.expect("posted"), 200);
+        let e = post_json(&url, &body).await.expect_err("500");
+        assert!(e.to_string().contains("500"), "{e}");
+        let bodies = server.await.expect("server");
+        assert!(
+            bodies[0].starts_with("POST /hooks/ferry HTTP/1.1\r\n"),
+            "{}",
+            bodies[0]
+        );
+        assert!(
+            bodies[0].ends_with("{\"status\":\"failed\",\"task_id\":3}"),
+            "{}",
+            bodies[0]
+        );
+        let e = post_json("https://x", &body).await.expect_err("https");
+        assert!(e.to_string().contains("not an http://"), "{e}");
+    }
+}
