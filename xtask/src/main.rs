@@ -11,6 +11,7 @@ mod bench_ctr;
 mod bench_engine;
 mod bench_transfer;
 mod demo;
+mod e2e;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,6 +35,9 @@ enum Cmd {
     },
     /// README's main job: run the example workflow on this machine and show its progress.
     Demo,
+    /// The built-in CTR pipeline across three hosts (network namespaces as root, else
+    /// loopback addresses), each with its own sshd and agent; `--faults` kills each daemon once.
+    E2e(e2e::Options),
     /// Write the sample campaign tables (data-spec.md) into a warehouse directory.
     GenData {
         /// Training rows (`campaign_sample`); inference rows are a quarter of it.
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
+        Cmd::E2e(opts) => e2e::run(opts),
         Cmd::GenData {
             rows,
             infer_rows,

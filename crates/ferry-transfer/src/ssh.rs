@@ -79,7 +79,7 @@ impl SshSession {
         target: &SshTarget,
         control_dir: &Path,
     ) -> Result<SshSession, TransferError> {
-        std::fs::create_dir_all(control_dir).map_err(|e| TransferError::io(control_dir, e))?;
+        let control_dir = &usable_control_dir(control_dir)?;
         let attempts = target.connect_attempts.max(1);
         let mut backoff = target.connect_backoff;
         let mut attempt = 1;
@@ -238,5 +238,64 @@ mod tests {
         );
         assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
         assert_eq!(shell_quote("/tmp/ctl.sock"), "/tmp/ctl.sock");
+    }
+}
+
+/// What ssh adds under the control directory: `/.ssh-connectionXXXXXX/master.` and 16
+/// random characters.
+const CONTROL_SUFFIX_LEN: usize = 50;
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `dir`, created, when the master's socket path fits a Unix socket's 107 bytes; otherwise
+/// a short private directory under /tmp named after `dir` (deep work directories are common,
+/// and ssh would fail with "path too long for Unix domain socket").
+fn usable_control_dir(dir: &Path) -> Result<std::path::PathBuf, TransferError> {
+    let chosen = if dir.as_os_str().len() + CONTROL_SUFFIX_LEN <= MAX_SOCKET_PATH {
+        dir.to_owned()
+    } else {
+        let hash = blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex();
+        std::path::PathBuf::from("/tmp").join(format!("ferry-ssh-{}", &hash.as_str()[..16]))
+    };
+    std::fs::create_dir_all(&chosen).map_err(|e| TransferError::io(&chosen, e))?;
+    // Others must not reach the master through its socket.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&chosen, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| TransferError::io(&chosen, e))?;
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod control_dir_tests {
+    use super::*;
+
+    #[test]
+    fn deep_control_directories_move_to_a_short_private_one() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let short = tmp.path().join("ssh");
+        assert_eq!(usable_control_dir(&short).expect("short"), short);
+        let deep = tmp
+            .path()
+            .join("a".repeat(60))
+            .join("10.231.162.23-22-root");
+        let chosen = usable_control_dir(&deep).expect("deep");
+        assert!(
+            chosen.to_string_lossy().starts_with("/tmp/ferry-ssh-"),
+            "{}",
+            chosen.display()
+        );
+        assert!(chosen.as_os_str().len() + CONTROL_SUFFIX_LEN <= MAX_SOCKET_PATH);
+        assert_eq!(
+            usable_control_dir(&deep).expect("again"),
+            chosen,
+            "stable per directory"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&chosen)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let _ = std::fs::remove_dir_all(&chosen);
     }
 }

@@ -1,0 +1,1060 @@
+//! `cargo xtask e2e [--faults]`: the built-in CTR pipeline across three hosts.
+//!
+//! As root the hosts are network namespaces on a private bridge, each with its own address,
+//! sshd and agent; the coordinator listens on the bridge. Otherwise they are loopback
+//! addresses (127.0.0.21-23) with their own sshd ports. Each host has its own directories and
+//! SSH keys; the data source holds keys for both compute hosts, the training host one for the
+//! inference host, and the inference host none, so results are pulled by the data source.
+//!
+//! The task goes through the real `ferry` CLI (request from a YAML file, approvals of the
+//! confirmation points), then the run is checked: Hive rows = inference rows, every score in
+//! [0, 1], the report with an AUC, every transfer verified, the Prometheus endpoint and the
+//! webhook. `--faults` runs a clean task, then one where each daemon is SIGKILLed once at a
+//! seeded random point and restarted, and asserts the same Hive rows and scores.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use ferry_e2e::sshd::{keygen, whoami};
+use ferry_proto::v1;
+use ferry_proto::v1::workflow_service_client::WorkflowServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Also run the pipeline with each daemon killed once (seeded) and compare with a clean run.
+    #[arg(long)]
+    pub faults: bool,
+    /// Seed of the fault schedule.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Training rows generated for the data source (inference rows: a quarter).
+    #[arg(long, default_value_t = 60_000)]
+    pub rows: usize,
+    /// Use loopback addresses even when network namespaces are available.
+    #[arg(long)]
+    pub loopback: bool,
+    /// Keep the run's directory (printed) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// The three hosts: (agent name = server name, role, daemon).
+const HOSTS: [(&str, &str, &str); 3] = [
+    ("server_21", "data_source", "source"),
+    ("training_server", "training", "train"),
+    ("inference_server", "inference", "infer"),
+];
+
+/// Which hosts hold an SSH key for which (seed 000: "push or pull follows the keys").
+fn ssh_keys_of(host: &str) -> &'static [&'static str] {
+    match host {
+        "server_21" => &["training_server", "inference_server"],
+        "training_server" => &["inference_server"],
+        _ => &[],
+    }
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    crate::ensure_system_packages()?;
+    crate::cargo(&["build", "--workspace", "--bins"])?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let clean = run_once(&opts, "clean", None).await?;
+        if opts.faults {
+            let faulty = run_once(&opts, "faults", Some(opts.seed)).await?;
+            compare(&clean, &faulty)?;
+            println!(
+                "== faults: every daemon was killed once and restarted; the Hive table holds the same {} rows and scores as the clean run",
+                clean.len()
+            );
+        }
+        println!("== e2e passed");
+        Ok(())
+    })
+}
+
+/// Rows of the loaded partition: sample_id → scores.
+type TableRows = BTreeMap<i64, Vec<f64>>;
+
+fn compare(clean: &TableRows, faulty: &TableRows) -> anyhow::Result<()> {
+    ensure!(
+        clean.len() == faulty.len(),
+        "the fault run loaded {} rows, the clean run {}",
+        faulty.len(),
+        clean.len()
+    );
+    for (id, scores) in clean {
+        let other = faulty
+            .get(id)
+            .with_context(|| format!("sample {id} is missing after the fault run"))?;
+        for (a, b) in scores.iter().zip(other) {
+            ensure!(
+                (a - b).abs() <= 1e-6,
+                "sample {id}: score {b} after the fault run, {a} in the clean run"
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---- the network -------------------------------------------------------------------------
+
+/// Where the hosts live: namespaces on a bridge, or loopback addresses.
+struct Network {
+    namespaces: Option<Namespaces>,
+    coordinator_ip: String,
+    host_ips: [String; 3],
+}
+
+struct Namespaces {
+    bridge: String,
+    names: [String; 3],
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Network {
+    fn create(loopback: bool) -> anyhow::Result<Network> {
+        if !loopback && is_root() {
+            match Self::namespaces() {
+                Ok(n) => return Ok(n),
+                Err(e) => {
+                    println!("== network namespaces unavailable ({e:#}); using loopback addresses")
+                }
+            }
+        }
+        Ok(Network {
+            namespaces: None,
+            coordinator_ip: "127.0.0.1".into(),
+            host_ips: [
+                "127.0.0.21".into(),
+                "127.0.0.22".into(),
+                "127.0.0.23".into(),
+            ],
+        })
+    }
+
+    fn namespaces() -> anyhow::Result<Network> {
+        // Short, per-run names (interface names are limited to 15 bytes).
+        let tag = std::process::id() % 10_000;
+        let subnet = 20 + (std::process::id() % 200);
+        remove_stale_namespaces();
+        let bridge = format!("fe{tag}br");
+        let names = ["src", "trn", "inf"].map(|h| format!("fe{tag}{h}"));
+        let net = Network {
+            namespaces: Some(Namespaces {
+                bridge: bridge.clone(),
+                names: names.clone(),
+            }),
+            coordinator_ip: format!("10.231.{subnet}.1"),
+            host_ips: [21, 22, 23].map(|i| format!("10.231.{subnet}.{i}")),
+        };
+        sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", net.coordinator_ip),
+            "dev",
+            &bridge,
+        ])?;
+        sh(&["ip", "link", "set", &bridge, "up"])?;
+        for (i, ns) in names.iter().enumerate() {
+            let (outside, inside) = (format!("{ns}h"), format!("{ns}n"));
+            sh(&["ip", "netns", "add", ns])?;
+            sh(&[
+                "ip", "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ])?;
+            sh(&["ip", "link", "set", &inside, "netns", ns])?;
+            sh(&["ip", "link", "set", &outside, "master", &bridge])?;
+            sh(&["ip", "link", "set", &outside, "up"])?;
+            let addr = format!("{}/24", net.host_ips[i]);
+            sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", &inside])?;
+            sh(&["ip", "-n", ns, "link", "set", &inside, "up"])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        println!(
+            "== hosts are network namespaces {} on bridge {bridge} ({}/24)",
+            names.join(", "),
+            net.coordinator_ip
+        );
+        Ok(net)
+    }
+}
+
+/// Namespaces and bridges an interrupted earlier run left behind (`fe<N>src` ...).
+fn remove_stale_namespaces() {
+    let is_ours = |name: &str, suffixes: &[&str]| {
+        name.strip_prefix("fe").is_some_and(|rest| {
+            suffixes.iter().any(|s| {
+                rest.strip_suffix(s)
+                    .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+            })
+        })
+    };
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if is_ours(name, &["src", "trn", "inf"]) {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+    if let Ok(out) = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split(':').nth(1).unwrap_or("").trim();
+            if is_ours(name, &["br"]) {
+                let _ = Command::new("ip").args(["link", "del", name]).status();
+            }
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if let Some(ns) = &self.namespaces {
+            for n in &ns.names {
+                let _ = Command::new("ip").args(["netns", "del", n]).status();
+            }
+            let _ = Command::new("ip")
+                .args(["link", "del", &ns.bridge])
+                .status();
+        }
+    }
+}
+
+// ---- the processes -----------------------------------------------------------------------
+
+struct Daemon {
+    name: String,
+    child: Option<Child>,
+    spawn: Box<dyn Fn() -> anyhow::Result<Child> + Send>,
+}
+
+impl Daemon {
+    fn start(
+        name: &str,
+        spawn: Box<dyn Fn() -> anyhow::Result<Child> + Send>,
+    ) -> anyhow::Result<Daemon> {
+        let child = spawn()?;
+        Ok(Daemon {
+            name: name.to_owned(),
+            child: Some(child),
+            spawn,
+        })
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.child = Some((self.spawn)()?);
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn log_to(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
+}
+
+fn free_port(ip: &str) -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// One host's sshd: its own host key and the keys it lets in.
+fn start_sshd(
+    net: &Network,
+    i: usize,
+    dir: &Path,
+    port: u16,
+    allowed: &[PathBuf],
+) -> anyhow::Result<Daemon> {
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("sshd is not installed (openssh-server)")?;
+    let mut keys = String::new();
+    for k in allowed {
+        keys.push_str(&std::fs::read_to_string(k.with_extension("pub"))?);
+    }
+    std::fs::write(dir.join("authorized_keys"), keys)?;
+    let config = format!(
+        "Port {port}\nListenAddress {ip}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n",
+        ip = net.host_ips[i],
+        d = dir.display()
+    );
+    std::fs::write(dir.join("sshd_config"), config)?;
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let config_path = dir.join("sshd_config");
+    let log = dir.join("sshd.log");
+    let program = PathBuf::from(sshd);
+    let cmd_net = NetCommand::of(net, i);
+    Daemon::start(
+        "sshd",
+        Box::new(move || {
+            let (out, err) = log_to(&log)?;
+            Ok(cmd_net
+                .command(&program)
+                .args(["-D", "-e", "-f"])
+                .arg(&config_path)
+                .stdout(out)
+                .stderr(err)
+                .spawn()?)
+        }),
+    )
+}
+
+/// What is needed to start a command on a host, without borrowing the network.
+#[derive(Clone)]
+struct NetCommand {
+    namespace: Option<String>,
+}
+
+impl NetCommand {
+    fn of(net: &Network, i: usize) -> NetCommand {
+        NetCommand {
+            namespace: net.namespaces.as_ref().map(|n| n.names[i].clone()),
+        }
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        match &self.namespace {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
+fn wait_for_port(ip: &str, port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect((ip, port)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "{what} did not start on {ip}:{port}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+// ---- a webhook receiver --------------------------------------------------------------------
+
+/// Collects the bodies POSTed to it.
+fn webhook_receiver(ip: &str) -> anyhow::Result<(String, Arc<Mutex<Vec<String>>>)> {
+    let listener = TcpListener::bind((ip, 0))?;
+    let url = format!("http://{}/ferry-hook", listener.local_addr()?);
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let sink = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        if let Ok(mut b) = sink.lock() {
+                            b.push(body.to_owned());
+                        }
+                        break;
+                    }
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    Ok((url, bodies))
+}
+
+// ---- one run -------------------------------------------------------------------------------
+
+/// A daemon to kill: when `step` has been running for `after`.
+struct Fault {
+    daemon: usize,
+    step: &'static str,
+    after: Duration,
+    done: bool,
+}
+
+/// Daemons: 0 = coordinator, 1..=3 = the agents of HOSTS.
+fn fault_schedule(seed: u64) -> Vec<Fault> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let choices: [&[&'static str]; 4] = [
+        &[
+            "export_sample",
+            "ship_sample",
+            "train",
+            "ship_model",
+            "infer",
+            "ship_results",
+        ],
+        &[
+            "export_sample",
+            "ship_sample",
+            "ship_infer_data",
+            "ship_results",
+            "load",
+        ],
+        &["train"],
+        &["infer"],
+    ];
+    choices
+        .iter()
+        .enumerate()
+        .map(|(daemon, steps)| Fault {
+            daemon,
+            step: steps[next(steps.len() as u64) as usize],
+            after: Duration::from_millis(200 + next(2_500)),
+            done: false,
+        })
+        .collect()
+}
+
+async fn connect(url: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match WorkflowServiceClient::connect(url.to_owned()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => {
+                bail!("coordinator at {url} does not answer: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::Result<TableRows> {
+    let bin_dir = crate::target_dir().join("debug");
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("ferry-e2e-{label}-"))
+        .tempdir()?;
+    let base = dir.path().to_owned();
+    println!("\n== e2e ({label}) in {}", base.display());
+    let net = Network::create(opts.loopback)?;
+    let user = whoami();
+
+    // Keys, host directories and sshd per host.
+    let mut ssh_ports = [0u16; 3];
+    let mut host_dirs = Vec::new();
+    for (i, (name, _, _)) in HOSTS.iter().enumerate() {
+        let h = base.join("hosts").join(name);
+        for sub in ["ssh", "data", "models", "staging", "work", "warehouse"] {
+            std::fs::create_dir_all(h.join(sub))?;
+        }
+        keygen(&h.join("ssh/host_key"));
+        keygen(&h.join("ssh/user_key"));
+        ssh_ports[i] = if net.namespaces.is_some() {
+            22
+        } else {
+            free_port(&net.host_ips[i])?
+        };
+        host_dirs.push(h);
+    }
+    let mut sshds = Vec::new();
+    for (i, (name, _, _)) in HOSTS.iter().enumerate() {
+        let allowed: Vec<PathBuf> = HOSTS
+            .iter()
+            .enumerate()
+            .filter(|(_, (other, _, _))| ssh_keys_of(other).contains(name))
+            .map(|(j, _)| host_dirs[j].join("ssh/user_key"))
+            .collect();
+        sshds.push(start_sshd(
+            &net,
+            i,
+            &host_dirs[i].join("ssh"),
+            ssh_ports[i],
+            &allowed,
+        )?);
+    }
+    for (i, h) in host_dirs.iter().enumerate() {
+        if net.namespaces.is_none() {
+            wait_for_port(
+                &net.host_ips[i],
+                ssh_ports[i],
+                "sshd",
+                &h.join("ssh/sshd.log"),
+            )?;
+        }
+    }
+
+    // The data source's warehouse.
+    let mut spec = ferry_sampledata::SampleSpec::new(opts.rows, 2024);
+    spec.rows_per_part = (opts.rows / 3).max(1);
+    ferry_sampledata::generate(&host_dirs[0].join("warehouse"), &spec).context("sample data")?;
+    println!(
+        "== server_21's warehouse: campaign_sample {} rows ({}), campaign_infer {} rows ({})",
+        spec.rows, spec.sample_day, spec.infer_rows, spec.infer_day
+    );
+
+    // Coordinator.
+    let coord_port = free_port(&net.coordinator_ip)?;
+    let metrics_port = free_port(&net.coordinator_ip)?;
+    let (hook_url, hook_bodies) = webhook_receiver(&net.coordinator_ip)?;
+    let coord_dir = base.join("coordinator");
+    std::fs::create_dir_all(&coord_dir)?;
+    let coord_config = coord_dir.join("ferry.yaml");
+    std::fs::write(
+        &coord_config,
+        format!(
+            "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"sqlite://{db}?mode=rwc\"\n  metrics_listen: \"{ip}:{metrics_port}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: 2097152\n",
+            ip = net.coordinator_ip,
+            db = coord_dir.join("ferry.db").display()
+        ),
+    )?;
+    let coord_url = format!("http://{}:{coord_port}", net.coordinator_ip);
+    let mut daemons = Vec::new();
+    {
+        let program = bin_dir.join("ferry-coordinatord");
+        let config = coord_config.clone();
+        let log = coord_dir.join("coordinator.log");
+        daemons.push(Daemon::start(
+            "coordinator",
+            Box::new(move || {
+                let (out, err) = log_to(&log)?;
+                Ok(Command::new(&program)
+                    .arg("--config")
+                    .arg(&config)
+                    .env("RUST_LOG", "info")
+                    .stdout(out)
+                    .stderr(err)
+                    .spawn()?)
+            }),
+        )?);
+    }
+    let mut client = connect(&coord_url).await?;
+
+    // Agents, each with its own config: roots, keys for the hosts it may reach.
+    for (i, (name, role, daemon)) in HOSTS.iter().enumerate() {
+        let h = &host_dirs[i];
+        let mut servers = String::new();
+        let mut known = String::new();
+        for (j, (other, other_role, _)) in HOSTS.iter().enumerate() {
+            if !ssh_keys_of(name).contains(other) {
+                continue;
+            }
+            servers.push_str(&format!(
+                "  {other}:\n    host: \"{}\"\n    port: {}\n    username: \"{user}\"\n    key_path: \"{}\"\n    role: {other_role}\n",
+                net.host_ips[j],
+                ssh_ports[j],
+                h.join("ssh/user_key").display()
+            ));
+            let host_key = std::fs::read_to_string(host_dirs[j].join("ssh/host_key.pub"))?;
+            let host = if ssh_ports[j] == 22 {
+                net.host_ips[j].clone()
+            } else {
+                format!("[{}]:{}", net.host_ips[j], ssh_ports[j])
+            };
+            known.push_str(&format!("{host} {host_key}"));
+        }
+        std::fs::write(h.join("ssh/known_hosts"), known)?;
+        let config = h.join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "agent:\n  name: {name}\n  coordinator_url: \"{coord_url}\"\n  work_dir: \"{d}/work\"\n  reconnect_interval_ms: 200\n  roots: [\"{d}\"]\n  known_hosts: \"{d}/ssh/known_hosts\"\nservers:\n{servers}storage:\n  staging_dir: \"{d}/staging\"\nfuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\ntransfer:\n  chunk_size: 1048576\n  remote_ferry: \"{ferry}\"\nsql:\n  warehouse_dir: \"{d}/warehouse\"\n  rows_per_part: {part}\n  production_tables: [\"prod.*\"]\nworkflow:\n  heartbeat_interval: 1\n",
+                d = h.display(),
+                ferry = bin_dir.join("ferry").display(),
+                part = spec.rows_per_part,
+                servers = if servers.is_empty() { "  {}\n".to_owned() } else { servers },
+            )
+            .replace("servers:\n  {}\n", "servers: {}\n"),
+        )?;
+        let program = bin_dir.join(format!("ferry-{daemon}-agentd"));
+        let log = h.join("agent.log");
+        let cmd_net = NetCommand::of(&net, i);
+        let _ = role;
+        daemons.push(Daemon::start(
+            name,
+            Box::new(move || {
+                let (out, err) = log_to(&log)?;
+                Ok(cmd_net
+                    .command(&program)
+                    .arg("--config")
+                    .arg(&config)
+                    .env("RUST_LOG", "info")
+                    .stdout(out)
+                    .stderr(err)
+                    .spawn()?)
+            }),
+        )?);
+    }
+    wait_for_agents(&mut client, 3).await?;
+    let agents = client
+        .list_agents(v1::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    for a in &agents {
+        println!(
+            "== agent {} ({}) on {}: SSH keys for [{}]",
+            a.name,
+            a.role,
+            net.host_ips[HOSTS.iter().position(|h| h.0 == a.name).unwrap_or(0)],
+            a.ssh_to.join(", ")
+        );
+    }
+
+    // The task request, through the CLI.
+    let request = base.join("request.yaml");
+    std::fs::write(
+        &request,
+        format!(
+            "name: campaign_e2e\nexperiment_id: DeepFM_e2e\nsample_sql: \"SELECT * FROM campaign_sample WHERE dt = '{}'\"\ninfer_sql: \"SELECT * FROM campaign_infer WHERE dt = '{}'\"\nhdfs_path: /hdfs/data/campaign\nhive_table: prod.campaign_scores\npartition: dt={}\nepochs: 2\nbatch_size: 2048\nmodel_params:\n  embedding_dim: 8\n  hidden_units: [64, 64]\n  learning_rate: 0.002\n  seed: 2024\n",
+            spec.sample_day, spec.infer_day, spec.infer_day
+        ),
+    )?;
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(bin_dir.join("ferry"))
+            .arg("--coordinator")
+            .arg(&coord_url)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "`ferry {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let created = cli(&[
+        "--json",
+        "task",
+        "create",
+        "--request",
+        &request.display().to_string(),
+    ])?;
+    let task: serde_json::Value = serde_json::from_str(&created).context("ferry --json output")?;
+    let task_id = task["id"].as_i64().context("task id in the CLI's answer")?;
+    println!(
+        "== task {task_id} created with `ferry task create --request {}`",
+        request.display()
+    );
+
+    // Follow it: print the log, approve confirmation points, inject faults.
+    let mut schedule = faults.map(fault_schedule).unwrap_or_default();
+    for f in &schedule {
+        println!(
+            "== fault plan: kill {} {:.1}s after `{}` starts",
+            daemon_name(f.daemon),
+            f.after.as_secs_f64(),
+            f.step
+        );
+    }
+    let mut running_since: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut last_log = 0i64;
+    let started = Instant::now();
+    let detail = loop {
+        if started.elapsed() > Duration::from_secs(1200) {
+            bail!("task {task_id} did not finish in 20 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(d) = client.get_task(v1::TaskRef { task_id }).await else {
+            // The coordinator may be down (a fault); reconnect.
+            client = connect(&coord_url).await?;
+            continue;
+        };
+        let d = d.into_inner();
+        if let Ok(logs) = client
+            .get_logs(v1::GetLogsRequest {
+                task_id,
+                after_id: last_log,
+                limit: 0,
+            })
+            .await
+        {
+            for e in logs.into_inner().entries {
+                last_log = last_log.max(e.id);
+                let time = e.timestamp.get(11..19).unwrap_or(&e.timestamp);
+                let stage = if e.step.is_empty() {
+                    "task".to_owned()
+                } else {
+                    format!("{}/{}", ferry_core::pipeline::stage_of(&e.step), e.step)
+                };
+                println!("[{time}] [{stage}] {}", e.message);
+            }
+        }
+        for s in &d.steps {
+            if s.status == "running" {
+                running_since
+                    .entry(s.name.clone())
+                    .or_insert_with(Instant::now);
+            }
+            if s.status == "awaiting_approval" {
+                let out = cli(&[
+                    "approve",
+                    &task_id.to_string(),
+                    &s.name,
+                    "-c",
+                    "checked by the e2e run",
+                    "--user",
+                    "e2e",
+                ])?;
+                print!("== {out}");
+            }
+        }
+        for f in schedule.iter_mut().filter(|f| !f.done) {
+            if running_since
+                .get(f.step)
+                .is_some_and(|t| t.elapsed() >= f.after)
+            {
+                f.done = true;
+                println!(
+                    "== FAULT: SIGKILL {} (during or after `{}`)",
+                    daemon_name(f.daemon),
+                    f.step
+                );
+                daemons[f.daemon].kill();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                daemons[f.daemon].restart()?;
+                println!("== {} restarted", daemons[f.daemon].name);
+                if f.daemon == 0 {
+                    client = connect(&coord_url).await?;
+                }
+            }
+        }
+        let status = d
+            .task
+            .as_ref()
+            .map(|t| t.status.clone())
+            .unwrap_or_default();
+        if status == "completed" {
+            break d;
+        }
+        if status == "failed"
+            || status == "cancelled"
+            || (status == "paused" && !d.steps.iter().any(|s| s.status == "awaiting_approval"))
+        {
+            let reason = d
+                .task
+                .as_ref()
+                .map(|t| t.status_reason.clone())
+                .unwrap_or_default();
+            bail!(
+                "task {task_id} ended {status}: {reason} (logs under {})",
+                base.display()
+            );
+        }
+    };
+    let elapsed = started.elapsed();
+    if let Some(f) = schedule.iter().find(|f| !f.done) {
+        bail!(
+            "the fault for {} never fired (step `{}` never ran)",
+            daemon_name(f.daemon),
+            f.step
+        );
+    }
+    println!(
+        "== task {task_id} completed in {:.0}s",
+        elapsed.as_secs_f64()
+    );
+
+    // ---- checks ----
+    let metrics = client
+        .get_metrics(v1::TaskRef { task_id })
+        .await?
+        .into_inner()
+        .metrics;
+    let metric = |step: &str, name: &str| {
+        metrics
+            .iter()
+            .filter(|m| m.step == step && m.name == name)
+            .map(|m| m.value)
+            .next_back()
+    };
+    let infer_rows =
+        metric("infer", "inference_rows").context("the infer step reported no row count")? as usize;
+    ensure!(
+        infer_rows == spec.infer_rows,
+        "inference scored {infer_rows} rows, the data source exported {}",
+        spec.infer_rows
+    );
+    let partition = host_dirs[0]
+        .join("warehouse/prod.db/campaign_scores")
+        .join(format!("dt={}", spec.infer_day));
+    let rows = read_scores(&partition)?;
+    ensure!(
+        rows.len() == infer_rows,
+        "the Hive partition holds {} rows, inference produced {infer_rows}",
+        rows.len()
+    );
+    let bad = rows
+        .values()
+        .flatten()
+        .filter(|s| !(0.0..=1.0).contains(*s))
+        .count();
+    ensure!(bad == 0, "{bad} scores outside [0, 1]");
+    println!(
+        "== Hive table prod.campaign_scores/dt={}: {} rows = inference rows, every score in [0, 1]",
+        spec.infer_day,
+        rows.len()
+    );
+
+    let report_path = host_dirs[1].join("models/campaign_e2e/DeepFM_e2e_report.json");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&report_path)
+            .with_context(|| format!("no report at {}", report_path.display()))?,
+    )?;
+    let auc = report["training"]["best_val_auc"]
+        .as_f64()
+        .context("the report has no AUC")?;
+    ensure!(auc > 0.6, "validation AUC {auc} is no better than chance");
+    println!(
+        "== report {}: best validation AUC {auc:.4}",
+        report_path.display()
+    );
+
+    let progress = client
+        .get_progress(v1::TaskRef { task_id })
+        .await?
+        .into_inner()
+        .steps;
+    for s in detail.steps.iter().filter(|s| s.kind == "transfer") {
+        let p = progress
+            .iter()
+            .find(|p| p.step == s.name)
+            .with_context(|| format!("no progress for {}", s.name))?;
+        ensure!(
+            p.chunks_total > 0 && p.chunks_completed == p.chunks_total,
+            "{}: {}/{} chunks verified",
+            s.name,
+            p.chunks_completed,
+            p.chunks_total
+        );
+        println!(
+            "== {} on {}: {}/{} chunks verified at the destination",
+            s.name, s.agent, p.chunks_completed, p.chunks_total
+        );
+    }
+    ensure!(
+        !host_dirs[0]
+            .join(format!("staging/campaign_e2e_task{task_id}"))
+            .exists(),
+        "the monitor stage left the staging data behind"
+    );
+
+    let prom = http_get(&net.coordinator_ip, metrics_port, "/metrics")?;
+    for name in [
+        "workflow_duration_seconds",
+        "stage_duration_seconds_bucket",
+        "transfer_bytes_total",
+        "transfer_duration_seconds",
+        "training_loss",
+        "inference_throughput",
+        "retry_count_total",
+    ] {
+        ensure!(prom.contains(name), "the metrics endpoint lacks {name}");
+    }
+    ensure!(
+        prom.contains(
+            "workflow_duration_seconds_count{workflow=\"ctr_pipeline\",status=\"completed\"} 1"
+        ),
+        "the metrics do not count the completed workflow:\n{prom}"
+    );
+    println!(
+        "== Prometheus endpoint http://{}:{metrics_port}/metrics serves the seed's metrics",
+        net.coordinator_ip
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = hook_bodies.lock().map(|b| b.clone()).unwrap_or_default();
+        if let Some(b) = got.iter().find(|b| b.contains("\"completed\"")) {
+            println!("== webhook received: {b}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no completion webhook arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(daemons);
+    drop(sshds);
+    drop(net);
+    if opts.keep {
+        let kept = dir.keep();
+        println!("== kept {}", kept.display());
+    }
+    Ok(rows)
+}
+
+fn daemon_name(i: usize) -> &'static str {
+    match i {
+        0 => "coordinator",
+        n => HOSTS[n - 1].0,
+    }
+}
+
+async fn wait_for_agents(
+    client: &mut WorkflowServiceClient<Channel>,
+    n: usize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents = client
+            .list_agents(v1::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
+        if agents.iter().filter(|a| a.connected).count() >= n {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} agents connected",
+            agents.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn http_get(ip: &str, port: u16, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect((ip, port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    ensure!(
+        text.starts_with("HTTP/1.1 200"),
+        "GET {path}: {}",
+        text.lines().next().unwrap_or("")
+    );
+    Ok(text)
+}
+
+/// sample_id → score columns of every Parquet file in the partition directory.
+fn read_scores(partition: &Path) -> anyhow::Result<TableRows> {
+    use arrow::array::{Array, Float32Array, Float64Array, Int64Array};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut rows = TableRows::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(partition)
+        .with_context(|| format!("no Hive partition at {}", partition.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    files.sort();
+    ensure!(
+        !files.is_empty(),
+        "no Parquet files in {}",
+        partition.display()
+    );
+    for f in files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f)?)?.build()?;
+        for batch in reader {
+            let batch = batch?;
+            let ids = batch
+                .column_by_name("sample_id")
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .context("no Int64 sample_id column")?;
+            let schema = batch.schema();
+            let score_cols: Vec<usize> = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.name().ends_with("_score"))
+                .map(|(i, _)| i)
+                .collect();
+            ensure!(
+                !score_cols.is_empty(),
+                "no score columns in {}",
+                f.display()
+            );
+            for r in 0..batch.num_rows() {
+                let mut scores = Vec::new();
+                for &c in &score_cols {
+                    let col = batch.column(c);
+                    let v = if let Some(a) = col.as_any().downcast_ref::<Float32Array>() {
+                        a.value(r) as f64
+                    } else if let Some(a) = col.as_any().downcast_ref::<Float64Array>() {
+                        a.value(r)
+                    } else {
+                        bail!("score column {} is not a float", schema.field(c).name());
+                    };
+                    scores.push(v);
+                }
+                ensure!(
+                    rows.insert(ids.value(r), scores).is_none(),
+                    "sample {} loaded twice",
+                    ids.value(r)
+                );
+            }
+        }
+    }
+    Ok(rows)
+}
