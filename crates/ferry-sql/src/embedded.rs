@@ -106,6 +106,10 @@ impl EmbeddedEngine {
         // Column names match as written (`I1`, `C26`), the way warehouse users write them;
         // DataFusion would otherwise fold unquoted names to lower case.
         config.options_mut().sql_parser.enable_ident_normalization = false;
+        // Scans and filters keep the files' order within each partition (no round-robin
+        // shuffle), so an export of the same data writes the same rows in the same order and
+        // a model trained on it comes out the same (see `export`).
+        config.options_mut().optimizer.enable_round_robin_repartition = false;
         let ctx = SessionContext::new_with_config(config);
         let Ok(dbs) = std::fs::read_dir(&self.warehouse) else {
             return Ok(ctx); // an empty warehouse has no tables
@@ -183,12 +187,31 @@ impl EmbeddedEngine {
     ) -> Result<ExportSummary, SqlError> {
         let ctx = self.context().await?;
         let df = ctx.sql(sql).await.map_err(df_error)?;
-        let mut stream = df.execute_stream().await.map_err(df_error)?;
-        let schema = stream.schema();
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let streams = df.execute_stream_partitioned().await.map_err(df_error)?;
         prepare_dir(out_dir)?;
         let mut writer = PartWriter::new(out_dir, schema.clone(), opts.rows_per_part.max(1));
-        while let Some(batch) = stream.next().await {
-            writer.write(&batch.map_err(df_error)?)?;
+        // Partitions are written one after the other, in order, for a reproducible export;
+        // the later ones scan ahead meanwhile, a few batches each, so the cores stay busy and
+        // memory stays bounded.
+        let receivers: Vec<_> = streams
+            .into_iter()
+            .map(|mut stream| {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tokio::spawn(async move {
+                    while let Some(batch) = stream.next().await {
+                        if tx.send(batch).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        for mut rx in receivers {
+            while let Some(batch) = rx.recv().await {
+                writer.write(&batch.map_err(df_error)?)?;
+            }
         }
         let mut summary = writer.finish()?;
         summary.schema = schema
