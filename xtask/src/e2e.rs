@@ -69,9 +69,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let clean = run_once(&opts, "clean", None).await?;
+        let clean = run_once(&opts, "clean", None, None).await?;
         if opts.faults {
-            let faulty = run_once(&opts, "faults", Some(opts.seed)).await?;
+            let faulty = run_once(&opts, "faults", Some(opts.seed), None).await?;
             compare(&clean, &faulty)?;
             println!(
                 "== faults: every daemon was killed once and restarted; the Hive table holds the same {} rows and scores as the clean run",
@@ -167,8 +167,11 @@ impl Network {
 
     fn namespaces() -> anyhow::Result<Network> {
         // Short, per-run names (interface names are limited to 15 bytes).
-        let tag = std::process::id() % 10_000;
-        let subnet = 20 + (std::process::id() % 200);
+        // A run number too: the kernel may still be tearing down the previous run's links.
+        static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = (std::process::id() % 10_000) * 10 + run % 10;
+        let subnet = 20 + ((std::process::id() + run) % 200);
         remove_stale_namespaces();
         let bridge = format!("fe{tag}br");
         let names = ["src", "trn", "inf"].map(|h| format!("fe{tag}{h}"));
@@ -249,6 +252,10 @@ impl Drop for Network {
         if let Some(ns) = &self.namespaces {
             for n in &ns.names {
                 let _ = Command::new("ip").args(["netns", "del", n]).status();
+                let _ = Command::new("ip")
+                    .args(["link", "del", &format!("{n}h")])
+                    .stderr(Stdio::null())
+                    .status();
             }
             let _ = Command::new("ip")
                 .args(["link", "del", &ns.bridge])
@@ -498,7 +505,25 @@ async fn connect(url: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
     }
 }
 
-async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::Result<TableRows> {
+/// Wall times of `cargo xtask bench pipeline`: the raw tools before and after Ferry's run.
+#[derive(Debug, Default)]
+pub struct PipelineTimes {
+    pub raw: Vec<Duration>,
+    pub ferry: Duration,
+}
+
+async fn run_once(
+    opts: &Options,
+    label: &str,
+    faults: Option<u64>,
+    mut bench: Option<&mut PipelineTimes>,
+) -> anyhow::Result<TableRows> {
+    // The benchmark times the work, not people: no confirmation points.
+    let (table, confirm_above) = if bench.is_some() {
+        ("results.campaign_scores", 0)
+    } else {
+        ("prod.campaign_scores", 2 * 1024 * 1024)
+    };
     let bin_dir = crate::target_dir().join("debug");
     let dir = tempfile::Builder::new()
         .prefix(&format!("ferry-e2e-{label}-"))
@@ -571,7 +596,7 @@ async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::R
     std::fs::write(
         &coord_config,
         format!(
-            "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"sqlite://{db}?mode=rwc\"\n  metrics_listen: \"{ip}:{metrics_port}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: 2097152\n",
+            "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"sqlite://{db}?mode=rwc\"\n  metrics_listen: \"{ip}:{metrics_port}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: {confirm_above}\n",
             ip = net.coordinator_ip,
             db = coord_dir.join("ferry.db").display()
         ),
@@ -674,8 +699,11 @@ async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::R
     std::fs::write(
         &request,
         format!(
-            "name: campaign_e2e\nexperiment_id: DeepFM_e2e\nsample_sql: \"SELECT * FROM campaign_sample WHERE dt = '{}'\"\ninfer_sql: \"SELECT * FROM campaign_infer WHERE dt = '{}'\"\nhdfs_path: /hdfs/data/campaign\nhive_table: prod.campaign_scores\npartition: dt={}\nepochs: 2\nbatch_size: 2048\nmodel_params:\n  embedding_dim: 8\n  hidden_units: [64, 64]\n  learning_rate: 0.002\n  seed: 2024\n",
-            spec.sample_day, spec.infer_day, spec.infer_day
+            "name: campaign_e2e\nexperiment_id: DeepFM_e2e\nsample_sql: \"SELECT * FROM campaign_sample WHERE dt = '{}'\"\ninfer_sql: \"SELECT * FROM campaign_infer WHERE dt = '{}'\"\nhdfs_path: /hdfs/data/campaign\nhive_table: {table}\npartition: dt={}\nepochs: 2\nbatch_size: 2048\nmodel_params:\n  embedding_dim: 8\n  hidden_units: [64, 64]\n  learning_rate: 0.002\n  seed: 2024\n",
+            spec.sample_day,
+            spec.infer_day,
+            spec.infer_day,
+            table = table
         ),
     )?;
     let cli = |args: &[&str]| -> anyhow::Result<String> {
@@ -693,6 +721,30 @@ async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::R
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
+    let raw = RawRun {
+        hosts: (0..3).map(|i| NetCommand::of(&net, i)).collect(),
+        dirs: host_dirs.clone(),
+        ips: net.host_ips.clone(),
+        ports: ssh_ports,
+        user: user.clone(),
+        examples: bin_dir.join("examples"),
+        sample_sql: format!(
+            "SELECT * FROM campaign_sample WHERE dt = '{}'",
+            spec.sample_day
+        ),
+        infer_sql: format!(
+            "SELECT * FROM campaign_infer WHERE dt = '{}'",
+            spec.infer_day
+        ),
+        partition: format!("dt={}", spec.infer_day),
+        rows_per_part: spec.rows_per_part,
+    };
+    if let Some(b) = bench.as_deref_mut() {
+        let t = raw.run()?;
+        println!("== raw tools by hand: {:.1}s", t.as_secs_f64());
+        b.raw.push(t);
+    }
+    let ferry_started = Instant::now();
     let created = cli(&[
         "--json",
         "task",
@@ -750,11 +802,15 @@ async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::R
                 println!("[{time}] [{stage}] {}", e.message);
             }
         }
+        let mut finished: Vec<&str> = Vec::new();
         for s in &d.steps {
-            if s.status == "running" {
+            if s.status == "running" || s.status == "completed" {
                 running_since
                     .entry(s.name.clone())
                     .or_insert_with(Instant::now);
+            }
+            if s.status == "completed" {
+                finished.push(&s.name);
             }
             if s.status == "awaiting_approval" {
                 let out = cli(&[
@@ -770,9 +826,11 @@ async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::R
             }
         }
         for f in schedule.iter_mut().filter(|f| !f.done) {
+            // At the drawn moment, or at the latest once the step is over (a short step may
+            // start and finish between two looks), so every fault lands before the task ends.
             if running_since
                 .get(f.step)
-                .is_some_and(|t| t.elapsed() >= f.after)
+                .is_some_and(|t| t.elapsed() >= f.after || finished.contains(&f.step))
             {
                 f.done = true;
                 println!(
@@ -813,6 +871,7 @@ async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::R
         }
     };
     let elapsed = started.elapsed();
+    let ferry_time = ferry_started.elapsed();
     if let Some(f) = schedule.iter().find(|f| !f.done) {
         bail!(
             "the fault for {} never fired (step `{}` never ran)",
@@ -845,8 +904,9 @@ async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::R
         "inference scored {infer_rows} rows, the data source exported {}",
         spec.infer_rows
     );
+    let (db, table_name) = table.split_once('.').unwrap_or(("default", table));
     let partition = host_dirs[0]
-        .join("warehouse/prod.db/campaign_scores")
+        .join(format!("warehouse/{db}.db/{table_name}"))
         .join(format!("dt={}", spec.infer_day));
     let rows = read_scores(&partition)?;
     ensure!(
@@ -941,6 +1001,12 @@ async fn run_once(opts: &Options, label: &str, faults: Option<u64>) -> anyhow::R
         ensure!(Instant::now() < deadline, "no completion webhook arrived");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if let Some(b) = bench {
+        b.ferry = ferry_time;
+        let t = raw.run()?;
+        println!("== raw tools by hand: {:.1}s", t.as_secs_f64());
+        b.raw.push(t);
+    }
     drop(daemons);
     drop(sshds);
     drop(net);
@@ -984,10 +1050,8 @@ async fn wait_for_agents(
 fn http_get(ip: &str, port: u16, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect((ip, port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     ensure!(
@@ -1057,4 +1121,220 @@ fn read_scores(partition: &Path) -> anyhow::Result<TableRows> {
         }
     }
     Ok(rows)
+}
+
+/// `cargo xtask bench pipeline`: the e2e pipeline run by Ferry, and in the same run the same
+/// work done by hand with the raw tools (the same export, rsync, training, inference and load,
+/// called directly with the DAG's parallelism), before and after; prints the overhead ratio.
+pub fn bench(mut opts: Options) -> anyhow::Result<()> {
+    crate::ensure_system_packages()?;
+    crate::cargo(&["build", "--workspace", "--bins"])?;
+    // The raw tools, built with the same profile as the daemons.
+    crate::cargo(&["build", "-p", "ferry-sql", "-p", "ferry-ctr", "--examples"])?;
+    opts.faults = false;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut times = PipelineTimes::default();
+    rt.block_on(run_once(&opts, "bench", None, Some(&mut times)))?;
+    let raw: Vec<f64> = times.raw.iter().map(Duration::as_secs_f64).collect();
+    let raw_mean = raw.iter().sum::<f64>() / raw.len().max(1) as f64;
+    let ferry = times.ferry.as_secs_f64();
+    println!(
+        "\n== pipeline benchmark ({} training rows, debug builds on both sides)",
+        opts.rows
+    );
+    println!(
+        "   raw tools by hand (before, after): {:.1}s, {:.1}s — mean {raw_mean:.1}s",
+        raw[0],
+        raw.get(1).copied().unwrap_or(raw[0])
+    );
+    println!("   Ferry (task create → completed):   {ferry:.1}s");
+    println!(
+        "   orchestration overhead ratio:       {:.3} (target <= 1.05)",
+        ferry / raw_mean
+    );
+    Ok(())
+}
+
+/// The pipeline's work by hand: what an engineer would type on each host.
+struct RawRun {
+    hosts: Vec<NetCommand>,
+    dirs: Vec<PathBuf>,
+    ips: [String; 3],
+    ports: [u16; 3],
+    user: String,
+    examples: PathBuf,
+    sample_sql: String,
+    infer_sql: String,
+    partition: String,
+    rows_per_part: usize,
+}
+
+impl RawRun {
+    fn sh(&self, host: usize, program: &Path, args: &[String]) -> anyhow::Result<()> {
+        let out = self.hosts[host]
+            .command(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", program.display()))?;
+        ensure!(
+            out.status.success(),
+            "{} {} failed: {}",
+            program.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// `rsync -a` run on host `from_host`, between its `local` and `remote_host`'s `remote`.
+    fn rsync(
+        &self,
+        on: usize,
+        push: bool,
+        local: &Path,
+        remote_host: usize,
+        remote: &Path,
+    ) -> anyhow::Result<()> {
+        let ssh = format!(
+            "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {}",
+            self.dirs[on].join("ssh/user_key").display(),
+            self.dirs[on].join("ssh/known_hosts").display(),
+            self.ports[remote_host]
+        );
+        let remote = format!(
+            "{}@{}:{}/",
+            self.user,
+            self.ips[remote_host],
+            remote.display()
+        );
+        let local = format!("{}/", local.display());
+        let (src, dst) = if push {
+            (local, remote)
+        } else {
+            (remote, local)
+        };
+        self.sh(
+            on,
+            Path::new("rsync"),
+            &["-a".into(), "--mkpath".into(), "-e".into(), ssh, src, dst],
+        )
+    }
+
+    fn run(&self) -> anyhow::Result<Duration> {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d.join("raw"));
+        }
+        let raw = |host: usize, rel: &str| self.dirs[host].join("raw").join(rel);
+        let sql_tool = self.examples.join("sql_tool");
+        let ctr_tool = self.examples.join("ctr_tool");
+        let s = |p: PathBuf| p.display().to_string();
+        let warehouse = s(self.dirs[0].join("warehouse"));
+        let model = r#"{"model":"DeepFM","model_id":"DeepFM_e2e","batch_size":2048,"epochs":2,"embedding_dim":8,"hidden_units":[64,64],"learning_rate":0.002,"seed":2024}"#;
+        let started = Instant::now();
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            // The DAG's two branches: sample → train → model, and infer data, side by side.
+            let training = scope.spawn(|| -> anyhow::Result<()> {
+                self.sh(
+                    0,
+                    &sql_tool,
+                    &[
+                        "export".into(),
+                        warehouse.clone(),
+                        self.sample_sql.clone(),
+                        s(raw(0, "staging/sample_data")),
+                        self.rows_per_part.to_string(),
+                    ],
+                )?;
+                self.rsync(
+                    0,
+                    true,
+                    &raw(0, "staging/sample_data"),
+                    1,
+                    &raw(1, "data/campaign_raw/sample_data"),
+                )?;
+                self.sh(
+                    1,
+                    &ctr_tool,
+                    &[
+                        "train".into(),
+                        s(raw(1, "data/campaign_raw/sample_data")),
+                        s(raw(1, "data/campaign_raw")),
+                        s(raw(1, "models/campaign_raw")),
+                        "campaign_raw".into(),
+                        model.into(),
+                    ],
+                )?;
+                self.rsync(
+                    1,
+                    true,
+                    &raw(1, "models/campaign_raw"),
+                    2,
+                    &raw(2, "models/campaign_raw"),
+                )
+            });
+            let infer_data = scope.spawn(|| -> anyhow::Result<()> {
+                self.sh(
+                    0,
+                    &sql_tool,
+                    &[
+                        "export".into(),
+                        warehouse.clone(),
+                        self.infer_sql.clone(),
+                        s(raw(0, "staging/infer_data")),
+                        self.rows_per_part.to_string(),
+                    ],
+                )?;
+                self.rsync(
+                    0,
+                    true,
+                    &raw(0, "staging/infer_data"),
+                    2,
+                    &raw(2, "data/campaign_raw/infer_data"),
+                )
+            });
+            training
+                .join()
+                .map_err(|_| anyhow::anyhow!("training branch panicked"))??;
+            infer_data
+                .join()
+                .map_err(|_| anyhow::anyhow!("inference-data branch panicked"))??;
+            Ok(())
+        })?;
+        // The trained feature processor travels with the model in Ferry's plan too (the model
+        // directory); the raw infer reads the processor from the model's dataset directory.
+        self.sh(
+            2,
+            &ctr_tool,
+            &[
+                "infer".into(),
+                s(raw(2, "data/campaign_raw/infer_data")),
+                s(raw(2, "data/campaign_raw")),
+                s(raw(2, "models/campaign_raw")),
+                "DeepFM_e2e".into(),
+                s(raw(2, "data/campaign_raw/DeepFM_e2e_inference_result")),
+            ],
+        )?;
+        self.rsync(
+            0,
+            false,
+            &raw(0, "staging/results"),
+            2,
+            &raw(2, "data/campaign_raw/DeepFM_e2e_inference_result"),
+        )?;
+        self.sh(
+            0,
+            &sql_tool,
+            &[
+                "load".into(),
+                warehouse.clone(),
+                "results.campaign_scores_raw".into(),
+                self.partition.clone(),
+                s(raw(0, "staging/results")),
+            ],
+        )?;
+        Ok(started.elapsed())
+    }
 }

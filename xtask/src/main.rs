@@ -72,6 +72,9 @@ enum Bench {
     },
     /// CTR training samples/s and inference rows/s (release build, CPU) beside FuxiCTR's.
     Ctr(bench_ctr::Options),
+    /// Orchestration overhead: the e2e pipeline run by Ferry against the same work done with
+    /// the raw tools (export, rsync, train, infer, load) in the same run.
+    Pipeline(e2e::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         } => gen_data(rows, infer_rows, seed, &out),
         Cmd::Bench(Bench::Engine(opts)) => bench_engine::run(opts),
         Cmd::Bench(Bench::Ctr(opts)) => bench_ctr::run(opts),
+        Cmd::Bench(Bench::Pipeline(opts)) => e2e::bench(opts),
         Cmd::Bench(Bench::Transfer(opts)) => bench_transfer::run(opts),
         Cmd::Bench(Bench::Sql { rows }) => {
             let work = std::env::temp_dir().join(format!("ferry-bench-sql-{}", std::process::id()));

@@ -299,13 +299,16 @@ pub async fn serve_metrics(
         };
         let observer = observer.clone();
         tokio::spawn(async move {
+            // Read the request head (it may arrive in pieces); bodies are not expected.
+            let mut head = Vec::new();
             let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let request = String::from_utf8_lossy(&head);
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = if request.starts_with("GET ")
                 && (path == "/metrics" || path.starts_with("/metrics?"))

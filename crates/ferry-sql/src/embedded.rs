@@ -109,7 +109,10 @@ impl EmbeddedEngine {
         // Scans and filters keep the files' order within each partition (no round-robin
         // shuffle), so an export of the same data writes the same rows in the same order and
         // a model trained on it comes out the same (see `export`).
-        config.options_mut().optimizer.enable_round_robin_repartition = false;
+        config
+            .options_mut()
+            .optimizer
+            .enable_round_robin_repartition = false;
         let ctx = SessionContext::new_with_config(config);
         let Ok(dbs) = std::fs::read_dir(&self.warehouse) else {
             return Ok(ctx); // an empty warehouse has no tables
