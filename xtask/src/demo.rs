@@ -1,20 +1,14 @@
 //! `cargo xtask demo`: the CTR pipeline on this machine — generated sample data in an embedded
 //! warehouse, a coordinator (SQLite state), a data-source, a training and an inference agent as
 //! real processes on loopback, each "host" with its own directories, and a private sshd that
-//! every transfer goes through — with the log streamed as a user sees it.
+//! every transfer goes through — with the log streamed as a user sees it. The task is the
+//! built-in `ctr_pipeline`, created from seed 000's task request; the report ends the run.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ferry_e2e::Cluster;
 use ferry_proto::v1;
-
-/// The pipeline workflow shipped in deploy/examples.
-fn read_example() -> anyhow::Result<String> {
-    let path = crate::workspace_root().join("deploy/examples/ctr-pipeline.yaml");
-    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
-}
 
 pub fn run() -> anyhow::Result<()> {
     crate::ensure_system_packages()?;
@@ -75,9 +69,13 @@ async fn demo() -> anyhow::Result<()> {
         c.dir.path().display()
     );
     c.start_coordinator().await;
-    // Each host keeps its FuxiCTR data and models apart, as on separate machines.
+    // Each host keeps its FuxiCTR data, models and staging apart, as on separate machines.
     let roots = |host: &str| {
         vec![
+            (
+                "FERRY_STORAGE__STAGING_DIR".to_owned(),
+                area.join(host).join("staging").display().to_string(),
+            ),
             (
                 "FERRY_FUXICTR_PATHS__DATA_ROOT".to_owned(),
                 area.join(host).join("data").display().to_string(),
@@ -88,37 +86,57 @@ async fn demo() -> anyhow::Result<()> {
             ),
         ]
     };
-    c.start_agent_with_env("source", "source-agent", &roots("source"));
-    c.start_agent_with_env("train", "train-agent", &roots("train"));
-    c.start_agent_with_env("infer", "infer-agent", &roots("infer"));
+    // Agents are named after their `servers` entries: that is how the coordinator knows which
+    // host each one can reach over SSH.
+    c.start_agent_with_env("source", "server_21", &roots("source"));
+    c.start_agent_with_env("train", "training_server", &roots("train"));
+    c.start_agent_with_env("infer", "inference_server", &roots("infer"));
     c.wait_for_agents(3).await;
     println!(
-        "== coordinator at {}; agents source-agent (data_source), train-agent (training), infer-agent (inference)",
+        "== coordinator at {}; agents server_21 (data_source), training_server (training), inference_server (inference)",
         c.url()
     );
 
-    let def = ferry_core::workflow::WorkflowDef::from_yaml(&read_example()?)
-        .context("example workflow")?;
     let mut client = c.client().await;
-    client
-        .apply_workflow(v1::ApplyWorkflowRequest {
-            definition: Some((&def).into()),
-        })
-        .await
-        .context("apply the example workflow")?;
+    let request = ferry_core::pipeline::CtrTaskRequest {
+        name: "campaign_demo".into(),
+        experiment_id: "DeepFM_demo".into(),
+        sample_sql: format!(
+            "SELECT * FROM campaign_sample WHERE dt = '{}'",
+            spec.sample_day
+        ),
+        infer_sql: format!(
+            "SELECT * FROM campaign_infer WHERE dt = '{}'",
+            spec.infer_day
+        ),
+        hive_table: "results.campaign_scores".into(),
+        partition: Some(format!("dt={}", spec.infer_day)),
+        epochs: Some(2),
+        batch_size: Some(2048),
+        model_params: [
+            ("embedding_dim", serde_json::json!(8)),
+            ("hidden_units", serde_json::json!([64, 64])),
+            ("learning_rate", serde_json::json!(0.002)),
+            ("seed", serde_json::json!(2024)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        ..Default::default()
+    };
+    println!(
+        "== task request (seed 000 §8.2):\n{}",
+        serde_yaml::to_string(&request).unwrap_or_default()
+    );
     let task = client
-        .create_task(v1::CreateTaskRequest {
-            workflow: def.name.clone(),
-            name: "demo".into(),
-            params: HashMap::from([
-                ("area".to_owned(), area.display().to_string()),
-                ("day".to_owned(), spec.sample_day.clone()),
-                ("infer_day".to_owned(), spec.infer_day.clone()),
-            ]),
-        })
-        .await?
+        .create_ctr_task(v1::CtrTaskRequest::from(&request))
+        .await
+        .context("create the pipeline task")?
         .into_inner();
-    println!("== task {} created from workflow {}\n", task.id, def.name);
+    println!(
+        "== task {} created: the built-in {} with {} steps\n",
+        task.id, task.workflow, task.total_steps
+    );
 
     let mut logs = client
         .follow_logs(v1::GetLogsRequest {
@@ -133,8 +151,12 @@ async fn demo() -> anyhow::Result<()> {
         .context("no progress for ten minutes")??
     {
         let time = e.timestamp.get(11..23).unwrap_or(&e.timestamp);
-        let step = if e.step.is_empty() { "task" } else { &e.step };
-        println!("[{time}] [{step}] {}", e.message);
+        let stage = if e.step.is_empty() {
+            "task".to_owned()
+        } else {
+            format!("{}/{}", ferry_core::pipeline::stage_of(&e.step), e.step)
+        };
+        println!("[{time}] [{stage}] {}", e.message);
     }
     let detail = client
         .get_task(v1::TaskRef { task_id: task.id })
@@ -176,5 +198,30 @@ async fn demo() -> anyhow::Result<()> {
     if t.status != "completed" {
         bail!("the demo task ended {}: {}", t.status, t.status_reason);
     }
+    let report_path = area.join("train/models/campaign_demo/DeepFM_demo_report.json");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&report_path)
+            .with_context(|| format!("no report at {}", report_path.display()))?,
+    )?;
+    println!("\n== report {}", report_path.display());
+    for e in report["training"]["epochs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "   epoch {}: train loss {:.4}, validation AUC {:.4}, {:.0} samples/s",
+            e["epoch"],
+            e["train_loss"].as_f64().unwrap_or(f64::NAN),
+            e["val_auc"].as_f64().unwrap_or(f64::NAN),
+            e["samples_per_sec"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    println!(
+        "   inference: {} rows at {:.0} rows/s; loaded into results.campaign_scores; total {:.0}s",
+        report["inference"]["rows"],
+        report["inference"]["rows_per_sec"].as_f64().unwrap_or(0.0),
+        report["total_seconds"].as_f64().unwrap_or(0.0)
+    );
     Ok(())
 }

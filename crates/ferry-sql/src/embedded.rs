@@ -106,9 +106,12 @@ impl EmbeddedEngine {
         // Column names match as written (`I1`, `C26`), the way warehouse users write them;
         // DataFusion would otherwise fold unquoted names to lower case.
         config.options_mut().sql_parser.enable_ident_normalization = false;
-        // Scans and filters keep the files' order within each partition (no round-robin
-        // shuffle), so an export of the same data writes the same rows in the same order and
-        // a model trained on it comes out the same (see `export`).
+        // One scan partition and no round-robin shuffle: files are read in path order, so an
+        // export of the same data writes the same rows in the same order and a model trained
+        // on it comes out the same. (With several partitions the rows' order depends on
+        // which partition's reads finish first.) The single Parquet writer is the export's
+        // bottleneck anyway.
+        config = config.with_target_partitions(1);
         config
             .options_mut()
             .optimizer
