@@ -163,3 +163,121 @@ async fn health_and_reflection_are_served() {
         );
     }
 }
+
+/// Seed 000 §8.2's request through `ferry task create`: a bad field is named before anything
+/// runs, a plan needs the three roles connected, and both leave no task behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_request_is_checked_field_by_field_and_against_the_agents() {
+    let mut c = Cluster::new();
+    c.start_coordinator().await;
+    c.start_agent("source", "server_21");
+    c.wait_for_agents(1).await;
+    let request = c.path("request.yaml");
+    let write = |table: &str| {
+        std::fs::write(
+            &request,
+            format!(
+                "name: campaign_x\nexperiment_id: DeepFM_x\nsample_sql: \"SELECT * FROM campaign_sample\"\ninfer_sql: \"SELECT * FROM campaign_infer\"\nhive_table: \"{table}\"\n"
+            ),
+        )
+        .expect("write request");
+    };
+    let path = request.display().to_string();
+
+    write("prod.scores; DROP TABLE x");
+    let out = ferry(&c, &["task", "create", "--request", &path]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`hive_table`: invalid identifier"), "{err}");
+
+    // Flags override the file; an unknown model is named too.
+    write("prod.scores");
+    let out = ferry(
+        &c,
+        &["task", "create", "--request", &path, "--model", "GPT"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`model`: `GPT` is not one of"), "{err}");
+
+    // Valid, but only the data source is connected: the coordinator says which role is missing.
+    let out = ferry(&c, &["task", "create", "--request", &path]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no connected training agent; start one or name one with `training_server`"),
+        "{err}"
+    );
+    let out = ferry(
+        &c,
+        &[
+            "task",
+            "create",
+            "--request",
+            &path,
+            "--training-server",
+            "gpu-7",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`training_server`: no connected agent named `gpu-7`"),
+        "{err}"
+    );
+    let out = ok_stdout(ferry(&c, &["--json", "task", "list"]));
+    assert!(
+        !out.contains("campaign_x"),
+        "a refused request created a task: {out}"
+    );
+}
+
+/// Seed 000 §7.3 "on training failure, adjust hyperparameters": a failed step's parameters are
+/// changed through `ferry task retry --set`, recorded in the log, and the retry uses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_is_retried_with_changed_parameters() {
+    let mut c = Cluster::new();
+    c.start_coordinator().await;
+    c.start_agent("train", "train-1");
+    c.wait_for_agents(1).await;
+    let marker = c.path("ran-with");
+    c.apply(&format!(
+        "name: tune\nsteps:\n  - name: fit\n    kind: exec\n    placement: {{role: training}}\n    params:\n      program: sh\n      args: [\"-c\", \"echo $0 > {m}; test $0 = good\", \"bad\"]\n      permanent_exit_codes: [1]\n",
+        m = marker.display()
+    ))
+    .await
+    .expect("valid workflow");
+    let task = c.create_task("tune").await;
+    let failed = c
+        .wait_until(task.id, Duration::from_secs(60), "stopped", |d| {
+            d.task
+                .as_ref()
+                .is_some_and(|t| t.status == "paused" || t.status == "failed")
+        })
+        .await;
+    assert_eq!(ferry_e2e::step(&failed, "fit").status, "failed");
+    let id = task.id.to_string();
+
+    // Not a parameter the kind knows: refused, nothing changed.
+    let out = ferry(&c, &["task", "retry", &id, "--set", "fit.argz=[]"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("argz"), "{err}");
+
+    let args = format!(
+        "[\"-c\", \"echo $0 > {}; test $0 = good\", \"good\"]",
+        marker.display()
+    );
+    let set = format!("fit.args={args}");
+    let out = ok_stdout(ferry(
+        &c,
+        &["task", "retry", &id, "--set", &set, "--user", "ana"],
+    ));
+    assert!(out.contains("task") && out.contains("retried"), "{out}");
+    c.wait_status(task.id, "completed", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("marker").trim(),
+        "good"
+    );
+    let logs = c.logs_text(task.id).await;
+    assert!(logs.contains("parameters changed by ana"), "{logs}");
+}

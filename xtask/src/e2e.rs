@@ -40,6 +40,9 @@ pub struct Options {
     /// Use loopback addresses even when network namespaces are available.
     #[arg(long)]
     pub loopback: bool,
+    /// Use release builds of the daemons (and of the raw tools, for `bench pipeline`).
+    #[arg(long)]
+    pub release: bool,
     /// Keep the run's directory (printed) instead of removing it.
     #[arg(long)]
     pub keep: bool,
@@ -63,7 +66,8 @@ fn ssh_keys_of(host: &str) -> &'static [&'static str] {
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
     crate::ensure_system_packages()?;
-    crate::cargo(&["build", "--workspace", "--bins"])?;
+    let profile: &[&str] = if opts.release { &["--release"] } else { &[] };
+    crate::cargo(&[&["build", "--workspace", "--bins"], profile].concat())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -505,6 +509,19 @@ async fn connect(url: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
     }
 }
 
+/// Options of `cargo xtask bench pipeline`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchOptions {
+    /// Training rows; the default is the demo's size.
+    #[arg(long, default_value_t = 200_000)]
+    pub rows: usize,
+    #[arg(long)]
+    pub loopback: bool,
+    /// Release builds of the daemons and of the raw tools.
+    #[arg(long)]
+    pub release: bool,
+}
+
 /// Wall times of `cargo xtask bench pipeline`: the raw tools before and after Ferry's run.
 #[derive(Debug, Default)]
 pub struct PipelineTimes {
@@ -524,7 +541,7 @@ async fn run_once(
     } else {
         ("prod.campaign_scores", 2 * 1024 * 1024)
     };
-    let bin_dir = crate::target_dir().join("debug");
+    let bin_dir = crate::target_dir().join(if opts.release { "release" } else { "debug" });
     let dir = tempfile::Builder::new()
         .prefix(&format!("ferry-e2e-{label}-"))
         .tempdir()?;
@@ -921,7 +938,7 @@ async fn run_once(
         .count();
     ensure!(bad == 0, "{bad} scores outside [0, 1]");
     println!(
-        "== Hive table prod.campaign_scores/dt={}: {} rows = inference rows, every score in [0, 1]",
+        "== Hive table {table}/dt={}: {} rows = inference rows, every score in [0, 1]",
         spec.infer_day,
         rows.len()
     );
@@ -1126,12 +1143,26 @@ fn read_scores(partition: &Path) -> anyhow::Result<TableRows> {
 /// `cargo xtask bench pipeline`: the e2e pipeline run by Ferry, and in the same run the same
 /// work done by hand with the raw tools (the same export, rsync, training, inference and load,
 /// called directly with the DAG's parallelism), before and after; prints the overhead ratio.
-pub fn bench(mut opts: Options) -> anyhow::Result<()> {
+pub fn bench(b: BenchOptions) -> anyhow::Result<()> {
+    let opts = Options {
+        faults: false,
+        seed: 7,
+        rows: b.rows,
+        loopback: b.loopback,
+        keep: false,
+        release: b.release,
+    };
     crate::ensure_system_packages()?;
-    crate::cargo(&["build", "--workspace", "--bins"])?;
+    let profile: &[&str] = if opts.release { &["--release"] } else { &[] };
+    crate::cargo(&[&["build", "--workspace", "--bins"], profile].concat())?;
     // The raw tools, built with the same profile as the daemons.
-    crate::cargo(&["build", "-p", "ferry-sql", "-p", "ferry-ctr", "--examples"])?;
-    opts.faults = false;
+    crate::cargo(
+        &[
+            &["build", "-p", "ferry-sql", "-p", "ferry-ctr", "--examples"],
+            profile,
+        ]
+        .concat(),
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1142,8 +1173,9 @@ pub fn bench(mut opts: Options) -> anyhow::Result<()> {
     let raw_mean = raw.iter().sum::<f64>() / raw.len().max(1) as f64;
     let ferry = times.ferry.as_secs_f64();
     println!(
-        "\n== pipeline benchmark ({} training rows, debug builds on both sides)",
-        opts.rows
+        "\n== pipeline benchmark ({} training rows, {} builds on both sides)",
+        opts.rows,
+        if opts.release { "release" } else { "debug" }
     );
     println!(
         "   raw tools by hand (before, after): {:.1}s, {:.1}s — mean {raw_mean:.1}s",

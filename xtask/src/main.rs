@@ -74,7 +74,7 @@ enum Bench {
     Ctr(bench_ctr::Options),
     /// Orchestration overhead: the e2e pipeline run by Ferry against the same work done with
     /// the raw tools (export, rsync, train, infer, load) in the same run.
-    Pipeline(e2e::Options),
+    Pipeline(e2e::BenchOptions),
 }
 
 fn main() -> anyhow::Result<()> {

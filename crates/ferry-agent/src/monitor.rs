@@ -285,7 +285,7 @@ fn archive_old_runs(model_root: &Path, keep: usize) -> std::io::Result<Vec<PathB
             runs.push((t, dir));
         }
     }
-    runs.sort_by(|a, b| b.0.cmp(&a.0));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut moved = Vec::new();
     if runs.len() <= keep {
         return Ok(moved);

@@ -127,7 +127,7 @@ enum TaskCmd {
         #[arg(long = "param", short = 'p', value_parser = parse_kv)]
         params: Vec<(String, String)>,
         #[command(flatten)]
-        ctr: CtrArgs,
+        ctr: Box<CtrArgs>,
     },
     List {
         #[arg(long)]
@@ -456,7 +456,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !params.is_empty() {
                 bail!("the built-in {CTR_PIPELINE} takes its request fields, not --param");
             }
-            let request = ctr.into_request(name)?;
+            let request = (*ctr).into_request(name)?;
             let task = client
                 .create_ctr_task(v1::CtrTaskRequest::from(&request))
                 .await

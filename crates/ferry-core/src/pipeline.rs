@@ -596,7 +596,8 @@ mod tests {
 
     #[test]
     fn every_field_error_names_the_field() {
-        let cases: Vec<(fn(&mut CtrTaskRequest), &str)> = vec![
+        type Breakage = fn(&mut CtrTaskRequest);
+        let cases: Vec<(Breakage, &str)> = vec![
             (|r| r.name = "a b".into(), "name"),
             (|r| r.experiment_id = String::new(), "experiment_id"),
             (|r| r.sample_sql = " ".into(), "sample_sql"),

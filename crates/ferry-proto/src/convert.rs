@@ -151,30 +151,6 @@ pub fn error_class_from_wire(raw: i32) -> ErrorClass {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn definitions_round_trip() {
-        let def = WorkflowDef::from_yaml(
-            "name: w\nsteps:\n  - {name: a, kind: exec, params: {program: ls}, placement: {agent: x}, retry: {max_retries: 1}}\n  - {name: b, kind: noop, placement: {role: inference}, inputs: [a]}\n",
-        )
-        .expect("yaml");
-        let wire = v1::WorkflowDefinition::from(&def);
-        let back = WorkflowDef::try_from(wire).expect("converts");
-        assert_eq!(back, def);
-    }
-
-    #[test]
-    fn every_job_state_round_trips() {
-        for s in JobState::ALL {
-            assert_eq!(job_state_from_wire(job_state_to_wire(*s) as i32), Some(*s));
-        }
-        assert_eq!(job_state_from_wire(0), None);
-    }
-}
-
 impl TryFrom<v1::CtrTaskRequest> for ferry_core::pipeline::CtrTaskRequest {
     type Error = ferry_core::pipeline::RequestError;
 
@@ -232,5 +208,29 @@ impl From<&ferry_core::pipeline::CtrTaskRequest> for v1::CtrTaskRequest {
                 serde_json::to_string(&r.model_params).unwrap_or_default()
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_round_trip() {
+        let def = WorkflowDef::from_yaml(
+            "name: w\nsteps:\n  - {name: a, kind: exec, params: {program: ls}, placement: {agent: x}, retry: {max_retries: 1}}\n  - {name: b, kind: noop, placement: {role: inference}, inputs: [a]}\n",
+        )
+        .expect("yaml");
+        let wire = v1::WorkflowDefinition::from(&def);
+        let back = WorkflowDef::try_from(wire).expect("converts");
+        assert_eq!(back, def);
+    }
+
+    #[test]
+    fn every_job_state_round_trips() {
+        for s in JobState::ALL {
+            assert_eq!(job_state_from_wire(job_state_to_wire(*s) as i32), Some(*s));
+        }
+        assert_eq!(job_state_from_wire(0), None);
     }
 }
