@@ -218,8 +218,8 @@ async fn demo() -> anyhow::Result<()> {
         );
     }
     println!(
-        "   inference: {} rows at {:.0} rows/s; loaded into results.campaign_scores; total {:.0}s",
-        report["inference"]["rows"],
+        "   inference: {:.0} rows at {:.0} rows/s; loaded into results.campaign_scores; total {:.0}s",
+        report["inference"]["rows"].as_f64().unwrap_or(0.0),
         report["inference"]["rows_per_sec"].as_f64().unwrap_or(0.0),
         report["total_seconds"].as_f64().unwrap_or(0.0)
     );
