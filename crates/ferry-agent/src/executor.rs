@@ -67,6 +67,7 @@ pub struct JobContext {
     pub work_dir: PathBuf,
     pub(crate) cancel: CancellationToken,
     pub(crate) events: mpsc::UnboundedSender<v1::AgentMessage>,
+    pub(crate) chunk_log: crate::runtime::ChunkLog,
 }
 
 impl JobContext {
@@ -130,6 +131,11 @@ impl JobContext {
 
     /// Reports state changes of transfer chunks (recorded in `transfer_chunks`).
     pub fn chunks(&self, chunks: Vec<v1::ChunkState>) {
+        if let Ok(mut log) = self.chunk_log.lock() {
+            for c in &chunks {
+                log.insert(c.chunk_id.clone(), c.clone());
+            }
+        }
         self.emit(job_event::Event::Chunks(v1::JobChunks { chunks }));
     }
 

@@ -69,7 +69,12 @@ struct Job {
     error: String,
     class: ErrorClass,
     cancel: CancellationToken,
+    /// Latest state per transfer chunk, re-reported at every registration.
+    chunks: ChunkLog,
 }
+
+/// chunk id → its latest state, shared by a job and its context.
+pub(crate) type ChunkLog = Arc<Mutex<BTreeMap<String, v1::ChunkState>>>;
 
 struct Shared {
     settings: AgentSettings,
@@ -118,6 +123,11 @@ impl Shared {
                 state: job_state_to_wire(j.state) as i32,
                 error: j.error.clone(),
                 error_class: error_class_to_wire(j.class) as i32,
+                chunks: j
+                    .chunks
+                    .lock()
+                    .map(|c| c.values().cloned().collect())
+                    .unwrap_or_default(),
             })
             .collect();
         v1::AgentMessage {
@@ -371,6 +381,7 @@ fn create_job(shared: &Shared, c: v1::CreateJob) -> v1::AgentMessage {
             error: String::new(),
             class: ErrorClass::Transient,
             cancel: CancellationToken::new(),
+            chunks: ChunkLog::default(),
         },
     );
     answer(job_id, String::new())
@@ -409,6 +420,7 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
             work_dir: shared.settings.work_dir.clone(),
             cancel: job.cancel.clone(),
             events: shared.events.clone(),
+            chunk_log: job.chunks.clone(),
         };
         (ctx, executor)
     };

@@ -458,7 +458,7 @@ impl Engine {
                 .is_none_or(|t| t.steps[p.step].row.agent_name.as_deref() != Some(agent))
         });
         let mut reported: HashSet<StepKey> = HashSet::new();
-        for r in reports {
+        for mut r in reports {
             let key = self
                 .tasks
                 .get(&r.task_id)
@@ -482,6 +482,14 @@ impl Engine {
             };
             reported.insert(key);
             self.jobs.insert(r.job_id.clone(), key);
+            // Chunk progress the previous coordinator may have received but not committed.
+            if !r.chunks.is_empty() {
+                let step_name = self.step(key).row.step_name.clone();
+                let now = Utc::now();
+                for ch in std::mem::take(&mut r.chunks) {
+                    self.new_chunks.push(chunk_row(key.0, &step_name, ch, now));
+                }
+            }
             {
                 let step = &mut self.step_mut(key).row;
                 if step.job_id.as_deref() != Some(r.job_id.as_str()) {
