@@ -151,11 +151,7 @@ async fn demo() -> anyhow::Result<()> {
         .context("no progress for ten minutes")??
     {
         let time = e.timestamp.get(11..23).unwrap_or(&e.timestamp);
-        let stage = if e.step.is_empty() {
-            "task".to_owned()
-        } else {
-            format!("{}/{}", ferry_core::pipeline::stage_of(&e.step), e.step)
-        };
+        let stage = ferry_core::pipeline::log_label(&e.step);
         println!("[{time}] [{stage}] {}", e.message);
     }
     let detail = client

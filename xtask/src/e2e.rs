@@ -140,17 +140,9 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 impl Network {
     fn create(loopback: bool) -> anyhow::Result<Network> {
-        if !loopback && is_root() {
+        if !loopback && crate::is_root() {
             match Self::namespaces() {
                 Ok(n) => return Ok(n),
                 Err(e) => {
@@ -641,7 +633,7 @@ async fn run_once(
     let mut client = connect(&coord_url).await?;
 
     // Agents, each with its own config: roots, keys for the hosts it may reach.
-    for (i, (name, role, daemon)) in HOSTS.iter().enumerate() {
+    for (i, (name, _, daemon)) in HOSTS.iter().enumerate() {
         let h = &host_dirs[i];
         let mut servers = String::new();
         let mut known = String::new();
@@ -679,7 +671,6 @@ async fn run_once(
         let program = bin_dir.join(format!("ferry-{daemon}-agentd"));
         let log = h.join("agent.log");
         let cmd_net = NetCommand::of(&net, i);
-        let _ = role;
         daemons.push(Daemon::start(
             name,
             Box::new(move || {
@@ -811,11 +802,7 @@ async fn run_once(
             for e in logs.into_inner().entries {
                 last_log = last_log.max(e.id);
                 let time = e.timestamp.get(11..19).unwrap_or(&e.timestamp);
-                let stage = if e.step.is_empty() {
-                    "task".to_owned()
-                } else {
-                    format!("{}/{}", ferry_core::pipeline::stage_of(&e.step), e.step)
-                };
+                let stage = ferry_core::pipeline::log_label(&e.step);
                 println!("[{time}] [{stage}] {}", e.message);
             }
         }
@@ -1265,21 +1252,24 @@ impl RawRun {
         let s = |p: PathBuf| p.display().to_string();
         let warehouse = s(self.dirs[0].join("warehouse"));
         let model = r#"{"model":"DeepFM","model_id":"DeepFM_e2e","batch_size":2048,"epochs":2,"embedding_dim":8,"hidden_units":[64,64],"learning_rate":0.002,"seed":2024}"#;
+        let export = |sql: &str, out: &str| {
+            self.sh(
+                0,
+                &sql_tool,
+                &[
+                    "export".into(),
+                    warehouse.clone(),
+                    sql.to_owned(),
+                    s(raw(0, out)),
+                    self.rows_per_part.to_string(),
+                ],
+            )
+        };
         let started = Instant::now();
         std::thread::scope(|scope| -> anyhow::Result<()> {
             // The DAG's two branches: sample → train → model, and infer data, side by side.
             let training = scope.spawn(|| -> anyhow::Result<()> {
-                self.sh(
-                    0,
-                    &sql_tool,
-                    &[
-                        "export".into(),
-                        warehouse.clone(),
-                        self.sample_sql.clone(),
-                        s(raw(0, "staging/sample_data")),
-                        self.rows_per_part.to_string(),
-                    ],
-                )?;
+                export(&self.sample_sql, "staging/sample_data")?;
                 self.rsync(
                     0,
                     true,
@@ -1308,17 +1298,7 @@ impl RawRun {
                 )
             });
             let infer_data = scope.spawn(|| -> anyhow::Result<()> {
-                self.sh(
-                    0,
-                    &sql_tool,
-                    &[
-                        "export".into(),
-                        warehouse.clone(),
-                        self.infer_sql.clone(),
-                        s(raw(0, "staging/infer_data")),
-                        self.rows_per_part.to_string(),
-                    ],
-                )?;
+                export(&self.infer_sql, "staging/infer_data")?;
                 self.rsync(
                     0,
                     true,

@@ -156,6 +156,15 @@ const SYSTEM_PACKAGES: &[(&str, &[&str])] = &[
     ("rsync", &["/usr/bin/rsync"]),
 ];
 
+/// Whether this process runs as root (it may then install packages and create namespaces).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
 /// Installs missing packages when running as root; otherwise says exactly what to install.
 pub fn ensure_system_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = SYSTEM_PACKAGES
@@ -166,12 +175,7 @@ pub fn ensure_system_packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if !is_root {
+    if !is_root() {
         bail!(
             "missing system packages: {}. Install them with: sudo apt-get install -y {}",
             missing.join(", "),

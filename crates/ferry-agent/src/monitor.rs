@@ -14,7 +14,7 @@ use ferry_transfer::transfer::human_bytes;
 use serde_json::{Value, json};
 
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
-use crate::transfer::confine_to_roots;
+use crate::transfer::{confine_to_roots, tree_size};
 
 /// Suffix of the files that mark a directory under `model_root` as one pipeline run.
 const REPORT_SUFFIX: &str = "_report.json";
@@ -373,25 +373,13 @@ fn remove_tree(path: &Path) -> std::io::Result<Option<u64>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let bytes = size_of(path).unwrap_or(0);
+    let bytes = tree_size(path).unwrap_or(0);
     if meta.is_dir() {
         std::fs::remove_dir_all(path)?;
     } else {
         std::fs::remove_file(path)?;
     }
     Ok(Some(bytes))
-}
-
-fn size_of(path: &Path) -> std::io::Result<u64> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        return Ok(if meta.is_file() { meta.len() } else { 0 });
-    }
-    let mut total = 0;
-    for e in std::fs::read_dir(path)? {
-        total += size_of(&e?.path())?;
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

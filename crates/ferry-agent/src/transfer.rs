@@ -331,7 +331,7 @@ pub(crate) fn confine_to_roots(roots: &[PathBuf], path: &str) -> Result<PathBuf,
 }
 
 /// Bytes in the regular files under `path`.
-fn tree_size(path: &Path) -> std::io::Result<u64> {
+pub(crate) fn tree_size(path: &Path) -> std::io::Result<u64> {
     let meta = std::fs::symlink_metadata(path)?;
     if !meta.is_dir() {
         return Ok(if meta.is_file() { meta.len() } else { 0 });

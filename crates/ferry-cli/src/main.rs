@@ -776,14 +776,7 @@ fn print_log(e: &v1::LogEntry, json: bool) -> anyhow::Result<()> {
     } else {
         // `[10:00:05] [data_fetch] Executing sample SQL...` as in seed 000 §14.
         let time = e.timestamp.get(11..19).unwrap_or(&e.timestamp);
-        // The pipeline's steps show under seed 000's stage names (`[data_fetch/ship_sample]`).
-        let step = match e.step.as_str() {
-            "" => "task".to_owned(),
-            s if ferry_core::pipeline::stage_of(s) != s => {
-                format!("{}/{s}", ferry_core::pipeline::stage_of(s))
-            }
-            s => s.to_owned(),
-        };
+        let step = ferry_core::pipeline::log_label(&e.step);
         let src = match e.source.as_str() {
             "stdout" | "engine" => String::new(),
             other => format!("{other}: "),

@@ -1404,6 +1404,18 @@ impl Engine {
         Ok(())
     }
 
+    /// The step of a loaded task named `step_name`.
+    fn step_key(&self, task_id: i64, step_name: &str) -> Result<StepKey, EngineError> {
+        self.tasks[&task_id]
+            .steps
+            .iter()
+            .position(|s| s.row.step_name == step_name)
+            .map(|index| (task_id, index))
+            .ok_or_else(|| {
+                EngineError::NotFound(format!("task {task_id} has no step `{step_name}`"))
+            })
+    }
+
     /// Changes a step's parameters before it runs again (seed 000 §7.3: after a training
     /// failure, retry with other hyperparameters). Only steps that have not completed, of a
     /// task that is not running, and only to parameters its kind accepts.
@@ -1423,16 +1435,7 @@ impl Engine {
                 "task {task_id} is {status}; pause it (or let it fail) before changing a step"
             )));
         }
-        let Some(index) = self.tasks[&task_id]
-            .steps
-            .iter()
-            .position(|s| s.row.step_name == step_name)
-        else {
-            return Err(EngineError::NotFound(format!(
-                "task {task_id} has no step `{step_name}`"
-            )));
-        };
-        let key = (task_id, index);
+        let key = self.step_key(task_id, step_name)?;
         let step_status = self.step(key).status;
         if step_status == StepStatus::Completed || step_status.is_on_agent() {
             return Err(EngineError::FailedPrecondition(format!(
@@ -1475,16 +1478,7 @@ impl Engine {
         user: &str,
         comment: &str,
     ) -> Result<(), EngineError> {
-        let Some(index) = self.tasks[&task_id]
-            .steps
-            .iter()
-            .position(|s| s.row.step_name == step_name)
-        else {
-            return Err(EngineError::NotFound(format!(
-                "task {task_id} has no step `{step_name}`"
-            )));
-        };
-        let key = (task_id, index);
+        let key = self.step_key(task_id, step_name)?;
         let status = self.step(key).status;
         if status != StepStatus::AwaitingApproval {
             return Err(EngineError::FailedPrecondition(format!(

@@ -332,6 +332,16 @@ pub fn stage_of(step: &str) -> &str {
     }
 }
 
+/// How a log line names its step: `data_fetch/ship_sample` for the pipeline's steps (seed 000
+/// §14 names stages), the step alone otherwise, `task` for the task's own lines.
+pub fn log_label(step: &str) -> String {
+    match step {
+        "" => "task".to_owned(),
+        s if stage_of(s) != s => format!("{}/{s}", stage_of(s)),
+        s => s.to_owned(),
+    }
+}
+
 /// The concrete DAG for one request on `hosts`. `today` (`YYYY-MM-DD`) is the partition
 /// day when the request names none.
 pub fn plan(
@@ -745,6 +755,9 @@ mod tests {
             "/server_21/staging/campaign_2026_01_22_task${task_id}"
         );
         assert_eq!(stage_of("ship_infer_data"), "data_fetch");
+        assert_eq!(log_label("ship_infer_data"), "data_fetch/ship_infer_data");
+        assert_eq!(log_label("train"), "train");
+        assert_eq!(log_label(""), "task");
     }
 
     #[test]
