@@ -10,6 +10,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::HostInfo;
+use crate::workflow::WorkflowDef;
+
 /// A workflow as seed 003's designer builds it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +220,29 @@ pub enum GraphProblem {
     CoordinatorAsSource { connection: String },
     #[error("connections form a cycle: {}", .0.join(" → "))]
     Cycle(Vec<String>),
+    #[error("node `{node}`: {message}")]
+    InterfaceConfig { node: String, message: String },
+    #[error(
+        "connection {connection}: MOUNT `{path}` of node `{node}` has mount function {function}, so it cannot be {role} (seed 003: OUTPUT = its peer sends to this job, INPUT = its peer receives from it)"
+    )]
+    MountDirection {
+        connection: String,
+        node: String,
+        path: String,
+        function: String,
+        role: &'static str,
+    },
+    #[error("connection {connection}: DATA service `{node}` takes no inputs (its files already exist)")]
+    DataAsDestination { connection: String, node: String },
+    #[error(
+        "connection {connection}: `{from}` already feeds `{to}` through connection #{first}; one connection per pair of nodes (its delivery is input/<sender>/<sender_job>/)"
+    )]
+    DuplicatePair {
+        connection: String,
+        from: String,
+        to: String,
+        first: usize,
+    },
 }
 
 /// Every problem found, in the order of seed 003's phases.
@@ -233,6 +259,21 @@ impl ConnectionDef {
             None => format!("coordinator.{}", e.interface),
         };
         format!("#{index} {} → {}", end(&self.from), end(&self.to))
+    }
+}
+
+fn valid_mount_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !crate::jobpaths::mount_dir_name(p).is_empty()
+        && !p.split('/').any(|c| c == "..")
+}
+
+impl NodeDef {
+    /// The interface a connection end names (by type, and by path when it gives one).
+    pub fn interface_for(&self, end: &Endpoint) -> Option<&InterfaceDef> {
+        self.interfaces
+            .iter()
+            .find(|i| i.interface_type == end.interface && (end.path.is_none() || i.path == end.path))
     }
 }
 
@@ -266,6 +307,11 @@ impl GraphDef {
                 node: n.name.clone(),
                 message: message.to_owned(),
             };
+            if !crate::workflow::is_valid_step_name(&n.name) {
+                problems.push(config(
+                    "a node name is 1-50 letters, digits, '_' or '-' (it names the job's directory)",
+                ));
+            }
             if n.agent.trim().is_empty() {
                 problems.push(config("`agent` must name the agent that runs or holds it"));
             }
@@ -284,14 +330,46 @@ impl GraphDef {
         // Phase 2: interfaces.
         for n in &self.nodes {
             let mut has_stdout = false;
+            let mut counts: HashMap<InterfaceType, usize> = HashMap::new();
+            let mut mounts = HashSet::new();
+            let iface = |message: String| GraphProblem::InterfaceConfig {
+                node: n.name.clone(),
+                message,
+            };
+            let service = types.get(n.name.as_str()).copied();
             for i in &n.interfaces {
-                match InterfaceType::parse(&i.interface_type) {
+                let parsed = InterfaceType::parse(&i.interface_type);
+                match parsed {
                     Some(InterfaceType::Stdout) => has_stdout = true,
                     Some(_) => {}
                     None => problems.push(GraphProblem::InterfaceType {
                         node: n.name.clone(),
                         value: i.interface_type.clone(),
                     }),
+                }
+                if let Some(t) = parsed {
+                    *counts.entry(t).or_default() += 1;
+                }
+                match (parsed, service) {
+                    (Some(InterfaceType::Mount), _) => match i.path.as_deref() {
+                        Some(p) if valid_mount_path(p) => {
+                            if !mounts.insert(crate::jobpaths::mount_dir_name(p)) {
+                                problems.push(iface(format!("MOUNT `{p}` is declared twice")));
+                            }
+                        }
+                        Some(p) => problems.push(iface(format!(
+                            "MOUNT path `{p}` must be an absolute path inside the job, without `..`"
+                        ))),
+                        None => problems.push(iface("a MOUNT interface needs a `path`".into())),
+                    },
+                    (Some(InterfaceType::Stdout), Some(ServiceType::Data)) => {
+                        if i.path.as_deref().is_none_or(|p| p.trim().is_empty()) {
+                            problems.push(iface(
+                                "a DATA service's STDOUT needs a `path`: the files it offers".into(),
+                            ));
+                        }
+                    }
+                    _ => {}
                 }
                 if let Some(f) = &i.mount_function
                     && !MOUNT_FUNCTIONS.contains(&f.as_str())
@@ -302,14 +380,22 @@ impl GraphDef {
                     });
                 }
             }
-            if types.get(n.name.as_str()) == Some(&ServiceType::Data) && !has_stdout {
+            if service == Some(ServiceType::Data) && !has_stdout {
                 problems.push(GraphProblem::DataWithoutStdout {
                     node: n.name.clone(),
                 });
             }
+            if service != Some(ServiceType::Data) {
+                for t in [InterfaceType::Stdin, InterfaceType::Stdout] {
+                    if counts.get(&t).copied().unwrap_or(0) > 1 {
+                        problems.push(iface(format!("a job has one {t}; it is declared twice")));
+                    }
+                }
+            }
         }
         // Phase 3: connections.
         let mut edges: Vec<(&str, &str)> = Vec::new();
+        let mut pairs: HashMap<(&str, &str), usize> = HashMap::new();
         for (index, c) in self.connections.iter().enumerate() {
             let label = c.label(index);
             let Some(from_name) = &c.from.node else {
@@ -365,17 +451,55 @@ impl GraphDef {
                     to: to.to_string(),
                 });
             }
-            if let Some(to_name) = &c.to.node {
-                if types.get(from_name.as_str()) == Some(&ServiceType::Data)
-                    && types.get(to_name.as_str()) == Some(&ServiceType::Data)
+            for (end, role, refused) in [(&c.from, "a source", "OUTPUT"), (&c.to, "a destination", "INPUT")] {
+                let Some(node) = end.node.as_deref().and_then(|n| self.node(n)) else {
+                    continue;
+                };
+                if end.interface != "MOUNT" {
+                    continue;
+                }
+                if let Some(i) = node.interface_for(end)
+                    && i.mount_function.as_deref() == Some(refused)
                 {
+                    problems.push(GraphProblem::MountDirection {
+                        connection: label.clone(),
+                        node: node.name.clone(),
+                        path: i.path.clone().unwrap_or_default(),
+                        function: refused.to_owned(),
+                        role,
+                    });
+                }
+            }
+            if let Some(to_name) = &c.to.node {
+                let data_to = types.get(to_name.as_str()) == Some(&ServiceType::Data);
+                if types.get(from_name.as_str()) == Some(&ServiceType::Data) && data_to {
                     problems.push(GraphProblem::DataToData {
-                        connection: label,
+                        connection: label.clone(),
                         from: from_name.clone(),
                         to: to_name.clone(),
                     });
+                } else if data_to {
+                    problems.push(GraphProblem::DataAsDestination {
+                        connection: label.clone(),
+                        node: to_name.clone(),
+                    });
+                }
+                if let Some(first) = pairs.insert((from_name, to_name), index) {
+                    problems.push(GraphProblem::DuplicatePair {
+                        connection: label,
+                        from: from_name.clone(),
+                        to: to_name.clone(),
+                        first,
+                    });
                 }
                 edges.push((from_name, to_name));
+            } else if let Some(first) = pairs.insert((from_name, ""), index) {
+                problems.push(GraphProblem::DuplicatePair {
+                    connection: label,
+                    from: from_name.clone(),
+                    to: "coordinator".into(),
+                    first,
+                });
             }
         }
         if let Some(cycle) = find_cycle(&self.nodes, &edges) {
@@ -387,6 +511,236 @@ impl GraphDef {
             Err(InvalidGraph { problems })
         }
     }
+}
+
+/// Why a valid graph cannot be planned on the agents that are connected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphPlanError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidGraph),
+    #[error("node `{node}`: no connected agent named `{agent}`{}", crate::pipeline::known_list(.known))]
+    UnknownAgent {
+        node: String,
+        agent: String,
+        known: Vec<String>,
+    },
+    #[error("agent `{0}` did not report an absolute `work_dir` at registration")]
+    MissingWorkDir(String),
+    #[error(
+        "connection {connection}: no SSH key between `{from}` and `{to}`: give `{from}` a `servers.{to}` entry (push) or `{to}` a `servers.{from}` entry (pull)"
+    )]
+    NoSshRoute {
+        connection: String,
+        from: String,
+        to: String,
+    },
+}
+
+/// The coordinator-side name of a graph's delivery step for connection `index`.
+fn delivery_step(index: usize, from: &str, to: Option<&str>, taken: &HashSet<&str>) -> String {
+    let name = format!("{from}-to-{}", to.unwrap_or("coordinator"));
+    if crate::workflow::is_valid_step_name(&name) && !taken.contains(name.as_str()) {
+        name
+    } else {
+        format!("connection-{index}")
+    }
+}
+
+/// Turns a graph into the engine's DAG on the connected agents (`agents` with their
+/// absolute `work_dir`; `coordinator` names the first level of the path hierarchy).
+///
+/// Every node becomes a step of its kind (DATA → `data`, DOCKER → `docker`, STANDALONE →
+/// `exec`); every connection becomes a delivery step after its source: a verified
+/// `transfer` into the destination's `input/<sender>/<sender_job>/` (pushed by the sender
+/// when it holds a key for the receiver, else pulled; a local copy when both are on one
+/// agent), or an `upload` to the coordinator. A destination waits for its deliveries
+/// (INPUTS_READY), so it starts only on verified inputs.
+pub fn plan(
+    graph: &GraphDef,
+    agents: &[HostInfo],
+    coordinator: &str,
+) -> Result<WorkflowDef, GraphPlanError> {
+    use crate::jobpaths::JobPaths;
+    use crate::kinds::{self, Delivery, JobIo, MountIo};
+    use crate::pipeline::{literal, literal_value};
+    use crate::workflow::{Placement, StepDef};
+    use serde_json::{Value, json};
+
+    graph.validate()?;
+    let host = |node: &NodeDef| -> Result<(&HostInfo, String), GraphPlanError> {
+        let agent = agents.iter().find(|a| a.name == node.agent).ok_or_else(|| {
+            GraphPlanError::UnknownAgent {
+                node: node.name.clone(),
+                agent: node.agent.clone(),
+                known: agents.iter().map(|a| a.name.clone()).collect(),
+            }
+        })?;
+        let work_dir = agent
+            .paths
+            .get("work_dir")
+            .filter(|p| p.starts_with('/'))
+            .ok_or_else(|| GraphPlanError::MissingWorkDir(agent.name.clone()))?;
+        Ok((agent, literal(work_dir)))
+    };
+    let mut paths: HashMap<&str, JobPaths> = HashMap::new();
+    for n in &graph.nodes {
+        let (_, root) = host(n)?;
+        paths.insert(
+            &n.name,
+            JobPaths::new(&root, coordinator, "${task_id}", &n.agent, &n.name),
+        );
+    }
+    let mut io: HashMap<&str, JobIo> = graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let p = &paths[n.name.as_str()];
+            let mounts = n
+                .interfaces
+                .iter()
+                .filter(|i| i.interface_type == "MOUNT")
+                .filter_map(|i| i.path.as_deref())
+                .map(|path| MountIo {
+                    path: literal(path),
+                    dir: p.mount(&literal(path)),
+                    sources: Vec::new(),
+                })
+                .collect();
+            let io = JobIo {
+                job_dir: p.dir().to_owned(),
+                mounts,
+                ..Default::default()
+            };
+            (n.name.as_str(), io)
+        })
+        .collect();
+    let mut waits_for: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut steps: Vec<StepDef> = Vec::new();
+    let taken: HashSet<&str> = graph.nodes.iter().map(|n| n.name.as_str()).collect();
+    let step = |name: String, kind: &str, agent: &str, params: Value, inputs: Vec<String>| {
+        StepDef {
+            name,
+            kind: kind.to_owned(),
+            params,
+            placement: Placement::Agent(agent.to_owned()),
+            inputs,
+            retry: None,
+        }
+    };
+    for (index, c) in graph.connections.iter().enumerate() {
+        // validate() guarantees both ends exist and the source is a node.
+        let Some(from) = c.from.node.as_deref().and_then(|n| graph.node(n)) else {
+            continue;
+        };
+        let from_paths = &paths[from.name.as_str()];
+        let source_dir = if c.from.interface == "MOUNT" {
+            let path = from
+                .interface_for(&c.from)
+                .and_then(|i| i.path.as_deref())
+                .unwrap_or_default();
+            from_paths.mount(&literal(path))
+        } else {
+            if let Some(io) = io.get_mut(from.name.as_str()) {
+                io.capture_stdout = true;
+            }
+            from_paths.stdout_dir()
+        };
+        let file_name = c.destination_file_name.as_deref().map(literal);
+        let name = delivery_step(index, &from.name, c.to.node.as_deref(), &taken);
+        let Some(to) = c.to.node.as_deref().and_then(|n| graph.node(n)) else {
+            let mut params = json!({"local_path": source_dir, "node": from.name});
+            if let Some(f) = &file_name {
+                params["file_name"] = json!(f);
+            }
+            steps.push(step(name, kinds::UPLOAD, &from.agent, params, vec![from.name.clone()]));
+            continue;
+        };
+        let dest = paths[to.name.as_str()].input(&from.agent, &from.name);
+        let (from_host, _) = host(from)?;
+        let (to_host, _) = host(to)?;
+        let (runner, params) = if from.agent == to.agent {
+            (&from.agent, json!({"direction": "local", "local_path": source_dir, "remote_path": dest}))
+        } else if from_host.ssh_to.contains(&to.agent) {
+            (&from.agent, json!({"direction": "push", "server": to.agent, "local_path": source_dir, "remote_path": dest}))
+        } else if to_host.ssh_to.contains(&from.agent) {
+            (&to.agent, json!({"direction": "pull", "server": from.agent, "local_path": dest, "remote_path": source_dir}))
+        } else {
+            return Err(GraphPlanError::NoSshRoute {
+                connection: c.label(index),
+                from: from.agent.clone(),
+                to: to.agent.clone(),
+            });
+        };
+        steps.push(step(name.clone(), kinds::TRANSFER, runner, params, vec![from.name.clone()]));
+        waits_for.entry(&to.name).or_default().push(name);
+        let delivery = Delivery {
+            dir: dest,
+            file_name,
+        };
+        if let Some(io) = io.get_mut(to.name.as_str()) {
+            if c.to.interface == "STDIN" {
+                io.stdin.push(delivery);
+            } else {
+                let path = to
+                    .interface_for(&c.to)
+                    .and_then(|i| i.path.as_deref())
+                    .map(literal)
+                    .unwrap_or_default();
+                if let Some(m) = io.mounts.iter_mut().find(|m| m.path == path) {
+                    m.sources.push(delivery);
+                }
+            }
+        }
+    }
+    let mut node_steps = Vec::with_capacity(graph.nodes.len());
+    for n in &graph.nodes {
+        let job_io = io.remove(n.name.as_str()).unwrap_or_default();
+        let env = literal_value(&json!(n.env));
+        let (kind, params) = match ServiceType::parse(&n.service_type) {
+            Some(ServiceType::Data) => {
+                let offered: Vec<String> = n
+                    .interfaces
+                    .iter()
+                    .filter(|i| i.interface_type == "STDOUT")
+                    .filter_map(|i| i.path.as_deref().map(literal))
+                    .collect();
+                let output_dir = paths[n.name.as_str()].stdout_dir();
+                (kinds::DATA, json!({"paths": offered, "output_dir": output_dir}))
+            }
+            Some(ServiceType::Docker) => (
+                kinds::DOCKER,
+                json!({
+                    "image": literal(n.image.as_deref().unwrap_or_default()),
+                    "entrypoint": literal_value(&json!(n.entrypoint)),
+                    "cmd": literal_value(&json!(n.cmd)),
+                    "env": env,
+                    "io": job_io,
+                }),
+            ),
+            _ => {
+                let program = n.entrypoint.first().map(|p| literal(p)).unwrap_or_default();
+                let args: Vec<String> = n
+                    .entrypoint
+                    .iter()
+                    .skip(1)
+                    .chain(&n.cmd)
+                    .map(|a| literal(a))
+                    .collect();
+                (
+                    kinds::EXEC,
+                    json!({"program": program, "args": args, "env": env, "io": job_io}),
+                )
+            }
+        };
+        let inputs = waits_for.remove(n.name.as_str()).unwrap_or_default();
+        node_steps.push(step(n.name.clone(), kind, &n.agent, params, inputs));
+    }
+    node_steps.extend(steps);
+    Ok(WorkflowDef {
+        name: graph.name.clone(),
+        description: graph.description.clone(),
+        steps: node_steps,
+    })
 }
 
 /// A cycle among the nodes, as a path that returns to its start.
@@ -499,6 +853,7 @@ connections:
             interfaces: vec![
                 InterfaceDef {
                     interface_type: "STDOUT".into(),
+                    path: Some("/data/mirror.csv".into()),
                     ..Default::default()
                 },
                 InterfaceDef {
@@ -650,5 +1005,99 @@ connections:
             problems(&GraphDef::default()),
             ["workflow must have at least one node"]
         );
+    }
+
+    #[test]
+    fn a_mount_is_fed_only_in_the_direction_its_function_allows() {
+        let mut g = example();
+        g.nodes[1].interfaces[0].mount_function = Some("INPUT".into());
+        assert_eq!(
+            problems(&g),
+            ["connection #0 dataset.STDOUT → score.MOUNT: MOUNT `/input/` of node `score` has mount function INPUT, so it cannot be a destination (seed 003: OUTPUT = its peer sends to this job, INPUT = its peer receives from it)"]
+        );
+    }
+
+    #[test]
+    fn one_connection_per_pair_of_nodes_and_none_into_data() {
+        let mut g = example();
+        let again = g.connections[1].clone();
+        g.connections.push(again);
+        g.nodes[2].interfaces.push(InterfaceDef {
+            interface_type: "STDOUT".into(),
+            ..Default::default()
+        });
+        let p = problems(&g);
+        assert_eq!(
+            p,
+            [
+                "node `check`: a job has one STDOUT; it is declared twice",
+                "connection #3 score.STDOUT → check.STDIN: `score` already feeds `check` through connection #1; one connection per pair of nodes (its delivery is input/<sender>/<sender_job>/)",
+            ]
+        );
+    }
+
+    fn agent(name: &str, ssh_to: &[&str]) -> HostInfo {
+        HostInfo {
+            name: name.into(),
+            role: None,
+            paths: [("work_dir".to_owned(), format!("/srv/{name}/work"))].into(),
+            ssh_to: ssh_to.iter().map(|s| (*s).to_owned()).collect(),
+            connected: true,
+        }
+    }
+
+    #[test]
+    fn the_plan_delivers_each_connection_before_its_consumer_starts() {
+        let agents = [
+            agent("agent-a", &["agent-b"]),
+            agent("agent-b", &[]),
+            agent("agent-c", &["agent-b"]),
+        ];
+        let wf = plan(&example(), &agents, "coord").expect("plans");
+        let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["dataset", "score", "check", "dataset-to-score", "score-to-check", "check-to-coordinator"]
+        );
+        let by = |n: &str| wf.steps.iter().find(|s| s.name == n).expect("step");
+        // A pushes to B (A holds B's key); C pulls from B (neither B nor A hold C's).
+        let push = by("dataset-to-score");
+        assert_eq!(push.placement, crate::workflow::Placement::Agent("agent-a".into()));
+        assert_eq!(push.params["direction"], "push");
+        assert_eq!(push.params["local_path"], "/srv/agent-a/work/workflows/coord/${task_id}/jobs/agent-a/dataset/output/stdout");
+        assert_eq!(push.params["remote_path"], "/srv/agent-b/work/workflows/coord/${task_id}/jobs/agent-b/score/input/agent-a/dataset");
+        let pull = by("score-to-check");
+        assert_eq!(pull.placement, crate::workflow::Placement::Agent("agent-c".into()));
+        assert_eq!(pull.params["direction"], "pull");
+        assert_eq!(pull.params["server"], "agent-b");
+        // Consumers wait for their deliveries; the delivered dir is what they read.
+        assert_eq!(by("score").inputs, ["dataset-to-score"]);
+        assert_eq!(by("check").inputs, ["score-to-check"]);
+        let score = &by("score").params["io"];
+        assert_eq!(score["mounts"][0]["path"], "/input/");
+        assert_eq!(score["mounts"][0]["sources"][0]["dir"], push.params["remote_path"]);
+        assert_eq!(score["capture_stdout"], true);
+        assert_eq!(by("check").params["io"]["stdin"][0]["dir"], pull.params["local_path"]);
+        assert_eq!(by("check-to-coordinator").kind, "upload");
+        assert_eq!(by("check-to-coordinator").params["file_name"], "lines.txt");
+        assert_eq!(by("dataset").kind, "data");
+        assert!(wf.validate().is_ok(), "{:?}", wf.validate());
+    }
+
+    #[test]
+    fn the_plan_names_what_is_missing_on_the_agents() {
+        let mut agents = vec![agent("agent-a", &[]), agent("agent-b", &[]), agent("agent-c", &["agent-b"])];
+        let err = plan(&example(), &agents, "coord").expect_err("no route");
+        assert_eq!(err.to_string(), "connection #0 dataset.STDOUT → score.MOUNT: no SSH key between `agent-a` and `agent-b`: give `agent-a` a `servers.agent-b` entry (push) or `agent-b` a `servers.agent-a` entry (pull)");
+        agents.pop();
+        let err = plan(&example(), &agents, "coord").expect_err("no agent");
+        assert_eq!(err.to_string(), "node `check`: no connected agent named `agent-c` (connected: agent-a, agent-b)");
+        // Both ends on one agent: a local, verified copy.
+        let mut g = example();
+        for n in &mut g.nodes {
+            n.agent = "agent-a".into();
+        }
+        let wf = plan(&g, &[agent("agent-a", &[])], "coord").expect("plans");
+        assert_eq!(wf.steps[3].params["direction"], "local");
     }
 }

@@ -32,9 +32,98 @@ pub const MONITOR: &str = "monitor";
 /// Removes directories under the agent's roots (staging data after a pipeline run).
 pub const CLEANUP: &str = "cleanup";
 
+/// Seed 003's DATA service: offers files that already exist on the agent to its consumers.
+pub const DATA: &str = "data";
+/// Seed 003's DOCKER service: runs an image through a Docker-API-compatible engine.
+pub const DOCKER: &str = "docker";
+/// Sends a job's output to the coordinator (seed 003's self-peer download).
+pub const UPLOAD: &str = "upload";
+
 pub const KNOWN_KINDS: &[&str] = &[
-    EXEC, NOOP, TRANSFER, SQL_EXPORT, HIVE_LOAD, TRAIN, INFER, MONITOR, CLEANUP,
+    EXEC, NOOP, TRANSFER, SQL_EXPORT, HIVE_LOAD, TRAIN, INFER, MONITOR, CLEANUP, DATA, DOCKER,
+    UPLOAD,
 ];
+
+/// How a job of a graph workflow (seed 003) meets its connections. Every path is absolute
+/// and comes from `ferry_core::jobpaths`, so sender and receiver agree on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobIo {
+    /// `workflows/<coordinator>/<workflow_job>/jobs/<executor>/<job>/`.
+    pub job_dir: String,
+    /// Delivered inputs fed to standard input, one after the other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stdin: Vec<Delivery>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountIo>,
+    /// Standard output goes to `{job_dir}/output/stdout/stdout` (a consumer reads it)
+    /// instead of the job's log.
+    #[serde(default)]
+    pub capture_stdout: bool,
+}
+
+/// What one connection delivered: a directory under `input/<sender>/<sender_job>/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    pub dir: String,
+    /// The connection's `destination_file_name`: the delivered file's name in a mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
+
+/// A MOUNT interface: `path` inside the job, `dir` on the agent (`{job_dir}/mounts/...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountIo {
+    pub path: String,
+    pub dir: String,
+    /// Deliveries linked into `dir` before the job starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Delivery>,
+}
+
+/// Parameters of a `data` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataParams {
+    /// Files or directories on the agent (a directory offers its contents).
+    pub paths: Vec<String>,
+    /// Where they are published for transfers (hard links where possible).
+    pub output_dir: String,
+}
+
+/// Parameters of a `docker` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerParams {
+    pub image: String,
+    /// Overrides the image's ENTRYPOINT when not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    pub io: JobIo,
+    /// The container's network: `none` (default), `bridge`, `host`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Parameters of an `upload` step: `local_path`'s files go to the coordinator, filed under
+/// the task and `node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadParams {
+    pub local_path: String,
+    pub node: String,
+    /// The connection's `destination_file_name` (renames a single file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
 
 /// Parameters of the `monitor` kind: the task's steps and metrics, read from the
 /// coordinator, are written as `report_path`; older runs under `model_root` are archived.
@@ -149,6 +238,8 @@ pub enum TransferDirection {
     Push,
     /// The server's `remote_path` → this agent's `local_path`.
     Pull,
+    /// This agent's `local_path` → its own `remote_path` (both ends on this host; no server).
+    Local,
 }
 
 /// Parameters of a `transfer` step.
@@ -156,7 +247,9 @@ pub enum TransferDirection {
 #[serde(deny_unknown_fields)]
 pub struct TransferParams {
     pub direction: TransferDirection,
-    /// Name of the other host in the config's `servers` (host, port, user, key).
+    /// Name of the other host in the config's `servers` (host, port, user, key); empty for
+    /// a local transfer.
+    #[serde(default)]
     pub server: String,
     /// Directory on this agent (must be under one of its roots).
     pub local_path: String,
@@ -194,6 +287,10 @@ pub struct ExecParams {
     /// Kill the program (and fail the attempt, transiently) after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// A graph workflow's job: stdin, mounts and stdout from its connections. The working
+    /// directory is then `{job_dir}/mounts`, so a MOUNT `/input/` is `./input/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<JobIo>,
 }
 
 /// Parameters of a `noop` step.
@@ -217,12 +314,15 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
             if p.timeout_secs == Some(0) {
                 return Err("`timeout_secs` must be at least 1".into());
             }
-            Ok(())
+            match &p.io {
+                Some(io) => check_io(io),
+                None => Ok(()),
+            }
         }
         NOOP => parse_params::<NoopParams>(params).map(|_| ()),
         TRANSFER => {
             let p: TransferParams = parse_params(params)?;
-            if p.server.trim().is_empty() {
+            if p.direction != TransferDirection::Local && p.server.trim().is_empty() {
                 return Err("`server` must name a server of the config".into());
             }
             if p.local_path.trim().is_empty() || p.remote_path.trim().is_empty() {
@@ -315,11 +415,67 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
             }
             Ok(())
         }
+        DATA => {
+            let p: DataParams = parse_params(params)?;
+            if p.paths.is_empty() || p.paths.iter().any(|x| x.trim().is_empty()) {
+                return Err("`paths` must list the files the DATA service offers".into());
+            }
+            check_absolute("output_dir", &p.output_dir)
+        }
+        DOCKER => {
+            let p: DockerParams = parse_params(params)?;
+            if p.image.trim().is_empty() {
+                return Err("`image` must not be empty".into());
+            }
+            if p.timeout_secs == Some(0) {
+                return Err("`timeout_secs` must be at least 1".into());
+            }
+            check_io(&p.io)
+        }
+        UPLOAD => {
+            let p: UploadParams = parse_params(params)?;
+            check_absolute("local_path", &p.local_path)?;
+            if p.node.trim().is_empty() {
+                return Err("`node` must not be empty".into());
+            }
+            Ok(())
+        }
         other => Err(format!(
             "unknown step kind `{other}` (known kinds: {})",
             KNOWN_KINDS.join(", ")
         )),
     }
+}
+
+fn check_absolute(key: &str, path: &str) -> Result<(), String> {
+    // A placeholder (`${task_id}`) is filled in when the task is created.
+    if path.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!("`{key}` must be an absolute path, not `{path}`"))
+    }
+}
+
+fn check_io(io: &JobIo) -> Result<(), String> {
+    check_absolute("io.job_dir", &io.job_dir)?;
+    for m in &io.mounts {
+        if !m.path.starts_with('/') {
+            return Err(format!(
+                "mount path `{}` must be absolute (the path inside the job)",
+                m.path
+            ));
+        }
+        check_absolute("io.mounts.dir", &m.dir)?;
+    }
+    for d in io.stdin.iter().chain(io.mounts.iter().flat_map(|m| &m.sources)) {
+        check_absolute("delivery dir", &d.dir)?;
+        if let Some(f) = &d.file_name
+            && (f.is_empty() || f.contains('/') || f == "." || f == "..")
+        {
+            return Err(format!("`file_name` must be a plain file name, not `{f}`"));
+        }
+    }
+    Ok(())
 }
 
 /// Deserializes a step's parameters; `null` counts as an empty object.
@@ -363,7 +519,7 @@ mod tests {
         let err = validate_params("frobnicate", &Value::Null).expect_err("unknown");
         assert_eq!(
             err,
-            "unknown step kind `frobnicate` (known kinds: exec, noop, transfer, sql_export, hive_load, train, infer, monitor, cleanup)"
+            "unknown step kind `frobnicate` (known kinds: exec, noop, transfer, sql_export, hive_load, train, infer, monitor, cleanup, data, docker, upload)"
         );
     }
 

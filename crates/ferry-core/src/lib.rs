@@ -8,6 +8,7 @@ pub mod config;
 pub mod graph;
 pub mod ident;
 pub mod ids;
+pub mod jobpaths;
 pub mod kinds;
 pub mod pipeline;
 pub mod retry;

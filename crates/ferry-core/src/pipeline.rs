@@ -251,7 +251,7 @@ pub enum PlanError {
     },
 }
 
-fn known_list(known: &[String]) -> String {
+pub(crate) fn known_list(known: &[String]) -> String {
     if known.is_empty() {
         " (none connected)".into()
     } else {
@@ -524,11 +524,11 @@ pub fn plan(
 
 /// The user's text as a template that renders back to itself (`$` → `$$`), so a `${` in a
 /// query is never taken for a placeholder.
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     s.replace('$', "$$")
 }
 
-fn literal_value(v: &Value) -> Value {
+pub(crate) fn literal_value(v: &Value) -> Value {
     match v {
         Value::String(s) => Value::String(literal(s)),
         Value::Array(a) => Value::Array(a.iter().map(literal_value).collect()),

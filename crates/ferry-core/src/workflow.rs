@@ -144,6 +144,11 @@ pub struct InvalidWorkflow {
     pub problems: Vec<ValidationError>,
 }
 
+/// What a step name may be: 1-50 letters, digits, '_' or '-'.
+pub fn is_valid_step_name(s: &str) -> bool {
+    valid_name(s, 50, &[])
+}
+
 fn valid_name(s: &str, max: usize, extra: &[char]) -> bool {
     !s.is_empty()
         && s.len() <= max
@@ -173,7 +178,7 @@ impl WorkflowDef {
         }
         let mut seen = HashMap::new();
         for step in &self.steps {
-            if !valid_name(&step.name, 50, &[]) {
+            if !is_valid_step_name(&step.name) {
                 problems.push(ValidationError::BadStepName(step.name.clone()));
             }
             if seen.insert(step.name.as_str(), ()).is_some() {
