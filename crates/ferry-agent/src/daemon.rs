@@ -10,10 +10,12 @@ use ferry_core::Role;
 use ferry_core::config::FerryConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::docker::DockerExecutor;
 use crate::exec::{ExecExecutor, NoopExecutor};
 use crate::executor::Executor;
 use crate::monitor::{CleanupExecutor, MonitorExecutor};
 use crate::runtime::{AgentError, AgentSettings};
+use crate::services::{DataExecutor, UploadExecutor};
 use crate::transfer::TransferExecutor;
 
 /// Command line of `ferry-source-agentd`, `ferry-train-agentd` and `ferry-infer-agentd`.
@@ -43,12 +45,19 @@ pub fn executors_for(
     config: &FerryConfig,
     settings: &AgentSettings,
 ) -> Vec<Arc<dyn Executor>> {
+    // The work dir given on the command line is the one jobs (and graph deliveries) use.
+    let mut config = config.clone();
+    config.agent.work_dir = settings.work_dir.clone();
+    let config = &config;
     vec![
         Arc::new(ExecExecutor),
         Arc::new(NoopExecutor),
         Arc::new(TransferExecutor::new(config.clone(), &settings.work_dir)),
         Arc::new(MonitorExecutor::new(config, &settings.coordinator_url)),
         Arc::new(CleanupExecutor::new(config)),
+        Arc::new(DataExecutor::new(config)),
+        Arc::new(DockerExecutor::new(config)),
+        Arc::new(UploadExecutor::new(&settings.coordinator_url, &settings.name)),
     ]
 }
 
@@ -70,20 +79,21 @@ pub fn settings(role: Role, config: &FerryConfig, args: &AgentArgs) -> AgentSett
         .get(&name)
         .map(|s| s.gpus.clone())
         .unwrap_or_default();
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| config.agent.work_dir.clone());
     AgentSettings {
         role,
         coordinator_url: args
             .coordinator
             .clone()
             .unwrap_or_else(|| config.agent.coordinator_url.clone()),
-        work_dir: args
-            .work_dir
-            .clone()
-            .unwrap_or_else(|| config.agent.work_dir.clone()),
         reconnect_interval: Duration::from_millis(config.agent.reconnect_interval_ms),
         gpus,
         shutdown_grace: Duration::from_secs(10),
-        paths: reported_paths(config),
+        paths: reported_paths(config, &work_dir),
+        work_dir,
         ssh_to: config
             .servers
             .keys()
@@ -143,9 +153,11 @@ pub async fn wait_for_signal() {
 
 /// The roots the coordinator plans paths with, made absolute against the working directory
 /// (config paths like `./data/` are relative to where the daemon runs).
-fn reported_paths(config: &FerryConfig) -> BTreeMap<String, String> {
+fn reported_paths(config: &FerryConfig, work_dir: &std::path::Path) -> BTreeMap<String, String> {
     let cwd = std::env::current_dir().unwrap_or_default();
+    let work_dir = work_dir.to_path_buf();
     [
+        ("work_dir", &work_dir),
         ("data_root", &config.fuxictr_paths.data_root),
         ("model_root", &config.fuxictr_paths.model_root),
         ("staging_dir", &config.storage.staging_dir),

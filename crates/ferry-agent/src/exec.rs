@@ -19,6 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
+use crate::jobio;
+use ferry_transfer::transfer::human_bytes;
 
 /// How long a cancelled program gets between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
@@ -39,13 +41,31 @@ impl Executor for ExecExecutor {
 
 async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
     let p: ExecParams = ctx.params()?;
-    let workdir = match &p.workdir {
-        Some(dir) => PathBuf::from(dir),
-        None => ctx
+    let io = match &p.io {
+        Some(io) => {
+            let io = io.clone();
+            Some(
+                tokio::task::spawn_blocking(move || jobio::prepare(&io))
+                    .await
+                    .map_err(|e| JobError::transient(format!("preparing inputs: {e}")))??,
+            )
+        }
+        None => None,
+    };
+    let workdir = match (&p.workdir, &io) {
+        (Some(dir), _) => PathBuf::from(dir),
+        // A graph job works among its mounts: MOUNT `/input/` is `./input/`.
+        (None, Some(io)) => io.mounts_root.clone(),
+        (None, None) => ctx
             .work_dir
             .join(format!("task-{}", ctx.task_id))
             .join(&ctx.step),
     };
+    let stdin_files = io
+        .as_ref()
+        .map(|io| io.stdin_files.clone())
+        .unwrap_or_default();
+    let stdout_file = io.as_ref().and_then(|io| io.stdout_file.clone());
     tokio::fs::create_dir_all(&workdir).await.map_err(|e| {
         JobError::transient(format!(
             "cannot create working directory {}: {e}",
@@ -68,7 +88,11 @@ async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
                 .unwrap_or_default(),
         )
         .current_dir(&workdir)
-        .stdin(Stdio::null())
+        .stdin(if stdin_files.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so cancel reaches the program's children too.
@@ -90,14 +114,36 @@ async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
         child.id().unwrap_or(0)
     ));
     let ctx = Arc::new(ctx);
-    let out = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(forward_lines(s, ctx.clone(), "stdout", LogLevel::Info)));
-    let err = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(forward_lines(s, ctx.clone(), "stderr", LogLevel::Warn)));
+    let feeder = child.stdin.take().map(|sink| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let n = jobio::feed(stdin_files, sink).await?;
+            ctx.info(format!("fed {} to standard input", human_bytes(n)));
+            Ok::<(), String>(())
+        })
+    });
+    let out = child.stdout.take().map(|s| {
+        let ctx = ctx.clone();
+        match stdout_file.clone() {
+            // A consumer reads it: the bytes go to a file, unparsed and unbuffered.
+            Some(path) => tokio::spawn(async move {
+                let n = jobio::capture(s, &path).await?;
+                ctx.info(format!("captured {} of standard output", human_bytes(n)));
+                Ok(())
+            }),
+            None => tokio::spawn(async move {
+                forward_lines(s, ctx, "stdout", LogLevel::Info).await;
+                Ok(())
+            }),
+        }
+    });
+    let err = child.stderr.take().map(|s| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            forward_lines(s, ctx, "stderr", LogLevel::Warn).await;
+            Ok(())
+        })
+    });
     let timeout = p.timeout_secs.map(Duration::from_secs);
 
     enum Outcome {
@@ -113,9 +159,16 @@ async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
     if !matches!(outcome, Outcome::Exited(_)) {
         terminate(&mut child, pid).await;
     }
-    // Every line the program wrote is forwarded before the job reports its end.
-    for h in [out, err].into_iter().flatten() {
-        let _ = h.await;
+    // Every line the program wrote is forwarded (and its output captured) before the job
+    // reports its end.
+    let mut io_error = None;
+    for h in [feeder, out, err].into_iter().flatten() {
+        if let Ok(Err(e)) = h.await {
+            io_error.get_or_insert(e);
+        }
+    }
+    if let (Some(e), Outcome::Exited(_)) = (io_error, &outcome) {
+        return Err(JobError::transient(e));
     }
     match outcome {
         Outcome::Cancelled => Err(JobError::transient("cancelled")),

@@ -2,10 +2,13 @@
 //! `Executor` contract, and the executors of the generic step kinds.
 
 pub mod daemon;
+pub mod docker;
 pub mod exec;
 pub mod executor;
+pub mod jobio;
 pub mod monitor;
 pub mod runtime;
+pub mod services;
 pub mod transfer;
 
 pub use executor::{Executor, JobContext, JobError, JobFuture};

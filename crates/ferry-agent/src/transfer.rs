@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ferry_core::config::FerryConfig;
 use ferry_core::kinds::{self, TransferDirection, TransferParams};
 use ferry_proto::v1;
-use ferry_transfer::manifest::HashAlgorithm;
+use ferry_transfer::manifest::{HashAlgorithm, Manifest};
 use ferry_transfer::rsync::{Direction, RsyncOptions};
 use ferry_transfer::ssh::{HostKeyPolicy, SshSession, SshTarget};
 use ferry_transfer::transfer::{
@@ -76,6 +76,9 @@ fn job_error(e: TransferError) -> JobError {
 impl Inner {
     async fn run(&self, ctx: JobContext) -> Result<(), JobError> {
         let p: TransferParams = ctx.params()?;
+        if p.direction == TransferDirection::Local {
+            return self.run_local(&ctx, &p).await;
+        }
         let server = self.config.servers.get(&p.server).ok_or_else(|| {
             let known: Vec<&str> = self.config.servers.keys().map(String::as_str).collect();
             JobError::permanent(format!(
@@ -96,7 +99,7 @@ impl Inner {
         };
         let spec = TransferSpec {
             direction: match p.direction {
-                TransferDirection::Push => Direction::Push,
+                TransferDirection::Push | TransferDirection::Local => Direction::Push,
                 TransferDirection::Pull => Direction::Pull,
             },
             local,
@@ -125,7 +128,7 @@ impl Inner {
         target.keepalive =
             std::time::Duration::from_secs(self.config.workflow.heartbeat_interval.max(1));
         let (from, to) = match p.direction {
-            TransferDirection::Push => (
+            TransferDirection::Push | TransferDirection::Local => (
                 format!("{}", spec.local.display()),
                 format!("{}:{}", p.server, p.remote_path),
             ),
@@ -186,6 +189,52 @@ impl Inner {
         Ok(())
     }
 
+    /// Both ends on this agent (seed 003's "local move"): the source's manifest is built,
+    /// its files linked (or copied) into the destination, and the destination verified
+    /// against the manifest like any transfer.
+    async fn run_local(&self, ctx: &JobContext, p: &TransferParams) -> Result<(), JobError> {
+        let src = self.confine(&p.local_path).map_err(job_error)?;
+        let dst = self.confine(&p.remote_path).map_err(job_error)?;
+        let t = &self.config.transfer;
+        let algorithm = match p.algorithm.as_deref().unwrap_or(&t.hash_algorithm) {
+            "sha256" => HashAlgorithm::Sha256,
+            _ => HashAlgorithm::Blake3,
+        };
+        let chunk_size = p.chunk_size.unwrap_or(t.chunk_size);
+        ctx.info(format!(
+            "starting local transfer {} -> {}",
+            src.display(),
+            dst.display()
+        ));
+        let started = std::time::Instant::now();
+        let (files, bytes, chunks) = tokio::task::spawn_blocking(move || {
+            let manifest = Manifest::build(&src, chunk_size, algorithm).map_err(job_error)?;
+            for f in &manifest.files {
+                crate::jobio::link_or_copy(&src.join(&f.path), &confine::join(&dst, &f.path).map_err(job_error)?)?;
+            }
+            let report = manifest.verify(&dst).map_err(job_error)?;
+            if !report.is_complete() {
+                return Err(JobError::transient(format!(
+                    "local copy did not verify: {} bad chunks, missing {:?}",
+                    report.bad.len(),
+                    report.missing_files
+                )));
+            }
+            Ok((manifest.files.len(), manifest.total_bytes(), report.verified.len()))
+        })
+        .await
+        .map_err(|e| JobError::transient(format!("local transfer: {e}")))??;
+        let seconds = started.elapsed().as_secs_f64();
+        ctx.info(format!(
+            "transfer complete: {} in {files} files, {chunks} chunks verified, {seconds:.1}s (local)",
+            human_bytes(bytes)
+        ));
+        ctx.metric("transfer_bytes", bytes as f64, 0);
+        ctx.metric("transfer_seconds", seconds, 0);
+        ctx.save_checkpoint(&serde_json::json!({"verified_chunks": chunks, "bytes": bytes}));
+        Ok(())
+    }
+
     /// Seed 000 §7.3: a transfer larger than `limit` bytes waits for a person's
     /// confirmation, once; the approval then stays in the step's checkpoint.
     async fn confirm_size(
@@ -197,7 +246,7 @@ impl Inner {
         limit: u64,
     ) -> Result<(), JobError> {
         let bytes = match p.direction {
-            TransferDirection::Push => {
+            TransferDirection::Push | TransferDirection::Local => {
                 let local = spec.local.clone();
                 tokio::task::spawn_blocking(move || tree_size(&local))
                     .await

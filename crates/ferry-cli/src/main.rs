@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod graph;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ferry_core::pipeline::{CTR_PIPELINE, CtrTaskRequest};
@@ -110,6 +112,9 @@ enum WorkflowCmd {
     Show {
         name: String,
     },
+    /// Seed 003's graph workflows: nodes, interfaces, connections, canvas.
+    #[command(flatten)]
+    Graph(graph::GraphCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -406,6 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Workflow(WorkflowCmd::Graph(cmd)) => graph::run(cmd, &mut client, json).await?,
         Command::Workflow(WorkflowCmd::List) => {
             let list = client
                 .list_workflows(v1::ListWorkflowsRequest {})

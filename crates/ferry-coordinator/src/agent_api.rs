@@ -13,6 +13,8 @@ use crate::engine::{EngineHandle, EngineMsg};
 pub struct AgentApi {
     pub engine: EngineHandle,
     pub next_conn: AtomicU64,
+    pub store: ferry_store::Store,
+    pub downloads: std::sync::Arc<crate::downloads::Downloads>,
 }
 
 #[tonic::async_trait]
@@ -79,5 +81,16 @@ impl AgentService for AgentApi {
                 .await;
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
+    async fn upload_output(
+        &self,
+        req: Request<Streaming<v1::OutputChunk>>,
+    ) -> Result<Response<v1::UploadReceipt>, Status> {
+        let receipt = self
+            .downloads
+            .receive(&self.store, req.into_inner())
+            .await?;
+        Ok(Response::new(receipt))
     }
 }

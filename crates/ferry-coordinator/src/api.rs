@@ -19,12 +19,15 @@ use crate::error::EngineError;
 pub struct WorkflowApi {
     pub store: Store,
     pub engine: EngineHandle,
+    pub downloads: std::sync::Arc<crate::downloads::Downloads>,
+    /// Graph edits are read-modify-write; one at a time.
+    pub graph_edits: tokio::sync::Mutex<()>,
 }
 
 const DEFAULT_LIST_LIMIT: u64 = 100;
 const LOG_PAGE: u64 = 1000;
 
-fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
@@ -108,7 +111,7 @@ fn metric_to_wire(m: &step_metric::Model) -> v1::Metric {
     }
 }
 
-fn workflow_to_wire(w: &workflow::Model) -> Result<v1::Workflow, Status> {
+pub(crate) fn workflow_to_wire(w: &workflow::Model) -> Result<v1::Workflow, Status> {
     let def = Store::definition_of(w).map_err(store_err)?;
     Ok(v1::Workflow {
         id: w.id,
@@ -152,9 +155,108 @@ impl WorkflowApi {
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<v1::LogEntry, Status>> + Send>>;
+type OutputStream = Pin<Box<dyn Stream<Item = Result<v1::OutputChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl WorkflowService for WorkflowApi {
+    async fn create_graph(
+        &self,
+        req: Request<v1::CreateGraphRequest>,
+    ) -> Result<Response<v1::Graph>, Status> {
+        WorkflowApi::create_graph(self, req.into_inner()).await
+    }
+
+    async fn get_graph(&self, req: Request<v1::GraphRef>) -> Result<Response<v1::Graph>, Status> {
+        WorkflowApi::get_graph(self, &req.into_inner().name).await
+    }
+
+    async fn list_graphs(
+        &self,
+        _: Request<v1::ListGraphsRequest>,
+    ) -> Result<Response<v1::ListGraphsResponse>, Status> {
+        WorkflowApi::list_graphs(self).await
+    }
+
+    async fn delete_graph(
+        &self,
+        req: Request<v1::GraphRef>,
+    ) -> Result<Response<v1::Graph>, Status> {
+        WorkflowApi::delete_graph(self, &req.into_inner().name).await
+    }
+
+    async fn add_node(&self, req: Request<v1::NodeEdit>) -> Result<Response<v1::Graph>, Status> {
+        WorkflowApi::add_node(self, req.into_inner()).await
+    }
+
+    async fn update_node(
+        &self,
+        req: Request<v1::NodeEdit>,
+    ) -> Result<Response<v1::Graph>, Status> {
+        WorkflowApi::update_node(self, req.into_inner()).await
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<v1::NodeEdit>,
+    ) -> Result<Response<v1::Graph>, Status> {
+        WorkflowApi::remove_node(self, req.into_inner()).await
+    }
+
+    async fn add_connection(
+        &self,
+        req: Request<v1::ConnectionEdit>,
+    ) -> Result<Response<v1::Graph>, Status> {
+        WorkflowApi::add_connection(self, req.into_inner()).await
+    }
+
+    async fn remove_connection(
+        &self,
+        req: Request<v1::ConnectionEdit>,
+    ) -> Result<Response<v1::Graph>, Status> {
+        WorkflowApi::remove_connection(self, req.into_inner()).await
+    }
+
+    async fn save_canvas(
+        &self,
+        req: Request<v1::CanvasEdit>,
+    ) -> Result<Response<v1::Graph>, Status> {
+        WorkflowApi::save_canvas(self, req.into_inner()).await
+    }
+
+    async fn build_graph(
+        &self,
+        req: Request<v1::GraphRef>,
+    ) -> Result<Response<v1::Workflow>, Status> {
+        self.build_graph_reply(&req.into_inner().name).await
+    }
+
+    async fn execute_graph(
+        &self,
+        req: Request<v1::ExecuteGraphRequest>,
+    ) -> Result<Response<v1::Task>, Status> {
+        WorkflowApi::execute_graph(self, req.into_inner()).await
+    }
+
+    type DownloadOutputStream = OutputStream;
+
+    async fn download_output(
+        &self,
+        req: Request<v1::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadOutputStream>, Status> {
+        let r = req.into_inner();
+        self.task_row(r.task_id).await?;
+        let node = (!r.node.is_empty()).then_some(r.node.as_str());
+        let files = self.downloads.files(r.task_id, node)?;
+        if files.is_empty() {
+            return Err(Status::not_found(match node {
+                Some(n) => format!("task {} has no output from node `{n}` at the coordinator (yet)", r.task_id),
+                None => format!("task {} has sent no output to the coordinator (yet)", r.task_id),
+            }));
+        }
+        let rx = crate::downloads::Downloads::stream(files, node.is_none());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn apply_workflow(
         &self,
         req: Request<v1::ApplyWorkflowRequest>,

@@ -44,6 +44,8 @@ pub struct EngineSettings {
     pub pipeline: PipelineSettings,
     /// Prometheus metrics and webhook notifications.
     pub observer: Arc<Observer>,
+    /// The first level of seed 003's path hierarchy in graph workflows' plans.
+    pub coordinator_name: String,
 }
 
 /// Messages the engine processes, from the gRPC services.
@@ -81,6 +83,11 @@ pub enum ApiRequest {
     CreateCtrTask {
         request: Box<CtrTaskRequest>,
         reply: Reply<workflow_task::Model>,
+    },
+    /// Plans a graph workflow (seed 003) on the connected agents.
+    PlanGraph {
+        graph: Box<ferry_core::graph::GraphDef>,
+        reply: Reply<WorkflowDef>,
     },
     /// Merges `patch` into a pending step's parameters (paused or failed tasks only).
     UpdateStepParams {
@@ -1059,6 +1066,17 @@ impl Engine {
                 let result = self.create_task(&workflow, name, params).await;
                 self.reply_after_commit(reply, result);
             }
+            ApiRequest::PlanGraph { graph, reply } => {
+                let hosts = self.host_infos();
+                let result = ferry_core::graph::plan(&graph, &hosts, &self.settings.coordinator_name)
+                    .map_err(|e| match e {
+                        ferry_core::graph::GraphPlanError::Invalid(e) => {
+                            EngineError::InvalidRequest(e.to_string())
+                        }
+                        other => EngineError::FailedPrecondition(other.to_string()),
+                    });
+                let _ = reply.send(result);
+            }
             ApiRequest::CreateCtrTask { request, reply } => {
                 let result = self.create_ctr_task(*request).await;
                 self.reply_after_commit(reply, result);
@@ -1199,17 +1217,7 @@ impl Engine {
         request
             .validate()
             .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
-        let hosts: Vec<HostInfo> = self
-            .agents
-            .iter()
-            .map(|(name, a)| HostInfo {
-                name: name.clone(),
-                role: Some(a.role),
-                paths: a.paths.clone(),
-                ssh_to: a.ssh_to.clone(),
-                connected: a.conn.is_some(),
-            })
-            .collect();
+        let hosts = self.host_infos();
         let hosts = pipeline::select_hosts(&request, &hosts)
             .map_err(|e| EngineError::FailedPrecondition(e.to_string()))?;
         let today = Utc::now().format("%Y-%m-%d").to_string();
@@ -1230,6 +1238,20 @@ impl Engine {
         let id = self.create_task_from(wf.id, def, name, params).await?;
         self.log(id, "", "INFO", format!("planned on {hosts}"));
         Ok(id)
+    }
+
+    /// What the planners know of the agents.
+    fn host_infos(&self) -> Vec<HostInfo> {
+        self.agents
+            .iter()
+            .map(|(name, a)| HostInfo {
+                name: name.clone(),
+                role: Some(a.role),
+                paths: a.paths.clone(),
+                ssh_to: a.ssh_to.clone(),
+                connected: a.conn.is_some(),
+            })
+            .collect()
     }
 
     async fn create_task_from(
@@ -1898,7 +1920,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// RFC 7396 JSON merge patch: objects merge key by key, `null` removes, the rest replaces.
-fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+pub(crate) fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
     let serde_json::Value::Object(changes) = patch else {
         *target = patch.clone();
         return;

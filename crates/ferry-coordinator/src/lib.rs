@@ -5,6 +5,8 @@
 
 mod agent_api;
 mod api;
+mod downloads;
+mod graph_api;
 pub mod engine;
 pub mod error;
 pub mod observe;
@@ -45,6 +47,7 @@ pub async fn run(
             keep_checkpoints: config.workflow.keep_checkpoints,
         },
         observer: observe::Observer::new(config.workflow.notification.clone()),
+        coordinator_name: config.coordinator.name.clone(),
     };
     let observer = settings.observer.clone();
     let (engine, handle) = engine::Engine::start(store.clone(), settings)
@@ -82,13 +85,21 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let downloads = std::sync::Arc::new(downloads::Downloads::new(
+        config.coordinator.data_dir.clone(),
+        config.coordinator.name.clone(),
+    ));
     let workflow_api = api::WorkflowApi {
-        store,
+        store: store.clone(),
         engine: handle.clone(),
+        downloads: downloads.clone(),
+        graph_edits: tokio::sync::Mutex::new(()),
     };
     let agent_api = agent_api::AgentApi {
         engine: handle,
         next_conn: AtomicU64::new(1),
+        store,
+        downloads,
     };
 
     {

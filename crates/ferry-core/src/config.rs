@@ -255,6 +255,10 @@ pub struct CoordinatorConfig {
     pub database_url: String,
     /// Where the Prometheus text endpoint (`/metrics`) listens; empty: not served.
     pub metrics_listen: String,
+    /// The coordinator's name: the first level of seed 003's path hierarchy on every agent.
+    pub name: String,
+    /// Where outputs sent to the coordinator (graph workflows' downloads) are kept.
+    pub data_dir: PathBuf,
 }
 
 impl Default for CoordinatorConfig {
@@ -263,6 +267,8 @@ impl Default for CoordinatorConfig {
             listen: "127.0.0.1:50051".into(),
             database_url: "sqlite://ferry.db?mode=rwc".into(),
             metrics_listen: String::new(),
+            name: "coordinator".into(),
+            data_dir: "./coordinator-data".into(),
         }
     }
 }
@@ -287,6 +293,9 @@ pub struct AgentConfig {
     /// Accept and record the host key of a server seen for the first time (a changed key
     /// is still refused).
     pub accept_new_host_keys: bool,
+    /// The Docker-API engine DOCKER jobs run on (`unix:///run/podman/podman.sock`);
+    /// `DOCKER_HOST`, else `/var/run/docker.sock`, when empty.
+    pub docker_host: String,
 }
 
 impl Default for AgentConfig {
@@ -299,6 +308,7 @@ impl Default for AgentConfig {
             roots: Vec::new(),
             known_hosts: PathBuf::new(),
             accept_new_host_keys: false,
+            docker_host: String::new(),
         }
     }
 }
@@ -380,6 +390,13 @@ impl FerryConfig {
             return Err(invalid(
                 "coordinator.metrics_listen",
                 format!("`{metrics}` is not an address like 127.0.0.1:9464"),
+            ));
+        }
+        let coordinator = &self.coordinator.name;
+        if !crate::workflow::is_valid_step_name(coordinator) {
+            return Err(invalid(
+                "coordinator.name",
+                format!("`{coordinator}` must be 1-50 letters, digits, '_' or '-' (it names a directory on every agent)"),
             ));
         }
         if self.transfer.chunk_size == 0 {

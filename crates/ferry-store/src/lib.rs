@@ -10,6 +10,7 @@ pub mod migration;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ferry_core::graph::GraphDef;
 use ferry_core::workflow::WorkflowDef;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -18,7 +19,9 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-pub use entity::{step_metric, task_log, transfer_chunk, workflow, workflow_step, workflow_task};
+pub use entity::{
+    step_metric, task_log, transfer_chunk, workflow, workflow_graph, workflow_step, workflow_task,
+};
 /// Re-exported so callers can build rows without depending on sea-orm themselves.
 pub use sea_orm::ActiveValue::Set;
 
@@ -163,6 +166,69 @@ impl Store {
 
     /// Parses a stored definition.
     pub fn definition_of(row: &workflow::Model) -> Result<WorkflowDef> {
+        serde_json::from_str(&row.definition).map_err(|e| StoreError::CorruptWorkflow {
+            name: row.name.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    // ---- graphs (seed 003's designer) -------------------------------------------------
+
+    /// Stores a graph, replacing any earlier one of the same name (its creation time kept).
+    pub async fn save_graph(&self, graph: &GraphDef) -> Result<workflow_graph::Model> {
+        let now = Utc::now();
+        let json = serde_json::to_string(graph).map_err(|e| StoreError::CorruptWorkflow {
+            name: graph.name.clone(),
+            message: e.to_string(),
+        })?;
+        let row = workflow_graph::ActiveModel {
+            name: Set(graph.name.clone()),
+            definition: Set(json),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        workflow_graph::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(workflow_graph::Column::Name)
+                    .update_columns([
+                        workflow_graph::Column::Definition,
+                        workflow_graph::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec(&self.db)
+            .await?;
+        self.graph_by_name(&graph.name)
+            .await?
+            .ok_or_else(|| StoreError::Db(DbErr::RecordNotFound(graph.name.clone())))
+    }
+
+    pub async fn graph_by_name(&self, name: &str) -> Result<Option<workflow_graph::Model>> {
+        Ok(workflow_graph::Entity::find()
+            .filter(workflow_graph::Column::Name.eq(name))
+            .one(&self.db)
+            .await?)
+    }
+
+    pub async fn list_graphs(&self) -> Result<Vec<workflow_graph::Model>> {
+        Ok(workflow_graph::Entity::find()
+            .order_by_asc(workflow_graph::Column::Name)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Removes a graph; true when there was one.
+    pub async fn delete_graph(&self, name: &str) -> Result<bool> {
+        let r = workflow_graph::Entity::delete_many()
+            .filter(workflow_graph::Column::Name.eq(name))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected > 0)
+    }
+
+    /// Parses a stored graph.
+    pub fn graph_of(row: &workflow_graph::Model) -> Result<GraphDef> {
         serde_json::from_str(&row.definition).map_err(|e| StoreError::CorruptWorkflow {
             name: row.name.clone(),
             message: e.to_string(),

@@ -8,7 +8,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_initial::Migration)]
+        vec![
+            Box::new(m0001_initial::Migration),
+            Box::new(m0002_workflow_graphs::Migration),
+        ]
     }
 }
 
@@ -234,6 +237,44 @@ mod m0001_initial {
                     .await?;
             }
             Ok(())
+        }
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with an elided lifetime
+mod m0002_workflow_graphs {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m0002_workflow_graphs"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("workflow_graphs"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(string_uniq(a("name")))
+                        .col(text(a("definition")))
+                        .col(timestamp_with_time_zone(a("created_at")))
+                        .col(timestamp_with_time_zone(a("updated_at")))
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(a("workflow_graphs")).to_owned())
+                .await
         }
     }
 }

@@ -5,5 +5,6 @@ pub mod step_metric;
 pub mod task_log;
 pub mod transfer_chunk;
 pub mod workflow;
+pub mod workflow_graph;
 pub mod workflow_step;
 pub mod workflow_task;

@@ -1,0 +1,233 @@
+//! A graph job's connections on disk (seed 003): deliveries linked into the job's mounts
+//! before it starts, delivered files streamed into its standard input, its standard output
+//! captured to a file for its consumers. Shared by the `exec` (STANDALONE) and `docker`
+//! kinds so both see their inputs the same way.
+
+use std::path::{Path, PathBuf};
+
+use ferry_core::jobpaths::STDOUT_FILE;
+use ferry_core::kinds::{Delivery, JobIo};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::executor::JobError;
+
+/// What `prepare` made ready.
+#[derive(Debug, Clone)]
+pub struct PreparedIo {
+    /// Fed to standard input in this order.
+    pub stdin_files: Vec<PathBuf>,
+    /// Where standard output goes when a consumer reads it.
+    pub stdout_file: Option<PathBuf>,
+    /// (path inside the job, directory on this host).
+    pub mounts: Vec<(String, PathBuf)>,
+    /// `{job_dir}/mounts`: a STANDALONE job's working directory.
+    pub mounts_root: PathBuf,
+}
+
+/// Creates the job's directories and links every delivery into place. Blocking.
+pub fn prepare(io: &JobIo) -> Result<PreparedIo, JobError> {
+    let job_dir = PathBuf::from(&io.job_dir);
+    let mounts_root = job_dir.join("mounts");
+    mkdir(&mounts_root)?;
+    let stdout_file = if io.capture_stdout {
+        let dir = job_dir.join("output").join("stdout");
+        mkdir(&dir)?;
+        Some(dir.join(STDOUT_FILE))
+    } else {
+        None
+    };
+    let mut mounts = Vec::with_capacity(io.mounts.len());
+    for m in &io.mounts {
+        let dir = PathBuf::from(&m.dir);
+        mkdir(&dir)?;
+        for source in &m.sources {
+            link_delivery(source, &dir)?;
+        }
+        mounts.push((m.path.clone(), dir));
+    }
+    let mut stdin_files = Vec::new();
+    for d in &io.stdin {
+        stdin_files.extend(delivered_files(d)?.into_iter().map(|(_, full)| full));
+    }
+    Ok(PreparedIo {
+        stdin_files,
+        stdout_file,
+        mounts,
+        mounts_root,
+    })
+}
+
+fn mkdir(dir: &Path) -> Result<(), JobError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| JobError::transient(format!("cannot create {}: {e}", dir.display())))
+}
+
+/// The regular files of a delivery, relative path and full path, in path order.
+fn delivered_files(d: &Delivery) -> Result<Vec<(String, PathBuf)>, JobError> {
+    let root = PathBuf::from(&d.dir);
+    if !root.is_dir() {
+        // The engine starts a job only after its deliveries verified; a missing one means
+        // someone removed it since.
+        return Err(JobError::permanent(format!(
+            "input {} was not delivered (or was removed after its transfer verified)",
+            root.display()
+        )));
+    }
+    let mut out = Vec::new();
+    walk(&root, &root, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), JobError> {
+    let read_err = |e: std::io::Error| {
+        JobError::transient(format!("cannot read input {}: {e}", dir.display()))
+    };
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(read_err)?;
+        if kind.is_dir() {
+            walk(root, &path, out)?;
+        } else if kind.is_file() {
+            let rel = path
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push((rel, path));
+        }
+    }
+    Ok(())
+}
+
+/// Links a delivery's files into a mount directory; `file_name` renames a single file.
+fn link_delivery(d: &Delivery, mount_dir: &Path) -> Result<(), JobError> {
+    let files = delivered_files(d)?;
+    match (&d.file_name, files.as_slice()) {
+        (Some(name), [(_, only)]) => link_or_copy(only, &mount_dir.join(name)),
+        (Some(name), _) => Err(JobError::permanent(format!(
+            "destination_file_name `{name}` needs exactly one delivered file, but {} holds {}",
+            d.dir,
+            files.len()
+        ))),
+        (None, _) => {
+            for (rel, full) in &files {
+                link_or_copy(full, &mount_dir.join(rel))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A hard link where the filesystem allows it (no copy of large inputs), a copy otherwise.
+/// An existing destination (an earlier attempt's) is replaced.
+pub fn link_or_copy(src: &Path, dst: &Path) -> Result<(), JobError> {
+    let err = |what: &str, e: std::io::Error| {
+        JobError::transient(format!(
+            "cannot {what} {} to {}: {e}",
+            src.display(),
+            dst.display()
+        ))
+    };
+    if let Some(parent) = dst.parent() {
+        mkdir(parent)?;
+    }
+    match std::fs::remove_file(dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("replace", e)),
+    }
+    if std::fs::hard_link(src, dst).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(src, dst).map(|_| ()).map_err(|e| err("copy", e))
+}
+
+/// Streams `files` into `sink` one after the other, 64 KiB at a time, so an input of any
+/// size passes through a fixed amount of memory. A job that stops reading early (closes its
+/// standard input) is not an error.
+pub async fn feed(files: Vec<PathBuf>, mut sink: impl AsyncWrite + Unpin) -> Result<u64, String> {
+    let mut total = 0;
+    for f in files {
+        let file = tokio::fs::File::open(&f)
+            .await
+            .map_err(|e| format!("cannot open input {}: {e}", f.display()))?;
+        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, file);
+        match tokio::io::copy_buf(&mut reader, &mut sink).await {
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(total),
+            Err(e) => return Err(format!("feeding {} to standard input: {e}", f.display())),
+        }
+    }
+    match sink.shutdown().await {
+        Ok(()) => Ok(total),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(total),
+        Err(e) => Err(format!("closing standard input: {e}")),
+    }
+}
+
+/// Copies a stream to `path` (created or truncated), returning the byte count.
+pub async fn capture(mut stream: impl AsyncRead + Unpin, path: &Path) -> Result<u64, String> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let n = tokio::io::copy(&mut stream, &mut file)
+        .await
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    file.sync_all()
+        .await
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::kinds::MountIo;
+
+    #[test]
+    fn deliveries_are_linked_into_mounts_and_renamed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let delivered = tmp.path().join("job/input/a/raw");
+        std::fs::create_dir_all(delivered.join("sub")).expect("mkdir");
+        std::fs::write(delivered.join("one.csv"), "1\n").expect("write");
+        std::fs::write(delivered.join("sub/two.csv"), "2\n").expect("write");
+        let single = tmp.path().join("job/input/b/sum");
+        std::fs::create_dir_all(&single).expect("mkdir");
+        std::fs::write(single.join("stdout"), "3\n").expect("write");
+        let d = |dir: &Path, name: Option<&str>| Delivery {
+            dir: dir.display().to_string(),
+            file_name: name.map(str::to_owned),
+        };
+        let io = JobIo {
+            job_dir: tmp.path().join("job").display().to_string(),
+            stdin: vec![d(&delivered, None)],
+            mounts: vec![MountIo {
+                path: "/input/".into(),
+                dir: tmp.path().join("job/mounts/input").display().to_string(),
+                sources: vec![d(&delivered, None), d(&single, Some("total.txt"))],
+            }],
+            capture_stdout: true,
+        };
+        let p = prepare(&io).expect("prepared");
+        let m = tmp.path().join("job/mounts/input");
+        assert_eq!(std::fs::read_to_string(m.join("one.csv")).ok().as_deref(), Some("1\n"));
+        assert_eq!(std::fs::read_to_string(m.join("sub/two.csv")).ok().as_deref(), Some("2\n"));
+        assert_eq!(std::fs::read_to_string(m.join("total.txt")).ok().as_deref(), Some("3\n"));
+        assert_eq!(p.stdin_files, [delivered.join("one.csv"), delivered.join("sub/two.csv")]);
+        assert_eq!(p.stdout_file, Some(tmp.path().join("job/output/stdout/stdout")));
+        // A second attempt finds the links in place and replaces them.
+        prepare(&io).expect("prepared again");
+        // Renaming several files into one name is refused with the reason.
+        let bad = JobIo {
+            mounts: vec![MountIo {
+                path: "/x/".into(),
+                dir: tmp.path().join("job/mounts/x").display().to_string(),
+                sources: vec![d(&delivered, Some("one.txt"))],
+            }],
+            ..io
+        };
+        let e = prepare(&bad).expect_err("refused");
+        assert!(e.message.contains("needs exactly one delivered file"), "{e}");
+    }
+}
