@@ -74,8 +74,9 @@ impl Cluster {
         let config = dir.path().join("ferry.yaml");
         let db = dir.path().join("ferry.db");
         let text = format!(
-            "workflow:\n  heartbeat_interval: 1\n  agent_timeout: 3\ncoordinator:\n  listen: \"127.0.0.1:0\"\n  database_url: \"sqlite://{}?mode=rwc\"\nagent:\n  reconnect_interval_ms: 200\n  work_dir: \"{}\"\n{agent_lines}{extra}",
+            "workflow:\n  heartbeat_interval: 1\n  agent_timeout: 3\ncoordinator:\n  listen: \"127.0.0.1:0\"\n  database_url: \"sqlite://{}?mode=rwc\"\n  data_dir: \"{}\"\nagent:\n  reconnect_interval_ms: 200\n  work_dir: \"{}\"\n{agent_lines}{extra}",
             db.display(),
+            dir.path().join("coordinator-data").display(),
             dir.path().join("work").display()
         );
         std::fs::write(&config, text).expect("write config");
@@ -182,6 +183,11 @@ impl Cluster {
             .spawn()
             .expect("spawn agent");
         self.agents.insert(name.to_owned(), child);
+    }
+
+    /// The process id of a running agent.
+    pub fn agent_pid(&self, name: &str) -> Option<u32> {
+        self.agents.get(name).map(Child::id)
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

@@ -209,6 +209,9 @@ impl Inner {
         let started = std::time::Instant::now();
         let (files, bytes, chunks) = tokio::task::spawn_blocking(move || {
             let manifest = Manifest::build(&src, chunk_size, algorithm).map_err(job_error)?;
+            std::fs::create_dir_all(&dst).map_err(|e| {
+                JobError::transient(format!("cannot create {}: {e}", dst.display()))
+            })?;
             for f in &manifest.files {
                 crate::jobio::link_or_copy(&src.join(&f.path), &confine::join(&dst, &f.path).map_err(job_error)?)?;
             }
