@@ -4,6 +4,7 @@
 //! The binaries come from `FERRY_BIN_DIR`, or from the cargo target directory the test
 //! executable lives in; `cargo xtask test` builds them first.
 
+pub mod podman;
 pub mod sshd;
 
 use std::collections::HashMap;

@@ -7,10 +7,10 @@
 //! `cargo xtask e2e`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use ferry_e2e::{Cluster, step};
+use ferry_e2e::{Cluster, podman, step};
 
 fn cli_ok(c: &Cluster, args: &[&str]) -> String {
     let out = c.cli(args);
@@ -49,7 +49,10 @@ fn peak_rss(pid: u32) -> u64 {
 }
 
 fn sha256_of(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -89,19 +92,55 @@ async fn a_graph_built_node_by_node_streams_a_large_stdin_and_is_downloaded_veri
     big_file(&big, MIB);
     let offered = format!("STDOUT:{}", big.display());
 
-    cli_ok(&c, &["workflow", "create", "digest", "--description", "hash a big file"]);
     cli_ok(
         &c,
-        &["workflow", "add-node", "digest", "--name", "raw", "--type", "DATA", "--agent", "agent-a",
-          "--interface", &offered, "--at", "40,80"],
+        &[
+            "workflow",
+            "create",
+            "digest",
+            "--description",
+            "hash a big file",
+        ],
+    );
+    cli_ok(
+        &c,
+        &[
+            "workflow",
+            "add-node",
+            "digest",
+            "--name",
+            "raw",
+            "--type",
+            "DATA",
+            "--agent",
+            "agent-a",
+            "--interface",
+            &offered,
+            "--at",
+            "40,80",
+        ],
     );
     // The designer's first try wires DATA into DATA: building names the connection and rule.
     cli_ok(
         &c,
-        &["workflow", "add-node", "digest", "--name", "copy", "--type", "DATA", "--agent", "agent-a",
-          "--interface", &offered],
+        &[
+            "workflow",
+            "add-node",
+            "digest",
+            "--name",
+            "copy",
+            "--type",
+            "DATA",
+            "--agent",
+            "agent-a",
+            "--interface",
+            &offered,
+        ],
     );
-    let shown = cli_ok(&c, &["workflow", "connect", "digest", "raw.STDOUT", "copy.STDOUT"]);
+    let shown = cli_ok(
+        &c,
+        &["workflow", "connect", "digest", "raw.STDOUT", "copy.STDOUT"],
+    );
     assert!(shown.contains("not valid yet"), "{shown}");
     let err = cli_err(&c, &["workflow", "build", "digest"]);
     assert!(
@@ -112,16 +151,59 @@ async fn a_graph_built_node_by_node_streams_a_large_stdin_and_is_downloaded_veri
     cli_ok(&c, &["workflow", "remove-node", "digest", "copy"]);
     cli_ok(
         &c,
-        &["workflow", "add-node", "digest", "--name", "hash", "--type", "STANDALONE", "--agent",
-          "agent-a", "--entrypoint", "sh", "--entrypoint", "-c", "--cmd", "sha256sum | cut -d' ' -f1",
-          "--interface", "STDIN", "--interface", "STDOUT", "--at", "240,80"],
+        &[
+            "workflow",
+            "add-node",
+            "digest",
+            "--name",
+            "hash",
+            "--type",
+            "STANDALONE",
+            "--agent",
+            "agent-a",
+            "--entrypoint",
+            "sh",
+            "--entrypoint",
+            "-c",
+            "--cmd",
+            "sha256sum | cut -d' ' -f1",
+            "--interface",
+            "STDIN",
+            "--interface",
+            "STDOUT",
+            "--at",
+            "240,80",
+        ],
     );
-    cli_ok(&c, &["workflow", "connect", "digest", "raw.STDOUT", "hash.STDIN"]);
     cli_ok(
         &c,
-        &["workflow", "connect", "digest", "hash.STDOUT", "coordinator", "--file-name", "digest.txt"],
+        &["workflow", "connect", "digest", "raw.STDOUT", "hash.STDIN"],
     );
-    cli_ok(&c, &["workflow", "canvas", "digest", "--zoom", "1.5", "--pan-x", "-20", "--snap-to-grid"]);
+    cli_ok(
+        &c,
+        &[
+            "workflow",
+            "connect",
+            "digest",
+            "hash.STDOUT",
+            "coordinator",
+            "--file-name",
+            "digest.txt",
+        ],
+    );
+    cli_ok(
+        &c,
+        &[
+            "workflow",
+            "canvas",
+            "digest",
+            "--zoom",
+            "1.5",
+            "--pan-x",
+            "-20",
+            "--snap-to-grid",
+        ],
+    );
     let shown = cli_ok(&c, &["workflow", "graph", "digest"]);
     assert!(shown.contains("valid: ready to build"), "{shown}");
     let json = cli_ok(&c, &["--json", "workflow", "graph", "digest"]);
@@ -130,9 +212,14 @@ async fn a_graph_built_node_by_node_streams_a_large_stdin_and_is_downloaded_veri
     assert_eq!(v["graph"]["nodes"][1]["gui_x"], 240);
 
     let built = cli_ok(&c, &["workflow", "build", "digest"]);
-    assert!(built.contains("raw-to-hash") && built.contains("hash-to-coordinator"), "{built}");
+    assert!(
+        built.contains("raw-to-hash") && built.contains("hash-to-coordinator"),
+        "{built}"
+    );
     let id = task_id(&cli_ok(&c, &["workflow", "execute", "digest"]));
-    let detail = c.wait_status(id, "completed", Duration::from_secs(300)).await;
+    let detail = c
+        .wait_status(id, "completed", Duration::from_secs(300))
+        .await;
     // The delivery ran before the consumer and verified what it moved.
     let delivery = step(&detail, "raw-to-hash");
     assert!(
@@ -143,8 +230,18 @@ async fn a_graph_built_node_by_node_streams_a_large_stdin_and_is_downloaded_veri
     assert!(logs.contains("chunks verified"), "{logs}");
 
     let out = c.path("downloaded");
-    let got = cli_ok(&c, &["workflow", "download", &id.to_string(), "--node", "hash", "--to",
-                           out.to_str().expect("utf-8")]);
+    let got = cli_ok(
+        &c,
+        &[
+            "workflow",
+            "download",
+            &id.to_string(),
+            "--node",
+            "hash",
+            "--to",
+            out.to_str().expect("utf-8"),
+        ],
+    );
     assert!(got.contains("verified"), "{got}");
     let digest = std::fs::read_to_string(out.join("digest.txt")).expect("downloaded digest");
     assert_eq!(digest.trim(), sha256_of(&big));
@@ -163,28 +260,10 @@ async fn a_graph_built_node_by_node_streams_a_large_stdin_and_is_downloaded_veri
     );
 }
 
-/// Podman's Docker-compatible service on a private socket, with the one image a test needs
-/// built locally (no registry).
-struct Podman {
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// None when podman is not installed, unless the run demands it (`FERRY_TEST_PODMAN=1`,
 /// which CI sets after installing it).
-fn podman(dir: &Path) -> Option<Podman> {
-    let present = Command::new("podman")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !present {
+fn podman(dir: &Path) -> Option<podman::Podman> {
+    if !podman::installed() {
         assert!(
             std::env::var("FERRY_TEST_PODMAN").is_err(),
             "FERRY_TEST_PODMAN is set but podman is not installed"
@@ -192,45 +271,7 @@ fn podman(dir: &Path) -> Option<Podman> {
         eprintln!("podman is not installed: skipping the DOCKER test");
         return None;
     }
-    let conf = dir.join("containers.conf");
-    std::fs::write(
-        &conf,
-        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-    )
-    .expect("containers.conf");
-    let rootfs = dir.join("rootfs/bin");
-    std::fs::create_dir_all(&rootfs).expect("rootfs");
-    std::fs::copy("/bin/busybox", rootfs.join("busybox")).expect("busybox-static is needed");
-    for tool in ["sh", "cat", "tr", "wc", "sort", "ls", "echo", "head"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join(tool)).expect("symlink");
-    }
-    let import = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "tar -C {} -c . | podman import - localhost/ferry-test/busybox:1",
-            dir.join("rootfs").display()
-        ))
-        .env("CONTAINERS_CONF", &conf)
-        .output()
-        .expect("podman import");
-    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
-    let socket = dir.join("podman.sock");
-    let child = Command::new("podman")
-        .args(["system", "service", "--time=0"])
-        .arg(format!("unix://{}", socket.display()))
-        .env("CONTAINERS_CONF", &conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("podman system service");
-    for _ in 0..100 {
-        if socket.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(socket.exists(), "podman service did not open {}", socket.display());
-    Some(Podman { child, socket })
+    Some(podman::start(dir).unwrap_or_else(|e| panic!("{e}")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +281,7 @@ async fn a_docker_node_reads_its_mount_and_stdin_and_its_output_is_downloaded() 
         return;
     };
     let mut c = Cluster::with_agent_config(
-        &format!("  docker_host: \"unix://{}\"\n", engine.socket.display()),
+        &format!("  docker_host: \"{}\"\n", engine.docker_host()),
         "",
     );
     c.start_coordinator().await;
@@ -259,7 +300,7 @@ nodes:
   - name: upper
     service_type: DOCKER
     agent: agent-a
-    image: localhost/ferry-test/busybox:1
+    image: {image}
     entrypoint: [/bin/sh, -c]
     cmd: ["(cat /input/list.txt; cat) | sort | tr a-z A-Z > /output/result.txt && echo done sorting"]
     interfaces:
@@ -273,25 +314,47 @@ connections:
 "#,
         words = data.join("words.txt").display(),
         extra = data.join("extra.txt").display(),
+        image = podman::TEST_IMAGE,
     );
     let file = c.path("shout.yaml");
     std::fs::write(&file, graph).expect("write graph");
-    cli_ok(&c, &["workflow", "create", "shout", "--from", file.to_str().expect("utf-8")]);
+    cli_ok(
+        &c,
+        &[
+            "workflow",
+            "create",
+            "shout",
+            "--from",
+            file.to_str().expect("utf-8"),
+        ],
+    );
     let id = task_id(&cli_ok(&c, &["workflow", "execute", "shout"]));
-    let detail = c.wait_status(id, "completed", Duration::from_secs(180)).await;
+    let detail = c
+        .wait_status(id, "completed", Duration::from_secs(180))
+        .await;
     let logs = c.logs_text(id).await;
     assert!(logs.contains("started container ferry-"), "{logs}");
-    assert!(logs.contains("done sorting"), "the container's stdout is logged: {logs}");
+    assert!(
+        logs.contains("done sorting"),
+        "the container's stdout is logged: {logs}"
+    );
     assert!(step(&detail, "upper").started_at >= step(&detail, "words-to-upper").completed_at);
     let out = c.path("downloaded");
-    cli_ok(&c, &["workflow", "download", &id.to_string(), "--to", out.to_str().expect("utf-8")]);
+    cli_ok(
+        &c,
+        &[
+            "workflow",
+            "download",
+            &id.to_string(),
+            "--to",
+            out.to_str().expect("utf-8"),
+        ],
+    );
     let result = std::fs::read_to_string(out.join("upper/result.txt")).expect("result");
     assert_eq!(result, "APPLE\nFIG\nKIWI\nPEAR\n");
     // The container was removed afterwards.
-    let ps = Command::new("podman")
-        .args(["ps", "-a", "--format", "{{.Names}}"])
-        .env("CONTAINERS_CONF", scratch.path().join("containers.conf"))
-        .output()
+    let ps = engine
+        .command(&["ps", "-a", "--format", "{{.Names}}"])
         .expect("podman ps");
     assert!(
         !String::from_utf8_lossy(&ps.stdout).contains(&format!("ferry-{id}-upper")),

@@ -605,9 +605,10 @@ async fn run_once(
     std::fs::write(
         &coord_config,
         format!(
-            "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"sqlite://{db}?mode=rwc\"\n  metrics_listen: \"{ip}:{metrics_port}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: {confirm_above}\n",
+            "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"sqlite://{db}?mode=rwc\"\n  metrics_listen: \"{ip}:{metrics_port}\"\n  data_dir: \"{data}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: {confirm_above}\n",
             ip = net.coordinator_ip,
-            db = coord_dir.join("ferry.db").display()
+            db = coord_dir.join("ferry.db").display(),
+            data = coord_dir.join("data").display()
         ),
     )?;
     let coord_url = format!("http://{}:{coord_port}", net.coordinator_ip);
@@ -632,8 +633,21 @@ async fn run_once(
     }
     let mut client = connect(&coord_url).await?;
 
+    // The clean run also runs seed 003's graph scenario; its DOCKER node runs on the
+    // training host through Podman's Docker-compatible service.
+    let podman = if bench.is_none() && faults.is_none() {
+        Some(ferry_e2e::podman::start(&base.join("podman")).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
     // Agents, each with its own config: roots, keys for the hosts it may reach.
     for (i, (name, _, daemon)) in HOSTS.iter().enumerate() {
+        let docker = match &podman {
+            Some(p) if *name == "training_server" => {
+                format!("  docker_host: \"{}\"\n", p.docker_host())
+            }
+            _ => String::new(),
+        };
         let h = &host_dirs[i];
         let mut servers = String::new();
         let mut known = String::new();
@@ -660,7 +674,7 @@ async fn run_once(
         std::fs::write(
             &config,
             format!(
-                "agent:\n  name: {name}\n  coordinator_url: \"{coord_url}\"\n  work_dir: \"{d}/work\"\n  reconnect_interval_ms: 200\n  roots: [\"{d}\"]\n  known_hosts: \"{d}/ssh/known_hosts\"\nservers:\n{servers}storage:\n  staging_dir: \"{d}/staging\"\nfuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\ntransfer:\n  chunk_size: 1048576\n  remote_ferry: \"{ferry}\"\nsql:\n  warehouse_dir: \"{d}/warehouse\"\n  rows_per_part: {part}\n  production_tables: [\"prod.*\"]\nworkflow:\n  heartbeat_interval: 1\n",
+                "agent:\n  name: {name}\n  coordinator_url: \"{coord_url}\"\n  work_dir: \"{d}/work\"\n  reconnect_interval_ms: 200\n  roots: [\"{d}\"]\n  known_hosts: \"{d}/ssh/known_hosts\"\n{docker}servers:\n{servers}storage:\n  staging_dir: \"{d}/staging\"\nfuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\ntransfer:\n  chunk_size: 1048576\n  remote_ferry: \"{ferry}\"\nsql:\n  warehouse_dir: \"{d}/warehouse\"\n  rows_per_part: {part}\n  production_tables: [\"prod.*\"]\nworkflow:\n  heartbeat_interval: 1\n",
                 d = h.display(),
                 ferry = bin_dir.join("ferry").display(),
                 part = spec.rows_per_part,
@@ -1005,6 +1019,14 @@ async fn run_once(
         ensure!(Instant::now() < deadline, "no completion webhook arrived");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if podman.is_some() {
+        let graph = crate::e2e_graph::GraphRun {
+            base: &base,
+            host_dirs: &host_dirs,
+            cli: &cli,
+        };
+        crate::e2e_graph::run(&graph, &mut client).await?;
+    }
     if let Some(b) = bench {
         b.ferry = ferry_time;
         let t = raw.run()?;
@@ -1012,6 +1034,7 @@ async fn run_once(
         b.raw.push(t);
     }
     drop(daemons);
+    drop(podman);
     drop(sshds);
     drop(net);
     if opts.keep {

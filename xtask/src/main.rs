@@ -12,6 +12,7 @@ mod bench_engine;
 mod bench_transfer;
 mod demo;
 mod e2e;
+mod e2e_graph;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -154,6 +155,14 @@ const SYSTEM_PACKAGES: &[(&str, &[&str])] = &[
     ("openssh-server", &["/usr/sbin/sshd"]),
     ("openssh-client", &["/usr/bin/ssh", "/usr/bin/ssh-keygen"]),
     ("rsync", &["/usr/bin/rsync"]),
+    // DOCKER jobs: Podman's Docker-compatible service and a locally built busybox image.
+    ("podman", &["/usr/bin/podman"]),
+    ("runc", &["/usr/bin/runc"]),
+    ("crun", &["/usr/bin/crun"]),
+    ("fuse-overlayfs", &["/usr/bin/fuse-overlayfs"]),
+    ("slirp4netns", &["/usr/bin/slirp4netns"]),
+    ("uidmap", &["/usr/bin/newuidmap"]),
+    ("busybox-static", &["/bin/busybox"]),
 ];
 
 /// Whether this process runs as root (it may then install packages and create namespaces).

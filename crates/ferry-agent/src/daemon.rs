@@ -57,7 +57,10 @@ pub fn executors_for(
         Arc::new(CleanupExecutor::new(config)),
         Arc::new(DataExecutor::new(config)),
         Arc::new(DockerExecutor::new(config)),
-        Arc::new(UploadExecutor::new(&settings.coordinator_url, &settings.name)),
+        Arc::new(UploadExecutor::new(
+            &settings.coordinator_url,
+            &settings.name,
+        )),
     ]
 }
 

@@ -104,7 +104,10 @@ impl Engine {
             .parse()
             .unwrap_or_default();
         let h = req.headers_mut();
-        h.insert(hyper::header::HOST, hyper::header::HeaderValue::from_static("engine"));
+        h.insert(
+            hyper::header::HOST,
+            hyper::header::HeaderValue::from_static("engine"),
+        );
         h.insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),
@@ -127,12 +130,19 @@ impl Engine {
             .await
             .map_err(|e| unreachable(&self.socket, e))?
             .to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     async fn remove(&self, id: &str) -> Result<(), JobError> {
         let (status, body) = self
-            .call(Method::DELETE, &format!("/containers/{id}?force=true&v=true"), None)
+            .call(
+                Method::DELETE,
+                &format!("/containers/{id}?force=true&v=true"),
+                None,
+            )
             .await?;
         if status.is_success() || status == StatusCode::NOT_FOUND {
             Ok(())
@@ -197,7 +207,11 @@ async fn run_container(ctx: JobContext, engine: Engine) -> Result<(), JobError> 
         spec["Cmd"] = json!(p.cmd);
     }
     let (status, body) = engine
-        .call(Method::POST, &format!("/containers/create?name={name}"), Some(&spec))
+        .call(
+            Method::POST,
+            &format!("/containers/create?name={name}"),
+            Some(&spec),
+        )
         .await?;
     if status == StatusCode::NOT_FOUND {
         return Err(JobError::permanent(format!(
@@ -207,7 +221,10 @@ async fn run_container(ctx: JobContext, engine: Engine) -> Result<(), JobError> 
         )));
     }
     if !status.is_success() {
-        let msg = format!("cannot create the container: {}", engine_message(status, &body));
+        let msg = format!(
+            "cannot create the container: {}",
+            engine_message(status, &body)
+        );
         return Err(if status.is_client_error() {
             JobError::permanent(msg)
         } else {
@@ -245,8 +262,14 @@ async fn supervise(
             None,
         );
         let h = req.headers_mut();
-        h.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
-        h.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("tcp"));
+        h.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("Upgrade"),
+        );
+        h.insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static("tcp"),
+        );
         let resp = engine.send(req).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS && !resp.status().is_success() {
             return Err(JobError::transient(format!(
@@ -255,7 +278,9 @@ async fn supervise(
             )));
         }
         let upgraded = hyper::upgrade::on(resp).await.map_err(|e| {
-            JobError::transient(format!("cannot attach to the container's standard input: {e}"))
+            JobError::transient(format!(
+                "cannot attach to the container's standard input: {e}"
+            ))
         })?;
         let files = io.stdin_files.clone();
         let ctx = ctx.clone();
@@ -409,7 +434,10 @@ async fn follow(
             .await
             .and(f.sync_all().await)
             .map_err(|e| format!("writing standard output: {e}"))?;
-        ctx.info(format!("captured {} of standard output", human_bytes(captured)));
+        ctx.info(format!(
+            "captured {} of standard output",
+            human_bytes(captured)
+        ));
     }
     Ok(())
 }
@@ -417,7 +445,9 @@ async fn follow(
 fn log_lines(ctx: &JobContext, pending: &mut Vec<u8>, data: &[u8], source: &str, level: LogLevel) {
     for &b in data {
         if b == b'\n' {
-            let line = String::from_utf8_lossy(pending).trim_end_matches('\r').to_owned();
+            let line = String::from_utf8_lossy(pending)
+                .trim_end_matches('\r')
+                .to_owned();
             ctx.log(level, source, line);
             pending.clear();
         } else if pending.len() < MAX_LINE {

@@ -85,6 +85,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(),
     };
     for entry in std::fs::read_dir(dir).map_err(read_err)? {
         let entry = entry.map_err(read_err)?;
+        if ferry_transfer::is_transfer_metadata(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
         let path = entry.path();
         let kind = entry.file_type().map_err(read_err)?;
         if kind.is_dir() {
@@ -140,7 +143,9 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> Result<(), JobError> {
     if std::fs::hard_link(src, dst).is_ok() {
         return Ok(());
     }
-    std::fs::copy(src, dst).map(|_| ()).map_err(|e| err("copy", e))
+    std::fs::copy(src, dst)
+        .map(|_| ())
+        .map_err(|e| err("copy", e))
 }
 
 /// Streams `files` into `sink` one after the other, 64 KiB at a time, so an input of any
@@ -195,6 +200,9 @@ mod tests {
         let single = tmp.path().join("job/input/b/sum");
         std::fs::create_dir_all(&single).expect("mkdir");
         std::fs::write(single.join("stdout"), "3\n").expect("write");
+        // What the transfer keeps beside a delivery is not part of it.
+        std::fs::write(single.join(".ferry-manifest.json"), "{}").expect("write");
+        std::fs::write(delivered.join(".ferry-manifest.json"), "{}").expect("write");
         let d = |dir: &Path, name: Option<&str>| Delivery {
             dir: dir.display().to_string(),
             file_name: name.map(str::to_owned),
@@ -211,11 +219,28 @@ mod tests {
         };
         let p = prepare(&io).expect("prepared");
         let m = tmp.path().join("job/mounts/input");
-        assert_eq!(std::fs::read_to_string(m.join("one.csv")).ok().as_deref(), Some("1\n"));
-        assert_eq!(std::fs::read_to_string(m.join("sub/two.csv")).ok().as_deref(), Some("2\n"));
-        assert_eq!(std::fs::read_to_string(m.join("total.txt")).ok().as_deref(), Some("3\n"));
-        assert_eq!(p.stdin_files, [delivered.join("one.csv"), delivered.join("sub/two.csv")]);
-        assert_eq!(p.stdout_file, Some(tmp.path().join("job/output/stdout/stdout")));
+        assert_eq!(
+            std::fs::read_to_string(m.join("one.csv")).ok().as_deref(),
+            Some("1\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(m.join("sub/two.csv"))
+                .ok()
+                .as_deref(),
+            Some("2\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(m.join("total.txt")).ok().as_deref(),
+            Some("3\n")
+        );
+        assert_eq!(
+            p.stdin_files,
+            [delivered.join("one.csv"), delivered.join("sub/two.csv")]
+        );
+        assert_eq!(
+            p.stdout_file,
+            Some(tmp.path().join("job/output/stdout/stdout"))
+        );
         // A second attempt finds the links in place and replaces them.
         prepare(&io).expect("prepared again");
         // Renaming several files into one name is refused with the reason.
@@ -228,6 +253,9 @@ mod tests {
             ..io
         };
         let e = prepare(&bad).expect_err("refused");
-        assert!(e.message.contains("needs exactly one delivered file"), "{e}");
+        assert!(
+            e.message.contains("needs exactly one delivered file"),
+            "{e}"
+        );
     }
 }

@@ -117,6 +117,9 @@ fn regular_files(root: &Path) -> Result<Vec<(String, PathBuf, u64)>, JobError> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u64)>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
+            if ferry_transfer::is_transfer_metadata(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
             let kind = entry.file_type()?;
             let path = entry.path();
             if kind.is_dir() {
@@ -250,7 +253,9 @@ async fn upload(ctx: JobContext, url: String, agent: String) -> Result<(), JobEr
     // A read error here explains a refused (truncated) upload better than the refusal.
     produced.map_err(JobError::transient)?;
     let receipt = result
-        .map_err(|s| JobError::transient(format!("coordinator refused the upload: {}", s.message())))?
+        .map_err(|s| {
+            JobError::transient(format!("coordinator refused the upload: {}", s.message()))
+        })?
         .into_inner();
     ctx.info(format!(
         "coordinator verified {} files ({}) and keeps them in {}",

@@ -213,7 +213,10 @@ impl Inner {
                 JobError::transient(format!("cannot create {}: {e}", dst.display()))
             })?;
             for f in &manifest.files {
-                crate::jobio::link_or_copy(&src.join(&f.path), &confine::join(&dst, &f.path).map_err(job_error)?)?;
+                crate::jobio::link_or_copy(
+                    &src.join(&f.path),
+                    &confine::join(&dst, &f.path).map_err(job_error)?,
+                )?;
             }
             let report = manifest.verify(&dst).map_err(job_error)?;
             if !report.is_complete() {
@@ -223,7 +226,11 @@ impl Inner {
                     report.missing_files
                 )));
             }
-            Ok((manifest.files.len(), manifest.total_bytes(), report.verified.len()))
+            Ok((
+                manifest.files.len(),
+                manifest.total_bytes(),
+                report.verified.len(),
+            ))
         })
         .await
         .map_err(|e| JobError::transient(format!("local transfer: {e}")))??;

@@ -276,7 +276,8 @@ pub async fn run(
                 .graphs
                 .iter()
                 .map(|g| {
-                    let def: GraphDef = serde_json::from_str(&g.definition_json).unwrap_or_default();
+                    let def: GraphDef =
+                        serde_json::from_str(&g.definition_json).unwrap_or_default();
                     vec![
                         g.name.clone(),
                         def.nodes.len().to_string(),
@@ -454,12 +455,19 @@ pub async fn run(
                 .map_err(status)?
                 .into_inner();
             if json {
-                return print_json(&serde_json::json!({"id": task.id, "name": task.name, "status": task.status}));
+                return print_json(
+                    &serde_json::json!({"id": task.id, "name": task.name, "status": task.status}),
+                );
             }
-            println!("task {} started ({}): follow it with `ferry logs -f {}`", task.id, task.name, task.id);
+            println!(
+                "task {} started ({}): follow it with `ferry logs -f {}`",
+                task.id, task.name, task.id
+            );
             return Ok(());
         }
-        GraphCmd::Download { task, node, to } => return download(client, task, node, &to, json).await,
+        GraphCmd::Download { task, node, to } => {
+            return download(client, task, node, &to, json).await;
+        }
     };
     let graph = graph.map_err(status)?.into_inner();
     print_graph(&graph, json)
@@ -519,7 +527,11 @@ async fn download(
                 let actual = hasher.finalize().to_hex().to_string();
                 if actual != end.blake3 {
                     let _ = std::fs::remove_file(&part);
-                    bail!("{} arrived damaged (blake3 {actual}, expected {})", full.display(), end.blake3);
+                    bail!(
+                        "{} arrived damaged (blake3 {actual}, expected {})",
+                        full.display(),
+                        end.blake3
+                    );
                 }
                 std::fs::rename(&part, &full)
                     .with_context(|| format!("cannot write {}", full.display()))?;
@@ -532,10 +544,11 @@ async fn download(
         bail!("the download ended in the middle of a file");
     }
     if json {
-        return print_json(&serde_json::json!(kept
-            .iter()
-            .map(|(p, n)| serde_json::json!({"path": p, "bytes": n}))
-            .collect::<Vec<_>>()));
+        return print_json(&serde_json::json!(
+            kept.iter()
+                .map(|(p, n)| serde_json::json!({"path": p, "bytes": n}))
+                .collect::<Vec<_>>()
+        ));
     }
     for (p, n) in &kept {
         println!("{p} ({n} bytes, verified)");

@@ -114,7 +114,7 @@ enum WorkflowCmd {
     },
     /// Seed 003's graph workflows: nodes, interfaces, connections, canvas.
     #[command(flatten)]
-    Graph(graph::GraphCmd),
+    Graph(Box<graph::GraphCmd>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -411,7 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Workflow(WorkflowCmd::Graph(cmd)) => graph::run(cmd, &mut client, json).await?,
+        Command::Workflow(WorkflowCmd::Graph(cmd)) => graph::run(*cmd, &mut client, json).await?,
         Command::Workflow(WorkflowCmd::List) => {
             let list = client
                 .list_workflows(v1::ListWorkflowsRequest {})

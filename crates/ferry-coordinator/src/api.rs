@@ -188,17 +188,11 @@ impl WorkflowService for WorkflowApi {
         WorkflowApi::add_node(self, req.into_inner()).await
     }
 
-    async fn update_node(
-        &self,
-        req: Request<v1::NodeEdit>,
-    ) -> Result<Response<v1::Graph>, Status> {
+    async fn update_node(&self, req: Request<v1::NodeEdit>) -> Result<Response<v1::Graph>, Status> {
         WorkflowApi::update_node(self, req.into_inner()).await
     }
 
-    async fn remove_node(
-        &self,
-        req: Request<v1::NodeEdit>,
-    ) -> Result<Response<v1::Graph>, Status> {
+    async fn remove_node(&self, req: Request<v1::NodeEdit>) -> Result<Response<v1::Graph>, Status> {
         WorkflowApi::remove_node(self, req.into_inner()).await
     }
 
@@ -249,8 +243,14 @@ impl WorkflowService for WorkflowApi {
         let files = self.downloads.files(r.task_id, node)?;
         if files.is_empty() {
             return Err(Status::not_found(match node {
-                Some(n) => format!("task {} has no output from node `{n}` at the coordinator (yet)", r.task_id),
-                None => format!("task {} has sent no output to the coordinator (yet)", r.task_id),
+                Some(n) => format!(
+                    "task {} has no output from node `{n}` at the coordinator (yet)",
+                    r.task_id
+                ),
+                None => format!(
+                    "task {} has sent no output to the coordinator (yet)",
+                    r.task_id
+                ),
             }));
         }
         let rx = crate::downloads::Downloads::stream(files, node.is_none());

@@ -38,6 +38,12 @@ fn io_status(what: &str, path: &Path, e: std::io::Error) -> Status {
 
 impl Downloads {
     pub fn new(data_dir: PathBuf, coordinator: String) -> Downloads {
+        // Absolute, so what receipts and logs name is where the files are.
+        let data_dir = if data_dir.is_absolute() {
+            data_dir
+        } else {
+            std::env::current_dir().unwrap_or_default().join(data_dir)
+        };
         Downloads {
             data_dir,
             coordinator,
@@ -92,14 +98,22 @@ impl Downloads {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| io_status("cannot create", &dir, e))?;
-        let mut open: Option<(PathBuf, PathBuf, tokio::io::BufWriter<tokio::fs::File>, blake3::Hasher, u64, u64)> =
-            None;
+        let mut open: Option<(
+            PathBuf,
+            PathBuf,
+            tokio::io::BufWriter<tokio::fs::File>,
+            blake3::Hasher,
+            u64,
+            u64,
+        )> = None;
         let (mut files, mut bytes) = (0u32, 0u64);
         while let Some(msg) = stream.next().await {
             match msg?.part {
                 Some(Part::File(f)) => {
                     if open.is_some() {
-                        return Err(Status::invalid_argument("FileStart before the previous FileEnd"));
+                        return Err(Status::invalid_argument(
+                            "FileStart before the previous FileEnd",
+                        ));
                     }
                     let rel = relative(&f.path)?;
                     let full = dir.join(&rel);
@@ -222,7 +236,11 @@ impl Downloads {
         tokio::spawn(async move {
             let send = |part: Part| {
                 let tx = tx.clone();
-                async move { tx.send(Ok(v1::OutputChunk { part: Some(part) })).await.is_ok() }
+                async move {
+                    tx.send(Ok(v1::OutputChunk { part: Some(part) }))
+                        .await
+                        .is_ok()
+                }
             };
             let mut buf = vec![0u8; CHUNK];
             for f in files {

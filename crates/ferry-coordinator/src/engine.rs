@@ -1068,13 +1068,14 @@ impl Engine {
             }
             ApiRequest::PlanGraph { graph, reply } => {
                 let hosts = self.host_infos();
-                let result = ferry_core::graph::plan(&graph, &hosts, &self.settings.coordinator_name)
-                    .map_err(|e| match e {
-                        ferry_core::graph::GraphPlanError::Invalid(e) => {
-                            EngineError::InvalidRequest(e.to_string())
-                        }
-                        other => EngineError::FailedPrecondition(other.to_string()),
-                    });
+                let result =
+                    ferry_core::graph::plan(&graph, &hosts, &self.settings.coordinator_name)
+                        .map_err(|e| match e {
+                            ferry_core::graph::GraphPlanError::Invalid(e) => {
+                                EngineError::InvalidRequest(e.to_string())
+                            }
+                            other => EngineError::FailedPrecondition(other.to_string()),
+                        });
                 let _ = reply.send(result);
             }
             ApiRequest::CreateCtrTask { request, reply } => {

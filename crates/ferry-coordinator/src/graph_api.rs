@@ -151,8 +151,9 @@ impl WorkflowApi {
             let mut value = serde_json::to_value(&g.nodes[index])
                 .map_err(|err| Status::internal(err.to_string()))?;
             merge_patch(&mut value, &patch);
-            let updated: NodeDef = serde_json::from_value(value)
-                .map_err(|err| Status::invalid_argument(format!("the patched node is invalid: {err}")))?;
+            let updated: NodeDef = serde_json::from_value(value).map_err(|err| {
+                Status::invalid_argument(format!("the patched node is invalid: {err}"))
+            })?;
             if updated.name != e.node {
                 if g.node(&updated.name).is_some() {
                     return Err(Status::already_exists(format!(
@@ -228,7 +229,10 @@ impl WorkflowApi {
         .await
     }
 
-    pub(crate) async fn save_canvas(&self, e: v1::CanvasEdit) -> Result<Response<v1::Graph>, Status> {
+    pub(crate) async fn save_canvas(
+        &self,
+        e: v1::CanvasEdit,
+    ) -> Result<Response<v1::Graph>, Status> {
         if !(e.zoom.is_finite() && e.zoom > 0.0 && e.pan_x.is_finite() && e.pan_y.is_finite()) {
             return Err(Status::invalid_argument(
                 "`zoom` must be a positive number and `pan_x`/`pan_y` finite",
@@ -248,7 +252,10 @@ impl WorkflowApi {
 
     /// Validates and plans the graph on the connected agents and stores the plan as the
     /// workflow of the same name.
-    pub(crate) async fn build_graph(&self, name: &str) -> Result<ferry_store::workflow::Model, Status> {
+    pub(crate) async fn build_graph(
+        &self,
+        name: &str,
+    ) -> Result<ferry_store::workflow::Model, Status> {
         let graph = self.load_graph(name).await?;
         let def = self
             .engine
@@ -295,7 +302,6 @@ fn missing_node(node: &str, graph: &str) -> Status {
 fn valid_graph_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 100
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }

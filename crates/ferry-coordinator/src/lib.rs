@@ -6,9 +6,9 @@
 mod agent_api;
 mod api;
 mod downloads;
-mod graph_api;
 pub mod engine;
 pub mod error;
+mod graph_api;
 pub mod observe;
 
 use std::future::Future;

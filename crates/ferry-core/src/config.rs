@@ -396,7 +396,9 @@ impl FerryConfig {
         if !crate::workflow::is_valid_step_name(coordinator) {
             return Err(invalid(
                 "coordinator.name",
-                format!("`{coordinator}` must be 1-50 letters, digits, '_' or '-' (it names a directory on every agent)"),
+                format!(
+                    "`{coordinator}` must be 1-50 letters, digits, '_' or '-' (it names a directory on every agent)"
+                ),
             ));
         }
         if self.transfer.chunk_size == 0 {

@@ -232,7 +232,9 @@ pub enum GraphProblem {
         function: String,
         role: &'static str,
     },
-    #[error("connection {connection}: DATA service `{node}` takes no inputs (its files already exist)")]
+    #[error(
+        "connection {connection}: DATA service `{node}` takes no inputs (its files already exist)"
+    )]
     DataAsDestination { connection: String, node: String },
     #[error(
         "connection {connection}: `{from}` already feeds `{to}` through connection #{first}; one connection per pair of nodes (its delivery is input/<sender>/<sender_job>/)"
@@ -271,9 +273,9 @@ fn valid_mount_path(p: &str) -> bool {
 impl NodeDef {
     /// The interface a connection end names (by type, and by path when it gives one).
     pub fn interface_for(&self, end: &Endpoint) -> Option<&InterfaceDef> {
-        self.interfaces
-            .iter()
-            .find(|i| i.interface_type == end.interface && (end.path.is_none() || i.path == end.path))
+        self.interfaces.iter().find(|i| {
+            i.interface_type == end.interface && (end.path.is_none() || i.path == end.path)
+        })
     }
 }
 
@@ -362,12 +364,12 @@ impl GraphDef {
                         ))),
                         None => problems.push(iface("a MOUNT interface needs a `path`".into())),
                     },
-                    (Some(InterfaceType::Stdout), Some(ServiceType::Data)) => {
-                        if i.path.as_deref().is_none_or(|p| p.trim().is_empty()) {
-                            problems.push(iface(
-                                "a DATA service's STDOUT needs a `path`: the files it offers".into(),
-                            ));
-                        }
+                    (Some(InterfaceType::Stdout), Some(ServiceType::Data))
+                        if i.path.as_deref().is_none_or(|p| p.trim().is_empty()) =>
+                    {
+                        problems.push(iface(
+                            "a DATA service's STDOUT needs a `path`: the files it offers".into(),
+                        ));
                     }
                     _ => {}
                 }
@@ -451,7 +453,10 @@ impl GraphDef {
                     to: to.to_string(),
                 });
             }
-            for (end, role, refused) in [(&c.from, "a source", "OUTPUT"), (&c.to, "a destination", "INPUT")] {
+            for (end, role, refused) in [
+                (&c.from, "a source", "OUTPUT"),
+                (&c.to, "a destination", "INPUT"),
+            ] {
                 let Some(node) = end.node.as_deref().and_then(|n| self.node(n)) else {
                     continue;
                 };
@@ -568,13 +573,14 @@ pub fn plan(
 
     graph.validate()?;
     let host = |node: &NodeDef| -> Result<(&HostInfo, String), GraphPlanError> {
-        let agent = agents.iter().find(|a| a.name == node.agent).ok_or_else(|| {
-            GraphPlanError::UnknownAgent {
+        let agent = agents
+            .iter()
+            .find(|a| a.name == node.agent)
+            .ok_or_else(|| GraphPlanError::UnknownAgent {
                 node: node.name.clone(),
                 agent: node.agent.clone(),
                 known: agents.iter().map(|a| a.name.clone()).collect(),
-            }
-        })?;
+            })?;
         let work_dir = agent
             .paths
             .get("work_dir")
@@ -617,16 +623,15 @@ pub fn plan(
     let mut waits_for: HashMap<&str, Vec<String>> = HashMap::new();
     let mut steps: Vec<StepDef> = Vec::new();
     let taken: HashSet<&str> = graph.nodes.iter().map(|n| n.name.as_str()).collect();
-    let step = |name: String, kind: &str, agent: &str, params: Value, inputs: Vec<String>| {
-        StepDef {
+    let step =
+        |name: String, kind: &str, agent: &str, params: Value, inputs: Vec<String>| StepDef {
             name,
             kind: kind.to_owned(),
             params,
             placement: Placement::Agent(agent.to_owned()),
             inputs,
             retry: None,
-        }
-    };
+        };
     for (index, c) in graph.connections.iter().enumerate() {
         // validate() guarantees both ends exist and the source is a node.
         let Some(from) = c.from.node.as_deref().and_then(|n| graph.node(n)) else {
@@ -652,18 +657,33 @@ pub fn plan(
             if let Some(f) = &file_name {
                 params["file_name"] = json!(f);
             }
-            steps.push(step(name, kinds::UPLOAD, &from.agent, params, vec![from.name.clone()]));
+            steps.push(step(
+                name,
+                kinds::UPLOAD,
+                &from.agent,
+                params,
+                vec![from.name.clone()],
+            ));
             continue;
         };
         let dest = paths[to.name.as_str()].input(&from.agent, &from.name);
         let (from_host, _) = host(from)?;
         let (to_host, _) = host(to)?;
         let (runner, params) = if from.agent == to.agent {
-            (&from.agent, json!({"direction": "local", "local_path": source_dir, "remote_path": dest}))
+            (
+                &from.agent,
+                json!({"direction": "local", "local_path": source_dir, "remote_path": dest}),
+            )
         } else if from_host.ssh_to.contains(&to.agent) {
-            (&from.agent, json!({"direction": "push", "server": to.agent, "local_path": source_dir, "remote_path": dest}))
+            (
+                &from.agent,
+                json!({"direction": "push", "server": to.agent, "local_path": source_dir, "remote_path": dest}),
+            )
         } else if to_host.ssh_to.contains(&from.agent) {
-            (&to.agent, json!({"direction": "pull", "server": from.agent, "local_path": dest, "remote_path": source_dir}))
+            (
+                &to.agent,
+                json!({"direction": "pull", "server": from.agent, "local_path": dest, "remote_path": source_dir}),
+            )
         } else {
             return Err(GraphPlanError::NoSshRoute {
                 connection: c.label(index),
@@ -671,7 +691,13 @@ pub fn plan(
                 to: to.agent.clone(),
             });
         };
-        steps.push(step(name.clone(), kinds::TRANSFER, runner, params, vec![from.name.clone()]));
+        steps.push(step(
+            name.clone(),
+            kinds::TRANSFER,
+            runner,
+            params,
+            vec![from.name.clone()],
+        ));
         waits_for.entry(&to.name).or_default().push(name);
         let delivery = Delivery {
             dir: dest,
@@ -705,7 +731,10 @@ pub fn plan(
                     .filter_map(|i| i.path.as_deref().map(literal))
                     .collect();
                 let output_dir = paths[n.name.as_str()].stdout_dir();
-                (kinds::DATA, json!({"paths": offered, "output_dir": output_dir}))
+                (
+                    kinds::DATA,
+                    json!({"paths": offered, "output_dir": output_dir}),
+                )
             }
             Some(ServiceType::Docker) => (
                 kinds::DOCKER,
@@ -1013,7 +1042,9 @@ connections:
         g.nodes[1].interfaces[0].mount_function = Some("INPUT".into());
         assert_eq!(
             problems(&g),
-            ["connection #0 dataset.STDOUT → score.MOUNT: MOUNT `/input/` of node `score` has mount function INPUT, so it cannot be a destination (seed 003: OUTPUT = its peer sends to this job, INPUT = its peer receives from it)"]
+            [
+                "connection #0 dataset.STDOUT → score.MOUNT: MOUNT `/input/` of node `score` has mount function INPUT, so it cannot be a destination (seed 003: OUTPUT = its peer sends to this job, INPUT = its peer receives from it)"
+            ]
         );
     }
 
@@ -1057,17 +1088,36 @@ connections:
         let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["dataset", "score", "check", "dataset-to-score", "score-to-check", "check-to-coordinator"]
+            [
+                "dataset",
+                "score",
+                "check",
+                "dataset-to-score",
+                "score-to-check",
+                "check-to-coordinator"
+            ]
         );
         let by = |n: &str| wf.steps.iter().find(|s| s.name == n).expect("step");
         // A pushes to B (A holds B's key); C pulls from B (neither B nor A hold C's).
         let push = by("dataset-to-score");
-        assert_eq!(push.placement, crate::workflow::Placement::Agent("agent-a".into()));
+        assert_eq!(
+            push.placement,
+            crate::workflow::Placement::Agent("agent-a".into())
+        );
         assert_eq!(push.params["direction"], "push");
-        assert_eq!(push.params["local_path"], "/srv/agent-a/work/workflows/coord/${task_id}/jobs/agent-a/dataset/output/stdout");
-        assert_eq!(push.params["remote_path"], "/srv/agent-b/work/workflows/coord/${task_id}/jobs/agent-b/score/input/agent-a/dataset");
+        assert_eq!(
+            push.params["local_path"],
+            "/srv/agent-a/work/workflows/coord/${task_id}/jobs/agent-a/dataset/output/stdout"
+        );
+        assert_eq!(
+            push.params["remote_path"],
+            "/srv/agent-b/work/workflows/coord/${task_id}/jobs/agent-b/score/input/agent-a/dataset"
+        );
         let pull = by("score-to-check");
-        assert_eq!(pull.placement, crate::workflow::Placement::Agent("agent-c".into()));
+        assert_eq!(
+            pull.placement,
+            crate::workflow::Placement::Agent("agent-c".into())
+        );
         assert_eq!(pull.params["direction"], "pull");
         assert_eq!(pull.params["server"], "agent-b");
         // Consumers wait for their deliveries; the delivered dir is what they read.
@@ -1075,9 +1125,15 @@ connections:
         assert_eq!(by("check").inputs, ["score-to-check"]);
         let score = &by("score").params["io"];
         assert_eq!(score["mounts"][0]["path"], "/input/");
-        assert_eq!(score["mounts"][0]["sources"][0]["dir"], push.params["remote_path"]);
+        assert_eq!(
+            score["mounts"][0]["sources"][0]["dir"],
+            push.params["remote_path"]
+        );
         assert_eq!(score["capture_stdout"], true);
-        assert_eq!(by("check").params["io"]["stdin"][0]["dir"], pull.params["local_path"]);
+        assert_eq!(
+            by("check").params["io"]["stdin"][0]["dir"],
+            pull.params["local_path"]
+        );
         assert_eq!(by("check-to-coordinator").kind, "upload");
         assert_eq!(by("check-to-coordinator").params["file_name"], "lines.txt");
         assert_eq!(by("dataset").kind, "data");
@@ -1086,12 +1142,22 @@ connections:
 
     #[test]
     fn the_plan_names_what_is_missing_on_the_agents() {
-        let mut agents = vec![agent("agent-a", &[]), agent("agent-b", &[]), agent("agent-c", &["agent-b"])];
+        let mut agents = vec![
+            agent("agent-a", &[]),
+            agent("agent-b", &[]),
+            agent("agent-c", &["agent-b"]),
+        ];
         let err = plan(&example(), &agents, "coord").expect_err("no route");
-        assert_eq!(err.to_string(), "connection #0 dataset.STDOUT → score.MOUNT: no SSH key between `agent-a` and `agent-b`: give `agent-a` a `servers.agent-b` entry (push) or `agent-b` a `servers.agent-a` entry (pull)");
+        assert_eq!(
+            err.to_string(),
+            "connection #0 dataset.STDOUT → score.MOUNT: no SSH key between `agent-a` and `agent-b`: give `agent-a` a `servers.agent-b` entry (push) or `agent-b` a `servers.agent-a` entry (pull)"
+        );
         agents.pop();
         let err = plan(&example(), &agents, "coord").expect_err("no agent");
-        assert_eq!(err.to_string(), "node `check`: no connected agent named `agent-c` (connected: agent-a, agent-b)");
+        assert_eq!(
+            err.to_string(),
+            "node `check`: no connected agent named `agent-c` (connected: agent-a, agent-b)"
+        );
         // Both ends on one agent: a local, verified copy.
         let mut g = example();
         for n in &mut g.nodes {

@@ -467,7 +467,11 @@ fn check_io(io: &JobIo) -> Result<(), String> {
         }
         check_absolute("io.mounts.dir", &m.dir)?;
     }
-    for d in io.stdin.iter().chain(io.mounts.iter().flat_map(|m| &m.sources)) {
+    for d in io
+        .stdin
+        .iter()
+        .chain(io.mounts.iter().flat_map(|m| &m.sources))
+    {
         check_absolute("delivery dir", &d.dir)?;
         if let Some(f) = &d.file_name
             && (f.is_empty() || f.contains('/') || f == "." || f == "..")
