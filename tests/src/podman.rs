@@ -59,7 +59,7 @@ pub fn start(dir: &Path) -> Result<Podman, String> {
     std::fs::copy("/bin/busybox", bin.join("busybox"))
         .map_err(|e| format!("/bin/busybox (package busybox-static) is needed: {e}"))?;
     for tool in [
-        "sh", "cat", "tr", "wc", "sort", "ls", "echo", "head", "sed", "cut",
+        "sh", "cat", "tr", "wc", "sort", "ls", "echo", "head", "sed", "cut", "sleep",
     ] {
         let link = bin.join(tool);
         if !link.exists() {

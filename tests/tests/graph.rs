@@ -356,8 +356,80 @@ connections:
     let ps = engine
         .command(&["ps", "-a", "--format", "{{.Names}}"])
         .expect("podman ps");
+    let job = &step(&detail, "upper").job_id;
     assert!(
-        !String::from_utf8_lossy(&ps.stdout).contains(&format!("ferry-{id}-upper")),
+        !String::from_utf8_lossy(&ps.stdout).contains(&format!("ferry-{job}")),
         "container left behind"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_task_stops_and_removes_its_container() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let Some(engine) = podman(scratch.path()) else {
+        return;
+    };
+    let mut c = Cluster::with_agent_config(
+        &format!("  docker_host: \"{}\"\n", engine.docker_host()),
+        "",
+    );
+    c.start_coordinator().await;
+    c.start_agent("source", "agent-a");
+    c.wait_for_agents(1).await;
+    cli_ok(&c, &["workflow", "create", "nap"]);
+    cli_ok(
+        &c,
+        &[
+            "workflow",
+            "add-node",
+            "nap",
+            "--name",
+            "sleeper",
+            "--type",
+            "DOCKER",
+            "--agent",
+            "agent-a",
+            "--image",
+            podman::TEST_IMAGE,
+            "--cmd",
+            "sleep",
+            "--cmd",
+            "600",
+        ],
+    );
+    let id = task_id(&cli_ok(&c, &["workflow", "execute", "nap"]));
+    let detail = c
+        .wait_until(id, Duration::from_secs(60), "running", |d| {
+            d.steps
+                .iter()
+                .any(|s| s.status == "running" && !s.job_id.is_empty())
+        })
+        .await;
+    let running = format!("ferry-{}", step(&detail, "sleeper").job_id);
+    let listed = || {
+        let ps = engine
+            .command(&["ps", "-a", "--format", "{{.Names}}"])
+            .expect("podman ps");
+        String::from_utf8_lossy(&ps.stdout).contains(&running)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !listed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never started"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cli_ok(&c, &["task", "cancel", &id.to_string()]);
+    c.wait_status(id, "cancelled", Duration::from_secs(60))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while listed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container {running} still exists after the cancel; agent log:\n{}",
+            c.read_log("agent-a")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -1,8 +1,9 @@
 //! The `docker` kind: seed 003's DOCKER service, run through a Docker-API-compatible engine
 //! (Docker, or Podman's Docker-compatible service) over its Unix socket.
 //!
-//! One container per attempt, named after the job (`ferry-<task>-<step>-<attempt>`): a
-//! leftover of that name (an agent killed mid-run) is removed first; the job's mounts are
+//! One container per attempt, named after the job (`ferry-<job id>`): leftovers of earlier
+//! attempts (an agent killed mid-run) are found by their job-directory label and removed
+//! first; the job's mounts are
 //! bind-mounted; delivered STDIN files are streamed through an attach; stdout and stderr
 //! are followed (stdout captured to a file when a consumer reads it, logged otherwise); the
 //! exit code decides the job's state; the container is always removed; cancel stops it.
@@ -162,9 +163,61 @@ fn engine_message(status: StatusCode, body: &Value) -> String {
     }
 }
 
-/// `ferry-<task>-<step>-<attempt>`: what an operator sees in `docker ps`.
+/// `ferry-<job id>` (the job id starts with the agent's name): unique across attempts,
+/// agents and coordinators sharing one engine.
 fn container_name(ctx: &JobContext) -> String {
-    format!("ferry-{}-{}-{}", ctx.task_id, ctx.step, ctx.attempt)
+    let id: String = ctx
+        .job_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ferry-{id}")
+}
+
+/// Removes containers an earlier attempt of this job left behind (the agent died while they
+/// ran): they carry the job directory, which is unique per coordinator, task and node.
+async fn remove_leftovers(engine: &Engine, job_dir: &str) -> Result<(), JobError> {
+    let filters = json!({"label": [format!("ferry.job_dir={job_dir}")]}).to_string();
+    let (status, body) = engine
+        .call(
+            Method::GET,
+            &format!(
+                "/containers/json?all=true&filters={}",
+                percent_encode(&filters)
+            ),
+            None,
+        )
+        .await?;
+    if !status.is_success() {
+        return Err(JobError::transient(format!(
+            "cannot list containers: {}",
+            engine_message(status, &body)
+        )));
+    }
+    for c in body.as_array().into_iter().flatten() {
+        if let Some(id) = c.get("Id").and_then(Value::as_str) {
+            engine.remove(id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Query-string encoding for the engine's JSON filters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 async fn run_container(ctx: JobContext, engine: Engine) -> Result<(), JobError> {
@@ -176,8 +229,7 @@ async fn run_container(ctx: JobContext, engine: Engine) -> Result<(), JobError> 
             .map_err(|e| JobError::transient(format!("preparing inputs: {e}")))??
     };
     let name = container_name(&ctx);
-    // A container of this name is a leftover of this very attempt (the agent died).
-    engine.remove(&name).await?;
+    remove_leftovers(&engine, &p.io.job_dir).await?;
     let has_stdin = !io.stdin_files.is_empty();
     let binds: Vec<String> = io
         .mounts
@@ -197,7 +249,12 @@ async fn run_container(ctx: JobContext, engine: Engine) -> Result<(), JobError> 
         "OpenStdin": has_stdin,
         "StdinOnce": has_stdin,
         "AttachStdin": has_stdin,
-        "Labels": {"ferry.task": ctx.task_id.to_string(), "ferry.step": ctx.step, "ferry.job": ctx.job_id},
+        "Labels": {
+            "ferry.task": ctx.task_id.to_string(),
+            "ferry.step": ctx.step,
+            "ferry.job": ctx.job_id,
+            "ferry.job_dir": p.io.job_dir,
+        },
         "HostConfig": {"Binds": binds, "NetworkMode": p.network.as_deref().unwrap_or("none")},
     });
     if !p.entrypoint.is_empty() {
@@ -300,17 +357,20 @@ async fn supervise(
         )));
     }
     ctx.info(format!("started container {name} from {}", p.image));
-    let logs = engine
-        .send(Engine::request(
-            Method::GET,
-            &format!("/containers/{id}/logs?follow=1&stdout=1&stderr=1"),
-            None,
-        ))
-        .await?;
+    // Followed in its own task: an engine may send the answer's headers only with the
+    // first output, and a silent container must not hold up waiting or cancelling.
     let follower = {
         let ctx = ctx.clone();
         let stdout_file = io.stdout_file.clone();
-        tokio::spawn(async move { follow(logs.into_body(), ctx, stdout_file).await })
+        let engine = engine.clone();
+        let path = format!("/containers/{id}/logs?follow=1&stdout=1&stderr=1");
+        tokio::spawn(async move {
+            let logs = engine
+                .send(Engine::request(Method::GET, &path, None))
+                .await
+                .map_err(|e| e.message)?;
+            follow(logs.into_body(), ctx, stdout_file).await
+        })
     };
     let timeout = p.timeout_secs.map(Duration::from_secs);
     enum End {
@@ -340,6 +400,15 @@ async fn supervise(
             .await;
     }
     let mut io_error = None;
+    // The output ends with the container; a stream the engine never closes is cut short.
+    let follower = async {
+        match tokio::time::timeout(Duration::from_secs(60), follower).await {
+            Ok(joined) => joined,
+            Err(_) => Ok(Err(
+                "the container's output did not end after it stopped".to_owned()
+            )),
+        }
+    };
     match follower.await {
         Ok(Err(e)) => io_error = Some(e),
         Err(e) => io_error = Some(format!("following the container's output: {e}")),
