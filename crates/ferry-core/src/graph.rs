@@ -1166,4 +1166,53 @@ connections:
         let wf = plan(&g, &[agent("agent-a", &[])], "coord").expect("plans");
         assert_eq!(wf.steps[3].params["direction"], "local");
     }
+
+    #[test]
+    fn one_output_feeds_many_inputs_each_by_its_own_delivery() {
+        let mut g = example();
+        g.nodes.push(NodeDef {
+            name: "audit".into(),
+            service_type: "STANDALONE".into(),
+            agent: "agent-c".into(),
+            entrypoint: vec!["wc".into(), "-c".into()],
+            interfaces: vec![InterfaceDef {
+                interface_type: "MOUNT".into(),
+                path: Some("/seen/".into()),
+                mount_function: Some("OUTPUT".into()),
+            }],
+            ..Default::default()
+        });
+        g.connections.push(ConnectionDef {
+            from: Endpoint {
+                node: Some("dataset".into()),
+                interface: "STDOUT".into(),
+                path: None,
+            },
+            to: Endpoint {
+                node: Some("audit".into()),
+                interface: "MOUNT".into(),
+                path: Some("/seen/".into()),
+            },
+            destination_file_name: None,
+        });
+        let agents = [
+            agent("agent-a", &["agent-b", "agent-c"]),
+            agent("agent-b", &[]),
+            agent("agent-c", &["agent-b"]),
+        ];
+        let wf = plan(&g, &agents, "coord").expect("plans");
+        let from_dataset: Vec<&str> = wf
+            .steps
+            .iter()
+            .filter(|s| s.inputs == ["dataset"])
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(from_dataset, ["dataset-to-score", "dataset-to-audit"]);
+        let audit = wf.steps.iter().find(|s| s.name == "audit").expect("audit");
+        assert_eq!(audit.inputs, ["dataset-to-audit"]);
+        assert_eq!(
+            audit.params["io"]["mounts"][0]["sources"][0]["dir"],
+            "/srv/agent-c/work/workflows/coord/${task_id}/jobs/agent-c/audit/input/agent-a/dataset"
+        );
+    }
 }
