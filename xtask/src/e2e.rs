@@ -958,28 +958,7 @@ async fn run_once(
         report_path.display()
     );
 
-    let progress = client
-        .get_progress(v1::TaskRef { task_id })
-        .await?
-        .into_inner()
-        .steps;
-    for s in detail.steps.iter().filter(|s| s.kind == "transfer") {
-        let p = progress
-            .iter()
-            .find(|p| p.step == s.name)
-            .with_context(|| format!("no progress for {}", s.name))?;
-        ensure!(
-            p.chunks_total > 0 && p.chunks_completed == p.chunks_total,
-            "{}: {}/{} chunks verified",
-            s.name,
-            p.chunks_completed,
-            p.chunks_total
-        );
-        println!(
-            "== {} on {}: {}/{} chunks verified at the destination",
-            s.name, s.agent, p.chunks_completed, p.chunks_total
-        );
-    }
+    check_transfers_verified(&mut client, &detail).await?;
     ensure!(
         !host_dirs[0]
             .join(format!("staging/campaign_e2e_task{task_id}"))
@@ -1042,6 +1021,37 @@ async fn run_once(
         println!("== kept {}", kept.display());
     }
     Ok(rows)
+}
+
+/// Every transfer step of the task verified all its chunks at the destination.
+pub(crate) async fn check_transfers_verified(
+    client: &mut WorkflowServiceClient<Channel>,
+    detail: &v1::TaskDetail,
+) -> anyhow::Result<()> {
+    let task_id = detail.task.as_ref().map(|t| t.id).unwrap_or_default();
+    let progress = client
+        .get_progress(v1::TaskRef { task_id })
+        .await?
+        .into_inner()
+        .steps;
+    for s in detail.steps.iter().filter(|s| s.kind == "transfer") {
+        let p = progress
+            .iter()
+            .find(|p| p.step == s.name)
+            .with_context(|| format!("no progress for {}", s.name))?;
+        ensure!(
+            p.chunks_total > 0 && p.chunks_completed == p.chunks_total,
+            "{}: {}/{} chunks verified",
+            s.name,
+            p.chunks_completed,
+            p.chunks_total
+        );
+        println!(
+            "== {} on {}: {}/{} chunks verified at the destination",
+            s.name, s.agent, p.chunks_completed, p.chunks_total
+        );
+    }
+    Ok(())
 }
 
 fn daemon_name(i: usize) -> &'static str {

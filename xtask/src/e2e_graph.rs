@@ -145,28 +145,7 @@ connections:
             "{consumer} started before its input `{delivery}` was delivered"
         );
     }
-    let progress = client
-        .get_progress(v1::TaskRef { task_id })
-        .await?
-        .into_inner()
-        .steps;
-    for s in detail.steps.iter().filter(|s| s.kind == "transfer") {
-        let p = progress
-            .iter()
-            .find(|p| p.step == s.name)
-            .with_context(|| format!("no progress for {}", s.name))?;
-        ensure!(
-            p.chunks_total > 0 && p.chunks_completed == p.chunks_total,
-            "{}: {}/{} chunks verified",
-            s.name,
-            p.chunks_completed,
-            p.chunks_total
-        );
-        println!(
-            "== {} on {}: {}/{} chunks verified at the destination",
-            s.name, s.agent, p.chunks_completed, p.chunks_total
-        );
-    }
+    crate::e2e::check_transfers_verified(client, &detail).await?;
     let out = g.base.join("graph-download");
     print!(
         "{}",

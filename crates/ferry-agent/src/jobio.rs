@@ -73,34 +73,10 @@ fn delivered_files(d: &Delivery) -> Result<Vec<(String, PathBuf)>, JobError> {
             root.display()
         )));
     }
-    let mut out = Vec::new();
-    walk(&root, &root, &mut out)?;
-    out.sort();
-    Ok(out)
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), JobError> {
-    let read_err = |e: std::io::Error| {
-        JobError::transient(format!("cannot read input {}: {e}", dir.display()))
-    };
-    for entry in std::fs::read_dir(dir).map_err(read_err)? {
-        let entry = entry.map_err(read_err)?;
-        if ferry_transfer::is_transfer_metadata(&entry.file_name().to_string_lossy()) {
-            continue;
-        }
-        let path = entry.path();
-        let kind = entry.file_type().map_err(read_err)?;
-        if kind.is_dir() {
-            walk(root, &path, out)?;
-        } else if kind.is_file() {
-            let rel = path
-                .strip_prefix(root)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            out.push((rel, path));
-        }
-    }
-    Ok(())
+    Ok(crate::services::regular_files(&root)?
+        .into_iter()
+        .map(|(rel, full, _)| (rel, full))
+        .collect())
 }
 
 /// Links a delivery's files into a mount directory; `file_name` renames a single file.

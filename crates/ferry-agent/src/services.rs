@@ -112,8 +112,9 @@ fn publish(p: &DataParams, roots: &[PathBuf]) -> Result<(usize, u64), JobError> 
     Ok((files, bytes))
 }
 
-/// Regular files under `root`: relative path, full path, size; in path order.
-fn regular_files(root: &Path) -> Result<Vec<(String, PathBuf, u64)>, JobError> {
+/// Regular files under `root` (the transfer's bookkeeping skipped): relative path, full path,
+/// size; in path order.
+pub(crate) fn regular_files(root: &Path) -> Result<Vec<(String, PathBuf, u64)>, JobError> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u64)>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
