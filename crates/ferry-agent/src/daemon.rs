@@ -48,6 +48,14 @@ pub fn executors_for(
     // The work dir given on the command line is the one jobs (and graph deliveries) use.
     let mut config = config.clone();
     config.agent.work_dir = settings.work_dir.clone();
+    // Roots are compared with the absolute paths the coordinator plans with.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    config.agent.roots = config
+        .agent
+        .effective_roots(&config)
+        .into_iter()
+        .map(|r| normalize(&cwd.join(r)))
+        .collect();
     let config = &config;
     vec![
         Arc::new(ExecExecutor),

@@ -32,6 +32,8 @@ const API: &str = "/v1.41";
 /// Seconds a cancelled container gets between SIGTERM and SIGKILL.
 const STOP_GRACE_SECS: u64 = 5;
 const MAX_LINE: usize = 64 * 1024;
+/// How long the output and input streams get to end once the container has.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(60);
 
 pub struct DockerExecutor {
     engine: Engine,
@@ -369,6 +371,13 @@ async fn supervise(
                 .send(Engine::request(Method::GET, &path, None))
                 .await
                 .map_err(|e| e.message)?;
+            if !logs.status().is_success() {
+                // An error body is not a frame stream: never mistake it for (empty) output.
+                return Err(format!(
+                    "cannot follow the container's output: HTTP {}",
+                    logs.status().as_u16()
+                ));
+            }
             follow(logs.into_body(), ctx, stdout_file).await
         })
     };
@@ -401,12 +410,17 @@ async fn supervise(
     }
     let mut io_error = None;
     // The output ends with the container; a stream the engine never closes is cut short.
+    let abort_follower = follower.abort_handle();
     let follower = async {
-        match tokio::time::timeout(Duration::from_secs(60), follower).await {
+        match tokio::time::timeout(OUTPUT_DRAIN, follower).await {
             Ok(joined) => joined,
-            Err(_) => Ok(Err(
-                "the container's output did not end after it stopped".to_owned()
-            )),
+            Err(_) => {
+                // Stopped, so it cannot write into a later attempt's output.
+                abort_follower.abort();
+                Ok(Err(
+                    "the container's output did not end after it stopped".to_owned()
+                ))
+            }
         }
     };
     match follower.await {
@@ -414,10 +428,15 @@ async fn supervise(
         Err(e) => io_error = Some(format!("following the container's output: {e}")),
         Ok(Ok(())) => {}
     }
-    if let Some(f) = feeder
-        && let Ok(Err(e)) = f.await
-    {
-        io_error.get_or_insert(e);
+    if let Some(f) = feeder {
+        let abort_feeder = f.abort_handle();
+        match tokio::time::timeout(OUTPUT_DRAIN, f).await {
+            Ok(Ok(Err(e))) => {
+                io_error.get_or_insert(e);
+            }
+            Ok(_) => {}
+            Err(_) => abort_feeder.abort(),
+        }
     }
     match end {
         End::Cancelled => Err(JobError::transient("cancelled")),

@@ -29,9 +29,11 @@ pub fn prepare(io: &JobIo) -> Result<PreparedIo, JobError> {
     let job_dir = PathBuf::from(&io.job_dir);
     let mounts_root = job_dir.join("mounts");
     mkdir(&mounts_root)?;
+    // Every attempt starts from empty mounts and output: nothing an earlier attempt left
+    // behind is fed to this one or shipped to consumers.
     let stdout_file = if io.capture_stdout {
         let dir = job_dir.join("output").join("stdout");
-        mkdir(&dir)?;
+        recreate_dir(&dir)?;
         Some(dir.join(STDOUT_FILE))
     } else {
         None
@@ -39,7 +41,7 @@ pub fn prepare(io: &JobIo) -> Result<PreparedIo, JobError> {
     let mut mounts = Vec::with_capacity(io.mounts.len());
     for m in &io.mounts {
         let dir = PathBuf::from(&m.dir);
-        mkdir(&dir)?;
+        recreate_dir(&dir)?;
         for source in &m.sources {
             link_delivery(source, &dir)?;
         }
@@ -55,6 +57,21 @@ pub fn prepare(io: &JobIo) -> Result<PreparedIo, JobError> {
         mounts,
         mounts_root,
     })
+}
+
+/// Removes `dir` with its contents (if present) and creates it empty.
+pub fn recreate_dir(dir: &Path) -> Result<(), JobError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(JobError::transient(format!(
+                "cannot clear {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    mkdir(dir)
 }
 
 fn mkdir(dir: &Path) -> Result<(), JobError> {
@@ -82,8 +99,19 @@ fn delivered_files(d: &Delivery) -> Result<Vec<(String, PathBuf)>, JobError> {
 /// Links a delivery's files into a mount directory; `file_name` renames a single file.
 fn link_delivery(d: &Delivery, mount_dir: &Path) -> Result<(), JobError> {
     let files = delivered_files(d)?;
+    // Two deliveries into one mount must not silently replace each other's files.
+    let place = |src: &Path, dst: &Path| {
+        if dst.exists() {
+            return Err(JobError::permanent(format!(
+                "{} is delivered twice into one mount (again from {}); give the connections distinct destination_file_name",
+                dst.display(),
+                d.dir
+            )));
+        }
+        link_or_copy(src, dst)
+    };
     match (&d.file_name, files.as_slice()) {
-        (Some(name), [(_, only)]) => link_or_copy(only, &mount_dir.join(name)),
+        (Some(name), [(_, only)]) => place(only, &mount_dir.join(name)),
         (Some(name), _) => Err(JobError::permanent(format!(
             "destination_file_name `{name}` needs exactly one delivered file, but {} holds {}",
             d.dir,
@@ -91,7 +119,7 @@ fn link_delivery(d: &Delivery, mount_dir: &Path) -> Result<(), JobError> {
         ))),
         (None, _) => {
             for (rel, full) in &files {
-                link_or_copy(full, &mount_dir.join(rel))?;
+                place(full, &mount_dir.join(rel))?;
             }
             Ok(())
         }

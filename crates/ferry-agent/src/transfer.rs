@@ -209,14 +209,20 @@ impl Inner {
         let started = std::time::Instant::now();
         let (files, bytes, chunks) = tokio::task::spawn_blocking(move || {
             let manifest = Manifest::build(&src, chunk_size, algorithm).map_err(job_error)?;
-            std::fs::create_dir_all(&dst).map_err(|e| {
-                JobError::transient(format!("cannot create {}: {e}", dst.display()))
-            })?;
+            // The destination is the receiver's own copy, as over SSH: cleared of an earlier
+            // attempt's files, and copied (not linked) so a consumer that writes to its input
+            // cannot change the sender's files.
+            crate::jobio::recreate_dir(&dst)?;
             for f in &manifest.files {
-                crate::jobio::link_or_copy(
-                    &src.join(&f.path),
-                    &confine::join(&dst, &f.path).map_err(job_error)?,
-                )?;
+                let to = confine::join(&dst, &f.path).map_err(job_error)?;
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        JobError::transient(format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                std::fs::copy(src.join(&f.path), &to).map_err(|e| {
+                    JobError::transient(format!("cannot copy to {}: {e}", to.display()))
+                })?;
             }
             let report = manifest.verify(&dst).map_err(job_error)?;
             if !report.is_complete() {

@@ -17,6 +17,8 @@ use tonic::Status;
 /// Bytes per download message.
 const CHUNK: usize = 1024 * 1024;
 const PART_SUFFIX: &str = ".ferry-part";
+/// An upload in progress, beside the node's directory it will replace.
+const INCOMING: &str = ".ferry-incoming-";
 
 pub struct Downloads {
     data_dir: PathBuf,
@@ -89,15 +91,18 @@ impl Downloads {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("task {} not found", header.task_id)))?;
-        let dir = PathBuf::from(self.job(header.task_id).input(&header.agent, &header.node));
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_status("cannot clear", &dir, e)),
-        }
+        // Received beside the node's directory and swapped in only when every file verified:
+        // a failed upload leaves the last good output (or none), never a partial one.
+        let final_dir = PathBuf::from(self.job(header.task_id).input(&header.agent, &header.node));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir = PathBuf::from(format!("{}{INCOMING}{nanos}", final_dir.display()));
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| io_status("cannot create", &dir, e))?;
+        let outcome: Result<(u32, u64), Status> = async {
         let mut open: Option<(
             PathBuf,
             PathBuf,
@@ -177,17 +182,34 @@ impl Downloads {
                 None => {}
             }
         }
-        if let Some((full, part, ..)) = open {
-            let _ = tokio::fs::remove_file(&part).await;
+        if let Some((full, ..)) = open {
             return Err(Status::aborted(format!(
                 "the upload ended in the middle of {}",
                 full.display()
             )));
         }
+        Ok((files, bytes))
+        }
+        .await;
+        let (files, bytes) = match outcome {
+            Ok(counts) => counts,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+        };
+        match tokio::fs::remove_dir_all(&final_dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_status("cannot replace", &final_dir, e)),
+        }
+        tokio::fs::rename(&dir, &final_dir)
+            .await
+            .map_err(|e| io_status("cannot keep", &final_dir, e))?;
         Ok(v1::UploadReceipt {
             files,
             bytes,
-            stored_at: dir.display().to_string(),
+            stored_at: final_dir.display().to_string(),
         })
     }
 
@@ -210,7 +232,7 @@ impl Downloads {
             };
             for n in nodes.flatten() {
                 let name = n.file_name().to_string_lossy().into_owned();
-                if node.is_some_and(|want| want != name) {
+                if name.contains(INCOMING) || node.is_some_and(|want| want != name) {
                     continue;
                 }
                 let base = n.path();

@@ -264,6 +264,9 @@ impl WorkflowApi {
                 reply,
             })
             .await?;
+        // The plan passes the same checks as any stored workflow before it replaces one.
+        def.validate()
+            .map_err(|e| Status::internal(format!("the planned workflow is invalid: {e}")))?;
         self.store.apply_workflow(&def).await.map_err(store_err)
     }
 

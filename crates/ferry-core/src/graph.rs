@@ -265,9 +265,11 @@ impl ConnectionDef {
 }
 
 fn valid_mount_path(p: &str) -> bool {
+    // `:` would change the meaning of a Docker bind (`host:container:ro`).
     p.starts_with('/')
         && !crate::jobpaths::mount_dir_name(p).is_empty()
         && !p.split('/').any(|c| c == "..")
+        && !p.contains(':')
 }
 
 impl NodeDef {
@@ -360,7 +362,7 @@ impl GraphDef {
                             }
                         }
                         Some(p) => problems.push(iface(format!(
-                            "MOUNT path `{p}` must be an absolute path inside the job, without `..`"
+                            "MOUNT path `{p}` must be an absolute path inside the job, without `..` or `:`"
                         ))),
                         None => problems.push(iface("a MOUNT interface needs a `path`".into())),
                     },
@@ -541,14 +543,27 @@ pub enum GraphPlanError {
     },
 }
 
-/// The coordinator-side name of a graph's delivery step for connection `index`.
-fn delivery_step(index: usize, from: &str, to: Option<&str>, taken: &HashSet<&str>) -> String {
-    let name = format!("{from}-to-{}", to.unwrap_or("coordinator"));
-    if crate::workflow::is_valid_step_name(&name) && !taken.contains(name.as_str()) {
-        name
-    } else {
-        format!("connection-{index}")
+/// The name of a graph's delivery step for connection `index`, unique among the node names
+/// and the deliveries named so far (`taken` records it).
+fn delivery_step(
+    index: usize,
+    from: &str,
+    to: Option<&str>,
+    taken: &mut HashSet<String>,
+) -> String {
+    let readable = format!("{from}-to-{}", to.unwrap_or("coordinator"));
+    let mut name = readable.clone();
+    let mut n = 0;
+    while !crate::workflow::is_valid_step_name(&name) || taken.contains(&name) {
+        n += 1;
+        name = if n == 1 && crate::workflow::is_valid_step_name(&format!("{readable}-{index}")) {
+            format!("{readable}-{index}")
+        } else {
+            format!("connection-{index}-{n}")
+        };
     }
+    taken.insert(name.clone());
+    name
 }
 
 /// Turns a graph into the engine's DAG on the connected agents (`agents` with their
@@ -622,7 +637,7 @@ pub fn plan(
         .collect();
     let mut waits_for: HashMap<&str, Vec<String>> = HashMap::new();
     let mut steps: Vec<StepDef> = Vec::new();
-    let taken: HashSet<&str> = graph.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut taken: HashSet<String> = graph.nodes.iter().map(|n| n.name.clone()).collect();
     let step =
         |name: String, kind: &str, agent: &str, params: Value, inputs: Vec<String>| StepDef {
             name,
@@ -651,7 +666,7 @@ pub fn plan(
             from_paths.stdout_dir()
         };
         let file_name = c.destination_file_name.as_deref().map(literal);
-        let name = delivery_step(index, &from.name, c.to.node.as_deref(), &taken);
+        let name = delivery_step(index, &from.name, c.to.node.as_deref(), &mut taken);
         let Some(to) = c.to.node.as_deref().and_then(|n| graph.node(n)) else {
             let mut params = json!({"local_path": source_dir, "node": from.name});
             if let Some(f) = &file_name {
@@ -1214,5 +1229,50 @@ connections:
             audit.params["io"]["mounts"][0]["sources"][0]["dir"],
             "/srv/agent-c/work/workflows/coord/${task_id}/jobs/agent-c/audit/input/agent-a/dataset"
         );
+    }
+
+    #[test]
+    fn delivery_names_never_collide() {
+        let node = |name: &str| NodeDef {
+            name: name.into(),
+            service_type: "STANDALONE".into(),
+            agent: "agent-a".into(),
+            entrypoint: vec!["cat".into()],
+            interfaces: vec![
+                InterfaceDef {
+                    interface_type: "STDIN".into(),
+                    ..Default::default()
+                },
+                InterfaceDef {
+                    interface_type: "STDOUT".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let link = |from: &str, to: &str| ConnectionDef {
+            from: Endpoint {
+                node: Some(from.into()),
+                interface: "STDOUT".into(),
+                path: None,
+            },
+            to: Endpoint {
+                node: Some(to.into()),
+                interface: "STDIN".into(),
+                path: None,
+            },
+            destination_file_name: None,
+        };
+        // `a` → `b-to-c` and `a-to-b` → `c` would both be `a-to-b-to-c`.
+        let g = GraphDef {
+            name: "clash".into(),
+            nodes: ["a", "b-to-c", "a-to-b", "c"].map(node).to_vec(),
+            connections: vec![link("a", "b-to-c"), link("a-to-b", "c")],
+            ..Default::default()
+        };
+        let wf = plan(&g, &[agent("agent-a", &[])], "coord").expect("plans");
+        assert!(wf.validate().is_ok(), "{:?}", wf.validate());
+        let names: HashSet<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names.len(), wf.steps.len());
     }
 }
