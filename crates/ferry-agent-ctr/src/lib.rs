@@ -275,6 +275,7 @@ impl Executor for InferExecutor {
                 batch_size: p.batch_size.unwrap_or(10_000),
                 devices: host.devices.clone(),
                 stop_after_parts: None,
+                pipelined: true,
             };
             ctx.info(format!(
                 "scoring {} with model {} on {} device(s)...",

@@ -117,21 +117,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
 
         // End to end: load model and processor, read, encode, score, write Parquet parts.
+        // Side by side in one run: one thread doing every stage (the baseline), then the
+        // pipelined default (read + encode, score, write on their own threads).
         let out = data_dir.join("bench_inference_result");
-        let _ = std::fs::remove_dir_all(&out);
-        let inferred = infer(
-            &InferOptions {
-                input_dir: infer_dir.clone(),
-                data_dir: data_dir.clone(),
-                model_dir: model_dir.clone(),
-                model_id: cfg.model_id.clone(),
-                output_dir: out,
-                batch_size: cfg.inference_batch_size,
-                devices: vec![device.clone()],
-                stop_after_parts: None,
-            },
-            &(),
-        )?;
+        let run_infer = |pipelined: bool| {
+            let _ = std::fs::remove_dir_all(&out);
+            infer(
+                &InferOptions {
+                    input_dir: infer_dir.clone(),
+                    data_dir: data_dir.clone(),
+                    model_dir: model_dir.clone(),
+                    model_id: cfg.model_id.clone(),
+                    output_dir: out.clone(),
+                    batch_size: cfg.inference_batch_size,
+                    devices: vec![device.clone()],
+                    stop_after_parts: None,
+                    pipelined,
+                },
+                &(),
+            )
+        };
+        let sequential = run_infer(false)?;
+        let inferred = run_infer(true)?;
+        println!(
+            "{kind:?}: inference pipelined {:.0} vs one thread {:.0} rows/s: {:.3}x (same run)",
+            inferred.rows_per_sec(),
+            sequential.rows_per_sec(),
+            inferred.rows_per_sec() / sequential.rows_per_sec()
+        );
         // Forward only: encoded batches already in memory.
         let (model, card) = load_trained(&model_dir, &cfg.model_id, &device)?;
         let batches: Vec<_> = EncodedBatches::new(

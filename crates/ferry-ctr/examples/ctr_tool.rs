@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 batch_size: 10_000,
                 devices: vec![Device::flex()],
                 stop_after_parts: None,
+                pipelined: true,
             };
             let outcome = infer(&opts, &())?;
             println!("scored {} rows", outcome.rows_total);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{parquet_files, read_batches};
 use crate::error::{CtrError, Result};
-use crate::features::{FeatureProcessor, write_atomic};
+use crate::features::{EncodedBatch, FeatureProcessor, write_atomic};
 use crate::model::{CtrModel, Inputs};
 use crate::train::{ModelCard, load_trained};
 
@@ -49,6 +49,9 @@ pub struct InferOptions {
     pub devices: Vec<Device>,
     /// Stop after computing this many parts (as if killed), for tests and time slicing.
     pub stop_after_parts: Option<usize>,
+    /// Read and encode the next batches, and write the finished ones, on their own threads
+    /// while the model scores (default); off only to measure what it gains.
+    pub pipelined: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +158,7 @@ fn score_part(
     batch_size: usize,
     device: &Device,
     score_columns: &[String],
+    pipelined: bool,
 ) -> Result<u64> {
     let tmp = output.with_file_name(format!(
         ".{}.tmp",
@@ -163,20 +167,109 @@ fn score_part(
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     ));
-    let mut writer: Option<ArrowWriter<File>> = None;
-    let mut rows = 0u64;
     let tasks = card.shape.num_tasks;
-    for batch in read_batches(std::slice::from_ref(&input.to_owned()), batch_size) {
-        let batch = batch?;
-        let encoded = processor.encode(&batch, false)?;
-        let probs = model
-            .predict(&Inputs::new(&encoded, &card.shape, device)?)
+    let mut sink = PartWriter {
+        tmp,
+        writer: None,
+        rows: 0,
+        id_columns: &processor.spec.id_columns,
+        score_columns,
+        tasks,
+    };
+    let score = |encoded: &EncodedBatch| -> Result<Vec<f32>> {
+        model
+            .predict(&Inputs::new(encoded, &card.shape, device)?)
             .into_data()
             .try_into_vec::<f32>()
-            .map_err(|e| CtrError::Data(format!("cannot read predictions: {e:?}")))?;
-        let schema = output_schema(&batch.schema(), &processor.spec.id_columns, score_columns)?;
+            .map_err(|e| CtrError::Data(format!("cannot read predictions: {e:?}")))
+    };
+    let inputs = [input.to_owned()];
+    let encoded = || {
+        read_batches(&inputs, batch_size).map(|batch| {
+            let batch = batch?;
+            let encoded = processor.encode(&batch, false)?;
+            Ok((batch, encoded))
+        })
+    };
+    if !pipelined {
+        for item in encoded() {
+            let (batch, enc) = item?;
+            let probs = score(&enc)?;
+            sink.write(&batch, &probs)?;
+        }
+        return sink.finish(input, output);
+    }
+    // Three stages on three threads: read + encode, score (here), build + write. Bounded
+    // channels keep at most two batches in flight on each side.
+    std::thread::scope(|scope| {
+        let (to_score, scored_in) =
+            std::sync::mpsc::sync_channel::<Result<(RecordBatch, EncodedBatch)>>(2);
+        scope.spawn(move || {
+            // Built on this thread: the reader is not `Send`.
+            for item in encoded() {
+                if to_score.send(item).is_err() {
+                    break;
+                }
+            }
+        });
+        let (to_write, write_in) = std::sync::mpsc::sync_channel::<WriteMsg>(2);
+        let writer = scope.spawn(move || -> Result<u64> {
+            for msg in write_in {
+                match msg {
+                    WriteMsg::Batch(batch, probs) => sink.write(&batch, &probs)?,
+                    // Only an explicit end completes the part: a scoring failure drops the
+                    // channel without it, and the temporary file is never renamed.
+                    WriteMsg::Done => return sink.finish(input, output),
+                }
+            }
+            Err(CtrError::Data(format!(
+                "scoring {} stopped before its end",
+                input.display()
+            )))
+        });
+        let scored: Result<()> = (|| {
+            for item in scored_in {
+                let (batch, enc) = item?;
+                let probs = score(&enc)?;
+                if to_write.send(WriteMsg::Batch(batch, probs)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        if scored.is_ok() {
+            let _ = to_write.send(WriteMsg::Done);
+        }
+        drop(to_write);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(CtrError::Data("the part writer panicked".into())));
+        scored?;
+        written
+    })
+}
+
+enum WriteMsg {
+    Batch(RecordBatch, Vec<f32>),
+    Done,
+}
+
+/// Builds the output batches (id columns and one score column per task) and writes them to
+/// the part's temporary file; `finish` renames it into place.
+struct PartWriter<'a> {
+    tmp: PathBuf,
+    writer: Option<ArrowWriter<File>>,
+    rows: u64,
+    id_columns: &'a [String],
+    score_columns: &'a [String],
+    tasks: usize,
+}
+
+impl PartWriter<'_> {
+    fn write(&mut self, batch: &RecordBatch, probs: &[f32]) -> Result<()> {
+        let schema = output_schema(&batch.schema(), self.id_columns, self.score_columns)?;
         let mut columns: Vec<ArrayRef> = Vec::new();
-        for id in &processor.spec.id_columns {
+        for id in self.id_columns {
             columns.push(
                 batch
                     .column_by_name(id)
@@ -184,33 +277,39 @@ fn score_part(
                     .ok_or_else(|| CtrError::Data(format!("no id column {id}")))?,
             );
         }
+        let tasks = self.tasks;
         for t in 0..tasks {
             columns.push(Arc::new(Float32Array::from_iter_values(
                 (0..batch.num_rows()).map(|r| probs[r * tasks + t]),
             )));
         }
         let out = RecordBatch::try_new(schema.clone(), columns)?;
-        if writer.is_none() {
-            let file = File::create(&tmp).map_err(CtrError::io(&tmp))?;
+        if self.writer.is_none() {
+            let file = File::create(&self.tmp).map_err(CtrError::io(&self.tmp))?;
             let props = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
                 .build();
-            writer = Some(
-                ArrowWriter::try_new(file, schema, Some(props)).map_err(CtrError::parquet(&tmp))?,
+            self.writer = Some(
+                ArrowWriter::try_new(file, schema, Some(props))
+                    .map_err(CtrError::parquet(&self.tmp))?,
             );
         }
-        if let Some(w) = writer.as_mut() {
-            w.write(&out).map_err(CtrError::parquet(&tmp))?;
+        if let Some(w) = self.writer.as_mut() {
+            w.write(&out).map_err(CtrError::parquet(&self.tmp))?;
         }
-        rows += batch.num_rows() as u64;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
     }
-    let Some(w) = writer else {
-        return Err(CtrError::Data(format!("{} has no rows", input.display())));
-    };
-    let file = w.into_inner().map_err(CtrError::parquet(&tmp))?;
-    file.sync_all().map_err(CtrError::io(&tmp))?;
-    std::fs::rename(&tmp, output).map_err(CtrError::io(output))?;
-    Ok(rows)
+
+    fn finish(self, input: &Path, output: &Path) -> Result<u64> {
+        let Some(w) = self.writer else {
+            return Err(CtrError::Data(format!("{} has no rows", input.display())));
+        };
+        let file = w.into_inner().map_err(CtrError::parquet(&self.tmp))?;
+        file.sync_all().map_err(CtrError::io(&self.tmp))?;
+        std::fs::rename(&self.tmp, output).map_err(CtrError::io(output))?;
+        Ok(self.rows)
+    }
 }
 
 /// Input files (path, size, mtime) and the model file (size, mtime).
@@ -342,6 +441,7 @@ pub fn infer(opts: &InferOptions, observer: &dyn InferObserver) -> Result<InferO
                             opts.batch_size.max(1),
                             device,
                             score_columns,
+                            opts.pipelined,
                         )?;
                         rows_computed.fetch_add(rows, Ordering::SeqCst);
                         let done = computed.fetch_add(1, Ordering::SeqCst) + 1;

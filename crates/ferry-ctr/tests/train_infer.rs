@@ -223,6 +223,7 @@ fn deepfm_learns_resumes_exactly_and_scores_parts_with_resume() {
         batch_size: 300,
         devices: vec![device.clone()],
         stop_after_parts: Some(2),
+        pipelined: true,
     };
     let partial = infer(&iopts, &()).expect("infer part");
     assert_eq!((partial.parts_total, partial.parts_computed), (4, 2));
