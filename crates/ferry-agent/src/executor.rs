@@ -67,7 +67,7 @@ pub struct JobContext {
     pub work_dir: PathBuf,
     pub(crate) cancel: CancellationToken,
     pub(crate) events: mpsc::UnboundedSender<v1::AgentMessage>,
-    pub(crate) chunk_log: crate::runtime::ChunkLog,
+    pub(crate) record: crate::runtime::JobRecord,
 }
 
 impl JobContext {
@@ -110,30 +110,43 @@ impl JobContext {
 
     /// Persists `data` in the step's `checkpoint_data`; a retry or resume receives it back.
     pub fn save_checkpoint(&self, data: &serde_json::Value) {
+        if let Ok(mut r) = self.record.lock() {
+            r.checkpoint = Some(data.to_string());
+        }
         self.emit(job_event::Event::Checkpoint(v1::JobCheckpoint {
             data_json: data.to_string(),
         }));
     }
 
     pub fn progress(&self, data: &serde_json::Value) {
+        if let Ok(mut r) = self.record.lock() {
+            r.progress = Some(data.to_string());
+        }
         self.emit(job_event::Event::Progress(v1::JobProgress {
             data_json: data.to_string(),
         }));
     }
 
     pub fn metric(&self, name: &str, value: f64, index: i64) {
-        self.emit(job_event::Event::Metric(v1::JobMetric {
+        let metric = v1::JobMetric {
             name: name.to_owned(),
             value,
             index,
-        }));
+        };
+        if let Ok(mut r) = self.record.lock() {
+            if r.metrics.len() >= crate::runtime::MAX_KEPT_METRICS {
+                r.metrics.remove(0);
+            }
+            r.metrics.push(metric.clone());
+        }
+        self.emit(job_event::Event::Metric(metric));
     }
 
     /// Reports state changes of transfer chunks (recorded in `transfer_chunks`).
     pub fn chunks(&self, chunks: Vec<v1::ChunkState>) {
-        if let Ok(mut log) = self.chunk_log.lock() {
+        if let Ok(mut r) = self.record.lock() {
             for c in &chunks {
-                log.insert(c.chunk_id.clone(), c.clone());
+                r.chunks.insert(c.chunk_id.clone(), c.clone());
             }
         }
         self.emit(job_event::Event::Chunks(v1::JobChunks { chunks }));

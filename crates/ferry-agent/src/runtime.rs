@@ -69,12 +69,25 @@ struct Job {
     error: String,
     class: ErrorClass,
     cancel: CancellationToken,
-    /// Latest state per transfer chunk, re-reported at every registration.
-    chunks: ChunkLog,
+    /// What the job reported that must survive a coordinator going down: re-sent at every
+    /// registration.
+    record: JobRecord,
 }
 
-/// chunk id → its latest state, shared by a job and its context.
-pub(crate) type ChunkLog = Arc<Mutex<BTreeMap<String, v1::ChunkState>>>;
+/// A job's chunk states (latest per chunk), metrics, and latest checkpoint and progress;
+/// shared by a job and its context.
+pub(crate) type JobRecord = Arc<Mutex<Reported>>;
+
+#[derive(Default)]
+pub(crate) struct Reported {
+    pub(crate) chunks: BTreeMap<String, v1::ChunkState>,
+    pub(crate) metrics: Vec<v1::JobMetric>,
+    pub(crate) checkpoint: Option<String>,
+    pub(crate) progress: Option<String>,
+}
+
+/// Metrics kept per job for re-reporting (a job reporting more keeps its latest ones).
+pub(crate) const MAX_KEPT_METRICS: usize = 10_000;
 
 struct Shared {
     settings: AgentSettings,
@@ -123,11 +136,16 @@ impl Shared {
                 state: job_state_to_wire(j.state) as i32,
                 error: j.error.clone(),
                 error_class: error_class_to_wire(j.class) as i32,
-                chunks: j
-                    .chunks
+                ..j.record
                     .lock()
-                    .map(|c| c.values().cloned().collect())
-                    .unwrap_or_default(),
+                    .map(|r| v1::JobReport {
+                        chunks: r.chunks.values().cloned().collect(),
+                        metrics: r.metrics.clone(),
+                        checkpoint_json: r.checkpoint.clone().unwrap_or_default(),
+                        progress_json: r.progress.clone().unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .unwrap_or_default()
             })
             .collect();
         v1::AgentMessage {
@@ -381,7 +399,7 @@ fn create_job(shared: &Shared, c: v1::CreateJob) -> v1::AgentMessage {
             error: String::new(),
             class: ErrorClass::Transient,
             cancel: CancellationToken::new(),
-            chunks: ChunkLog::default(),
+            record: JobRecord::default(),
         },
     );
     answer(job_id, String::new())
@@ -420,7 +438,7 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
             work_dir: shared.settings.work_dir.clone(),
             cancel: job.cancel.clone(),
             events: shared.events.clone(),
-            chunk_log: job.chunks.clone(),
+            record: job.record.clone(),
         };
         (ctx, executor)
     };

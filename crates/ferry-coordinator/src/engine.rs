@@ -489,13 +489,30 @@ impl Engine {
             };
             reported.insert(key);
             self.jobs.insert(r.job_id.clone(), key);
-            // Chunk progress the previous coordinator may have received but not committed.
-            if !r.chunks.is_empty() {
-                let step_name = self.step(key).row.step_name.clone();
-                let now = Utc::now();
-                for ch in std::mem::take(&mut r.chunks) {
-                    self.new_chunks.push(chunk_row(key.0, &step_name, ch, now));
-                }
+            // Chunk progress, metrics, checkpoint and progress the previous coordinator (or
+            // a broken stream) may have lost. Chunks are upserted; a metric may be stored
+            // twice, which readers tolerate (they key metrics by name and index).
+            let step_name = self.step(key).row.step_name.clone();
+            let now = Utc::now();
+            for ch in std::mem::take(&mut r.chunks) {
+                self.new_chunks.push(chunk_row(key.0, &step_name, ch, now));
+            }
+            for m in std::mem::take(&mut r.metrics) {
+                self.settings
+                    .observer
+                    .on_step_metric(key.0, &step_name, &m.name, m.value);
+                self.new_metrics.push(ferry_store::new_metric(
+                    key.0, &step_name, &m.name, m.value, m.index, now,
+                ));
+            }
+            if !r.checkpoint_json.is_empty() {
+                self.step_mut(key).row.checkpoint_data =
+                    Some(std::mem::take(&mut r.checkpoint_json));
+                self.dirty_steps.insert(key);
+            }
+            if !r.progress_json.is_empty() {
+                self.step_mut(key).row.progress = Some(std::mem::take(&mut r.progress_json));
+                self.dirty_steps.insert(key);
             }
             {
                 let step = &mut self.step_mut(key).row;
