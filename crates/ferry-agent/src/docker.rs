@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
+use crate::exec::{MAX_LINE, sleep_opt};
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
 use crate::jobio;
 
@@ -31,7 +32,6 @@ use crate::jobio;
 const API: &str = "/v1.41";
 /// Seconds a cancelled container gets between SIGTERM and SIGKILL.
 const STOP_GRACE_SECS: u64 = 5;
-const MAX_LINE: usize = 64 * 1024;
 /// How long the output and input streams get to end once the container has.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(60);
 
@@ -451,13 +451,6 @@ async fn supervise(
         End::Exited(code) => Err(JobError::transient(format!(
             "container {name} exited with code {code}"
         ))),
-    }
-}
-
-async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
     }
 }
 

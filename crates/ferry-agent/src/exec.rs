@@ -25,7 +25,7 @@ use ferry_transfer::transfer::human_bytes;
 /// How long a cancelled program gets between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 /// Longer output lines are cut, so one runaway line cannot flood the coordinator.
-const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 pub struct ExecExecutor;
 
@@ -195,7 +195,8 @@ async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
     }
 }
 
-async fn sleep_opt(d: Option<Duration>) {
+/// Sleeps for `d`, or forever when there is no limit.
+pub(crate) async fn sleep_opt(d: Option<Duration>) {
     match d {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,

@@ -35,7 +35,7 @@ fn ts_opt(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map(ts).unwrap_or_default()
 }
 
-fn store_err(e: ferry_store::StoreError) -> Status {
+pub(crate) fn store_err(e: ferry_store::StoreError) -> Status {
     Status::from(EngineError::Store(e))
 }
 

@@ -489,37 +489,41 @@ impl Engine {
             };
             reported.insert(key);
             self.jobs.insert(r.job_id.clone(), key);
-            // Chunk progress, metrics, checkpoint and progress the previous coordinator (or
-            // a broken stream) may have lost. Chunks are upserted; a metric may be stored
-            // twice, which readers tolerate (they key metrics by name and index).
-            let step_name = self.step(key).row.step_name.clone();
-            let now = Utc::now();
-            for ch in std::mem::take(&mut r.chunks) {
-                self.new_chunks.push(chunk_row(key.0, &step_name, ch, now));
-            }
-            for m in std::mem::take(&mut r.metrics) {
-                self.settings
-                    .observer
-                    .on_step_metric(key.0, &step_name, &m.name, m.value);
-                self.new_metrics.push(ferry_store::new_metric(
-                    key.0, &step_name, &m.name, m.value, m.index, now,
-                ));
-            }
-            if !r.checkpoint_json.is_empty() {
-                self.step_mut(key).row.checkpoint_data =
-                    Some(std::mem::take(&mut r.checkpoint_json));
-                self.dirty_steps.insert(key);
-            }
-            if !r.progress_json.is_empty() {
-                self.step_mut(key).row.progress = Some(std::mem::take(&mut r.progress_json));
-                self.dirty_steps.insert(key);
-            }
             {
                 let step = &mut self.step_mut(key).row;
                 if step.job_id.as_deref() != Some(r.job_id.as_str()) {
                     step.job_id = Some(r.job_id.clone());
                     self.dirty_steps.insert(key);
                 }
+            }
+            // What the previous coordinator (or a broken stream) may have lost, applied as the
+            // live events it repeats: chunk rows are upserted; a metric may be stored twice,
+            // which readers tolerate (they key metrics by name and index).
+            let mut replay = Vec::new();
+            if !r.chunks.is_empty() {
+                replay.push(job_event::Event::Chunks(v1::JobChunks {
+                    chunks: std::mem::take(&mut r.chunks),
+                }));
+            }
+            replay.extend(r.metrics.drain(..).map(job_event::Event::Metric));
+            if !r.checkpoint_json.is_empty() {
+                replay.push(job_event::Event::Checkpoint(v1::JobCheckpoint {
+                    data_json: std::mem::take(&mut r.checkpoint_json),
+                }));
+            }
+            if !r.progress_json.is_empty() {
+                replay.push(job_event::Event::Progress(v1::JobProgress {
+                    data_json: std::mem::take(&mut r.progress_json),
+                }));
+            }
+            for event in replay {
+                self.job_event(
+                    agent,
+                    v1::JobEvent {
+                        job_id: r.job_id.clone(),
+                        event: Some(event),
+                    },
+                );
             }
             match state {
                 Some(JobState::Idle) | Some(JobState::Ready) | None => {

@@ -10,12 +10,8 @@ use ferry_proto::v1;
 use ferry_store::{Store, workflow_graph};
 use tonic::{Response, Status};
 
-use crate::api::{WorkflowApi, task_to_wire, ts, workflow_to_wire};
+use crate::api::{WorkflowApi, store_err, task_to_wire, ts, workflow_to_wire};
 use crate::engine::{ApiRequest, merge_patch};
-
-fn store_err(e: ferry_store::StoreError) -> Status {
-    Status::from(crate::error::EngineError::Store(e))
-}
 
 pub fn graph_to_wire(row: &workflow_graph::Model) -> Result<v1::Graph, Status> {
     let graph = Store::graph_of(row).map_err(store_err)?;
@@ -81,7 +77,8 @@ impl WorkflowApi {
                 graph.name, r.name
             )));
         }
-        if !valid_graph_name(&r.name) {
+        // A graph builds into the workflow of the same name.
+        if !ferry_core::workflow::is_valid_workflow_name(&r.name) {
             return Err(Status::invalid_argument(format!(
                 "graph name `{}` must be 1-100 letters, digits, '_', '-' or '.'",
                 r.name
@@ -300,11 +297,4 @@ impl WorkflowApi {
 
 fn missing_node(node: &str, graph: &str) -> Status {
     Status::not_found(format!("graph `{graph}` has no node `{node}`"))
-}
-
-fn valid_graph_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 100
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }

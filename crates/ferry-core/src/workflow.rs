@@ -144,6 +144,11 @@ pub struct InvalidWorkflow {
     pub problems: Vec<ValidationError>,
 }
 
+/// What a workflow name may be: 1-100 letters, digits, '_', '-' or '.'.
+pub fn is_valid_workflow_name(s: &str) -> bool {
+    valid_name(s, 100, &['.'])
+}
+
 /// What a step name may be: 1-50 letters, digits, '_' or '-'.
 pub fn is_valid_step_name(s: &str) -> bool {
     valid_name(s, 50, &[])
@@ -170,7 +175,7 @@ impl WorkflowDef {
     /// unique names, inputs that exist, no cycles.
     pub fn validate(&self) -> Result<(), InvalidWorkflow> {
         let mut problems = Vec::new();
-        if !valid_name(&self.name, 100, &['.']) {
+        if !is_valid_workflow_name(&self.name) {
             problems.push(ValidationError::BadWorkflowName(self.name.clone()));
         }
         if self.steps.is_empty() {
