@@ -1,9 +1,13 @@
-//! `cargo xtask bench ctr`: Ferry's CTR training and inference figures (release build, CPU)
-//! beside FuxiCTR's figures from the reference file, marked as such: they were taken on an idle
-//! machine, so only an idle run of this benchmark is comparable with them. (Running FuxiCTR in
-//! the same invocation, on the same files, is the next step; see docs/decisions.md.)
+//! `cargo xtask bench ctr`: Ferry's CTR training and inference figures (release build, CPU).
+//!
+//! - `--baseline fuxictr`: FuxiCTR (PyTorch) runs in the same invocation on the same files: the
+//!   FuxiCTR harness generates the data, then for each model Ferry and FuxiCTR train and score
+//!   it back to back, and the table shows their ratio. Needs a Python with `torch` and
+//!   `fuxictr`, the harness's scripts and FuxiCTR's `model_zoo/` (docs/operations.md).
+//! - Without it: Ferry on the generated sample campaign data, beside FuxiCTR's figures from the
+//!   reference file, marked as such (taken on an idle machine at another time).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -15,6 +19,18 @@ pub struct Options {
     /// Comma list of models.
     #[arg(long, default_value = "deepfm,mmoe")]
     models: String,
+    /// `fuxictr`: run FuxiCTR beside Ferry on the same files, in this run.
+    #[arg(long, value_parser = ["fuxictr"])]
+    baseline: Option<String>,
+    /// The Python that has `torch` and `fuxictr` installed.
+    #[arg(long, env = "FERRY_FUXICTR_PYTHON", default_value = "python3")]
+    fuxictr_python: PathBuf,
+    /// The folder with the harness's `gen_data.py` and `run_bench.py`.
+    #[arg(long, env = "FERRY_FUXICTR_HARNESS")]
+    fuxictr_harness: Option<PathBuf>,
+    /// FuxiCTR's `model_zoo/` folder (its DeepFM and MMoE classes are not in the wheel).
+    #[arg(long, env = "FERRY_FUXICTR_MODEL_ZOO")]
+    fuxictr_model_zoo: Option<PathBuf>,
 }
 
 /// fuxictr-reference.md (FuxiCTR 2.3.10, PyTorch CPU, 2 threads, idle 2-core machine).
@@ -46,73 +62,120 @@ const REFERENCE: &[Reference] = &[
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let work: PathBuf =
         std::env::temp_dir().join(format!("ferry-bench-ctr-{}", std::process::id()));
-    let json_path = work.join("figures.json");
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
-    let rows = opts.rows.to_string();
-    let dir = work.display().to_string();
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "ferry-ctr",
-                "--example",
-                "ctr_bench",
-                "--",
-                &rows,
-                &dir,
-                &opts.models,
-            ])
-            .env("FERRY_BENCH_JSON", &json_path)
-            .current_dir(crate::workspace_root())
-            .status()
-            .context("cannot run cargo")?;
+    let result = match opts.baseline.as_deref() {
+        Some("fuxictr") => side_by_side(&opts, &work),
+        _ => against_reference(&opts, &work),
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Runs the `ctr_bench` example (release build) and returns its JSON figures.
+fn ferry_bench(
+    rows: usize,
+    models: &str,
+    work: &Path,
+    data: Option<&Path>,
+) -> anyhow::Result<serde_json::Value> {
+    let json_path = work.join(format!("ferry-{}.json", models.replace(',', "-")));
+    let dir = work.join("ferry");
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "ferry-ctr",
+        "--example",
+        "ctr_bench",
+        "--",
+    ])
+    .arg(rows.to_string())
+    .arg(&dir)
+    .arg(models)
+    .env("FERRY_BENCH_JSON", &json_path)
+    .current_dir(crate::workspace_root());
+    if let Some(data) = data {
+        cmd.env("FERRY_BENCH_DATA", data);
+    }
+    let status = cmd.status().context("cannot run cargo")?;
     if !status.success() {
-        let _ = std::fs::remove_dir_all(&work);
         anyhow::bail!("the CTR benchmark failed ({status})");
     }
-    let figures: serde_json::Value = serde_json::from_slice(
+    let figures = serde_json::from_slice(
         &std::fs::read(&json_path).with_context(|| format!("read {}", json_path.display()))?,
     )?;
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(figures)
+}
 
-    println!(
-        "\nFerry (this run) vs FuxiCTR (reference file, idle machine; not measured in this run):"
-    );
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn print_header(baseline: &str) {
     println!(
         "{:<8} {:>14} {:>14} {:>7} | {:>14} {:>14} {:>7} | {:>14} {:>14} {:>7}",
         "model",
         "train/s Ferry",
-        "FuxiCTR",
+        baseline,
         "ratio",
         "infer/s Ferry",
-        "FuxiCTR",
+        baseline,
         "ratio",
         "fwd/s Ferry",
-        "FuxiCTR",
+        baseline,
         "ratio"
     );
+}
+
+fn print_row(model: &str, ferry: [f64; 3], baseline: [f64; 3]) {
+    let [t, p, f] = ferry;
+    let [bt, bp, bf] = baseline;
+    println!(
+        "{model:<8} {t:>14.0} {bt:>14.0} {:>7} | {p:>14.0} {bp:>14.0} {:>7} | {f:>14.0} {bf:>14.0} {:>7}",
+        ratio(t, bt),
+        ratio(p, bp),
+        ratio(f, bf),
+    );
+}
+
+fn ferry_figures(r: &serde_json::Value) -> [f64; 3] {
+    let get = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    [
+        get("train_samples_per_s"),
+        get("predict_rows_per_s"),
+        get("forward_only_rows_per_s"),
+    ]
+}
+
+/// Ferry on the sample campaign data beside the reference file's FuxiCTR figures.
+fn against_reference(opts: &Options, work: &Path) -> anyhow::Result<()> {
+    let figures = ferry_bench(opts.rows, &opts.models, work, None)?;
+    println!(
+        "\nFerry (this run) vs FuxiCTR (reference file, idle machine; not measured in this run; \
+         `--baseline fuxictr` measures it in the same run):"
+    );
+    print_header("FuxiCTR");
     for r in figures["results"].as_array().into_iter().flatten() {
         let model = r["model"].as_str().unwrap_or("?");
         let Some(reference) = REFERENCE.iter().find(|x| x.model == model) else {
             continue;
         };
-        let get = |k: &str| r[k].as_f64().unwrap_or(0.0);
-        let (t, p, f) = (
-            get("train_samples_per_s"),
-            get("predict_rows_per_s"),
-            get("forward_only_rows_per_s"),
-        );
-        println!(
-            "{model:<8} {t:>14.0} {:>14.0} {:>6.2}x | {p:>14.0} {:>14.0} {:>6.2}x | {f:>14.0} {:>14.0} {:>6.2}x",
-            reference.train_samples_per_s,
-            t / reference.train_samples_per_s,
-            reference.predict_rows_per_s,
-            p / reference.predict_rows_per_s,
-            reference.forward_only_rows_per_s,
-            f / reference.forward_only_rows_per_s,
+        print_row(
+            model,
+            ferry_figures(r),
+            [
+                reference.train_samples_per_s,
+                reference.predict_rows_per_s,
+                reference.forward_only_rows_per_s,
+            ],
         );
         println!(
             "         validation AUC Ferry {} (sample campaign data) | FuxiCTR {} (its gen_data.py data)",
@@ -124,5 +187,139 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         figures["peak_rss_mb"].as_f64().unwrap_or(0.0),
         figures["rows"]
     );
+    Ok(())
+}
+
+/// FuxiCTR and Ferry on the same generated files, model by model, back to back.
+fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
+    let python = &opts.fuxictr_python;
+    let harness = opts.fuxictr_harness.as_deref().context(
+        "--baseline fuxictr needs --fuxictr-harness DIR (or FERRY_FUXICTR_HARNESS): the folder \
+         with the FuxiCTR harness's gen_data.py and run_bench.py",
+    )?;
+    let zoo = opts.fuxictr_model_zoo.as_deref().context(
+        "--baseline fuxictr needs --fuxictr-model-zoo DIR (or FERRY_FUXICTR_MODEL_ZOO): \
+         FuxiCTR's model_zoo/ folder from its source repository",
+    )?;
+    for script in ["gen_data.py", "run_bench.py"] {
+        anyhow::ensure!(
+            harness.join(script).is_file(),
+            "{} has no {script}",
+            harness.display()
+        );
+    }
+    let probe = std::process::Command::new(python)
+        .args(["-c", "import torch, fuxictr"])
+        .status()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    anyhow::ensure!(
+        probe.success(),
+        "{} cannot import torch and fuxictr; install them with \
+         `python3 -m venv VENV && VENV/bin/pip install torch fuxictr==2.3.10` and pass \
+         --fuxictr-python VENV/bin/python",
+        python.display()
+    );
+
+    let data = work.join("synth");
+    let t = std::time::Instant::now();
+    let status = std::process::Command::new(python)
+        .arg(harness.join("gen_data.py"))
+        .arg("--out")
+        .arg(&data)
+        .args(["--rows", &opts.rows.to_string(), "--seed", "2024"])
+        .args(["--format", "parquet"])
+        .status()
+        .context("cannot run gen_data.py")?;
+    anyhow::ensure!(status.success(), "gen_data.py failed ({status})");
+    println!(
+        "generated {} training rows with the harness in {:.1}s",
+        opts.rows,
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut rows = Vec::new();
+    for model in opts
+        .models
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        println!("\n== {model}: Ferry ==");
+        let ferry = ferry_bench(opts.rows, model, work, Some(&data))?;
+        println!("\n== {model}: FuxiCTR ==");
+        let out = work.join(format!("fuxictr-{model}.json"));
+        // FuxiCTR logs every Ray step: keep its log aside and show its end if it fails.
+        let log_path = work.join(format!("fuxictr-{model}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("create {}", log_path.display()))?;
+        let t = std::time::Instant::now();
+        let status = std::process::Command::new(python)
+            .arg(harness.join("run_bench.py"))
+            .args(["--model", model, "--format", "parquet"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--model-zoo")
+            .arg(zoo)
+            .arg("--data-root")
+            .arg(work.join("fuxictr-data"))
+            .arg("--model-root")
+            .arg(work.join("fuxictr-models"))
+            .arg("--out-json")
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .status()
+            .context("cannot run run_bench.py")?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            anyhow::bail!("FuxiCTR's run_bench.py failed ({status})");
+        }
+        let fuxi: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&out).with_context(|| format!("read {}", out.display()))?,
+        )?;
+        println!(
+            "{model}: FuxiCTR took {:.0}s; training {:.0} samples/s, inference {:.0} rows/s",
+            t.elapsed().as_secs_f64(),
+            fuxi["train_samples_per_s"].as_f64().unwrap_or(0.0),
+            fuxi["predict_rows_per_s"].as_f64().unwrap_or(0.0)
+        );
+        let r = ferry["results"]
+            .as_array()
+            .and_then(|a| a.first())
+            .cloned()
+            .context("the Ferry benchmark reported no model")?;
+        rows.push((model.to_owned(), r, ferry["peak_rss_mb"].clone(), fuxi));
+    }
+
+    println!(
+        "\nFerry vs FuxiCTR, same files ({} training rows), same run, back to back:",
+        opts.rows
+    );
+    print_header("FuxiCTR");
+    for (model, r, _, fuxi) in &rows {
+        let get = |k: &str| fuxi[k].as_f64().unwrap_or(0.0);
+        print_row(
+            model,
+            ferry_figures(r),
+            [
+                get("train_samples_per_s"),
+                get("predict_rows_per_s"),
+                get("forward_only_rows_per_s"),
+            ],
+        );
+    }
+    for (model, r, rss, fuxi) in &rows {
+        println!(
+            "{model}: validation AUC Ferry {} logloss {} | FuxiCTR {}; Ferry peak RSS {:.0} MB",
+            r["val_auc"],
+            r["val_logloss"],
+            fuxi["valid_metrics"],
+            rss.as_f64().unwrap_or(0.0)
+        );
+    }
     Ok(())
 }

@@ -5,8 +5,13 @@
 //!
 //! Usage: `ctr_bench ROWS WORKDIR [MODELS]` with MODELS a comma list of `deepfm,mmoe`.
 //! With `FERRY_BENCH_JSON=FILE` the figures are also written as JSON.
+//!
+//! With `FERRY_BENCH_DATA=DIR`, a folder of `train.parquet`, `valid.parquet` and `test.parquet`
+//! (the FuxiCTR baseline harness's generated data, columns `click, conversion, I1..I13,
+//! C1..C26`), it trains on those splits and scores `test.parquet` instead of generating the
+//! sample campaign data, so both sides of a side-by-side run see the same rows.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ferry_ctr::dataset::{EncodedBatches, PrepareOptions, prepare_dataset};
@@ -17,6 +22,10 @@ use ferry_ctr::train::{TrainOptions, load_trained, train};
 use ferry_ctr::{FeatureSpec, ModelConfig, ModelKind};
 use ferry_sampledata::{SampleSpec, generate};
 
+/// The allocator of the training and inference daemons (see the workspace manifest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -26,6 +35,30 @@ fn peak_rss_mb() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Puts each of the harness's split files in a folder of its own (hard links, else copies),
+/// since the dataset preparation and inference read every Parquet file under a folder.
+type Splits = (PathBuf, Option<PathBuf>, PathBuf);
+fn split_folders(data: &Path, work: &Path) -> Result<Splits, Box<dyn std::error::Error>> {
+    let mut dirs = Vec::new();
+    for split in ["train", "valid", "test"] {
+        let from = data.join(format!("{split}.parquet"));
+        if !from.is_file() {
+            return Err(format!("FERRY_BENCH_DATA: {} is missing", from.display()).into());
+        }
+        let dir = work.join("given").join(split);
+        std::fs::create_dir_all(&dir)?;
+        let to = dir.join(format!("{split}.parquet"));
+        if !to.exists() && std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)?;
+        }
+        dirs.push(dir);
+    }
+    let test = dirs.pop().ok_or("no test folder")?;
+    let valid = dirs.pop();
+    let train = dirs.pop().ok_or("no train folder")?;
+    Ok((train, valid, test))
 }
 
 fn config(kind: ModelKind) -> ModelConfig {
@@ -57,18 +90,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let device = Device::flex();
 
-    let t = Instant::now();
-    let mut spec = SampleSpec::new(rows, 2024);
-    spec.infer_rows = (rows / 10).max(1);
-    spec.rows_per_part = 100_000;
-    let tables = generate(&work.join("warehouse"), &spec)?;
-    println!(
-        "generated {rows} training rows and {} inference rows in {:.1}s",
-        spec.infer_rows,
-        t.elapsed().as_secs_f64()
-    );
-    let sample_dir = &tables[0].dir;
-    let infer_dir = &tables[1].dir;
+    let given = std::env::var_os("FERRY_BENCH_DATA").map(std::path::PathBuf::from);
+    let (sample_dir, valid_dir, infer_dir) = match &given {
+        Some(dir) => split_folders(dir, &work)?,
+        None => {
+            let t = Instant::now();
+            let mut spec = SampleSpec::new(rows, 2024);
+            spec.infer_rows = (rows / 10).max(1);
+            spec.rows_per_part = 100_000;
+            let tables = generate(&work.join("warehouse"), &spec)?;
+            println!(
+                "generated {rows} training rows and {} inference rows in {:.1}s",
+                spec.infer_rows,
+                t.elapsed().as_secs_f64()
+            );
+            (tables[0].dir.clone(), None, tables[1].dir.clone())
+        }
+    };
+    let (sample_dir, infer_dir) = (&sample_dir, &infer_dir);
 
     let mut results = Vec::new();
     for kind in models {
@@ -80,12 +119,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let data_dir = work.join(format!("data/{kind:?}"));
         let model_dir = work.join(format!("models/{kind:?}"));
         let t = Instant::now();
+        let mut feature_spec = FeatureSpec::campaign(labels);
+        if given.is_some() {
+            // The harness's files carry no id columns.
+            feature_spec.id_columns.clear();
+        }
         let (processor, dataset) = prepare_dataset(
             sample_dir,
             &data_dir,
             "campaign",
-            &FeatureSpec::campaign(labels),
-            &PrepareOptions::default(),
+            &feature_spec,
+            &PrepareOptions {
+                valid_dir: valid_dir.clone(),
+                ..PrepareOptions::default()
+            },
         )?;
         let prep_secs = t.elapsed().as_secs_f64();
         let features: usize = processor.vocab_sizes().iter().sum();

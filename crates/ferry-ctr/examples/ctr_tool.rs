@@ -15,6 +15,10 @@ use ferry_ctr::infer::{InferOptions, infer};
 use ferry_ctr::train::{TrainOptions, train};
 use ferry_ctr::{FeatureSpec, ModelConfig};
 
+/// The allocator of the training and inference daemons (see the workspace manifest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args

@@ -32,6 +32,10 @@ pub struct PrepareOptions {
     pub seed: u64,
     pub rows_per_part: usize,
     pub read_batch_rows: usize,
+    /// Validation rows from these files instead of split off the input (FuxiCTR's
+    /// `valid_data`): every row under `raw_dir` is then a training row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_dir: Option<PathBuf>,
 }
 
 impl Default for PrepareOptions {
@@ -41,6 +45,7 @@ impl Default for PrepareOptions {
             seed: 2024,
             rows_per_part: 100_000,
             read_batch_rows: 65_536,
+            valid_dir: None,
         }
     }
 }
@@ -71,7 +76,15 @@ fn source_fingerprint(
     let mut text =
         serde_json::json!({"spec": spec, "valid_ratio": opts.valid_ratio, "seed": opts.seed})
             .to_string();
-    for f in files {
+    // Only when set, so datasets prepared before the option existed keep their fingerprint.
+    let valid_files = match &opts.valid_dir {
+        Some(dir) => {
+            text.push_str(&format!("|valid_dir:{}", dir.display()));
+            parquet_files(dir)?
+        }
+        None => Vec::new(),
+    };
+    for f in files.iter().chain(&valid_files) {
         let m = std::fs::metadata(f).map_err(CtrError::io(f))?;
         let mtime = m
             .modified()
@@ -285,15 +298,35 @@ pub fn prepare_dataset(
             raw_dir.display()
         )));
     }
+    let valid_files = match &opts.valid_dir {
+        Some(dir) => {
+            let found = parquet_files(dir)?;
+            if found.is_empty() {
+                return Err(CtrError::Data(format!(
+                    "no Parquet files under the validation folder {}",
+                    dir.display()
+                )));
+            }
+            found
+        }
+        None => Vec::new(),
+    };
+    // Which rows of the input are validation rows: a hash split, or none when the validation
+    // rows come from their own files.
+    let split = |batch: &RecordBatch, offset: u64| -> Result<Vec<bool>> {
+        if opts.valid_dir.is_some() {
+            Ok(vec![false; batch.num_rows()])
+        } else {
+            valid_mask(batch, spec, opts, offset)
+        }
+    };
+
     // Pass 1: fit on the training split only.
     let mut fitter = FeatureFitter::new(spec.clone())?;
     let mut offset = 0u64;
     for batch in read_batches(&files, opts.read_batch_rows) {
         let batch = batch?;
-        let keep: Vec<bool> = valid_mask(&batch, spec, opts, offset)?
-            .into_iter()
-            .map(|v| !v)
-            .collect();
+        let keep: Vec<bool> = split(&batch, offset)?.into_iter().map(|v| !v).collect();
         fitter.observe(&batch, &keep)?;
         offset += batch.num_rows() as u64;
     }
@@ -306,12 +339,15 @@ pub fn prepare_dataset(
     let mut offset = 0u64;
     for batch in read_batches(&files, opts.read_batch_rows) {
         let batch = batch?;
-        let mask = valid_mask(&batch, spec, opts, offset)?;
+        let mask = split(&batch, offset)?;
         offset += batch.num_rows() as u64;
         let encoded = processor.encode(&batch, true)?;
         let (v, t): (Vec<usize>, Vec<usize>) = (0..encoded.rows).partition(|&r| mask[r]);
         train.push(encoded.permute(&t, spec))?;
         valid.push(encoded.permute(&v, spec))?;
+    }
+    for batch in read_batches(&valid_files, opts.read_batch_rows) {
+        valid.push(processor.encode(&batch?, true)?)?;
     }
     train.flush()?;
     valid.flush()?;

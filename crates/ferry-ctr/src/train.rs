@@ -668,7 +668,7 @@ fn run_epoch(
 }
 
 /// Adam with PyTorch's epsilon (burn's default is 1e-5), as FuxiCTR trains.
-fn new_optimizer() -> ModuleOptimizer {
+pub fn new_optimizer() -> ModuleOptimizer {
     AdamConfig::new().with_epsilon(1e-8).init()
 }
 

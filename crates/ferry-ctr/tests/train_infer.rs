@@ -147,6 +147,42 @@ fn the_dataset_directory_has_fuxictr_files_and_is_reused() {
     .expect("rebuild");
     assert_eq!(rebuilt.train_rows + rebuilt.valid_rows, 5_500);
     assert_ne!(rebuilt.source_fingerprint, f.dataset.source_fingerprint);
+
+    // Validation rows from their own files (FuxiCTR's valid_data): every input row trains,
+    // and the vocabulary is fitted on the training files only.
+    let held_out = f.root.join("raw_valid");
+    std::fs::create_dir_all(&held_out).expect("dir");
+    let all = ferry_ctr::dataset::parquet_files(&sample).expect("parts");
+    let last = all.last().expect("a part");
+    std::fs::copy(last, held_out.join("valid.parquet")).expect("copy");
+    let explicit_dir = f.root.join("data/explicit");
+    let (processor, explicit) = prepare_dataset(
+        &raw,
+        &explicit_dir,
+        "explicit",
+        &FeatureSpec::campaign(&["click"]),
+        &PrepareOptions {
+            valid_dir: Some(held_out.clone()),
+            ..PrepareOptions::default()
+        },
+    )
+    .expect("explicit split");
+    assert_eq!((explicit.train_rows, explicit.valid_rows), (5_500, 500));
+    assert!(processor.vocab_sizes().iter().sum::<usize>() > 0);
+    let empty = f.root.join("raw_empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let err = prepare_dataset(
+        &raw,
+        &f.root.join("data/no_valid"),
+        "no_valid",
+        &FeatureSpec::campaign(&["click"]),
+        &PrepareOptions {
+            valid_dir: Some(empty.clone()),
+            ..PrepareOptions::default()
+        },
+    )
+    .expect_err("an empty validation folder is refused");
+    assert!(err.to_string().contains("validation folder"), "{err}");
 }
 
 #[test]

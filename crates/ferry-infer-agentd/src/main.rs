@@ -9,6 +9,10 @@ use ferry_agent::daemon::AgentArgs;
 use ferry_agent_ctr::run_infer_agent;
 use ferry_core::config::FerryConfig;
 
+/// Batches allocate and free tensors of megabytes each; see the workspace manifest.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = AgentArgs::parse();
     let result = (|| -> anyhow::Result<()> {
