@@ -37,8 +37,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     cfg.batch_size = 4096;
     let device = Device::flex().autodiff();
     let mut model = CtrModel::new(&cfg, &shape, &device)?;
-    let mut optim = new_optimizer();
+    // FERRY_ADAM=burn: burn's own Adam, to compare with the fused one.
+    let mut optim = if std::env::var("FERRY_ADAM").is_ok_and(|v| v == "burn") {
+        burn::optim::AdamConfig::new().with_epsilon(1e-8).init()
+    } else {
+        new_optimizer()
+    };
     let mut rng = SplitMix64::new(7);
+    if std::env::var_os("FERRY_GEMM").is_some() {
+        use burn::tensor::{Tensor, TensorData};
+        let cpu = Device::flex();
+        for (m, k, n) in [
+            (4096, 624, 2048),
+            (4096, 624, 400),
+            (4096, 400, 400),
+            (624, 4096, 400),
+        ] {
+            let a = Tensor::<2>::from_data(TensorData::new(vec![0.5f32; m * k], [m, k]), &cpu);
+            let b = Tensor::<2>::from_data(TensorData::new(vec![0.25f32; k * n], [k, n]), &cpu);
+            let t = Instant::now();
+            for _ in 0..10 {
+                let _ = a.clone().matmul(b.clone()).into_data();
+            }
+            let s = t.elapsed().as_secs_f64() / 10.0;
+            println!(
+                "gemm {m}x{k}x{n}: {:.1} ms, {:.0} GFLOP/s",
+                s * 1e3,
+                2.0 * (m * k * n) as f64 / s / 1e9
+            );
+        }
+    }
     let rows = cfg.batch_size;
     let batches: Vec<EncodedBatch> = (0..4)
         .map(|_| EncodedBatch {

@@ -9,6 +9,7 @@ pub mod features;
 pub mod infer;
 pub mod metrics;
 pub mod model;
+pub mod optim;
 pub mod rng;
 pub mod tensorboard;
 pub mod train;

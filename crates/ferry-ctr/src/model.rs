@@ -570,20 +570,16 @@ impl CtrModel {
                 let e = m.embedding.forward(x);
                 let [b, f, d] = e.dims();
                 let x0 = e.reshape([b, f * d]);
-                // [B, E, H]
-                let experts = Tensor::stack::<3>(
-                    m.experts.iter().map(|ex| ex.forward(x0.clone())).collect(),
-                    1,
-                );
+                let experts = experts_forward(&m.experts, x0.clone()); // [E, B, H]
+                let [ne, _, h] = experts.dims();
                 let outs: Vec<Tensor<2>> = m
                     .gates
                     .iter()
                     .zip(&m.towers)
                     .map(|(gate, tower)| {
                         let g = softmax(gate.forward(x0.clone()), 1); // [B, E]
-                        let [_, ne] = g.dims();
-                        let mixed = (g.reshape([b, ne, 1]) * experts.clone()).sum_dim(1);
-                        let [_, _, h] = mixed.dims();
+                        let g = g.swap_dims(0, 1).reshape([ne, b, 1]);
+                        let mixed = (g * experts.clone()).sum_dim(0);
                         tower.forward(mixed.reshape([b, h]))
                     })
                     .collect();
@@ -596,6 +592,45 @@ impl CtrModel {
     pub fn predict(&self, x: &Inputs) -> Tensor<2> {
         sigmoid(self.forward(x))
     }
+}
+
+/// All experts at once, `[E, B, H]`: their first layers (which share the input) as one wide
+/// matrix product, every later layer as one batched product over the experts. Same parameters
+/// and same function as running each expert's `Mlp` in turn, in fewer and larger products,
+/// which is what keeps a CPU's cores busy (and backward gets one input gradient, not E to add).
+fn experts_forward(experts: &[Mlp], x0: Tensor<2>) -> Tensor<3> {
+    let [b, _] = x0.dims();
+    let ne = experts.len();
+    let uniform = experts.iter().all(|m| {
+        m.output.is_none()
+            && m.layers.len() == experts[0].layers.len()
+            && !m.layers.is_empty()
+            && m.layers.iter().all(|l| l.bias.is_some())
+    });
+    if !uniform {
+        // Not the shape `CtrModel::structure` builds; keep the plain definition.
+        return Tensor::stack::<3>(experts.iter().map(|ex| ex.forward(x0.clone())).collect(), 0);
+    }
+    let dropout = &experts[0].dropout;
+    let layer = |i: usize| experts.iter().map(move |m| &m.layers[i]);
+    let bias = |l: &Linear| l.bias.as_ref().map(|p| p.val());
+
+    // Layer 0: x0 [B, D] · [D, E·H1] + [E·H1], then [E, B, H1].
+    let w = Tensor::cat(layer(0).map(|l| l.weight.val()).collect(), 1);
+    let bias0 = Tensor::cat(layer(0).filter_map(bias).collect(), 0);
+    let [_, wide] = w.dims();
+    let h1 = wide / ne;
+    let z = x0.matmul(w) + bias0.reshape([1, wide]);
+    let mut x: Tensor<3> = dropout.forward(relu(z.reshape([b, ne, h1]).swap_dims(0, 1)));
+
+    // Later layers: [E, B, H] · [E, H, H'] + [E, 1, H'].
+    for i in 1..experts[0].layers.len() {
+        let w = Tensor::stack::<3>(layer(i).map(|l| l.weight.val()).collect(), 0);
+        let bias = Tensor::stack::<2>(layer(i).filter_map(bias).collect(), 0);
+        let [_, h] = bias.dims();
+        x = dropout.forward(relu(x.matmul(w) + bias.reshape([ne, 1, h])));
+    }
+    x
 }
 
 /// Re-initialises every float parameter from `(seed, parameter path)` alone: embedding tables
@@ -722,6 +757,40 @@ mod tests {
             }
             let m = CtrModel::new(&small(kind), &s, &device).expect("model");
             assert_eq!(m.forward(&x).dims(), [5, s.num_tasks], "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn all_experts_at_once_equal_each_expert_in_turn() {
+        let device = Device::flex();
+        let m = CtrModel::new(&small(ModelKind::MMoE), &shape(), &device).expect("model");
+        let CtrModel::Mmoe(m) = m else {
+            panic!("an MMoE")
+        };
+        let x0 = Tensor::<2>::from_data(
+            TensorData::new(
+                (0..5 * 20).map(|i| (i % 7) as f32 / 7.0 - 0.3).collect(),
+                [5, 20],
+            ),
+            &device,
+        );
+        let fused = experts_forward(&m.experts, x0.clone())
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32");
+        let each: Vec<f32> = m
+            .experts
+            .iter()
+            .flat_map(|ex| {
+                ex.forward(x0.clone())
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("f32")
+            })
+            .collect();
+        assert_eq!(fused.len(), each.len());
+        for (a, b) in fused.iter().zip(&each) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
     }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -667,9 +667,10 @@ fn run_epoch(
     Ok((model, loss_sum / batches.max(1) as f64, rows))
 }
 
-/// Adam with PyTorch's epsilon (burn's default is 1e-5), as FuxiCTR trains.
+/// Adam with PyTorch's epsilon (burn's default is 1e-5), as FuxiCTR trains; fused on the CPU
+/// (`crate::optim`).
 pub fn new_optimizer() -> ModuleOptimizer {
-    AdamConfig::new().with_epsilon(1e-8).init()
+    crate::optim::FusedAdam::init()
 }
 
 fn epoch_dir(ckpt: &Path, epoch: usize) -> PathBuf {
