@@ -174,10 +174,11 @@ impl Executor for TrainExecutor {
             ctx.info(format!("starting training on {}", describe(&devices)));
             if devices.len() > 1 {
                 ctx.info(format!(
-                    "{} devices selected; this release trains on the first one",
+                    "data-parallel over {} devices: each batch is split between them",
                     devices.len()
                 ));
             }
+            let replicas = devices[1..].to_vec();
             let mut prep = PrepareOptions::default();
             if let Some(r) = p.valid_ratio {
                 prep.valid_ratio = r;
@@ -203,7 +204,8 @@ impl Executor for TrainExecutor {
                     "training {:?} `{}` for {} epochs on {:?}...",
                     config.model, config.model_id, config.epochs, device
                 ));
-                let opts = TrainOptions::new(&data_dir, &model_dir, device);
+                let mut opts = TrainOptions::new(&data_dir, &model_dir, device);
+                opts.replicas = replicas;
                 let mut observer = JobTrainObserver {
                     ctx: ctx2.clone(),
                     last_progress: std::time::Instant::now(),

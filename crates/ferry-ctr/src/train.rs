@@ -18,14 +18,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{EncodedBatches, PreparedDataset};
 use crate::error::{CtrError, Result};
-use crate::features::{FeatureProcessor, write_atomic};
+use crate::features::{EncodedBatch, FeatureProcessor, write_atomic};
 use crate::metrics::{auc, logloss};
 use crate::model::{CtrModel, InputShape, Inputs, ModelConfig, bce_with_logits, label_tensor};
 use crate::tensorboard::EventWriter;
@@ -128,6 +128,12 @@ pub struct TrainOptions {
     /// `{data_root}/{dataset_id}` (prepared by [`crate::dataset::prepare_dataset`]).
     pub data_dir: PathBuf,
     pub device: Device,
+    /// Further devices for data-parallel training (several GPUs): each batch is split into
+    /// equal row ranges, one per device; each device computes its range's gradients on a copy
+    /// of the model, the gradients are summed on `device` in device order, and one optimizer
+    /// step updates the model there. The split and the order are fixed, so a resumed run
+    /// repeats an uninterrupted one.
+    pub replicas: Vec<Device>,
     /// Checkpoints kept besides the newest one.
     pub keep_checkpoints: usize,
     /// A batch loss above this multiple of the epoch's running mean counts as divergence.
@@ -149,6 +155,7 @@ impl TrainOptions {
             model_dir: model_dir.to_owned(),
             data_dir: data_dir.to_owned(),
             device,
+            replicas: Vec::new(),
             keep_checkpoints: 1,
             loss_spike_factor: 20.0,
             max_recoveries: 4,
@@ -624,6 +631,11 @@ fn run_epoch(
             ^ (state.rollbacks as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
     );
     device.seed(seed);
+    let replicas: Vec<Device> = opts.replicas.iter().map(|d| d.clone().autodiff()).collect();
+    for (i, d) in replicas.iter().enumerate() {
+        // Each device draws its own dropout stream, fixed by (seed, device index).
+        d.seed(crate::rng::SplitMix64::hash(seed ^ (i as u64 + 1)));
+    }
     let mut model = model.clone();
     let mut loss_sum = 0.0;
     let mut batches = 0usize;
@@ -639,10 +651,17 @@ fn run_epoch(
                 batch.rows
             )));
         }
-        let x = Inputs::new(&batch, shape, device).map_err(EpochFailure::Fatal)?;
-        let y = label_tensor(&batch, shape.num_tasks, device);
-        let loss = bce_with_logits(model.forward(&x), y);
-        let mut value = loss.clone().into_scalar::<f32>() as f64;
+        let (value, grads) = if replicas.is_empty() {
+            let x = Inputs::new(&batch, shape, device).map_err(EpochFailure::Fatal)?;
+            let y = label_tensor(&batch, shape.num_tasks, device);
+            let loss = bce_with_logits(model.forward(&x), y);
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            (value, GradientsParams::from_grads(loss.backward(), &model))
+        } else {
+            data_parallel_gradients(&model, &batch, processor, shape, device, &replicas)
+                .map_err(EpochFailure::Fatal)?
+        };
+        let mut value = value;
         if opts.simulate_nan_at == Some((epoch, batches)) && state.rollbacks == 0 {
             value = f64::NAN;
         }
@@ -657,7 +676,6 @@ fn run_epoch(
                 batches + 1
             )));
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(state.learning_rate, model, grads);
         loss_sum += value;
         batches += 1;
@@ -665,6 +683,48 @@ fn run_epoch(
         observer.on_batch(epoch, batches, rows, value);
     }
     Ok((model, loss_sum / batches.max(1) as f64, rows))
+}
+
+/// One batch's mean loss and gradients, computed in equal row ranges on `main` and `replicas`
+/// (see [`TrainOptions::replicas`]). Each range's loss is weighted by its share of the rows,
+/// so the summed gradients are the whole batch's.
+fn data_parallel_gradients(
+    model: &CtrModel,
+    batch: &EncodedBatch,
+    processor: &FeatureProcessor,
+    shape: &InputShape,
+    main: &Device,
+    replicas: &[Device],
+) -> Result<(f64, GradientsParams)> {
+    let devices: Vec<&Device> = std::iter::once(main).chain(replicas).collect();
+    let per = batch.rows.div_ceil(devices.len());
+    let mut accumulator = GradientsAccumulator::new();
+    let mut losses = Vec::with_capacity(devices.len());
+    for (i, device) in devices.iter().enumerate() {
+        let rows: Vec<usize> = (i * per..((i + 1) * per).min(batch.rows)).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let shard = batch.permute(&rows, &processor.spec);
+        let copy = if i == 0 {
+            model.clone()
+        } else {
+            model.clone().fork(device)
+        };
+        let x = Inputs::new(&shard, shape, device)?;
+        let y = label_tensor(&shard, shape.num_tasks, device);
+        let share = shard.rows as f64 / batch.rows as f64;
+        let loss = bce_with_logits(copy.forward(&x), y).mul_scalar(share);
+        // Queue every device's work before reading anything back, so GPUs overlap.
+        let grads = GradientsParams::from_grads(loss.backward(), &copy).to_device(main, &copy);
+        accumulator.accumulate(model, grads);
+        losses.push(loss);
+    }
+    let value = losses
+        .into_iter()
+        .map(|l| l.into_scalar::<f32>() as f64)
+        .sum();
+    Ok((value, accumulator.grads()))
 }
 
 /// Adam with PyTorch's epsilon (burn's default is 1e-5), as FuxiCTR trains; fused on the CPU

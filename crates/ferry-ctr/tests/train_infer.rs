@@ -304,6 +304,43 @@ fn deepfm_learns_resumes_exactly_and_scores_parts_with_resume() {
     assert!(!out.join("part_3.parquet").exists(), "stale part removed");
 }
 
+/// Data-parallel training (each batch split over two devices, here both the CPU): the same
+/// model as on one device up to float rounding, and bit for bit the same on a second run.
+#[test]
+fn data_parallel_training_matches_one_device_and_repeats_exactly() {
+    let f = fixture(&["click"]);
+    let config = small(ModelKind::DeepFM, 2);
+    let device = Device::flex();
+    let run = |name: &str, replicas: Vec<Device>| {
+        let dir = f.model_dir(name);
+        let mut opts = TrainOptions::new(&f.data_dir(), &dir, device.clone());
+        opts.replicas = replicas;
+        let outcome = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("train");
+        assert!(outcome.finished);
+        (outcome, predictions(&f, &dir, &config.model_id))
+    };
+    let (single, p_single) = run("single", Vec::new());
+    let (split, p_split) = run("split", vec![device.clone()]);
+    let (again, p_again) = run("split_again", vec![device.clone()]);
+    assert_eq!(p_split, p_again, "a data-parallel run repeats exactly");
+    assert_eq!(split.state.history[1].val_auc, again.state.history[1].val_auc);
+    let worst = p_single
+        .iter()
+        .zip(&p_split)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "one device vs two: largest difference {worst}");
+    let (a, b) = (
+        single.state.best_monitor.expect("auc"),
+        split.state.best_monitor.expect("auc"),
+    );
+    assert!((a - b).abs() < 1e-3, "validation AUC {a} vs {b}");
+    // The ranges' losses are weighted by their share of the batch: the reported loss is the
+    // batch mean, not a sum over devices.
+    let (l1, l2) = (single.state.history[0].train_loss, split.state.history[0].train_loss);
+    assert!((l1 - l2).abs() < 1e-3 * l1, "training loss {l1} vs {l2}");
+}
+
 #[test]
 fn mmoe_trains_both_tasks_and_recovers_from_nan_and_oom() {
     let f = fixture(&["click", "conversion"]);
