@@ -6,6 +6,8 @@
 //! Usage: `ctr_bench ROWS WORKDIR [MODELS]` with MODELS a comma list of `deepfm,mmoe`.
 //! With `FERRY_BENCH_JSON=FILE` the figures are also written as JSON.
 //!
+//! `FERRY_BENCH_CPU_THREADS=N` sets `TrainOptions::cpu_threads` (default: every core).
+//!
 //! With `FERRY_BENCH_DATA=DIR`, a folder of `train.parquet`, `valid.parquet` and `test.parquet`
 //! (the FuxiCTR baseline harness's generated data, columns `click, conversion, I1..I13,
 //! C1..C26`), it trains on those splits and scores `test.parquet` instead of generating the
@@ -141,13 +143,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             dataset.train_rows, dataset.valid_rows
         );
         let cfg = config(kind);
-        let outcome = train(
-            &cfg,
-            &processor,
-            &dataset,
-            &TrainOptions::new(&data_dir, &model_dir, device.clone()),
-            &mut (),
-        )?;
+        let mut train_opts = TrainOptions::new(&data_dir, &model_dir, device.clone());
+        if let Some(n) = std::env::var("FERRY_BENCH_CPU_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            train_opts.cpu_threads = n;
+        }
+        let outcome = train(&cfg, &processor, &dataset, &train_opts, &mut ())?;
         let report = outcome
             .state
             .history

@@ -134,6 +134,13 @@ pub struct TrainOptions {
     /// step updates the model there. The split and the order are fixed, so a resumed run
     /// repeats an uninterrupted one.
     pub replicas: Vec<Device>,
+    /// On the CPU (one device, no dropout): each batch is split in this many equal row ranges,
+    /// computed at the same time by as many threads, each with single-threaded kernels (two
+    /// independent products keep two cores busier than one product split in two, and the
+    /// element-wise work runs in parallel too). The gradients are summed in range order, so a
+    /// run depends on this number, never on timing. Dropout draws from the backend's one RNG,
+    /// which threads would share in a racy order, so with dropout one thread computes.
+    pub cpu_threads: usize,
     /// Checkpoints kept besides the newest one.
     pub keep_checkpoints: usize,
     /// A batch loss above this multiple of the epoch's running mean counts as divergence.
@@ -156,6 +163,7 @@ impl TrainOptions {
             data_dir: data_dir.to_owned(),
             device,
             replicas: Vec::new(),
+            cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             keep_checkpoints: 1,
             loss_spike_factor: 20.0,
             max_recoveries: 4,
@@ -357,6 +365,7 @@ pub fn train(
     let card_path = ModelCard::path(&opts.model_dir, &config.model_id);
 
     let device = opts.device.clone().autodiff();
+    let pools = cpu_pools(config, opts);
     let mut model = CtrModel::new(config, &shape, &device)?;
     let mut optim = new_optimizer();
     let mut state = TrainState {
@@ -446,6 +455,7 @@ pub fn train(
                 &train_files,
                 opts,
                 &device,
+                &pools,
                 observer,
             )
         }));
@@ -622,6 +632,7 @@ fn run_epoch(
     files: &[PathBuf],
     opts: &TrainOptions,
     device: &Device,
+    pools: &[rayon::ThreadPool],
     observer: &mut dyn TrainObserver,
 ) -> std::result::Result<(CtrModel, f64, u64), EpochFailure> {
     // Shuffle and dropout depend only on (seed, epoch, recovery attempt): an epoch run after a
@@ -651,7 +662,10 @@ fn run_epoch(
                 batch.rows
             )));
         }
-        let (value, grads) = if replicas.is_empty() {
+        let (value, grads) = if pools.len() > 1 {
+            threaded_gradients(&model, &batch, processor, shape, device, pools)
+                .map_err(EpochFailure::Fatal)?
+        } else if replicas.is_empty() {
             let x = Inputs::new(&batch, shape, device).map_err(EpochFailure::Fatal)?;
             let y = label_tensor(&batch, shape.num_tasks, device);
             let loss = bce_with_logits(model.forward(&x), y);
@@ -724,6 +738,96 @@ fn data_parallel_gradients(
         .into_iter()
         .map(|l| l.into_scalar::<f32>() as f64)
         .sum();
+    Ok((value, accumulator.grads()))
+}
+
+/// One single-threaded pool per CPU thread of [`TrainOptions::cpu_threads`] (none when one
+/// thread computes): the products inside each range then stay on that range's thread.
+fn cpu_pools(config: &ModelConfig, opts: &TrainOptions) -> Vec<rayon::ThreadPool> {
+    if opts.cpu_threads < 2
+        || !opts.replicas.is_empty()
+        || config.dropout > 0.0
+        || opts.device != Device::flex()
+    {
+        return Vec::new();
+    }
+    let pools: Vec<rayon::ThreadPool> = (0..opts.cpu_threads)
+        .filter_map(|i| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(move |_| format!("ferry-train-{i}"))
+                .build()
+                .ok()
+        })
+        .collect();
+    // A pool that could not start (thread limits) means one thread computes, as before.
+    if pools.len() == opts.cpu_threads {
+        pools
+    } else {
+        Vec::new()
+    }
+}
+
+/// One batch's mean loss and gradients, its row ranges computed at the same time on the CPU
+/// (see [`TrainOptions::cpu_threads`]). The first range uses the model itself; the others
+/// use copies with their own autodiff graphs (shared parameter nodes would merge the graphs
+/// and serialise the threads on one lock). Gradients are keyed by parameter, so they sum
+/// into the model's.
+fn threaded_gradients(
+    model: &CtrModel,
+    batch: &EncodedBatch,
+    processor: &FeatureProcessor,
+    shape: &InputShape,
+    device: &Device,
+    pools: &[rayon::ThreadPool],
+) -> Result<(f64, GradientsParams)> {
+    let per = batch.rows.div_ceil(pools.len());
+    let ranges: Vec<EncodedBatch> = (0..pools.len())
+        .map(|i| {
+            let rows: Vec<usize> = (i * per..((i + 1) * per).min(batch.rows)).collect();
+            batch.permute(&rows, &processor.spec)
+        })
+        .filter(|r| r.rows > 0)
+        .collect();
+    let copies: Vec<CtrModel> = (0..ranges.len())
+        .map(|i| {
+            if i == 0 {
+                model.clone()
+            } else {
+                model.valid().train()
+            }
+        })
+        .collect();
+    let results: Vec<std::thread::Result<Result<(f64, GradientsParams)>>> =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .zip(copies)
+                .zip(pools)
+                .map(|((range, copy), pool)| {
+                    s.spawn(move || {
+                        pool.install(|| -> Result<(f64, GradientsParams)> {
+                            let x = Inputs::new(range, shape, device)?;
+                            let y = label_tensor(range, shape.num_tasks, device);
+                            let share = range.rows as f64 / batch.rows as f64;
+                            let loss = bce_with_logits(copy.forward(&x), y).mul_scalar(share);
+                            let value = loss.clone().into_scalar::<f32>() as f64;
+                            Ok((value, GradientsParams::from_grads(loss.backward(), &copy)))
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+    let mut accumulator = GradientsAccumulator::new();
+    let mut value = 0.0;
+    for result in results {
+        // A panic in a range (e.g. an allocation failure) is re-raised here, where the epoch's
+        // handler turns it into a recovery, exactly as on one thread.
+        let (v, grads) = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        accumulator.accumulate(model, grads);
+        value += v;
+    }
     Ok((value, accumulator.grads()))
 }
 

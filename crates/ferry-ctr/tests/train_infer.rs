@@ -323,13 +323,19 @@ fn data_parallel_training_matches_one_device_and_repeats_exactly() {
     let (split, p_split) = run("split", vec![device.clone()]);
     let (again, p_again) = run("split_again", vec![device.clone()]);
     assert_eq!(p_split, p_again, "a data-parallel run repeats exactly");
-    assert_eq!(split.state.history[1].val_auc, again.state.history[1].val_auc);
+    assert_eq!(
+        split.state.history[1].val_auc,
+        again.state.history[1].val_auc
+    );
     let worst = p_single
         .iter()
         .zip(&p_split)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst < 1e-3, "one device vs two: largest difference {worst}");
+    assert!(
+        worst < 1e-3,
+        "one device vs two: largest difference {worst}"
+    );
     let (a, b) = (
         single.state.best_monitor.expect("auc"),
         split.state.best_monitor.expect("auc"),
@@ -337,7 +343,10 @@ fn data_parallel_training_matches_one_device_and_repeats_exactly() {
     assert!((a - b).abs() < 1e-3, "validation AUC {a} vs {b}");
     // The ranges' losses are weighted by their share of the batch: the reported loss is the
     // batch mean, not a sum over devices.
-    let (l1, l2) = (single.state.history[0].train_loss, split.state.history[0].train_loss);
+    let (l1, l2) = (
+        single.state.history[0].train_loss,
+        split.state.history[0].train_loss,
+    );
     assert!((l1 - l2).abs() < 1e-3 * l1, "training loss {l1} vs {l2}");
 }
 
