@@ -176,12 +176,50 @@ fn score_part(
         score_columns,
         tasks,
     };
-    let score = |encoded: &EncodedBatch| -> Result<Vec<f32>> {
+    let predict = |encoded: &EncodedBatch| -> Result<Vec<f32>> {
         model
             .predict(&Inputs::new(encoded, &card.shape, device)?)
             .into_data()
             .try_into_vec::<f32>()
             .map_err(|e| CtrError::Data(format!("cannot read predictions: {e:?}")))
+    };
+    // On the CPU the pipelined scorer splits each batch over the cores, one row range per
+    // single-threaded pool (as training does): independent products keep the cores busier than
+    // one product split in two. Rows are scored independently, so the split changes nothing
+    // in the result.
+    let pools: Vec<rayon::ThreadPool> = if pipelined && *device == Device::flex() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (0..cores)
+            .filter_map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let spec = &processor.spec;
+    let score = |encoded: &EncodedBatch| -> Result<Vec<f32>> {
+        if pools.len() < 2 || encoded.rows < 2 * pools.len() {
+            return predict(encoded);
+        }
+        let per = encoded.rows.div_ceil(pools.len());
+        let ranges: Vec<EncodedBatch> = (0..pools.len())
+            .map(|i| {
+                let rows: Vec<usize> = (i * per..((i + 1) * per).min(encoded.rows)).collect();
+                encoded.permute(&rows, spec)
+            })
+            .collect();
+        let parts: Vec<std::thread::Result<Result<Vec<f32>>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .zip(&pools)
+                .map(|(range, pool)| s.spawn(move || pool.install(|| predict(range))))
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        let mut probs = Vec::with_capacity(encoded.rows * tasks);
+        for part in parts {
+            probs.extend(part.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        }
+        Ok(probs)
     };
     let inputs = [input.to_owned()];
     let encoded = || {
