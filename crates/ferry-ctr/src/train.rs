@@ -139,7 +139,8 @@ pub struct TrainOptions {
     /// independent products keep two cores busier than one product split in two, and the
     /// element-wise work runs in parallel too). The gradients are summed in range order, so a
     /// run depends on this number, never on timing. Dropout draws from the backend's one RNG,
-    /// which threads would share in a racy order, so with dropout one thread computes.
+    /// which threads would share in a racy order, so with dropout one thread computes; and
+    /// ranges are kept at 128 rows or more.
     pub cpu_threads: usize,
     /// Checkpoints kept besides the newest one.
     pub keep_checkpoints: usize,
@@ -741,17 +742,21 @@ fn data_parallel_gradients(
     Ok((value, accumulator.grads()))
 }
 
+const MIN_RANGE_ROWS: usize = 128;
+
 /// One single-threaded pool per CPU thread of [`TrainOptions::cpu_threads`] (none when one
 /// thread computes): the products inside each range then stay on that range's thread.
 fn cpu_pools(config: &ModelConfig, opts: &TrainOptions) -> Vec<rayon::ThreadPool> {
-    if opts.cpu_threads < 2
+    // Ranges of fewer than 128 rows make products too thin to pay for a thread.
+    let threads = opts.cpu_threads.min(config.batch_size / MIN_RANGE_ROWS);
+    if threads < 2
         || !opts.replicas.is_empty()
         || config.dropout > 0.0
         || opts.device != Device::flex()
     {
         return Vec::new();
     }
-    let pools: Vec<rayon::ThreadPool> = (0..opts.cpu_threads)
+    let pools: Vec<rayon::ThreadPool> = (0..threads)
         .filter_map(|i| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
@@ -761,7 +766,7 @@ fn cpu_pools(config: &ModelConfig, opts: &TrainOptions) -> Vec<rayon::ThreadPool
         })
         .collect();
     // A pool that could not start (thread limits) means one thread computes, as before.
-    if pools.len() == opts.cpu_threads {
+    if pools.len() == threads {
         pools
     } else {
         Vec::new()

@@ -304,25 +304,40 @@ fn deepfm_learns_resumes_exactly_and_scores_parts_with_resume() {
     assert!(!out.join("part_3.parquet").exists(), "stale part removed");
 }
 
-/// Data-parallel training (each batch split over two devices, here both the CPU): the same
-/// model as on one device up to float rounding, and bit for bit the same on a second run.
+/// Data-parallel training (each batch split over two devices, here both the CPU, or over two
+/// CPU threads): the same model as one thread on one device up to float rounding, and bit for
+/// bit the same on a second run.
 #[test]
 fn data_parallel_training_matches_one_device_and_repeats_exactly() {
     let f = fixture(&["click"]);
     let config = small(ModelKind::DeepFM, 2);
     let device = Device::flex();
-    let run = |name: &str, replicas: Vec<Device>| {
+    let run_with = |name: &str, replicas: Vec<Device>, cpu_threads: usize| {
         let dir = f.model_dir(name);
         let mut opts = TrainOptions::new(&f.data_dir(), &dir, device.clone());
         opts.replicas = replicas;
+        opts.cpu_threads = cpu_threads;
         let outcome = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("train");
         assert!(outcome.finished);
         (outcome, predictions(&f, &dir, &config.model_id))
     };
+    let run = |name: &str, replicas: Vec<Device>| run_with(name, replicas, 1);
     let (single, p_single) = run("single", Vec::new());
     let (split, p_split) = run("split", vec![device.clone()]);
     let (again, p_again) = run("split_again", vec![device.clone()]);
     assert_eq!(p_split, p_again, "a data-parallel run repeats exactly");
+    let (threads, p_threads) = run_with("threads", Vec::new(), 2);
+    let (_, p_threads_again) = run_with("threads_again", Vec::new(), 2);
+    assert_eq!(
+        p_threads, p_threads_again,
+        "a run on two threads repeats exactly"
+    );
+    let t = threads.state.best_monitor.expect("auc");
+    let s = single.state.best_monitor.expect("auc");
+    assert!(
+        (t - s).abs() < 1e-3,
+        "validation AUC on two threads {t} vs one {s}"
+    );
     assert_eq!(
         split.state.history[1].val_auc,
         again.state.history[1].val_auc
