@@ -183,6 +183,18 @@ impl EncodedBatch {
         self.labels.len().checked_div(self.rows).unwrap_or(0)
     }
 
+    /// `parts` consecutive row ranges of equal size (the last may be shorter, empty ones are
+    /// left out): how a batch is shared between threads or devices.
+    pub fn split_rows(&self, parts: usize, spec: &FeatureSpec) -> Vec<EncodedBatch> {
+        let parts = parts.max(1);
+        let per = self.rows.div_ceil(parts);
+        (0..parts)
+            .map(|i| (i * per..((i + 1) * per).min(self.rows)).collect::<Vec<usize>>())
+            .filter(|rows| !rows.is_empty())
+            .map(|rows| self.permute(&rows, spec))
+            .collect()
+    }
+
     /// Reorders rows by `order` (a permutation of `0..rows`).
     pub fn permute(&self, order: &[usize], spec: &FeatureSpec) -> EncodedBatch {
         let (c, n, l) = (
@@ -644,6 +656,22 @@ mod tests {
             ("click", Arc::new(I32::from(click)) as ArrayRef),
         ])
         .expect("batch")
+    }
+
+    #[test]
+    fn a_batch_splits_into_consecutive_row_ranges_in_order() {
+        let b = EncodedBatch {
+            rows: 5,
+            categorical: vec![10, 11, 12, 13, 14],
+            numeric: vec![0.0, 0.1, 0.2, 0.3, 0.4],
+            labels: vec![1.0, 0.0, 1.0, 0.0, 1.0],
+        };
+        let halves = b.split_rows(2, &spec());
+        assert_eq!(halves.iter().map(|h| h.rows).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(halves[1].categorical, [13, 14]);
+        assert_eq!(halves[1].labels, [0.0, 1.0]);
+        // More ranges than rows: one row each, none empty.
+        assert_eq!(b.split_rows(8, &spec()).len(), 5);
     }
 
     #[test]

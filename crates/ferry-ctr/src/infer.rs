@@ -200,13 +200,7 @@ fn score_part(
         if pools.len() < 2 || encoded.rows < 2 * pools.len() {
             return predict(encoded);
         }
-        let per = encoded.rows.div_ceil(pools.len());
-        let ranges: Vec<EncodedBatch> = (0..pools.len())
-            .map(|i| {
-                let rows: Vec<usize> = (i * per..((i + 1) * per).min(encoded.rows)).collect();
-                encoded.permute(&rows, spec)
-            })
-            .collect();
+        let ranges = encoded.split_rows(pools.len(), spec);
         let parts: Vec<std::thread::Result<Result<Vec<f32>>>> = std::thread::scope(|s| {
             let handles: Vec<_> = ranges
                 .iter()

@@ -712,22 +712,17 @@ fn data_parallel_gradients(
     replicas: &[Device],
 ) -> Result<(f64, GradientsParams)> {
     let devices: Vec<&Device> = std::iter::once(main).chain(replicas).collect();
-    let per = batch.rows.div_ceil(devices.len());
+    let shards = batch.split_rows(devices.len(), &processor.spec);
     let mut accumulator = GradientsAccumulator::new();
     let mut losses = Vec::with_capacity(devices.len());
-    for (i, device) in devices.iter().enumerate() {
-        let rows: Vec<usize> = (i * per..((i + 1) * per).min(batch.rows)).collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let shard = batch.permute(&rows, &processor.spec);
+    for (i, (device, shard)) in devices.iter().zip(&shards).enumerate() {
         let copy = if i == 0 {
             model.clone()
         } else {
             model.clone().fork(device)
         };
-        let x = Inputs::new(&shard, shape, device)?;
-        let y = label_tensor(&shard, shape.num_tasks, device);
+        let x = Inputs::new(shard, shape, device)?;
+        let y = label_tensor(shard, shape.num_tasks, device);
         let share = shard.rows as f64 / batch.rows as f64;
         let loss = bce_with_logits(copy.forward(&x), y).mul_scalar(share);
         // Queue every device's work before reading anything back, so GPUs overlap.
@@ -786,14 +781,7 @@ fn threaded_gradients(
     device: &Device,
     pools: &[rayon::ThreadPool],
 ) -> Result<(f64, GradientsParams)> {
-    let per = batch.rows.div_ceil(pools.len());
-    let ranges: Vec<EncodedBatch> = (0..pools.len())
-        .map(|i| {
-            let rows: Vec<usize> = (i * per..((i + 1) * per).min(batch.rows)).collect();
-            batch.permute(&rows, &processor.spec)
-        })
-        .filter(|r| r.rows > 0)
-        .collect();
+    let ranges = batch.split_rows(pools.len(), &processor.spec);
     let copies: Vec<CtrModel> = (0..ranges.len())
         .map(|i| {
             if i == 0 {
