@@ -338,6 +338,15 @@ fn data_parallel_training_matches_one_device_and_repeats_exactly() {
         (t - s).abs() < 1e-3,
         "validation AUC on two threads {t} vs one {s}"
     );
+    let worst_threads = p_single
+        .iter()
+        .zip(&p_threads)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst_threads < 1e-3,
+        "one thread vs two: largest difference {worst_threads}"
+    );
     assert_eq!(
         split.state.history[1].val_auc,
         again.state.history[1].val_auc
