@@ -1,8 +1,9 @@
 //! `cargo xtask bench ctr`: Ferry's CTR training and inference figures (release build, CPU).
 //!
 //! - `--baseline fuxictr`: FuxiCTR (PyTorch) runs in the same invocation on the same files: the
-//!   FuxiCTR harness generates the data, then for each model Ferry and FuxiCTR train and score
-//!   it back to back, and the table shows their ratio. Needs a Python with `torch` and
+//!   FuxiCTR harness generates the data, then for each model Ferry, FuxiCTR and Ferry again
+//!   train and score it back to back, and the table shows the ratio of FuxiCTR's figures to
+//!   the mean of Ferry's two runs (so a drifting machine weighs on both sides). Needs a Python with `torch` and
 //!   `fuxictr`, the harness's scripts and FuxiCTR's `model_zoo/` (docs/operations.md).
 //! - Without it: Ferry on the generated sample campaign data, beside FuxiCTR's figures from the
 //!   reference file, marked as such (taken on an idle machine at another time).
@@ -244,8 +245,10 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
         .map(str::trim)
         .filter(|m| !m.is_empty())
     {
+        // Ferry before and after FuxiCTR, averaged: a machine that drifts during the run
+        // then weighs on both sides alike.
         println!("\n== {model}: Ferry ==");
-        let ferry = ferry_bench(opts.rows, model, work, Some(&data))?;
+        let before = ferry_bench(opts.rows, model, work, Some(&data))?;
         println!("\n== {model}: FuxiCTR ==");
         let out = work.join(format!("fuxictr-{model}.json"));
         // FuxiCTR logs every Ray step: keep its log aside and show its end if it fails.
@@ -287,12 +290,21 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
             fuxi["train_samples_per_s"].as_f64().unwrap_or(0.0),
             fuxi["predict_rows_per_s"].as_f64().unwrap_or(0.0)
         );
-        let r = ferry["results"]
-            .as_array()
-            .and_then(|a| a.first())
-            .cloned()
-            .context("the Ferry benchmark reported no model")?;
-        rows.push((model.to_owned(), r, ferry["peak_rss_mb"].clone(), fuxi));
+        println!("\n== {model}: Ferry again, after FuxiCTR ==");
+        let after = ferry_bench(opts.rows, model, work, Some(&data))?;
+        let first = |figures: &serde_json::Value| {
+            figures["results"]
+                .as_array()
+                .and_then(|a| a.first())
+                .cloned()
+                .context("the Ferry benchmark reported no model")
+        };
+        rows.push((
+            model.to_owned(),
+            [first(&before)?, first(&after)?],
+            before["peak_rss_mb"].clone(),
+            fuxi,
+        ));
     }
 
     println!(
@@ -300,11 +312,12 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
         opts.rows
     );
     print_header("FuxiCTR");
-    for (model, r, _, fuxi) in &rows {
+    for (model, [before, after], _, fuxi) in &rows {
         let get = |k: &str| fuxi[k].as_f64().unwrap_or(0.0);
+        let (b, a) = (ferry_figures(before), ferry_figures(after));
         print_row(
             model,
-            ferry_figures(r),
+            [0, 1, 2].map(|i| (b[i] + a[i]) / 2.0),
             [
                 get("train_samples_per_s"),
                 get("predict_rows_per_s"),
@@ -312,7 +325,14 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
             ],
         );
     }
-    for (model, r, rss, fuxi) in &rows {
+    println!("(Ferry's figures: the mean of its runs before and after FuxiCTR's.)");
+    for (model, [r, after], rss, fuxi) in &rows {
+        let (b, a) = (ferry_figures(r), ferry_figures(after));
+        println!(
+            "{model}: Ferry before / after FuxiCTR: training {:.0} / {:.0} samples/s, \
+             inference {:.0} / {:.0} rows/s",
+            b[0], a[0], b[1], a[1]
+        );
         println!(
             "{model}: validation AUC Ferry {} logloss {} | FuxiCTR {}; Ferry peak RSS {:.0} MB",
             r["val_auc"],
