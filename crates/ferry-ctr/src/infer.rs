@@ -159,6 +159,7 @@ fn score_part(
     device: &Device,
     score_columns: &[String],
     pipelined: bool,
+    pools: &[rayon::ThreadPool],
 ) -> Result<u64> {
     let tmp = output.with_file_name(format!(
         ".{}.tmp",
@@ -183,35 +184,17 @@ fn score_part(
             .try_into_vec::<f32>()
             .map_err(|e| CtrError::Data(format!("cannot read predictions: {e:?}")))
     };
-    // On the CPU the pipelined scorer splits each batch over the cores, one row range per
-    // single-threaded pool (as training does): independent products keep the cores busier than
-    // one product split in two. Rows are scored independently, so the split changes nothing
-    // in the result.
-    let pools: Vec<rayon::ThreadPool> = if pipelined && *device == Device::flex() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (0..cores)
-            .filter_map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let spec = &processor.spec;
+    // With `pools` (the pipelined scorer on the CPU) each batch's row ranges are scored at the
+    // same time, as training computes them. Rows are scored independently, so the split
+    // changes nothing in the result.
     let score = |encoded: &EncodedBatch| -> Result<Vec<f32>> {
-        if pools.len() < 2 || encoded.rows < 2 * pools.len() {
+        if pools.is_empty() || encoded.rows < 2 * pools.len() {
             return predict(encoded);
         }
-        let ranges = encoded.split_rows(pools.len(), spec);
-        let parts: Vec<std::thread::Result<Result<Vec<f32>>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = ranges
-                .iter()
-                .zip(&pools)
-                .map(|(range, pool)| s.spawn(move || pool.install(|| predict(range))))
-                .collect();
-            handles.into_iter().map(|h| h.join()).collect()
-        });
+        let ranges = encoded.split_rows(pools.len(), &processor.spec);
         let mut probs = Vec::with_capacity(encoded.rows * tasks);
-        for part in parts {
-            probs.extend(part.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        for part in crate::parallel::on_pools(&ranges, pools, |_, range| predict(range)) {
+            probs.extend(part?);
         }
         Ok(probs)
     };
@@ -455,6 +438,14 @@ pub fn infer(opts: &InferOptions, observer: &dyn InferObserver) -> Result<InferO
                 let work = || -> Result<()> {
                     let (model, card) = load_trained(&opts.model_dir, &opts.model_id, device)?;
                     let model = burn::module::Module::valid(&model);
+                    // Once per worker: the pipelined scorer on the CPU splits each batch
+                    // over the cores (see `score_part`).
+                    let pools = if opts.pipelined && *device == Device::flex() {
+                        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                        crate::parallel::single_thread_pools(cores, "ferry-infer")
+                    } else {
+                        Vec::new()
+                    };
                     loop {
                         if stop.load(Ordering::SeqCst) || observer.cancelled() {
                             return Ok(());
@@ -474,6 +465,7 @@ pub fn infer(opts: &InferOptions, observer: &dyn InferObserver) -> Result<InferO
                             device,
                             score_columns,
                             opts.pipelined,
+                            &pools,
                         )?;
                         rows_computed.fetch_add(rows, Ordering::SeqCst);
                         let done = computed.fetch_add(1, Ordering::SeqCst) + 1;

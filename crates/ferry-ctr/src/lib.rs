@@ -10,6 +10,7 @@ pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+mod parallel;
 pub mod rng;
 pub mod tensorboard;
 pub mod train;

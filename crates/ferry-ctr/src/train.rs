@@ -20,7 +20,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{EncodedBatches, PreparedDataset};
@@ -663,20 +663,18 @@ fn run_epoch(
                 batch.rows
             )));
         }
-        let (value, grads) = if pools.len() > 1 {
+        let (mut value, grads) = if !pools.is_empty() {
             threaded_gradients(&model, &batch, processor, shape, device, pools)
                 .map_err(EpochFailure::Fatal)?
         } else if replicas.is_empty() {
-            let x = Inputs::new(&batch, shape, device).map_err(EpochFailure::Fatal)?;
-            let y = label_tensor(&batch, shape.num_tasks, device);
-            let loss = bce_with_logits(model.forward(&x), y);
+            let loss = range_loss(&model, &batch, batch.rows, shape, device)
+                .map_err(EpochFailure::Fatal)?;
             let value = loss.clone().into_scalar::<f32>() as f64;
             (value, GradientsParams::from_grads(loss.backward(), &model))
         } else {
             data_parallel_gradients(&model, &batch, processor, shape, device, &replicas)
                 .map_err(EpochFailure::Fatal)?
         };
-        let mut value = value;
         if opts.simulate_nan_at == Some((epoch, batches)) && state.rollbacks == 0 {
             value = f64::NAN;
         }
@@ -721,10 +719,7 @@ fn data_parallel_gradients(
         } else {
             model.clone().fork(device)
         };
-        let x = Inputs::new(shard, shape, device)?;
-        let y = label_tensor(shard, shape.num_tasks, device);
-        let share = shard.rows as f64 / batch.rows as f64;
-        let loss = bce_with_logits(copy.forward(&x), y).mul_scalar(share);
+        let loss = range_loss(&copy, shard, batch.rows, shape, device)?;
         // Queue every device's work before reading anything back, so GPUs overlap.
         let grads = GradientsParams::from_grads(loss.backward(), &copy).to_device(main, &copy);
         accumulator.accumulate(model, grads);
@@ -743,29 +738,26 @@ const MIN_RANGE_ROWS: usize = 128;
 /// thread computes): the products inside each range then stay on that range's thread.
 fn cpu_pools(config: &ModelConfig, opts: &TrainOptions) -> Vec<rayon::ThreadPool> {
     // Ranges of fewer than 128 rows make products too thin to pay for a thread.
-    let threads = opts.cpu_threads.min(config.batch_size / MIN_RANGE_ROWS);
-    if threads < 2
-        || !opts.replicas.is_empty()
-        || config.dropout > 0.0
-        || opts.device != Device::flex()
-    {
+    if !opts.replicas.is_empty() || config.dropout > 0.0 || opts.device != Device::flex() {
         return Vec::new();
     }
-    let pools: Vec<rayon::ThreadPool> = (0..threads)
-        .filter_map(|i| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(move |_| format!("ferry-train-{i}"))
-                .build()
-                .ok()
-        })
-        .collect();
-    // A pool that could not start (thread limits) means one thread computes, as before.
-    if pools.len() == threads {
-        pools
-    } else {
-        Vec::new()
-    }
+    let threads = opts.cpu_threads.min(config.batch_size / MIN_RANGE_ROWS);
+    crate::parallel::single_thread_pools(threads, "ferry-train")
+}
+
+/// A row range's loss, weighted by its share of the batch's rows, so the losses (and the
+/// gradients) of a batch's ranges sum to the batch's mean.
+fn range_loss(
+    model: &CtrModel,
+    range: &EncodedBatch,
+    batch_rows: usize,
+    shape: &InputShape,
+    device: &Device,
+) -> Result<Tensor<1>> {
+    let x = Inputs::new(range, shape, device)?;
+    let y = label_tensor(range, shape.num_tasks, device);
+    let share = range.rows as f64 / batch_rows as f64;
+    Ok(bce_with_logits(model.forward(&x), y).mul_scalar(share))
 }
 
 /// One batch's mean loss and gradients, its row ranges computed at the same time on the CPU
@@ -782,42 +774,20 @@ fn threaded_gradients(
     pools: &[rayon::ThreadPool],
 ) -> Result<(f64, GradientsParams)> {
     let ranges = batch.split_rows(pools.len(), &processor.spec);
-    let copies: Vec<CtrModel> = (0..ranges.len())
-        .map(|i| {
-            if i == 0 {
-                model.clone()
-            } else {
-                model.valid().train()
-            }
-        })
-        .collect();
-    let results: Vec<std::thread::Result<Result<(f64, GradientsParams)>>> =
-        std::thread::scope(|s| {
-            let handles: Vec<_> = ranges
-                .iter()
-                .zip(copies)
-                .zip(pools)
-                .map(|((range, copy), pool)| {
-                    s.spawn(move || {
-                        pool.install(|| -> Result<(f64, GradientsParams)> {
-                            let x = Inputs::new(range, shape, device)?;
-                            let y = label_tensor(range, shape.num_tasks, device);
-                            let share = range.rows as f64 / batch.rows as f64;
-                            let loss = bce_with_logits(copy.forward(&x), y).mul_scalar(share);
-                            let value = loss.clone().into_scalar::<f32>() as f64;
-                            Ok((value, GradientsParams::from_grads(loss.backward(), &copy)))
-                        })
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join()).collect()
-        });
+    let results = crate::parallel::on_pools(&ranges, pools, |i, range| -> Result<_> {
+        let copy = if i == 0 {
+            model.clone()
+        } else {
+            model.valid().train()
+        };
+        let loss = range_loss(&copy, range, batch.rows, shape, device)?;
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        Ok((value, GradientsParams::from_grads(loss.backward(), &copy)))
+    });
     let mut accumulator = GradientsAccumulator::new();
     let mut value = 0.0;
     for result in results {
-        // A panic in a range (e.g. an allocation failure) is re-raised here, where the epoch's
-        // handler turns it into a recovery, exactly as on one thread.
-        let (v, grads) = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let (v, grads) = result?;
         accumulator.accumulate(model, grads);
         value += v;
     }
