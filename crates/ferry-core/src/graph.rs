@@ -875,6 +875,23 @@ connections:
         }
     }
 
+    /// A connection between `(node, interface, path)` ends; `None` as the node is the coordinator.
+    fn connection(
+        from: (Option<&str>, &str, Option<&str>),
+        to: (Option<&str>, &str, Option<&str>),
+    ) -> ConnectionDef {
+        let end = |(node, interface, path): (Option<&str>, &str, Option<&str>)| Endpoint {
+            node: node.map(Into::into),
+            interface: interface.into(),
+            path: path.map(Into::into),
+        };
+        ConnectionDef {
+            from: end(from),
+            to: end(to),
+            destination_file_name: None,
+        }
+    }
+
     fn problems(g: &GraphDef) -> Vec<String> {
         match g.validate() {
             Ok(()) => Vec::new(),
@@ -908,19 +925,10 @@ connections:
             ],
             ..Default::default()
         });
-        g.connections.push(ConnectionDef {
-            from: Endpoint {
-                node: Some("dataset".into()),
-                interface: "STDOUT".into(),
-                path: None,
-            },
-            to: Endpoint {
-                node: Some("mirror".into()),
-                interface: "MOUNT".into(),
-                path: None,
-            },
-            destination_file_name: None,
-        });
+        g.connections.push(connection(
+            (Some("dataset"), "STDOUT", None),
+            (Some("mirror"), "MOUNT", None),
+        ));
         assert_eq!(
             problems(&g),
             [
@@ -932,19 +940,10 @@ connections:
     #[test]
     fn reversed_interfaces_are_refused() {
         let mut g = example();
-        g.connections[1] = ConnectionDef {
-            from: Endpoint {
-                node: Some("check".into()),
-                interface: "STDIN".into(),
-                path: None,
-            },
-            to: Endpoint {
-                node: Some("score".into()),
-                interface: "STDOUT".into(),
-                path: None,
-            },
-            destination_file_name: None,
-        };
+        g.connections[1] = connection(
+            (Some("check"), "STDIN", None),
+            (Some("score"), "STDOUT", None),
+        );
         let p = problems(&g);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
@@ -1000,19 +999,10 @@ connections:
             interface_type: "STDIN".into(),
             ..Default::default()
         });
-        g.connections.push(ConnectionDef {
-            from: Endpoint {
-                node: Some("check".into()),
-                interface: "STDOUT".into(),
-                path: None,
-            },
-            to: Endpoint {
-                node: Some("score".into()),
-                interface: "STDIN".into(),
-                path: None,
-            },
-            destination_file_name: None,
-        });
+        g.connections.push(connection(
+            (Some("check"), "STDOUT", None),
+            (Some("score"), "STDIN", None),
+        ));
         assert_eq!(
             problems(&g),
             ["connections form a cycle: score → check → score"]
@@ -1024,19 +1014,10 @@ connections:
         let mut g = example();
         g.nodes[1].image = None;
         g.nodes[2].entrypoint.clear();
-        g.connections.push(ConnectionDef {
-            from: Endpoint {
-                node: None,
-                interface: "STDOUT".into(),
-                path: None,
-            },
-            to: Endpoint {
-                node: Some("check".into()),
-                interface: "STDIN".into(),
-                path: None,
-            },
-            destination_file_name: None,
-        });
+        g.connections.push(connection(
+            (None, "STDOUT", None),
+            (Some("check"), "STDIN", None),
+        ));
         assert_eq!(
             problems(&g),
             [
@@ -1197,19 +1178,10 @@ connections:
             }],
             ..Default::default()
         });
-        g.connections.push(ConnectionDef {
-            from: Endpoint {
-                node: Some("dataset".into()),
-                interface: "STDOUT".into(),
-                path: None,
-            },
-            to: Endpoint {
-                node: Some("audit".into()),
-                interface: "MOUNT".into(),
-                path: Some("/seen/".into()),
-            },
-            destination_file_name: None,
-        });
+        g.connections.push(connection(
+            (Some("dataset"), "STDOUT", None),
+            (Some("audit"), "MOUNT", Some("/seen/")),
+        ));
         let agents = [
             agent("agent-a", &["agent-b", "agent-c"]),
             agent("agent-b", &[]),
@@ -1250,18 +1222,8 @@ connections:
             ],
             ..Default::default()
         };
-        let link = |from: &str, to: &str| ConnectionDef {
-            from: Endpoint {
-                node: Some(from.into()),
-                interface: "STDOUT".into(),
-                path: None,
-            },
-            to: Endpoint {
-                node: Some(to.into()),
-                interface: "STDIN".into(),
-                path: None,
-            },
-            destination_file_name: None,
+        let link = |from: &str, to: &str| {
+            connection((Some(from), "STDOUT", None), (Some(to), "STDIN", None))
         };
         // `a` → `b-to-c` and `a-to-b` → `c` would both be `a-to-b-to-c`.
         let g = GraphDef {
