@@ -274,12 +274,8 @@ fn podman(dir: &Path) -> Option<podman::Podman> {
     Some(podman::start(dir).unwrap_or_else(|e| panic!("{e}")))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_docker_node_reads_its_mount_and_stdin_and_its_output_is_downloaded() {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let Some(engine) = podman(scratch.path()) else {
-        return;
-    };
+/// A coordinator and one agent (`agent-a`) that runs DOCKER nodes on `engine`.
+async fn docker_cluster(engine: &podman::Podman) -> Cluster {
     let mut c = Cluster::with_agent_config(
         &format!("  docker_host: \"{}\"\n", engine.docker_host()),
         "",
@@ -287,6 +283,16 @@ async fn a_docker_node_reads_its_mount_and_stdin_and_its_output_is_downloaded() 
     c.start_coordinator().await;
     c.start_agent("source", "agent-a");
     c.wait_for_agents(1).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_node_reads_its_mount_and_stdin_and_its_output_is_downloaded() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let Some(engine) = podman(scratch.path()) else {
+        return;
+    };
+    let c = docker_cluster(&engine).await;
     let data = c.path("work/datasets");
     std::fs::create_dir_all(&data).expect("mkdir");
     std::fs::write(data.join("words.txt"), "pear\napple\nfig\n").expect("write");
@@ -369,13 +375,7 @@ async fn cancelling_a_task_stops_and_removes_its_container() {
     let Some(engine) = podman(scratch.path()) else {
         return;
     };
-    let mut c = Cluster::with_agent_config(
-        &format!("  docker_host: \"{}\"\n", engine.docker_host()),
-        "",
-    );
-    c.start_coordinator().await;
-    c.start_agent("source", "agent-a");
-    c.wait_for_agents(1).await;
+    let c = docker_cluster(&engine).await;
     cli_ok(&c, &["workflow", "create", "nap"]);
     cli_ok(
         &c,
