@@ -600,3 +600,143 @@ done"#
     assert!(!logs.contains("::ferry-"), "{logs}");
     assert!(logs.contains("stderr: crashing"), "{logs}");
 }
+
+/// A step that reports what a diverging training run reports (NaN and infinite metrics),
+/// prints a NUL byte and a metric name longer than its column, while the coordinator is
+/// killed and restarted (the agent re-reports every metric at registration). Neither its task
+/// nor the next one is held up.
+async fn bad_values_never_stop_the_engine(c: &mut Cluster, name: &str) {
+    let release = c.path(&format!("{name}.release"));
+    let long_name = "m".repeat(200);
+    let script = format!(
+        "echo '::ferry-metric:: loss nan 1'; echo '::ferry-metric:: loss inf 2'; \
+         echo '::ferry-metric:: loss 0.25 3'; echo '::ferry-metric:: {long_name} 1.5'; \
+         printf 'nul\\000byte\\n'; \
+         while [ ! -e {} ]; do sleep 0.1; done",
+        release.display()
+    );
+    c.apply(&shell_workflow(
+        name,
+        &[(
+            "diverge",
+            "training",
+            &[],
+            &script,
+            "retry: {max_retries: 0}",
+        )],
+    ))
+    .await
+    .expect("valid");
+    let task = c.create_task(name).await;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let logs = c.logs_text(task.id).await;
+        if logs.contains("stdout: nul") {
+            assert!(
+                logs.contains("metric `loss` = NaN is not a finite number; not stored"),
+                "{logs}"
+            );
+            assert!(
+                logs.contains("metric `loss` = inf is not a finite number"),
+                "{logs}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no output: {logs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The coordinator goes down and comes back; the agent re-reports the job with its
+    // metrics, NaN included.
+    c.kill_coordinator();
+    c.start_coordinator().await;
+    wait_step_running(c, task.id, "diverge").await;
+    std::fs::write(&release, b"").expect("release the step");
+    c.wait_status(task.id, "completed", T).await;
+    let metrics = c.metrics(task.id).await.metrics;
+    assert!(metrics.iter().all(|m| m.value.is_finite()), "{metrics:?}");
+    assert!(
+        metrics.iter().any(|m| m.name == "loss" && m.value == 0.25),
+        "{metrics:?}"
+    );
+    assert!(
+        metrics
+            .iter()
+            .any(|m| m.name.starts_with("mmm") && m.name.chars().count() == 100),
+        "the long name is cut to its column: {metrics:?}"
+    );
+    // The next task runs as usual.
+    let next = c.create_task(name).await;
+    std::fs::write(&release, b"").expect("release");
+    c.wait_status(next.id, "completed", T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_metric_and_other_bad_values_never_stop_the_engine() {
+    let mut c = cluster_with_two_agents().await;
+    bad_values_never_stop_the_engine(&mut c, "diverging").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_values_never_stop_the_engine_on_postgresql() {
+    let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_E2E_URL") else {
+        eprintln!("FERRY_TEST_POSTGRES_E2E_URL is not set: the PostgreSQL tier is skipped");
+        return;
+    };
+    let mut c = Cluster::new();
+    c.env.push(("FERRY_COORDINATOR__DATABASE_URL".into(), url));
+    c.start_coordinator().await;
+    c.start_agent("train", "train-1");
+    c.wait_for_agents(1).await;
+    bad_values_never_stop_the_engine(&mut c, &format!("pg_diverging_{}", std::process::id())).await;
+}
+
+/// A step past its `timeout_secs` is cancelled on its agent (its process ends) and retried;
+/// when no retry is left the task fails naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_past_its_timeout_is_cancelled_and_retried() {
+    let c = cluster_with_two_agents().await;
+    let started = c.path("started.txt");
+    let script = format!("echo $$FERRY_ATTEMPT >> {}; sleep 60", started.display());
+    c.apply(&shell_workflow(
+        "slow",
+        &[(
+            "hang",
+            "training",
+            &[],
+            &script,
+            "timeout_secs: 1\nretry: {max_retries: 1, backoff_ms: 100}",
+        )],
+    ))
+    .await
+    .expect("valid");
+    let task = c.create_task("slow").await;
+    let failed = c.wait_status(task.id, "failed", T).await;
+    let hang = step(&failed, "hang");
+    assert_eq!(hang.attempt, 2, "{hang:?}");
+    assert!(
+        hang.error_message
+            .contains("timed out after 1s (timeout_secs)"),
+        "{hang:?}"
+    );
+    assert_eq!(lines(&started), ["1", "2"]);
+    let logs = c.logs_text(task.id).await;
+    assert!(logs.contains("attempt 1 timed out after 1s"), "{logs}");
+    // Both processes were stopped: soon no shell of this test is left.
+    let pattern = format!("{}; sleep 60", started.display());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .expect("pgrep");
+        if ps.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {}",
+            String::from_utf8_lossy(&ps.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -122,6 +122,20 @@ impl Shared {
         });
     }
 
+    /// The `Register` and, when it would not fit one message, the job data that follows it.
+    fn register_messages(&self) -> Vec<v1::AgentMessage> {
+        let Some(agent_message::Msg::Register(reg)) = self.register_message().msg else {
+            return Vec::new();
+        };
+        let (reg, follow) =
+            ferry_proto::split::split_register(reg, ferry_proto::split::MESSAGE_BUDGET);
+        let mut all = vec![v1::AgentMessage {
+            msg: Some(agent_message::Msg::Register(reg)),
+        }];
+        all.extend(follow);
+        all
+    }
+
     fn register_message(&self) -> v1::AgentMessage {
         let mut kinds: Vec<String> = self.executors.keys().map(|k| (*k).to_owned()).collect();
         kinds.sort();
@@ -245,8 +259,10 @@ async fn session(
 ) -> SessionEnd {
     let mut client = AgentServiceClient::new(channel);
     let (out, out_rx) = mpsc::channel::<v1::AgentMessage>(4096);
-    if out.send(shared.register_message()).await.is_err() {
-        return SessionEnd::Broken("stream closed before register".into());
+    for m in shared.register_messages() {
+        if out.send(m).await.is_err() {
+            return SessionEnd::Broken("stream closed before register".into());
+        }
     }
     let response = match client.attach(ReceiverStream::new(out_rx)).await {
         Ok(r) => r,
@@ -448,15 +464,23 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
     let job_id = job_id.to_owned();
     let cancel = ctx.cancel.clone();
     tokio::spawn(async move {
-        let result = executor.run(ctx).await;
+        // The executor runs as a task of its own so that a panic in it becomes a failed job
+        // (transient: the next attempt may not meet the same state) instead of a job that
+        // never ends.
+        let result = tokio::spawn(executor.run(ctx)).await;
         let (state, error, class) = match result {
-            Ok(()) => (JobState::Completed, String::new(), ErrorClass::Transient),
-            Err(_) if cancel.is_cancelled() => (
+            Ok(Ok(())) => (JobState::Completed, String::new(), ErrorClass::Transient),
+            Ok(Err(_)) if cancel.is_cancelled() => (
                 JobState::Cancelled,
                 "cancelled".to_owned(),
                 ErrorClass::Transient,
             ),
-            Err(e) => (JobState::Failed, e.message, e.class),
+            Ok(Err(e)) => (JobState::Failed, e.message, e.class),
+            Err(join) => (
+                JobState::Failed,
+                format!("the executor panicked: {}", panic_message(join)),
+                ErrorClass::Transient,
+            ),
         };
         if let Some(job) = shared.jobs().get_mut(&job_id) {
             job.state = state;
@@ -466,6 +490,21 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
         info!(job = %job_id, state = %state, error = %error, "job finished");
         shared.emit_state(&job_id, state, &error, class);
     });
+}
+
+/// What a panicked (or aborted) executor task said.
+fn panic_message(join: tokio::task::JoinError) -> String {
+    if !join.is_panic() {
+        return "its task was aborted".to_owned();
+    }
+    let payload = join.into_panic();
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
 }
 
 fn cancel_job(shared: &Shared, job_id: &str, reason: &str) {

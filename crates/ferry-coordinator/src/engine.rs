@@ -22,7 +22,7 @@ use ferry_core::pipeline::{self, CtrTaskRequest, HostInfo, PipelineSettings};
 use ferry_core::retry::RetryPolicy;
 use ferry_core::template::{self, TemplateContext};
 use ferry_core::workflow::{Placement, WorkflowDef};
-use ferry_core::{ErrorClass, JobState, Role, StepStatus, TaskStatus};
+use ferry_core::{ErrorClass, JobState, Role, StepEvent, StepStatus, TaskEvent, TaskStatus};
 use ferry_proto::v1::{self, agent_message, coordinator_message, job_event};
 use ferry_proto::{error_class_from_wire, job_state_from_wire};
 use ferry_store::{NewStep, NewTask, Store, WriteBatch, task_log, workflow_step, workflow_task};
@@ -177,6 +177,8 @@ struct StepRt {
     deps: Vec<usize>,
     dependents: Vec<usize>,
     policy: RetryPolicy,
+    /// The step's own limit for one attempt (`timeout_secs`).
+    timeout: Option<Duration>,
 }
 
 struct TaskRt {
@@ -214,6 +216,9 @@ struct PendingCreate {
     task_id: i64,
     step: usize,
     attempt: i32,
+    /// When `CreateJob` went out: unanswered past `workflow.agent_timeout`, the step is
+    /// dispatched again.
+    sent: Instant,
 }
 
 type StepKey = (i64, usize);
@@ -234,12 +239,16 @@ pub struct Engine {
     /// Steps that found no agent to run them; re-examined when an agent attaches.
     waiting_for_agent: HashSet<StepKey>,
     retry_timers: BinaryHeap<Reverse<(Instant, i64, usize)>>,
+    /// Attempts with a time limit: (deadline, task, step, attempt).
+    deadlines: BinaryHeap<Reverse<(Instant, i64, usize, i32)>>,
     // What this turn will commit, then send.
     dirty_tasks: HashSet<i64>,
     dirty_steps: HashSet<StepKey>,
     new_logs: Vec<task_log::Model>,
-    new_metrics: Vec<ferry_store::step_metric::ActiveModel>,
-    new_chunks: Vec<ferry_store::transfer_chunk::ActiveModel>,
+    new_metrics: Vec<ferry_store::step_metric::Model>,
+    new_chunks: Vec<ferry_store::transfer_chunk::Model>,
+    /// Finished tasks to announce (metrics, webhooks) once their state is committed.
+    finished: Vec<TaskOutcome>,
     outbox: Vec<(String, coordinator_message::Msg)>,
     replies: Vec<Box<dyn FnOnce() + Send>>,
     broadcasts: Vec<Broadcast>,
@@ -272,11 +281,13 @@ impl Engine {
             candidates: HashSet::new(),
             waiting_for_agent: HashSet::new(),
             retry_timers: BinaryHeap::new(),
+            deadlines: BinaryHeap::new(),
             dirty_tasks: HashSet::new(),
             dirty_steps: HashSet::new(),
             new_logs: Vec::new(),
             new_metrics: Vec::new(),
             new_chunks: Vec::new(),
+            finished: Vec::new(),
             outbox: Vec::new(),
             replies: Vec::new(),
             broadcasts: Vec::new(),
@@ -319,17 +330,18 @@ impl Engine {
                 }
             }
             if task.status == TaskStatus::Running && !self.settings.auto_resume {
-                task.status = TaskStatus::Paused;
-                task.row.status_reason =
-                    Some("the coordinator restarted and workflow.auto_resume is off".into());
-                self.dirty_tasks.insert(id);
+                self.task_event(
+                    id,
+                    TaskEvent::Hold,
+                    Some("the coordinator restarted and workflow.auto_resume is off".into()),
+                );
                 self.log(
                     id,
                     "",
                     "INFO",
                     "task paused: coordinator restarted with auto_resume off".into(),
                 );
-            } else if task.status == TaskStatus::Running {
+            } else if self.tasks[&id].status == TaskStatus::Running {
                 self.log(
                     id,
                     "",
@@ -527,7 +539,7 @@ impl Engine {
             }
             match state {
                 Some(JobState::Idle) | Some(JobState::Ready) | None => {
-                    self.set_step_status(key, StepStatus::Ready);
+                    self.step_event(key, StepEvent::Created);
                     self.send(agent, start(&r.job_id));
                 }
                 Some(JobState::Running) => {
@@ -613,6 +625,10 @@ impl Engine {
 
     fn job_created(&mut self, agent: &str, c: v1::JobCreated) {
         let Some(p) = self.pending_creates.remove(&c.request_id) else {
+            // Too late (the step was dispatched again) or never asked: nobody wants the job.
+            if !c.job_id.is_empty() {
+                self.send(agent, cancel(&c.job_id, "no step wants this job"));
+            }
             return;
         };
         let key = (p.task_id, p.step);
@@ -636,7 +652,7 @@ impl Engine {
         }
         self.jobs.insert(c.job_id.clone(), key);
         self.step_mut(key).row.job_id = Some(c.job_id.clone());
-        self.set_step_status(key, StepStatus::Ready);
+        self.step_event(key, StepEvent::Created);
         self.send(agent, start(&c.job_id));
     }
 
@@ -693,13 +709,17 @@ impl Engine {
                 };
                 self.push_log(key.0, &step, level, &source, l.message);
             }
-            Some(job_event::Event::Checkpoint(c)) if current => {
+            // The next attempt's `CreateJob` carries the checkpoint: keep it within the
+            // message limit (an oversized one is logged and the previous one kept).
+            Some(job_event::Event::Checkpoint(c))
+                if current && self.state_fits(key, "checkpoint", &c.data_json) =>
+            {
                 self.step_mut(key).row.checkpoint_data = Some(c.data_json);
-                self.dirty_steps.insert(key);
             }
-            Some(job_event::Event::Progress(p)) if current => {
+            Some(job_event::Event::Progress(p))
+                if current && self.state_fits(key, "progress", &p.data_json) =>
+            {
                 self.step_mut(key).row.progress = Some(p.data_json);
-                self.dirty_steps.insert(key);
             }
             Some(job_event::Event::Chunks(c)) => {
                 let step = self.step(key).row.step_name.clone();
@@ -710,20 +730,46 @@ impl Engine {
             }
             Some(job_event::Event::Metric(m)) => {
                 let step = self.step(key).row.step_name.clone();
+                // A diverging run reports NaN; the store keeps finite numbers only.
+                let value = match ferry_core::limits::check_metric(&m.name, m.value) {
+                    Ok(v) => v,
+                    Err(why) => {
+                        warn!(task_id = key.0, step = %step, "{why}");
+                        self.push_log(key.0, &step, "WARN", LOG_SOURCE_ENGINE, why);
+                        return;
+                    }
+                };
                 self.settings
                     .observer
-                    .on_step_metric(key.0, &step, &m.name, m.value);
+                    .on_step_metric(key.0, &step, &m.name, value);
                 self.new_metrics.push(ferry_store::new_metric(
                     key.0,
                     &step,
                     &m.name,
-                    m.value,
+                    value,
                     m.index,
                     Utc::now(),
                 ));
             }
             _ => {}
         }
+    }
+
+    /// Whether a checkpoint or progress document is small enough to keep; logs why not.
+    fn state_fits(&mut self, key: StepKey, what: &str, json: &str) -> bool {
+        let max = ferry_core::limits::STEP_STATE_BYTES;
+        if json.len() <= max {
+            return true;
+        }
+        self.log_step(
+            key,
+            "WARN",
+            format!(
+                "{what} of {} bytes refused (at most {max}); the previous one is kept",
+                json.len()
+            ),
+        );
+        false
     }
 
     // ---- step transitions ---------------------------------------------------------------
@@ -734,7 +780,7 @@ impl Engine {
             if self.step(key).row.started_at.is_none() {
                 self.step_mut(key).row.started_at = Some(Utc::now());
             }
-            self.set_step_status(key, StepStatus::Running);
+            self.step_event(key, StepEvent::Started);
             let agent = self.step(key).row.agent_name.clone().unwrap_or_default();
             self.log_step(key, "INFO", format!("running on agent {agent}"));
         }
@@ -752,7 +798,7 @@ impl Engine {
             step.row.error_message = None;
             step.row.next_attempt_at = None;
         }
-        self.set_step_status(key, StepStatus::Completed);
+        self.step_event(key, StepEvent::Completed);
         let elapsed = self.step_elapsed(key);
         self.log_step(key, "INFO", format!("completed in {elapsed}"));
         let task = self
@@ -784,7 +830,7 @@ impl Engine {
         };
         let task_status = self.tasks[&key.0].status;
         if task_status == TaskStatus::Cancelled {
-            self.set_step_status(key, StepStatus::Cancelled);
+            self.step_event(key, StepEvent::Cancel);
             return;
         }
         if class == ErrorClass::Approval {
@@ -793,7 +839,7 @@ impl Engine {
                 step.row.error_message = Some(error.to_owned());
                 step.row.job_id = None;
             }
-            self.set_step_status(key, StepStatus::AwaitingApproval);
+            self.step_event(key, StepEvent::AwaitApproval);
             self.log_step(
                 key,
                 "WARN",
@@ -802,9 +848,9 @@ impl Engine {
                     key.0
                 ),
             );
-            self.set_task_status(
+            self.task_event(
                 key.0,
-                TaskStatus::Paused,
+                TaskEvent::Hold,
                 Some(format!("step `{name}` awaits approval: {error}")),
             );
             return;
@@ -821,7 +867,7 @@ impl Engine {
                 step.row.next_attempt_at =
                     Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
             }
-            self.set_step_status(key, StepStatus::Pending);
+            self.step_event(key, StepEvent::Requeue);
             self.settings.observer.on_retry(
                 &self.tasks[&key.0].row.workflow_name,
                 &self.step(key).row.kind,
@@ -844,7 +890,7 @@ impl Engine {
             step.row.job_id = None;
             step.row.completed_at = Some(Utc::now());
         }
-        self.set_step_status(key, StepStatus::Failed);
+        self.step_event(key, StepEvent::Failed);
         if class == ErrorClass::Permanent {
             let reason = format!("step `{name}` failed permanently: {error}");
             self.log_step(
@@ -852,7 +898,7 @@ impl Engine {
                 "ERROR",
                 format!("failed permanently: {error}; task paused"),
             );
-            self.set_task_status(key.0, TaskStatus::Paused, Some(reason));
+            self.task_event(key.0, TaskEvent::Hold, Some(reason));
         } else {
             let reason = format!("step `{name}` failed after {retries} retries: {error}");
             self.log_step(
@@ -860,7 +906,7 @@ impl Engine {
                 "ERROR",
                 format!("failed after {retries} retries: {error}"),
             );
-            self.set_task_status(key.0, TaskStatus::Failed, Some(reason));
+            self.task_event(key.0, TaskEvent::Fail, Some(reason));
         }
     }
 
@@ -868,7 +914,7 @@ impl Engine {
         let step = self.step_mut(key);
         step.row.job_id = None;
         step.row.agent_name = None;
-        self.set_step_status(key, StepStatus::Pending);
+        self.step_event(key, StepEvent::Requeue);
         self.candidates.insert(key);
     }
 
@@ -888,7 +934,7 @@ impl Engine {
                 "INFO",
                 format!("workflow complete - total time: {elapsed}"),
             );
-            self.set_task_status(task_id, TaskStatus::Completed, None);
+            self.task_event(task_id, TaskEvent::Complete, None);
         }
     }
 
@@ -913,6 +959,37 @@ impl Engine {
             self.retry_timers.pop();
             self.candidates.insert((task, step));
         }
+        while let Some(Reverse((due, task, step, attempt))) = self.deadlines.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.attempt_timed_out((task, step), attempt);
+        }
+    }
+
+    /// An attempt ran past its step's `timeout_secs`: cancel its job and retry the step as
+    /// after a transient failure.
+    fn attempt_timed_out(&mut self, key: StepKey, attempt: i32) {
+        let Some(task) = self.tasks.get(&key.0) else {
+            return;
+        };
+        let step = &task.steps[key.1];
+        if step.row.attempt != attempt || !step.status.is_on_agent() {
+            return; // that attempt already ended
+        }
+        let limit = step.timeout.unwrap_or_default().as_secs();
+        if let (Some(agent), Some(job)) = (step.row.agent_name.clone(), step.row.job_id.clone()) {
+            self.jobs.remove(&job);
+            self.send(&agent, cancel(&job, "step timed out"));
+        }
+        self.pending_creates
+            .retain(|_, p| (p.task_id, p.step) != key);
+        self.job_failed(
+            key,
+            &format!("attempt {attempt} timed out after {limit}s (timeout_secs)"),
+            ErrorClass::Transient,
+        );
     }
 
     /// Phase one for every step whose inputs are complete: pick an agent and create the job.
@@ -927,8 +1004,8 @@ impl Engine {
             let Some(task) = self.tasks.get(&key.0) else {
                 continue;
             };
-            if task.status != TaskStatus::Running {
-                continue;
+            if !task.status.dispatches() {
+                continue; // paused: a retry timer firing now dispatches nothing
             }
             let step = &task.steps[key.1];
             if step.status != StepStatus::Pending {
@@ -1003,7 +1080,7 @@ impl Engine {
             step.row.job_id = None;
             step.row.next_attempt_at = None;
         }
-        self.set_step_status(key, StepStatus::Dispatching);
+        self.step_event(key, StepEvent::Dispatch);
         if let Some(a) = self.agents.get_mut(&agent) {
             a.running += 1;
         }
@@ -1013,8 +1090,13 @@ impl Engine {
                 task_id: key.0,
                 step: key.1,
                 attempt,
+                sent: Instant::now(),
             },
         );
+        if let Some(limit) = self.step(key).timeout {
+            self.deadlines
+                .push(Reverse((Instant::now() + limit, key.0, key.1, attempt)));
+        }
         let retry_note = match self.step(key).row.retry_count {
             0 => String::new(),
             n => format!(" (retry {n})"),
@@ -1030,6 +1112,32 @@ impl Engine {
     fn on_tick(&mut self) {
         let now = Instant::now();
         let timeout = self.settings.agent_timeout;
+        // A create nobody acknowledged: the agent is alive but its answer never came.
+        let unanswered: Vec<(u64, StepKey)> = self
+            .pending_creates
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.sent) > timeout)
+            .map(|(id, p)| (*id, (p.task_id, p.step)))
+            .collect();
+        for (request_id, key) in unanswered {
+            self.pending_creates.remove(&request_id);
+            if self
+                .tasks
+                .get(&key.0)
+                .is_some_and(|t| t.steps[key.1].status == StepStatus::Dispatching)
+            {
+                let agent = self.step(key).row.agent_name.clone().unwrap_or_default();
+                self.log_step(
+                    key,
+                    "WARN",
+                    format!(
+                        "agent {agent} did not acknowledge the job within {}s; dispatching again",
+                        timeout.as_secs()
+                    ),
+                );
+                self.requeue_without_retry(key);
+            }
+        }
         // An agent that stopped talking is as good as gone.
         for (name, agent) in &mut self.agents {
             if agent.conn.is_some() && now.duration_since(agent.last_seen) > timeout {
@@ -1301,6 +1409,25 @@ impl Engine {
         } else {
             name
         };
+        // Refused, not cut: the user hears what to change.
+        let invalid =
+            |e: ferry_core::limits::ValueError| EngineError::InvalidRequest(e.to_string());
+        ferry_core::limits::check_user_text(
+            "task name",
+            &task_name,
+            Some(ferry_core::limits::TASK_NAME),
+        )
+        .map_err(invalid)?;
+        for (k, v) in &params {
+            ferry_core::limits::check_user_text(
+                "a parameter name",
+                k,
+                Some(ferry_core::limits::SHORT_NAME),
+            )
+            .map_err(invalid)?;
+            ferry_core::limits::check_user_text(&format!("parameter `{k}`"), v, None)
+                .map_err(invalid)?;
+        }
         let order: HashMap<&str, usize> = def
             .topological_order()
             .iter()
@@ -1335,25 +1462,34 @@ impl Engine {
                         },
                         max_retries: policy.max_retries as i32,
                         backoff_ms: policy.backoff_ms as i64,
+                        timeout_secs: s.timeout_secs.map(|t| t.min(i64::MAX as u64) as i64),
                     }
                 })
                 .collect(),
         };
-        let (mut task_row, mut step_rows) = self.store.insert_task(new_task).await?;
-        // Render placeholders now that the task has its id.
-        let ctx = TemplateContext {
-            task_id: task_row.id,
-            task_name: &task_name,
-            params: &params,
+        // Rendered with the task's id inside the insert's transaction: a crash never leaves a
+        // task whose steps still hold placeholders.
+        let render = |task_id: i64, raw: &str| {
+            let raw: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
+            let ctx = TemplateContext {
+                task_id,
+                task_name: &task_name,
+                params: &params,
+            };
+            let rendered = template::render(&raw, &ctx)
+                .map_err(|e| e.to_string())?
+                .to_string();
+            // A `CreateJob` carries the parameters; it must stay far below the message limit.
+            if rendered.len() > ferry_core::limits::STEP_PARAMS_BYTES {
+                return Err(format!(
+                    "its rendered parameters take {} bytes; at most {} fit in a job",
+                    rendered.len(),
+                    ferry_core::limits::STEP_PARAMS_BYTES
+                ));
+            }
+            Ok(rendered)
         };
-        for row in &mut step_rows {
-            let raw: serde_json::Value = serde_json::from_str(&row.params).unwrap_or_default();
-            let rendered = template::render(&raw, &ctx).map_err(|e| {
-                EngineError::InvalidRequest(format!("step `{}`: {e}", row.step_name))
-            })?;
-            row.params = rendered.to_string();
-        }
-        task_row.started_at = Some(Utc::now());
+        let (task_row, step_rows) = self.store.insert_task(new_task, render).await?;
         let id = task_row.id;
         let task = build_task_rt(task_row, step_rows)?;
         let keys: Vec<StepKey> = (0..task.steps.len()).map(|i| (id, i)).collect();
@@ -1382,7 +1518,7 @@ impl Engine {
                 "task {task_id} is {status}; only a running task can be paused"
             )));
         }
-        self.set_task_status(task_id, TaskStatus::Paused, Some("paused by user".into()));
+        self.task_event(task_id, TaskEvent::Pause, Some("paused by user".into()));
         self.log(
             task_id,
             "",
@@ -1410,7 +1546,7 @@ impl Engine {
             )));
         }
         self.requeue_failed_steps(task_id);
-        self.set_task_status(task_id, TaskStatus::Running, None);
+        self.task_event(task_id, TaskEvent::Resume, None);
         self.log(task_id, "", "INFO", "task resumed".into());
         self.enqueue_pending(task_id);
         Ok(())
@@ -1427,7 +1563,7 @@ impl Engine {
             )));
         }
         let requeued = self.requeue_failed_steps(task_id);
-        self.set_task_status(task_id, TaskStatus::Running, None);
+        self.task_event(task_id, TaskEvent::Retry, None);
         let completed_at = &mut self
             .tasks
             .get_mut(&task_id)
@@ -1561,9 +1697,9 @@ impl Engine {
                 let step = self.step_mut(key);
                 step.row.error_message = None;
             }
-            self.set_step_status(key, StepStatus::Pending);
+            self.step_event(key, StepEvent::Approved);
             self.log_step(key, "INFO", format!("approved by {user} at {at}{note}"));
-            self.set_task_status(task_id, TaskStatus::Running, None);
+            self.task_event(task_id, TaskEvent::Resume, None);
             self.enqueue_pending(task_id);
         } else {
             let reason = format!("step `{step_name}` rejected by {user}{note}");
@@ -1572,29 +1708,32 @@ impl Engine {
                 step.row.error_message = Some(format!("rejected by {user}{note}"));
                 step.row.completed_at = Some(Utc::now());
             }
-            self.set_step_status(key, StepStatus::Failed);
+            self.step_event(key, StepEvent::Rejected);
             self.log_step(key, "WARN", format!("rejected by {user} at {at}{note}"));
-            self.set_task_status(task_id, TaskStatus::Paused, Some(reason));
+            self.task_event(task_id, TaskEvent::Hold, Some(reason));
         }
         Ok(())
     }
 
     /// Puts failed and cancelled steps back to pending with a fresh retry budget.
     fn requeue_failed_steps(&mut self, task_id: i64) -> Vec<String> {
-        let task = self.tasks.get_mut(&task_id).expect("task is loaded");
         let mut names = Vec::new();
-        for (i, s) in task.steps.iter_mut().enumerate() {
-            if matches!(s.status, StepStatus::Failed | StepStatus::Cancelled) {
-                s.status = StepStatus::Pending;
-                s.row.status = StepStatus::Pending.as_str().to_owned();
-                s.row.retry_count = 0;
-                s.row.error_message = None;
-                s.row.job_id = None;
-                s.row.completed_at = None;
-                s.row.next_attempt_at = None;
-                names.push(s.row.step_name.clone());
-                self.dirty_steps.insert((task_id, i));
+        for i in 0..self.tasks[&task_id].steps.len() {
+            let key = (task_id, i);
+            if !matches!(
+                self.step(key).status,
+                StepStatus::Failed | StepStatus::Cancelled
+            ) {
+                continue;
             }
+            self.step_event(key, StepEvent::Reset);
+            let s = self.step_mut(key);
+            s.row.retry_count = 0;
+            s.row.error_message = None;
+            s.row.job_id = None;
+            s.row.completed_at = None;
+            s.row.next_attempt_at = None;
+            names.push(s.row.step_name.clone());
         }
         names
     }
@@ -1620,16 +1759,12 @@ impl Engine {
                 to_cancel.push((agent.clone(), job.clone()));
             }
             self.step_mut(key).row.completed_at = Some(Utc::now());
-            self.set_step_status(key, StepStatus::Cancelled);
+            self.step_event(key, StepEvent::Cancel);
         }
         for (agent, job) in to_cancel {
             self.send(&agent, cancel(&job, "task cancelled"));
         }
-        self.set_task_status(
-            task_id,
-            TaskStatus::Cancelled,
-            Some("cancelled by user".into()),
-        );
+        self.task_event(task_id, TaskEvent::Cancel, Some("cancelled by user".into()));
         self.log(task_id, "", "INFO", "task cancelled".into());
         Ok(())
     }
@@ -1649,7 +1784,17 @@ impl Engine {
             .steps[key.1]
     }
 
-    fn set_step_status(&mut self, key: StepKey, status: StepStatus) {
+    /// Applies `event` to a step through the declared machine (`ferry_core::state`). An
+    /// event that means nothing in the step's state is logged and changes nothing; returns
+    /// whether the step moved.
+    fn step_event(&mut self, key: StepKey, event: StepEvent) -> bool {
+        let status = match self.step(key).status.on(event) {
+            Ok(next) => next,
+            Err(e) => {
+                error!(task_id = key.0, step = %self.step(key).row.step_name, "{e}");
+                return false;
+            }
+        };
         let was = self.step(key).status;
         if was.is_on_agent()
             && !status.is_on_agent()
@@ -1675,11 +1820,20 @@ impl Engine {
         step.status = status;
         step.row.status = status.as_str().to_owned();
         step.row.updated_at = Utc::now();
+        true
     }
 
-    fn set_task_status(&mut self, task_id: i64, status: TaskStatus, reason: Option<String>) {
+    /// Applies `event` to a task through the declared machine; like [`Self::step_event`].
+    fn task_event(&mut self, task_id: i64, event: TaskEvent, reason: Option<String>) -> bool {
         let Some(task) = self.tasks.get_mut(&task_id) else {
-            return;
+            return false;
+        };
+        let status = match task.status.on(event) {
+            Ok(next) => next,
+            Err(e) => {
+                error!(task_id, "{e}");
+                return false;
+            }
         };
         task.status = status;
         task.row.status = status.as_str().to_owned();
@@ -1710,12 +1864,13 @@ impl Engine {
                 completed_steps: task.completed_steps(),
                 total_steps: task.steps.len(),
             };
-            self.settings.observer.on_task_finished(outcome);
+            self.finished.push(outcome);
         }
         self.dirty_tasks.insert(task_id);
         self.broadcasts
             .push(Broadcast::TaskStatus { task_id, status });
         info!(task_id, status = %status, "task status changed");
+        true
     }
 
     fn step_elapsed(&self, key: StepKey) -> String {
@@ -1754,12 +1909,42 @@ impl Engine {
         self.outbox.push((agent.to_owned(), msg));
     }
 
+    /// Rows the store could not keep: logged, counted, and told on their task (in the next
+    /// turn's commit, as an engine line that always fits).
+    fn quarantine(&mut self, report: ferry_store::CommitReport) {
+        if report.adjusted > 0 {
+            debug!(
+                values = report.adjusted,
+                "values cleaned or cut to fit their columns"
+            );
+        }
+        if report.quarantined.is_empty() {
+            return;
+        }
+        self.settings
+            .observer
+            .on_quarantined(report.quarantined.len() as u64);
+        for q in report.quarantined {
+            error!(task_id = q.task_id, row = %q.what, error = %q.error, "row quarantined");
+            if self.tasks.contains_key(&q.task_id) {
+                let message = format!(
+                    "{} could not be stored and was quarantined: {}",
+                    q.what,
+                    ferry_core::limits::fitted(&q.error, 1024)
+                );
+                self.log(q.task_id, "", "WARN", message);
+            }
+        }
+    }
+
     // ---- commit -------------------------------------------------------------------------
 
-    /// Commits this turn's changes, then sends what they imply. A failed commit is retried
-    /// (nothing is sent before it succeeds): losing the state would be worse than waiting.
+    /// Commits this turn's changes, then sends what they imply. A commit the database does
+    /// not answer is retried (nothing is sent before it succeeds): losing the state would be
+    /// worse than waiting. Rows it refuses are split off by the store and quarantined, so one
+    /// bad value never stops the engine.
     async fn flush(&mut self, shutdown: &CancellationToken) {
-        let batch = WriteBatch {
+        let mut batch = WriteBatch {
             tasks: self
                 .dirty_tasks
                 .iter()
@@ -1777,15 +1962,21 @@ impl Engine {
         self.dirty_tasks.clear();
         self.dirty_steps.clear();
         let mut backoff = Duration::from_millis(100);
-        while let Err(e) = self.store.commit(&batch).await {
-            error!(error = %e, "cannot persist engine state; retrying");
-            if shutdown.is_cancelled() && backoff >= Duration::from_secs(5) {
-                error!("giving up on persisting the last changes during shutdown");
-                return;
+        let report = loop {
+            match self.store.commit(&mut batch).await {
+                Ok(report) => break report,
+                Err(e) => {
+                    error!(error = %e, "cannot persist engine state; retrying");
+                    if shutdown.is_cancelled() && backoff >= Duration::from_secs(5) {
+                        error!("giving up on persisting the last changes during shutdown");
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        };
+        self.quarantine(report);
         for (agent, msg) in self.outbox.drain(..) {
             let sent = self
                 .agents
@@ -1808,6 +1999,9 @@ impl Engine {
         }
         for b in self.broadcasts.drain(..) {
             let _ = self.broadcast.send(b);
+        }
+        for outcome in self.finished.drain(..) {
+            self.settings.observer.on_task_finished(outcome);
         }
         // Forget finished tasks; the database has them.
         self.tasks
@@ -1851,6 +2045,10 @@ fn build_task_rt(
             max_retries: s.max_retries.max(0) as u32,
             backoff_ms: s.backoff_ms.max(0) as u64,
         };
+        let timeout = s
+            .timeout_secs
+            .filter(|t| *t > 0)
+            .map(|t| Duration::from_secs(t as u64));
         rts.push(StepRt {
             row: s,
             status,
@@ -1858,6 +2056,7 @@ fn build_task_rt(
             deps,
             dependents: Vec::new(),
             policy,
+            timeout,
         });
     }
     for i in 0..rts.len() {
@@ -1876,30 +2075,29 @@ fn build_task_rt(
     })
 }
 
-/// A `transfer_chunks` row from an agent's chunk report.
+/// A `transfer_chunks` row from an agent's chunk report (the store assigns its id).
 fn chunk_row(
     task_id: i64,
     step: &str,
     c: v1::ChunkState,
     now: chrono::DateTime<Utc>,
-) -> ferry_store::transfer_chunk::ActiveModel {
-    use ferry_store::Set;
+) -> ferry_store::transfer_chunk::Model {
     let text = |s: String| (!s.is_empty()).then_some(s);
-    ferry_store::transfer_chunk::ActiveModel {
-        task_id: Set(task_id),
-        step_name: Set(step.to_owned()),
-        chunk_id: Set(c.chunk_id),
-        source_path: Set(text(c.source_path)),
-        dest_path: Set(text(c.dest_path)),
-        offset: Set(Some(c.offset)),
-        size: Set(Some(c.size)),
-        checksum: Set(text(c.checksum)),
-        started_at: Set((c.status == "in_progress").then_some(now)),
-        completed_at: Set((c.status == "completed").then_some(now)),
-        retry_count: Set(c.retry_count as i32),
-        error_message: Set(text(c.error)),
-        status: Set(c.status),
-        ..Default::default()
+    ferry_store::transfer_chunk::Model {
+        id: 0,
+        task_id,
+        step_name: step.to_owned(),
+        chunk_id: c.chunk_id,
+        source_path: text(c.source_path),
+        dest_path: text(c.dest_path),
+        offset: Some(c.offset),
+        size: Some(c.size),
+        checksum: text(c.checksum),
+        started_at: (c.status == "in_progress").then_some(now),
+        completed_at: (c.status == "completed").then_some(now),
+        retry_count: c.retry_count as i32,
+        error_message: text(c.error),
+        status: c.status,
     }
 }
 

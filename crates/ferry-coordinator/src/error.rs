@@ -24,6 +24,7 @@ impl From<EngineError> for tonic::Status {
             EngineError::NotFound(_) => tonic::Status::not_found(msg),
             EngineError::InvalidRequest(_) => tonic::Status::invalid_argument(msg),
             EngineError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
+            EngineError::Store(StoreError::Refused { .. }) => tonic::Status::invalid_argument(msg),
             EngineError::Store(_) => tonic::Status::internal(msg),
             EngineError::ShuttingDown => tonic::Status::unavailable(msg),
         }

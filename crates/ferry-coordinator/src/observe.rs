@@ -64,6 +64,7 @@ struct Registry {
     retries: BTreeMap<Labels, f64>,
     training_loss: BTreeMap<Labels, f64>,
     inference_throughput: BTreeMap<Labels, f64>,
+    quarantined_rows: BTreeMap<Labels, f64>,
 }
 
 /// A finished task, as the webhook reports it.
@@ -116,6 +117,11 @@ impl Observer {
     pub fn on_retry(&self, workflow: &str, kind: &str) {
         let labels = vec![("workflow", workflow.to_owned()), ("kind", kind.to_owned())];
         self.with(|r| *r.retries.entry(labels).or_default() += 1.0);
+    }
+
+    /// Rows the store refused even alone and set aside (see `Store::commit`).
+    pub fn on_quarantined(&self, rows: u64) {
+        self.with(|r| *r.quarantined_rows.entry(Vec::new()).or_default() += rows as f64);
     }
 
     /// A metric an agent reported for a step.
@@ -226,6 +232,13 @@ impl Observer {
                 "counter",
                 "Number of step retries",
                 &r.retries,
+            );
+            scalar(
+                &mut out,
+                "ferry_quarantined_rows_total",
+                "counter",
+                "Rows the database refused even alone, set aside so the engine goes on",
+                &r.quarantined_rows,
             );
             out
         })

@@ -646,6 +646,7 @@ pub fn plan(
             placement: Placement::Agent(agent.to_owned()),
             inputs,
             retry: None,
+            timeout_secs: None,
         };
     for (index, c) in graph.connections.iter().enumerate() {
         // validate() guarantees both ends exist and the source is a node.

@@ -7,14 +7,13 @@
 pub mod config;
 pub mod graph;
 pub mod ident;
-pub mod ids;
 pub mod jobpaths;
 pub mod kinds;
+pub mod limits;
 pub mod pipeline;
 pub mod retry;
 pub mod state;
 pub mod template;
 pub mod workflow;
 
-pub use ids::{JobId, TaskId, WorkflowId};
-pub use state::{ErrorClass, JobState, Role, StepStatus, TaskStatus};
+pub use state::{ErrorClass, JobState, Role, StepEvent, StepStatus, TaskEvent, TaskStatus};

@@ -549,6 +549,7 @@ fn step(name: &str, kind: &str, host: &HostInfo, params: Value, inputs: &[&str])
         placement: Placement::Agent(host.name.clone()),
         inputs: inputs.iter().map(|s| (*s).to_owned()).collect(),
         retry: None,
+        timeout_secs: None,
     }
 }
 

@@ -35,6 +35,11 @@ pub struct StepDef {
     pub inputs: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
+    /// How long one attempt may take, in seconds, from its dispatch: past it the engine
+    /// cancels the job and retries the step as after a transient failure. (`timeout` is
+    /// accepted too.)
+    #[serde(default, alias = "timeout", skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
 }
 
 /// Where a step runs: any agent of a role, or one named agent.
@@ -193,6 +198,12 @@ impl WorkflowDef {
                 problems.push(ValidationError::BadStep {
                     step: step.name.clone(),
                     message,
+                });
+            }
+            if step.timeout_secs == Some(0) {
+                problems.push(ValidationError::BadStep {
+                    step: step.name.clone(),
+                    message: "`timeout_secs` must be at least 1".into(),
                 });
             }
             if let Placement::Agent(a) = &step.placement

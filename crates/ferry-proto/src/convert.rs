@@ -75,6 +75,7 @@ impl TryFrom<v1::StepDefinition> for StepDef {
             placement,
             inputs: s.inputs,
             retry,
+            timeout_secs: s.timeout_secs,
         })
     }
 }
@@ -106,6 +107,7 @@ impl From<&StepDef> for v1::StepDefinition {
             inputs: s.inputs.clone(),
             max_retries: s.retry.and_then(|r| r.max_retries),
             backoff_ms: s.retry.and_then(|r| r.backoff_ms),
+            timeout_secs: s.timeout_secs,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod v1 {
 }
 
 mod convert;
+pub mod split;
 
 pub use convert::{
     ConversionError, error_class_from_wire, error_class_to_wire, job_state_from_wire,

@@ -4,6 +4,7 @@
 //! Only the coordinator depends on this crate. The engine is the single writer of task and
 //! step rows and commits each batch of changes in one transaction (see `commit`).
 
+mod batch;
 pub mod entity;
 pub mod migration;
 
@@ -19,11 +20,12 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+pub use batch::{CommitReport, Quarantined, WriteBatch};
 pub use entity::{
     step_metric, task_log, transfer_chunk, workflow, workflow_graph, workflow_step, workflow_task,
 };
 /// Re-exported so callers can build rows without depending on sea-orm themselves.
-pub use sea_orm::ActiveValue::Set;
+pub use sea_orm::ActiveValue::{NotSet, Set};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,32 +33,13 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("cannot open database `{url}`: {source}")]
     Connect { url: String, source: DbErr },
+    #[error("step `{step}`: {message}")]
+    Refused { step: String, message: String },
     #[error("stored workflow `{name}` is unreadable: {message}")]
     CorruptWorkflow { name: String, message: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// Changes the engine commits together, in one transaction.
-#[derive(Debug, Default)]
-pub struct WriteBatch {
-    pub tasks: Vec<workflow_task::Model>,
-    pub steps: Vec<workflow_step::Model>,
-    pub logs: Vec<task_log::Model>,
-    pub metrics: Vec<step_metric::ActiveModel>,
-    /// Upserted by (task_id, step_name, chunk_id).
-    pub chunks: Vec<transfer_chunk::ActiveModel>,
-}
-
-impl WriteBatch {
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-            && self.steps.is_empty()
-            && self.logs.is_empty()
-            && self.metrics.is_empty()
-            && self.chunks.is_empty()
-    }
-}
 
 /// A task row to insert, with its steps.
 pub struct NewTask {
@@ -78,6 +61,7 @@ pub struct NewStep {
     pub exec_constraint: String,
     pub max_retries: i32,
     pub backoff_ms: i64,
+    pub timeout_secs: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -238,9 +222,13 @@ impl Store {
     // ---- tasks and steps -------------------------------------------------------------
 
     /// Inserts a task and its steps in one transaction.
+    /// Inserts a task and its steps in one transaction, started now. `render` turns a
+    /// step's parameters into what it runs with, given the new task's id (placeholders such as
+    /// `${task_id}`); if it refuses a step, nothing is stored and the error names the step.
     pub async fn insert_task(
         &self,
         task: NewTask,
+        render: impl Fn(i64, &str) -> std::result::Result<String, String>,
     ) -> Result<(workflow_task::Model, Vec<workflow_step::Model>)> {
         let now = Utc::now();
         let txn = self.db.begin().await?;
@@ -255,18 +243,24 @@ impl Store {
             params: Set(task.params),
             created_at: Set(now),
             updated_at: Set(now),
+            started_at: Set(Some(now)),
             ..Default::default()
         }
         .insert(&txn)
         .await?;
         let mut steps = Vec::with_capacity(task.steps.len());
         for s in task.steps {
+            // Dropping `txn` on an error rolls the task back.
+            let params = render(row.id, &s.params).map_err(|message| StoreError::Refused {
+                step: s.step_name.clone(),
+                message,
+            })?;
             let step = workflow_step::ActiveModel {
                 task_id: Set(row.id),
                 step_name: Set(s.step_name),
                 step_order: Set(s.step_order),
                 kind: Set(s.kind),
-                params: Set(s.params),
+                params: Set(params),
                 placement: Set(s.placement),
                 depends_on: Set(s.depends_on),
                 exec_constraint: Set(s.exec_constraint),
@@ -275,6 +269,7 @@ impl Store {
                 retry_count: Set(0),
                 max_retries: Set(s.max_retries),
                 backoff_ms: Set(s.backoff_ms),
+                timeout_secs: Set(s.timeout_secs),
                 updated_at: Set(now),
                 ..Default::default()
             }
@@ -327,10 +322,49 @@ impl Store {
 
     /// Writes a batch of engine changes atomically: full rows of changed tasks and steps,
     /// new log lines and metrics.
-    pub async fn commit(&self, batch: &WriteBatch) -> Result<()> {
+    /// Makes `batch` storable (see [`WriteBatch::sanitize`]) and writes it in one
+    /// transaction. When the database refuses it while still answering, the batch is split
+    /// in halves until the refused rows stand alone; those are quarantined (returned in the
+    /// report) and every other row is stored. An error means the database did not answer:
+    /// nothing may be assumed stored, and writing the same batch again is safe (updates and
+    /// upserts are idempotent, a log id is stored once).
+    pub async fn commit(&self, batch: &mut WriteBatch) -> Result<CommitReport> {
+        let mut report = CommitReport::default();
+        batch.sanitize(&mut report);
         if batch.is_empty() {
-            return Ok(());
+            return Ok(report);
         }
+        if self.write(batch).await.is_ok() {
+            return Ok(report);
+        }
+        self.ping().await?;
+        let (a, b) = batch.split_at(batch.len() / 2);
+        let mut stack = vec![b, a];
+        while let Some(part) = stack.pop() {
+            let error = match self.write(&part).await {
+                Ok(()) => continue,
+                Err(e) => e,
+            };
+            // An outage looks like a refusal: ask the database before blaming a row.
+            self.ping().await?;
+            if part.len() > 1 {
+                let (a, b) = part.split_at(part.len() / 2);
+                stack.push(b);
+                stack.push(a);
+                continue;
+            }
+            // One row alone: once more, in case the refusal was the server's, not the row's.
+            if self.write(&part).await.is_ok() {
+                continue;
+            }
+            report
+                .quarantined
+                .push(part.describe_single(error.to_string()));
+        }
+        Ok(report)
+    }
+
+    async fn write(&self, batch: &WriteBatch) -> Result<()> {
         let txn = self.db.begin().await?;
         for t in &batch.tasks {
             t.clone()
@@ -352,16 +386,29 @@ impl Store {
                 .iter()
                 .cloned()
                 .map(IntoActiveModel::into_active_model);
-            task_log::Entity::insert_many(rows).exec(&txn).await?;
+            task_log::Entity::insert_many(rows)
+                .on_conflict_do_nothing()
+                .exec_without_returning(&txn)
+                .await?;
         }
         for chunk in batch.metrics.chunks(500) {
-            step_metric::Entity::insert_many(chunk.to_vec())
-                .exec(&txn)
+            let rows = chunk.iter().cloned().map(|m| {
+                let mut row = m.into_active_model();
+                row.id = NotSet;
+                row
+            });
+            step_metric::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
                 .await?;
         }
         // Chunk rows are keyed by (task, step, chunk id): a later report replaces an earlier.
         for rows in batch.chunks.chunks(200) {
-            transfer_chunk::Entity::insert_many(rows.to_vec())
+            let rows = rows.iter().cloned().map(|c| {
+                let mut row = c.into_active_model();
+                row.id = NotSet;
+                row
+            });
+            transfer_chunk::Entity::insert_many(rows)
                 .on_conflict(
                     OnConflict::columns([
                         transfer_chunk::Column::TaskId,
@@ -382,7 +429,7 @@ impl Store {
                     ])
                     .to_owned(),
                 )
-                .exec(&txn)
+                .exec_without_returning(&txn)
                 .await?;
         }
         txn.commit().await?;
@@ -439,14 +486,14 @@ impl Store {
             .await?)
     }
 
-    /// Checks the connection works (used by health reporting).
+    /// Checks the database answers (a refused write and an outage look alike).
     pub async fn ping(&self) -> Result<()> {
         self.db.execute_unprepared("SELECT 1").await?;
         Ok(())
     }
 }
 
-/// A metric row to insert.
+/// A metric row to insert (the database assigns its id).
 pub fn new_metric(
     task_id: i64,
     step_name: &str,
@@ -454,15 +501,15 @@ pub fn new_metric(
     value: f64,
     idx: i64,
     ts: DateTime<Utc>,
-) -> step_metric::ActiveModel {
-    step_metric::ActiveModel {
-        task_id: Set(task_id),
-        step_name: Set(step_name.to_owned()),
-        name: Set(name.to_owned()),
-        value: Set(value),
-        idx: Set(idx),
-        ts: Set(ts),
-        ..Default::default()
+) -> step_metric::Model {
+    step_metric::Model {
+        id: 0,
+        task_id,
+        step_name: step_name.to_owned(),
+        name: name.to_owned(),
+        value,
+        idx,
+        ts,
     }
 }
 

@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_initial::Migration),
             Box::new(m0002_workflow_graphs::Migration),
+            Box::new(m0003_step_timeout::Migration),
         ]
     }
 }
@@ -274,6 +275,45 @@ mod m0002_workflow_graphs {
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager
                 .drop_table(Table::drop().table(a("workflow_graphs")).to_owned())
+                .await
+        }
+    }
+}
+
+/// A step's own time limit (`timeout_secs` in its definition), enforced by the engine.
+#[allow(elided_lifetimes_in_paths)]
+mod m0003_step_timeout {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m0003_step_timeout"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(a("workflow_steps"))
+                        .add_column(big_integer_null(a("timeout_secs")))
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(a("workflow_steps"))
+                        .drop_column(a("timeout_secs"))
+                        .to_owned(),
+                )
                 .await
         }
     }

@@ -27,6 +27,7 @@ fn new_task(workflow_id: i64, workflow: &str) -> NewTask {
         },
         max_retries: 3,
         backoff_ms: 2000,
+        timeout_secs: None,
     };
     NewTask {
         name: "t".into(),
@@ -38,20 +39,22 @@ fn new_task(workflow_id: i64, workflow: &str) -> NewTask {
     }
 }
 
-fn chunk_row(task_id: i64, status: &str, retries: i32) -> ferry_store::transfer_chunk::ActiveModel {
-    use sea_orm::Set;
-    ferry_store::transfer_chunk::ActiveModel {
-        task_id: Set(task_id),
-        step_name: Set("a".into()),
-        chunk_id: Set("train/part-0.bin#0".into()),
-        source_path: Set(Some("/src/train/part-0.bin".into())),
-        dest_path: Set(Some("/dst/train/part-0.bin".into())),
-        offset: Set(Some(0)),
-        size: Set(Some(1024)),
-        checksum: Set(Some("ab".repeat(32))),
-        status: Set(status.into()),
-        retry_count: Set(retries),
-        ..Default::default()
+fn chunk_row(task_id: i64, status: &str, retries: i32) -> ferry_store::transfer_chunk::Model {
+    ferry_store::transfer_chunk::Model {
+        id: 0,
+        task_id,
+        step_name: "a".into(),
+        chunk_id: "train/part-0.bin#0".into(),
+        source_path: Some("/src/train/part-0.bin".into()),
+        dest_path: Some("/dst/train/part-0.bin".into()),
+        offset: Some(0),
+        size: Some(1024),
+        checksum: Some("ab".repeat(32)),
+        status: status.into(),
+        started_at: None,
+        completed_at: None,
+        retry_count: retries,
+        error_message: None,
     }
 }
 
@@ -72,7 +75,7 @@ async fn exercise(store: Store, suffix: &str) {
     assert_eq!(stored.steps.len(), 2);
 
     let (task, mut steps) = store
-        .insert_task(new_task(first.id, &wf_name))
+        .insert_task(new_task(first.id, &wf_name), |_, p| Ok(p.to_owned()))
         .await
         .expect("insert task");
     assert_eq!(task.total_steps, 2);
@@ -104,7 +107,7 @@ async fn exercise(store: Store, suffix: &str) {
             message: format!("line {i}"),
         })
         .collect();
-    let batch = WriteBatch {
+    let mut batch = WriteBatch {
         tasks: vec![task_row],
         steps: vec![steps[0].clone()],
         logs,
@@ -118,7 +121,7 @@ async fn exercise(store: Store, suffix: &str) {
         )],
         chunks: vec![chunk_row(task.id, "in_progress", 0)],
     };
-    store.commit(&batch).await.expect("commit");
+    store.commit(&mut batch).await.expect("commit");
 
     let steps = store.steps(task.id).await.expect("steps");
     assert_eq!(steps[0].status, "completed");
@@ -147,31 +150,118 @@ async fn exercise(store: Store, suffix: &str) {
     assert_eq!(metrics.len(), 1);
     assert_eq!(metrics[0].name, "auc");
     // Chunk rows are upserted by (task, step, chunk id).
-    let again = WriteBatch {
+    let mut again = WriteBatch {
         chunks: vec![chunk_row(task.id, "completed", 2)],
         ..Default::default()
     };
-    store.commit(&again).await.expect("upsert");
+    store.commit(&mut again).await.expect("upsert");
     let chunks = store.chunks(task.id, Some("a")).await.expect("chunks");
     assert_eq!(chunks.len(), 1);
     assert_eq!(
         (chunks[0].status.as_str(), chunks[0].retry_count),
         ("completed", 2)
     );
-    // Chunk rows are upserted by (task, step, chunk id).
-    let again = WriteBatch {
-        chunks: vec![chunk_row(task.id, "completed", 2)],
-        ..Default::default()
-    };
-    store.commit(&again).await.expect("upsert");
-    let chunks = store.chunks(task.id, Some("a")).await.expect("chunks");
-    assert_eq!(chunks.len(), 1);
-    assert_eq!(
-        (chunks[0].status.as_str(), chunks[0].retry_count),
-        ("completed", 2)
-    );
+    poison_pills(&store, task.id, steps[1].clone(), base + 3).await;
     let listed = store.list_tasks(Some("completed"), 10).await.expect("list");
     assert!(listed.iter().any(|t| t.id == task.id));
+}
+
+/// Values no column can hold, and a row the database refuses even after cleaning: the rest
+/// of the batch is stored, the bad rows are reported, and the store keeps working.
+async fn poison_pills(
+    store: &Store,
+    task_id: i64,
+    mut step: ferry_store::workflow_step::Model,
+    last_log: i64,
+) {
+    let log = |id: i64, message: String| task_log::Model {
+        id,
+        task_id,
+        step_name: "b".into(),
+        ts: Utc::now(),
+        level: "INFO".into(),
+        source: "agent".into(),
+        message,
+    };
+    step.status = "running".into();
+    step.error_message = Some("bad\0byte".into());
+    let mut ghost = step.clone();
+    ghost.id = i64::MAX / 2; // no such row: the update is refused
+    ghost.step_name = "ghost".into();
+    let mut long_chunk = chunk_row(task_id, "completed", 0);
+    long_chunk.chunk_id = "c".repeat(300);
+    long_chunk.checksum = Some("f".repeat(200));
+    let mut batch = WriteBatch {
+        steps: vec![ghost, step],
+        logs: vec![
+            log(last_log, "already stored".into()), // written again after a partial failure
+            log(
+                last_log + 1,
+                format!("nul\0 and long {}", "x".repeat(70_000)),
+            ),
+        ],
+        metrics: vec![
+            ferry_store::new_metric(task_id, "b", "loss", f64::NAN, 1, Utc::now()),
+            ferry_store::new_metric(task_id, "b", &"m".repeat(200), 1.5, 1, Utc::now()),
+        ],
+        chunks: vec![
+            chunk_row(task_id, "in_progress", 0),
+            chunk_row(task_id, "completed", 3), // same key twice in one upsert
+            long_chunk,
+        ],
+        ..Default::default()
+    };
+    let report = store
+        .commit(&mut batch)
+        .await
+        .expect("a bad row never fails the batch");
+    let mut what: Vec<&str> = report.quarantined.iter().map(|q| q.what.as_str()).collect();
+    what.sort_unstable();
+    assert_eq!(
+        what,
+        ["metric `loss` of step `b`", "step `ghost`"],
+        "{report:?}"
+    );
+    assert!(report.adjusted >= 5, "{report:?}");
+
+    let steps = store.steps(task_id).await.expect("steps");
+    assert_eq!(steps[1].status, "running", "the good step row was stored");
+    assert_eq!(steps[1].error_message.as_deref(), Some("bad\u{FFFD}byte"));
+    let logs = store.logs(task_id, last_log - 1, 10).await.expect("logs");
+    assert_eq!(logs.len(), 2, "the repeated log id is stored once");
+    assert_eq!(logs[0].message, "line 3");
+    assert!(logs[1].message.starts_with("nul\u{FFFD} and long xxx"));
+    assert_eq!(logs[1].message.chars().count(), ferry_core::limits::MESSAGE);
+    let metrics = store.metrics(task_id).await.expect("metrics");
+    assert!(metrics.iter().all(|m| m.value.is_finite()));
+    assert!(
+        metrics
+            .iter()
+            .any(|m| m.name.chars().count() == ferry_core::limits::METRIC_NAME)
+    );
+    let chunks = store.chunks(task_id, Some("a")).await.expect("chunks");
+    assert_eq!(chunks.len(), 2);
+    let first = chunks
+        .iter()
+        .find(|c| c.chunk_id == "train/part-0.bin#0")
+        .expect("first chunk");
+    assert_eq!(first.retry_count, 3, "the last report of a key wins");
+    let long = chunks
+        .iter()
+        .find(|c| c.chunk_id.starts_with("ccc"))
+        .expect("long chunk id, cut");
+    assert_eq!(long.chunk_id.chars().count(), ferry_core::limits::CHUNK_ID);
+    assert_eq!(
+        long.checksum.as_deref().map(|c| c.chars().count()),
+        Some(64)
+    );
+    // Nothing is stuck: the next batch commits as usual.
+    let mut next = WriteBatch {
+        logs: vec![log(last_log + 2, "after".into())],
+        ..Default::default()
+    };
+    let report = store.commit(&mut next).await.expect("next commit");
+    assert!(report.quarantined.is_empty());
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ pub struct Model {
     pub retry_count: i32,
     pub max_retries: i32,
     pub backoff_ms: i64,
+    /// The engine cancels and retries an attempt running longer (seconds).
+    pub timeout_secs: Option<i64>,
     pub next_attempt_at: Option<DateTimeUtc>,
     pub started_at: Option<DateTimeUtc>,
     pub completed_at: Option<DateTimeUtc>,
