@@ -412,10 +412,22 @@ impl WorkflowService for WorkflowApi {
                 .map_err(|e: ferry_core::pipeline::RequestError| {
                     Status::invalid_argument(e.to_string())
                 })?;
+        // Planned here, on the engine's snapshot of the hosts; stored as the `ctr_pipeline`
+        // workflow (the latest plan; each task keeps its own steps); started by the engine.
+        let plan = self.engine.plan_ctr(&request)?;
+        let wf = self
+            .store
+            .apply_workflow(&plan.def)
+            .await
+            .map_err(store_err)?;
         let row = self
             .engine
-            .request(|reply| ApiRequest::CreateCtrTask {
-                request: Box::new(request),
+            .request(|reply| ApiRequest::CreatePlanned {
+                workflow_id: wf.id,
+                def: Box::new(plan.def),
+                name: request.name.clone(),
+                params: plan.params,
+                note: Some(format!("planned on {}", plan.hosts)),
                 reply,
             })
             .await?;

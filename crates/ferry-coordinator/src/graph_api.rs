@@ -254,13 +254,7 @@ impl WorkflowApi {
         name: &str,
     ) -> Result<ferry_store::workflow::Model, Status> {
         let graph = self.load_graph(name).await?;
-        let def = self
-            .engine
-            .request(|reply| ApiRequest::PlanGraph {
-                graph: Box::new(graph),
-                reply,
-            })
-            .await?;
+        let def = self.engine.plan_graph(&graph)?;
         // The plan passes the same checks as any stored workflow before it replaces one.
         def.validate()
             .map_err(|e| Status::internal(format!("the planned workflow is invalid: {e}")))?;

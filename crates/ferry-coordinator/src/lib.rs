@@ -48,6 +48,7 @@ pub async fn run(
         },
         observer: observe::Observer::new(config.workflow.notification.clone()),
         coordinator_name: config.coordinator.name.clone(),
+        clock: engine::Clock::System,
     };
     let observer = settings.observer.clone();
     let (engine, handle) = engine::Engine::start(store.clone(), settings)

@@ -1,0 +1,167 @@
+//! The agent registry and liveness: who is connected, what each offers (role, kinds, GPUs,
+//! roots, SSH peers), and the snapshot of hosts the planners read.
+
+use super::*;
+
+pub(super) struct AgentRt {
+    pub(super) role: Role,
+    pub(super) kinds: HashSet<String>,
+    pub(super) gpus: Vec<u32>,
+    pub(super) hostname: String,
+    pub(super) paths: BTreeMap<String, String>,
+    pub(super) ssh_to: Vec<String>,
+    pub(super) conn: Option<(u64, AgentTx)>,
+    pub(super) last_seen: Instant,
+    /// When the agent went away (or, for agents known only from the database after a
+    /// restart, when the engine started).
+    pub(super) offline_since: Option<Instant>,
+    pub(super) running: u32,
+}
+
+impl Engine {
+    pub(super) fn attach_agent(
+        &mut self,
+        conn_id: u64,
+        reg: v1::Register,
+        tx: AgentTx,
+    ) -> Result<(), EngineError> {
+        let name = reg.agent_name.trim().to_owned();
+        if name.is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "agent_name must not be empty".into(),
+            ));
+        }
+        let role: Role = reg
+            .role
+            .parse()
+            .map_err(|e: ferry_core::state::UnknownValue| {
+                EngineError::InvalidRequest(e.to_string())
+            })?;
+        let now = self.now();
+        let _ = tx.send(Ok(v1::CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Registered(v1::Registered {
+                heartbeat_interval_ms: self.settings.heartbeat.as_millis() as u64,
+            })),
+        }));
+        let agent = self.agents.entry(name.clone()).or_insert_with(|| AgentRt {
+            role,
+            kinds: HashSet::new(),
+            gpus: Vec::new(),
+            hostname: String::new(),
+            paths: BTreeMap::new(),
+            ssh_to: Vec::new(),
+            conn: None,
+            last_seen: now,
+            offline_since: None,
+            running: 0,
+        });
+        agent.role = role;
+        agent.kinds = reg.kinds.iter().cloned().collect();
+        agent.gpus = reg.gpus.clone();
+        agent.hostname = reg.hostname.clone();
+        agent.paths = reg.paths.clone().into_iter().collect();
+        agent.ssh_to = reg.ssh_to.clone();
+        agent.conn = Some((conn_id, tx));
+        agent.last_seen = now;
+        agent.offline_since = None;
+        info!(agent = %name, role = %role, jobs = reg.jobs.len(), "agent registered");
+        self.reconcile_agent_jobs(&name, reg.jobs);
+        self.candidates.extend(self.waiting_for_agent.drain());
+        self.publish_hosts();
+        Ok(())
+    }
+
+    pub(super) fn detach_agent(&mut self, name: &str, conn_id: u64) {
+        let now = self.now();
+        if let Some(agent) = self.agents.get_mut(name)
+            && agent.conn.as_ref().is_some_and(|(id, _)| *id == conn_id)
+        {
+            agent.conn = None;
+            agent.offline_since = Some(now);
+            warn!(agent = %name, "agent disconnected");
+            self.publish_hosts();
+        }
+    }
+
+    pub(super) fn agent_message(&mut self, name: &str, conn_id: u64, msg: agent_message::Msg) {
+        let now = self.now();
+        match self.agents.get_mut(name) {
+            Some(a) if a.conn.as_ref().is_some_and(|(id, _)| *id == conn_id) => a.last_seen = now,
+            _ => return, // a message from a replaced connection
+        }
+        match msg {
+            agent_message::Msg::Register(_) => warn!(agent = %name, "duplicate register ignored"),
+            agent_message::Msg::Heartbeat(hb) => {
+                if let Some(a) = self.agents.get_mut(name) {
+                    a.running = hb.running_jobs;
+                }
+            }
+            agent_message::Msg::JobCreated(c) => self.job_created(name, c),
+            agent_message::Msg::JobEvent(ev) => self.job_event(name, ev),
+        }
+    }
+
+    pub(super) fn pick_agent(&self, placement: &Placement, kind: &str) -> Option<String> {
+        let usable = |a: &AgentRt| a.conn.is_some() && a.kinds.contains(kind);
+        match placement {
+            Placement::Agent(name) => self
+                .agents
+                .get(name)
+                .filter(|a| usable(a))
+                .map(|_| name.clone()),
+            Placement::Role(role) => self
+                .agents
+                .iter()
+                .filter(|(_, a)| a.role == *role && usable(a))
+                .min_by_key(|(name, a)| (a.running, (*name).clone()))
+                .map(|(name, _)| name.clone()),
+        }
+    }
+
+    /// What the planners know of the agents.
+    pub(super) fn host_infos(&self) -> Vec<HostInfo> {
+        self.agents
+            .iter()
+            .map(|(name, a)| HostInfo {
+                name: name.clone(),
+                role: Some(a.role),
+                paths: a.paths.clone(),
+                ssh_to: a.ssh_to.clone(),
+                connected: a.conn.is_some(),
+            })
+            .collect()
+    }
+
+    /// Publishes the hosts the planners see (after an agent registers, leaves or times out).
+    pub(super) fn publish_hosts(&self) {
+        self.hosts.send_replace(self.host_infos());
+    }
+
+    /// Marks agents that stopped talking as disconnected; returns those gone longer than
+    /// `workflow.agent_timeout`.
+    pub(super) fn check_liveness(&mut self) -> HashSet<String> {
+        let now = self.now();
+        let timeout = self.settings.agent_timeout;
+        let mut changed = false;
+        for (name, agent) in &mut self.agents {
+            if agent.conn.is_some() && now.duration_since(agent.last_seen) > timeout {
+                warn!(agent = %name, "agent missed its heartbeats; treating it as disconnected");
+                agent.conn = None;
+                agent.offline_since = Some(agent.last_seen);
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish_hosts();
+        }
+        self.agents
+            .iter()
+            .filter(|(_, a)| {
+                a.conn.is_none()
+                    && a.offline_since
+                        .is_some_and(|t| now.duration_since(t) > timeout)
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}

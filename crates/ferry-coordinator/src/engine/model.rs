@@ -1,0 +1,101 @@
+//! The task/step model the engine keeps in memory: rows as stored plus what scheduling
+//! needs (dependencies, dependents, retry policy, time limit). No IO: built from stored rows,
+//! changed only through the declared state machines of `ferry_core::state`.
+
+use super::*;
+
+pub(super) struct StepRt {
+    pub(super) row: workflow_step::Model,
+    pub(super) status: StepStatus,
+    pub(super) placement: Placement,
+    pub(super) deps: Vec<usize>,
+    pub(super) dependents: Vec<usize>,
+    pub(super) policy: RetryPolicy,
+    /// The step's own limit for one attempt (`timeout_secs`).
+    pub(super) timeout: Option<Duration>,
+    /// While backing off before a retry: not dispatched before this (the engine's clock;
+    /// `next_attempt_at` is the same moment in wall time, for readers).
+    pub(super) not_before: Option<Instant>,
+}
+
+pub(super) struct TaskRt {
+    pub(super) row: workflow_task::Model,
+    pub(super) status: TaskStatus,
+    pub(super) steps: Vec<StepRt>,
+}
+
+impl TaskRt {
+    pub(super) fn completed_steps(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Completed)
+            .count()
+    }
+}
+
+pub(super) fn build_task_rt(
+    row: workflow_task::Model,
+    steps: Vec<workflow_step::Model>,
+) -> Result<TaskRt, EngineError> {
+    let status: TaskStatus = row
+        .status
+        .parse()
+        .map_err(|e: ferry_core::state::UnknownValue| {
+            EngineError::InvalidRequest(format!("task {}: {e}", row.id))
+        })?;
+    let index: HashMap<String, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.step_name.clone(), i))
+        .collect();
+    let mut rts = Vec::with_capacity(steps.len());
+    for s in steps {
+        let corrupt = |what: &str| {
+            EngineError::InvalidRequest(format!(
+                "task {} step `{}`: bad {what}",
+                s.task_id, s.step_name
+            ))
+        };
+        let status: StepStatus = s.status.parse().map_err(|_| corrupt("status"))?;
+        let placement: Placement =
+            serde_json::from_str(&s.placement).map_err(|_| corrupt("placement"))?;
+        let inputs: Vec<String> =
+            serde_json::from_str(&s.depends_on).map_err(|_| corrupt("depends_on"))?;
+        let deps = inputs
+            .iter()
+            .filter_map(|n| index.get(n).copied())
+            .collect();
+        let policy = RetryPolicy {
+            max_retries: s.max_retries.max(0) as u32,
+            backoff_ms: s.backoff_ms.max(0) as u64,
+        };
+        let timeout = s
+            .timeout_secs
+            .filter(|t| *t > 0)
+            .map(|t| Duration::from_secs(t as u64));
+        rts.push(StepRt {
+            row: s,
+            status,
+            placement,
+            deps,
+            dependents: Vec::new(),
+            policy,
+            timeout,
+            not_before: None,
+        });
+    }
+    for i in 0..rts.len() {
+        for d in rts[i].deps.clone() {
+            rts[d].dependents.push(i);
+        }
+    }
+    // Rows are ordered by step_order, which the engine uses as the step's index.
+    for (i, s) in rts.iter_mut().enumerate() {
+        s.row.step_order = i as i32;
+    }
+    Ok(TaskRt {
+        row,
+        status,
+        steps: rts,
+    })
+}

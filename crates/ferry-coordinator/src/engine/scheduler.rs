@@ -1,0 +1,202 @@
+//! The scheduler: which pending steps may run (inputs complete, task running, back-off
+//! over), on which agent, and phase one of the two-phase start; retry timers and attempt
+//! deadlines.
+
+use super::*;
+
+/// A create request in flight (phase one sent, no answer yet).
+pub(super) struct PendingCreate {
+    pub(super) task_id: i64,
+    pub(super) step: usize,
+    pub(super) attempt: i32,
+    /// When `CreateJob` went out: unanswered past `workflow.agent_timeout`, the step is
+    /// dispatched again.
+    pub(super) sent: Instant,
+}
+
+impl Engine {
+    pub(super) fn enqueue_pending(&mut self, task_id: i64) {
+        if let Some(task) = self.tasks.get(&task_id) {
+            for (i, s) in task.steps.iter().enumerate() {
+                if s.status == StepStatus::Pending {
+                    self.candidates.insert((task_id, i));
+                }
+            }
+        }
+    }
+
+    pub(super) fn fire_due_retries(&mut self) {
+        let now = self.now();
+        while let Some(Reverse((due, task, step))) = self.retry_timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.retry_timers.pop();
+            self.candidates.insert((task, step));
+        }
+        while let Some(Reverse((due, task, step, attempt))) = self.deadlines.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.attempt_timed_out((task, step), attempt);
+        }
+    }
+
+    /// An attempt ran past its step's `timeout_secs`: cancel its job and retry the step as
+    /// after a transient failure.
+    pub(super) fn attempt_timed_out(&mut self, key: StepKey, attempt: i32) {
+        let Some(task) = self.tasks.get(&key.0) else {
+            return;
+        };
+        let step = &task.steps[key.1];
+        if step.row.attempt != attempt || !step.status.is_on_agent() {
+            return; // that attempt already ended
+        }
+        let limit = step.timeout.unwrap_or_default().as_secs();
+        if let (Some(agent), Some(job)) = (step.row.agent_name.clone(), step.row.job_id.clone()) {
+            self.jobs.remove(&job);
+            self.send(&agent, cancel(&job, "step timed out"));
+        }
+        self.pending_creates
+            .retain(|_, p| (p.task_id, p.step) != key);
+        self.job_failed(
+            key,
+            &format!("attempt {attempt} timed out after {limit}s (timeout_secs)"),
+            ErrorClass::Transient,
+        );
+    }
+
+    /// Phase one for every step whose inputs are complete: pick an agent and create the job.
+    pub(super) fn schedule(&mut self) {
+        if self.candidates.is_empty() {
+            return;
+        }
+        let mut keys: Vec<StepKey> = self.candidates.drain().collect();
+        keys.sort_unstable();
+        let clock_now = self.now();
+        for key in keys {
+            let Some(task) = self.tasks.get(&key.0) else {
+                continue;
+            };
+            if !task.status.dispatches() {
+                continue; // paused: a retry timer firing now dispatches nothing
+            }
+            let step = &task.steps[key.1];
+            if step.status != StepStatus::Pending {
+                continue;
+            }
+            if step.not_before.is_some_and(|t| t > clock_now) {
+                continue; // its retry timer will bring it back
+            }
+            if !step
+                .deps
+                .iter()
+                .all(|&d| task.steps[d].status == StepStatus::Completed)
+            {
+                continue; // INPUTS_READY not yet satisfied
+            }
+            let Some(agent) = self.pick_agent(&step.placement, &step.row.kind) else {
+                if self.waiting_for_agent.insert(key) {
+                    let msg = format!(
+                        "waiting for an agent ({}, kind {})",
+                        step.placement, step.row.kind
+                    );
+                    self.log_step(key, "WARN", msg);
+                }
+                continue;
+            };
+            self.dispatch(key, agent);
+        }
+    }
+
+    pub(super) fn dispatch(&mut self, key: StepKey, agent: String) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let (create, attempt) = {
+            let task = &self.tasks[&key.0];
+            let step = &task.steps[key.1];
+            let attempt = step.row.attempt + 1;
+            (
+                v1::CreateJob {
+                    request_id,
+                    task_id: key.0,
+                    step: step.row.step_name.clone(),
+                    attempt: attempt as u32,
+                    kind: step.row.kind.clone(),
+                    params_json: step.row.params.clone(),
+                    checkpoint_json: step.row.checkpoint_data.clone().unwrap_or_default(),
+                    task_name: task.row.name.clone(),
+                },
+                attempt,
+            )
+        };
+        {
+            let step = self.step_mut(key);
+            step.row.attempt = attempt;
+            step.row.agent_name = Some(agent.clone());
+            step.row.job_id = None;
+            step.row.next_attempt_at = None;
+            step.not_before = None;
+        }
+        self.step_event(key, StepEvent::Dispatch);
+        if let Some(a) = self.agents.get_mut(&agent) {
+            a.running += 1;
+        }
+        self.pending_creates.insert(
+            request_id,
+            PendingCreate {
+                task_id: key.0,
+                step: key.1,
+                attempt,
+                sent: self.now(),
+            },
+        );
+        if let Some(limit) = self.step(key).timeout {
+            self.deadlines
+                .push(Reverse((self.now() + limit, key.0, key.1, attempt)));
+        }
+        let retry_note = match self.step(key).row.retry_count {
+            0 => String::new(),
+            n => format!(" (retry {n})"),
+        };
+        self.log_step(
+            key,
+            "INFO",
+            format!("dispatching to agent {agent}{retry_note}"),
+        );
+        self.send(&agent, coordinator_message::Msg::CreateJob(create));
+    }
+
+    /// A create nobody acknowledged within `workflow.agent_timeout` (the agent is alive but
+    /// its answer never came): the step is dispatched again, without counting a retry.
+    pub(super) fn redispatch_unanswered_creates(&mut self) {
+        let now = self.now();
+        let timeout = self.settings.agent_timeout;
+        let unanswered: Vec<(u64, StepKey)> = self
+            .pending_creates
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.sent) > timeout)
+            .map(|(id, p)| (*id, (p.task_id, p.step)))
+            .collect();
+        for (request_id, key) in unanswered {
+            self.pending_creates.remove(&request_id);
+            if self
+                .tasks
+                .get(&key.0)
+                .is_some_and(|t| t.steps[key.1].status == StepStatus::Dispatching)
+            {
+                let agent = self.step(key).row.agent_name.clone().unwrap_or_default();
+                self.log_step(
+                    key,
+                    "WARN",
+                    format!(
+                        "agent {agent} did not acknowledge the job within {}s; dispatching again",
+                        timeout.as_secs()
+                    ),
+                );
+                self.requeue_without_retry(key);
+            }
+        }
+    }
+}

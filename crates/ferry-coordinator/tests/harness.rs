@@ -1,0 +1,638 @@
+//! The engine in process: a real engine on a real store (SQLite in a temporary directory),
+//! scripted agents on channels, and a clock the test moves by hand. Scheduling, retries,
+//! timeouts, agent loss and recovery, each in milliseconds; the real-process tests in
+//! `tests/` (crate `ferry-e2e`) cover the same engine through the daemons.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_coordinator::engine::{
+    AgentTx, ApiRequest, Clock, Engine, EngineHandle, EngineMsg, EngineSettings,
+};
+use ferry_coordinator::observe::Observer;
+use ferry_core::config::NotificationConfig;
+use ferry_core::workflow::WorkflowDef;
+use ferry_proto::v1::{self, agent_message, coordinator_message, job_event};
+use ferry_store::Store;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    url: String,
+    clock: Clock,
+    handle: EngineHandle,
+    store: Store,
+    shutdown: CancellationToken,
+    engine: tokio::task::JoinHandle<()>,
+    next_conn: u64,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("ferry.db").display()
+        );
+        let clock = Clock::manual();
+        let (store, handle, shutdown, engine) = start(&url, &clock).await;
+        Harness {
+            _dir: dir,
+            url,
+            clock,
+            handle,
+            store,
+            shutdown,
+            engine,
+            next_conn: 1,
+        }
+    }
+
+    /// Stops the engine (committing what it decided) and starts a new one on the same
+    /// database, as a coordinator restart does. Agents must attach again.
+    async fn restart(&mut self) {
+        self.shutdown.cancel();
+        (&mut self.engine).await.expect("engine stops");
+        let (store, handle, shutdown, engine) = start(&self.url, &self.clock).await;
+        self.store = store;
+        self.handle = handle;
+        self.shutdown = shutdown;
+        self.engine = engine;
+    }
+
+    async fn agent(&mut self, name: &str, role: &str, jobs: Vec<v1::JobReport>) -> FakeAgent {
+        let conn_id = self.next_conn;
+        self.next_conn += 1;
+        let (tx, rx): (AgentTx, _) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        self.handle
+            .send(EngineMsg::AgentAttached {
+                conn_id,
+                register: v1::Register {
+                    agent_name: name.into(),
+                    role: role.into(),
+                    kinds: vec!["noop".into(), "exec".into()],
+                    jobs,
+                    ..Default::default()
+                },
+                tx,
+                reply,
+            })
+            .await
+            .expect("engine up");
+        answer.await.expect("answer").expect("registered");
+        let mut agent = FakeAgent {
+            name: name.into(),
+            conn_id,
+            rx,
+            handle: self.handle.clone(),
+        };
+        match agent.next().await {
+            coordinator_message::Msg::Registered(_) => {}
+            other => panic!("expected Registered, got {other:?}"),
+        }
+        agent
+    }
+
+    async fn apply(&self, yaml: &str) {
+        let def = WorkflowDef::from_yaml(yaml).expect("valid workflow");
+        self.store.apply_workflow(&def).await.expect("stored");
+    }
+
+    async fn create(&self, workflow: &str) -> i64 {
+        self.handle
+            .request(|reply| ApiRequest::CreateTask {
+                workflow: workflow.into(),
+                name: String::new(),
+                params: BTreeMap::new(),
+                reply,
+            })
+            .await
+            .expect("task created")
+            .id
+    }
+
+    async fn request(
+        &self,
+        make: impl FnOnce(
+            oneshot::Sender<
+                Result<ferry_store::workflow_task::Model, ferry_coordinator::EngineError>,
+            >,
+        ) -> ApiRequest,
+    ) -> Result<ferry_store::workflow_task::Model, ferry_coordinator::EngineError> {
+        self.handle.request(make).await
+    }
+
+    /// Waits until every message sent so far was handled and its turn committed and sent:
+    /// two round trips (the first may share a turn with earlier messages; the second comes
+    /// after that turn's commit).
+    async fn settle(&self) {
+        for _ in 0..2 {
+            self.handle.list_agents().await.expect("engine up");
+        }
+    }
+
+    /// Moves the engine's clock (once what was sent before is handled) and runs its
+    /// periodic checks.
+    async fn advance(&self, by: Duration) {
+        self.settle().await;
+        self.clock.advance(by);
+        self.handle.send(EngineMsg::Tick).await.expect("engine up");
+        self.settle().await;
+    }
+
+    /// Lets `by` pass in steps of at most a second, the `alive` agents heartbeating at each.
+    async fn pass(&self, by: Duration, alive: &[&FakeAgent]) {
+        let mut left = by;
+        while !left.is_zero() {
+            for a in alive {
+                a.heartbeat().await;
+            }
+            let step = left.min(Duration::from_secs(1));
+            self.advance(step).await;
+            left -= step;
+        }
+    }
+
+    async fn status(&self, task: i64) -> (String, Vec<(String, String, i32)>) {
+        self.settle().await;
+        let row = self.store.task(task).await.expect("read").expect("task");
+        let steps = self
+            .store
+            .steps(task)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|s| (s.step_name, s.status, s.attempt))
+            .collect();
+        (row.status, steps)
+    }
+
+    async fn logs(&self, task: i64) -> String {
+        self.settle().await;
+        self.store
+            .logs(task, 0, 10_000)
+            .await
+            .expect("logs")
+            .into_iter()
+            .map(|l| format!("[{}] {}\n", l.step_name, l.message))
+            .collect()
+    }
+}
+
+async fn start(
+    url: &str,
+    clock: &Clock,
+) -> (
+    Store,
+    EngineHandle,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let store = Store::connect(url).await.expect("store");
+    let settings = EngineSettings {
+        heartbeat: Duration::from_secs(1),
+        agent_timeout: AGENT_TIMEOUT,
+        auto_resume: true,
+        pipeline: Default::default(),
+        observer: Observer::new(NotificationConfig::default()),
+        coordinator_name: "harness".into(),
+        clock: clock.clone(),
+    };
+    let (engine, handle) = Engine::start(store.clone(), settings)
+        .await
+        .expect("engine starts");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(engine.run(shutdown.clone()));
+    (store, handle, shutdown, task)
+}
+
+struct FakeAgent {
+    name: String,
+    conn_id: u64,
+    rx: mpsc::UnboundedReceiver<Result<v1::CoordinatorMessage, tonic::Status>>,
+    handle: EngineHandle,
+}
+
+impl FakeAgent {
+    async fn next(&mut self) -> coordinator_message::Msg {
+        let got = tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{}: no command within 5 s", self.name));
+        got.expect("stream open")
+            .expect("no error")
+            .msg
+            .expect("a message")
+    }
+
+    /// Nothing was sent to this agent (call after `Harness::settle`).
+    fn nothing(&mut self) {
+        if let Ok(m) = self.rx.try_recv() {
+            panic!("{}: expected no command, got {m:?}", self.name);
+        }
+    }
+
+    async fn expect_create(&mut self) -> v1::CreateJob {
+        match self.next().await {
+            coordinator_message::Msg::CreateJob(c) => c,
+            other => panic!("{}: expected CreateJob, got {other:?}", self.name),
+        }
+    }
+
+    async fn expect_start(&mut self, job: &str) {
+        match self.next().await {
+            coordinator_message::Msg::StartJob(s) => assert_eq!(s.job_id, job),
+            other => panic!("{}: expected StartJob, got {other:?}", self.name),
+        }
+    }
+
+    async fn expect_cancel(&mut self, job: &str) {
+        match self.next().await {
+            coordinator_message::Msg::CancelJob(c) => assert_eq!(c.job_id, job),
+            other => panic!("{}: expected CancelJob of {job}, got {other:?}", self.name),
+        }
+    }
+
+    async fn send(&self, msg: agent_message::Msg) {
+        self.handle
+            .send(EngineMsg::FromAgent {
+                name: self.name.clone(),
+                conn_id: self.conn_id,
+                msg,
+            })
+            .await
+            .expect("engine up");
+    }
+
+    async fn event(&self, job: &str, event: job_event::Event) {
+        self.send(agent_message::Msg::JobEvent(v1::JobEvent {
+            job_id: job.into(),
+            event: Some(event),
+        }))
+        .await;
+    }
+
+    async fn state(&self, job: &str, state: v1::JobState, error: &str) {
+        self.event(
+            job,
+            job_event::Event::State(v1::JobStateChange {
+                state: state as i32,
+                error: error.into(),
+                error_class: v1::ErrorClass::Transient as i32,
+            }),
+        )
+        .await;
+    }
+
+    async fn heartbeat(&self) {
+        self.send(agent_message::Msg::Heartbeat(v1::Heartbeat {
+            seq: 1,
+            running_jobs: 0,
+        }))
+        .await;
+    }
+
+    /// Answers the next create with `job`, then reports it running once started.
+    async fn take_job(&mut self, job: &str) -> v1::CreateJob {
+        let create = self.expect_create().await;
+        self.send(agent_message::Msg::JobCreated(v1::JobCreated {
+            request_id: create.request_id,
+            job_id: job.into(),
+            error: String::new(),
+        }))
+        .await;
+        self.expect_start(job).await;
+        self.state(job, v1::JobState::Running, "").await;
+        create
+    }
+
+    async fn finish(&mut self, job: &str) {
+        self.state(job, v1::JobState::Completed, "").await;
+        match self.next().await {
+            coordinator_message::Msg::ForgetJob(f) => assert_eq!(f.job_id, job),
+            other => panic!("{}: expected ForgetJob, got {other:?}", self.name),
+        }
+    }
+}
+
+fn chain(name: &str, extra: &str) -> String {
+    format!(
+        "name: {name}\nsteps:\n  - {{name: a, kind: noop, placement: {{agent: one}}{extra}}}\n  - {{name: b, kind: noop, placement: {{agent: two}}, inputs: [a]}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_chain_runs_across_two_agents_in_input_order() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let mut two = h.agent("two", "training", vec![]).await;
+    h.apply(&chain("c", "")).await;
+    let task = h.create("c").await;
+    let create = one.take_job("j-a").await;
+    assert_eq!((create.step.as_str(), create.attempt), ("a", 1));
+    h.settle().await;
+    two.nothing(); // b waits for a (INPUTS_READY)
+    one.finish("j-a").await;
+    two.take_job("j-b").await;
+    two.finish("j-b").await;
+    let (status, steps) = h.status(task).await;
+    assert_eq!(status, "completed");
+    assert!(
+        steps
+            .iter()
+            .all(|(_, s, attempt)| s == "completed" && *attempt == 1)
+    );
+}
+
+#[tokio::test]
+async fn a_transient_failure_waits_its_backoff_then_runs_again() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let two = h.agent("two", "training", vec![]).await;
+    h.apply(&chain("c", ", retry: {max_retries: 2, backoff_ms: 10000}"))
+        .await;
+    let task = h.create("c").await;
+    one.take_job("j1").await;
+    one.state("j1", v1::JobState::Failed, "disk hiccup").await;
+    let _forget = one.next().await;
+    h.pass(Duration::from_secs(9), &[&one, &two]).await;
+    one.nothing(); // still backing off
+    let (_, steps) = h.status(task).await;
+    assert_eq!(steps[0].1, "pending");
+    h.pass(Duration::from_secs(1), &[&one, &two]).await;
+    let again = one.expect_create().await;
+    assert_eq!(again.attempt, 2);
+    assert!(
+        h.logs(task)
+            .await
+            .contains("attempt failed: disk hiccup; retry 1/2 in 10.0s")
+    );
+}
+
+#[tokio::test]
+async fn a_retry_timer_firing_after_a_pause_dispatches_nothing_until_resume() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let two = h.agent("two", "training", vec![]).await;
+    h.apply(&chain("c", ", retry: {max_retries: 2, backoff_ms: 1000}"))
+        .await;
+    let task = h.create("c").await;
+    one.take_job("j1").await;
+    one.state("j1", v1::JobState::Failed, "flaky").await;
+    let _forget = one.next().await;
+    h.request(|reply| ApiRequest::Pause {
+        task_id: task,
+        reply,
+    })
+    .await
+    .expect("paused");
+    h.pass(Duration::from_secs(5), &[&one, &two]).await;
+    one.nothing();
+    h.request(|reply| ApiRequest::Resume {
+        task_id: task,
+        reply,
+    })
+    .await
+    .expect("resumed");
+    assert_eq!(one.expect_create().await.attempt, 2);
+}
+
+#[tokio::test]
+async fn an_unanswered_create_is_dispatched_again_and_a_late_answer_cancelled() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let _two = h.agent("two", "training", vec![]).await;
+    h.apply(&chain("c", "")).await;
+    let task = h.create("c").await;
+    let first = one.expect_create().await; // never answered in time
+    h.pass(Duration::from_secs(3), &[&one]).await;
+    one.nothing();
+    h.pass(Duration::from_secs(1), &[&one]).await;
+    let second = one.expect_create().await;
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.request_id, first.request_id);
+    // The first answer arrives now: nobody wants that job.
+    one.send(agent_message::Msg::JobCreated(v1::JobCreated {
+        request_id: first.request_id,
+        job_id: "late".into(),
+        error: String::new(),
+    }))
+    .await;
+    one.expect_cancel("late").await;
+    assert!(
+        h.logs(task)
+            .await
+            .contains("agent one did not acknowledge the job within 3s; dispatching again")
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_timeout_is_cancelled_and_retried() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    h.apply(&chain(
+        "c",
+        ", timeout_secs: 60, retry: {max_retries: 1, backoff_ms: 100}",
+    ))
+    .await;
+    let task = h.create("c").await;
+    one.take_job("j1").await;
+    h.pass(Duration::from_secs(59), &[&one]).await;
+    one.nothing();
+    h.pass(Duration::from_secs(1), &[&one]).await; // 60 s
+    one.expect_cancel("j1").await;
+    h.pass(Duration::from_secs(1), &[&one]).await;
+    assert_eq!(one.expect_create().await.attempt, 2);
+    assert!(
+        h.logs(task)
+            .await
+            .contains("attempt 1 timed out after 60s (timeout_secs)")
+    );
+}
+
+#[tokio::test]
+async fn a_silent_agent_loses_its_step_to_another() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let mut two = h.agent("two", "training", vec![]).await;
+    h.apply("name: r\nsteps:\n  - {name: a, kind: noop, placement: {role: training}}\n")
+        .await;
+    let task = h.create("r").await;
+    // Placed on the first agent by name order (both idle).
+    one.take_job("j1").await;
+    h.pass(Duration::from_secs(4), &[&two]).await;
+    let (_, steps) = h.status(task).await;
+    assert_eq!(steps[0].1, "pending", "{steps:?}");
+    h.pass(Duration::from_secs(2), &[&two]).await; // the retry back-off
+    let create = two.expect_create().await;
+    assert_eq!(create.attempt, 2);
+    assert!(
+        h.logs(task)
+            .await
+            .contains("agent one unreachable for more than 3s")
+    );
+}
+
+#[tokio::test]
+async fn a_completion_racing_a_cancel_leaves_the_step_cancelled() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let _two = h.agent("two", "training", vec![]).await;
+    h.apply(&chain("c", "")).await;
+    let task = h.create("c").await;
+    one.take_job("j1").await;
+    h.request(|reply| ApiRequest::Cancel {
+        task_id: task,
+        reply,
+    })
+    .await
+    .expect("cancelled");
+    one.expect_cancel("j1").await;
+    // The job had finished before the cancel reached the agent.
+    one.state("j1", v1::JobState::Completed, "").await;
+    let (status, steps) = h.status(task).await;
+    assert_eq!(status, "cancelled");
+    assert_eq!(steps[0].1, "cancelled");
+    assert_eq!(steps[1].1, "cancelled");
+}
+
+#[tokio::test]
+async fn a_job_reported_after_the_engine_gave_it_up_is_cancelled() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let mut two = h.agent("two", "training", vec![]).await;
+    h.apply("name: r\nsteps:\n  - {name: a, kind: noop, placement: {role: training}, retry: {backoff_ms: 100}}\n")
+        .await;
+    let task = h.create("r").await;
+    one.take_job("old").await;
+    // `one` goes silent; its step moves to `two`.
+    h.pass(Duration::from_secs(5), &[&two]).await;
+    two.take_job("new").await;
+    // `one` comes back and reports its old job still running: it is told to stop it, and the
+    // step stays with `two`.
+    let mut back = h
+        .agent(
+            "one",
+            "training",
+            vec![v1::JobReport {
+                job_id: "old".into(),
+                task_id: task,
+                step: "a".into(),
+                attempt: 1,
+                state: v1::JobState::Running as i32,
+                ..Default::default()
+            }],
+        )
+        .await;
+    back.expect_cancel("old").await;
+    two.finish("new").await;
+    let (status, steps) = h.status(task).await;
+    assert_eq!(status, "completed");
+    assert_eq!(steps[0].2, 2, "the second attempt completed it");
+    drop(one);
+}
+
+#[tokio::test]
+async fn a_job_that_finished_while_the_coordinator_was_down_is_not_run_again() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let _two = h.agent("two", "training", vec![]).await;
+    h.apply(&chain("c", "")).await;
+    let task = h.create("c").await;
+    one.take_job("j-a").await;
+    h.settle().await;
+    h.restart().await;
+    // The job completed meanwhile; the agent says so at registration.
+    let mut one = h
+        .agent(
+            "one",
+            "training",
+            vec![v1::JobReport {
+                job_id: "j-a".into(),
+                task_id: task,
+                step: "a".into(),
+                attempt: 1,
+                state: v1::JobState::Completed as i32,
+                metrics: vec![v1::JobMetric {
+                    name: "rows".into(),
+                    value: 10.0,
+                    index: 0,
+                }],
+                ..Default::default()
+            }],
+        )
+        .await;
+    match one.next().await {
+        coordinator_message::Msg::ForgetJob(f) => assert_eq!(f.job_id, "j-a"),
+        other => panic!("expected ForgetJob, got {other:?}"),
+    }
+    let mut two = h.agent("two", "training", vec![]).await;
+    two.take_job("j-b").await;
+    two.finish("j-b").await;
+    h.settle().await;
+    one.nothing(); // a ran once
+    let (status, steps) = h.status(task).await;
+    assert_eq!(status, "completed");
+    assert_eq!(steps[0].2, 1);
+    let metrics = h.store.metrics(task).await.expect("metrics");
+    assert_eq!(
+        metrics.len(),
+        1,
+        "the metric reported at registration was kept"
+    );
+}
+
+#[tokio::test]
+async fn a_nan_metric_is_refused_and_the_engine_goes_on() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let mut two = h.agent("two", "training", vec![]).await;
+    h.apply(&chain("c", "")).await;
+    let task = h.create("c").await;
+    one.take_job("j-a").await;
+    for (name, value) in [("loss", f64::NAN), ("loss", f64::INFINITY), ("auc", 0.75)] {
+        one.event(
+            "j-a",
+            job_event::Event::Metric(v1::JobMetric {
+                name: name.into(),
+                value,
+                index: 1,
+            }),
+        )
+        .await;
+    }
+    one.event(
+        "j-a",
+        job_event::Event::Log(v1::JobLog {
+            level: v1::LogLevel::Info as i32,
+            source: "stdout".into(),
+            message: "nul\0byte".into(),
+            timestamp: String::new(),
+        }),
+    )
+    .await;
+    one.finish("j-a").await;
+    two.take_job("j-b").await;
+    two.finish("j-b").await;
+    let (status, _) = h.status(task).await;
+    assert_eq!(status, "completed");
+    let metrics = h.store.metrics(task).await.expect("metrics");
+    assert_eq!(metrics.len(), 1);
+    assert_eq!(metrics[0].name, "auc");
+    let logs = h.logs(task).await;
+    assert!(
+        logs.contains("metric `loss` = NaN is not a finite number; not stored"),
+        "{logs}"
+    );
+    assert!(logs.contains("nul\u{FFFD}byte"), "{logs}");
+    // And the next task runs.
+    let next = h.create("c").await;
+    one.take_job("j-a2").await;
+    one.finish("j-a2").await;
+    two.take_job("j-b2").await;
+    two.finish("j-b2").await;
+    assert_eq!(h.status(next).await.0, "completed");
+}
