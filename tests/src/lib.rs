@@ -187,6 +187,10 @@ impl Cluster {
     }
 
     /// The process id of a running agent.
+    pub fn coordinator_pid(&self) -> Option<u32> {
+        self.coordinator.as_ref().map(Child::id)
+    }
+
     pub fn agent_pid(&self, name: &str) -> Option<u32> {
         self.agents.get(name).map(Child::id)
     }

@@ -23,11 +23,53 @@ pub struct Options {
     /// Steps in the latency chain.
     #[arg(long, default_value_t = 200)]
     chain: usize,
+    /// Chains in the one large workflow (0: skip it).
+    #[arg(long, default_value_t = 1000)]
+    large_chains: usize,
+    /// Steps per chain in the large workflow (1000 x 100 = 100,000 steps).
+    #[arg(long, default_value_t = 100)]
+    large_steps: usize,
 }
 
 const TARGET_STEPS_PER_S: f64 = 1000.0;
 const TARGET_P50_MS: f64 = 5.0;
 const TARGET_P99_MS: f64 = 50.0;
+const TARGET_RSS_MIB: f64 = 512.0;
+
+/// One workflow of `chains` independent chains of `steps` no-op steps, each chain
+/// alternating between the two agents.
+fn large_yaml(name: &str, chains: usize, steps: usize) -> String {
+    let mut y = format!("name: {name}\nsteps:\n");
+    for c in 0..chains {
+        for i in 0..steps {
+            let agent = if (c + i) % 2 == 0 {
+                "bench-a"
+            } else {
+                "bench-b"
+            };
+            y.push_str(&format!(
+                "  - {{name: c{c}_s{i}, kind: noop, placement: {{agent: {agent}}}"
+            ));
+            if i > 0 {
+                y.push_str(&format!(", inputs: [c{c}_s{}]", i - 1));
+            }
+            y.push_str("}\n");
+        }
+    }
+    y
+}
+
+/// The peak resident memory of a process (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    Ok(kib / 1024.0)
+}
 
 fn chain_yaml(name: &str, steps: usize) -> String {
     let mut y = format!("name: {name}\nsteps:\n");
@@ -158,6 +200,13 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     let pct = |p: f64| handoffs[((handoffs.len() as f64 - 1.0) * p).round() as usize];
     let (p50, p99) = (pct(0.50), pct(0.99));
 
+    // ---- one large workflow
+    let large = if opts.large_chains > 0 && opts.large_steps > 0 {
+        Some(large_run(&c, opts.large_chains, opts.large_steps).await?)
+    } else {
+        None
+    };
+
     println!();
     println!("engine benchmark (release daemons, SQLite, loopback gRPC, 2 agents)");
     println!(
@@ -175,5 +224,97 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         handoffs.len(),
         handoffs.last().copied().unwrap_or_default()
     );
+    if let Some(l) = large {
+        println!(
+            "  one workflow of {} steps ({} chains x {}): applied in {:.2} s, task created in {:.2} s, \
+             ran in {:.2} s -> {:.0} steps/s (target >= {TARGET_STEPS_PER_S:.0}; ratio {:.2}x); \
+             coordinator peak RSS {:.0} MiB (target < {TARGET_RSS_MIB:.0}; ratio {:.2}x)",
+            l.steps,
+            opts.large_chains,
+            opts.large_steps,
+            l.apply_s,
+            l.create_s,
+            l.run_s,
+            l.steps as f64 / l.run_s,
+            l.steps as f64 / l.run_s / TARGET_STEPS_PER_S,
+            l.peak_rss_mib,
+            l.peak_rss_mib / TARGET_RSS_MIB,
+        );
+    }
     Ok(())
+}
+
+struct LargeRun {
+    steps: usize,
+    apply_s: f64,
+    create_s: f64,
+    run_s: f64,
+    peak_rss_mib: f64,
+}
+
+/// Applies one workflow of `chains x steps` no-op steps, runs a task of it to the end, and
+/// reads the coordinator's peak memory.
+async fn large_run(c: &Cluster, chains: usize, steps: usize) -> anyhow::Result<LargeRun> {
+    let total = chains * steps;
+    let def =
+        ferry_core::workflow::WorkflowDef::from_yaml(&large_yaml("bench_large", chains, steps))
+            .context("large workflow")?;
+    let mut client = c
+        .client()
+        .await
+        .max_decoding_message_size(ferry_core::limits::REQUEST_BYTES)
+        .max_encoding_message_size(ferry_core::limits::REQUEST_BYTES);
+    let t = Instant::now();
+    client
+        .apply_workflow(v1::ApplyWorkflowRequest {
+            definition: Some((&def).into()),
+        })
+        .await
+        .context("applying the large workflow")?;
+    let apply_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let task = client
+        .create_task(v1::CreateTaskRequest {
+            workflow: "bench_large".into(),
+            ..Default::default()
+        })
+        .await
+        .context("creating the large task")?
+        .into_inner();
+    let create_s = t.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let status = loop {
+        let t = client
+            .get_task_status(v1::TaskRef { task_id: task.id })
+            .await?
+            .into_inner();
+        if matches!(
+            t.status.as_str(),
+            "completed" | "failed" | "paused" | "cancelled"
+        ) {
+            break t;
+        }
+        if Instant::now() > deadline {
+            bail!("the large task did not finish: {t:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if status.status != "completed" {
+        bail!(
+            "the large task ended {}: {}",
+            status.status,
+            status.status_reason
+        );
+    }
+    let run_s = (parse_ts(&status.completed_at)? - parse_ts(&status.created_at)?)
+        .to_std()?
+        .as_secs_f64();
+    let pid = c.coordinator_pid().context("the coordinator is running")?;
+    Ok(LargeRun {
+        steps: total,
+        apply_s,
+        create_s,
+        run_s,
+        peak_rss_mib: peak_rss_mib(pid)?,
+    })
 }

@@ -318,7 +318,9 @@ async fn connect(url: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
             "cannot reach the coordinator at {url}: {e} (is ferry-coordinatord running? set --coordinator or FERRY_COORDINATOR)"
         ))
     })?;
-    Ok(WorkflowServiceClient::new(channel))
+    Ok(WorkflowServiceClient::new(channel)
+        .max_decoding_message_size(ferry_core::limits::REQUEST_BYTES)
+        .max_encoding_message_size(ferry_core::limits::REQUEST_BYTES))
 }
 
 /// Turns a gRPC status into an error that shows only its message.

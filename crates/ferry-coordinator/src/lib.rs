@@ -117,7 +117,11 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(WorkflowServiceServer::new(workflow_api))
+        .add_service(
+            WorkflowServiceServer::new(workflow_api)
+                .max_decoding_message_size(ferry_core::limits::REQUEST_BYTES)
+                .max_encoding_message_size(ferry_core::limits::REQUEST_BYTES),
+        )
         .add_service(AgentServiceServer::new(agent_api))
         // No Nagle: agent commands are small messages that must leave at once.
         .serve_with_incoming_shutdown(

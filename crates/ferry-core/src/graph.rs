@@ -790,49 +790,19 @@ pub fn plan(
 
 /// A cycle among the nodes, as a path that returns to its start.
 fn find_cycle(nodes: &[NodeDef], edges: &[(&str, &str)]) -> Option<Vec<String>> {
-    let mut next: HashMap<&str, Vec<&str>> = HashMap::new();
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let mut next: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (a, b) in edges {
-        next.entry(a).or_default().push(b);
-    }
-    // 0 = unvisited, 1 = on the current path, 2 = done.
-    let mut mark: HashMap<&str, u8> = HashMap::new();
-    fn visit<'a>(
-        n: &'a str,
-        next: &HashMap<&'a str, Vec<&'a str>>,
-        mark: &mut HashMap<&'a str, u8>,
-        path: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        mark.insert(n, 1);
-        path.push(n);
-        for m in next.get(n).into_iter().flatten() {
-            match mark.get(m).copied().unwrap_or(0) {
-                1 => {
-                    let start = path.iter().position(|p| p == m).unwrap_or(0);
-                    let mut cycle: Vec<String> =
-                        path[start..].iter().map(|s| (*s).to_owned()).collect();
-                    cycle.push((*m).to_owned());
-                    return Some(cycle);
-                }
-                0 => {
-                    if let Some(c) = visit(m, next, mark, path) {
-                        return Some(c);
-                    }
-                }
-                _ => {}
-            }
-        }
-        path.pop();
-        mark.insert(n, 2);
-        None
-    }
-    for n in nodes {
-        if mark.get(n.name.as_str()).copied().unwrap_or(0) == 0
-            && let Some(c) = visit(&n.name, &next, &mut mark, &mut Vec::new())
-        {
-            return Some(c);
+        if let (Some(&a), Some(&b)) = (index.get(a), index.get(b)) {
+            next[a].push(b);
         }
     }
-    None
+    let cycle = crate::dag::find_cycle(&next)?;
+    Some(cycle.iter().map(|&i| nodes[i].name.clone()).collect())
 }
 
 #[cfg(test)]

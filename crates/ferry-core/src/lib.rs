@@ -5,6 +5,7 @@
 //! retry policy, step-kind parameters, and the configuration schema.
 
 pub mod config;
+pub mod dag;
 pub mod graph;
 pub mod ident;
 pub mod jobpaths;

@@ -50,6 +50,10 @@ pub const STEP_PARAMS_BYTES: usize = 1024 * 1024;
 /// refused with a log line and the previous one kept.
 pub const STEP_STATE_BYTES: usize = 1024 * 1024;
 
+/// The most bytes one client request or answer may take (a workflow definition of 100,000
+/// steps is about 6 MiB); the coordinator and the CLI accept this much.
+pub const REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
 /// What [`fit`] appends to a value it had to cut.
 const CUT_MARK: &str = "…";
 

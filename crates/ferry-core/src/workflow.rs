@@ -1,7 +1,7 @@
 //! Workflow definitions: a DAG of steps, and the validation every definition passes
 //! before it is stored or executed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -240,89 +240,50 @@ impl WorkflowDef {
     }
 
     /// A cycle as a path that starts and ends at the same step, if the inputs form one.
-    fn find_cycle(&self) -> Option<Vec<String>> {
-        #[derive(Clone, Copy, PartialEq)]
-        enum Mark {
-            New,
-            OnPath,
-            Done,
-        }
+    /// Each step's inputs by index (unknown names left out; validation reports them).
+    fn input_indices(&self) -> Vec<Vec<usize>> {
         let index: HashMap<&str, usize> = self
             .steps
             .iter()
             .enumerate()
             .map(|(i, s)| (s.name.as_str(), i))
             .collect();
-        let mut marks = vec![Mark::New; self.steps.len()];
-        // Iterative depth-first search over "depends on" edges, keeping the current path.
-        for root in 0..self.steps.len() {
-            if marks[root] != Mark::New {
-                continue;
-            }
-            let mut path: Vec<(usize, usize)> = vec![(root, 0)];
-            marks[root] = Mark::OnPath;
-            while let Some(&mut (node, ref mut next_edge)) = path.last_mut() {
-                let inputs = &self.steps[node].inputs;
-                if *next_edge < inputs.len() {
-                    let target = inputs[*next_edge].as_str();
-                    *next_edge += 1;
-                    let Some(&t) = index.get(target) else {
-                        continue;
-                    };
-                    match marks[t] {
-                        Mark::New => {
-                            marks[t] = Mark::OnPath;
-                            path.push((t, 0));
-                        }
-                        Mark::OnPath => {
-                            let start = path.iter().position(|&(n, _)| n == t).unwrap_or(0);
-                            // Edges point from a step to what it depends on; print the
-                            // cycle in execution order (dependency first).
-                            let mut members: Vec<usize> =
-                                path[start..].iter().map(|&(n, _)| n).collect();
-                            members.reverse();
-                            // Start at the step defined first, so the message is stable.
-                            let first = (0..members.len()).min_by_key(|&i| members[i]).unwrap_or(0);
-                            members.rotate_left(first);
-                            members.push(members[0]);
-                            return Some(
-                                members
-                                    .iter()
-                                    .map(|&n| self.steps[n].name.clone())
-                                    .collect(),
-                            );
-                        }
-                        Mark::Done => {}
-                    }
-                } else {
-                    marks[node] = Mark::Done;
-                    path.pop();
-                }
-            }
-        }
-        None
+        self.steps
+            .iter()
+            .map(|s| {
+                s.inputs
+                    .iter()
+                    .filter_map(|i| index.get(i.as_str()).copied())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn find_cycle(&self) -> Option<Vec<String>> {
+        let mut members = crate::dag::find_cycle(&self.input_indices())?;
+        members.pop();
+        // Edges point from a step to what it depends on; print the cycle in execution order
+        // (dependency first), starting at the step defined first, so the message is stable.
+        members.reverse();
+        let first = (0..members.len()).min_by_key(|&i| members[i]).unwrap_or(0);
+        members.rotate_left(first);
+        members.push(members[0]);
+        Some(
+            members
+                .iter()
+                .map(|&n| self.steps[n].name.clone())
+                .collect(),
+        )
     }
 
     /// Steps in an order where every step comes after its inputs (ties keep definition
     /// order). Only meaningful for a validated definition.
     pub fn topological_order(&self) -> Vec<&StepDef> {
-        let mut placed: BTreeMap<&str, ()> = BTreeMap::new();
-        let mut order = Vec::with_capacity(self.steps.len());
-        while order.len() < self.steps.len() {
-            let before = order.len();
-            for step in &self.steps {
-                if !placed.contains_key(step.name.as_str())
-                    && step.inputs.iter().all(|i| placed.contains_key(i.as_str()))
-                {
-                    placed.insert(step.name.as_str(), ());
-                    order.push(step);
-                }
-            }
-            if order.len() == before {
-                break; // a cycle; validation reports it
-            }
-        }
-        order
+        crate::dag::stable_topological_order(&self.input_indices())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| &self.steps[i])
+            .collect()
     }
 }
 

@@ -270,10 +270,8 @@ impl Engine {
         let (task_row, step_rows) = self.store.insert_task(new_task, render).await?;
         let id = task_row.id;
         let task = build_task_rt(task_row, step_rows)?;
-        let keys: Vec<StepKey> = (0..task.steps.len()).map(|i| (id, i)).collect();
+        // The rows are stored as they are (rendered, pending): nothing to write again.
         self.tasks.insert(id, task);
-        self.dirty_tasks.insert(id);
-        self.dirty_steps.extend(keys);
         let count = self.tasks[&id].steps.len();
         self.log(
             id,

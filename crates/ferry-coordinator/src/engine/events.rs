@@ -303,7 +303,7 @@ impl Engine {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
-        if task.steps.iter().all(|s| s.status == StepStatus::Completed) {
+        if task.all_completed() {
             let elapsed = format_duration(
                 (Utc::now() - task.row.started_at.unwrap_or(task.row.created_at))
                     .to_std()

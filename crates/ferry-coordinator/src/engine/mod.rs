@@ -416,10 +416,11 @@ impl Engine {
                 seconds.max(0.0),
             );
         }
-        let step = self.step_mut(key);
-        step.status = status;
-        step.row.status = status.as_str().to_owned();
-        step.row.updated_at = Utc::now();
+        self.dirty_steps.insert(key);
+        self.tasks
+            .get_mut(&key.0)
+            .expect("key refers to a live task")
+            .set_step_status(key.1, status);
         true
     }
 

@@ -22,14 +22,34 @@ pub(super) struct TaskRt {
     pub(super) row: workflow_task::Model,
     pub(super) status: TaskStatus,
     pub(super) steps: Vec<StepRt>,
+    /// How many steps are completed (kept as they change: a 100,000-step task is not
+    /// counted again at every completion).
+    completed: usize,
 }
 
 impl TaskRt {
     pub(super) fn completed_steps(&self) -> usize {
-        self.steps
-            .iter()
-            .filter(|s| s.status == StepStatus::Completed)
-            .count()
+        self.completed
+    }
+
+    pub(super) fn all_completed(&self) -> bool {
+        self.completed == self.steps.len()
+    }
+
+    /// Sets step `i`'s status, as the state machine decided, and its stored string.
+    pub(super) fn set_step_status(&mut self, i: usize, status: StepStatus) {
+        let step = &mut self.steps[i];
+        match (
+            step.status == StepStatus::Completed,
+            status == StepStatus::Completed,
+        ) {
+            (false, true) => self.completed += 1,
+            (true, false) => self.completed -= 1,
+            _ => {}
+        }
+        step.status = status;
+        step.row.status = status.as_str().to_owned();
+        step.row.updated_at = Utc::now();
     }
 }
 
@@ -93,9 +113,14 @@ pub(super) fn build_task_rt(
     for (i, s) in rts.iter_mut().enumerate() {
         s.row.step_order = i as i32;
     }
+    let completed = rts
+        .iter()
+        .filter(|s| s.status == StepStatus::Completed)
+        .count();
     Ok(TaskRt {
         row,
         status,
         steps: rts,
+        completed,
     })
 }
