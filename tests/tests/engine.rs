@@ -740,3 +740,90 @@ async fn a_step_past_its_timeout_is_cancelled_and_retried() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Every log line of a task, paging through the API.
+async fn all_log_messages(c: &Cluster, task: i64) -> Vec<String> {
+    let mut client = c.client().await;
+    let mut after = 0;
+    let mut out = Vec::new();
+    loop {
+        let page = client
+            .get_logs(v1::GetLogsRequest {
+                task_id: task,
+                after_id: after,
+                limit: 5000,
+            })
+            .await
+            .expect("logs")
+            .into_inner()
+            .entries;
+        let Some(last) = page.last() else {
+            return out;
+        };
+        after = last.id;
+        out.extend(page.into_iter().map(|e| e.message));
+    }
+}
+
+/// The coordinator is killed while a job floods its log: after the restart every line is
+/// stored exactly once (the agent sends what was not acknowledged again; the coordinator
+/// skips what it already stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_stream_loses_no_log_line_and_stores_none_twice() {
+    let mut c = cluster_with_two_agents().await;
+    let n = 20_000;
+    // About 4 s of output: 100 lines at a time.
+    let script = format!(
+        "i=1; while [ $$i -le {n} ]; do echo line-$$i; \
+         if [ $$((i % 100)) -eq 0 ]; then sleep 0.02; fi; i=$$((i+1)); done"
+    );
+    c.apply(&shell_workflow(
+        "flood",
+        &[("flood", "training", &[], &script, "retry: {max_retries: 0}")],
+    ))
+    .await
+    .expect("valid");
+    let task = c.create_task("flood").await;
+    // Kill it while lines are arriving.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let logs = c.logs_text(task.id).await;
+        if logs.contains("stdout: line-") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no output: {logs}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = all_log_messages(&c, task.id).await.len();
+    c.kill_coordinator();
+    assert!(
+        before < n,
+        "the kill came while lines were still arriving ({before} stored)"
+    );
+    c.start_coordinator().await;
+    c.wait_status(task.id, "completed", T).await;
+    let lines: Vec<String> = all_log_messages(&c, task.id)
+        .await
+        .into_iter()
+        .filter(|m| m.starts_with("line-"))
+        .collect();
+    let mut seen = vec![0u32; n + 1];
+    for l in &lines {
+        let i: usize = l["line-".len()..].parse().expect("numbered line");
+        seen[i] += 1;
+    }
+    let missing: Vec<usize> = (1..=n).filter(|&i| seen[i] == 0).collect();
+    let twice: Vec<usize> = (1..=n).filter(|&i| seen[i] > 1).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        twice.is_empty(),
+        "{} lines twice, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+}

@@ -133,12 +133,8 @@ impl JobContext {
             value,
             index,
         };
-        if let Ok(mut r) = self.record.lock() {
-            if r.metrics.len() >= crate::runtime::MAX_KEPT_METRICS {
-                r.metrics.remove(0);
-            }
-            r.metrics.push(metric.clone());
-        }
+        // Delivered at least once and stored once (the outbox); not re-reported at
+        // registration, where a repeat would be stored twice.
         self.emit(job_event::Event::Metric(metric));
     }
 
@@ -158,6 +154,7 @@ impl JobContext {
                 job_id: self.job_id.clone(),
                 event: Some(event),
             })),
+            seq: 0,
         });
     }
 }

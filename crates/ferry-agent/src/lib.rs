@@ -7,6 +7,7 @@ pub mod exec;
 pub mod executor;
 pub mod jobio;
 pub mod monitor;
+mod outbox;
 pub mod runtime;
 pub mod services;
 pub mod transfer;

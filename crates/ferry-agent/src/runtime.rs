@@ -24,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 use crate::executor::{Executor, JobContext};
+use crate::outbox::{MAX_UNACKED_BYTES, Outbox};
 
 /// Everything the runtime needs to know about this agent.
 #[derive(Debug, Clone)]
@@ -74,26 +75,25 @@ struct Job {
     record: JobRecord,
 }
 
-/// A job's chunk states (latest per chunk), metrics, and latest checkpoint and progress;
-/// shared by a job and its context.
+/// A job's chunk states (latest per chunk) and latest checkpoint and progress, re-reported at
+/// every registration (idempotent: chunk rows are upserted, the others replaced); shared by a
+/// job and its context.
 pub(crate) type JobRecord = Arc<Mutex<Reported>>;
 
 #[derive(Default)]
 pub(crate) struct Reported {
     pub(crate) chunks: BTreeMap<String, v1::ChunkState>,
-    pub(crate) metrics: Vec<v1::JobMetric>,
     pub(crate) checkpoint: Option<String>,
     pub(crate) progress: Option<String>,
 }
-
-/// Metrics kept per job for re-reporting (a job reporting more keeps its latest ones).
-pub(crate) const MAX_KEPT_METRICS: usize = 10_000;
 
 struct Shared {
     settings: AgentSettings,
     executors: HashMap<&'static str, Arc<dyn Executor>>,
     jobs: Mutex<HashMap<String, Job>>,
     events: mpsc::UnboundedSender<v1::AgentMessage>,
+    /// This process's instance id, sent at registration: event numbers count within it.
+    instance: u64,
 }
 
 impl Shared {
@@ -119,20 +119,52 @@ impl Shared {
                     error_class: error_class_to_wire(class) as i32,
                 })),
             })),
+            seq: 0,
         });
     }
 
-    /// The `Register` and, when it would not fit one message, the job data that follows it.
-    fn register_messages(&self) -> Vec<v1::AgentMessage> {
-        let Some(agent_message::Msg::Register(reg)) = self.register_message().msg else {
+    /// What a new connection starts with: the `Register` (and, when it would not fit one
+    /// message, the job data that follows it), then every event the coordinator has not
+    /// acknowledged. A job that ended but still has events waiting is reported running, and
+    /// its end follows those events, so the coordinator takes them while the job is current.
+    fn connect_messages(&self, outbox: &mut Outbox) -> Vec<v1::AgentMessage> {
+        let Some(agent_message::Msg::Register(mut reg)) = self.register_message().msg else {
             return Vec::new();
         };
+        let waiting: std::collections::HashSet<String> =
+            outbox.jobs_waiting().map(str::to_owned).collect();
+        let mut ends = Vec::new();
+        for job in &mut reg.jobs {
+            let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
+            if waiting.contains(&job.job_id)
+                && matches!(
+                    state,
+                    v1::JobState::Completed | v1::JobState::Failed | v1::JobState::Cancelled
+                )
+            {
+                ends.push(v1::AgentMessage {
+                    msg: Some(agent_message::Msg::JobEvent(v1::JobEvent {
+                        job_id: job.job_id.clone(),
+                        event: Some(v1::job_event::Event::State(v1::JobStateChange {
+                            state: job.state,
+                            error: job.error.clone(),
+                            error_class: job.error_class,
+                        })),
+                    })),
+                    seq: 0,
+                });
+                job.state = v1::JobState::Running as i32;
+            }
+        }
         let (reg, follow) =
             ferry_proto::split::split_register(reg, ferry_proto::split::MESSAGE_BUDGET);
         let mut all = vec![v1::AgentMessage {
             msg: Some(agent_message::Msg::Register(reg)),
+            seq: 0,
         }];
         all.extend(follow);
+        all.extend(outbox.replay());
+        all.extend(ends);
         all
     }
 
@@ -154,7 +186,6 @@ impl Shared {
                     .lock()
                     .map(|r| v1::JobReport {
                         chunks: r.chunks.values().cloned().collect(),
-                        metrics: r.metrics.clone(),
                         checkpoint_json: r.checkpoint.clone().unwrap_or_default(),
                         progress_json: r.progress.clone().unwrap_or_default(),
                         ..Default::default()
@@ -173,7 +204,9 @@ impl Shared {
                 jobs,
                 paths: self.settings.paths.clone().into_iter().collect(),
                 ssh_to: self.settings.ssh_to.clone(),
+                instance: self.instance,
             })),
+            seq: 0,
         }
     }
 }
@@ -207,10 +240,10 @@ pub async fn run(
         settings,
         jobs: Mutex::new(HashMap::new()),
         events,
+        instance: uuid::Uuid::new_v4().as_u64_pair().0,
     });
     info!(agent = %shared.settings.name, role = %shared.settings.role, "agent starting");
-    // A message taken from the queue but not delivered before a connection broke.
-    let mut carry: Option<v1::AgentMessage> = None;
+    let mut outbox = Outbox::new(MAX_UNACKED_BYTES);
     while !shutdown.is_cancelled() {
         let channel = tokio::select! {
             c = endpoint.connect() => c,
@@ -218,7 +251,7 @@ pub async fn run(
         };
         match channel {
             Ok(channel) => {
-                match session(&shared, channel, &mut events_rx, &mut carry, &shutdown).await {
+                match session(&shared, channel, &mut events_rx, &mut outbox, &shutdown).await {
                     SessionEnd::Shutdown => break,
                     SessionEnd::Broken(reason) => {
                         warn!(reason = %reason, "lost the coordinator; reconnecting")
@@ -229,9 +262,18 @@ pub async fn run(
                 debug!(error = %e, url = %shared.settings.coordinator_url, "coordinator unreachable")
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(shared.settings.reconnect_interval) => {}
-            _ = shutdown.cancelled() => {}
+        // While away, events still go into the (bounded) outbox.
+        let wait = tokio::time::sleep(shared.settings.reconnect_interval);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                _ = shutdown.cancelled() => break,
+                ev = events_rx.recv() => match ev {
+                    Some(ev) => { outbox.push(ev); }
+                    None => break,
+                },
+            }
         }
     }
     // Shutting down without a coordinator to report to: still stop every job cleanly.
@@ -254,15 +296,16 @@ async fn session(
     shared: &Arc<Shared>,
     channel: Channel,
     events_rx: &mut mpsc::UnboundedReceiver<v1::AgentMessage>,
-    carry: &mut Option<v1::AgentMessage>,
+    outbox: &mut Outbox,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let mut client = AgentServiceClient::new(channel);
     let (out, out_rx) = mpsc::channel::<v1::AgentMessage>(4096);
-    for m in shared.register_messages() {
-        if out.send(m).await.is_err() {
-            return SessionEnd::Broken("stream closed before register".into());
-        }
+    let mut first = shared.connect_messages(outbox).into_iter();
+    if let Some(register) = first.next()
+        && out.send(register).await.is_err()
+    {
+        return SessionEnd::Broken("stream closed before register".into());
     }
     let response = match client.attach(ReceiverStream::new(out_rx)).await {
         Ok(r) => r,
@@ -276,11 +319,12 @@ async fn session(
     let mut seq = 0u64;
     // Set on shutdown: keep forwarding the cancelled jobs' final events until this instant.
     let mut drain_deadline = None;
-    if let Some(m) = carry.take()
-        && out.send(m.clone()).await.is_err()
-    {
-        *carry = Some(m);
-        return SessionEnd::Broken("stream closed".into());
+    // The rest of the start (job data, unacknowledged events, deferred ends), once the
+    // coordinator accepted the registration.
+    for m in first {
+        if out.send(m).await.is_err() {
+            return SessionEnd::Broken("stream closed".into());
+        }
     }
     loop {
         if drain_deadline.is_some() && shared.running_jobs() == 0 && events_rx.is_empty() {
@@ -288,6 +332,9 @@ async fn session(
         }
         tokio::select! {
             cmd = inbound.message() => match cmd {
+                Ok(Some(v1::CoordinatorMessage { msg: Some(coordinator_message::Msg::Ack(a)) })) => {
+                    outbox.ack(a.seq);
+                }
                 Ok(Some(v1::CoordinatorMessage { msg: Some(msg) })) => {
                     if let coordinator_message::Msg::Registered(r) = &msg
                         && r.heartbeat_interval_ms > 0
@@ -302,8 +349,10 @@ async fn session(
             },
             ev = events_rx.recv() => {
                 let Some(ev) = ev else { return SessionEnd::Shutdown };
-                if out.send(ev.clone()).await.is_err() {
-                    *carry = Some(ev);
+                // Kept until acknowledged: if the stream breaks, the next connection sends it.
+                if let Some(ev) = outbox.push(ev)
+                    && out.send(ev).await.is_err()
+                {
                     return SessionEnd::Broken("stream closed".into());
                 }
             }
@@ -311,6 +360,7 @@ async fn session(
                 seq += 1;
                 let hb = v1::AgentMessage {
                     msg: Some(agent_message::Msg::Heartbeat(v1::Heartbeat { seq, running_jobs: shared.running_jobs() })),
+                    seq: 0,
                 };
                 if out.send(hb).await.is_err() {
                     return SessionEnd::Broken("stream closed".into());
@@ -349,7 +399,7 @@ async fn handle_command(
     out: &mpsc::Sender<v1::AgentMessage>,
 ) {
     match msg {
-        coordinator_message::Msg::Registered(_) => {}
+        coordinator_message::Msg::Registered(_) | coordinator_message::Msg::Ack(_) => {}
         coordinator_message::Msg::CreateJob(c) => {
             let reply = create_job(shared, c);
             let _ = out.send(reply).await;
@@ -374,6 +424,7 @@ fn create_job(shared: &Shared, c: v1::CreateJob) -> v1::AgentMessage {
             job_id,
             error,
         })),
+        seq: 0,
     };
     if !shared.executors.contains_key(c.kind.as_str()) {
         return answer(
@@ -464,24 +515,7 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
     let job_id = job_id.to_owned();
     let cancel = ctx.cancel.clone();
     tokio::spawn(async move {
-        // The executor runs as a task of its own so that a panic in it becomes a failed job
-        // (transient: the next attempt may not meet the same state) instead of a job that
-        // never ends.
-        let result = tokio::spawn(executor.run(ctx)).await;
-        let (state, error, class) = match result {
-            Ok(Ok(())) => (JobState::Completed, String::new(), ErrorClass::Transient),
-            Ok(Err(_)) if cancel.is_cancelled() => (
-                JobState::Cancelled,
-                "cancelled".to_owned(),
-                ErrorClass::Transient,
-            ),
-            Ok(Err(e)) => (JobState::Failed, e.message, e.class),
-            Err(join) => (
-                JobState::Failed,
-                format!("the executor panicked: {}", panic_message(join)),
-                ErrorClass::Transient,
-            ),
-        };
+        let (state, error, class) = run_attempt(executor, ctx, cancel).await;
         if let Some(job) = shared.jobs().get_mut(&job_id) {
             job.state = state;
             job.error = error.clone();
@@ -490,6 +524,30 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
         info!(job = %job_id, state = %state, error = %error, "job finished");
         shared.emit_state(&job_id, state, &error, class);
     });
+}
+
+/// Runs one attempt to its end state. The executor runs as a task of its own so that a panic
+/// in it becomes a failed job (transient: the next attempt may not meet the same state) with
+/// the panic's message, instead of a job that never ends.
+async fn run_attempt(
+    executor: Arc<dyn Executor>,
+    ctx: JobContext,
+    cancel: CancellationToken,
+) -> (JobState, String, ErrorClass) {
+    match tokio::spawn(executor.run(ctx)).await {
+        Ok(Ok(())) => (JobState::Completed, String::new(), ErrorClass::Transient),
+        Ok(Err(_)) if cancel.is_cancelled() => (
+            JobState::Cancelled,
+            "cancelled".to_owned(),
+            ErrorClass::Transient,
+        ),
+        Ok(Err(e)) => (JobState::Failed, e.message, e.class),
+        Err(join) => (
+            JobState::Failed,
+            format!("the executor panicked: {}", panic_message(join)),
+            ErrorClass::Transient,
+        ),
+    }
 }
 
 /// What a panicked (or aborted) executor task said.
@@ -527,4 +585,53 @@ fn hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{JobError, JobFuture};
+
+    struct Panics;
+
+    impl Executor for Panics {
+        fn kind(&self) -> &'static str {
+            "panics"
+        }
+
+        fn run(&self, ctx: JobContext) -> JobFuture {
+            Box::pin(async move {
+                if ctx.attempt > 0 {
+                    panic!("index out of bounds: the len is 0 but the index is 3");
+                }
+                Err(JobError::permanent("unreachable"))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_executor_is_a_failed_transient_job_with_the_message() {
+        let (events, _rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let ctx = JobContext {
+            job_id: "j".into(),
+            task_id: 1,
+            task_name: "t".into(),
+            step: "s".into(),
+            attempt: 1,
+            params: serde_json::Value::Null,
+            checkpoint: None,
+            work_dir: std::env::temp_dir(),
+            cancel: cancel.clone(),
+            events,
+            record: JobRecord::default(),
+        };
+        let (state, error, class) = run_attempt(Arc::new(Panics), ctx, cancel).await;
+        assert_eq!(state, JobState::Failed);
+        assert_eq!(class, ErrorClass::Transient);
+        assert_eq!(
+            error,
+            "the executor panicked: index out of bounds: the len is 0 but the index is 3"
+        );
+    }
 }

@@ -93,10 +93,7 @@ impl Inner {
         })?;
         let local = self.confine(&p.local_path).map_err(job_error)?;
         let t = &self.config.transfer;
-        let algorithm = match p.algorithm.as_deref().unwrap_or(&t.hash_algorithm) {
-            "sha256" => HashAlgorithm::Sha256,
-            _ => HashAlgorithm::Blake3,
-        };
+        let algorithm = hash_algorithm(&p, t);
         let spec = TransferSpec {
             direction: match p.direction {
                 TransferDirection::Push | TransferDirection::Local => Direction::Push,
@@ -196,10 +193,7 @@ impl Inner {
         let src = self.confine(&p.local_path).map_err(job_error)?;
         let dst = self.confine(&p.remote_path).map_err(job_error)?;
         let t = &self.config.transfer;
-        let algorithm = match p.algorithm.as_deref().unwrap_or(&t.hash_algorithm) {
-            "sha256" => HashAlgorithm::Sha256,
-            _ => HashAlgorithm::Blake3,
-        };
+        let algorithm = hash_algorithm(p, t);
         let chunk_size = p.chunk_size.unwrap_or(t.chunk_size);
         ctx.info(format!(
             "starting local transfer {} -> {}",
@@ -406,4 +400,17 @@ pub(crate) fn tree_size(path: &Path) -> std::io::Result<u64> {
         total += tree_size(&entry?.path())?;
     }
     Ok(total)
+}
+
+/// The step's `algorithm` (validated with its parameters) or the configured default.
+fn hash_algorithm(p: &TransferParams, t: &ferry_core::config::TransferConfig) -> HashAlgorithm {
+    let chosen = p
+        .algorithm
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(t.hash_algorithm);
+    match chosen {
+        ferry_core::config::HashAlgorithm::Blake3 => HashAlgorithm::Blake3,
+        ferry_core::config::HashAlgorithm::Sha256 => HashAlgorithm::Sha256,
+    }
 }

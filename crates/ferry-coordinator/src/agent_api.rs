@@ -29,6 +29,7 @@ impl AgentService for AgentApi {
         let register = match inbound.message().await? {
             Some(v1::AgentMessage {
                 msg: Some(agent_message::Msg::Register(r)),
+                ..
             }) => r,
             _ => {
                 return Err(Status::invalid_argument(
@@ -55,10 +56,14 @@ impl AgentService for AgentApi {
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(v1::AgentMessage { msg: Some(msg) })) => {
+                    Ok(Some(v1::AgentMessage {
+                        msg: Some(msg),
+                        seq,
+                    })) => {
                         let m = EngineMsg::FromAgent {
                             name: name.clone(),
                             conn_id,
+                            seq,
                             msg,
                         };
                         if engine.send(m).await.is_err() {

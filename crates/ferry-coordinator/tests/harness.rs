@@ -257,10 +257,15 @@ impl FakeAgent {
     }
 
     async fn send(&self, msg: agent_message::Msg) {
+        self.send_numbered(0, msg).await;
+    }
+
+    async fn send_numbered(&self, seq: u64, msg: agent_message::Msg) {
         self.handle
             .send(EngineMsg::FromAgent {
                 name: self.name.clone(),
                 conn_id: self.conn_id,
+                seq,
                 msg,
             })
             .await
@@ -635,4 +640,122 @@ async fn a_nan_metric_is_refused_and_the_engine_goes_on() {
     two.take_job("j-b2").await;
     two.finish("j-b2").await;
     assert_eq!(h.status(next).await.0, "completed");
+}
+
+#[tokio::test]
+async fn a_step_whose_parameters_cannot_fit_a_job_is_refused_at_creation() {
+    let h = Harness::new().await;
+    let big = "x".repeat(ferry_core::limits::STEP_PARAMS_BYTES + 1);
+    h.apply(&format!(
+        "name: big\nsteps:\n  - {{name: small, kind: noop, placement: {{role: training}}}}\n  - {{name: huge, kind: exec, placement: {{role: training}}, params: {{program: echo, args: [\"{big}\"]}}}}\n"
+    ))
+    .await;
+    let err = h
+        .handle
+        .request(|reply| ApiRequest::CreateTask {
+            workflow: "big".into(),
+            name: String::new(),
+            params: BTreeMap::new(),
+            reply,
+        })
+        .await
+        .expect_err("too large for a CreateJob");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("step `huge`: its rendered parameters take 1048"),
+        "{text}"
+    );
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::InvalidArgument
+    );
+    // Nothing half-created.
+    assert!(h.store.list_tasks(None, 10).await.expect("list").is_empty());
+}
+
+fn log_line(job: &str, text: &str) -> agent_message::Msg {
+    agent_message::Msg::JobEvent(v1::JobEvent {
+        job_id: job.into(),
+        event: Some(job_event::Event::Log(v1::JobLog {
+            level: v1::LogLevel::Info as i32,
+            source: "stdout".into(),
+            message: text.into(),
+            timestamp: String::new(),
+        })),
+    })
+}
+
+#[tokio::test]
+async fn numbered_events_sent_again_are_stored_once_and_acknowledged_after_the_commit() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let _two = h.agent("two", "training", vec![]).await;
+    h.apply(&chain("c", "")).await;
+    let task = h.create("c").await;
+    one.take_job("j").await;
+    for seq in 1..=2 {
+        one.send_numbered(seq, log_line("j", &format!("line {seq}")))
+            .await;
+    }
+    match one.next().await {
+        coordinator_message::Msg::Ack(a) => assert_eq!(a.seq, 2),
+        other => panic!("expected Ack, got {other:?}"),
+    }
+    // The agent reconnects (same instance) and sends everything from 1 again, then more.
+    let mut again = h
+        .agent(
+            "one",
+            "training",
+            vec![v1::JobReport {
+                job_id: "j".into(),
+                task_id: task,
+                step: "a".into(),
+                attempt: 1,
+                state: v1::JobState::Running as i32,
+                ..Default::default()
+            }],
+        )
+        .await;
+    for seq in 1..=3 {
+        again
+            .send_numbered(seq, log_line("j", &format!("line {seq}")))
+            .await;
+    }
+    h.settle().await;
+    let logs = h.logs(task).await;
+    for n in 1..=3 {
+        assert_eq!(
+            logs.matches(&format!("line {n}\n")).count(),
+            1,
+            "line {n} once: {logs}"
+        );
+    }
+    let mut acked = 0;
+    while let Ok(Ok(m)) = again.rx.try_recv() {
+        if let Some(coordinator_message::Msg::Ack(a)) = m.msg {
+            acked = acked.max(a.seq);
+        }
+    }
+    assert_eq!(acked, 3);
+    // After a coordinator restart the cursor is read back: 3 is still known as stored.
+    h.restart().await;
+    let again = h
+        .agent(
+            "one",
+            "training",
+            vec![v1::JobReport {
+                job_id: "j".into(),
+                task_id: task,
+                step: "a".into(),
+                attempt: 1,
+                state: v1::JobState::Running as i32,
+                ..Default::default()
+            }],
+        )
+        .await;
+    again.send_numbered(3, log_line("j", "line 3")).await;
+    again.send_numbered(4, log_line("j", "line 4")).await;
+    let logs = h.logs(task).await;
+    assert_eq!(logs.matches("line 3\n").count(), 1, "{logs}");
+    assert_eq!(logs.matches("line 4\n").count(), 1, "{logs}");
 }

@@ -51,12 +51,58 @@ pub struct FerryConfig {
     pub sql: SqlConfig,
 }
 
+/// Which SQL engine the data-source host runs (`sql.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SqlEngineKind {
+    #[serde(rename = "embedded")]
+    Embedded,
+    #[serde(rename = "spark-sql")]
+    SparkSql,
+    #[serde(rename = "beeline")]
+    Beeline,
+    #[serde(rename = "hive")]
+    Hive,
+}
+
+impl SqlEngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqlEngineKind::Embedded => "embedded",
+            SqlEngineKind::SparkSql => "spark-sql",
+            SqlEngineKind::Beeline => "beeline",
+            SqlEngineKind::Hive => "hive",
+        }
+    }
+}
+
+/// How chunks are hashed (`transfer.hash_algorithm`, a transfer step's `algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlgorithm {
+    /// Fast (several GB/s per core); the default.
+    Blake3,
+    /// For sites that require SHA-256.
+    Sha256,
+}
+
+impl std::str::FromStr for HashAlgorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "blake3" => Ok(HashAlgorithm::Blake3),
+            "sha256" => Ok(HashAlgorithm::Sha256),
+            other => Err(format!("must be blake3 or sha256, not `{other}`")),
+        }
+    }
+}
+
 /// The data-source host's SQL engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqlConfig {
     /// `embedded` (DataFusion over `warehouse_dir`), `spark-sql`, `beeline` or `hive`.
-    pub engine: String,
+    pub engine: SqlEngineKind,
     /// Command of an external engine; `{sql}` is replaced by the statement. Empty: the
     /// engine's default (e.g. `["spark-sql", "-S", "-e", "{sql}"]`).
     pub command: Vec<String>,
@@ -72,7 +118,7 @@ pub struct SqlConfig {
 impl Default for SqlConfig {
     fn default() -> Self {
         SqlConfig {
-            engine: "embedded".into(),
+            engine: SqlEngineKind::Embedded,
             command: Vec::new(),
             warehouse_dir: "./warehouse".into(),
             rows_per_part: 1_000_000,
@@ -156,7 +202,7 @@ pub struct TransferConfig {
     /// rsync `--bwlimit` value, e.g. `100M`; empty for no limit.
     pub bandwidth_limit: String,
     /// `blake3` (fast, default) or `sha256` for chunk checksums.
-    pub hash_algorithm: String,
+    pub hash_algorithm: HashAlgorithm,
     /// The `ferry` CLI on the other hosts, used to build and verify manifests there.
     pub remote_ferry: String,
     /// Transfers larger than this many bytes wait for a person's confirmation before they
@@ -174,7 +220,7 @@ impl Default for TransferConfig {
             compression: true,
             checksum_verify: true,
             bandwidth_limit: String::new(),
-            hash_algorithm: "blake3".into(),
+            hash_algorithm: HashAlgorithm::Blake3,
             remote_ferry: "ferry".into(),
             confirm_above: 0,
         }
@@ -414,25 +460,17 @@ impl FerryConfig {
                 format!("`{bw}` is not a rate like 100M, 512K or 1G"),
             ));
         }
-        if !matches!(self.transfer.hash_algorithm.as_str(), "blake3" | "sha256") {
+        // Accepted by the schema (seed 000 §8.1) but not built: refused rather than ignored.
+        if self.transfer.method != TransferMethod::Rsync {
             return Err(invalid(
-                "transfer.hash_algorithm",
-                format!(
-                    "`{}` is neither blake3 nor sha256",
-                    self.transfer.hash_algorithm
-                ),
+                "transfer.method",
+                "only `rsync` is supported: every transfer runs rsync over SSH and is verified chunk by chunk",
             ));
         }
-        if !matches!(
-            self.sql.engine.as_str(),
-            "embedded" | "spark-sql" | "beeline" | "hive"
-        ) {
+        if !self.transfer.checksum_verify {
             return Err(invalid(
-                "sql.engine",
-                format!(
-                    "`{}` is not one of embedded, spark-sql, beeline, hive",
-                    self.sql.engine
-                ),
+                "transfer.checksum_verify",
+                "`false` is not supported: a transfer is complete only when every chunk verified at the destination",
             ));
         }
         if !self.sql.command.is_empty() && !self.sql.command.iter().any(|a| a.contains("{sql}")) {
@@ -468,17 +506,10 @@ impl FerryConfig {
                 "must be at least 1 second",
             ));
         }
-        if self.workflow.checkpoint_interval == 0 {
+        if self.workflow.checkpoint_interval != 1 {
             return Err(invalid(
                 "workflow.checkpoint_interval",
-                "must be at least 1 epoch",
-            ));
-        }
-        let url = &self.workflow.notification.webhook_url;
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(invalid(
-                "workflow.notification.webhook_url",
-                format!("`{url}` is not an http(s) URL"),
+                "only 1 is supported: training saves a checkpoint after every epoch (what exact resume needs)",
             ));
         }
         if self.coordinator.listen.parse::<SocketAddr>().is_err() {
@@ -703,6 +734,44 @@ workflow:
             .expect_err("zero")
             .to_string();
         assert!(err.contains("`workflow.heartbeat_interval`"), "{err}");
+    }
+
+    #[test]
+    fn keys_that_would_mean_nothing_are_refused() {
+        for (yaml, key) in [
+            (
+                "transfer:\n  method: scp\n",
+                "`transfer.method`: only `rsync` is supported",
+            ),
+            (
+                "transfer:\n  checksum_verify: false\n",
+                "`transfer.checksum_verify`: `false` is not supported",
+            ),
+            (
+                "workflow:\n  checkpoint_interval: 5\n",
+                "`workflow.checkpoint_interval`: only 1 is supported",
+            ),
+            (
+                "workflow:\n  notification:\n    webhook_url: \"https://hooks.example\"\n",
+                "`workflow.notification.webhook_url`: `https://hooks.example` is not an http:// URL",
+            ),
+        ] {
+            let err = FerryConfig::from_yaml_str(yaml)
+                .expect_err(yaml)
+                .to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        // Enumerated settings parse once, into enums; a wrong one names its key.
+        let err = FerryConfig::from_yaml_str("sql:\n  engine: presto\n")
+            .expect_err("engine")
+            .to_string();
+        assert!(err.contains("engine") && err.contains("presto"), "{err}");
+        let c = FerryConfig::from_yaml_str(
+            "sql:\n  engine: spark-sql\ntransfer:\n  hash_algorithm: sha256\n",
+        )
+        .expect("valid");
+        assert_eq!(c.sql.engine, SqlEngineKind::SparkSql);
+        assert_eq!(c.transfer.hash_algorithm, HashAlgorithm::Sha256);
     }
 
     #[test]

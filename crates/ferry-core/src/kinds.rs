@@ -328,11 +328,9 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
             if p.local_path.trim().is_empty() || p.remote_path.trim().is_empty() {
                 return Err("`local_path` and `remote_path` must not be empty".into());
             }
-            if let Some(a) = &p.algorithm
-                && a != "blake3"
-                && a != "sha256"
-            {
-                return Err(format!("`algorithm` must be blake3 or sha256, not `{a}`"));
+            if let Some(a) = &p.algorithm {
+                a.parse::<crate::config::HashAlgorithm>()
+                    .map_err(|e| format!("`algorithm` {e}"))?;
             }
             if p.chunk_size == Some(0) {
                 return Err("`chunk_size` must be at least 1".into());

@@ -29,6 +29,7 @@ pub fn split_register(
             job_id: job_id.to_owned(),
             event: Some(event),
         })),
+        seq: 0,
     };
     for job in &mut reg.jobs {
         let chunks = std::mem::take(&mut job.chunks);

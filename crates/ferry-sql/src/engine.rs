@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ferry_core::config::SqlConfig;
+use ferry_core::config::{SqlConfig, SqlEngineKind};
 
 use crate::embedded::{EmbeddedEngine, ExportOptions, ExportSummary, LoadSummary};
 use crate::external::{ExternalEngine, ExternalKind};
@@ -16,17 +16,19 @@ pub enum SqlEngine {
 
 impl SqlEngine {
     pub fn from_config(config: &SqlConfig) -> Result<SqlEngine, SqlError> {
-        match config.engine.as_str() {
-            "embedded" => Ok(SqlEngine::Embedded(EmbeddedEngine::new(
+        let external = |kind| {
+            Ok(SqlEngine::External(ExternalEngine::new(
+                kind,
+                config.command.clone(),
+            )))
+        };
+        match config.engine {
+            SqlEngineKind::Embedded => Ok(SqlEngine::Embedded(EmbeddedEngine::new(
                 config.warehouse_dir.clone(),
             ))),
-            other => match ExternalKind::parse(other) {
-                Some(kind) => Ok(SqlEngine::External(ExternalEngine::new(
-                    kind,
-                    config.command.clone(),
-                ))),
-                None => Err(SqlError::Query(format!("unknown SQL engine `{other}`"))),
-            },
+            SqlEngineKind::SparkSql => external(ExternalKind::SparkSql),
+            SqlEngineKind::Beeline => external(ExternalKind::Beeline),
+            SqlEngineKind::Hive => external(ExternalKind::Hive),
         }
     }
 

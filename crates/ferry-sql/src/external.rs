@@ -25,15 +25,6 @@ pub enum ExternalKind {
 }
 
 impl ExternalKind {
-    pub fn parse(name: &str) -> Option<ExternalKind> {
-        match name {
-            "spark-sql" => Some(ExternalKind::SparkSql),
-            "beeline" => Some(ExternalKind::Beeline),
-            "hive" => Some(ExternalKind::Hive),
-            _ => None,
-        }
-    }
-
     /// The command a site gets unless it configures its own.
     pub fn default_command(self) -> Vec<String> {
         let v: &[&str] = match self {

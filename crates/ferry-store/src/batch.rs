@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use ferry_core::limits::{self, fit, fit_opt};
 
-use crate::entity::{step_metric, task_log, transfer_chunk, workflow_step, workflow_task};
+use crate::entity::{
+    agent_cursor, step_metric, task_log, transfer_chunk, workflow_step, workflow_task,
+};
 
 /// Changes the engine commits together, in one transaction.
 #[derive(Debug, Default, Clone)]
@@ -20,6 +22,8 @@ pub struct WriteBatch {
     pub metrics: Vec<step_metric::Model>,
     /// Upserted by (task_id, step_name, chunk_id); the id is ignored.
     pub chunks: Vec<transfer_chunk::Model>,
+    /// Upserted by agent: how far its numbered events are stored (with the rows they made).
+    pub cursors: Vec<agent_cursor::Model>,
 }
 
 /// A row the database refused even alone. The rest of its batch was stored; this one is
@@ -53,6 +57,7 @@ impl WriteBatch {
             + self.logs.len()
             + self.metrics.len()
             + self.chunks.len()
+            + self.cursors.len()
     }
 
     /// Makes every row storable on every backend: text fits its column without NUL bytes,
@@ -109,6 +114,9 @@ impl WriteBatch {
             }
         }
         self.metrics = finite;
+        for c in &mut self.cursors {
+            count(fit(&mut c.agent_name, limits::IDENT));
+        }
         for c in &mut self.chunks {
             count(fit(&mut c.step_name, limits::STEP_NAME));
             count(fit(&mut c.chunk_id, limits::CHUNK_ID));
@@ -162,6 +170,12 @@ impl WriteBatch {
             &mut left.chunks,
             &mut right.chunks,
         );
+        take(
+            &self.cursors,
+            &mut budget,
+            &mut left.cursors,
+            &mut right.cursors,
+        );
         (left, right)
     }
 
@@ -186,6 +200,8 @@ impl WriteBatch {
                 c.task_id,
                 format!("chunk `{}` of step `{}`", c.chunk_id, c.step_name),
             )
+        } else if let Some(c) = self.cursors.first() {
+            (0, format!("event cursor of agent `{}`", c.agent_name))
         } else {
             (0, "nothing".to_owned())
         };
@@ -268,10 +284,16 @@ mod tests {
         let b = WriteBatch {
             metrics: vec![metric("a", 1.0), metric("b", 2.0)],
             chunks: vec![chunk("c", "completed")],
+            cursors: vec![agent_cursor::Model {
+                agent_name: "a".into(),
+                instance: 1,
+                seq: 2,
+            }],
             ..Default::default()
         };
         let (l, r) = b.split_at(1);
-        assert_eq!((l.len(), r.len()), (1, 2));
+        assert_eq!((l.len(), r.len()), (1, 3));
+        assert_eq!(r.cursors.len(), 1);
         assert_eq!(l.metrics[0].name, "a");
         assert_eq!(r.metrics[0].name, "b");
         assert_eq!(r.chunks[0].chunk_id, "c");

@@ -22,7 +22,8 @@ use sea_orm_migration::MigratorTrait;
 
 pub use batch::{CommitReport, Quarantined, WriteBatch};
 pub use entity::{
-    step_metric, task_log, transfer_chunk, workflow, workflow_graph, workflow_step, workflow_task,
+    agent_cursor, step_metric, task_log, transfer_chunk, workflow, workflow_graph, workflow_step,
+    workflow_task,
 };
 /// Re-exported so callers can build rows without depending on sea-orm themselves.
 pub use sea_orm::ActiveValue::{NotSet, Set};
@@ -441,8 +442,23 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
         }
+        for c in &batch.cursors {
+            agent_cursor::Entity::insert(c.clone().into_active_model())
+                .on_conflict(
+                    OnConflict::column(agent_cursor::Column::AgentName)
+                        .update_columns([agent_cursor::Column::Instance, agent_cursor::Column::Seq])
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
         txn.commit().await?;
         Ok(())
+    }
+
+    /// How far each agent's numbered events are stored.
+    pub async fn agent_cursors(&self) -> Result<Vec<agent_cursor::Model>> {
+        Ok(agent_cursor::Entity::find().all(&self.db).await?)
     }
 
     // ---- logs and metrics -----------------------------------------------------------

@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_workflow_graphs::Migration),
             Box::new(m0003_step_timeout::Migration),
+            Box::new(m0004_agent_cursors::Migration),
         ]
     }
 }
@@ -314,6 +315,44 @@ mod m0003_step_timeout {
                         .drop_column(a("timeout_secs"))
                         .to_owned(),
                 )
+                .await
+        }
+    }
+}
+
+/// How far each agent's numbered events are stored, so events sent again after a reconnect
+/// (or a coordinator restart) are stored once.
+#[allow(elided_lifetimes_in_paths)]
+mod m0004_agent_cursors {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m0004_agent_cursors"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("agent_cursors"))
+                        .if_not_exists()
+                        .col(string_len(a("agent_name"), 255).primary_key())
+                        .col(big_integer(a("instance")))
+                        .col(big_integer(a("seq")))
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(a("agent_cursors")).to_owned())
                 .await
         }
     }

@@ -120,6 +120,11 @@ async fn exercise(store: Store, suffix: &str) {
             Utc::now(),
         )],
         chunks: vec![chunk_row(task.id, "in_progress", 0)],
+        cursors: vec![ferry_store::agent_cursor::Model {
+            agent_name: format!("agent-{suffix}"),
+            instance: -5, // a u64 instance id past i64::MAX
+            seq: 7,
+        }],
     };
     store.commit(&mut batch).await.expect("commit");
 
@@ -146,6 +151,31 @@ async fn exercise(store: Store, suffix: &str) {
         ["line 2", "line 3"]
     );
     assert_eq!(store.max_log_id().await.expect("max"), base + 3);
+    let cursor = |store: &Store| {
+        let store = store.clone();
+        let name = format!("agent-{suffix}");
+        async move {
+            store
+                .agent_cursors()
+                .await
+                .expect("cursors")
+                .into_iter()
+                .find(|c| c.agent_name == name)
+                .map(|c| (c.instance, c.seq))
+        }
+    };
+    assert_eq!(cursor(&store).await, Some((-5, 7)));
+    let mut moved = WriteBatch {
+        cursors: vec![ferry_store::agent_cursor::Model {
+            agent_name: format!("agent-{suffix}"),
+            instance: -5,
+            seq: 9,
+        }],
+        ..Default::default()
+    };
+    let report = store.commit(&mut moved).await.expect("cursor upsert");
+    assert!(report.quarantined.is_empty(), "{report:?}");
+    assert_eq!(cursor(&store).await, Some((-5, 9)));
     let metrics = store.metrics(task.id).await.expect("metrics");
     assert_eq!(metrics.len(), 1);
     assert_eq!(metrics[0].name, "auc");

@@ -18,6 +18,32 @@ pub(super) struct AgentRt {
     pub(super) running: u32,
 }
 
+impl AgentRt {
+    /// An agent as first seen: registering now, or (`offline`) known only from the steps a
+    /// restarted coordinator found placed on it.
+    pub(super) fn new(role: Role, now: Instant, offline: bool) -> AgentRt {
+        AgentRt {
+            role,
+            kinds: HashSet::new(),
+            gpus: Vec::new(),
+            hostname: String::new(),
+            paths: BTreeMap::new(),
+            ssh_to: Vec::new(),
+            conn: None,
+            last_seen: now,
+            offline_since: offline.then_some(now),
+            running: 0,
+        }
+    }
+}
+
+/// How far an agent instance's numbered events are applied (and, once committed, stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Cursor {
+    pub(super) instance: u64,
+    pub(super) seq: u64,
+}
+
 impl Engine {
     pub(super) fn attach_agent(
         &mut self,
@@ -43,18 +69,22 @@ impl Engine {
                 heartbeat_interval_ms: self.settings.heartbeat.as_millis() as u64,
             })),
         }));
-        let agent = self.agents.entry(name.clone()).or_insert_with(|| AgentRt {
-            role,
-            kinds: HashSet::new(),
-            gpus: Vec::new(),
-            hostname: String::new(),
-            paths: BTreeMap::new(),
-            ssh_to: Vec::new(),
-            conn: None,
-            last_seen: now,
-            offline_since: None,
-            running: 0,
+        // A new agent process numbers its events from 1 again.
+        let cursor = self.cursors.entry(name.clone()).or_insert(Cursor {
+            instance: reg.instance,
+            seq: 0,
         });
+        if cursor.instance != reg.instance {
+            *cursor = Cursor {
+                instance: reg.instance,
+                seq: 0,
+            };
+            self.dirty_cursors.insert(name.clone());
+        }
+        let agent = self
+            .agents
+            .entry(name.clone())
+            .or_insert_with(|| AgentRt::new(role, now, false));
         agent.role = role;
         agent.kinds = reg.kinds.iter().cloned().collect();
         agent.gpus = reg.gpus.clone();
@@ -83,11 +113,30 @@ impl Engine {
         }
     }
 
-    pub(super) fn agent_message(&mut self, name: &str, conn_id: u64, msg: agent_message::Msg) {
+    pub(super) fn agent_message(
+        &mut self,
+        name: &str,
+        conn_id: u64,
+        seq: u64,
+        msg: agent_message::Msg,
+    ) {
         let now = self.now();
         match self.agents.get_mut(name) {
             Some(a) if a.conn.as_ref().is_some_and(|(id, _)| *id == conn_id) => a.last_seen = now,
             _ => return, // a message from a replaced connection
+        }
+        // A numbered event sent again after a reconnect: applied (and stored) already.
+        if seq > 0
+            && let Some(cursor) = self.cursors.get_mut(name)
+        {
+            if seq <= cursor.seq {
+                debug!(agent = %name, seq, "event already stored; skipped");
+                // Acknowledge again, so the agent lets it go.
+                self.dirty_cursors.insert(name.to_owned());
+                return;
+            }
+            cursor.seq = seq;
+            self.dirty_cursors.insert(name.to_owned());
         }
         match msg {
             agent_message::Msg::Register(_) => warn!(agent = %name, "duplicate register ignored"),

@@ -86,7 +86,27 @@ impl Engine {
             logs: std::mem::take(&mut self.new_logs),
             metrics: std::mem::take(&mut self.new_metrics),
             chunks: std::mem::take(&mut self.new_chunks),
+            cursors: self
+                .dirty_cursors
+                .iter()
+                .filter_map(|name| {
+                    self.cursors
+                        .get(name)
+                        .map(|c| ferry_store::agent_cursor::Model {
+                            agent_name: name.clone(),
+                            instance: c.instance as i64,
+                            seq: c.seq as i64,
+                        })
+                })
+                .collect(),
         };
+        // Once this commit stores them, the agents may let their events go.
+        for name in std::mem::take(&mut self.dirty_cursors) {
+            if let Some(c) = self.cursors.get(&name) {
+                let ack = coordinator_message::Msg::Ack(v1::Ack { seq: c.seq });
+                self.outbox.push((name, ack));
+            }
+        }
         self.dirty_tasks.clear();
         self.dirty_steps.clear();
         let mut backoff = Duration::from_millis(100);

@@ -42,7 +42,7 @@ mod scheduler;
 
 use crate::error::EngineError;
 use crate::observe::{Observer, TaskOutcome};
-use agents::AgentRt;
+use agents::{AgentRt, Cursor};
 use model::{StepRt, TaskRt, build_task_rt};
 use scheduler::PendingCreate;
 
@@ -106,6 +106,8 @@ pub enum EngineMsg {
     FromAgent {
         name: String,
         conn_id: u64,
+        /// The event's number (`AgentMessage.seq`); 0 when not numbered.
+        seq: u64,
         msg: agent_message::Msg,
     },
     Api(ApiRequest),
@@ -236,6 +238,9 @@ pub struct Engine {
     broadcast: broadcast::Sender<Broadcast>,
     tasks: HashMap<i64, TaskRt>,
     agents: HashMap<String, AgentRt>,
+    /// How far each agent's numbered events are applied; stored with each commit.
+    cursors: HashMap<String, Cursor>,
+    dirty_cursors: HashSet<String>,
     jobs: HashMap<String, StepKey>,
     pending_creates: HashMap<u64, PendingCreate>,
     next_request_id: u64,
@@ -277,6 +282,18 @@ impl Engine {
         let (tx, rx) = mpsc::channel(16 * 1024);
         let (broadcast, _) = broadcast::channel(16 * 1024);
         let next_log_id = store.max_log_id().await? + 1;
+        let cursors = store
+            .agent_cursors()
+            .await?
+            .into_iter()
+            .map(|c| {
+                let cursor = Cursor {
+                    instance: c.instance as u64,
+                    seq: c.seq.max(0) as u64,
+                };
+                (c.agent_name, cursor)
+            })
+            .collect();
         let (hosts_tx, hosts) = tokio::sync::watch::channel(Vec::new());
         let planning = Arc::new(planning::PlanSettings {
             pipeline: settings.pipeline.clone(),
@@ -290,6 +307,8 @@ impl Engine {
             broadcast: broadcast.clone(),
             tasks: HashMap::new(),
             agents: HashMap::new(),
+            cursors,
+            dirty_cursors: HashSet::new(),
             jobs: HashMap::new(),
             pending_creates: HashMap::new(),
             next_request_id: 1,
@@ -365,7 +384,12 @@ impl Engine {
                 let _ = reply.send(result);
             }
             EngineMsg::AgentDetached { name, conn_id } => self.detach_agent(&name, conn_id),
-            EngineMsg::FromAgent { name, conn_id, msg } => self.agent_message(&name, conn_id, msg),
+            EngineMsg::FromAgent {
+                name,
+                conn_id,
+                seq,
+                msg,
+            } => self.agent_message(&name, conn_id, seq, msg),
             EngineMsg::Api(req) => self.api(req).await,
             EngineMsg::Tick => self.on_tick(),
         }

@@ -20,18 +20,9 @@ impl Engine {
                 if step.status.is_on_agent()
                     && let Some(agent) = &step.row.agent_name
                 {
-                    self.agents.entry(agent.clone()).or_insert_with(|| AgentRt {
-                        role: Role::DataSource,
-                        kinds: HashSet::new(),
-                        gpus: Vec::new(),
-                        hostname: String::new(),
-                        paths: BTreeMap::new(),
-                        ssh_to: Vec::new(),
-                        conn: None,
-                        last_seen: now,
-                        offline_since: Some(now),
-                        running: 0,
-                    });
+                    self.agents
+                        .entry(agent.clone())
+                        .or_insert_with(|| AgentRt::new(Role::DataSource, now, true));
                     if let Some(job) = &step.row.job_id {
                         self.jobs
                             .insert(job.clone(), (id, step.row.step_order as usize));

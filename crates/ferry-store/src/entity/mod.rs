@@ -1,6 +1,7 @@
 //! sea-orm entities, one module per table. JSON columns are stored as TEXT so the same
 //! schema works on SQLite and PostgreSQL.
 
+pub mod agent_cursor;
 pub mod step_metric;
 pub mod task_log;
 pub mod transfer_chunk;
