@@ -253,15 +253,13 @@ fn build_report(f: &TaskFacts, extra: &BTreeMap<String, String>) -> Value {
     })
 }
 
-/// Temporary name + rename, so a reader never sees half a report.
+/// Written durably under a temporary name, then renamed: a reader never sees half a report.
 fn write_report(path: &Path, report: &Value) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    ferry_fs::write_atomic(path, text.as_bytes())
 }
 
 /// Keeps the `keep` most recent run directories under `model_root` (those holding a

@@ -52,19 +52,16 @@ impl Executor for DataExecutor {
     }
 }
 
-/// Inside one of the agent's roots, through symlinks too.
-fn within_roots(path: &Path, roots: &[PathBuf]) -> bool {
-    let Ok(real) = path.canonicalize() else {
-        return false;
-    };
-    roots
-        .iter()
-        .filter_map(|r| r.canonicalize().ok())
-        .any(|r| real.starts_with(r))
-}
-
 /// Links the offered files into `output_dir` (replacing what an earlier attempt left).
 fn publish(p: &DataParams, roots: &[PathBuf]) -> Result<(usize, u64), JobError> {
+    // Every offered path is checked before anything is cleared or read.
+    let mut offered = Vec::with_capacity(p.paths.len());
+    for raw in &p.paths {
+        let src = ferry_fs::confine::under_roots(roots, raw, false).map_err(|e| {
+            JobError::permanent(format!("offered data `{raw}` is refused: {}", e.reason))
+        })?;
+        offered.push((raw, src));
+    }
     let out = PathBuf::from(&p.output_dir);
     match std::fs::remove_dir_all(&out) {
         Ok(()) => {}
@@ -79,21 +76,10 @@ fn publish(p: &DataParams, roots: &[PathBuf]) -> Result<(usize, u64), JobError> 
     std::fs::create_dir_all(&out)
         .map_err(|e| JobError::transient(format!("cannot create {}: {e}", out.display())))?;
     let (mut files, mut bytes) = (0, 0);
-    for offered in &p.paths {
-        let src = PathBuf::from(offered);
+    for (offered, src) in offered {
         let meta = std::fs::metadata(&src).map_err(|e| {
             JobError::permanent(format!("offered data `{offered}` cannot be read: {e}"))
         })?;
-        if !within_roots(&src, roots) {
-            return Err(JobError::permanent(format!(
-                "offered data `{offered}` is outside this agent's roots ({})",
-                roots
-                    .iter()
-                    .map(|r| r.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
         if meta.is_file() {
             let name = src.file_name().ok_or_else(|| {
                 JobError::permanent(format!("offered data `{offered}` has no file name"))
@@ -112,34 +98,16 @@ fn publish(p: &DataParams, roots: &[PathBuf]) -> Result<(usize, u64), JobError> 
     Ok((files, bytes))
 }
 
-/// Regular files under `root` (the transfer's bookkeeping skipped): relative path, full path,
-/// size; in path order.
+/// Regular files under `root` (the transfer's bookkeeping skipped, symlinks left out):
+/// relative path, full path, size; in path order.
 pub(crate) fn regular_files(root: &Path) -> Result<Vec<(String, PathBuf, u64)>, JobError> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u64)>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if ferry_transfer::is_transfer_metadata(&entry.file_name().to_string_lossy()) {
-                continue;
-            }
-            let kind = entry.file_type()?;
-            let path = entry.path();
-            if kind.is_dir() {
-                walk(root, &path, out)?;
-            } else if kind.is_file() {
-                let rel = path
-                    .strip_prefix(root)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                out.push((rel, path, entry.metadata()?.len()));
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out)
-        .map_err(|e| JobError::permanent(format!("cannot read {}: {e}", root.display())))?;
-    out.sort();
-    Ok(out)
+    let found = ferry_fs::walk_files(
+        root,
+        ferry_fs::Symlinks::Skip,
+        ferry_transfer::is_transfer_metadata,
+    )
+    .map_err(|e| JobError::permanent(format!("cannot read {}: {e}", root.display())))?;
+    Ok(found.into_iter().map(|f| (f.rel, f.path, f.len)).collect())
 }
 
 pub struct UploadExecutor {

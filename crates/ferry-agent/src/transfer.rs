@@ -362,44 +362,20 @@ impl TransferEvents for JobEvents<'_> {
     }
 }
 
-/// `path` if it lies under one of `roots` (symlinks included).
+/// `path` if it lies under one of `roots` (symlinks included); the root is created when
+/// missing (a destination about to be written).
 pub(crate) fn confine_to_roots(roots: &[PathBuf], path: &str) -> Result<PathBuf, TransferError> {
-    let p = Path::new(path);
-    for root in roots {
-        if let Ok(rel) = p.strip_prefix(root) {
-            let rel = rel.to_string_lossy();
-            if rel.is_empty() {
-                return Ok(p.to_owned());
-            }
-            std::fs::create_dir_all(root).map_err(|e| TransferError::io(root, e))?;
-            return confine::join(root, &rel);
-        }
-    }
-    Err(TransferError::Confinement {
-        root: roots.first().cloned().unwrap_or_default(),
-        path: path.to_owned(),
-        reason: format!(
-            "not under any of this agent's roots ({})",
-            roots
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    })
+    ferry_transfer::confine::under_roots(roots, path, true)
 }
 
 /// Bytes in the regular files under `path`.
 pub(crate) fn tree_size(path: &Path) -> std::io::Result<u64> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        return Ok(if meta.is_file() { meta.len() } else { 0 });
-    }
-    let mut total = 0;
-    for entry in std::fs::read_dir(path)? {
-        total += tree_size(&entry?.path())?;
-    }
-    Ok(total)
+    Ok(
+        ferry_fs::walk_files(path, ferry_fs::Symlinks::Skip, |_| false)?
+            .iter()
+            .map(|f| f.len)
+            .sum(),
+    )
 }
 
 /// The step's `algorithm` (validated with its parameters) or the configured default.

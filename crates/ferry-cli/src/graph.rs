@@ -533,7 +533,8 @@ async fn download(
                         end.blake3
                     );
                 }
-                std::fs::rename(&part, &full)
+                drop(file);
+                ferry_fs::persist(&part, &full)
                     .with_context(|| format!("cannot write {}", full.display()))?;
                 kept.push((full.display().to_string(), n));
             }

@@ -94,6 +94,9 @@ impl Downloads {
         // Received beside the node's directory and swapped in only when every file verified:
         // a failed upload leaves the last good output (or none), never a partial one.
         let final_dir = PathBuf::from(self.job(header.task_id).input(&header.agent, &header.node));
+        // A swap a crash cut short gets its old content back first.
+        ferry_fs::recover_dir(&final_dir)
+            .map_err(|e| io_status("cannot recover", &final_dir, e))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -198,14 +201,14 @@ impl Downloads {
                 return Err(e);
             }
         };
-        match tokio::fs::remove_dir_all(&final_dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_status("cannot replace", &final_dir, e)),
-        }
-        tokio::fs::rename(&dir, &final_dir)
-            .await
-            .map_err(|e| io_status("cannot keep", &final_dir, e))?;
+        // The previous download is replaced as a whole, never left half-removed.
+        let swap = {
+            let (dir, final_dir) = (dir.clone(), final_dir.clone());
+            tokio::task::spawn_blocking(move || ferry_fs::replace_dir(&dir, &final_dir))
+        };
+        swap.await
+            .map_err(|e| Status::internal(format!("replacing {}: {e}", final_dir.display())))?
+            .map_err(|e| io_status("cannot replace", &final_dir, e))?;
         Ok(v1::UploadReceipt {
             files,
             bytes,

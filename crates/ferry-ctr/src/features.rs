@@ -4,7 +4,6 @@
 //! encoding work batch by batch, so memory follows the vocabularies, not the row count.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -625,13 +624,10 @@ fn pretty4(value: &serde_json::Value) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// Writes `path` via a temporary sibling and a rename, so a crash never leaves half a file.
+/// Writes `path` durably via a temporary sibling and a rename (`ferry_fs::write_atomic`), so
+/// a crash never leaves half a file.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(CtrError::io(&tmp))?;
-    f.write_all(bytes).map_err(CtrError::io(&tmp))?;
-    f.sync_all().map_err(CtrError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(CtrError::io(path))
+    ferry_fs::write_atomic(path, bytes).map_err(CtrError::io(path))
 }
 
 #[cfg(test)]

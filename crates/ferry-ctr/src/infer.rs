@@ -321,8 +321,8 @@ impl PartWriter<'_> {
             return Err(CtrError::Data(format!("{} has no rows", input.display())));
         };
         let file = w.into_inner().map_err(CtrError::parquet(&self.tmp))?;
-        file.sync_all().map_err(CtrError::io(&self.tmp))?;
-        std::fs::rename(&self.tmp, output).map_err(CtrError::io(output))?;
+        drop(file);
+        ferry_fs::persist(&self.tmp, output).map_err(CtrError::io(output))?;
         Ok(self.rows)
     }
 }

@@ -252,7 +252,7 @@ fn save_module(model: &CtrModel, path: &Path) -> Result<()> {
             path: tmp.clone(),
             source: std::io::Error::other(format!("{e:?}")),
         })?;
-    std::fs::rename(&tmp, path).map_err(CtrError::io(path))
+    ferry_fs::persist(&tmp, path).map_err(CtrError::io(path))
 }
 
 /// Loads the best model saved for `model_id` (for inference), on `device`.

@@ -568,7 +568,7 @@ impl PartWriter {
                 detail: e.to_string(),
             })?;
             let done = tmp.with_extension("");
-            std::fs::rename(&tmp, &done).map_err(|e| SqlError::io(&tmp, e))?;
+            ferry_fs::persist(&tmp, &done).map_err(|e| SqlError::io(&tmp, e))?;
             self.summary.bytes += std::fs::metadata(&done).map(|m| m.len()).unwrap_or(0);
             self.summary.files.push(
                 done.file_name()

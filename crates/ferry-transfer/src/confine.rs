@@ -1,59 +1,36 @@
 //! Keeping an agent inside its configured roots: relative paths from manifests and requests
-//! are refused when absolute, when they climb with `..`, or when a symlink leads outside.
+//! are refused when absolute, when they climb with `..`, or when a symlink leads outside. The
+//! rule itself is `ferry_fs::confine`; this maps its refusals to transfer errors (permanent).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::TransferError;
 
-fn refuse(root: &Path, path: &str, reason: &str) -> TransferError {
+fn refused(r: ferry_fs::confine::Refused) -> TransferError {
     TransferError::Confinement {
-        root: root.to_owned(),
-        path: path.to_owned(),
-        reason: reason.to_owned(),
+        root: r.root,
+        path: r.path,
+        reason: r.reason,
     }
 }
 
 /// Checks the shape of a relative path: not empty, not absolute, no `..`.
 pub fn check_relative(root: &Path, rel: &str) -> Result<(), TransferError> {
-    if rel.is_empty() {
-        return Err(refuse(root, rel, "empty path"));
-    }
-    let p = Path::new(rel);
-    for c in p.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err(refuse(root, rel, "`..` is not allowed")),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(refuse(root, rel, "absolute paths are not allowed"));
-            }
-        }
-    }
-    Ok(())
+    ferry_fs::confine::check_relative(root, rel).map_err(refused)
 }
 
 /// `root/rel`, guaranteed to stay under `root` even through symlinks that already exist.
 pub fn join(root: &Path, rel: &str) -> Result<PathBuf, TransferError> {
-    check_relative(root, rel)?;
-    let joined = root.join(rel);
-    let canonical_root = root
-        .canonicalize()
-        .map_err(|e| TransferError::io(root, e))?;
-    // Resolve the deepest part of the path that exists; what does not exist yet cannot be a
-    // symlink.
-    let mut existing = joined.as_path();
-    while !existing.exists() && existing.symlink_metadata().is_err() {
-        match existing.parent() {
-            Some(p) => existing = p,
-            None => break,
-        }
-    }
-    let resolved = existing
-        .canonicalize()
-        .map_err(|_| refuse(root, rel, "a symlink on the path points nowhere"))?;
-    if !resolved.starts_with(&canonical_root) {
-        return Err(refuse(root, rel, "a symlink leads outside the root"));
-    }
-    Ok(joined)
+    ferry_fs::confine::join(root, rel).map_err(refused)
+}
+
+/// `path` (absolute) if it lies under one of `roots`; see `ferry_fs::confine::under_roots`.
+pub fn under_roots(
+    roots: &[PathBuf],
+    path: &str,
+    create_root: bool,
+) -> Result<PathBuf, TransferError> {
+    ferry_fs::confine::under_roots(roots, path, create_root).map_err(refused)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! chunk is found (and re-sent) alone, not its whole file.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -111,21 +111,26 @@ impl Manifest {
             return Err(TransferError::MissingSource(root.to_owned()));
         }
         let chunk_size = chunk_size.max(1);
-        let mut paths = Vec::new();
-        collect_files(root, root, &mut paths)?;
-        paths.sort();
-        let mut files = Vec::with_capacity(paths.len());
-        for rel in paths {
-            let full = root.join(&rel);
-            let size = std::fs::metadata(&full)
-                .map_err(|e| TransferError::io(&full, e))?
-                .len();
-            files.push(FileEntry {
-                path: rel,
-                size,
+        // The manifest itself and temporary files of an interrupted save are not data.
+        let found = ferry_fs::walk_files(root, ferry_fs::Symlinks::Refuse, |name| {
+            name == MANIFEST_NAME || (name.starts_with('.') && name.contains(".tmp-"))
+        })
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => TransferError::Confinement {
+                root: root.to_owned(),
+                path: e.to_string(),
+                reason: "symlinks are not transferred".into(),
+            },
+            _ => TransferError::io(root, e),
+        })?;
+        let files = found
+            .into_iter()
+            .map(|f| FileEntry {
+                path: f.rel,
+                size: f.len,
                 chunks: Vec::new(),
-            });
-        }
+            })
+            .collect();
         Ok(Manifest {
             version: FORMAT_VERSION,
             algorithm,
@@ -215,18 +220,13 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Writes the manifest atomically (temporary file, then rename).
+    /// Writes the manifest durably (temporary file, fsync, rename, directory fsync).
     pub fn save(&self, path: &Path) -> Result<(), TransferError> {
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).map_err(|e| TransferError::BadManifest {
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
-        let mut f = File::create(&tmp).map_err(|e| TransferError::io(&tmp, e))?;
-        f.write_all(&text)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| TransferError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| TransferError::io(path, e))
+        ferry_fs::write_atomic(path, &text).map_err(|e| TransferError::io(path, e))
     }
 
     /// Checks every chunk under `root` against the manifest, on every core.
@@ -373,34 +373,6 @@ pub fn hash_range(
             .map(|b| format!("{b:02x}"))
             .collect(),
     })
-}
-
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), TransferError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| TransferError::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| TransferError::io(dir, e))?;
-        let path = entry.path();
-        let ty = entry.file_type().map_err(|e| TransferError::io(&path, e))?;
-        let rel = relative(root, &path);
-        if ty.is_symlink() {
-            return Err(TransferError::Confinement {
-                root: root.to_owned(),
-                path: rel,
-                reason: "symlinks are not transferred".into(),
-            });
-        } else if ty.is_dir() {
-            collect_files(root, &path, out)?;
-        } else if ty.is_file() && rel != MANIFEST_NAME && !rel.ends_with(".json.tmp") {
-            out.push(rel);
-        }
-    }
-    Ok(())
-}
-
-fn relative(root: &Path, path: &Path) -> String {
-    let rel: PathBuf = path.strip_prefix(root).unwrap_or(path).to_owned();
-    rel.to_string_lossy()
-        .replace(std::path::MAIN_SEPARATOR, "/")
 }
 
 #[cfg(test)]
