@@ -827,3 +827,65 @@ async fn a_coordinator_killed_mid_stream_loses_no_log_line_and_stores_none_twice
         &twice[..twice.len().min(5)]
     );
 }
+
+/// A task's log past `workflow.log_rotation_size`: older lines move into compressed archives
+/// and the log API (what `ferry logs` reads) still returns every line, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_logs_are_rotated_into_archives_and_still_read_in_full() {
+    let mut c = Cluster::new();
+    c.env
+        .push(("FERRY_WORKFLOW__LOG_ROTATION_SIZE".into(), "20000".into()));
+    c.start_coordinator().await;
+    c.start_agent("train", "train-1");
+    c.wait_for_agents(1).await;
+    let n = 3000;
+    let release = c.path("rotate.release");
+    let script = format!(
+        "i=1; while [ $$i -le {n} ]; do echo line-$$i; i=$$((i+1)); done; \
+         while [ ! -e {} ]; do sleep 0.1; done",
+        release.display()
+    );
+    c.apply(&shell_workflow(
+        "chatty",
+        &[("talk", "training", &[], &script, "")],
+    ))
+    .await
+    .expect("valid");
+    let task = c.create_task("chatty").await;
+    // Wait until the rotation moved lines out of the table.
+    let db = c.path("ferry.db");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let lines = all_log_messages(&c, task.id).await;
+        if lines.iter().any(|l| l == &format!("line-{n}"))
+            && c.read_log("coordinator")
+                .contains("older log lines rotated")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rotation: {} lines",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&release, b"").expect("release");
+    c.wait_status(task.id, "completed", T).await;
+    let lines: Vec<String> = all_log_messages(&c, task.id)
+        .await
+        .into_iter()
+        .filter(|m| m.starts_with("line-"))
+        .collect();
+    let expected: Vec<String> = (1..=n).map(|i| format!("line-{i}")).collect();
+    assert_eq!(lines, expected, "every line, once, in order");
+    // And the CLI reads the same log.
+    let out = c.cli(&["logs", &task.id.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("line-1\n") || text.contains("line-1 "),
+        "{text}"
+    );
+    assert!(text.contains(&format!("line-{n}")), "{text}");
+    assert!(db.exists());
+}

@@ -71,6 +71,12 @@ pub async fn run(
             stop_engine.clone(),
         ));
     }
+    tokio::spawn(rotate_logs(
+        store.clone(),
+        config.workflow.log_rotation_size,
+        config.workflow.heartbeat(),
+        stop_engine.clone(),
+    ));
     let engine_task = tokio::spawn(engine.run(stop_engine.clone()));
     let engine_done = CancellationToken::new();
 
@@ -139,4 +145,42 @@ pub async fn run(
     engine_result.map_err(|e| CoordinatorError::Engine(format!("engine task panicked: {e}")))?;
     server_result?;
     Ok(())
+}
+
+/// Keeps every task's log lines in `task_logs` within `max_bytes` (`workflow.log_rotation_size`;
+/// 0: never rotate), checking every `every`: older lines move into compressed archives that the
+/// log API still serves. Runs beside the engine (which only inserts lines).
+async fn rotate_logs(
+    store: Store,
+    max_bytes: u64,
+    every: std::time::Duration,
+    stop: CancellationToken,
+) {
+    if max_bytes == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let tasks = match store.tasks_over_log_size(max_bytes).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check log sizes");
+                continue;
+            }
+        };
+        for task_id in tasks {
+            match store.rotate_logs(task_id, max_bytes).await {
+                Ok(lines) if lines > 0 => {
+                    info!(task_id, lines, "older log lines rotated into an archive")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(task_id, error = %e, "cannot rotate logs"),
+            }
+        }
+    }
 }

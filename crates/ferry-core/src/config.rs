@@ -236,6 +236,8 @@ pub struct WorkflowConfig {
     /// three heartbeats when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_timeout: Option<u64>,
+    /// Bytes of log messages a task keeps in `task_logs`; past it the older lines move into
+    /// a compressed archive, still readable through `ferry logs`. 0: never rotate.
     pub log_rotation_size: u64,
     /// Epochs between training checkpoints.
     pub checkpoint_interval: u32,

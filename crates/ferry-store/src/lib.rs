@@ -6,6 +6,7 @@
 
 mod batch;
 pub mod entity;
+mod logs;
 pub mod migration;
 
 use std::time::Duration;
@@ -22,8 +23,8 @@ use sea_orm_migration::MigratorTrait;
 
 pub use batch::{CommitReport, Quarantined, WriteBatch};
 pub use entity::{
-    agent_cursor, step_metric, task_log, transfer_chunk, workflow, workflow_graph, workflow_step,
-    workflow_task,
+    agent_cursor, step_metric, task_log, task_log_archive, transfer_chunk, workflow,
+    workflow_graph, workflow_step, workflow_task,
 };
 /// Re-exported so callers can build rows without depending on sea-orm themselves.
 pub use sea_orm::ActiveValue::{NotSet, Set};
@@ -36,6 +37,8 @@ pub enum StoreError {
     Connect { url: String, source: DbErr },
     #[error("step `{step}`: {message}")]
     Refused { step: String, message: String },
+    #[error("log archive {archive} is unreadable: {message}")]
+    CorruptLogArchive { archive: i64, message: String },
     #[error("stored workflow `{name}` is unreadable: {message}")]
     CorruptWorkflow { name: String, message: String },
 }
@@ -462,21 +465,6 @@ impl Store {
     }
 
     // ---- logs and metrics -----------------------------------------------------------
-
-    pub async fn logs(
-        &self,
-        task_id: i64,
-        after_id: i64,
-        limit: u64,
-    ) -> Result<Vec<task_log::Model>> {
-        Ok(task_log::Entity::find()
-            .filter(task_log::Column::TaskId.eq(task_id))
-            .filter(task_log::Column::Id.gt(after_id))
-            .order_by_asc(task_log::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await?)
-    }
 
     /// The largest log id in use, so the engine can continue numbering after a restart.
     pub async fn max_log_id(&self) -> Result<i64> {

@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_workflow_graphs::Migration),
             Box::new(m0003_step_timeout::Migration),
             Box::new(m0004_agent_cursors::Migration),
+            Box::new(m0005_task_log_archives::Migration),
         ]
     }
 }
@@ -353,6 +354,59 @@ mod m0004_agent_cursors {
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager
                 .drop_table(Table::drop().table(a("agent_cursors")).to_owned())
+                .await
+        }
+    }
+}
+
+/// Older log lines of a task, rotated out of `task_logs` past `workflow.log_rotation_size`:
+/// gzip-compressed JSON lines, still served in order by the log API.
+#[allow(elided_lifetimes_in_paths)]
+mod m0005_task_log_archives {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m0005_task_log_archives"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("task_log_archives"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(big_integer(a("task_id")))
+                        .col(big_integer(a("first_id")))
+                        .col(big_integer(a("last_id")))
+                        .col(big_integer(a("lines")))
+                        .col(big_integer(a("bytes")))
+                        .col(blob(a("data")))
+                        .col(timestamp_with_time_zone(a("created_at")))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("idx_task_log_archives_task")
+                        .table(a("task_log_archives"))
+                        .col(a("task_id"))
+                        .col(a("first_id"))
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(a("task_log_archives")).to_owned())
                 .await
         }
     }

@@ -192,8 +192,67 @@ async fn exercise(store: Store, suffix: &str) {
         ("completed", 2)
     );
     poison_pills(&store, task.id, steps[1].clone(), base + 3).await;
+    rotation(&store, task.id).await;
     let listed = store.list_tasks(Some("completed"), 10).await.expect("list");
     assert!(listed.iter().any(|t| t.id == task.id));
+}
+
+/// A task's log past the limit: the oldest lines move into an archive and every line still
+/// reads back in order, from any point.
+async fn rotation(store: &Store, task_id: i64) {
+    let base = store.max_log_id().await.expect("max id");
+    let mut batch = WriteBatch {
+        logs: (1..=100)
+            .map(|i| task_log::Model {
+                id: base + i,
+                task_id,
+                step_name: "a".into(),
+                ts: Utc::now(),
+                level: "INFO".into(),
+                source: "stdout".into(),
+                message: format!("{i:>100}"),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    store.commit(&mut batch).await.expect("commit");
+    let before: Vec<String> = store
+        .logs(task_id, 0, 100_000)
+        .await
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert!(
+        store
+            .tasks_over_log_size(5_000)
+            .await
+            .expect("sizes")
+            .contains(&task_id)
+    );
+    let moved = store.rotate_logs(task_id, 5_000).await.expect("rotate");
+    assert!(moved >= 75, "{moved} lines archived");
+    assert!(
+        !store
+            .tasks_over_log_size(5_000)
+            .await
+            .expect("sizes")
+            .contains(&task_id)
+    );
+    let after: Vec<String> = store
+        .logs(task_id, 0, 100_000)
+        .await
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert_eq!(after, before, "every line, in order, archived or not");
+    // Paging from the middle of the archive and across its end.
+    let page = store.logs(task_id, base + 50, 10).await.expect("page");
+    let ids: Vec<i64> = page.iter().map(|l| l.id).collect();
+    assert_eq!(ids, ((base + 51)..=(base + 60)).collect::<Vec<_>>());
+    let tail = store.logs(task_id, base + 95, 100).await.expect("tail");
+    assert_eq!(tail.len(), 5);
 }
 
 /// Values no column can hold, and a row the database refuses even after cleaning: the rest

@@ -4,6 +4,7 @@
 pub mod agent_cursor;
 pub mod step_metric;
 pub mod task_log;
+pub mod task_log_archive;
 pub mod transfer_chunk;
 pub mod workflow;
 pub mod workflow_graph;
