@@ -13,6 +13,7 @@ mod bench_transfer;
 mod demo;
 mod e2e;
 mod e2e_graph;
+mod modules;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -267,6 +268,14 @@ fn check_architecture() -> anyhow::Result<()> {
         }
     }
     println!("architecture: daemons link only what their role needs");
+    let cycles = modules::cycles(&workspace_root())?;
+    if !cycles.is_empty() {
+        bail!(
+            "architecture invariant broken: modules that import each other:\n  {}",
+            cycles.join("\n  ")
+        );
+    }
+    println!("architecture: no module imports one that imports it back");
     Ok(())
 }
 

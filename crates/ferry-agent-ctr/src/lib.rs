@@ -3,6 +3,8 @@
 //! Training and inference are CPU/GPU-bound: they run on blocking threads and report through
 //! a clone of the job context; cancellation is checked between batches and parts.
 
+mod monitor;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,6 +43,10 @@ async fn run_with(role: Role, config: FerryConfig, args: AgentArgs) -> Result<()
     let extra: Vec<Arc<dyn Executor>> = vec![
         Arc::new(TrainExecutor { host: host.clone() }),
         Arc::new(InferExecutor { host }),
+        Arc::new(monitor::MonitorExecutor::new(
+            &ferry_agent::daemon::effective_config(&config, &settings),
+            &settings.coordinator_url,
+        )),
     ];
     run_daemon_with(role, config, args, extra).await
 }

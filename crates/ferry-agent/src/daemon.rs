@@ -10,10 +10,10 @@ use ferry_core::Role;
 use ferry_core::config::FerryConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::cleanup::CleanupExecutor;
 use crate::docker::DockerExecutor;
 use crate::exec::{ExecExecutor, NoopExecutor};
 use crate::executor::Executor;
-use crate::monitor::{CleanupExecutor, MonitorExecutor};
 use crate::runtime::{AgentError, AgentSettings};
 use crate::services::{DataExecutor, UploadExecutor};
 use crate::transfer::TransferExecutor;
@@ -45,23 +45,11 @@ pub fn executors_for(
     config: &FerryConfig,
     settings: &AgentSettings,
 ) -> Vec<Arc<dyn Executor>> {
-    // The work dir given on the command line is the one jobs (and graph deliveries) use.
-    let mut config = config.clone();
-    config.agent.work_dir = settings.work_dir.clone();
-    // Roots are compared with the absolute paths the coordinator plans with.
-    let cwd = std::env::current_dir().unwrap_or_default();
-    config.agent.roots = config
-        .agent
-        .effective_roots(&config)
-        .into_iter()
-        .map(|r| normalize(&cwd.join(r)))
-        .collect();
-    let config = &config;
+    let config = &effective_config(config, settings);
     vec![
         Arc::new(ExecExecutor),
         Arc::new(NoopExecutor),
         Arc::new(TransferExecutor::new(config.clone(), &settings.work_dir)),
-        Arc::new(MonitorExecutor::new(config, &settings.coordinator_url)),
         Arc::new(CleanupExecutor::new(config)),
         Arc::new(DataExecutor::new(config)),
         Arc::new(DockerExecutor::new(config)),
@@ -70,6 +58,21 @@ pub fn executors_for(
             &settings.name,
         )),
     ]
+}
+
+/// The config executors work with: the work dir given on the command line (the one jobs and
+/// graph deliveries use), and roots made absolute, as the coordinator plans with them.
+pub fn effective_config(config: &FerryConfig, settings: &AgentSettings) -> FerryConfig {
+    let mut config = config.clone();
+    config.agent.work_dir = settings.work_dir.clone();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    config.agent.roots = config
+        .agent
+        .effective_roots(&config)
+        .into_iter()
+        .map(|r| normalize(&cwd.join(r)))
+        .collect();
+    config
 }
 
 /// Resolves the agent's settings from config and arguments.

@@ -24,9 +24,9 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-use crate::exec::{MAX_LINE, sleep_opt};
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
 use crate::jobio;
+use crate::output::{MAX_LINE, sleep_opt};
 
 /// The Docker Engine API version spoken (Podman's compat service answers it too).
 const API: &str = "/v1.41";

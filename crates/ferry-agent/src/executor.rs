@@ -67,7 +67,7 @@ pub struct JobContext {
     pub work_dir: PathBuf,
     pub(crate) cancel: CancellationToken,
     pub(crate) events: mpsc::UnboundedSender<v1::AgentMessage>,
-    pub(crate) record: crate::runtime::JobRecord,
+    pub(crate) record: JobRecord,
 }
 
 impl JobContext {
@@ -166,4 +166,16 @@ fn unix_timestamp() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
+/// A job's chunk states (latest per chunk) and latest checkpoint and progress, re-reported at
+/// every registration (idempotent: chunk rows are upserted, the others replaced); shared by a
+/// job and its context.
+pub(crate) type JobRecord = std::sync::Arc<std::sync::Mutex<Reported>>;
+
+#[derive(Default)]
+pub(crate) struct Reported {
+    pub(crate) chunks: std::collections::BTreeMap<String, v1::ChunkState>,
+    pub(crate) checkpoint: Option<String>,
+    pub(crate) progress: Option<String>,
 }

@@ -90,7 +90,7 @@ fn delivered_files(d: &Delivery) -> Result<Vec<(String, PathBuf)>, JobError> {
             root.display()
         )));
     }
-    Ok(crate::services::regular_files(&root)?
+    Ok(regular_files(&root)?
         .into_iter()
         .map(|(rel, full, _)| (rel, full))
         .collect())
@@ -187,6 +187,18 @@ pub async fn capture(mut stream: impl AsyncRead + Unpin, path: &Path) -> Result<
         .await
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(n)
+}
+
+/// Regular files under `root` (the transfer's bookkeeping skipped, symlinks left out):
+/// relative path, full path, size; in path order.
+pub(crate) fn regular_files(root: &Path) -> Result<Vec<(String, PathBuf, u64)>, JobError> {
+    let found = ferry_fs::walk_files(
+        root,
+        ferry_fs::Symlinks::Skip,
+        ferry_transfer::is_transfer_metadata,
+    )
+    .map_err(|e| JobError::permanent(format!("cannot read {}: {e}", root.display())))?;
+    Ok(found.into_iter().map(|f| (f.rel, f.path, f.len)).collect())
 }
 
 #[cfg(test)]

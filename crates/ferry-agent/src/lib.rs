@@ -1,13 +1,15 @@
 //! Ferry's agent: the runtime that connects to the coordinator and runs jobs, the
 //! `Executor` contract, and the executors of the generic step kinds.
 
+pub mod cleanup;
 pub mod daemon;
 pub mod docker;
 pub mod exec;
 pub mod executor;
 pub mod jobio;
-pub mod monitor;
 mod outbox;
+mod output;
+pub mod paths;
 pub mod runtime;
 pub mod services;
 pub mod transfer;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::executor::{Executor, JobContext};
+use crate::executor::{Executor, JobContext, JobRecord};
 use crate::outbox::{MAX_UNACKED_BYTES, Outbox};
 
 /// Everything the runtime needs to know about this agent.
@@ -73,18 +73,6 @@ struct Job {
     /// What the job reported that must survive a coordinator going down: re-sent at every
     /// registration.
     record: JobRecord,
-}
-
-/// A job's chunk states (latest per chunk) and latest checkpoint and progress, re-reported at
-/// every registration (idempotent: chunk rows are upserted, the others replaced); shared by a
-/// job and its context.
-pub(crate) type JobRecord = Arc<Mutex<Reported>>;
-
-#[derive(Default)]
-pub(crate) struct Reported {
-    pub(crate) chunks: BTreeMap<String, v1::ChunkState>,
-    pub(crate) checkpoint: Option<String>,
-    pub(crate) progress: Option<String>,
 }
 
 struct Shared {

@@ -2,7 +2,7 @@
 //! transfers that carry them to their consumers) and the self-peer download (`upload` kind:
 //! a job's output sent to the coordinator, checksummed file by file).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ferry_core::config::FerryConfig;
 use ferry_core::kinds::{self, DataParams, UploadParams};
@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
-use crate::jobio::link_or_copy;
+use crate::jobio::{link_or_copy, regular_files};
 
 /// Bytes per upload message.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
@@ -96,18 +96,6 @@ fn publish(p: &DataParams, roots: &[PathBuf]) -> Result<(usize, u64), JobError> 
         }
     }
     Ok((files, bytes))
-}
-
-/// Regular files under `root` (the transfer's bookkeeping skipped, symlinks left out):
-/// relative path, full path, size; in path order.
-pub(crate) fn regular_files(root: &Path) -> Result<Vec<(String, PathBuf, u64)>, JobError> {
-    let found = ferry_fs::walk_files(
-        root,
-        ferry_fs::Symlinks::Skip,
-        ferry_transfer::is_transfer_metadata,
-    )
-    .map_err(|e| JobError::permanent(format!("cannot read {}: {e}", root.display())))?;
-    Ok(found.into_iter().map(|f| (f.rel, f.path, f.len)).collect())
 }
 
 pub struct UploadExecutor {

@@ -19,6 +19,7 @@ use ferry_transfer::{TransferError, confine};
 use tokio::sync::Mutex;
 
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
+use crate::paths::{confine_to_roots, tree_size};
 
 pub struct TransferExecutor {
     inner: Arc<Inner>,
@@ -360,22 +361,6 @@ impl TransferEvents for JobEvents<'_> {
     fn log(&mut self, message: &str) {
         self.ctx.info(message);
     }
-}
-
-/// `path` if it lies under one of `roots` (symlinks included); the root is created when
-/// missing (a destination about to be written).
-pub(crate) fn confine_to_roots(roots: &[PathBuf], path: &str) -> Result<PathBuf, TransferError> {
-    ferry_transfer::confine::under_roots(roots, path, true)
-}
-
-/// Bytes in the regular files under `path`.
-pub(crate) fn tree_size(path: &Path) -> std::io::Result<u64> {
-    Ok(
-        ferry_fs::walk_files(path, ferry_fs::Symlinks::Skip, |_| false)?
-            .iter()
-            .map(|f| f.len)
-            .sum(),
-    )
 }
 
 /// The step's `algorithm` (validated with its parameters) or the configured default.

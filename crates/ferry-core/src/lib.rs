@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod retry;
 pub mod state;
 pub mod template;
+pub mod units;
 pub mod workflow;
 
 pub use state::{ErrorClass, JobState, Role, StepEvent, StepStatus, TaskEvent, TaskStatus};

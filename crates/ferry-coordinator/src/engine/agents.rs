@@ -3,47 +3,6 @@
 
 use super::*;
 
-pub(super) struct AgentRt {
-    pub(super) role: Role,
-    pub(super) kinds: HashSet<String>,
-    pub(super) gpus: Vec<u32>,
-    pub(super) hostname: String,
-    pub(super) paths: BTreeMap<String, String>,
-    pub(super) ssh_to: Vec<String>,
-    pub(super) conn: Option<(u64, AgentTx)>,
-    pub(super) last_seen: Instant,
-    /// When the agent went away (or, for agents known only from the database after a
-    /// restart, when the engine started).
-    pub(super) offline_since: Option<Instant>,
-    pub(super) running: u32,
-}
-
-impl AgentRt {
-    /// An agent as first seen: registering now, or (`offline`) known only from the steps a
-    /// restarted coordinator found placed on it.
-    pub(super) fn new(role: Role, now: Instant, offline: bool) -> AgentRt {
-        AgentRt {
-            role,
-            kinds: HashSet::new(),
-            gpus: Vec::new(),
-            hostname: String::new(),
-            paths: BTreeMap::new(),
-            ssh_to: Vec::new(),
-            conn: None,
-            last_seen: now,
-            offline_since: offline.then_some(now),
-            running: 0,
-        }
-    }
-}
-
-/// How far an agent instance's numbered events are applied (and, once committed, stored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Cursor {
-    pub(super) instance: u64,
-    pub(super) seq: u64,
-}
-
 impl Engine {
     pub(super) fn attach_agent(
         &mut self,

@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ferry_core::pipeline::{self, CtrTaskRequest, HostInfo, PipelineSettings};
-use ferry_core::retry::RetryPolicy;
 use ferry_core::template::{self, TemplateContext};
 use ferry_core::workflow::{Placement, WorkflowDef};
 use ferry_core::{ErrorClass, JobState, Role, StepEvent, StepStatus, TaskEvent, TaskStatus};
 use ferry_proto::v1::{self, agent_message, coordinator_message, job_event};
 use ferry_proto::{error_class_from_wire, job_state_from_wire};
-use ferry_store::{NewStep, NewTask, Store, WriteBatch, task_log, workflow_step, workflow_task};
+use ferry_store::{NewStep, NewTask, Store, WriteBatch, task_log, workflow_task};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -42,9 +41,7 @@ mod scheduler;
 
 use crate::error::EngineError;
 use crate::observe::{Observer, TaskOutcome};
-use agents::{AgentRt, Cursor};
-use model::{StepRt, TaskRt, build_task_rt};
-use scheduler::PendingCreate;
+use model::{AgentRt, Cursor, PendingCreate, StepRt, TaskRt, build_task_rt};
 
 /// The engine's time: the system's, or one a test moves by hand (the in-process harness),
 /// so that back-offs, deadlines and agent timeouts are tested in milliseconds.
@@ -116,7 +113,7 @@ pub enum EngineMsg {
     Tick,
 }
 
-pub type AgentTx = mpsc::UnboundedSender<Result<v1::CoordinatorMessage, tonic::Status>>;
+pub use model::AgentTx;
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
 /// Requests that change tasks; reads go straight to the store.
@@ -526,24 +523,7 @@ fn forget(job_id: &str) -> coordinator_message::Msg {
     })
 }
 
-/// `1h52m30s`, `9m29s`, `3.2s`, `12ms`: how the seed's log examples print durations.
-pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 3600 {
-        format!(
-            "{}h{:02}m{:02}s",
-            secs / 3600,
-            (secs % 3600) / 60,
-            secs % 60
-        )
-    } else if secs >= 60 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else if secs >= 1 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
+pub use ferry_core::units::format_duration;
 
 /// RFC 7396 JSON merge patch: objects merge key by key, `null` removes, the rest replaces.
 pub(crate) fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {

@@ -1,8 +1,25 @@
-//! The task/step model the engine keeps in memory: rows as stored plus what scheduling
-//! needs (dependencies, dependents, retry policy, time limit). No IO: built from stored rows,
-//! changed only through the declared state machines of `ferry_core::state`.
+//! What the engine keeps in memory: tasks and steps (rows as stored plus what scheduling
+//! needs: dependencies, dependents, retry policy, time limit, back-off), agents, event cursors
+//! and creates in flight. No IO and nothing from the engine: built from stored rows and
+//! registrations, task and step status changed only through the declared state machines of
+//! `ferry_core::state`.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use ferry_core::retry::RetryPolicy;
+use ferry_core::workflow::Placement;
+use ferry_core::{Role, StepStatus, TaskStatus};
+use ferry_store::{workflow_step, workflow_task};
+use tokio::time::Instant;
+
+use crate::error::EngineError;
+use ferry_proto::v1;
+
+/// Where the engine sends an agent its commands (the agent's stream).
+pub type AgentTx =
+    tokio::sync::mpsc::UnboundedSender<Result<v1::CoordinatorMessage, tonic::Status>>;
 
 pub(super) struct StepRt {
     pub(super) row: workflow_step::Model,
@@ -123,4 +140,55 @@ pub(super) fn build_task_rt(
         steps: rts,
         completed,
     })
+}
+
+pub(super) struct AgentRt {
+    pub(super) role: Role,
+    pub(super) kinds: HashSet<String>,
+    pub(super) gpus: Vec<u32>,
+    pub(super) hostname: String,
+    pub(super) paths: BTreeMap<String, String>,
+    pub(super) ssh_to: Vec<String>,
+    pub(super) conn: Option<(u64, AgentTx)>,
+    pub(super) last_seen: Instant,
+    /// When the agent went away (or, for agents known only from the database after a
+    /// restart, when the engine started).
+    pub(super) offline_since: Option<Instant>,
+    pub(super) running: u32,
+}
+
+impl AgentRt {
+    /// An agent as first seen: registering now, or (`offline`) known only from the steps a
+    /// restarted coordinator found placed on it.
+    pub(super) fn new(role: Role, now: Instant, offline: bool) -> AgentRt {
+        AgentRt {
+            role,
+            kinds: HashSet::new(),
+            gpus: Vec::new(),
+            hostname: String::new(),
+            paths: BTreeMap::new(),
+            ssh_to: Vec::new(),
+            conn: None,
+            last_seen: now,
+            offline_since: offline.then_some(now),
+            running: 0,
+        }
+    }
+}
+
+/// How far an agent instance's numbered events are applied (and, once committed, stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Cursor {
+    pub(super) instance: u64,
+    pub(super) seq: u64,
+}
+
+/// A create request in flight (phase one sent, no answer yet).
+pub(super) struct PendingCreate {
+    pub(super) task_id: i64,
+    pub(super) step: usize,
+    pub(super) attempt: i32,
+    /// When `CreateJob` went out: unanswered past `workflow.agent_timeout`, the step is
+    /// dispatched again.
+    pub(super) sent: Instant,
 }

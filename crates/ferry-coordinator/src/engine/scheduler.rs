@@ -4,16 +4,6 @@
 
 use super::*;
 
-/// A create request in flight (phase one sent, no answer yet).
-pub(super) struct PendingCreate {
-    pub(super) task_id: i64,
-    pub(super) step: usize,
-    pub(super) attempt: i32,
-    /// When `CreateJob` went out: unanswered past `workflow.agent_timeout`, the step is
-    /// dispatched again.
-    pub(super) sent: Instant,
-}
-
 impl Engine {
     pub(super) fn enqueue_pending(&mut self, task_id: i64) {
         if let Some(task) = self.tasks.get(&task_id) {

@@ -1,20 +1,19 @@
-//! Seed 000 stage 5 on an agent: the `monitor` kind writes the task's report (its steps,
+//! Seed 000 stage 5 on a compute host: the `monitor` kind writes the task's report (its steps,
 //! training metrics per epoch, inference figures, transfers) as asked by the built-in CTR
-//! pipeline to `{model_root}/{dataset_id}/{model_id}_report.json` and archives older runs; the
-//! `cleanup` kind removes staging data. Both stay inside the agent's roots.
+//! pipeline to `{model_root}/{dataset_id}/{model_id}_report.json` and archives older runs,
+//! inside the agent's roots.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ferry_core::config::FerryConfig;
-use ferry_core::kinds::{self, CleanupParams, MonitorParams};
+use ferry_core::kinds::{self, MonitorParams};
 use ferry_proto::v1;
 use ferry_proto::v1::workflow_service_client::WorkflowServiceClient;
-use ferry_transfer::transfer::human_bytes;
 use serde_json::{Value, json};
 
-use crate::executor::{Executor, JobContext, JobError, JobFuture};
-use crate::transfer::{confine_to_roots, tree_size};
+use ferry_agent::executor::{Executor, JobContext, JobError, JobFuture};
+use ferry_agent::paths::confine_to_roots;
 
 /// Suffix of the files that mark a directory under `model_root` as one pipeline run.
 const REPORT_SUFFIX: &str = "_report.json";
@@ -77,7 +76,9 @@ impl Executor for MonitorExecutor {
             }
             ctx.info(format!(
                 "workflow complete - total time: {}",
-                format_seconds(total)
+                ferry_core::units::format_duration(std::time::Duration::from_secs_f64(
+                    total.max(0.0)
+                ))
             ));
             ctx.save_checkpoint(&json!({"report": report_path.display().to_string()}));
             Ok(())
@@ -302,82 +303,6 @@ fn archive_old_runs(model_root: &Path, keep: usize) -> std::io::Result<Vec<PathB
         moved.push(target);
     }
     Ok(moved)
-}
-
-fn format_seconds(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
-    match (s / 3600, (s % 3600) / 60, s % 60) {
-        (0, 0, sec) => format!("{sec}s"),
-        (0, m, sec) => format!("{m}m{sec:02}s"),
-        (h, m, sec) => format!("{h}h{m:02}m{sec:02}s"),
-    }
-}
-
-pub struct CleanupExecutor {
-    roots: Vec<PathBuf>,
-}
-
-impl CleanupExecutor {
-    pub fn new(config: &FerryConfig) -> CleanupExecutor {
-        CleanupExecutor {
-            roots: config.agent.effective_roots(config),
-        }
-    }
-}
-
-impl Executor for CleanupExecutor {
-    fn kind(&self) -> &'static str {
-        kinds::CLEANUP
-    }
-
-    fn run(&self, ctx: JobContext) -> JobFuture {
-        let roots = self.roots.clone();
-        Box::pin(async move {
-            let p: CleanupParams = ctx.params()?;
-            for raw in &p.paths {
-                let path = confine_to_roots(&roots, raw)
-                    .map_err(|e| JobError::permanent(e.to_string()))?;
-                if roots.iter().any(|r| r == &path) {
-                    return Err(JobError::permanent(format!(
-                        "refusing to remove {}: it is one of this agent's roots",
-                        path.display()
-                    )));
-                }
-                let target = path.clone();
-                let freed = tokio::task::spawn_blocking(move || remove_tree(&target))
-                    .await
-                    .map_err(|e| JobError::transient(e.to_string()))?
-                    .map_err(|e| {
-                        JobError::transient(format!("cannot remove {}: {e}", path.display()))
-                    })?;
-                match freed {
-                    Some(bytes) => ctx.info(format!(
-                        "removed {} ({})",
-                        path.display(),
-                        human_bytes(bytes)
-                    )),
-                    None => ctx.info(format!("{} was already gone", path.display())),
-                }
-            }
-            Ok(())
-        })
-    }
-}
-
-/// Removes `path`; `None` when it did not exist (a retried cleanup is not an error).
-fn remove_tree(path: &Path) -> std::io::Result<Option<u64>> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let bytes = tree_size(path).unwrap_or(0);
-    if meta.is_dir() {
-        std::fs::remove_dir_all(path)?;
-    } else {
-        std::fs::remove_file(path)?;
-    }
-    Ok(Some(bytes))
 }
 
 #[cfg(test)]
