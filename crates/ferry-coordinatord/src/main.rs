@@ -28,6 +28,12 @@ struct Args {
     log_format: String,
 }
 
+/// The engine builds and drops large transient structures (a 100,000-step task is planned,
+/// inserted and loaded at once); mimalloc hands that memory back where glibc kept it
+/// resident.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = (|| -> anyhow::Result<()> {

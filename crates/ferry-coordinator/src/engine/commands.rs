@@ -206,30 +206,38 @@ impl Engine {
             ferry_core::limits::check_user_text(&format!("parameter `{k}`"), v, None)
                 .map_err(invalid)?;
         }
-        let order: HashMap<&str, usize> = def
-            .topological_order()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
-            .collect();
-        let mut steps: Vec<_> = def.steps.iter().collect();
-        steps.sort_by_key(|s| order.get(s.name.as_str()).copied().unwrap_or(usize::MAX));
+        // The definition's steps are consumed in topological order (a 100,000-step workflow
+        // is not held twice while the task is created).
+        let order: Vec<usize> = {
+            let index: HashMap<&str, usize> = def
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.as_str(), i))
+                .collect();
+            def.topological_order()
+                .iter()
+                .filter_map(|s| index.get(s.name.as_str()).copied())
+                .collect()
+        };
+        let workflow_name = def.name.clone();
+        let mut slots: Vec<Option<ferry_core::workflow::StepDef>> =
+            def.steps.into_iter().map(Some).collect();
         let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
         let new_task = NewTask {
             name: task_name.clone(),
             workflow_id,
-            workflow_name: def.name.clone(),
+            workflow_name: workflow_name.clone(),
             params: params_json,
             status: TaskStatus::Running.as_str().to_owned(),
-            steps: steps
+            steps: order
                 .iter()
+                .filter_map(|&i| slots[i].take())
                 .enumerate()
                 .map(|(i, s)| {
                     let policy = s.retry_policy();
                     NewStep {
-                        step_name: s.name.clone(),
                         step_order: i as i32,
-                        kind: s.kind.clone(),
                         params: s.params.to_string(),
                         placement: serde_json::to_string(&s.placement).unwrap_or_default(),
                         depends_on: serde_json::to_string(&s.inputs)
@@ -241,10 +249,13 @@ impl Engine {
                         max_retries: policy.max_retries as i32,
                         backoff_ms: policy.backoff_ms as i64,
                         timeout_secs: s.timeout_secs.map(|t| t.min(i64::MAX as u64) as i64),
+                        step_name: s.name,
+                        kind: s.kind,
                     }
                 })
                 .collect(),
         };
+        drop(slots);
         // Rendered with the task's id inside the insert's transaction: a crash never leaves a
         // task whose steps still hold placeholders.
         let render = |task_id: i64, raw: &str| {
@@ -277,7 +288,7 @@ impl Engine {
             id,
             "",
             "INFO",
-            format!("task created from workflow {} with {count} steps", def.name),
+            format!("task created from workflow {workflow_name} with {count} steps"),
         );
         self.broadcasts.push(Broadcast::TaskStatus {
             task_id: id,
