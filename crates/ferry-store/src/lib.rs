@@ -252,37 +252,36 @@ impl Store {
         }
         .insert(&txn)
         .await?;
-        let mut rows = Vec::with_capacity(task.steps.len());
-        for s in task.steps {
-            // Dropping `txn` on an error rolls the task back.
-            let params = render(row.id, &s.params).map_err(|message| StoreError::Refused {
-                step: s.step_name.clone(),
-                message,
-            })?;
-            rows.push(workflow_step::ActiveModel {
-                task_id: Set(row.id),
-                step_name: Set(s.step_name),
-                step_order: Set(s.step_order),
-                kind: Set(s.kind),
-                params: Set(params),
-                placement: Set(s.placement),
-                depends_on: Set(s.depends_on),
-                exec_constraint: Set(s.exec_constraint),
-                status: Set(ferry_core::StepStatus::Pending.as_str().to_owned()),
-                attempt: Set(0),
-                retry_count: Set(0),
-                max_retries: Set(s.max_retries),
-                backoff_ms: Set(s.backoff_ms),
-                timeout_secs: Set(s.timeout_secs),
-                updated_at: Set(now),
-                ..Default::default()
-            });
-        }
-        // In statements of a few hundred rows (a 100,000-step task inserts in seconds), well
-        // under every backend's bound-parameter limit.
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let part: Vec<_> = rows.by_ref().take(500).collect();
+        // Built and inserted a few hundred rows at a time (a 100,000-step task is never held
+        // twice), well under every backend's bound-parameter limit.
+        let mut pending = task.steps.into_iter().peekable();
+        while pending.peek().is_some() {
+            let mut part = Vec::with_capacity(500);
+            for s in pending.by_ref().take(500) {
+                // Dropping `txn` on an error rolls the task back.
+                let params = render(row.id, &s.params).map_err(|message| StoreError::Refused {
+                    step: s.step_name.clone(),
+                    message,
+                })?;
+                part.push(workflow_step::ActiveModel {
+                    task_id: Set(row.id),
+                    step_name: Set(s.step_name),
+                    step_order: Set(s.step_order),
+                    kind: Set(s.kind),
+                    params: Set(params),
+                    placement: Set(s.placement),
+                    depends_on: Set(s.depends_on),
+                    exec_constraint: Set(s.exec_constraint),
+                    status: Set(ferry_core::StepStatus::Pending.as_str().to_owned()),
+                    attempt: Set(0),
+                    retry_count: Set(0),
+                    max_retries: Set(s.max_retries),
+                    backoff_ms: Set(s.backoff_ms),
+                    timeout_secs: Set(s.timeout_secs),
+                    updated_at: Set(now),
+                    ..Default::default()
+                });
+            }
             workflow_step::Entity::insert_many(part)
                 .exec_without_returning(&txn)
                 .await?;
