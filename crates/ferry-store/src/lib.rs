@@ -286,11 +286,7 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
         }
-        let steps = workflow_step::Entity::find()
-            .filter(workflow_step::Column::TaskId.eq(row.id))
-            .order_by_asc(workflow_step::Column::StepOrder)
-            .all(&txn)
-            .await?;
+        let steps = steps_of(&txn, row.id).await?;
         txn.commit().await?;
         Ok((row, steps))
     }
@@ -326,12 +322,9 @@ impl Store {
             .await?)
     }
 
+    /// A task's steps in order.
     pub async fn steps(&self, task_id: i64) -> Result<Vec<workflow_step::Model>> {
-        Ok(workflow_step::Entity::find()
-            .filter(workflow_step::Column::TaskId.eq(task_id))
-            .order_by_asc(workflow_step::Column::StepOrder)
-            .all(&self.db)
-            .await?)
+        steps_of(&self.db, task_id).await
     }
 
     /// Makes `batch` storable (see [`WriteBatch::sanitize`]) and writes it in one
@@ -502,6 +495,32 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         self.db.execute_unprepared("SELECT 1").await?;
         Ok(())
+    }
+}
+
+/// A task's steps in order, read a few thousand at a time: the driver's rows for a
+/// 100,000-step task are never all in memory beside the models made from them.
+async fn steps_of(db: &impl ConnectionTrait, task_id: i64) -> Result<Vec<workflow_step::Model>> {
+    const PAGE: u64 = 2000;
+    let mut out = Vec::new();
+    let mut after = -1;
+    loop {
+        let page = workflow_step::Entity::find()
+            .filter(workflow_step::Column::TaskId.eq(task_id))
+            .filter(workflow_step::Column::StepOrder.gt(after))
+            .order_by_asc(workflow_step::Column::StepOrder)
+            .limit(PAGE)
+            .all(db)
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = last.step_order;
+        let full = page.len() as u64 == PAGE;
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
     }
 }
 
