@@ -38,18 +38,18 @@ impl Outbox {
     /// Numbers `m` and keeps it until acknowledged; returns what to send, or `None` for a log
     /// line dropped for lack of room.
     pub(crate) fn push(&mut self, m: v1::AgentMessage) -> Option<v1::AgentMessage> {
-        if self.bytes + m.encoded_len() > self.limit
+        let size = m.encoded_len();
+        if self.bytes + size > self.limit
             && let Some(job) = log_job(&m)
         {
             *self.dropped_logs.entry(job.to_owned()).or_default() += 1;
             return None;
         }
-        Some(self.keep(m))
+        Some(self.keep(m, size))
     }
 
-    /// Numbers `m` and keeps it, whatever room is left.
-    fn keep(&mut self, mut m: v1::AgentMessage) -> v1::AgentMessage {
-        let size = m.encoded_len();
+    /// Numbers `m` (of `size` encoded bytes) and keeps it, whatever room is left.
+    fn keep(&mut self, mut m: v1::AgentMessage, size: usize) -> v1::AgentMessage {
         m.seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += size;
@@ -98,7 +98,8 @@ impl Outbox {
                 })),
                 seq: 0,
             };
-            out.push(self.keep(note));
+            let size = note.encoded_len();
+            out.push(self.keep(note, size));
         }
         out
     }

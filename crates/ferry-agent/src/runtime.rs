@@ -121,29 +121,12 @@ impl Shared {
         };
         let waiting: std::collections::HashSet<String> =
             outbox.jobs_waiting().map(str::to_owned).collect();
-        let mut ends = Vec::new();
-        for job in &mut reg.jobs {
-            let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
-            if waiting.contains(&job.job_id)
-                && matches!(
-                    state,
-                    v1::JobState::Completed | v1::JobState::Failed | v1::JobState::Cancelled
-                )
-            {
-                ends.push(v1::AgentMessage {
-                    msg: Some(agent_message::Msg::JobEvent(v1::JobEvent {
-                        job_id: job.job_id.clone(),
-                        event: Some(v1::job_event::Event::State(v1::JobStateChange {
-                            state: job.state,
-                            error: job.error.clone(),
-                            error_class: job.error_class,
-                        })),
-                    })),
-                    seq: 0,
-                });
-                job.state = v1::JobState::Running as i32;
-            }
-        }
+        let ends: Vec<v1::AgentMessage> = reg
+            .jobs
+            .iter_mut()
+            .filter(|job| waiting.contains(&job.job_id))
+            .filter_map(ferry_proto::split::defer_end)
+            .collect();
         let (reg, follow) =
             ferry_proto::split::split_register(reg, ferry_proto::split::MESSAGE_BUDGET);
         let mut all = vec![v1::AgentMessage {

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
-pub use engine::format_duration;
 pub use error::{CoordinatorError, EngineError};
+pub use ferry_core::units::format_duration;
 
 /// Runs the coordinator on `listener` until `shutdown` resolves.
 ///

@@ -323,6 +323,18 @@ impl FakeAgent {
     }
 }
 
+/// What an agent reports at registration of its job for step `a`, first attempt.
+fn report(job: &str, task: i64, state: v1::JobState) -> v1::JobReport {
+    v1::JobReport {
+        job_id: job.into(),
+        task_id: task,
+        step: "a".into(),
+        attempt: 1,
+        state: state as i32,
+        ..Default::default()
+    }
+}
+
 fn chain(name: &str, extra: &str) -> String {
     format!(
         "name: {name}\nsteps:\n  - {{name: a, kind: noop, placement: {{agent: one}}{extra}}}\n  - {{name: b, kind: noop, placement: {{agent: two}}, inputs: [a]}}\n"
@@ -522,14 +534,7 @@ async fn a_job_reported_after_the_engine_gave_it_up_is_cancelled() {
         .agent(
             "one",
             "training",
-            vec![v1::JobReport {
-                job_id: "old".into(),
-                task_id: task,
-                step: "a".into(),
-                attempt: 1,
-                state: v1::JobState::Running as i32,
-                ..Default::default()
-            }],
+            vec![report("old", task, v1::JobState::Running)],
         )
         .await;
     back.expect_cancel("old").await;
@@ -556,17 +561,12 @@ async fn a_job_that_finished_while_the_coordinator_was_down_is_not_run_again() {
             "one",
             "training",
             vec![v1::JobReport {
-                job_id: "j-a".into(),
-                task_id: task,
-                step: "a".into(),
-                attempt: 1,
-                state: v1::JobState::Completed as i32,
                 metrics: vec![v1::JobMetric {
                     name: "rows".into(),
                     value: 10.0,
                     index: 0,
                 }],
-                ..Default::default()
+                ..report("j-a", task, v1::JobState::Completed)
             }],
         )
         .await;
@@ -706,14 +706,7 @@ async fn numbered_events_sent_again_are_stored_once_and_acknowledged_after_the_c
         .agent(
             "one",
             "training",
-            vec![v1::JobReport {
-                job_id: "j".into(),
-                task_id: task,
-                step: "a".into(),
-                attempt: 1,
-                state: v1::JobState::Running as i32,
-                ..Default::default()
-            }],
+            vec![report("j", task, v1::JobState::Running)],
         )
         .await;
     for seq in 1..=3 {
@@ -743,14 +736,7 @@ async fn numbered_events_sent_again_are_stored_once_and_acknowledged_after_the_c
         .agent(
             "one",
             "training",
-            vec![v1::JobReport {
-                job_id: "j".into(),
-                task_id: task,
-                step: "a".into(),
-                attempt: 1,
-                state: v1::JobState::Running as i32,
-                ..Default::default()
-            }],
+            vec![report("j", task, v1::JobState::Running)],
         )
         .await;
     again.send_numbered(3, log_line("j", "line 3")).await;

@@ -265,33 +265,43 @@ pub const TASK_TRANSITIONS: &[(TaskStatus, TaskEvent, TaskStatus)] = {
     ]
 };
 
+/// The state `event` leads to from `state` in `table`; what is not listed is illegal.
+fn next<S, E>(
+    table: &[(S, E, S)],
+    what: &'static str,
+    state: S,
+    event: E,
+    name: impl Fn(S, E) -> (&'static str, &'static str),
+) -> Result<S, IllegalTransition>
+where
+    S: Copy + PartialEq,
+    E: Copy + PartialEq,
+{
+    table
+        .iter()
+        .find(|(from, e, _)| *from == state && *e == event)
+        .map(|(_, _, to)| *to)
+        .ok_or_else(|| {
+            let (state, event) = name(state, event);
+            IllegalTransition { what, state, event }
+        })
+}
+
 impl StepStatus {
     /// The state `event` leads to from `self`, per [`STEP_TRANSITIONS`].
     pub fn on(self, event: StepEvent) -> Result<StepStatus, IllegalTransition> {
-        STEP_TRANSITIONS
-            .iter()
-            .find(|(from, e, _)| *from == self && *e == event)
-            .map(|(_, _, to)| *to)
-            .ok_or(IllegalTransition {
-                what: "step",
-                state: self.as_str(),
-                event: event.as_str(),
-            })
+        next(STEP_TRANSITIONS, "step", self, event, |s, e| {
+            (s.as_str(), e.as_str())
+        })
     }
 }
 
 impl TaskStatus {
     /// The state `event` leads to from `self`, per [`TASK_TRANSITIONS`].
     pub fn on(self, event: TaskEvent) -> Result<TaskStatus, IllegalTransition> {
-        TASK_TRANSITIONS
-            .iter()
-            .find(|(from, e, _)| *from == self && *e == event)
-            .map(|(_, _, to)| *to)
-            .ok_or(IllegalTransition {
-                what: "task",
-                state: self.as_str(),
-                event: event.as_str(),
-            })
+        next(TASK_TRANSITIONS, "task", self, event, |s, e| {
+            (s.as_str(), e.as_str())
+        })
     }
 }
 

@@ -62,23 +62,35 @@ pub fn split_register(
                 }),
             ));
         }
-        let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
-        if matches!(
-            state,
-            v1::JobState::Completed | v1::JobState::Failed | v1::JobState::Cancelled
-        ) {
-            follow.push(event(
-                &job.job_id,
-                job_event::Event::State(v1::JobStateChange {
-                    state: job.state,
-                    error: std::mem::take(&mut job.error),
-                    error_class: job.error_class,
-                }),
-            ));
-            job.state = v1::JobState::Running as i32;
-        }
+        follow.extend(defer_end(job));
     }
     (reg, follow)
+}
+
+/// For a job that already ended: reports it running instead and returns its end as the job
+/// event to send after its data, so the coordinator takes that data while the job is current.
+/// `None` (and the report unchanged) for a job still live.
+pub fn defer_end(job: &mut v1::JobReport) -> Option<v1::AgentMessage> {
+    let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
+    if !matches!(
+        state,
+        v1::JobState::Completed | v1::JobState::Failed | v1::JobState::Cancelled
+    ) {
+        return None;
+    }
+    let end = v1::AgentMessage {
+        msg: Some(agent_message::Msg::JobEvent(v1::JobEvent {
+            job_id: job.job_id.clone(),
+            event: Some(job_event::Event::State(v1::JobStateChange {
+                state: job.state,
+                error: std::mem::take(&mut job.error),
+                error_class: job.error_class,
+            })),
+        })),
+        seq: 0,
+    };
+    job.state = v1::JobState::Running as i32;
+    Some(end)
 }
 
 #[cfg(test)]

@@ -216,36 +216,28 @@ async fn rotation(store: &Store, task_id: i64) {
         ..Default::default()
     };
     store.commit(&mut batch).await.expect("commit");
-    let before: Vec<String> = store
-        .logs(task_id, 0, 100_000)
-        .await
-        .expect("logs")
-        .into_iter()
-        .map(|l| l.message)
-        .collect();
-    assert!(
+    let messages = || async {
+        store
+            .logs(task_id, 0, 100_000)
+            .await
+            .expect("logs")
+            .into_iter()
+            .map(|l| l.message)
+            .collect::<Vec<String>>()
+    };
+    let over = || async {
         store
             .tasks_over_log_size(5_000)
             .await
             .expect("sizes")
             .contains(&task_id)
-    );
+    };
+    let before = messages().await;
+    assert!(over().await);
     let moved = store.rotate_logs(task_id, 5_000).await.expect("rotate");
     assert!(moved >= 75, "{moved} lines archived");
-    assert!(
-        !store
-            .tasks_over_log_size(5_000)
-            .await
-            .expect("sizes")
-            .contains(&task_id)
-    );
-    let after: Vec<String> = store
-        .logs(task_id, 0, 100_000)
-        .await
-        .expect("logs")
-        .into_iter()
-        .map(|l| l.message)
-        .collect();
+    assert!(!over().await);
+    let after = messages().await;
     assert_eq!(after, before, "every line, in order, archived or not");
     // Paging from the middle of the archive and across its end.
     let page = store.logs(task_id, base + 50, 10).await.expect("page");

@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ferry_core::pipeline::{self, CtrTaskRequest, HostInfo, PipelineSettings};
 use ferry_core::template::{self, TemplateContext};
+use ferry_core::units::format_duration;
 use ferry_core::workflow::{Placement, WorkflowDef};
 use ferry_core::{ErrorClass, JobState, Role, StepEvent, StepStatus, TaskEvent, TaskStatus};
 use ferry_proto::v1::{self, agent_message, coordinator_message, job_event};
@@ -522,8 +523,6 @@ fn forget(job_id: &str) -> coordinator_message::Msg {
         job_id: job_id.to_owned(),
     })
 }
-
-pub use ferry_core::units::format_duration;
 
 /// RFC 7396 JSON merge patch: objects merge key by key, `null` removes, the rest replaces.
 pub(crate) fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
