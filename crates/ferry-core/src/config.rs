@@ -49,6 +49,51 @@ pub struct FerryConfig {
     pub coordinator: CoordinatorConfig,
     pub agent: AgentConfig,
     pub sql: SqlConfig,
+    /// Mutual TLS between agents, clients and the coordinator (all three paths set, or none).
+    pub tls: TlsConfig,
+    /// Bearer tokens for client calls.
+    pub auth: AuthConfig,
+    /// A lab without TLS or tokens on a non-loopback address: allowed, with a warning at
+    /// every start. Never the default.
+    pub insecure: bool,
+}
+
+/// `tls:`: PEM files. The coordinator presents `cert` and accepts agents whose certificate
+/// chains to `ca`; agents and the CLI present theirs and check the coordinator's against `ca`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured (all three files named).
+    pub fn enabled(&self) -> bool {
+        !self.ca.as_os_str().is_empty()
+    }
+}
+
+/// `auth:`: where tokens come from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Coordinator: a file holding a token with the `admin` role, for creating the first
+    /// tokens. Setting it turns token checks on.
+    pub bootstrap_token_file: PathBuf,
+    /// Coordinator: require tokens even without a bootstrap file (tokens already in the
+    /// database). On whenever `bootstrap_token_file` is set.
+    pub required: bool,
+    /// CLI: a file holding the token to send (`FERRY_TOKEN` wins).
+    pub token_file: PathBuf,
+}
+
+impl AuthConfig {
+    /// Whether the coordinator checks tokens on client calls.
+    pub fn enabled(&self) -> bool {
+        self.required || !self.bootstrap_token_file.as_os_str().is_empty()
+    }
 }
 
 /// Which SQL engine the data-source host runs (`sql.engine`).
@@ -134,10 +179,28 @@ pub struct ServerConfig {
     #[serde(default = "default_ssh_port")]
     pub port: u16,
     pub username: String,
+    /// One private key (seed 000 §8.1); `key_paths` adds more.
+    #[serde(default)]
     pub key_path: PathBuf,
+    /// Private keys tried in order, after `key_path` (rotation without downtime: add the new
+    /// key, deploy it, then remove the old one). Each must be mode 600 or narrower.
+    #[serde(default)]
+    pub key_paths: Vec<PathBuf>,
     pub role: Role,
     #[serde(default)]
     pub gpus: Vec<u32>,
+}
+
+impl ServerConfig {
+    /// The private keys to try, in order: `key_path`, then `key_paths`.
+    pub fn keys(&self) -> Vec<PathBuf> {
+        let mut keys = Vec::new();
+        if !self.key_path.as_os_str().is_empty() {
+            keys.push(self.key_path.clone());
+        }
+        keys.extend(self.key_paths.iter().cloned());
+        keys
+    }
 }
 
 fn default_ssh_port() -> u16 {
@@ -344,6 +407,31 @@ pub struct AgentConfig {
     /// The Docker-API engine DOCKER jobs run on (`unix:///run/podman/podman.sock`);
     /// `DOCKER_HOST`, else `/var/run/docker.sock`, when empty.
     pub docker_host: String,
+    /// What this host lets steps do (least privilege).
+    pub allow: AllowConfig,
+}
+
+/// `agent.allow`: which step kinds this host runs and what they may reach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllowConfig {
+    /// Step kinds this host accepts (`exec`, `docker`, `sql_export`, ...); empty: every kind
+    /// its role runs.
+    pub kinds: Vec<String>,
+    /// For `exec`: the programs (absolute paths or bare names) that may run; empty: any.
+    pub programs: Vec<String>,
+    /// For `docker`: the container may use the network (default: `--network none`).
+    pub docker_network: bool,
+}
+
+impl Default for AllowConfig {
+    fn default() -> Self {
+        AllowConfig {
+            kinds: Vec::new(),
+            programs: Vec::new(),
+            docker_network: false,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -357,6 +445,7 @@ impl Default for AgentConfig {
             known_hosts: PathBuf::new(),
             accept_new_host_keys: false,
             docker_host: String::new(),
+            allow: AllowConfig::default(),
         }
     }
 }
@@ -420,8 +509,11 @@ impl FerryConfig {
             if server.username.trim().is_empty() {
                 return Err(invalid(key("username"), "must not be empty"));
             }
-            if server.key_path.as_os_str().is_empty() {
-                return Err(invalid(key("key_path"), "must not be empty"));
+            if server.key_path.as_os_str().is_empty() && server.key_paths.is_empty() {
+                return Err(invalid(
+                    key("key_path"),
+                    "name at least one private key (`key_path` or `key_paths`)",
+                ));
             }
         }
         let hook = &self.workflow.notification.webhook_url;
@@ -542,6 +634,17 @@ impl FerryConfig {
         }
         if self.agent.reconnect_interval_ms == 0 {
             return Err(invalid("agent.reconnect_interval_ms", "must be at least 1"));
+        }
+        let tls = &self.tls;
+        let named = [&tls.ca, &tls.cert, &tls.key]
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .count();
+        if named != 0 && named != 3 {
+            return Err(invalid(
+                "tls",
+                "name all three of `ca`, `cert` and `key` (or none)",
+            ));
         }
         Ok(())
     }
