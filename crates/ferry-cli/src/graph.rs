@@ -6,9 +6,8 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use ferry_core::graph::{ConnectionDef, Endpoint, GraphDef, InterfaceDef, NodeDef};
-use ferry_proto::v1::{self, output_chunk::Part, workflow_service_client::WorkflowServiceClient};
+use ferry_proto::v1::{self, output_chunk::Part};
 use tokio::io::AsyncWriteExt;
-use tonic::transport::Channel;
 
 use crate::{parse_kv, print_json, print_table, status};
 
@@ -235,7 +234,7 @@ fn print_graph(g: &v1::Graph, json: bool) -> anyhow::Result<()> {
 
 pub async fn run(
     cmd: GraphCmd,
-    client: &mut WorkflowServiceClient<Channel>,
+    client: &mut crate::access::Client,
     json: bool,
 ) -> anyhow::Result<()> {
     let graph = match cmd {
@@ -475,7 +474,7 @@ pub async fn run(
 
 /// Writes each file under a temporary name and keeps it only when its BLAKE3 matches.
 async fn download(
-    client: &mut WorkflowServiceClient<Channel>,
+    client: &mut crate::access::Client,
     task: i64,
     node: Option<String>,
     to: &Path,

@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod access;
 mod graph;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ferry_core::pipeline::{CTR_PIPELINE, CtrTaskRequest};
 use ferry_core::workflow::WorkflowDef;
-use ferry_proto::v1::{self, workflow_service_client::WorkflowServiceClient};
-use tonic::transport::Channel;
+use ferry_proto::v1;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +34,13 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// A config file whose `tls` (ca; cert and key for a client certificate) and
+    /// `auth.token_file` the CLI uses.
+    #[arg(long, global = true, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// A file holding the token to send (`FERRY_TOKEN` wins).
+    #[arg(long, global = true, env = "FERRY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,15 +62,12 @@ enum Command {
     /// Agents known to the coordinator.
     Agents,
     /// Approve a step that awaits approval (e.g. a load into a production table); the task
-    /// continues. Recorded with who and when.
+    /// continues. Recorded under your token's identity, bound to the step's parameters.
     Approve {
         task: i64,
         step: String,
         #[arg(long, short, default_value = "")]
         comment: String,
-        /// Who approves (default: the login name).
-        #[arg(long, env = "USER", default_value = "unknown")]
-        user: String,
     },
     /// Reject a step that awaits approval; the task stays paused with the reason.
     Reject {
@@ -71,9 +75,26 @@ enum Command {
         step: String,
         #[arg(long, short, default_value = "")]
         comment: String,
-        #[arg(long, env = "USER", default_value = "unknown")]
-        user: String,
     },
+    /// The deployment's CA and certificates (mutual TLS); needs no coordinator.
+    #[command(subcommand)]
+    Pki(access::PkiCmd),
+    /// Bearer tokens and their roles (role `admin`).
+    #[command(subcommand)]
+    Token(access::TokenCmd),
+    /// Who did what through the API, newest last (role `admin`).
+    Audit {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Only this identity's entries.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Entries older than this id (paging).
+        #[arg(long, default_value_t = 0)]
+        before: i64,
+    },
+    /// The identity and roles the coordinator sees for your token.
+    Whoami,
     /// Chunk manifests on this host (what transfers run on the other end over SSH).
     #[command(subcommand)]
     Manifest(ManifestCmd),
@@ -159,9 +180,6 @@ enum TaskCmd {
         /// `train.model.learning_rate=0.0005`); the value is read as YAML; repeatable.
         #[arg(long = "set", value_parser = parse_kv)]
         set: Vec<(String, String)>,
-        /// Who changes the parameters (recorded in the task log).
-        #[arg(long, env = "USER", default_value = "unknown")]
-        user: String,
     },
 }
 
@@ -274,7 +292,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 /// The coordinator could not be reached (exit code 2).
 #[derive(Debug)]
-struct Unreachable(String);
+pub(crate) struct Unreachable(String);
 
 impl std::fmt::Display for Unreachable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -309,22 +327,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
-    let endpoint = Channel::from_shared(url.to_owned())
-        .map_err(|e| Unreachable(format!("invalid coordinator URL `{url}`: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        Unreachable(format!(
-            "cannot reach the coordinator at {url}: {e} (is ferry-coordinatord running? set --coordinator or FERRY_COORDINATOR)"
-        ))
-    })?;
-    Ok(WorkflowServiceClient::new(channel)
-        .max_decoding_message_size(ferry_core::limits::REQUEST_BYTES)
-        .max_encoding_message_size(ferry_core::limits::REQUEST_BYTES))
-}
-
 /// Turns a gRPC status into an error that shows only its message.
-fn status(e: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
     match e.code() {
         tonic::Code::Unavailable => {
             Unreachable(format!("coordinator unavailable: {}", e.message())).into()
@@ -383,9 +387,17 @@ fn manifest(cmd: ManifestCmd) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Manifest(cmd) => return manifest(cmd),
+        Command::Pki(cmd) => return access::pki(cmd),
         other => other,
     };
-    let mut client = connect(&cli.coordinator).await?;
+    let creds = access::Credentials::load(cli.config.as_deref(), cli.token_file.as_deref())?;
+    let command = match command {
+        Command::Token(cmd) => {
+            return access::token(cmd, &cli.coordinator, &creds, cli.json).await;
+        }
+        other => other,
+    };
+    let mut client = access::connect(&cli.coordinator, &creds).await?;
     let json = cli.json;
     let approve = matches!(command, Command::Approve { .. });
     match command {
@@ -599,7 +611,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 TaskCmd::Pause { task } => ("paused", task),
                 TaskCmd::Resume { task } => ("resumed", task),
                 TaskCmd::Cancel { task } => ("cancelled", task),
-                TaskCmd::Retry { task, set, user } => {
+                TaskCmd::Retry { task, set } => {
                     for (path, value) in set {
                         let Some((step, key)) = path.split_once('.') else {
                             bail!(
@@ -612,7 +624,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 task_id: task,
                                 step: step.to_owned(),
                                 patch_json: patch.to_string(),
-                                user: user.clone(),
+                                user: String::new(),
                             })
                             .await
                             .map_err(status)?;
@@ -639,22 +651,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("task {} {verb}: now {}", t.id, t.status);
             }
         }
+        Command::Audit {
+            limit,
+            actor,
+            before,
+        } => access::audit(&mut client, limit, actor, before, json).await?,
+        Command::Whoami => access::whoami(&mut client, json).await?,
         Command::Approve {
             task,
             step,
             comment,
-            user,
         }
         | Command::Reject {
             task,
             step,
             comment,
-            user,
         } => {
             let d = v1::StepDecision {
                 task_id: task,
                 step: step.clone(),
-                user,
+                user: String::new(),
                 comment,
             };
             let t = if approve {
@@ -757,7 +773,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Manifest(_) => bail!("manifest commands run locally"),
+        Command::Manifest(_) | Command::Pki(_) | Command::Token(_) => {
+            bail!("this command was handled before connecting")
+        }
     }
     Ok(())
 }
@@ -766,7 +784,7 @@ fn dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
 
-fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

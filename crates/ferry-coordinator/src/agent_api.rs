@@ -8,13 +8,48 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use crate::auth::security_event;
 use crate::engine::{EngineHandle, EngineMsg};
+use ferry_proto::identity::{PeerIdentity, PeerKind};
 
 pub struct AgentApi {
     pub engine: EngineHandle,
     pub next_conn: AtomicU64,
     pub store: ferry_store::Store,
     pub downloads: std::sync::Arc<crate::downloads::Downloads>,
+    /// TLS is on: every agent must present a certificate, and its name is the agent's.
+    pub require_certificates: bool,
+}
+
+impl AgentApi {
+    /// The agent name the peer's certificate carries; `None` without TLS (loopback only).
+    fn certified_name<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
+        if !self.require_certificates {
+            return Ok(None);
+        }
+        match ferry_proto::identity::peer_identity(req) {
+            Some(PeerIdentity {
+                kind: PeerKind::Agent,
+                name,
+            }) => Ok(Some(name)),
+            Some(other) => {
+                security_event(
+                    "agent call with a non-agent certificate refused",
+                    &other.name,
+                );
+                Err(Status::permission_denied(format!(
+                    "the certificate names client `{}`, not an agent",
+                    other.name
+                )))
+            }
+            None => {
+                security_event("agent call without a certificate refused", "");
+                Err(Status::unauthenticated(
+                    "agents must present a certificate issued by this deployment's CA (`ferry pki issue --agent NAME`)",
+                ))
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -25,6 +60,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let certified = self.certified_name(&req)?;
         let mut inbound = req.into_inner();
         let register = match inbound.message().await? {
             Some(v1::AgentMessage {
@@ -37,6 +73,21 @@ impl AgentService for AgentApi {
                 ));
             }
         };
+        if let Some(certified) = &certified
+            && register.agent_name.trim() != certified
+        {
+            security_event(
+                &format!(
+                    "registration as `{}` refused: the certificate names `{certified}`",
+                    register.agent_name
+                ),
+                certified,
+            );
+            return Err(Status::permission_denied(format!(
+                "the certificate names agent `{certified}`, not `{}`",
+                register.agent_name
+            )));
+        }
         let name = register.agent_name.clone();
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -92,9 +143,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<Streaming<v1::OutputChunk>>,
     ) -> Result<Response<v1::UploadReceipt>, Status> {
+        let certified = self.certified_name(&req)?;
         let receipt = self
             .downloads
-            .receive(&self.store, req.into_inner())
+            .receive(&self.store, certified.as_deref(), req.into_inner())
             .await?;
         Ok(Response::new(receipt))
     }

@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Auth, allow};
 use crate::engine::{ApiRequest, Broadcast, EngineHandle};
 use crate::error::EngineError;
+use ferry_core::access::{ApiRole, Principal};
 
 pub struct WorkflowApi {
     pub store: Store,
@@ -22,6 +24,7 @@ pub struct WorkflowApi {
     pub downloads: std::sync::Arc<crate::downloads::Downloads>,
     /// Graph edits are read-modify-write; one at a time.
     pub graph_edits: tokio::sync::Mutex<()>,
+    pub auth: std::sync::Arc<Auth>,
 }
 
 const DEFAULT_LIST_LIMIT: u64 = 100;
@@ -132,21 +135,37 @@ impl WorkflowApi {
 
     async fn decide(
         &self,
+        who: &Principal,
         d: v1::StepDecision,
         approve: bool,
     ) -> Result<Response<v1::Task>, Status> {
+        let target = format!("task/{}/step/{}", d.task_id, d.step);
+        let comment = d.comment.clone();
         let row = self
             .engine
             .request(|reply| ApiRequest::Decide {
                 task_id: d.task_id,
                 step: d.step,
                 approve,
-                user: d.user,
+                user: who.name.clone(),
                 comment: d.comment,
                 reply,
             })
             .await?;
+        let action = if approve {
+            "step.approve"
+        } else {
+            "step.reject"
+        };
+        self.audit(who, action, &target, &comment).await;
         self.task_reply(row).await
+    }
+
+    /// Appends to the audit log; a failure is logged (the action itself has happened).
+    pub(crate) async fn audit(&self, who: &Principal, action: &str, target: &str, detail: &str) {
+        if let Err(e) = self.store.audit(&who.name, action, target, detail).await {
+            tracing::error!(error = %e, actor = %who.name, action, target, "cannot write the audit log");
+        }
     }
 
     async fn task_reply(&self, row: workflow_task::Model) -> Result<Response<v1::Task>, Status> {
@@ -163,17 +182,24 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::CreateGraphRequest>,
     ) -> Result<Response<v1::Graph>, Status> {
-        WorkflowApi::create_graph(self, req.into_inner()).await
+        let who = allow(&req, ApiRole::Author)?;
+        let r = req.into_inner();
+        let target = format!("graph/{}", r.name);
+        let out = WorkflowApi::create_graph(self, r).await?;
+        self.audit(&who, "graph.create", &target, "").await;
+        Ok(out)
     }
 
     async fn get_graph(&self, req: Request<v1::GraphRef>) -> Result<Response<v1::Graph>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         WorkflowApi::get_graph(self, &req.into_inner().name).await
     }
 
     async fn list_graphs(
         &self,
-        _: Request<v1::ListGraphsRequest>,
+        req: Request<v1::ListGraphsRequest>,
     ) -> Result<Response<v1::ListGraphsResponse>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         WorkflowApi::list_graphs(self).await
     }
 
@@ -181,54 +207,102 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::GraphRef>,
     ) -> Result<Response<v1::Graph>, Status> {
-        WorkflowApi::delete_graph(self, &req.into_inner().name).await
+        let who = allow(&req, ApiRole::Author)?;
+        let name = req.into_inner().name;
+        let out = WorkflowApi::delete_graph(self, &name).await?;
+        self.audit(&who, "graph.delete", &format!("graph/{name}"), "")
+            .await;
+        Ok(out)
     }
 
     async fn add_node(&self, req: Request<v1::NodeEdit>) -> Result<Response<v1::Graph>, Status> {
-        WorkflowApi::add_node(self, req.into_inner()).await
+        let who = allow(&req, ApiRole::Author)?;
+        let r = req.into_inner();
+        let target = format!("graph/{}", r.graph);
+        let out = WorkflowApi::add_node(self, r).await?;
+        self.audit(&who, "graph.add_node", &target, "").await;
+        Ok(out)
     }
 
     async fn update_node(&self, req: Request<v1::NodeEdit>) -> Result<Response<v1::Graph>, Status> {
-        WorkflowApi::update_node(self, req.into_inner()).await
+        let who = allow(&req, ApiRole::Author)?;
+        let r = req.into_inner();
+        let target = format!("graph/{}", r.graph);
+        let out = WorkflowApi::update_node(self, r).await?;
+        self.audit(&who, "graph.update_node", &target, "").await;
+        Ok(out)
     }
 
     async fn remove_node(&self, req: Request<v1::NodeEdit>) -> Result<Response<v1::Graph>, Status> {
-        WorkflowApi::remove_node(self, req.into_inner()).await
+        let who = allow(&req, ApiRole::Author)?;
+        let r = req.into_inner();
+        let target = format!("graph/{}", r.graph);
+        let out = WorkflowApi::remove_node(self, r).await?;
+        self.audit(&who, "graph.remove_node", &target, "").await;
+        Ok(out)
     }
 
     async fn add_connection(
         &self,
         req: Request<v1::ConnectionEdit>,
     ) -> Result<Response<v1::Graph>, Status> {
-        WorkflowApi::add_connection(self, req.into_inner()).await
+        let who = allow(&req, ApiRole::Author)?;
+        let r = req.into_inner();
+        let target = format!("graph/{}", r.graph);
+        let out = WorkflowApi::add_connection(self, r).await?;
+        self.audit(&who, "graph.add_connection", &target, "").await;
+        Ok(out)
     }
 
     async fn remove_connection(
         &self,
         req: Request<v1::ConnectionEdit>,
     ) -> Result<Response<v1::Graph>, Status> {
-        WorkflowApi::remove_connection(self, req.into_inner()).await
+        let who = allow(&req, ApiRole::Author)?;
+        let r = req.into_inner();
+        let target = format!("graph/{}", r.graph);
+        let out = WorkflowApi::remove_connection(self, r).await?;
+        self.audit(&who, "graph.remove_connection", &target, "")
+            .await;
+        Ok(out)
     }
 
     async fn save_canvas(
         &self,
         req: Request<v1::CanvasEdit>,
     ) -> Result<Response<v1::Graph>, Status> {
-        WorkflowApi::save_canvas(self, req.into_inner()).await
+        let who = allow(&req, ApiRole::Author)?;
+        let r = req.into_inner();
+        let target = format!("graph/{}", r.graph);
+        let out = WorkflowApi::save_canvas(self, r).await?;
+        self.audit(&who, "graph.save_canvas", &target, "").await;
+        Ok(out)
     }
 
     async fn build_graph(
         &self,
         req: Request<v1::GraphRef>,
     ) -> Result<Response<v1::Workflow>, Status> {
-        self.build_graph_reply(&req.into_inner().name).await
+        let who = allow(&req, ApiRole::Author)?;
+        let name = req.into_inner().name;
+        let out = self.build_graph_reply(&name).await?;
+        self.audit(&who, "graph.build", &format!("graph/{name}"), "")
+            .await;
+        Ok(out)
     }
 
     async fn execute_graph(
         &self,
         req: Request<v1::ExecuteGraphRequest>,
     ) -> Result<Response<v1::Task>, Status> {
-        WorkflowApi::execute_graph(self, req.into_inner()).await
+        let who = allow(&req, ApiRole::Operator)?;
+        let r = req.into_inner();
+        let graph = r.graph.clone();
+        let out = WorkflowApi::execute_graph(self, r).await?;
+        let target = format!("task/{}", out.get_ref().id);
+        self.audit(&who, "graph.execute", &target, &format!("graph {graph}"))
+            .await;
+        Ok(out)
     }
 
     type DownloadOutputStream = OutputStream;
@@ -237,6 +311,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::DownloadRequest>,
     ) -> Result<Response<Self::DownloadOutputStream>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let r = req.into_inner();
         self.task_row(r.task_id).await?;
         let node = (!r.node.is_empty()).then_some(r.node.as_str());
@@ -261,6 +336,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::ApplyWorkflowRequest>,
     ) -> Result<Response<v1::Workflow>, Status> {
+        let who = allow(&req, ApiRole::Author)?;
         let wire = req
             .into_inner()
             .definition
@@ -270,13 +346,21 @@ impl WorkflowService for WorkflowApi {
         def.validate()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let row = self.store.apply_workflow(&def).await.map_err(store_err)?;
+        self.audit(
+            &who,
+            "workflow.apply",
+            &format!("workflow/{}", row.name),
+            "",
+        )
+        .await;
         Ok(Response::new(workflow_to_wire(&row)?))
     }
 
     async fn list_workflows(
         &self,
-        _: Request<v1::ListWorkflowsRequest>,
+        req: Request<v1::ListWorkflowsRequest>,
     ) -> Result<Response<v1::ListWorkflowsResponse>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let rows = self.store.list_workflows().await.map_err(store_err)?;
         let workflows = rows
             .iter()
@@ -289,6 +373,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::GetWorkflowRequest>,
     ) -> Result<Response<v1::Workflow>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let name = req.into_inner().name;
         let row = self
             .store
@@ -303,22 +388,32 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::CreateTaskRequest>,
     ) -> Result<Response<v1::Task>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
         let r = req.into_inner();
         if r.workflow.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "`workflow` must name a stored workflow",
             ));
         }
-        let params = r.params.into_iter().collect();
+        let params: std::collections::BTreeMap<String, String> = r.params.into_iter().collect();
+        let detail = serde_json::to_string(&params).unwrap_or_default();
+        let workflow = r.workflow.clone();
         let row = self
             .engine
             .request(|reply| ApiRequest::CreateTask {
                 workflow: r.workflow,
                 name: r.name,
-                params,
+                params: params.into_iter().collect(),
                 reply,
             })
             .await?;
+        self.audit(
+            &who,
+            "task.create",
+            &format!("task/{}", row.id),
+            &format!("workflow {workflow}; params {detail}"),
+        )
+        .await;
         self.task_reply(row).await
     }
 
@@ -326,6 +421,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let r = req.into_inner();
         let status = if r.status.is_empty() {
             None
@@ -357,6 +453,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::TaskRef>,
     ) -> Result<Response<v1::TaskDetail>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let id = req.into_inner().task_id;
         let row = self.task_row(id).await?;
         let steps = self.store.steps(id).await.map_err(store_err)?;
@@ -367,38 +464,50 @@ impl WorkflowService for WorkflowApi {
     }
 
     async fn cancel_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
         let task_id = req.into_inner().task_id;
         let row = self
             .engine
             .request(|reply| ApiRequest::Cancel { task_id, reply })
             .await?;
+        self.audit(&who, "task.cancel", &format!("task/{task_id}"), "")
+            .await;
         self.task_reply(row).await
     }
 
     async fn retry_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
         let task_id = req.into_inner().task_id;
         let row = self
             .engine
             .request(|reply| ApiRequest::Retry { task_id, reply })
             .await?;
+        self.audit(&who, "task.retry", &format!("task/{task_id}"), "")
+            .await;
         self.task_reply(row).await
     }
 
     async fn pause_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
         let task_id = req.into_inner().task_id;
         let row = self
             .engine
             .request(|reply| ApiRequest::Pause { task_id, reply })
             .await?;
+        self.audit(&who, "task.pause", &format!("task/{task_id}"), "")
+            .await;
         self.task_reply(row).await
     }
 
     async fn resume_task(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::Task>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
         let task_id = req.into_inner().task_id;
         let row = self
             .engine
             .request(|reply| ApiRequest::Resume { task_id, reply })
             .await?;
+        self.audit(&who, "task.resume", &format!("task/{task_id}"), "")
+            .await;
         self.task_reply(row).await
     }
 
@@ -406,6 +515,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::CtrTaskRequest>,
     ) -> Result<Response<v1::Task>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
         let request: ferry_core::pipeline::CtrTaskRequest =
             req.into_inner()
                 .try_into()
@@ -431,6 +541,13 @@ impl WorkflowService for WorkflowApi {
                 reply,
             })
             .await?;
+        self.audit(
+            &who,
+            "task.create",
+            &format!("task/{}", row.id),
+            "ctr_pipeline",
+        )
+        .await;
         self.task_reply(row).await
     }
 
@@ -438,6 +555,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::StepParamsUpdate>,
     ) -> Result<Response<v1::Task>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
         let u = req.into_inner();
         let patch: serde_json::Value = serde_json::from_str(&u.patch_json)
             .map_err(|e| Status::invalid_argument(format!("`patch_json` is not JSON: {e}")))?;
@@ -445,12 +563,15 @@ impl WorkflowService for WorkflowApi {
             .engine
             .request(|reply| ApiRequest::UpdateStepParams {
                 task_id: u.task_id,
-                step: u.step,
+                step: u.step.clone(),
                 patch,
-                user: u.user,
+                user: who.name.clone(),
                 reply,
             })
             .await?;
+        let target = format!("task/{}/step/{}", u.task_id, u.step);
+        self.audit(&who, "step.update_params", &target, &u.patch_json)
+            .await;
         self.task_reply(row).await
     }
 
@@ -458,25 +579,29 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::StepDecision>,
     ) -> Result<Response<v1::Task>, Status> {
-        self.decide(req.into_inner(), true).await
+        let who = allow(&req, ApiRole::Approver)?;
+        self.decide(&who, req.into_inner(), true).await
     }
 
     async fn reject_step(
         &self,
         req: Request<v1::StepDecision>,
     ) -> Result<Response<v1::Task>, Status> {
-        self.decide(req.into_inner(), false).await
+        let who = allow(&req, ApiRole::Approver)?;
+        self.decide(&who, req.into_inner(), false).await
     }
 
     async fn get_task_status(
         &self,
         req: Request<v1::TaskRef>,
     ) -> Result<Response<v1::Task>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let row = self.task_row(req.into_inner().task_id).await?;
         self.task_reply(row).await
     }
 
     async fn get_steps(&self, req: Request<v1::TaskRef>) -> Result<Response<v1::StepList>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let id = req.into_inner().task_id;
         self.task_row(id).await?;
         let steps = self.store.steps(id).await.map_err(store_err)?;
@@ -489,6 +614,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::GetLogsRequest>,
     ) -> Result<Response<v1::LogList>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let r = req.into_inner();
         self.task_row(r.task_id).await?;
         let limit = if r.limit == 0 {
@@ -512,6 +638,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::GetLogsRequest>,
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let r = req.into_inner();
         let task_id = r.task_id;
         self.task_row(task_id).await?;
@@ -561,6 +688,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::TaskRef>,
     ) -> Result<Response<v1::MetricList>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let id = req.into_inner().task_id;
         self.task_row(id).await?;
         let rows = self.store.metrics(id).await.map_err(store_err)?;
@@ -573,6 +701,7 @@ impl WorkflowService for WorkflowApi {
         &self,
         req: Request<v1::TaskRef>,
     ) -> Result<Response<v1::ProgressList>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         let id = req.into_inner().task_id;
         self.task_row(id).await?;
         let steps = self.store.steps(id).await.map_err(store_err)?;
@@ -600,11 +729,121 @@ impl WorkflowService for WorkflowApi {
 
     async fn list_agents(
         &self,
-        _: Request<v1::ListAgentsRequest>,
+        req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        allow(&req, ApiRole::Viewer)?;
         Ok(Response::new(v1::ListAgentsResponse {
             agents: self.engine.list_agents().await?,
         }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreatedToken>, Status> {
+        let who = allow(&req, ApiRole::Admin)?;
+        let r = req.into_inner();
+        ferry_core::access::check_token_name(&r.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let roles = ferry_core::access::parse_roles(&r.roles.join(","))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let roles = ferry_core::access::roles_to_string(&roles);
+        let token = crate::auth::new_token().map_err(Status::from)?;
+        let row = self
+            .store
+            .insert_token(&r.name, &roles, &crate::auth::hash_token(&token), &who.name)
+            .await
+            .map_err(store_err)?;
+        self.auth.insert(&row);
+        self.audit(
+            &who,
+            "token.create",
+            &format!("token/{}", row.id),
+            &format!("{} as {roles}", r.name),
+        )
+        .await;
+        Ok(Response::new(v1::CreatedToken {
+            info: Some(token_to_wire(&row)),
+            token,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<v1::ListTokensRequest>,
+    ) -> Result<Response<v1::ListTokensResponse>, Status> {
+        allow(&req, ApiRole::Admin)?;
+        let rows = self.store.tokens().await.map_err(store_err)?;
+        Ok(Response::new(v1::ListTokensResponse {
+            tokens: rows.iter().map(token_to_wire).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<v1::TokenRef>,
+    ) -> Result<Response<v1::TokenInfo>, Status> {
+        let who = allow(&req, ApiRole::Admin)?;
+        let id = req.into_inner().id;
+        let row = self
+            .store
+            .revoke_token(id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| Status::not_found(format!("token {id} not found")))?;
+        self.auth.insert(&row);
+        self.audit(&who, "token.revoke", &format!("token/{id}"), &row.name)
+            .await;
+        Ok(Response::new(token_to_wire(&row)))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        allow(&req, ApiRole::Admin)?;
+        let r = req.into_inner();
+        let rows = self
+            .store
+            .audit_entries(u64::from(r.limit), r.before_id, &r.actor)
+            .await
+            .map_err(store_err)?;
+        Ok(Response::new(v1::ListAuditResponse {
+            entries: rows
+                .iter()
+                .map(|e| v1::AuditEntry {
+                    id: e.id,
+                    timestamp: ts(e.ts),
+                    actor: e.actor.clone(),
+                    action: e.action.clone(),
+                    target: e.target.clone(),
+                    detail: e.detail.clone(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<v1::WhoAmIRequest>,
+    ) -> Result<Response<v1::WhoAmIResponse>, Status> {
+        let who = allow(&req, ApiRole::Viewer)?;
+        Ok(Response::new(v1::WhoAmIResponse {
+            name: who.name,
+            roles: who.roles.iter().map(|r| r.to_string()).collect(),
+            auth_enabled: self.auth.enabled(),
+        }))
+    }
+}
+
+fn token_to_wire(t: &ferry_store::api_token::Model) -> v1::TokenInfo {
+    v1::TokenInfo {
+        id: t.id,
+        name: t.name.clone(),
+        roles: t.roles.split(',').map(str::to_owned).collect(),
+        created_by: t.created_by.clone(),
+        created_at: ts(t.created_at),
+        revoked_at: ts_opt(t.revoked_at),
     }
 }
 

@@ -64,9 +64,12 @@ impl Downloads {
     }
 
     /// Receives one upload; the node's earlier files (an earlier attempt's) are replaced.
+    /// `sender`: the agent the TLS certificate names (`None` without TLS, on loopback); it
+    /// may upload only under its own name, for a task with a step it runs now.
     pub async fn receive(
         &self,
         store: &Store,
+        sender: Option<&str>,
         mut stream: impl Stream<Item = Result<v1::OutputChunk, Status>> + Unpin,
     ) -> Result<v1::UploadReceipt, Status> {
         let header = match stream.next().await {
@@ -91,6 +94,33 @@ impl Downloads {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("task {} not found", header.task_id)))?;
+        if let Some(sender) = sender {
+            let runs_a_step = header.agent == sender
+                && store
+                    .steps(header.task_id)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .iter()
+                    .any(|s| {
+                        s.agent_name.as_deref() == Some(sender)
+                            && s.status
+                                .parse::<ferry_core::StepStatus>()
+                                .is_ok_and(|st| st.is_on_agent())
+                    });
+            if !runs_a_step {
+                crate::auth::security_event(
+                    &format!(
+                        "upload for task {} as agent `{}` refused: the sender runs no step of it",
+                        header.task_id, header.agent
+                    ),
+                    sender,
+                );
+                return Err(Status::permission_denied(format!(
+                    "agent `{sender}` runs no step of task {} and cannot upload as `{}`",
+                    header.task_id, header.agent
+                )));
+            }
+        }
         // Received beside the node's directory and swapped in only when every file verified:
         // a failed upload leaves the last good output (or none), never a partial one.
         let final_dir = PathBuf::from(self.job(header.task_id).input(&header.agent, &header.node));

@@ -15,6 +15,12 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// No credentials, or credentials the coordinator does not know (or revoked).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Known caller, without the role (or identity) the call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<EngineError> for tonic::Status {
@@ -27,6 +33,8 @@ impl From<EngineError> for tonic::Status {
             EngineError::Store(StoreError::Refused { .. }) => tonic::Status::invalid_argument(msg),
             EngineError::Store(_) => tonic::Status::internal(msg),
             EngineError::ShuttingDown => tonic::Status::unavailable(msg),
+            EngineError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
+            EngineError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
         }
     }
 }
@@ -46,4 +54,11 @@ pub enum CoordinatorError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] ferry_proto::tls::TlsError),
+    /// The configuration would expose the coordinator without TLS or tokens.
+    #[error("{0}")]
+    Insecure(String),
+    #[error("bootstrap token: {0}")]
+    Bootstrap(String),
 }

@@ -5,6 +5,7 @@
 
 mod agent_api;
 mod api;
+pub mod auth;
 mod downloads;
 pub mod engine;
 pub mod error;
@@ -21,6 +22,7 @@ use ferry_proto::v1::workflow_service_server::WorkflowServiceServer;
 use ferry_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
@@ -36,7 +38,23 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
+    let addr = listener.local_addr().ok();
+    check_exposure(&config, addr)?;
+    let tls = if config.tls.enabled() {
+        Some(ferry_proto::tls::server_config(&config.tls)?)
+    } else {
+        None
+    };
     let store = Store::connect(&config.coordinator.database_url).await?;
+    let auth = if config.auth.enabled() {
+        let bootstrap = &config.auth.bootstrap_token_file;
+        let bootstrap = (!bootstrap.as_os_str().is_empty()).then_some(bootstrap.as_path());
+        auth::Auth::load(&store, bootstrap)
+            .await
+            .map_err(CoordinatorError::Bootstrap)?
+    } else {
+        auth::Auth::disabled()
+    };
     let settings = engine::EngineSettings {
         heartbeat: config.workflow.heartbeat(),
         agent_timeout: config.workflow.agent_timeout(),
@@ -101,12 +119,14 @@ pub async fn run(
         engine: handle.clone(),
         downloads: downloads.clone(),
         graph_edits: tokio::sync::Mutex::new(()),
+        auth: auth.clone(),
     };
     let agent_api = agent_api::AgentApi {
         engine: handle,
         next_conn: AtomicU64::new(1),
         store,
         downloads,
+        require_certificates: tls.is_some(),
     };
 
     {
@@ -118,16 +138,25 @@ pub async fn run(
         });
     }
     let server_stop = engine_done.clone();
-    let addr = listener.local_addr().ok();
-    info!(addr = ?addr, "coordinator listening");
-    let server = tonic::transport::Server::builder()
+    info!(
+        addr = ?addr,
+        tls = tls.is_some(),
+        tokens = auth.enabled(),
+        "coordinator listening"
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
+        .add_service(InterceptedService::new(
             WorkflowServiceServer::new(workflow_api)
                 .max_decoding_message_size(ferry_core::limits::REQUEST_BYTES)
                 .max_encoding_message_size(ferry_core::limits::REQUEST_BYTES),
-        )
+            auth.interceptor(),
+        ))
         .add_service(AgentServiceServer::new(agent_api))
         // No Nagle: agent commands are small messages that must leave at once.
         .serve_with_incoming_shutdown(
@@ -145,6 +174,40 @@ pub async fn run(
     engine_result.map_err(|e| CoordinatorError::Engine(format!("engine task panicked: {e}")))?;
     server_result?;
     Ok(())
+}
+
+/// Refuses to expose the coordinator beyond loopback without TLS and tokens (unless the
+/// configuration says `insecure: true`, which is logged at every start).
+fn check_exposure(
+    config: &FerryConfig,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<(), CoordinatorError> {
+    let loopback = addr.is_some_and(|a| a.ip().is_loopback());
+    let protected = config.tls.enabled() && config.auth.enabled();
+    if loopback || protected {
+        return Ok(());
+    }
+    let missing = match (config.tls.enabled(), config.auth.enabled()) {
+        (false, false) => {
+            "TLS (`tls.ca`, `tls.cert`, `tls.key`) and tokens (`auth.bootstrap_token_file` or `auth.required`)"
+        }
+        (false, true) => {
+            "TLS (`tls.ca`, `tls.cert`, `tls.key`): tokens would cross the network in clear"
+        }
+        _ => "tokens (`auth.bootstrap_token_file` or `auth.required`)",
+    };
+    if config.insecure {
+        tracing::warn!(
+            target: "ferry::security",
+            addr = ?addr,
+            "INSECURE: listening beyond loopback without {missing}; anyone who reaches this port may run code on every agent host"
+        );
+        return Ok(());
+    }
+    Err(CoordinatorError::Insecure(format!(
+        "refusing to listen on {} without {missing}; configure them (see docs/operations.md, Security), listen on 127.0.0.1, or set `insecure: true` for a lab",
+        addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
+    )))
 }
 
 /// Keeps every task's log lines in `task_logs` within `max_bytes` (`workflow.log_rotation_size`;

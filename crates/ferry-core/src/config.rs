@@ -59,7 +59,8 @@ pub struct FerryConfig {
 }
 
 /// `tls:`: PEM files. The coordinator presents `cert` and accepts agents whose certificate
-/// chains to `ca`; agents and the CLI present theirs and check the coordinator's against `ca`.
+/// chains to `ca`; agents present theirs and check the coordinator's against `ca`. The CLI
+/// needs only `ca` (it authenticates with a token); `cert` and `key` add a client certificate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
@@ -69,7 +70,7 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
-    /// Whether TLS is configured (all three files named).
+    /// Whether TLS is configured (`ca` named).
     pub fn enabled(&self) -> bool {
         !self.ca.as_os_str().is_empty()
     }
@@ -636,14 +637,13 @@ impl FerryConfig {
             return Err(invalid("agent.reconnect_interval_ms", "must be at least 1"));
         }
         let tls = &self.tls;
-        let named = [&tls.ca, &tls.cert, &tls.key]
-            .iter()
-            .filter(|p| !p.as_os_str().is_empty())
-            .count();
-        if named != 0 && named != 3 {
+        if tls.cert.as_os_str().is_empty() != tls.key.as_os_str().is_empty() {
+            return Err(invalid("tls", "name both `cert` and `key` (or neither)"));
+        }
+        if !tls.cert.as_os_str().is_empty() && tls.ca.as_os_str().is_empty() {
             return Err(invalid(
-                "tls",
-                "name all three of `ca`, `cert` and `key` (or none)",
+                "tls.ca",
+                "must name the CA certificate when `cert` is set",
             ));
         }
         Ok(())

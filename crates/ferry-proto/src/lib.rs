@@ -16,7 +16,11 @@ pub mod v1 {
 }
 
 mod convert;
+pub mod identity;
+#[cfg(any(feature = "pki", test))]
+pub mod pki;
 pub mod split;
+pub mod tls;
 
 pub use convert::{
     ConversionError, error_class_from_wire, error_class_to_wire, job_state_from_wire,

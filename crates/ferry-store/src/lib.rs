@@ -4,6 +4,7 @@
 //! Only the coordinator depends on this crate. The engine is the single writer of task and
 //! step rows and commits each batch of changes in one transaction (see `commit`).
 
+mod access;
 mod batch;
 pub mod entity;
 mod logs;
@@ -21,10 +22,11 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+pub use access::AUDIT_PAGE;
 pub use batch::{CommitReport, Quarantined, WriteBatch};
 pub use entity::{
-    agent_cursor, step_metric, task_log, task_log_archive, transfer_chunk, workflow,
-    workflow_graph, workflow_step, workflow_task,
+    agent_cursor, api_token, audit_entry, step_metric, task_log, task_log_archive, transfer_chunk,
+    workflow, workflow_graph, workflow_step, workflow_task,
 };
 /// Re-exported so callers can build rows without depending on sea-orm themselves.
 pub use sea_orm::ActiveValue::{NotSet, Set};

@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_step_timeout::Migration),
             Box::new(m0004_agent_cursors::Migration),
             Box::new(m0005_task_log_archives::Migration),
+            Box::new(m0006_tokens_and_audit::Migration),
         ]
     }
 }
@@ -407,6 +408,63 @@ mod m0005_task_log_archives {
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager
                 .drop_table(Table::drop().table(a("task_log_archives")).to_owned())
+                .await
+        }
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+mod m0006_tokens_and_audit {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m0006_tokens_and_audit"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("api_tokens"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(string_len(a("name"), 100))
+                        .col(string_len(a("roles"), 100))
+                        .col(string_len_uniq(a("token_hash"), 64))
+                        .col(string_len(a("created_by"), 100))
+                        .col(timestamp_with_time_zone(a("created_at")))
+                        .col(timestamp_with_time_zone_null(a("revoked_at")))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("audit_log"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(timestamp_with_time_zone(a("ts")))
+                        .col(string_len(a("actor"), 100))
+                        .col(string_len(a("action"), 50))
+                        .col(string_len(a("target"), 255))
+                        .col(text(a("detail")))
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(a("audit_log")).to_owned())
+                .await?;
+            manager
+                .drop_table(Table::drop().table(a("api_tokens")).to_owned())
                 .await
         }
     }

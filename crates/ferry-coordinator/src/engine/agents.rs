@@ -23,6 +23,25 @@ impl Engine {
                 EngineError::InvalidRequest(e.to_string())
             })?;
         let now = self.now();
+        // One live connection per name: a second one does not replace the first (it could
+        // take over the agent's jobs) unless the first has been silent past the timeout.
+        if let Some(a) = self.agents.get(&name)
+            && a.conn.is_some()
+        {
+            let silent = now.duration_since(a.last_seen);
+            if silent <= self.settings.agent_timeout {
+                security_event(
+                    &name,
+                    "a second connection under a live agent's name refused",
+                );
+                return Err(EngineError::FailedPrecondition(format!(
+                    "agent `{name}` is already connected (last heard {} ago); a second connection under its name is refused until the first is silent for {}",
+                    format_duration(silent),
+                    format_duration(self.settings.agent_timeout)
+                )));
+            }
+            warn!(agent = %name, "replacing a connection silent for {}", format_duration(silent));
+        }
         let _ = tx.send(Ok(v1::CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Registered(v1::Registered {
                 heartbeat_interval_ms: self.settings.heartbeat.as_millis() as u64,

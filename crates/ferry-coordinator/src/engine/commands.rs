@@ -461,6 +461,7 @@ impl Engine {
         let at = Utc::now().to_rfc3339();
         let record = serde_json::json!({
             "decision": decision, "by": user, "at": at, "comment": comment,
+            "params_hash": approval_hash(&self.step(key).row),
         });
         {
             let step = self.step_mut(key);
@@ -500,6 +501,41 @@ impl Engine {
             self.task_event(task_id, TaskEvent::Hold, Some(reason));
         }
         Ok(())
+    }
+
+    /// An approval holds only for what was approved: before a step runs again, an approval
+    /// recorded for other parameters or inputs is removed, so the step asks again.
+    pub(super) fn check_approval(&mut self, key: StepKey) {
+        let row = &self.step(key).row;
+        let Some(mut data) = row
+            .checkpoint_data
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        else {
+            return;
+        };
+        let Some(approval) = data.get("approval") else {
+            return;
+        };
+        if approval.get("params_hash").and_then(|h| h.as_str()) == Some(&approval_hash(row)) {
+            return;
+        }
+        let by = approval
+            .get("by")
+            .and_then(|b| b.as_str())
+            .unwrap_or("someone")
+            .to_owned();
+        if let Some(obj) = data.as_object_mut() {
+            obj.remove("approval");
+        }
+        self.step_mut(key).row.checkpoint_data = Some(data.to_string());
+        self.log_step(
+            key,
+            "WARN",
+            format!(
+                "the decision by {by} was for other parameters or inputs; the step asks for approval again"
+            ),
+        );
     }
 
     /// Puts failed and cancelled steps back to pending with a fresh retry budget.
@@ -556,4 +592,14 @@ impl Engine {
         self.log(task_id, "", "INFO", "task cancelled".into());
         Ok(())
     }
+}
+
+/// What an approval is bound to: the step's kind, parameters and inputs (hex BLAKE3).
+pub(super) fn approval_hash(row: &ferry_store::workflow_step::Model) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [&row.kind, &row.params, &row.depends_on] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    h.finalize().to_hex().to_string()
 }

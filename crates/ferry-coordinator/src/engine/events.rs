@@ -5,6 +5,24 @@ use super::*;
 
 impl Engine {
     pub(super) fn job_created(&mut self, agent: &str, c: v1::JobCreated) {
+        // Only the agent the create went to may answer it.
+        if let Some(p) = self.pending_creates.get(&c.request_id) {
+            let owner = self
+                .tasks
+                .get(&p.task_id)
+                .and_then(|t| t.steps[p.step].row.agent_name.as_deref());
+            if owner != Some(agent) {
+                security_event(
+                    agent,
+                    &format!(
+                        "JobCreated for request {} dropped: it was sent to {}",
+                        c.request_id,
+                        owner.unwrap_or("no agent")
+                    ),
+                );
+                return;
+            }
+        }
         let Some(p) = self.pending_creates.remove(&c.request_id) else {
             // Too late (the step was dispatched again) or never asked: nobody wants the job.
             if !c.job_id.is_empty() {
@@ -31,17 +49,28 @@ impl Engine {
             );
             return;
         }
-        self.jobs.insert(c.job_id.clone(), key);
+        self.jobs.insert(c.job_id.clone(), (key, agent.to_owned()));
         self.step_mut(key).row.job_id = Some(c.job_id.clone());
         self.step_event(key, StepEvent::Created);
         self.send(agent, start(&c.job_id));
     }
 
     pub(super) fn job_event(&mut self, agent: &str, ev: v1::JobEvent) {
-        let Some(&key) = self.jobs.get(&ev.job_id) else {
+        let Some((key, owner)) = self.jobs.get(&ev.job_id) else {
             debug!(job = %ev.job_id, "event for an unknown job ignored");
             return;
         };
+        let key = *key;
+        if owner != agent {
+            security_event(
+                agent,
+                &format!(
+                    "event for job {} dropped: the job runs on {owner}",
+                    ev.job_id
+                ),
+            );
+            return;
+        }
         if !self.tasks.contains_key(&key.0) {
             self.jobs.remove(&ev.job_id);
             return;

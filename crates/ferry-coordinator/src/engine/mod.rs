@@ -115,6 +115,12 @@ pub enum EngineMsg {
 }
 
 pub use model::AgentTx;
+
+/// A message from an agent about what is not its own (another agent's job or create):
+/// dropped, and logged as a security event.
+fn security_event(agent: &str, what: &str) {
+    crate::auth::security_event(what, agent);
+}
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
 /// Requests that change tasks; reads go straight to the store.
@@ -239,7 +245,9 @@ pub struct Engine {
     /// How far each agent's numbered events are applied; stored with each commit.
     cursors: HashMap<String, Cursor>,
     dirty_cursors: HashSet<String>,
-    jobs: HashMap<String, StepKey>,
+    /// Job id → its step and the agent that runs it (the only sender whose events about
+    /// the job count).
+    jobs: HashMap<String, (StepKey, String)>,
     pending_creates: HashMap<u64, PendingCreate>,
     next_request_id: u64,
     next_log_id: i64,

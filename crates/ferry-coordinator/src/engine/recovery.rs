@@ -24,8 +24,10 @@ impl Engine {
                         .entry(agent.clone())
                         .or_insert_with(|| AgentRt::new(Role::DataSource, now, true));
                     if let Some(job) = &step.row.job_id {
-                        self.jobs
-                            .insert(job.clone(), (id, step.row.step_order as usize));
+                        self.jobs.insert(
+                            job.clone(),
+                            ((id, step.row.step_order as usize), agent.clone()),
+                        );
                     }
                 }
             }
@@ -110,7 +112,7 @@ impl Engine {
                 continue;
             };
             reported.insert(key);
-            self.jobs.insert(r.job_id.clone(), key);
+            self.jobs.insert(r.job_id.clone(), (key, agent.to_owned()));
             {
                 let step = &mut self.step_mut(key).row;
                 if step.job_id.as_deref() != Some(r.job_id.as_str()) {

@@ -101,6 +101,7 @@ impl Engine {
     }
 
     pub(super) fn dispatch(&mut self, key: StepKey, agent: String) {
+        self.check_approval(key);
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let (create, attempt) = {

@@ -2,6 +2,8 @@
 //! schema works on SQLite and PostgreSQL.
 
 pub mod agent_cursor;
+pub mod api_token;
+pub mod audit_entry;
 pub mod step_metric;
 pub mod task_log;
 pub mod task_log_archive;
