@@ -701,7 +701,15 @@ async fn numbered_events_sent_again_are_stored_once_and_acknowledged_after_the_c
         coordinator_message::Msg::Ack(a) => assert_eq!(a.seq, 2),
         other => panic!("expected Ack, got {other:?}"),
     }
-    // The agent reconnects (same instance) and sends everything from 1 again, then more.
+    // The stream breaks; the agent reconnects (same instance) and sends everything from 1
+    // again, then more.
+    h.handle
+        .send(EngineMsg::AgentDetached {
+            name: "one".into(),
+            conn_id: one.conn_id,
+        })
+        .await
+        .expect("engine up");
     let mut again = h
         .agent(
             "one",
@@ -744,4 +752,173 @@ async fn numbered_events_sent_again_are_stored_once_and_acknowledged_after_the_c
     let logs = h.logs(task).await;
     assert_eq!(logs.matches("line 3\n").count(), 1, "{logs}");
     assert_eq!(logs.matches("line 4\n").count(), 1, "{logs}");
+}
+
+/// Attaches under `name` and returns the engine's answer (without reading messages).
+async fn try_attach(h: &mut Harness, name: &str) -> Result<(), String> {
+    let conn_id = h.next_conn;
+    h.next_conn += 1;
+    let (tx, _rx): (AgentTx, _) = mpsc::unbounded_channel();
+    let (reply, answer) = oneshot::channel();
+    h.handle
+        .send(EngineMsg::AgentAttached {
+            conn_id,
+            register: v1::Register {
+                agent_name: name.into(),
+                role: "training".into(),
+                kinds: vec!["noop".into()],
+                ..Default::default()
+            },
+            tx,
+            reply,
+        })
+        .await
+        .expect("engine up");
+    answer
+        .await
+        .expect("answer")
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_second_connection_under_a_live_name_is_refused_until_the_first_falls_silent() {
+    let mut h = Harness::new().await;
+    let one = h.agent("one", "training", vec![]).await;
+    let refused = try_attach(&mut h, "one").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("agent `one` is already connected")),
+        "{refused:?}"
+    );
+    // Still refused while the first heartbeats.
+    h.pass(Duration::from_secs(5), &[&one]).await;
+    assert!(try_attach(&mut h, "one").await.is_err());
+    // Silent past the timeout: the name may be taken again (the agent reconnecting).
+    h.pass(AGENT_TIMEOUT + Duration::from_secs(1), &[]).await;
+    assert_eq!(try_attach(&mut h, "one").await, Ok(()));
+}
+
+#[tokio::test]
+async fn reports_about_another_agents_job_are_dropped() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    let mut evil = h.agent("evil", "training", vec![]).await;
+    h.apply(&chain("c", "")).await;
+    let task = h.create("c").await;
+    // A forged answer to the create sent to `one` is dropped; `one`'s own answer counts.
+    let create = one.expect_create().await;
+    evil.send(agent_message::Msg::JobCreated(v1::JobCreated {
+        request_id: create.request_id,
+        job_id: "forged".into(),
+        error: String::new(),
+    }))
+    .await;
+    h.settle().await;
+    evil.nothing();
+    one.send(agent_message::Msg::JobCreated(v1::JobCreated {
+        request_id: create.request_id,
+        job_id: "j1".into(),
+        error: String::new(),
+    }))
+    .await;
+    one.expect_start("j1").await;
+    one.state("j1", v1::JobState::Running, "").await;
+    // A forged COMPLETED for `one`'s job changes nothing.
+    evil.state("j1", v1::JobState::Completed, "").await;
+    let (_, steps) = h.status(task).await;
+    assert_eq!(steps[0].1, "running", "{steps:?}");
+    evil.nothing();
+    one.nothing();
+    // The real agent's report still counts.
+    one.finish("j1").await;
+    let (_, steps) = h.status(task).await;
+    assert_eq!(steps[0].1, "completed", "{steps:?}");
+}
+
+impl FakeAgent {
+    async fn fail(&mut self, job: &str, error: &str, class: v1::ErrorClass) {
+        self.event(
+            job,
+            job_event::Event::State(v1::JobStateChange {
+                state: v1::JobState::Failed as i32,
+                error: error.into(),
+                error_class: class as i32,
+            }),
+        )
+        .await;
+        match self.next().await {
+            coordinator_message::Msg::ForgetJob(f) => assert_eq!(f.job_id, job),
+            other => panic!("{}: expected ForgetJob, got {other:?}", self.name),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_approval_holds_only_for_the_parameters_it_was_given_for() {
+    let mut h = Harness::new().await;
+    let mut one = h.agent("one", "training", vec![]).await;
+    h.apply(
+        "name: g\nsteps:\n  - {name: a, kind: exec, placement: {agent: one}, params: {program: \"true\"}}\n",
+    )
+    .await;
+    let task = h.create("g").await;
+    one.take_job("j1").await;
+    one.fail("j1", "loads into prod.t", v1::ErrorClass::Approval)
+        .await;
+    let (status, steps) = h.status(task).await;
+    assert_eq!((status.as_str(), steps[0].1.as_str()), ("paused", "awaiting_approval"));
+    let decide = |reply| ApiRequest::Decide {
+        task_id: task,
+        step: "a".into(),
+        approve: true,
+        user: "alice".into(),
+        comment: String::new(),
+        reply,
+    };
+    h.request(decide).await.expect("approved");
+    let approved = |c: &v1::CreateJob| {
+        serde_json::from_str::<serde_json::Value>(&c.checkpoint_json)
+            .ok()
+            .and_then(|v| v["approval"]["decision"].as_str().map(str::to_owned))
+            == Some("approved".into())
+    };
+    let second = one.take_job("j2").await;
+    assert!(approved(&second), "{}", second.checkpoint_json);
+    // The approved attempt fails; retried unchanged, the approval still holds.
+    one.fail("j2", "parts dir missing", v1::ErrorClass::Permanent)
+        .await;
+    h.request(|reply| ApiRequest::Retry {
+        task_id: task,
+        reply,
+    })
+    .await
+    .expect("retry");
+    let third = one.take_job("j3").await;
+    assert!(approved(&third), "{}", third.checkpoint_json);
+    one.fail("j3", "parts dir missing", v1::ErrorClass::Permanent)
+        .await;
+    // Retried with other parameters, it asks again.
+    h.request(|reply| ApiRequest::UpdateStepParams {
+        task_id: task,
+        step: "a".into(),
+        patch: serde_json::json!({"args": ["--table", "prod.other"]}),
+        user: "bob".into(),
+        reply,
+    })
+    .await
+    .expect("params changed");
+    h.request(|reply| ApiRequest::Retry {
+        task_id: task,
+        reply,
+    })
+    .await
+    .expect("retry");
+    let fourth = one.take_job("j4").await;
+    assert!(!approved(&fourth), "{}", fourth.checkpoint_json);
+    assert!(
+        h.logs(task)
+            .await
+            .contains("the decision by alice was for other parameters or inputs; the step asks for approval again")
+    );
 }
