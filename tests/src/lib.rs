@@ -12,11 +12,67 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_core::config::TlsConfig;
 use ferry_core::workflow::WorkflowDef;
+use ferry_proto::pki::{self, Subject};
 use ferry_proto::v1::{self, workflow_service_client::WorkflowServiceClient};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub type Client = WorkflowServiceClient<Channel>;
+pub type Client = WorkflowServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Sends `authorization: Bearer TOKEN` with every call (nothing without a token).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A cluster run as production would: mutual TLS from its own CA, and tokens.
+pub struct Secure {
+    /// The CA's directory (certificates are issued into it).
+    pub pki: PathBuf,
+    /// The bootstrap token (role `admin`).
+    pub admin_token: String,
+}
+
+impl Secure {
+    /// The CLI's and tests' TLS: the CA only (they authenticate with tokens).
+    pub fn client_tls(&self) -> TlsConfig {
+        TlsConfig {
+            ca: self.pki.join("ca.pem"),
+            ..TlsConfig::default()
+        }
+    }
+
+    /// Issues (once) the certificate of agent `name`; returns its cert and key paths.
+    pub fn agent_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        let cert = self.pki.join(format!("agent-{name}.pem"));
+        let key = self.pki.join(format!("agent-{name}-key.pem"));
+        if !cert.is_file() {
+            pki::issue(&self.pki, &Subject::Agent(name.into()), 30, &self.pki)
+                .expect("issue agent certificate");
+        }
+        (cert, key)
+    }
+}
+
+/// A token-shaped secret for tests (not from a CSPRNG; tests only).
+fn test_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("ferry_test_{:032x}{:08x}", nanos, std::process::id())
+}
 
 /// Where the daemons were built.
 pub fn bin_dir() -> PathBuf {
@@ -54,6 +110,8 @@ pub struct Cluster {
     pub bin_dir: PathBuf,
     /// Extra environment for every daemon (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// TLS and tokens, when the cluster runs as production would.
+    pub secure: Option<Secure>,
     coordinator: Option<Child>,
     agents: HashMap<String, Child>,
 }
@@ -87,9 +145,52 @@ impl Cluster {
             addr: String::new(),
             bin_dir: bin_dir(),
             env: Vec::new(),
+            secure: None,
             coordinator: None,
             agents: HashMap::new(),
         }
+    }
+
+    /// A cluster with mutual TLS (a fresh CA; the coordinator's certificate for 127.0.0.1;
+    /// one per agent as it starts) and tokens (a bootstrap admin token), as production runs.
+    pub fn secure(extra: &str) -> Cluster {
+        let mut c = Self::with_config(extra);
+        let pki_dir = c.path("pki");
+        pki::init(&pki_dir, 30).expect("create CA");
+        pki::issue(
+            &pki_dir,
+            &Subject::Coordinator(vec!["127.0.0.1".into(), "localhost".into()]),
+            30,
+            &pki_dir,
+        )
+        .expect("issue coordinator certificate");
+        let admin_token = test_token();
+        let token_file = pki_dir.join("bootstrap.token");
+        write_private(&token_file, &admin_token);
+        let mut text = std::fs::read_to_string(&c.config).expect("read config");
+        text.push_str(&format!(
+            "tls:\n  ca: \"{p}/ca.pem\"\n  cert: \"{p}/coordinator.pem\"\n  key: \"{p}/coordinator-key.pem\"\nauth:\n  bootstrap_token_file: \"{t}\"\n",
+            p = pki_dir.display(),
+            t = token_file.display()
+        ));
+        std::fs::write(&c.config, text).expect("write config");
+        // The CLI's own config: the CA, and the token in a file only its owner reads.
+        let cli_token = c.path("cli.token");
+        write_private(&cli_token, &admin_token);
+        std::fs::write(
+            c.path("cli.yaml"),
+            format!(
+                "tls:\n  ca: \"{}/ca.pem\"\nauth:\n  token_file: \"{}\"\n",
+                pki_dir.display(),
+                cli_token.display()
+            ),
+        )
+        .expect("write CLI config");
+        c.secure = Some(Secure {
+            pki: pki_dir,
+            admin_token,
+        });
+        c
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -151,14 +252,56 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Client::connect(self.url()).await.is_err() {
+        while self.try_client(None).await.is_err() {
             assert!(Instant::now() < deadline, "coordinator does not answer");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.secure.is_some() {
+            format!("https://{}", self.addr)
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// A client sending `token` (the admin token of a secure cluster when `None`).
+    pub async fn try_client(&self, token: Option<&str>) -> Result<Client, String> {
+        let token = token
+            .map(str::to_owned)
+            .or_else(|| self.secure.as_ref().map(|s| s.admin_token.clone()));
+        self.connect_with(token).await
+    }
+
+    /// A client that sends no token at all.
+    pub async fn anonymous_client(&self) -> Client {
+        self.connect_with(None).await.expect("connect")
+    }
+
+    async fn connect_with(&self, token: Option<String>) -> Result<Client, String> {
+        let tls = self
+            .secure
+            .as_ref()
+            .map(Secure::client_tls)
+            .unwrap_or_default();
+        let channel = ferry_proto::tls::endpoint(&self.url(), &tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let bearer = match token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        Ok(WorkflowServiceClient::with_interceptor(
+            channel,
+            Bearer(bearer),
+        ))
     }
 
     /// `role` is `source`, `train` or `infer`.
@@ -170,8 +313,15 @@ impl Cluster {
     /// give each "host" its own directories on one machine).
     pub fn start_agent_with_env(&mut self, role: &str, name: &str, env: &[(String, String)]) {
         let log = self.log_file(name);
+        let mut tls_env = Vec::new();
+        if let Some(s) = &self.secure {
+            let (cert, key) = s.agent_cert(name);
+            tls_env.push(("FERRY_TLS__CERT".to_owned(), cert.display().to_string()));
+            tls_env.push(("FERRY_TLS__KEY".to_owned(), key.display().to_string()));
+        }
         let child = Command::new(bin_in(&self.bin_dir, &format!("ferry-{role}-agentd")))
             .envs(self.env.iter().cloned())
+            .envs(tls_env)
             .envs(env.iter().cloned())
             .arg("--config")
             .arg(&self.config)
@@ -235,9 +385,7 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(self.url())
-            .await
-            .expect("connect to coordinator")
+        self.try_client(None).await.expect("connect to coordinator")
     }
 
     /// Waits until `n` agents are connected.
@@ -295,10 +443,21 @@ impl Cluster {
 
     /// Runs the `ferry` CLI against this cluster's coordinator.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin_in(&self.bin_dir, "ferry"))
-            .arg("--coordinator")
+        self.cli_with_env(args, &[])
+    }
+
+    /// Runs the `ferry` CLI with extra environment (e.g. `FERRY_TOKEN` to act as someone
+    /// else than the admin of a secure cluster).
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut cmd = Command::new(bin_in(&self.bin_dir, "ferry"));
+        cmd.env_remove("FERRY_TOKEN").env_remove("FERRY_CONFIG");
+        if self.secure.is_some() {
+            cmd.arg("--config").arg(self.path("cli.yaml"));
+        }
+        cmd.arg("--coordinator")
             .arg(self.url())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .output()
             .expect("run ferry")
     }
@@ -324,7 +483,7 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             // The coordinator may be restarting; keep trying until the deadline.
-            if let Ok(mut client) = Client::connect(self.url()).await
+            if let Ok(mut client) = self.try_client(None).await
                 && let Ok(detail) = client.get_task(v1::TaskRef { task_id: id }).await
             {
                 let detail = detail.into_inner();
@@ -352,7 +511,7 @@ impl Cluster {
     }
 
     pub async fn logs_text(&self, id: i64) -> String {
-        let Ok(mut client) = Client::connect(self.url()).await else {
+        let Ok(mut client) = self.try_client(None).await else {
             return String::new();
         };
         match client
@@ -407,4 +566,18 @@ pub fn lines(path: &Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// Writes a secret readable by its owner only.
+pub fn write_private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create secret file");
+    f.write_all(text.as_bytes()).expect("write secret file");
 }

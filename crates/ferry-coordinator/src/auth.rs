@@ -172,7 +172,7 @@ pub fn allow<T>(req: &Request<T>, role: ApiRole) -> Result<Principal, Status> {
 
 /// A security-relevant refusal, logged under its own target so operators can alert on it.
 pub fn security_event(what: &str, who: &str) {
-    tracing::warn!(target: "ferry::security", who, "{what}");
+    tracing::warn!(target: "ferry::security", who, "security: {what}");
 }
 
 /// Reads a token from a file that only its owner may read.
