@@ -774,10 +774,7 @@ async fn try_attach(h: &mut Harness, name: &str) -> Result<(), String> {
         })
         .await
         .expect("engine up");
-    answer
-        .await
-        .expect("answer")
-        .map_err(|e| e.to_string())
+    answer.await.expect("answer").map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -867,7 +864,10 @@ async fn an_approval_holds_only_for_the_parameters_it_was_given_for() {
     one.fail("j1", "loads into prod.t", v1::ErrorClass::Approval)
         .await;
     let (status, steps) = h.status(task).await;
-    assert_eq!((status.as_str(), steps[0].1.as_str()), ("paused", "awaiting_approval"));
+    assert_eq!(
+        (status.as_str(), steps[0].1.as_str()),
+        ("paused", "awaiting_approval")
+    );
     let decide = |reply| ApiRequest::Decide {
         task_id: task,
         step: "a".into(),
@@ -916,9 +916,7 @@ async fn an_approval_holds_only_for_the_parameters_it_was_given_for() {
     .expect("retry");
     let fourth = one.take_job("j4").await;
     assert!(!approved(&fourth), "{}", fourth.checkpoint_json);
-    assert!(
-        h.logs(task)
-            .await
-            .contains("the decision by alice was for other parameters or inputs; the step asks for approval again")
-    );
+    assert!(h.logs(task).await.contains(
+        "the decision by alice was for other parameters or inputs; the step asks for approval again"
+    ));
 }
