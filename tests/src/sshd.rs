@@ -14,7 +14,8 @@ pub struct Sshd {
     child: Child,
 }
 
-/// A fresh ed25519 key pair at `path` and `path.pub`.
+/// A fresh ed25519 key pair at `path` and `path.pub`; the private key is mode 600 (the
+/// transport refuses keys others can read).
 pub fn keygen(path: &Path) {
     let status = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -22,6 +23,8 @@ pub fn keygen(path: &Path) {
         .status()
         .expect("ssh-keygen runs");
     assert!(status.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
 /// The user the tests run as (they log in as themselves).
@@ -31,7 +34,8 @@ pub fn whoami() -> String {
 }
 
 impl Sshd {
-    /// Starts sshd and writes `known_hosts` with its host key.
+    /// Starts sshd and writes `known_hosts` with its host key (pinned: clients check it
+    /// strictly, no accept-new).
     pub fn start() -> Sshd {
         let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
             .into_iter()
@@ -93,7 +97,7 @@ impl Sshd {
             "127.0.0.1",
             self.port,
             &whoami(),
-            &self.path("user_key"),
+            &[self.path("user_key")],
             &self.path("known_hosts"),
         );
         t.connect_attempts = 2;

@@ -10,8 +10,10 @@ use ferry_proto::v1;
 
 const T: Duration = Duration::from_secs(90);
 
-/// A cluster whose agents know `training_server` (the private sshd) and `broken_server`
-/// (same host, a key the server does not accept), with roots under the cluster's `area/`.
+/// A cluster whose agents know `training_server` (the private sshd), `broken_server`
+/// (same host, a key the server does not accept) and `rotated_server` (same host, the
+/// refused key first and the accepted one after it, as in the middle of a key rotation),
+/// with roots under the cluster's `area/`. The sshd's host key is pinned in known_hosts.
 async fn cluster(sshd: &Sshd) -> Cluster {
     keygen(&sshd.path("unauthorized_key"));
     let area = sshd.path("area");
@@ -29,8 +31,13 @@ async fn cluster(sshd: &Sshd) -> Cluster {
             sshd.path(key).display()
         )
     };
+    let rotated = format!(
+        "{}    key_paths: [\"{}\"]\n",
+        server("rotated_server", "unauthorized_key"),
+        sshd.path("user_key").display()
+    );
     let extra = format!(
-        "servers:\n{}{}transfer:\n  chunk_size: 1048576\n  max_retries: 3\n  remote_ferry: \"{}\"\n",
+        "servers:\n{}{}{rotated}transfer:\n  chunk_size: 1048576\n  max_retries: 3\n  remote_ferry: \"{}\"\n",
         server("training_server", "user_key"),
         server("broken_server", "unauthorized_key"),
         bin("ferry").display()
@@ -115,6 +122,39 @@ steps:
         logs.contains("transfer complete: 3.5 MiB in 3 files, 4 chunks verified (0 re-sent)"),
         "{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_retired_key_first_connects_with_the_next_one() {
+    let sshd = Sshd::start();
+    let c = cluster(&sshd).await;
+    let area = sshd.path("area");
+    let staging = area.join("staging/rotation");
+    std::fs::create_dir_all(&staging).expect("staging");
+    std::fs::write(staging.join("part-0.bin"), vec![7u8; 300_000]).expect("file");
+    let dest = area.join("train_host/data/rotation");
+    let wf = format!(
+        r#"name: rotation
+steps:
+  - name: ship
+    kind: transfer
+    placement: {{role: data_source}}
+    params: {{direction: push, server: rotated_server, local_path: "{staging}", remote_path: "{dest}"}}
+  - name: check
+    kind: exec
+    placement: {{role: training}}
+    inputs: [ship]
+    params:
+      program: cmp
+      args: ["{staging}/part-0.bin", "{dest}/part-0.bin"]
+"#,
+        staging = staging.display(),
+        dest = dest.display()
+    );
+    c.apply(&wf).await.expect("valid workflow");
+    let task = c.create_task("rotation").await;
+    let done = c.wait_status(task.id, "completed", T).await;
+    assert_eq!(step(&done, "ship").retry_count, 0, "no failed attempt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

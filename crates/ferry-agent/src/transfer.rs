@@ -1,6 +1,6 @@
 //! The `transfer` kind: moves a directory between this agent and a server of the config,
 //! verified chunk by chunk (see `ferry_transfer::transfer`). One SSH master per
-//! (host, port, user) is kept and reused by every transfer of this agent.
+//! (host, port, user, keys) is kept and reused by every transfer of this agent.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ struct Inner {
     roots: Vec<PathBuf>,
     known_hosts: PathBuf,
     control_dir: PathBuf,
-    sessions: Mutex<HashMap<(String, u16, String), Arc<SshSession>>>,
+    sessions: Mutex<HashMap<SessionKey, Arc<SshSession>>>,
 }
 
 impl TransferExecutor {
@@ -117,12 +117,15 @@ impl Inner {
             &server.host,
             server.port,
             &server.username,
-            &server.key_path,
+            &server.keys(),
             &self.known_hosts,
         );
-        if self.config.agent.accept_new_host_keys {
-            target.host_key_policy = HostKeyPolicy::AcceptNew;
-        }
+        // Strict unless the operator asked for first-contact trust.
+        target.host_key_policy = if self.config.agent.accept_new_host_keys {
+            HostKeyPolicy::AcceptNew
+        } else {
+            HostKeyPolicy::Strict
+        };
         target.keepalive =
             std::time::Duration::from_secs(self.config.workflow.heartbeat_interval.max(1));
         let (from, to) = match p.direction {
@@ -193,6 +196,9 @@ impl Inner {
     async fn run_local(&self, ctx: &JobContext, p: &TransferParams) -> Result<(), JobError> {
         let src = self.confine(&p.local_path).map_err(job_error)?;
         let dst = self.confine(&p.remote_path).map_err(job_error)?;
+        // The destination is emptied below: never a whole root.
+        crate::policy::Policy::new(self.roots.clone(), Default::default())
+            .confine_replaced("transfer destination", &p.remote_path)?;
         let t = &self.config.transfer;
         let algorithm = hash_algorithm(p, t);
         let chunk_size = p.chunk_size.unwrap_or(t.chunk_size);
@@ -321,8 +327,12 @@ impl Inner {
     }
 }
 
-fn key(t: &SshTarget) -> (String, u16, String) {
-    (t.host.clone(), t.port, t.user.clone())
+/// One master per account and key list: two server entries for the same account with
+/// different keys each authenticate with their own.
+type SessionKey = (String, u16, String, Vec<PathBuf>);
+
+fn key(t: &SshTarget) -> SessionKey {
+    (t.host.clone(), t.port, t.user.clone(), t.keys.clone())
 }
 
 /// Forwards transfer events to the coordinator as job events.

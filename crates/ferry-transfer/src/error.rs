@@ -6,16 +6,30 @@ use ferry_core::ErrorClass;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
-    #[error("SSH authentication to {user}@{host}:{port} with key {} failed: {detail}", key.display())]
+    #[error(
+        "SSH authentication to {user}@{host}:{port} with {} failed: {detail}",
+        crate::ssh::key_list(keys)
+    )]
     Auth {
         user: String,
         host: String,
         port: u16,
-        key: PathBuf,
+        /// Every key offered, in order.
+        keys: Vec<PathBuf>,
         detail: String,
     },
+    /// A private key that is missing or readable by others; refused before connecting.
+    #[error("SSH private key {}: {detail}", path.display())]
+    KeyFile { path: PathBuf, detail: String },
     #[error("host key of {host}:{port} does not match {} (possible man-in-the-middle; update known_hosts if the host was reinstalled): {detail}", known_hosts.display())]
     HostKey {
+        host: String,
+        port: u16,
+        known_hosts: PathBuf,
+        detail: String,
+    },
+    #[error("host key of {host}:{port} is not in {} and new host keys are not accepted: check the host's fingerprint and add it (`ssh-keyscan -p {port} {host} >> {}`), or set `agent.accept_new_host_keys` for first contact: {detail}", known_hosts.display(), known_hosts.display())]
+    UnknownHostKey {
         host: String,
         port: u16,
         known_hosts: PathBuf,
@@ -68,7 +82,9 @@ impl TransferError {
     pub fn class(&self) -> ErrorClass {
         match self {
             TransferError::Auth { .. }
+            | TransferError::KeyFile { .. }
             | TransferError::HostKey { .. }
+            | TransferError::UnknownHostKey { .. }
             | TransferError::MissingSource(_)
             | TransferError::Confinement { .. }
             | TransferError::BadManifest { .. } => ErrorClass::Permanent,

@@ -1,14 +1,22 @@
-//! SSH sessions with the `openssh` crate: key authentication only, strict host-key checking
-//! against a known_hosts file (accept-new only when asked), keepalives, and connect retries
-//! with exponential back-off. One multiplexed master per (host, port, user); every command
-//! and rsync run goes through its control socket, so there is no second authentication.
+//! SSH sessions with the `openssh` crate: key authentication only (several keys offered in
+//! order, so a key can be rotated without downtime), private keys checked before use (mode
+//! 600 or narrower), strict host-key checking against a known_hosts file (accept-new only
+//! when asked), keepalives, and connect retries with exponential back-off. One multiplexed
+//! master per (host, port, user, keys); every command and rsync run goes through its control
+//! socket, so there is no second authentication.
+//!
+//! The master is started here rather than by `openssh::SessionBuilder`, which passes one
+//! `-i` only: ssh itself, given several `-i` with `IdentitiesOnly=yes`, offers them in order
+//! on one connection: a retired key the server declines is not a failed login, so a
+//! rotation does not trip sshd's per-source penalties (each key offered does count against
+//! the server's `MaxAuthTries`, 6 by default). openssh then drives the master's socket.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use ferry_core::ErrorClass;
-use openssh::{KnownHosts, Session, SessionBuilder};
+use openssh::Session;
 use tracing::{info, warn};
 
 use crate::TransferError;
@@ -22,12 +30,24 @@ pub enum HostKeyPolicy {
     AcceptNew,
 }
 
+impl HostKeyPolicy {
+    /// ssh's `StrictHostKeyChecking` value.
+    fn ssh_value(self) -> &'static str {
+        match self {
+            HostKeyPolicy::Strict => "yes",
+            HostKeyPolicy::AcceptNew => "accept-new",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SshTarget {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub key_path: PathBuf,
+    /// Private keys offered in order (`ServerConfig::keys()`): the first the server accepts
+    /// authenticates. Each must exist and be mode 600 or narrower.
+    pub keys: Vec<PathBuf>,
     pub known_hosts: PathBuf,
     pub host_key_policy: HostKeyPolicy,
     pub keepalive: Duration,
@@ -43,14 +63,14 @@ impl SshTarget {
         host: &str,
         port: u16,
         user: &str,
-        key_path: &Path,
+        keys: &[PathBuf],
         known_hosts: &Path,
     ) -> SshTarget {
         SshTarget {
             host: host.to_owned(),
             port,
             user: user.to_owned(),
-            key_path: key_path.to_owned(),
+            keys: keys.to_vec(),
             known_hosts: known_hosts.to_owned(),
             host_key_policy: HostKeyPolicy::Strict,
             keepalive: Duration::from_secs(60),
@@ -64,6 +84,91 @@ impl SshTarget {
     pub fn destination(&self) -> String {
         format!("{}@{}", self.user, self.host)
     }
+
+    /// The options every ssh process for this target gets, the master and rsync's alike:
+    /// only these keys, in order, public-key authentication only, and the host key checked
+    /// against this known_hosts file. (rsync's ssh normally rides the master's socket; if
+    /// the master is gone it connects by itself, and must be held to the same rules.)
+    fn ssh_options(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "PreferredAuthentications=publickey",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        for key in &self.keys {
+            args.push("-i".into());
+            args.push(escape_percent(&key.to_string_lossy()));
+        }
+        args.extend([
+            "-o".into(),
+            format!("StrictHostKeyChecking={}", self.host_key_policy.ssh_value()),
+            "-o".into(),
+            format!(
+                "UserKnownHostsFile={}",
+                ssh_option_path(&self.known_hosts.to_string_lossy())
+            ),
+            "-o".into(),
+            format!("ConnectTimeout={}", self.connect_timeout.as_secs().max(1)),
+            "-o".into(),
+            format!("ServerAliveInterval={}", self.keepalive.as_secs().max(1)),
+            "-p".into(),
+            self.port.to_string(),
+        ]);
+        args
+    }
+
+    fn key_list(&self) -> String {
+        key_list(&self.keys)
+    }
+}
+
+/// The keys as an error message names them.
+pub(crate) fn key_list(keys: &[PathBuf]) -> String {
+    match keys {
+        [] => "no key".to_owned(),
+        [one] => format!("key {}", one.display()),
+        many => format!(
+            "keys {} (tried in order)",
+            many.iter()
+                .map(|k| k.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Refuses a private key that is missing, not a file, or readable or writable by group or
+/// others (ssh would ignore it and the failure would read as a wrong key).
+pub fn check_private_key(path: &Path) -> Result<(), TransferError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |detail: String| TransferError::KeyFile {
+        path: path.to_owned(),
+        detail,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad("does not exist".into()));
+        }
+        Err(e) => return Err(bad(format!("cannot be read: {e}"))),
+    };
+    if !meta.is_file() {
+        return Err(bad("is not a regular file".into()));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(bad(format!(
+            "has mode {mode:04o}: a private key must not be accessible by group or others; run `chmod 600 {}`",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// A live master connection.
@@ -73,39 +178,45 @@ pub struct SshSession {
 }
 
 impl SshSession {
-    /// Connects, retrying transient failures with exponential back-off; authentication and
-    /// host-key failures are returned at once (retrying cannot fix them).
+    /// Checks the keys, then connects, retrying transient failures with exponential
+    /// back-off; key, authentication and host-key failures are returned at once (retrying
+    /// cannot fix them).
     pub async fn connect(
         target: &SshTarget,
         control_dir: &Path,
     ) -> Result<SshSession, TransferError> {
+        if target.keys.is_empty() {
+            return Err(TransferError::Auth {
+                user: target.user.clone(),
+                host: target.host.clone(),
+                port: target.port,
+                keys: Vec::new(),
+                detail: "no private key is configured (`key_path` or `key_paths`)".into(),
+            });
+        }
+        for key in &target.keys {
+            check_private_key(key)?;
+        }
         let control_dir = &usable_control_dir(control_dir)?;
         let attempts = target.connect_attempts.max(1);
         let mut backoff = target.connect_backoff;
         let mut attempt = 1;
         loop {
-            let mut b = SessionBuilder::default();
-            b.user(target.user.clone())
-                .port(target.port)
-                .keyfile(&target.key_path)
-                .known_hosts_check(match target.host_key_policy {
-                    HostKeyPolicy::Strict => KnownHosts::Strict,
-                    HostKeyPolicy::AcceptNew => KnownHosts::Add,
-                })
-                .user_known_hosts_file(&target.known_hosts)
-                .server_alive_interval(target.keepalive)
-                .connect_timeout(target.connect_timeout)
-                .control_directory(control_dir);
-            match b.connect(&target.host).await {
-                Ok(session) => {
-                    info!(host = %target.host, port = target.port, user = %target.user, "ssh session open");
+            match launch_master(target, control_dir).await {
+                Ok(dir) => {
+                    info!(
+                        host = %target.host,
+                        port = target.port,
+                        user = %target.user,
+                        keys = %target.key_list(),
+                        "ssh session open"
+                    );
                     return Ok(SshSession {
                         target: target.clone(),
-                        session,
+                        session: Session::new_process_mux(dir),
                     });
                 }
-                Err(e) => {
-                    let err = classify(target, &error_chain(&e));
+                Err(err) => {
                     if err.class() == ErrorClass::Permanent || attempt >= attempts {
                         return Err(err);
                     }
@@ -122,13 +233,23 @@ impl SshSession {
         self.session.control_socket()
     }
 
-    /// The `-e` argument that makes rsync (or anything else) reuse this session's master.
+    /// The `-e` argument that makes rsync (or anything else) reuse this session's master,
+    /// with the target's keys and host-key rules should it have to connect by itself. Each
+    /// word is quoted the way both rsync and a POSIX shell read it.
     pub fn ssh_command(&self) -> String {
-        format!(
-            "ssh -S {} -o ControlMaster=no -o BatchMode=yes -p {}",
-            shell_quote(&self.control_socket().to_string_lossy()),
-            self.target.port
-        )
+        let mut words = vec![
+            "ssh".to_owned(),
+            "-S".into(),
+            self.control_socket().to_string_lossy().into_owned(),
+            "-o".into(),
+            "ControlMaster=no".into(),
+        ];
+        words.extend(self.target.ssh_options());
+        words
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Runs a command on the remote host and collects its output. A non-zero exit is an
@@ -164,26 +285,72 @@ impl SshSession {
     }
 }
 
-/// The error and its sources in one line: openssh keeps ssh's own words in the source.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
+/// Starts the multiplexed master the way `openssh::SessionBuilder::launch_master` does (a
+/// `.ssh-connection*` directory holding the `master` socket and the `log`, which openssh
+/// reads), with every key of the target. ssh forks into the background once authenticated.
+async fn launch_master(
+    t: &SshTarget,
+    control_dir: &Path,
+) -> Result<tempfile::TempDir, TransferError> {
+    let dir = tempfile::Builder::new()
+        .prefix(".ssh-connection")
+        .tempdir_in(control_dir)
+        .map_err(|e| TransferError::io(control_dir, e))?;
+    let log = dir.path().join("log");
+    let status = tokio::process::Command::new("ssh")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .arg("-E")
+        .arg(&log)
+        .arg("-S")
+        .arg(dir.path().join("master"))
+        .args(["-M", "-f", "-N", "-o", "ControlPersist=yes"])
+        .args(t.ssh_options())
+        .arg("-l")
+        .arg(&t.user)
+        .arg("--")
+        .arg(&t.host)
+        .status()
+        .await
+        .map_err(|e| TransferError::Connect {
+            host: t.host.clone(),
+            port: t.port,
+            detail: format!("cannot run ssh: {e}"),
+        })?;
+    if status.success() {
+        return Ok(dir);
     }
-    parts.join(": ")
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let detail = if said.trim().is_empty() {
+        format!("ssh exited with {status}")
+    } else {
+        said
+    };
+    Err(classify(t, &detail))
 }
 
 /// Names the failure the way the engine must act on it.
 fn classify(t: &SshTarget, message: &str) -> TransferError {
-    let detail = message.trim().to_owned();
+    let detail = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .collect::<Vec<_>>()
+        .join("; ");
     if detail.contains("Permission denied") || detail.contains("Too many authentication failures") {
         TransferError::Auth {
             user: t.user.clone(),
             host: t.host.clone(),
             port: t.port,
-            key: t.key_path.clone(),
+            keys: t.keys.clone(),
+            detail,
+        }
+    } else if detail.contains("host key is known for") {
+        TransferError::UnknownHostKey {
+            host: t.host.clone(),
+            port: t.port,
+            known_hosts: t.known_hosts.clone(),
             detail,
         }
     } else if detail.contains("Host key verification failed")
@@ -205,7 +372,8 @@ fn classify(t: &SshTarget, message: &str) -> TransferError {
     }
 }
 
-/// Single-quotes a string for a POSIX shell.
+/// Single-quotes a string for a POSIX shell, in a form rsync's `-e` parser reads the same
+/// way (it knows quotes but not backslashes, so a `'` inside becomes `'"'"'`).
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
@@ -213,7 +381,25 @@ pub fn shell_quote(s: &str) -> String {
     {
         s.to_owned()
     } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+        format!("'{}'", s.replace('\'', r#"'"'"'"#))
+    }
+}
+
+/// ssh expands `%` tokens in key and known_hosts paths; `%%` is a literal `%`.
+fn escape_percent(path: &str) -> String {
+    path.replace('%', "%%")
+}
+
+/// A path as the value of an `-o` option: ssh splits such values on whitespace (several
+/// known_hosts files) unless double-quoted.
+fn ssh_option_path(path: &str) -> String {
+    let p = escape_percent(path);
+    if p.chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
+    {
+        format!("\"{}\"", p.replace('\\', r"\\").replace('"', "\\\""))
+    } else {
+        p
     }
 }
 
@@ -221,9 +407,14 @@ pub fn shell_quote(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn target(keys: &[&str]) -> SshTarget {
+        let keys: Vec<PathBuf> = keys.iter().map(PathBuf::from).collect();
+        SshTarget::new("h", 22, "u", &keys, Path::new("/kh"))
+    }
+
     #[test]
     fn failures_are_classified() {
-        let t = SshTarget::new("h", 22, "u", Path::new("/k"), Path::new("/kh"));
+        let t = target(&["/k"]);
         assert_eq!(
             classify(&t, "u@h: Permission denied (publickey).").class(),
             ErrorClass::Permanent
@@ -232,12 +423,87 @@ mod tests {
             classify(&t, "Host key verification failed.").class(),
             ErrorClass::Permanent
         );
+        let unknown = classify(
+            &t,
+            "No ED25519 host key is known for [h]:22 and you have requested strict checking.\nHost key verification failed.\n",
+        );
+        assert!(
+            matches!(unknown, TransferError::UnknownHostKey { .. }),
+            "{unknown}"
+        );
+        assert_eq!(unknown.class(), ErrorClass::Permanent);
+        assert!(unknown.to_string().contains("/kh"), "{unknown}");
         assert_eq!(
             classify(&t, "connect to host h port 22: Connection refused").class(),
             ErrorClass::Transient
         );
         assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
         assert_eq!(shell_quote("/tmp/ctl.sock"), "/tmp/ctl.sock");
+        assert_eq!(shell_quote("it's"), r#"'it'"'"'s'"#);
+    }
+
+    #[test]
+    fn an_authentication_failure_names_every_key_in_order() {
+        let t = target(&["/keys/old", "/keys/new"]);
+        let err = classify(&t, "u@h: Permission denied (publickey).");
+        assert_eq!(
+            err.to_string(),
+            "SSH authentication to u@h:22 with keys /keys/old, /keys/new (tried in order) failed: u@h: Permission denied (publickey)."
+        );
+    }
+
+    #[test]
+    fn every_ssh_gets_the_keys_in_order_and_the_pinned_known_hosts() {
+        let mut t = target(&["/keys/old", "/keys/50%"]);
+        t.known_hosts = PathBuf::from("/etc/ferry/known hosts");
+        let args = t.ssh_options().join(" ");
+        assert!(
+            args.contains("-o IdentitiesOnly=yes -o PreferredAuthentications=publickey -i /keys/old -i /keys/50%% "),
+            "{args}"
+        );
+        assert!(args.contains("-o StrictHostKeyChecking=yes "), "{args}");
+        assert!(
+            args.contains(r#"-o UserKnownHostsFile="/etc/ferry/known hosts" "#),
+            "{args}"
+        );
+        assert!(args.ends_with("-p 22"), "{args}");
+        t.host_key_policy = HostKeyPolicy::AcceptNew;
+        assert!(
+            t.ssh_options()
+                .join(" ")
+                .contains("-o StrictHostKeyChecking=accept-new ")
+        );
+    }
+
+    #[test]
+    fn private_keys_must_exist_and_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let key = tmp.path().join("id_ed25519");
+        std::fs::write(&key, "not really a key").expect("write");
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            check_private_key(&key).expect("private");
+        }
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = check_private_key(&key).expect_err("too open");
+            assert_eq!(err.class(), ErrorClass::Permanent);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&key.display().to_string())
+                    && msg.contains(&format!("mode {mode:04o}"))
+                    && msg.contains(&format!("chmod 600 {}", key.display())),
+                "{msg}"
+            );
+        }
+        let missing = tmp.path().join("gone");
+        let err = check_private_key(&missing).expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            format!("SSH private key {}: does not exist", missing.display())
+        );
+        assert!(check_private_key(tmp.path()).is_err(), "a directory");
     }
 }
 

@@ -107,7 +107,7 @@ async fn a_wrong_key_is_a_permanent_authentication_error_naming_host_and_key() {
     let sshd = Sshd::start();
     keygen(&sshd.path("other_key"));
     let mut target = sshd.target();
-    target.key_path = sshd.path("other_key");
+    target.keys = vec![sshd.path("other_key")];
     let err = SshSession::connect(&target, &sshd.path("ctl"))
         .await
         .err()
@@ -119,6 +119,160 @@ async fn a_wrong_key_is_a_permanent_authentication_error_naming_host_and_key() {
         msg.contains(&format!("127.0.0.1:{}", sshd.port)) && msg.contains("other_key"),
         "{msg}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_tried_in_order_so_a_rotation_needs_no_downtime() {
+    let sshd = Sshd::start();
+    // The server knows only `user_key`; the old key comes first, as during a rotation.
+    keygen(&sshd.path("retired_key"));
+    let mut target = sshd.target();
+    target.keys = vec![sshd.path("retired_key"), sshd.path("user_key")];
+    let session = SshSession::connect(&target, &sshd.path("ctl"))
+        .await
+        .expect("the second key authenticates");
+    let src = tempfile::tempdir().expect("tmp");
+    sample_tree(src.path());
+    let dst = tempfile::tempdir().expect("tmp");
+    let out = transfer::run(
+        &session,
+        &spec(Direction::Push, src.path(), dst.path()),
+        &mut Recorder::default(),
+    )
+    .await
+    .expect("transfer through the rotated key");
+    assert_eq!((out.files, out.chunks, out.chunks_resent), (42, 44, 0));
+    session.close().await;
+
+    // rsync's own ssh, should the master be gone, holds to the same keys and known_hosts.
+    let session = SshSession::connect(&target, &sshd.path("ctl"))
+        .await
+        .expect("connect");
+    let e = session.ssh_command();
+    let retired = sshd.path("retired_key").display().to_string();
+    let current = sshd.path("user_key").display().to_string();
+    let (r, c) = (
+        e.find(&format!("-i {retired}"))
+            .expect("retired key offered"),
+        e.find(&format!("-i {current}"))
+            .expect("current key offered"),
+    );
+    assert!(r < c, "in order: {e}");
+    assert!(
+        e.contains("IdentitiesOnly=yes") && e.contains("StrictHostKeyChecking=yes"),
+        "{e}"
+    );
+    // Stop the master: rsync's ssh then connects by itself, with the same keys...
+    let stopped = Command::new("ssh")
+        .arg("-S")
+        .arg(session.control_socket())
+        .args(["-O", "exit", "none"])
+        .output()
+        .expect("ssh -O exit");
+    assert!(stopped.status.success(), "{stopped:?}");
+    let small = tempfile::tempdir().expect("tmp");
+    std::fs::write(small.path().join("f"), b"data").expect("write");
+    let again = tempfile::tempdir().expect("tmp");
+    let remote = again.path().display().to_string();
+    rsync::transfer(
+        &session,
+        Direction::Push,
+        small.path(),
+        &remote,
+        &RsyncOptions::default(),
+        |_| {},
+    )
+    .await
+    .expect("rsync without the master");
+    assert_eq!(
+        std::fs::read(again.path().join("f")).expect("arrived"),
+        b"data"
+    );
+    // ...and the same pinned known_hosts: a host it does not list is refused.
+    let pinned = std::fs::read_to_string(sshd.path("known_hosts")).expect("known_hosts");
+    std::fs::write(sshd.path("known_hosts"), "").expect("forget the host");
+    let err = rsync::transfer(
+        &session,
+        Direction::Push,
+        small.path(),
+        &remote,
+        &RsyncOptions::default(),
+        |_| {},
+    )
+    .await
+    .expect_err("unknown host refused");
+    assert!(
+        err.to_string().contains("Host key verification failed"),
+        "{err}"
+    );
+    session.close().await;
+    std::fs::write(sshd.path("known_hosts"), pinned).expect("known_hosts");
+
+    // Neither key accepted: the error names both, in order.
+    keygen(&sshd.path("stranger_key"));
+    target.keys = vec![sshd.path("retired_key"), sshd.path("stranger_key")];
+    let err = SshSession::connect(&target, &sshd.path("ctl"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, TransferError::Auth { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "keys {retired}, {}",
+            sshd.path("stranger_key").display()
+        )),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_key_others_can_read_is_refused_before_connecting() {
+    use std::os::unix::fs::PermissionsExt;
+    let sshd = Sshd::start();
+    let key = sshd.path("user_key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = SshSession::connect(&sshd.target(), &sshd.path("ctl"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, TransferError::KeyFile { .. }), "{err}");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "SSH private key {0}: has mode 0644: a private key must not be accessible by group or others; run `chmod 600 {0}`",
+            key.display()
+        )
+    );
+    // Even as the second key, after one that works: every key is checked.
+    let mut target = sshd.target();
+    keygen(&sshd.path("new_key"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(sshd.path("new_key"), std::fs::Permissions::from_mode(0o640))
+        .expect("chmod");
+    target.keys.push(sshd.path("new_key"));
+    let err = SshSession::connect(&target, &sshd.path("ctl"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("new_key: has mode 0640"), "{err}");
+    // A missing key is named too.
+    target.keys = vec![sshd.path("no_such_key")];
+    let err = SshSession::connect(&target, &sshd.path("ctl"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, TransferError::KeyFile { .. }), "{err}");
+    assert!(
+        err.to_string().ends_with("no_such_key: does not exist"),
+        "{err}"
+    );
+    // No session was attempted: nothing in the control directory.
+    let leftovers = std::fs::read_dir(sshd.path("ctl"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +302,20 @@ async fn an_unknown_host_needs_accept_new() {
         .await
         .err()
         .expect("strict refuses");
+    assert!(matches!(err, TransferError::UnknownHostKey { .. }), "{err}");
     assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+    assert!(
+        err.to_string().contains("accept_new_host_keys")
+            && err
+                .to_string()
+                .contains(&sshd.path("known_hosts").display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sshd.path("known_hosts")).expect("read"),
+        "",
+        "strict checking records nothing"
+    );
 
     let mut target = sshd.target();
     target.host_key_policy = HostKeyPolicy::AcceptNew;
