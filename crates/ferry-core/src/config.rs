@@ -413,7 +413,7 @@ pub struct AgentConfig {
 }
 
 /// `agent.allow`: which step kinds this host runs and what they may reach.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AllowConfig {
     /// Step kinds this host accepts (`exec`, `docker`, `sql_export`, ...); empty: every kind
@@ -423,16 +423,6 @@ pub struct AllowConfig {
     pub programs: Vec<String>,
     /// For `docker`: the container may use the network (default: `--network none`).
     pub docker_network: bool,
-}
-
-impl Default for AllowConfig {
-    fn default() -> Self {
-        AllowConfig {
-            kinds: Vec::new(),
-            programs: Vec::new(),
-            docker_network: false,
-        }
-    }
 }
 
 impl Default for AgentConfig {
