@@ -27,6 +27,19 @@ pub type Client = WorkflowServiceClient<InterceptedService<Channel, Bearer>>;
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
+impl Bearer {
+    /// `authorization: Bearer TOKEN` (nothing when `None`).
+    pub fn new(token: Option<&str>) -> Result<Bearer, String> {
+        match token {
+            Some(t) => format!("Bearer {t}")
+                .parse::<MetadataValue<Ascii>>()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|e| e.to_string()),
+            None => Ok(Bearer(None)),
+        }
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {

@@ -31,7 +31,7 @@ async fn cluster() -> (Cluster, tempfile::TempDir) {
 async fn export_then_load_into_a_partition_verifies_the_row_count() {
     let (c, warehouse) = cluster().await;
     let warehouse = warehouse.path();
-    let staging = c.path("staging/infer_data");
+    let staging = c.path("work/staging/infer_data");
     let wf = format!(
         r#"name: export_load
 steps:
@@ -114,11 +114,24 @@ async fn loads_into_production_tables_wait_for_an_approval_with_a_preview() {
         "sql:\n  warehouse_dir: \"{}\"\n  production_tables: [\"prod.*\"]\n",
         dir.path().display()
     );
-    let mut c = Cluster::with_config(&extra);
+    // As production runs: TLS and tokens; decisions are recorded under the token's name.
+    let mut c = Cluster::secure(&extra);
     c.start_coordinator().await;
     c.start_agent("source", "src-1");
     c.wait_for_agents(1).await;
-    let staging = c.path("staging/infer_data");
+    let alice = c
+        .client()
+        .await
+        .create_token(v1::CreateTokenRequest {
+            name: "alice".into(),
+            roles: vec!["operator".into(), "approver".into()],
+        })
+        .await
+        .expect("token for alice")
+        .into_inner()
+        .token;
+    let as_alice = [("FERRY_TOKEN", alice.as_str())];
+    let staging = c.path("work/staging/infer_data");
     let wf = format!(
         r#"name: to_prod
 steps:
@@ -159,15 +172,10 @@ steps:
     let out = c.cli(&["task", "resume", &task.id.to_string()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("awaits approval"));
-    let out = c.cli(&[
-        "reject",
-        &task.id.to_string(),
-        "load",
-        "--user",
-        "alice",
-        "-c",
-        "scores look off",
-    ]);
+    let out = c.cli_with_env(
+        &["reject", &task.id.to_string(), "load", "-c", "scores look off"],
+        &as_alice,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -179,7 +187,7 @@ steps:
     assert_eq!(reason, "step `load` rejected by alice: scores look off");
 
     // Retried, the load asks again; approved, it runs, and the decision is on record.
-    let out = c.cli(&["task", "retry", &task.id.to_string()]);
+    let out = c.cli_with_env(&["task", "retry", &task.id.to_string()], &as_alice);
     assert!(
         out.status.success(),
         "{}",
@@ -187,15 +195,10 @@ steps:
     );
     let again = c.wait_status(task.id, "paused", T).await;
     assert_eq!(step(&again, "load").status, "awaiting_approval");
-    let out = c.cli(&[
-        "approve",
-        &task.id.to_string(),
-        "load",
-        "--user",
-        "alice",
-        "-c",
-        "checked",
-    ]);
+    let out = c.cli_with_env(
+        &["approve", &task.id.to_string(), "load", "-c", "checked"],
+        &as_alice,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -206,6 +209,10 @@ steps:
         serde_json::from_str(&step(&done, "load").checkpoint_json).expect("json");
     assert_eq!(checkpoint["approval"]["decision"], "approved");
     assert_eq!(checkpoint["approval"]["by"], "alice");
+    assert!(
+        checkpoint["approval"]["params_hash"].is_string(),
+        "the approval is bound to what was approved: {checkpoint}"
+    );
     assert!(partition.is_dir());
     let logs = c.logs_text(task.id).await;
     assert!(logs.contains("rejected by alice"), "{logs}");

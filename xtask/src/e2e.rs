@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use ferry_e2e::sshd::{keygen, whoami};
 use ferry_proto::v1;
+use ferry_core::config::TlsConfig;
+use ferry_e2e::{Bearer, Client};
+use ferry_proto::pki::{self, Subject};
 use ferry_proto::v1::workflow_service_client::WorkflowServiceClient;
-use tonic::transport::Channel;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
@@ -488,15 +490,75 @@ fn fault_schedule(seed: u64) -> Vec<Fault> {
         .collect()
 }
 
-async fn connect(url: &str) -> anyhow::Result<WorkflowServiceClient<Channel>> {
+/// Connects over TLS (the deployment's CA) with `token`, retrying while the coordinator
+/// starts.
+async fn connect(url: &str, tls: &TlsConfig, token: &str) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let endpoint = ferry_proto::tls::endpoint(url, tls)?;
     loop {
-        match WorkflowServiceClient::connect(url.to_owned()).await {
-            Ok(c) => return Ok(c),
+        match endpoint.connect().await {
+            Ok(channel) => {
+                let bearer = Bearer::new(Some(token)).map_err(anyhow::Error::msg)?;
+                return Ok(WorkflowServiceClient::with_interceptor(channel, bearer));
+            }
             Err(e) if Instant::now() > deadline => {
                 bail!("coordinator at {url} does not answer: {e}")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The deployment's trust, as production sets it up: a CA, the coordinator's certificate
+/// for the address agents reach it at, one certificate per agent, a bootstrap admin token.
+struct Trust {
+    dir: PathBuf,
+    admin_token: String,
+}
+
+impl Trust {
+    fn create(base: &Path, bin_dir: &Path, coordinator_ip: &str) -> anyhow::Result<Trust> {
+        let dir = base.join("pki");
+        pki::init(&dir, 30)?;
+        pki::issue(
+            &dir,
+            &Subject::Coordinator(vec![coordinator_ip.to_owned(), "127.0.0.1".into()]),
+            30,
+            &dir,
+        )?;
+        for (name, _, _) in HOSTS {
+            pki::issue(&dir, &Subject::Agent((*name).to_owned()), 30, &dir)?;
+        }
+        let out = Command::new(bin_dir.join("ferry"))
+            .args(["token", "generate"])
+            .output()?;
+        ensure!(out.status.success(), "`ferry token generate` failed");
+        let admin_token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ferry_e2e::write_private(&dir.join("bootstrap.token"), &admin_token);
+        Ok(Trust { dir, admin_token })
+    }
+
+    /// The coordinator's `tls` and `auth` sections.
+    fn coordinator_yaml(&self) -> String {
+        format!(
+            "tls:\n  ca: \"{d}/ca.pem\"\n  cert: \"{d}/coordinator.pem\"\n  key: \"{d}/coordinator-key.pem\"\nauth:\n  bootstrap_token_file: \"{d}/bootstrap.token\"\n",
+            d = self.dir.display()
+        )
+    }
+
+    /// An agent's `tls` section: its own certificate.
+    fn agent_yaml(&self, name: &str) -> String {
+        format!(
+            "tls:\n  ca: \"{d}/ca.pem\"\n  cert: \"{d}/agent-{name}.pem\"\n  key: \"{d}/agent-{name}-key.pem\"\n",
+            d = self.dir.display()
+        )
+    }
+
+    /// What clients use: the CA only (they authenticate with tokens).
+    fn client_tls(&self) -> TlsConfig {
+        TlsConfig {
+            ca: self.dir.join("ca.pem"),
+            ..TlsConfig::default()
         }
     }
 }
@@ -602,16 +664,17 @@ async fn run_once(
     let coord_dir = base.join("coordinator");
     std::fs::create_dir_all(&coord_dir)?;
     let coord_config = coord_dir.join("ferry.yaml");
+    let trust = Trust::create(&base, &bin_dir, &net.coordinator_ip)?;
     std::fs::write(
         &coord_config,
-        format!(
+        trust.coordinator_yaml() + &format!(
             "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"sqlite://{db}?mode=rwc\"\n  metrics_listen: \"{ip}:{metrics_port}\"\n  data_dir: \"{data}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: {confirm_above}\n",
             ip = net.coordinator_ip,
             db = coord_dir.join("ferry.db").display(),
             data = coord_dir.join("data").display()
         ),
     )?;
-    let coord_url = format!("http://{}:{coord_port}", net.coordinator_ip);
+    let coord_url = format!("https://{}:{coord_port}", net.coordinator_ip);
     let mut daemons = Vec::new();
     {
         let program = bin_dir.join("ferry-coordinatord");
@@ -631,7 +694,28 @@ async fn run_once(
             }),
         )?);
     }
-    let mut client = connect(&coord_url).await?;
+    let mut client = connect(&coord_url, &trust.client_tls(), &trust.admin_token).await?;
+    // The run acts as a person would: a token of its own, not the bootstrap one.
+    let e2e_token = client
+        .create_token(v1::CreateTokenRequest {
+            name: "e2e".into(),
+            roles: vec!["operator".into(), "approver".into(), "author".into()],
+        })
+        .await?
+        .into_inner()
+        .token;
+    let token_file = coord_dir.join("e2e.token");
+    ferry_e2e::write_private(&token_file, &e2e_token);
+    let cli_config = coord_dir.join("cli.yaml");
+    std::fs::write(
+        &cli_config,
+        format!(
+            "tls:\n  ca: \"{}\"\nauth:\n  token_file: \"{}\"\n",
+            trust.dir.join("ca.pem").display(),
+            token_file.display()
+        ),
+    )?;
+    let mut client = connect(&coord_url, &trust.client_tls(), &e2e_token).await?;
 
     // The clean run also runs seed 003's graph scenario; its DOCKER node runs on the
     // training host through Podman's Docker-compatible service.
@@ -673,7 +757,7 @@ async fn run_once(
         let config = h.join("agent.yaml");
         std::fs::write(
             &config,
-            format!(
+            trust.agent_yaml(name) + &format!(
                 "agent:\n  name: {name}\n  coordinator_url: \"{coord_url}\"\n  work_dir: \"{d}/work\"\n  reconnect_interval_ms: 200\n  roots: [\"{d}\"]\n  known_hosts: \"{d}/ssh/known_hosts\"\n{docker}servers:\n{servers}storage:\n  staging_dir: \"{d}/staging\"\nfuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\ntransfer:\n  chunk_size: 1048576\n  remote_ferry: \"{ferry}\"\nsql:\n  warehouse_dir: \"{d}/warehouse\"\n  rows_per_part: {part}\n  production_tables: [\"prod.*\"]\nworkflow:\n  heartbeat_interval: 1\n",
                 d = h.display(),
                 ferry = bin_dir.join("ferry").display(),
@@ -730,6 +814,9 @@ async fn run_once(
     )?;
     let cli = |args: &[&str]| -> anyhow::Result<String> {
         let out = Command::new(bin_dir.join("ferry"))
+            .env_remove("FERRY_TOKEN")
+            .arg("--config")
+            .arg(&cli_config)
             .arg("--coordinator")
             .arg(&coord_url)
             .args(args)
@@ -801,7 +888,7 @@ async fn run_once(
         tokio::time::sleep(Duration::from_millis(250)).await;
         let Ok(d) = client.get_task(v1::TaskRef { task_id }).await else {
             // The coordinator may be down (a fault); reconnect.
-            client = connect(&coord_url).await?;
+            client = connect(&coord_url, &trust.client_tls(), &e2e_token).await?;
             continue;
         };
         let d = d.into_inner();
@@ -837,8 +924,6 @@ async fn run_once(
                     &s.name,
                     "-c",
                     "checked by the e2e run",
-                    "--user",
-                    "e2e",
                 ])?;
                 print!("== {out}");
             }
@@ -861,7 +946,7 @@ async fn run_once(
                 daemons[f.daemon].restart()?;
                 println!("== {} restarted", daemons[f.daemon].name);
                 if f.daemon == 0 {
-                    client = connect(&coord_url).await?;
+                    client = connect(&coord_url, &trust.client_tls(), &e2e_token).await?;
                 }
             }
         }
@@ -1025,7 +1110,7 @@ async fn run_once(
 
 /// Every transfer step of the task verified all its chunks at the destination.
 pub(crate) async fn check_transfers_verified(
-    client: &mut WorkflowServiceClient<Channel>,
+    client: &mut Client,
     detail: &v1::TaskDetail,
 ) -> anyhow::Result<()> {
     let task_id = detail.task.as_ref().map(|t| t.id).unwrap_or_default();
@@ -1062,7 +1147,7 @@ fn daemon_name(i: usize) -> &'static str {
 }
 
 async fn wait_for_agents(
-    client: &mut WorkflowServiceClient<Channel>,
+    client: &mut Client,
     n: usize,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use ferry_proto::v1;
-use ferry_proto::v1::workflow_service_client::WorkflowServiceClient;
-use tonic::transport::Channel;
 
 pub struct GraphRun<'a> {
     pub base: &'a Path,
@@ -33,7 +31,7 @@ fn words() -> Vec<String> {
 
 pub async fn run(
     g: &GraphRun<'_>,
-    client: &mut WorkflowServiceClient<Channel>,
+    client: &mut ferry_e2e::Client,
 ) -> anyhow::Result<()> {
     let words = words();
     let data = g.host_dirs[0].join("data/graph");
