@@ -64,6 +64,9 @@ impl Executor for SqlExportExecutor {
         let default_rows = self.rows_per_part;
         Box::pin(async move {
             let p: SqlExportParams = ctx.params()?;
+            // Checked at task creation too; this is the rendered text, checked where it runs.
+            ferry_core::sql_guard::check_read_only(&p.sql)
+                .map_err(|e| JobError::permanent(e.to_string()))?;
             let out = PathBuf::from(&p.output_dir);
             ctx.info(format!("executing SQL on the {} engine...", engine.name()));
             let started = std::time::Instant::now();

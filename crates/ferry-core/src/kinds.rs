@@ -342,6 +342,11 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
             if p.sql.trim().is_empty() || p.output_dir.trim().is_empty() {
                 return Err("`sql` and `output_dir` must not be empty".into());
             }
+            // As written, and as it reads once the task fills its placeholders in (`$$` is a
+            // `$`, `${...}` a name): the text may be either, and both must be one read.
+            for sql in [p.sql.as_str(), &sql_as_rendered(&p.sql)] {
+                crate::sql_guard::check_read_only(sql).map_err(|e| format!("`sql`: {e}"))?;
+            }
             if p.rows_per_part == Some(0) {
                 return Err("`rows_per_part` must be at least 1".into());
             }
@@ -445,6 +450,30 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
     }
 }
 
+/// A `sql` template as the read-only check should see it before the task fills it in: `$$`
+/// is a `$`, and each `${...}` placeholder stands for a name. (The agent checks the rendered
+/// text again before it runs it, so a placeholder's value cannot add a statement there.)
+fn sql_as_rendered(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos + 1..];
+        if let Some(after) = tail.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+        } else if let Some(end) = tail.strip_prefix('{').and_then(|body| body.find('}')) {
+            out.push_str("placeholder");
+            rest = &tail[end + 2..];
+        } else {
+            out.push('$');
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn check_absolute(key: &str, path: &str) -> Result<(), String> {
     // A placeholder (`${task_id}`) is filled in when the task is created.
     if path.starts_with('/') {
@@ -513,6 +542,36 @@ mod tests {
         assert!(
             err.starts_with("invalid identifier `a; DROP TABLE b`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn sql_export_runs_one_read_only_query() {
+        let params = |sql: &str| json!({"sql": sql, "output_dir": "/staging/x"});
+        assert_eq!(validate_params(SQL_EXPORT, &params("SELECT 1;")), Ok(()));
+        assert_eq!(
+            validate_params(SQL_EXPORT, &params("SELECT 1; DROP TABLE t")),
+            Err(
+                "`sql`: an export runs exactly one statement; found a second one: `DROP TABLE t`"
+                    .into()
+            )
+        );
+        assert_eq!(
+            validate_params(SQL_EXPORT, &params("COPY (SELECT 1) TO '/tmp/x'")),
+            Err("`sql`: `COPY` is not a read: an export runs one SELECT or WITH query".into())
+        );
+        // Placeholders are filled in later; `$$` is a `$`.
+        let templated = "SELECT * FROM db.t_${param.table} WHERE dt = '${param.day}' AND s = '$$'";
+        assert_eq!(validate_params(SQL_EXPORT, &params(templated)), Ok(()));
+        assert_eq!(
+            validate_params(SQL_EXPORT, &params("SELECT '${task_id}'; INSERT INTO t SELECT 1")),
+            Err("`sql`: an export runs exactly one statement; found a second one: `INSERT INTO t SELECT 1`".into())
+        );
+        assert_eq!(sql_as_rendered("a$$b${x}c$d${"), "a$bplaceholderc$d${");
+        // Rendered text is checked as it is, too: `${` hides nothing.
+        assert!(
+            validate_params(SQL_EXPORT, &params("SELECT 1 ${; DROP TABLE t}"))
+                .is_err_and(|e| e.contains("found a second one: `DROP TABLE t}`"))
         );
     }
 

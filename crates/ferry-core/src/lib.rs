@@ -13,6 +13,7 @@ pub mod kinds;
 pub mod limits;
 pub mod pipeline;
 pub mod retry;
+pub mod sql_guard;
 pub mod state;
 pub mod template;
 pub mod units;

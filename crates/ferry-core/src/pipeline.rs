@@ -116,13 +116,12 @@ impl CtrTaskRequest {
             ("sample_sql", &self.sample_sql),
             ("infer_sql", &self.infer_sql),
         ] {
-            let head = sql.trim_start().to_ascii_lowercase();
-            if head.is_empty() {
+            if sql.trim().is_empty() {
                 return Err(bad(field, "must not be empty"));
             }
-            if !(head.starts_with("select") || head.starts_with("with")) {
-                return Err(bad(field, "must be a query (SELECT ... or WITH ...)"));
-            }
+            // The plan passes the text through unchanged (`literal`): this is the SQL the
+            // agent will run.
+            crate::sql_guard::check_read_only(sql).map_err(|e| bad(field, e.to_string()))?;
         }
         if !self.hdfs_path.is_empty() && !self.hdfs_path.starts_with('/') {
             return Err(bad("hdfs_path", "must be an absolute path"));
@@ -613,6 +612,14 @@ mod tests {
             (|r| r.experiment_id = String::new(), "experiment_id"),
             (|r| r.sample_sql = " ".into(), "sample_sql"),
             (|r| r.infer_sql = "DROP TABLE x".into(), "infer_sql"),
+            (
+                |r| r.sample_sql = "SELECT 1; DROP TABLE t".into(),
+                "sample_sql",
+            ),
+            (
+                |r| r.infer_sql = "WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a".into(),
+                "infer_sql",
+            ),
             (|r| r.hdfs_path = "relative".into(), "hdfs_path"),
             (|r| r.hive_table = "a; DROP TABLE b".into(), "hive_table"),
             (|r| r.partition = Some("dt".into()), "partition"),
@@ -632,6 +639,24 @@ mod tests {
             assert!(e.to_string().starts_with(&format!("`{field}`: ")), "{e}");
         }
         assert!(request().validate().is_ok());
+    }
+
+    #[test]
+    fn the_queries_must_be_one_read_each() {
+        let mut r = request();
+        r.sample_sql = "SELECT 1 -- ;\n; DROP TABLE t".into();
+        assert_eq!(
+            r.validate().map_err(|e| e.to_string()),
+            Err("`sample_sql`: an export runs exactly one statement; found a second one: `DROP TABLE t`".into())
+        );
+        r.sample_sql = "SELECT ';' AS x FROM t;".into();
+        r.infer_sql = "COPY (SELECT 1) TO '/tmp/x'".into();
+        assert_eq!(
+            r.validate().map_err(|e| e.to_string()),
+            Err(
+                "`infer_sql`: `COPY` is not a read: an export runs one SELECT or WITH query".into()
+            )
+        );
     }
 
     #[test]

@@ -11,12 +11,17 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::TableReference;
+use datafusion::common::config::SqlParserOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
-use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use futures_util::StreamExt;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -183,16 +188,19 @@ impl EmbeddedEngine {
         )))
     }
 
-    /// Runs `sql` and writes its result as `part-NNNNN.parquet` files into `out_dir`
-    /// (replacing earlier parts), streaming batch by batch so memory stays bounded.
+    /// Runs `sql`, which must be one read-only query, and writes its result as
+    /// `part-NNNNN.parquet` files into `out_dir` (replacing earlier parts), streaming batch by
+    /// batch so memory stays bounded.
     pub async fn export(
         &self,
         sql: &str,
         out_dir: &Path,
         opts: &ExportOptions,
     ) -> Result<ExportSummary, SqlError> {
+        ferry_core::sql_guard::check_read_only(sql)?;
         let ctx = self.context().await?;
-        let df = ctx.sql(sql).await.map_err(df_error)?;
+        let plan = read_only_plan(&ctx, sql).await?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(df_error)?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let streams = df.execute_stream_partitioned().await.map_err(df_error)?;
         prepare_dir(out_dir)?;
@@ -333,6 +341,55 @@ impl EmbeddedEngine {
             .map_err(df_error)?;
         batches_to_json(&batches)
     }
+}
+
+/// DataFusion's own read-only check of an export, whatever the lexical one said: `sql` must
+/// parse (with the session's dialect) to exactly one query, and its plan may hold no DDL
+/// (`SELECT ... INTO t` plans as `CREATE TABLE`), DML (`INSERT`, `COPY`) or statement
+/// (`SET`). This is `SessionContext::sql_with_options` with DDL, DML and statements
+/// disallowed, in two steps so a refusal is told apart from a query that fails to plan.
+/// Loads (`load_partition`) write files directly and never run SQL that writes.
+async fn read_only_plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, SqlError> {
+    let state = ctx.state();
+    let statement = one_query(&state.config().options().sql_parser, sql)?;
+    let plan = state.statement_to_plan(statement).await.map_err(df_error)?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| {
+            SqlError::WriteRefused(format!(
+                "the query's plan is not a read ({})",
+                e.find_root()
+            ))
+        })?;
+    Ok(plan)
+}
+
+/// `sql` parsed as the session parses it, if it is exactly one query. (Not async: the
+/// parser's dialect may not be held across an `.await`.)
+fn one_query(options: &SqlParserOptions, sql: &str) -> Result<DfStatement, SqlError> {
+    let dialect = dialect_from_str(options.dialect)
+        .ok_or_else(|| SqlError::Query(format!("unknown SQL dialect {:?}", options.dialect)))?;
+    let statements = DFParserBuilder::new(sql)
+        .with_dialect(dialect.as_ref())
+        .with_recursion_limit(options.recursion_limit.get())
+        .build()
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(df_error)?;
+    let mut statements = statements.into_iter();
+    let (Some(statement), None) = (statements.next(), statements.next()) else {
+        return Err(SqlError::WriteRefused("not exactly one statement".into()));
+    };
+    let is_query =
+        matches!(&statement, DfStatement::Statement(s) if matches!(**s, SqlStatement::Query(_)));
+    if !is_query {
+        let text = statement.to_string();
+        let head = text.split_whitespace().next().unwrap_or_default();
+        return Err(SqlError::WriteRefused(format!("`{head}` is not a read")));
+    }
+    Ok(statement)
 }
 
 /// Up to `limit` rows of the Parquet files in `dir` as JSON objects: what an approver sees of
@@ -583,5 +640,101 @@ impl PartWriter {
     fn finish(mut self) -> Result<ExportSummary, SqlError> {
         self.close_part()?;
         Ok(self.summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session with one table, `t`, of one row.
+    async fn session() -> SessionContext {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE t AS SELECT 1 AS x")
+            .await
+            .expect("create")
+            .collect()
+            .await
+            .expect("run");
+        ctx
+    }
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Agents run exports on a multi-threaded runtime.
+    #[test]
+    fn an_export_can_move_between_threads() {
+        let engine = EmbeddedEngine::new("/nonexistent");
+        let opts = ExportOptions::default();
+        let export = engine.export("SELECT 1", Path::new("/nonexistent"), &opts);
+        assert_send(&export);
+    }
+
+    async fn rows_of_t(ctx: &SessionContext) -> usize {
+        ctx.sql("SELECT * FROM t")
+            .await
+            .expect("select")
+            .collect()
+            .await
+            .expect("run")
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum()
+    }
+
+    /// What stands behind the lexical guard: these reach DataFusion only if someone calls the
+    /// engine without `check_read_only`, and DataFusion refuses them anyway.
+    #[tokio::test]
+    async fn datafusion_refuses_writes_that_bypass_the_guard() {
+        let ctx = session().await;
+        let copy_to = std::env::temp_dir().join(format!("ferry-copy-{}", uuid::Uuid::new_v4()));
+        for (sql, why) in [
+            ("INSERT INTO t SELECT 2", "`INSERT` is not a read"),
+            ("CREATE TABLE u (y INT)", "`CREATE` is not a read"),
+            ("DROP TABLE t", "`DROP` is not a read"),
+            (
+                "SET datafusion.execution.batch_size = 1",
+                "`SET` is not a read",
+            ),
+            (
+                &format!("COPY (SELECT 1) TO '{}'", copy_to.display()),
+                "`COPY` is not a read",
+            ),
+            ("SELECT 1; DROP TABLE t", "not exactly one statement"),
+            // Parsed as a query; planned as `CREATE TABLE`: SQLOptions refuses the DDL.
+            (
+                "SELECT x INTO u FROM t",
+                "the query's plan is not a read (Error during planning: DDL not supported: CreateMemoryTable)",
+            ),
+        ] {
+            let err = read_only_plan(&ctx, sql).await.expect_err(sql);
+            assert!(matches!(err, SqlError::WriteRefused(_)), "{sql}: {err}");
+            assert_eq!(
+                err.to_string(),
+                format!("{why}: an export runs one SELECT or WITH query"),
+                "{sql}"
+            );
+            assert!(err.is_permanent());
+        }
+        // A write inside a WITH is refused whether DataFusion plans it or not.
+        let sql = "WITH a AS (SELECT 2 AS x) INSERT INTO t SELECT x FROM a";
+        assert!(read_only_plan(&ctx, sql).await.is_err(), "{sql}");
+        assert_eq!(rows_of_t(&ctx).await, 1, "t is unchanged");
+        assert!(ctx.table_exist("u").is_ok_and(|exists| !exists));
+        assert!(!copy_to.exists());
+
+        let plan = read_only_plan(&ctx, "WITH a AS (SELECT x FROM t) SELECT * FROM a;")
+            .await
+            .expect("a query");
+        let batches = ctx
+            .execute_logical_plan(plan)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+        let err = read_only_plan(&ctx, "SELEC 1").await.expect_err("syntax");
+        assert!(matches!(err, SqlError::Syntax(_)), "{err}");
     }
 }

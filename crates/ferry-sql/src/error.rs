@@ -11,6 +11,18 @@ pub enum SqlError {
     NoRows,
     #[error("SQL syntax error: {0}")]
     Syntax(String),
+    /// The export's SQL is not exactly one read-only query (found before it ran).
+    #[error(transparent)]
+    NotReadOnly(#[from] ferry_core::sql_guard::SqlGuardError),
+    /// The engine itself refused an export's statement as not read-only.
+    #[error("{0}: an export runs one SELECT or WITH query")]
+    WriteRefused(String),
+    /// An external engine's shell would read the export's text differently from its parser.
+    #[error("this export cannot be handed to {engine} safely: {reason}")]
+    UnsafeForShell {
+        engine: &'static str,
+        reason: &'static str,
+    },
     #[error("query failed: {0}")]
     Query(String),
     #[error(transparent)]
@@ -39,13 +51,16 @@ impl SqlError {
     }
 
     /// Retrying the same SQL against the same data cannot fix a missing table, a syntax
-    /// error or a bad name; I/O and verification may recover.
+    /// error, a write where a read belongs or a bad name; I/O and verification may recover.
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
             SqlError::MissingTable(_)
                 | SqlError::NoRows
                 | SqlError::Syntax(_)
+                | SqlError::NotReadOnly(_)
+                | SqlError::WriteRefused(_)
+                | SqlError::UnsafeForShell { .. }
                 | SqlError::BadIdentifier(_)
         )
     }

@@ -25,6 +25,15 @@ pub enum ExternalKind {
 }
 
 impl ExternalKind {
+    /// The engine's command, as users know it.
+    pub fn command_name(self) -> &'static str {
+        match self {
+            ExternalKind::SparkSql => "spark-sql",
+            ExternalKind::Beeline => "beeline",
+            ExternalKind::Hive => "hive",
+        }
+    }
+
     /// The command a site gets unless it configures its own.
     pub fn default_command(self) -> Vec<String> {
         let v: &[&str] = match self {
@@ -118,9 +127,12 @@ impl ExternalEngine {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs `sql`, which must be one read-only query, into Parquet files in `out_dir`.
     pub async fn export(&self, sql: &str, out_dir: &Path) -> Result<ExportSummary, SqlError> {
+        ferry_core::sql_guard::check_read_only(sql)?;
+        let query = self.shell_safe(sql)?;
         let dir = quoted_path(out_dir)?;
-        let statement = format!("INSERT OVERWRITE DIRECTORY '{dir}' STORED AS PARQUET {sql}");
+        let statement = format!("INSERT OVERWRITE DIRECTORY '{dir}' STORED AS PARQUET {query}");
         self.run(&statement).await?;
         let mut summary = ExportSummary::default();
         let mut files: Vec<_> = std::fs::read_dir(out_dir)
@@ -154,6 +166,38 @@ impl ExternalEngine {
             return Err(SqlError::NoRows);
         }
         Ok(summary)
+    }
+
+    /// The query without its trailing `;`, once it is clear the shell will pass it to its
+    /// parser as it is. The shells work on the text before the parser does, by their own
+    /// rules (which differ between versions): they split it at `;`, substitute `${...}`
+    /// variables and strip comments, each even inside strings in some versions. So an export
+    /// for them holds none of those; `check_read_only` has already refused the rest.
+    fn shell_safe<'a>(&self, sql: &'a str) -> Result<&'a str, SqlError> {
+        let trimmed = sql.trim_end();
+        let query = trimmed.strip_suffix(';').unwrap_or(trimmed);
+        let reason = if query.contains(';') {
+            Some(
+                "its shell splits the text at every `;`, even one inside a string or a comment \
+                 (write chr(59) for a `;` in a string)",
+            )
+        } else if query.contains("${") {
+            Some(
+                "its shell substitutes `${...}` variables (`${env:NAME}`, `${hiveconf:NAME}`), \
+                 even inside strings, before the query is parsed",
+            )
+        } else if query.contains("--") || query.contains("/*") {
+            Some("its shell strips comments by its own rules; remove the comments")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(SqlError::UnsafeForShell {
+                engine: self.kind.command_name(),
+                reason,
+            }),
+            None => Ok(query),
+        }
     }
 
     pub async fn count_rows(
@@ -323,5 +367,76 @@ mod tests {
             SqlError::Query(_)
         ));
         assert!(quoted_path(Path::new("/tmp/x'; DROP")).is_err());
+    }
+
+    #[test]
+    fn only_text_the_shell_passes_on_unchanged_reaches_it() {
+        let engine = ExternalEngine::new(ExternalKind::Beeline, Vec::new());
+        assert_eq!(
+            engine
+                .shell_safe("SELECT * FROM t WHERE dt = '2026-01-22' ;\n")
+                .expect("safe"),
+            "SELECT * FROM t WHERE dt = '2026-01-22' "
+        );
+        for (sql, says) in [
+            ("SELECT ';' AS x", "splits the text at every `;`"),
+            (
+                "SELECT '${env:AWS_SECRET_ACCESS_KEY}' AS x",
+                "substitutes `${...}`",
+            ),
+            ("SELECT 1 -- note", "strips comments"),
+            ("SELECT /* note */ 1", "strips comments"),
+        ] {
+            let err = engine.shell_safe(sql).expect_err(sql);
+            assert!(err.is_permanent());
+            let message = err.to_string();
+            assert!(
+                message.starts_with("this export cannot be handed to beeline safely: ")
+                    && message.contains(says),
+                "{sql}: {message}"
+            );
+        }
+    }
+
+    /// A refused export never starts the engine: the command would leave a file behind.
+    #[tokio::test]
+    async fn refused_exports_never_run_the_engine() {
+        let work = tempfile::tempdir().expect("tmp");
+        let ran = work.path().join("ran");
+        let engine = ExternalEngine::new(
+            ExternalKind::SparkSql,
+            vec!["touch".into(), ran.display().to_string(), "{sql}".into()],
+        );
+        for sql in [
+            "SELECT 1; DROP TABLE t",
+            "COPY (SELECT 1) TO '/tmp/x'",
+            "INSERT INTO t SELECT 1",
+            "!sh rm -rf /",
+            "SELECT 1 -- ;\n; DROP TABLE t",
+            "WITH a AS (SELECT 1) INSERT OVERWRITE TABLE t SELECT * FROM a",
+            "SELECT ';' AS x",
+        ] {
+            let err = engine
+                .export(sql, &work.path().join("out"))
+                .await
+                .expect_err(sql);
+            assert!(
+                matches!(
+                    err,
+                    SqlError::NotReadOnly(_) | SqlError::UnsafeForShell { .. }
+                ),
+                "{sql}: {err}"
+            );
+            assert!(err.is_permanent());
+        }
+        assert!(!ran.exists(), "the engine was started");
+        let err = engine
+            .export("SELECT 1; DROP TABLE t", work.path())
+            .await
+            .expect_err("two statements");
+        assert_eq!(
+            err.to_string(),
+            "an export runs exactly one statement; found a second one: `DROP TABLE t`"
+        );
     }
 }

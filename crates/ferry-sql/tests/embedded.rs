@@ -97,13 +97,28 @@ async fn missing_tables_bad_sql_and_empty_results_are_clear_errors() {
 
     let err = engine
         .export(
-            "SELEC * FROM campaign_sample",
+            "SELECT * FROM campaign_sample WHERE",
             out.path(),
             &ExportOptions::default(),
         )
         .await
         .expect_err("syntax");
     assert!(matches!(err, SqlError::Syntax(_)), "{err}");
+    assert!(err.is_permanent());
+
+    // Not a query at all: refused before DataFusion sees it.
+    let err = engine
+        .export(
+            "SELEC * FROM campaign_sample",
+            out.path(),
+            &ExportOptions::default(),
+        )
+        .await
+        .expect_err("not a query");
+    assert_eq!(
+        err.to_string(),
+        "an export runs one SELECT or WITH query; this one starts with `SELEC`"
+    );
     assert!(err.is_permanent());
 
     let err = engine
@@ -248,6 +263,83 @@ async fn names_that_could_inject_sql_are_refused_before_anything_runs() {
     );
     assert!(err.is_permanent());
     assert!(PartitionSpec::parse("dt=x' OR '1'='1").is_err());
+}
+
+/// An export is one read: anything else is refused with a message naming what was found,
+/// nothing is written, and loads (which write files, not SQL) keep working.
+#[tokio::test]
+async fn exports_run_one_read_only_query() {
+    let wh = warehouse(1_000);
+    let engine = EmbeddedEngine::new(wh.path());
+    let out = tempfile::tempdir().expect("tmp");
+    let copy_to = out.path().join("copied");
+    let before = engine
+        .count_rows(
+            &TableRef::parse("default.campaign_infer").expect("name"),
+            None,
+        )
+        .await
+        .expect("count");
+    for (sql, message) in [
+        (
+            "SELECT 1; DROP TABLE campaign_infer".to_owned(),
+            "an export runs exactly one statement; found a second one: `DROP TABLE campaign_infer`",
+        ),
+        (
+            "SELECT 1 -- ;\n; DROP TABLE campaign_infer".to_owned(),
+            "an export runs exactly one statement; found a second one: `DROP TABLE campaign_infer`",
+        ),
+        (
+            format!("COPY (SELECT 1) TO '{}'", copy_to.display()),
+            "`COPY` is not a read: an export runs one SELECT or WITH query",
+        ),
+        (
+            "INSERT INTO campaign_infer SELECT * FROM campaign_infer".to_owned(),
+            "`INSERT` is not a read: an export runs one SELECT or WITH query",
+        ),
+        (
+            "!sh rm -rf /".to_owned(),
+            "`!sh rm -rf /` is a command of the SQL shell (a line starting with `!`), not a query",
+        ),
+    ] {
+        let err = engine
+            .export(&sql, out.path(), &ExportOptions::default())
+            .await
+            .expect_err(&sql);
+        assert_eq!(err.to_string(), message, "{sql}");
+        assert!(err.is_permanent(), "{sql}");
+    }
+    assert!(!copy_to.exists());
+    assert_eq!(
+        engine
+            .count_rows(
+                &TableRef::parse("default.campaign_infer").expect("name"),
+                None
+            )
+            .await
+            .expect("count"),
+        before
+    );
+
+    for sql in [
+        "WITH a AS (SELECT sample_id FROM campaign_infer) SELECT * FROM a",
+        "SELECT ';' AS x, sample_id FROM campaign_infer;",
+    ] {
+        let summary = engine
+            .export(sql, out.path(), &ExportOptions::default())
+            .await
+            .expect(sql);
+        assert_eq!(summary.rows, before, "{sql}");
+    }
+
+    // Loading into a table still works: it is not an export.
+    let table = TableRef::parse("results.scores").expect("name");
+    let partition = PartitionSpec::parse("dt=2026-01-22").expect("partition");
+    let loaded = engine
+        .load_partition(&table, &partition, out.path(), Some(before))
+        .await
+        .expect("load");
+    assert_eq!(loaded.rows, before);
 }
 
 /// The same query over the same files writes the same rows in the same order every time, so

@@ -56,7 +56,7 @@ async fn spark_sql_exports_and_loads_like_the_embedded_engine() {
         .expect_err("missing");
     assert!(matches!(err, SqlError::MissingTable(_)), "{err}");
     let err = engine
-        .export("SELEC 1", &work.path().join("y"))
+        .export("SELECT (1", &work.path().join("y"))
         .await
         .expect_err("syntax");
     assert!(matches!(err, SqlError::Syntax(_)), "{err}");
