@@ -167,7 +167,12 @@ impl Cluster {
     /// A cluster with mutual TLS (a fresh CA; the coordinator's certificate for 127.0.0.1;
     /// one per agent as it starts) and tokens (a bootstrap admin token), as production runs.
     pub fn secure(extra: &str) -> Cluster {
-        let mut c = Self::with_config(extra);
+        Self::with_config(extra).into_secure()
+    }
+
+    /// This cluster with TLS and tokens (see [`Cluster::secure`]); before it starts.
+    pub fn into_secure(self) -> Cluster {
+        let mut c = self;
         let pki_dir = c.path("pki");
         pki::init(&pki_dir, 30).expect("create CA");
         pki::issue(

@@ -110,8 +110,74 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     rt.block_on(bench(opts))
 }
 
+/// What one cluster measured.
+struct Measures {
+    wall: f64,
+    throughput: f64,
+    handoffs: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    large: Option<LargeRun>,
+}
+
 async fn bench(opts: Options) -> anyhow::Result<()> {
-    let mut c = Cluster::new();
+    // The same load on the same machine, one after the other: without TLS and tokens (a
+    // loopback coordinator), then as production runs (mutual TLS, a token on every call).
+    let plain = measure(&opts, false).await?;
+    let secure = measure(&opts, true).await?;
+    let total = opts.tasks * opts.steps;
+    println!();
+    println!("engine benchmark (release daemons, SQLite, loopback gRPC, 2 agents)");
+    for (label, m) in [("TLS off", &plain), ("TLS on ", &secure)] {
+        println!(
+            "  {label}: throughput {} tasks x {} no-op steps = {total} steps in {:.2} s -> {:.0} steps/s \
+             (target >= {TARGET_STEPS_PER_S:.0}; ratio {:.2}x); hand-off over {} hand-offs: p50 {:.2} ms \
+             (target <= {TARGET_P50_MS}), p99 {:.2} ms (target <= {TARGET_P99_MS}), max {:.2} ms",
+            opts.tasks,
+            opts.steps,
+            m.wall,
+            m.throughput,
+            m.throughput / TARGET_STEPS_PER_S,
+            m.handoffs,
+            m.p50,
+            m.p99,
+            m.max,
+        );
+    }
+    println!(
+        "  TLS on / TLS off: throughput {:.2}x, hand-off p50 {:.2}x",
+        secure.throughput / plain.throughput,
+        secure.p50 / plain.p50.max(1e-9)
+    );
+    for (label, m) in [("TLS off", &plain), ("TLS on ", &secure)] {
+        if let Some(l) = &m.large {
+            println!(
+                "  {label}: one workflow of {} steps ({} chains x {}): applied in {:.2} s, task created in {:.2} s, \
+                 ran in {:.2} s -> {:.0} steps/s (target >= {TARGET_STEPS_PER_S:.0}; ratio {:.2}x); \
+                 coordinator peak RSS {:.0} MiB (target < {TARGET_RSS_MIB:.0}; ratio {:.2}x)",
+                l.steps,
+                opts.large_chains,
+                opts.large_steps,
+                l.apply_s,
+                l.create_s,
+                l.run_s,
+                l.steps as f64 / l.run_s,
+                l.steps as f64 / l.run_s / TARGET_STEPS_PER_S,
+                l.peak_rss_mib,
+                l.peak_rss_mib / TARGET_RSS_MIB,
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn measure(opts: &Options, secure: bool) -> anyhow::Result<Measures> {
+    let mut c = if secure {
+        Cluster::secure("")
+    } else {
+        Cluster::new()
+    };
     c.bin_dir = crate::target_dir().join("release");
     c.env.push(("RUST_LOG".into(), "warn".into()));
     c.start_coordinator().await;
@@ -127,7 +193,6 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         .await;
 
     // ---- throughput
-    let started = Instant::now();
     let mut creators = Vec::new();
     for _ in 0..opts.tasks {
         let mut client = c.client().await;
@@ -166,7 +231,6 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let poll_wall = started.elapsed();
     let (mut first, mut last) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
     for id in &ids {
         let t = client
@@ -200,48 +264,21 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     let pct = |p: f64| handoffs[((handoffs.len() as f64 - 1.0) * p).round() as usize];
     let (p50, p99) = (pct(0.50), pct(0.99));
 
-    // ---- one large workflow
-    let large = if opts.large_chains > 0 && opts.large_steps > 0 {
+    // ---- one large workflow (once, on the production setup)
+    let large = if secure && opts.large_chains > 0 && opts.large_steps > 0 {
         Some(large_run(&c, opts.large_chains, opts.large_steps).await?)
     } else {
         None
     };
-
-    println!();
-    println!("engine benchmark (release daemons, SQLite, loopback gRPC, 2 agents)");
-    println!(
-        "  throughput: {} tasks x {} no-op steps = {total} steps in {wall:.2} s -> {throughput:.0} steps/s \
-         (target >= {TARGET_STEPS_PER_S:.0}; ratio {:.2}x) [poll wall {:.2} s]",
-        opts.tasks,
-        opts.steps,
-        throughput / TARGET_STEPS_PER_S,
-        poll_wall.as_secs_f64()
-    );
-    println!(
-        "  hand-off latency over a {}-step chain ({} hand-offs): p50 {p50:.2} ms (target <= {TARGET_P50_MS}), \
-         p99 {p99:.2} ms (target <= {TARGET_P99_MS}), max {:.2} ms",
-        opts.chain,
-        handoffs.len(),
-        handoffs.last().copied().unwrap_or_default()
-    );
-    if let Some(l) = large {
-        println!(
-            "  one workflow of {} steps ({} chains x {}): applied in {:.2} s, task created in {:.2} s, \
-             ran in {:.2} s -> {:.0} steps/s (target >= {TARGET_STEPS_PER_S:.0}; ratio {:.2}x); \
-             coordinator peak RSS {:.0} MiB (target < {TARGET_RSS_MIB:.0}; ratio {:.2}x)",
-            l.steps,
-            opts.large_chains,
-            opts.large_steps,
-            l.apply_s,
-            l.create_s,
-            l.run_s,
-            l.steps as f64 / l.run_s,
-            l.steps as f64 / l.run_s / TARGET_STEPS_PER_S,
-            l.peak_rss_mib,
-            l.peak_rss_mib / TARGET_RSS_MIB,
-        );
-    }
-    Ok(())
+    Ok(Measures {
+        wall,
+        throughput,
+        handoffs: handoffs.len(),
+        p50,
+        p99,
+        max: handoffs.last().copied().unwrap_or_default(),
+        large,
+    })
 }
 
 struct LargeRun {

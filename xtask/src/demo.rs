@@ -57,7 +57,8 @@ async fn demo() -> anyhow::Result<()> {
         bin_dir.join("ferry").display(),
         warehouse.display(),
     );
-    let mut c = Cluster::with_agent_config(&agent_lines, &servers);
+    // As production runs: mutual TLS from the deployment's own CA, and tokens.
+    let mut c = Cluster::with_agent_config(&agent_lines, &servers).into_secure();
     c.bin_dir = bin_dir;
     println!(
         "== private sshd for the training host on 127.0.0.1:{}",
@@ -94,6 +95,11 @@ async fn demo() -> anyhow::Result<()> {
     c.wait_for_agents(3).await;
     println!(
         "== coordinator at {}; agents server_21 (data_source), training_server (training), inference_server (inference)",
+        c.url()
+    );
+    println!(
+        "== mutual TLS and tokens are on: try `ferry --config {} --coordinator {} whoami` while it runs",
+        c.path("cli.yaml").display(),
         c.url()
     );
 
