@@ -920,3 +920,31 @@ async fn an_approval_holds_only_for_the_parameters_it_was_given_for() {
         "the decision by alice was for other parameters or inputs; the step asks for approval again"
     ));
 }
+
+#[tokio::test]
+async fn a_placeholder_that_renders_into_a_path_is_refused_at_creation() {
+    let h = Harness::new().await;
+    h.apply(
+        "name: t\nsteps:\n  - {name: train, kind: train, placement: {role: training}, params: {dataset_id: \"${param.x}\", sample_dir: /d, model: {model: DeepFM, model_id: m1}}}\n",
+    )
+    .await;
+    let create = |x: &str| {
+        let params = BTreeMap::from([("x".to_owned(), x.to_owned())]);
+        move |reply| ApiRequest::CreateTask {
+            workflow: "t".into(),
+            name: String::new(),
+            params,
+            reply,
+        }
+    };
+    let refused = h.request(create("/tmp/escape")).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e
+            .to_string()
+            .contains("step `train` once its placeholders are filled in")),
+        "{refused:?}"
+    );
+    h.request(create("campaign_1"))
+        .await
+        .expect("a plain name is fine");
+}

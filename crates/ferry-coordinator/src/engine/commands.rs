@@ -179,8 +179,16 @@ impl Engine {
             params: &params,
         };
         for s in &def.steps {
-            template::render(&s.params, &probe)
+            let rendered = template::render(&s.params, &probe)
                 .map_err(|e| EngineError::InvalidRequest(format!("step `{}`: {e}", s.name)))?;
+            // What a placeholder turns into gets every check its `${...}` skipped (a name
+            // that becomes a path, SQL that becomes two statements).
+            ferry_core::kinds::validate_rendered(&s.kind, &rendered).map_err(|e| {
+                EngineError::InvalidRequest(format!(
+                    "step `{}` once its placeholders are filled in: {e}",
+                    s.name
+                ))
+            })?;
         }
         let task_name = if name.trim().is_empty() {
             format!("{}_{}", def.name, Utc::now().format("%Y%m%d_%H%M%S"))
