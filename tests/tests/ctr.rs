@@ -30,7 +30,8 @@ async fn export_train_infer_and_load_scores() {
     c.start_agent("infer", "infer-1");
     c.wait_for_agents(3).await;
 
-    let staging = c.path("staging");
+    // Under the agents' work dir: one of their roots.
+    let staging = c.path("work/staging");
     let wf = format!(
         r#"name: ctr_mini
 steps:
@@ -117,9 +118,11 @@ async fn a_training_agent_killed_mid_training_resumes_after_the_last_epoch() {
     let tables = generate(warehouse.path(), &spec).expect("sample data");
     let sample_dir = tables[0].dir.clone();
     let roots = tempfile::tempdir().expect("tmp");
+    // The sample data is read from the warehouse: one of the agent's roots.
     let extra = format!(
-        "fuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\n",
-        d = roots.path().display()
+        "fuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\nsql:\n  warehouse_dir: \"{w}\"\n",
+        d = roots.path().display(),
+        w = warehouse.path().display()
     );
     let mut c = Cluster::with_config(&extra);
     c.start_coordinator().await;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_agent::daemon::{AgentArgs, run_daemon_with};
+use ferry_agent::policy::{Policy, check_identifier};
 use ferry_agent::{AgentError, Executor, JobContext, JobError, JobFuture};
 use ferry_core::Role;
 use ferry_core::config::FerryConfig;
@@ -19,27 +20,49 @@ use ferry_ctr::infer::{InferObserver, InferOptions, infer};
 use ferry_ctr::train::{EpochReport, TrainObserver, TrainOptions, train};
 use ferry_ctr::{CtrError, FeatureSpec, ModelConfig};
 
-/// Where this host keeps datasets and models, and which devices it computes on.
+/// Where this host keeps datasets and models, which devices it computes on, and where its
+/// steps may reach (`agent.roots`).
 #[derive(Clone)]
 pub struct CtrHost {
     pub data_root: PathBuf,
     pub model_root: PathBuf,
     pub devices: Vec<Device>,
+    pub policy: Policy,
 }
 
 impl CtrHost {
+    /// `config` as executors see it (`daemon::effective_config`: absolute directories).
     pub fn from_config(config: &FerryConfig, gpus: &[u32]) -> Result<CtrHost, AgentError> {
         Ok(CtrHost {
             data_root: config.fuxictr_paths.data_root.clone(),
             model_root: config.fuxictr_paths.model_root.clone(),
             devices: devices_for(gpus).map_err(|e| AgentError::Setup(e.to_string()))?,
+            policy: Policy::from_config(config),
         })
+    }
+
+    /// `{data_root}/{dataset_id}` and `{model_root}/{dataset_id}`, for a `dataset_id` that is
+    /// one directory name (checked as the job received it, placeholders filled in), both
+    /// under the agent's roots (symlinks resolved).
+    pub fn dataset_dirs(&self, dataset_id: &str) -> Result<(PathBuf, PathBuf), JobError> {
+        check_identifier("dataset_id", dataset_id)?;
+        let under = |root: &Path, what: &str| {
+            let dir = root.join(dataset_id);
+            self.policy.confine_dest(what, &dir.to_string_lossy())
+        };
+        Ok((
+            under(&self.data_root, "dataset directory")?,
+            under(&self.model_root, "model directory")?,
+        ))
     }
 }
 
 async fn run_with(role: Role, config: FerryConfig, args: AgentArgs) -> Result<(), AgentError> {
     let settings = ferry_agent::daemon::settings(role, &config, &args);
-    let host = Arc::new(CtrHost::from_config(&config, &settings.gpus)?);
+    let host = Arc::new(CtrHost::from_config(
+        &ferry_agent::daemon::effective_config(&config, &settings),
+        &settings.gpus,
+    )?);
     let extra: Vec<Arc<dyn Executor>> = vec![
         Arc::new(TrainExecutor { host: host.clone() }),
         Arc::new(InferExecutor { host }),
@@ -77,13 +100,6 @@ async fn blocking<T: Send + 'static>(
         Ok(r) => r.map_err(job_error),
         Err(e) => Err(JobError::permanent(format!("the job's thread failed: {e}"))),
     }
-}
-
-fn dataset_dirs(host: &CtrHost, dataset_id: &str) -> (PathBuf, PathBuf) {
-    (
-        host.data_root.join(dataset_id),
-        host.model_root.join(dataset_id),
-    )
 }
 
 struct JobTrainObserver {
@@ -161,7 +177,10 @@ impl Executor for TrainExecutor {
             };
             let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
             let spec = FeatureSpec::campaign(&label_refs);
-            let (data_dir, model_dir) = dataset_dirs(&host, &p.dataset_id);
+            // Checked before anything is read or written.
+            check_identifier("model.model_id", &config.model_id)?;
+            let (data_dir, model_dir) = host.dataset_dirs(&p.dataset_id)?;
+            let sample_dir = host.policy.confine("sample directory", &p.sample_dir)?;
             // `gpu_count` picks the first N of the host's devices; 0 means the CPU.
             let devices: Vec<Device> = match p.gpu_count {
                 Some(0) => vec![Device::flex()],
@@ -190,7 +209,6 @@ impl Executor for TrainExecutor {
                 prep.valid_ratio = r;
             }
             prep.seed = config.seed;
-            let sample_dir = PathBuf::from(&p.sample_dir);
             let ctx2 = ctx.clone();
             let outcome = blocking(move || {
                 ctx2.info(format!(
@@ -257,11 +275,11 @@ pub struct InferExecutor {
     host: Arc<CtrHost>,
 }
 
-/// `{data_root}/{dataset_id}/{expid}_inference_result`.
-pub fn inference_result_dir(data_root: &Path, dataset_id: &str, expid: &str) -> PathBuf {
-    data_root
-        .join(dataset_id)
-        .join(format!("{expid}_inference_result"))
+/// `{data_dir}/{expid}_inference_result`, `data_dir` being `{data_root}/{dataset_id}`
+/// (`CtrHost::dataset_dirs`) and `expid` one name.
+pub fn inference_result_dir(data_dir: &Path, expid: &str) -> Result<PathBuf, JobError> {
+    check_identifier("expid", expid)?;
+    Ok(data_dir.join(format!("{expid}_inference_result")))
 }
 
 impl Executor for InferExecutor {
@@ -273,10 +291,13 @@ impl Executor for InferExecutor {
         let host = self.host.clone();
         Box::pin(async move {
             let p: InferParams = ctx.params()?;
-            let (data_dir, model_dir) = dataset_dirs(&host, &p.dataset_id);
+            // Checked before anything is read or written.
+            check_identifier("model_id", &p.model_id)?;
+            let (data_dir, model_dir) = host.dataset_dirs(&p.dataset_id)?;
+            let input_dir = host.policy.confine("input directory", &p.input_dir)?;
             let opts = InferOptions {
-                input_dir: PathBuf::from(&p.input_dir),
-                output_dir: inference_result_dir(&host.data_root, &p.dataset_id, &p.expid),
+                input_dir,
+                output_dir: inference_result_dir(&data_dir, &p.expid)?,
                 data_dir,
                 model_dir,
                 model_id: p.model_id.clone(),
@@ -317,5 +338,53 @@ fn describe(devices: &[Device]) -> String {
     match devices {
         [one] => format!("{one:?}"),
         many => format!("{} devices ({:?})", many.len(), many),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::config::AllowConfig;
+
+    fn host(root: &Path) -> CtrHost {
+        CtrHost {
+            data_root: root.join("data"),
+            model_root: root.join("models"),
+            devices: Vec::new(),
+            policy: Policy::new(vec![root.to_owned()], AllowConfig::default()),
+        }
+    }
+
+    #[test]
+    fn a_rendered_dataset_id_that_escapes_its_root_is_refused() {
+        let root = tempfile::tempdir().expect("tmp");
+        let host = host(root.path());
+        let (data, models) = host.dataset_dirs("campaign").expect("a name");
+        assert_eq!(data, root.path().join("data/campaign"));
+        assert_eq!(models, root.path().join("models/campaign"));
+        // `${param.x}` rendered to an absolute path would replace data_root in `join`.
+        for bad in ["/tmp/escape", "../escape", "a/b", "..", "."] {
+            let e = host.dataset_dirs(bad).expect_err(bad);
+            assert!(e.message.contains("single directory name"), "{e}");
+            assert_eq!(e.class, ferry_core::ErrorClass::Permanent);
+        }
+        assert!(inference_result_dir(&data, "../x").is_err());
+        assert_eq!(
+            inference_result_dir(&data, "e1").expect("a name"),
+            data.join("e1_inference_result")
+        );
+        // A dataset directory that is a symlink out of the root.
+        let outside = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(root.path().join("data")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("data/linked"))
+            .expect("symlink");
+        let e = host.dataset_dirs("linked").expect_err("symlink");
+        assert!(e.message.contains("symlink"), "{e}");
+        // Roots that do not hold the FuxiCTR directories.
+        let elsewhere = CtrHost {
+            policy: Policy::new(vec![outside.path().to_owned()], AllowConfig::default()),
+            ..host
+        };
+        assert!(elsewhere.dataset_dirs("campaign").is_err());
     }
 }

@@ -2,10 +2,10 @@
 //! A separate crate (not a feature of `ferry-agent`) so that only the source agent links
 //! DataFusion, however the workspace is built.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_agent::daemon::{AgentArgs, run_daemon_with};
+use ferry_agent::policy::Policy;
 use ferry_agent::{AgentError, Executor, JobContext, JobError, JobFuture};
 use ferry_core::Role;
 use ferry_core::config::FerryConfig;
@@ -17,14 +17,18 @@ pub async fn run_source_agent(config: FerryConfig, args: AgentArgs) -> Result<()
     let engine = Arc::new(
         SqlEngine::from_config(&config.sql).map_err(|e| AgentError::Setup(e.to_string()))?,
     );
+    let settings = ferry_agent::daemon::settings(Role::DataSource, &config, &args);
+    let policy = ferry_agent::daemon::policy(&config, &settings);
     let extra: Vec<Arc<dyn Executor>> = vec![
         Arc::new(SqlExportExecutor {
             engine: engine.clone(),
             rows_per_part: config.sql.rows_per_part,
+            policy: policy.clone(),
         }),
         Arc::new(HiveLoadExecutor {
             engine,
             production_tables: config.sql.production_tables.clone(),
+            policy,
         }),
     ];
     run_daemon_with(Role::DataSource, config, args, extra).await
@@ -52,6 +56,8 @@ async fn cancellable<T>(
 pub struct SqlExportExecutor {
     engine: Arc<SqlEngine>,
     rows_per_part: usize,
+    /// `output_dir` must lie under the agent's roots.
+    policy: Policy,
 }
 
 impl Executor for SqlExportExecutor {
@@ -62,12 +68,14 @@ impl Executor for SqlExportExecutor {
     fn run(&self, ctx: JobContext) -> JobFuture {
         let engine = self.engine.clone();
         let default_rows = self.rows_per_part;
+        let policy = self.policy.clone();
         Box::pin(async move {
             let p: SqlExportParams = ctx.params()?;
             // Checked at task creation too; this is the rendered text, checked where it runs.
             ferry_core::sql_guard::check_read_only(&p.sql)
                 .map_err(|e| JobError::permanent(e.to_string()))?;
-            let out = PathBuf::from(&p.output_dir);
+            // Earlier parts in it are removed: checked (symlinks resolved) before that.
+            let out = policy.confine_replaced("output directory", &p.output_dir)?;
             ctx.info(format!("executing SQL on the {} engine...", engine.name()));
             let started = std::time::Instant::now();
             let opts = ExportOptions {
@@ -101,6 +109,8 @@ pub struct HiveLoadExecutor {
     engine: Arc<SqlEngine>,
     /// `sql.production_tables`: loads into these need an approval first.
     production_tables: Vec<String>,
+    /// `parts_dir` must lie under the agent's roots.
+    policy: Policy,
 }
 
 impl Executor for HiveLoadExecutor {
@@ -111,13 +121,15 @@ impl Executor for HiveLoadExecutor {
     fn run(&self, ctx: JobContext) -> JobFuture {
         let engine = self.engine.clone();
         let production = self.production_tables.clone();
+        let policy = self.policy.clone();
         Box::pin(async move {
             let p: HiveLoadParams = ctx.params()?;
             let table =
                 TableRef::parse(&p.table).map_err(|e| JobError::permanent(e.to_string()))?;
             let partition = PartitionSpec::parse(&p.partition)
                 .map_err(|e| JobError::permanent(e.to_string()))?;
-            let parts = Path::new(&p.parts_dir);
+            let parts = policy.confine("parts directory", &p.parts_dir)?;
+            let parts = parts.as_path();
             if !parts.is_dir() {
                 return Err(JobError::permanent(format!(
                     "parts directory {} does not exist",

@@ -14,6 +14,7 @@ use crate::cleanup::CleanupExecutor;
 use crate::docker::DockerExecutor;
 use crate::exec::{ExecExecutor, NoopExecutor};
 use crate::executor::Executor;
+use crate::policy::Policy;
 use crate::runtime::{AgentError, AgentSettings};
 use crate::services::{DataExecutor, UploadExecutor};
 use crate::transfer::TransferExecutor;
@@ -40,6 +41,7 @@ pub struct AgentArgs {
 
 /// The executors an agent of `role` offers. Role-specific kinds (SQL on the data-source
 /// host, training and inference on the compute hosts) join these in their own crates.
+/// `run_daemon_with` puts them all behind the host's `Policy` (`policy::guard`).
 pub fn executors_for(
     _role: Role,
     config: &FerryConfig,
@@ -47,7 +49,7 @@ pub fn executors_for(
 ) -> Vec<Arc<dyn Executor>> {
     let config = &effective_config(config, settings);
     vec![
-        Arc::new(ExecExecutor),
+        Arc::new(ExecExecutor::new(config)),
         Arc::new(NoopExecutor),
         Arc::new(TransferExecutor::new(config.clone(), &settings.work_dir)),
         Arc::new(CleanupExecutor::new(config)),
@@ -56,16 +58,31 @@ pub fn executors_for(
         Arc::new(UploadExecutor::new(
             &settings.coordinator_url,
             &settings.name,
+            config,
         )),
     ]
 }
 
+/// What this agent lets its steps do and reach: `agent.allow` and the roots of
+/// `effective_config`.
+pub fn policy(config: &FerryConfig, settings: &AgentSettings) -> Policy {
+    Policy::from_config(&effective_config(config, settings))
+}
+
 /// The config executors work with: the work dir given on the command line (the one jobs and
-/// graph deliveries use), and roots made absolute, as the coordinator plans with them.
+/// graph deliveries use), and roots (and the FuxiCTR and staging directories) made absolute,
+/// as the coordinator plans with them.
 pub fn effective_config(config: &FerryConfig, settings: &AgentSettings) -> FerryConfig {
     let mut config = config.clone();
     config.agent.work_dir = settings.work_dir.clone();
     let cwd = std::env::current_dir().unwrap_or_default();
+    for dir in [
+        &mut config.fuxictr_paths.data_root,
+        &mut config.fuxictr_paths.model_root,
+        &mut config.storage.staging_dir,
+    ] {
+        *dir = normalize(&cwd.join(&*dir));
+    }
     config.agent.roots = config
         .agent
         .effective_roots(&config)
@@ -146,6 +163,7 @@ pub async fn run_daemon_with(
     });
     let mut executors = executors_for(role, &config, &settings);
     executors.extend(extra);
+    let executors = crate::policy::guard(executors, &policy(&config, &settings));
     crate::runtime::run(settings, executors, shutdown).await
 }
 

@@ -27,6 +27,7 @@ use tokio::net::UnixStream;
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
 use crate::jobio;
 use crate::output::{MAX_LINE, sleep_opt};
+use crate::policy::{Policy, confine_within};
 
 /// The Docker Engine API version spoken (Podman's compat service answers it too).
 const API: &str = "/v1.41";
@@ -37,6 +38,7 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(60);
 
 pub struct DockerExecutor {
     engine: Engine,
+    policy: Policy,
 }
 
 impl DockerExecutor {
@@ -54,6 +56,7 @@ impl DockerExecutor {
         };
         DockerExecutor {
             engine: Engine { socket },
+            policy: Policy::from_config(config),
         }
     }
 }
@@ -65,7 +68,8 @@ impl Executor for DockerExecutor {
 
     fn run(&self, ctx: JobContext) -> JobFuture {
         let engine = self.engine.clone();
-        Box::pin(async move { run_container(ctx, engine).await })
+        let policy = self.policy.clone();
+        Box::pin(async move { run_container(ctx, engine, policy).await })
     }
 }
 
@@ -222,49 +226,20 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-async fn run_container(ctx: JobContext, engine: Engine) -> Result<(), JobError> {
+async fn run_container(ctx: JobContext, engine: Engine, policy: Policy) -> Result<(), JobError> {
     let p: DockerParams = ctx.params()?;
+    // Refused before any input is cleared or read.
+    let network = policy.docker_network(p.network.as_deref())?;
     let io = {
         let io = p.io.clone();
-        tokio::task::spawn_blocking(move || jobio::prepare(&io))
+        let roots = policy.roots().to_vec();
+        tokio::task::spawn_blocking(move || jobio::prepare(&io, &roots))
             .await
             .map_err(|e| JobError::transient(format!("preparing inputs: {e}")))??
     };
     let name = container_name(&ctx);
+    let spec = container_spec(&ctx, &p, &io, &network)?;
     remove_leftovers(&engine, &p.io.job_dir).await?;
-    let has_stdin = !io.stdin_files.is_empty();
-    let binds: Vec<String> = io
-        .mounts
-        .iter()
-        .map(|(path, dir)| {
-            let inside = match path.trim_end_matches('/') {
-                "" => "/",
-                p => p,
-            };
-            format!("{}:{inside}", dir.display())
-        })
-        .collect();
-    let mut spec = json!({
-        "Image": p.image,
-        "Env": p.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-        "Tty": false,
-        "OpenStdin": has_stdin,
-        "StdinOnce": has_stdin,
-        "AttachStdin": has_stdin,
-        "Labels": {
-            "ferry.task": ctx.task_id.to_string(),
-            "ferry.step": ctx.step,
-            "ferry.job": ctx.job_id,
-            "ferry.job_dir": p.io.job_dir,
-        },
-        "HostConfig": {"Binds": binds, "NetworkMode": p.network.as_deref().unwrap_or("none")},
-    });
-    if !p.entrypoint.is_empty() {
-        spec["Entrypoint"] = json!(p.entrypoint);
-    }
-    if !p.cmd.is_empty() {
-        spec["Cmd"] = json!(p.cmd);
-    }
     let (status, body) = engine
         .call(
             Method::POST,
@@ -454,6 +429,57 @@ async fn supervise(
     }
 }
 
+/// The container the engine is asked to create: the job's mount directories (each inside the
+/// job directory, checked again here) bind-mounted, the network `network` (`none` unless the
+/// host allows one: `Policy::docker_network`), nothing else from the host.
+fn container_spec(
+    ctx: &JobContext,
+    p: &DockerParams,
+    io: &jobio::PreparedIo,
+    network: &str,
+) -> Result<Value, JobError> {
+    let job_dir = PathBuf::from(&p.io.job_dir);
+    let mut binds = Vec::with_capacity(io.mounts.len());
+    for (path, dir) in &io.mounts {
+        let host = dir.display().to_string();
+        confine_within(&job_dir, "mount directory", &host)?;
+        let inside = match path.trim_end_matches('/') {
+            "" => "/",
+            p => p,
+        };
+        // `host:inside` is split at colons: neither side may add one.
+        if host.contains(':') || inside.contains(':') {
+            return Err(JobError::permanent(format!(
+                "mount `{path}` from {host}: a bind path may not contain `:`"
+            )));
+        }
+        binds.push(format!("{host}:{inside}"));
+    }
+    let has_stdin = !io.stdin_files.is_empty();
+    let mut spec = json!({
+        "Image": p.image,
+        "Env": p.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "Tty": false,
+        "OpenStdin": has_stdin,
+        "StdinOnce": has_stdin,
+        "AttachStdin": has_stdin,
+        "Labels": {
+            "ferry.task": ctx.task_id.to_string(),
+            "ferry.step": ctx.step,
+            "ferry.job": ctx.job_id,
+            "ferry.job_dir": p.io.job_dir,
+        },
+        "HostConfig": {"Binds": binds, "NetworkMode": network},
+    });
+    if !p.entrypoint.is_empty() {
+        spec["Entrypoint"] = json!(p.entrypoint);
+    }
+    if !p.cmd.is_empty() {
+        spec["Cmd"] = json!(p.cmd);
+    }
+    Ok(spec)
+}
+
 /// Splits the engine's multiplexed log stream (8-byte headers: stream, 0, 0, 0, length)
 /// into stdout (captured to `stdout_file`, or logged) and stderr (logged as warnings).
 async fn follow(
@@ -534,5 +560,76 @@ fn log_lines(ctx: &JobContext, pending: &mut Vec<u8>, data: &[u8], source: &str,
         } else if pending.len() < MAX_LINE {
             pending.push(b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::config::AllowConfig;
+    use ferry_core::kinds::{JobIo, MountIo};
+
+    fn ctx() -> JobContext {
+        crate::executor::test_context(Value::Null, &std::env::temp_dir())
+    }
+
+    fn params(job_dir: &std::path::Path, network: Option<&str>) -> DockerParams {
+        DockerParams {
+            image: "alpine".into(),
+            entrypoint: Vec::new(),
+            cmd: vec!["true".into()],
+            env: Default::default(),
+            io: JobIo {
+                job_dir: job_dir.display().to_string(),
+                mounts: vec![MountIo {
+                    path: "/input/".into(),
+                    dir: job_dir.join("mounts/input").display().to_string(),
+                    sources: Vec::new(),
+                }],
+                ..Default::default()
+            },
+            network: network.map(str::to_owned),
+            timeout_secs: None,
+        }
+    }
+
+    #[test]
+    fn containers_get_no_network_unless_allowed_and_only_the_jobs_own_directories() {
+        let root = tempfile::tempdir().expect("tmp");
+        let roots = vec![root.path().to_owned()];
+        let job_dir = root.path().join("jobs/a/score");
+        let closed = Policy::new(roots.clone(), AllowConfig::default());
+        // No network asked: none.
+        let p = params(&job_dir, None);
+        let network = closed.docker_network(p.network.as_deref()).expect("none");
+        let io = jobio::prepare(&p.io, &roots).expect("prepared");
+        let spec = container_spec(&ctx(), &p, &io, &network).expect("spec");
+        assert_eq!(spec["HostConfig"]["NetworkMode"], "none");
+        assert_eq!(
+            spec["HostConfig"]["Binds"],
+            json!([format!("{}:/input", job_dir.join("mounts/input").display())])
+        );
+        // A network asked for on a host that does not allow one: refused.
+        let e = closed
+            .docker_network(params(&job_dir, Some("host")).network.as_deref())
+            .expect_err("refused");
+        assert!(e.message.contains("agent.allow.docker_network"), "{e}");
+        // Allowed: the step's network.
+        let open = Policy::new(
+            roots.clone(),
+            AllowConfig {
+                docker_network: true,
+                ..Default::default()
+            },
+        );
+        let p = params(&job_dir, Some("bridge"));
+        let network = open.docker_network(p.network.as_deref()).expect("allowed");
+        let spec = container_spec(&ctx(), &p, &io, &network).expect("spec");
+        assert_eq!(spec["HostConfig"]["NetworkMode"], "bridge");
+        // A bind from outside the job directory never reaches the engine.
+        let mut escaped = io.clone();
+        escaped.mounts = vec![("/etc/".into(), PathBuf::from("/etc"))];
+        let e = container_spec(&ctx(), &p, &escaped, "none").expect_err("outside");
+        assert!(e.message.contains("must lie inside"), "{e}");
     }
 }

@@ -6,11 +6,11 @@
 //! `::ferry-metric:: NAME VALUE [INDEX]` records a metric. Every other line is a log line.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_core::config::FerryConfig;
 use ferry_core::kinds::{self, ExecParams, NoopParams};
 use ferry_proto::v1::LogLevel;
 use nix::sys::signal::{Signal, killpg};
@@ -21,11 +21,25 @@ use tokio::process::Command;
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
 use crate::jobio;
 use crate::output::{MAX_LINE, read_line_bounded, sleep_opt};
+use crate::policy::{Policy, join_within};
 use ferry_transfer::transfer::human_bytes;
 
 /// How long a cancelled program gets between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
-pub struct ExecExecutor;
+
+/// Runs the step's program, if `agent.allow.programs` lets it, among directories under the
+/// agent's roots.
+pub struct ExecExecutor {
+    policy: Policy,
+}
+
+impl ExecExecutor {
+    pub fn new(config: &FerryConfig) -> ExecExecutor {
+        ExecExecutor {
+            policy: Policy::from_config(config),
+        }
+    }
+}
 
 impl Executor for ExecExecutor {
     fn kind(&self) -> &'static str {
@@ -33,31 +47,40 @@ impl Executor for ExecExecutor {
     }
 
     fn run(&self, ctx: JobContext) -> JobFuture {
-        Box::pin(run_exec(ctx))
+        Box::pin(run_exec(ctx, self.policy.clone()))
     }
 }
 
-async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
+async fn run_exec(ctx: JobContext, policy: Policy) -> Result<(), JobError> {
     let p: ExecParams = ctx.params()?;
+    // Everything is checked before an input is cleared or read.
+    let program = policy.program(&p.program, &p.env)?;
+    let workdir = match (&p.workdir, &p.io) {
+        (Some(dir), _) => Some(policy.confine_dest("working directory", dir)?),
+        (None, Some(_)) => None,
+        (None, None) => Some(join_within(
+            &ctx.work_dir,
+            "working directory",
+            &format!("task-{}/{}", ctx.task_id, ctx.step),
+        )?),
+    };
     let io = match &p.io {
         Some(io) => {
             let io = io.clone();
+            let roots = policy.roots().to_vec();
             Some(
-                tokio::task::spawn_blocking(move || jobio::prepare(&io))
+                tokio::task::spawn_blocking(move || jobio::prepare(&io, &roots))
                     .await
                     .map_err(|e| JobError::transient(format!("preparing inputs: {e}")))??,
             )
         }
         None => None,
     };
-    let workdir = match (&p.workdir, &io) {
-        (Some(dir), _) => PathBuf::from(dir),
+    let workdir = match (workdir, &io) {
+        (Some(dir), _) => dir,
         // A graph job works among its mounts: MOUNT `/input/` is `./input/`.
         (None, Some(io)) => io.mounts_root.clone(),
-        (None, None) => ctx
-            .work_dir
-            .join(format!("task-{}", ctx.task_id))
-            .join(&ctx.step),
+        (None, None) => ctx.work_dir.clone(),
     };
     let stdin_files = io
         .as_ref()
@@ -70,8 +93,9 @@ async fn run_exec(ctx: JobContext) -> Result<(), JobError> {
             workdir.display()
         ))
     })?;
-    let mut cmd = Command::new(&p.program);
-    cmd.args(&p.args)
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&p.program)
+        .args(&p.args)
         .envs(&p.env)
         .env("FERRY_TASK_ID", ctx.task_id.to_string())
         .env("FERRY_TASK_NAME", &ctx.task_name)
@@ -303,5 +327,48 @@ impl Executor for NoopExecutor {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::config::AllowConfig;
+
+    #[tokio::test]
+    async fn a_program_off_the_list_and_a_working_directory_outside_the_roots_are_refused() {
+        let root = tempfile::tempdir().expect("tmp");
+        let policy = Policy::new(
+            vec![root.path().to_owned()],
+            AllowConfig {
+                programs: vec!["true".into()],
+                ..Default::default()
+            },
+        );
+        let run = |params| {
+            run_exec(
+                crate::executor::test_context(params, root.path()),
+                policy.clone(),
+            )
+        };
+        let e = run(serde_json::json!({"program": "sh", "args": ["-c", "true"]}))
+            .await
+            .expect_err("not listed");
+        assert_eq!(
+            e.message,
+            "program `sh` is not allowed on this host (agent.allow.programs: true)"
+        );
+        assert_eq!(e.class, ferry_core::ErrorClass::Permanent);
+        let e = run(serde_json::json!({"program": "true", "workdir": "/etc"}))
+            .await
+            .expect_err("outside");
+        assert!(
+            e.message.starts_with("working directory `/etc` is refused"),
+            "{e}"
+        );
+        run(serde_json::json!({"program": "true"}))
+            .await
+            .expect("listed, in the job's own directory");
+        assert!(root.path().join("task-7/s").is_dir());
     }
 }

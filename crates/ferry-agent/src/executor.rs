@@ -179,3 +179,22 @@ pub(crate) struct Reported {
     pub(crate) checkpoint: Option<String>,
     pub(crate) progress: Option<String>,
 }
+
+/// A job context for executor tests: its events go nowhere.
+#[cfg(test)]
+pub(crate) fn test_context(params: serde_json::Value, work_dir: &std::path::Path) -> JobContext {
+    let (events, _rx) = mpsc::unbounded_channel();
+    JobContext {
+        job_id: "agent-1-abc".into(),
+        task_id: 7,
+        task_name: "t".into(),
+        step: "s".into(),
+        attempt: 1,
+        params,
+        checkpoint: None,
+        work_dir: work_dir.to_owned(),
+        cancel: CancellationToken::new(),
+        events,
+        record: JobRecord::default(),
+    }
+}

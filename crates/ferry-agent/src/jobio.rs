@@ -10,6 +10,7 @@ use ferry_core::kinds::{Delivery, JobIo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::executor::JobError;
+use crate::policy::{confine_within, join_within};
 
 /// What `prepare` made ready.
 #[derive(Debug, Clone)]
@@ -25,22 +26,49 @@ pub struct PreparedIo {
 }
 
 /// Creates the job's directories and links every delivery into place. Blocking.
-pub fn prepare(io: &JobIo) -> Result<PreparedIo, JobError> {
-    let job_dir = PathBuf::from(&io.job_dir);
-    let mounts_root = job_dir.join("mounts");
+///
+/// Every path is confined first, symlinks resolved, before anything is cleared or read: the
+/// job directory under `roots`, its mount and output directories inside the job directory
+/// (the only host directories a container gets), deliveries under `roots`.
+pub fn prepare(io: &JobIo, roots: &[PathBuf]) -> Result<PreparedIo, JobError> {
+    let job_dir = ferry_fs::confine::under_roots(roots, &io.job_dir, true).map_err(|e| {
+        JobError::permanent(format!(
+            "job directory `{}` is refused: {}",
+            e.path, e.reason
+        ))
+    })?;
+    mkdir(&job_dir)?;
+    let mounts_root = join_within(&job_dir, "job directory", "mounts")?;
     mkdir(&mounts_root)?;
-    // Every attempt starts from empty mounts and output: nothing an earlier attempt left
-    // behind is fed to this one or shipped to consumers.
-    let stdout_file = if io.capture_stdout {
-        let dir = job_dir.join("output").join("stdout");
-        recreate_dir(&dir)?;
-        Some(dir.join(STDOUT_FILE))
+    let stdout_dir = if io.capture_stdout {
+        Some(join_within(&job_dir, "job directory", "output/stdout")?)
     } else {
         None
     };
-    let mut mounts = Vec::with_capacity(io.mounts.len());
+    let mut mount_dirs = Vec::with_capacity(io.mounts.len());
     for m in &io.mounts {
-        let dir = PathBuf::from(&m.dir);
+        mount_dirs.push(confine_within(&job_dir, "mount directory", &m.dir)?);
+    }
+    for d in io
+        .stdin
+        .iter()
+        .chain(io.mounts.iter().flat_map(|m| &m.sources))
+    {
+        ferry_fs::confine::under_roots(roots, &d.dir, false).map_err(|e| {
+            JobError::permanent(format!("input `{}` is refused: {}", e.path, e.reason))
+        })?;
+    }
+    // Every attempt starts from empty mounts and output: nothing an earlier attempt left
+    // behind is fed to this one or shipped to consumers.
+    let stdout_file = match stdout_dir {
+        Some(dir) => {
+            recreate_dir(&dir)?;
+            Some(dir.join(STDOUT_FILE))
+        }
+        None => None,
+    };
+    let mut mounts = Vec::with_capacity(io.mounts.len());
+    for (m, dir) in io.mounts.iter().zip(mount_dirs) {
         recreate_dir(&dir)?;
         for source in &m.sources {
             link_delivery(source, &dir)?;
@@ -233,7 +261,8 @@ mod tests {
             }],
             capture_stdout: true,
         };
-        let p = prepare(&io).expect("prepared");
+        let roots = [tmp.path().to_owned()];
+        let p = prepare(&io, &roots).expect("prepared");
         let m = tmp.path().join("job/mounts/input");
         assert_eq!(
             std::fs::read_to_string(m.join("one.csv")).ok().as_deref(),
@@ -258,7 +287,7 @@ mod tests {
             Some(tmp.path().join("job/output/stdout/stdout"))
         );
         // A second attempt finds the links in place and replaces them.
-        prepare(&io).expect("prepared again");
+        prepare(&io, &roots).expect("prepared again");
         // Renaming several files into one name is refused with the reason.
         let bad = JobIo {
             mounts: vec![MountIo {
@@ -268,10 +297,62 @@ mod tests {
             }],
             ..io
         };
-        let e = prepare(&bad).expect_err("refused");
+        let e = prepare(&bad, &roots).expect_err("refused");
         assert!(
             e.message.contains("needs exactly one delivered file"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn mounts_outside_the_job_and_inputs_outside_the_roots_are_refused_before_any_clearing() {
+        let root = tempfile::tempdir().expect("tmp");
+        let outside = tempfile::tempdir().expect("tmp");
+        let sentinel = outside.path().join("sentinel");
+        std::fs::write(&sentinel, "keep").expect("write");
+        let roots = [root.path().to_owned()];
+        let job = root.path().join("job");
+        let io = |mount_dir: &Path, source: Option<&Path>| JobIo {
+            job_dir: job.display().to_string(),
+            mounts: vec![MountIo {
+                path: "/m/".into(),
+                dir: mount_dir.display().to_string(),
+                sources: source
+                    .map(|s| Delivery {
+                        dir: s.display().to_string(),
+                        file_name: None,
+                    })
+                    .into_iter()
+                    .collect(),
+            }],
+            ..Default::default()
+        };
+        // A mount directory outside the job directory (here outside the roots too).
+        let e = prepare(&io(outside.path(), None), &roots).expect_err("outside");
+        assert!(e.message.starts_with("mount directory `"), "{e}");
+        assert!(sentinel.exists(), "nothing was cleared");
+        // Inside the roots but not inside the job: also refused, and so is the job itself.
+        let e = prepare(&io(&root.path().join("other"), None), &roots).expect_err("beside");
+        assert!(e.message.contains("refused"), "{e}");
+        let e = prepare(&io(&job, None), &roots).expect_err("the job dir");
+        assert!(e.message.contains("must lie inside"), "{e}");
+        // A symlink in the job directory that leads out.
+        std::fs::create_dir_all(job.join("mounts")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), job.join("mounts/m")).expect("symlink");
+        let e = prepare(&io(&job.join("mounts/m"), None), &roots).expect_err("symlink");
+        assert!(e.message.contains("symlink"), "{e}");
+        assert!(sentinel.exists(), "nothing was cleared through the symlink");
+        // A delivery read from outside the roots.
+        let e = prepare(&io(&job.join("mounts/in"), Some(outside.path())), &roots)
+            .expect_err("input outside");
+        assert!(e.message.starts_with("input `"), "{e}");
+        // A job directory outside the roots.
+        let bad = JobIo {
+            job_dir: outside.path().join("job").display().to_string(),
+            ..Default::default()
+        };
+        let e = prepare(&bad, &roots).expect_err("job outside");
+        assert!(e.message.starts_with("job directory `"), "{e}");
+        assert!(!outside.path().join("job").exists());
     }
 }

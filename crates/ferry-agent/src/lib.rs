@@ -10,6 +10,7 @@ pub mod jobio;
 mod outbox;
 mod output;
 pub mod paths;
+pub mod policy;
 pub mod runtime;
 pub mod services;
 pub mod transfer;

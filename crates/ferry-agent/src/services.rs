@@ -2,8 +2,6 @@
 //! transfers that carry them to their consumers) and the self-peer download (`upload` kind:
 //! a job's output sent to the coordinator, checksummed file by file).
 
-use std::path::PathBuf;
-
 use ferry_core::config::FerryConfig;
 use ferry_core::kinds::{self, DataParams, UploadParams};
 use ferry_proto::v1::{self, agent_service_client::AgentServiceClient, output_chunk::Part};
@@ -14,18 +12,19 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
 use crate::jobio::{link_or_copy, regular_files};
+use crate::policy::Policy;
 
 /// Bytes per upload message.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
 
 pub struct DataExecutor {
-    roots: Vec<PathBuf>,
+    policy: Policy,
 }
 
 impl DataExecutor {
     pub fn new(config: &FerryConfig) -> DataExecutor {
         DataExecutor {
-            roots: config.agent.effective_roots(config),
+            policy: Policy::from_config(config),
         }
     }
 }
@@ -36,10 +35,10 @@ impl Executor for DataExecutor {
     }
 
     fn run(&self, ctx: JobContext) -> JobFuture {
-        let roots = self.roots.clone();
+        let policy = self.policy.clone();
         Box::pin(async move {
             let p: DataParams = ctx.params()?;
-            let (files, bytes) = tokio::task::spawn_blocking(move || publish(&p, &roots))
+            let (files, bytes) = tokio::task::spawn_blocking(move || publish(&p, &policy))
                 .await
                 .map_err(|e| JobError::transient(format!("publishing data: {e}")))??;
             ctx.info(format!(
@@ -53,16 +52,13 @@ impl Executor for DataExecutor {
 }
 
 /// Links the offered files into `output_dir` (replacing what an earlier attempt left).
-fn publish(p: &DataParams, roots: &[PathBuf]) -> Result<(usize, u64), JobError> {
-    // Every offered path is checked before anything is cleared or read.
+fn publish(p: &DataParams, policy: &Policy) -> Result<(usize, u64), JobError> {
+    // Every path, offered or written, is checked before anything is cleared or read.
     let mut offered = Vec::with_capacity(p.paths.len());
     for raw in &p.paths {
-        let src = ferry_fs::confine::under_roots(roots, raw, false).map_err(|e| {
-            JobError::permanent(format!("offered data `{raw}` is refused: {}", e.reason))
-        })?;
-        offered.push((raw, src));
+        offered.push((raw, policy.confine("offered data", raw)?));
     }
-    let out = PathBuf::from(&p.output_dir);
+    let out = policy.confine_replaced("output directory", &p.output_dir)?;
     match std::fs::remove_dir_all(&out) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -100,14 +96,18 @@ fn publish(p: &DataParams, roots: &[PathBuf]) -> Result<(usize, u64), JobError> 
 
 pub struct UploadExecutor {
     coordinator_url: String,
+    tls: ferry_core::config::TlsConfig,
     agent: String,
+    policy: Policy,
 }
 
 impl UploadExecutor {
-    pub fn new(coordinator_url: &str, agent: &str) -> UploadExecutor {
+    pub fn new(coordinator_url: &str, agent: &str, config: &FerryConfig) -> UploadExecutor {
         UploadExecutor {
             coordinator_url: coordinator_url.to_owned(),
+            tls: config.tls.clone(),
             agent: agent.to_owned(),
+            policy: Policy::from_config(config),
         }
     }
 }
@@ -119,14 +119,23 @@ impl Executor for UploadExecutor {
 
     fn run(&self, ctx: JobContext) -> JobFuture {
         let url = self.coordinator_url.clone();
+        let tls = self.tls.clone();
         let agent = self.agent.clone();
-        Box::pin(async move { upload(ctx, url, agent).await })
+        let policy = self.policy.clone();
+        Box::pin(async move { upload(ctx, url, &tls, agent, policy).await })
     }
 }
 
-async fn upload(ctx: JobContext, url: String, agent: String) -> Result<(), JobError> {
+async fn upload(
+    ctx: JobContext,
+    url: String,
+    tls: &ferry_core::config::TlsConfig,
+    agent: String,
+    policy: Policy,
+) -> Result<(), JobError> {
     let p: UploadParams = ctx.params()?;
-    let root = PathBuf::from(&p.local_path);
+    // Only what lies under the agent's roots leaves the host.
+    let root = policy.confine("upload source", &p.local_path)?;
     let mut files = {
         let root = root.clone();
         tokio::task::spawn_blocking(move || regular_files(&root))
@@ -151,9 +160,12 @@ async fn upload(ctx: JobContext, url: String, agent: String) -> Result<(), JobEr
         files.len(),
         human_bytes(total)
     ));
-    let mut client = AgentServiceClient::connect(url.clone())
+    let endpoint = ferry_proto::tls::endpoint(&url, tls).map_err(|e| JobError::permanent(e.to_string()))?;
+    let channel = endpoint
+        .connect()
         .await
-        .map_err(|e| JobError::transient(format!("cannot reach the coordinator at {url}: {e}")))?
+        .map_err(|e| JobError::transient(format!("cannot reach the coordinator at {url}: {e}")))?;
+    let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(8 * 1024 * 1024)
         .max_encoding_message_size(8 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<v1::OutputChunk>(4);
@@ -222,4 +234,55 @@ async fn upload(ctx: JobContext, url: String, agent: String) -> Result<(), JobEr
     ));
     ctx.metric("upload_bytes", receipt.bytes as f64, 0);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::config::AllowConfig;
+
+    #[test]
+    fn data_output_outside_the_roots_is_refused_before_it_is_cleared() {
+        let root = tempfile::tempdir().expect("tmp");
+        let outside = tempfile::tempdir().expect("tmp");
+        let sentinel = outside.path().join("sentinel");
+        std::fs::write(&sentinel, "keep").expect("write");
+        std::fs::write(root.path().join("offered.csv"), "1\n").expect("write");
+        let policy = Policy::new(vec![root.path().to_owned()], AllowConfig::default());
+        let p = |output_dir: &std::path::Path| DataParams {
+            paths: vec![root.path().join("offered.csv").display().to_string()],
+            output_dir: output_dir.display().to_string(),
+        };
+        let e = publish(&p(outside.path()), &policy).expect_err("outside");
+        assert!(e.message.starts_with("output directory `"), "{e}");
+        assert!(sentinel.exists(), "nothing was cleared");
+        let e = publish(&p(root.path()), &policy).expect_err("a root");
+        assert!(e.message.contains("one of this agent's roots"), "{e}");
+        assert_eq!(
+            publish(&p(&root.path().join("out")), &policy).expect("inside"),
+            (1, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upload_from_outside_the_roots_is_refused_before_anything_is_read() {
+        let root = tempfile::tempdir().expect("tmp");
+        let policy = Policy::new(vec![root.path().to_owned()], AllowConfig::default());
+        let ctx = crate::executor::test_context(
+            serde_json::json!({"local_path": "/etc", "node": "n"}),
+            root.path(),
+        );
+        // No coordinator listens there: the refusal comes first.
+        let tls = ferry_core::config::TlsConfig::default();
+        let e = upload(ctx, "http://127.0.0.1:1".into(), &tls, "a".into(), policy)
+            .await
+            .expect_err("refused");
+        assert!(
+            e.message.starts_with(
+                "upload source `/etc` is refused: not under any of this agent's roots"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.class, ferry_core::ErrorClass::Permanent);
+    }
 }

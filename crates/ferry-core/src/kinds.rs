@@ -303,8 +303,22 @@ pub struct NoopParams {
 }
 
 /// Checks that `params` are well-formed for `kind`. Returns a message fit to follow
-/// "step `x`: ".
+/// "step `x`: ". A value holding a placeholder (`${param.day}`) is checked once the task
+/// fills it in (`validate_rendered`).
 pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
+    validate(kind, params, false)
+}
+
+/// `validate_params` for parameters as a job receives them, placeholders filled in: nothing
+/// is skipped (a `${` still in a value is taken literally and must pass the same rules).
+/// The coordinator runs it on rendered parameters and agents again before running a job.
+pub fn validate_rendered(kind: &str, params: &Value) -> Result<(), String> {
+    validate(kind, params, true)
+}
+
+fn validate(kind: &str, params: &Value, rendered: bool) -> Result<(), String> {
+    // Checked when the task fills the placeholder in.
+    let later = |v: &str| !rendered && v.contains("${");
     match kind {
         EXEC => {
             let p: ExecParams = parse_params(params)?;
@@ -355,15 +369,14 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
         HIVE_LOAD => {
             let p: HiveLoadParams = parse_params(params)?;
             crate::ident::TableRef::parse(&p.table).map_err(|e| e.to_string())?;
-            // A placeholder (`${param.day}`) is checked when the task fills it in.
-            if !p.partition.contains("${") {
+            if !later(&p.partition) {
                 crate::ident::PartitionSpec::parse(&p.partition).map_err(|e| e.to_string())?;
             }
             Ok(())
         }
         TRAIN => {
             let p: TrainParams = parse_params(params)?;
-            if !p.dataset_id.contains("${") {
+            if !later(&p.dataset_id) {
                 check_name("dataset_id", &p.dataset_id)?;
             }
             if p.sample_dir.trim().is_empty() {
@@ -392,7 +405,7 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
                 ("model_id", &p.model_id),
                 ("expid", &p.expid),
             ] {
-                if !v.contains("${") {
+                if !later(v) {
                     check_name(key, v)?;
                 }
             }
@@ -607,5 +620,28 @@ mod tests {
             validate_params(INFER, &infer),
             Err("`batch_size` must be at least 1".into())
         );
+    }
+
+    #[test]
+    fn rendered_values_get_the_checks_their_placeholders_skipped() {
+        let train = json!({"dataset_id": "${param.x}", "sample_dir": "/d",
+            "model": {"model": "DeepFM", "model_id": "m1"}});
+        assert_eq!(validate_params(TRAIN, &train), Ok(()));
+        let escaped = json!({"dataset_id": "/tmp/escape", "sample_dir": "/d",
+            "model": {"model": "DeepFM", "model_id": "m1"}});
+        assert!(
+            validate_rendered(TRAIN, &escaped)
+                .is_err_and(|e| e.contains("`dataset_id` must be a name"))
+        );
+        // A `${` that survives rendering (written `$${`) is a literal, not a pass.
+        assert!(validate_rendered(TRAIN, &train).is_err());
+        let infer = json!({"dataset_id": "c", "model_id": "${param.m}", "input_dir": "/i",
+            "expid": "e1"});
+        assert_eq!(validate_params(INFER, &infer), Ok(()));
+        assert!(validate_rendered(INFER, &infer).is_err());
+        let load = json!({"table": "a.b", "partition": "${param.p}", "parts_dir": "/s"});
+        assert_eq!(validate_params(HIVE_LOAD, &load), Ok(()));
+        let load = json!({"table": "a.b", "partition": "dt=1/../x", "parts_dir": "/s"});
+        assert!(validate_rendered(HIVE_LOAD, &load).is_err());
     }
 }
