@@ -121,6 +121,7 @@ pub fn settings(role: Role, config: &FerryConfig, args: &AgentArgs) -> AgentSett
             .clone()
             .unwrap_or_else(|| config.agent.coordinator_url.clone()),
         reconnect_interval: Duration::from_millis(config.agent.reconnect_interval_ms),
+        tls: config.tls.clone(),
         gpus,
         shutdown_grace: Duration::from_secs(10),
         paths: reported_paths(config, &work_dir),

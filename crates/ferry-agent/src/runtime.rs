@@ -20,7 +20,7 @@ use ferry_proto::{error_class_to_wire, job_state_to_wire};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::executor::{Executor, JobContext, JobRecord};
@@ -32,6 +32,9 @@ pub struct AgentSettings {
     pub name: String,
     pub role: Role,
     pub coordinator_url: String,
+    /// `tls:`: the CA the coordinator's certificate must chain to, and this agent's own
+    /// certificate (whose name is the agent's identity).
+    pub tls: ferry_core::config::TlsConfig,
     pub work_dir: PathBuf,
     pub reconnect_interval: Duration,
     pub gpus: Vec<u32>,
@@ -196,7 +199,12 @@ pub async fn run(
         path: settings.work_dir.clone(),
         source,
     })?;
-    let endpoint = Endpoint::from_shared(settings.coordinator_url.clone())
+    if settings.tls.enabled() && settings.tls.cert.as_os_str().is_empty() {
+        return Err(AgentError::Setup(
+            "`tls.cert` and `tls.key` must name this agent's certificate (`ferry pki issue --agent NAME`)".into(),
+        ));
+    }
+    let endpoint = ferry_proto::tls::endpoint(&settings.coordinator_url, &settings.tls)
         .map_err(|e| AgentError::BadUrl {
             url: settings.coordinator_url.clone(),
             message: e.to_string(),

@@ -4,6 +4,7 @@
 //! identifiers, the workflow DAG and its validation, the job/step/task state machines,
 //! retry policy, step-kind parameters, and the configuration schema.
 
+pub mod access;
 pub mod config;
 pub mod dag;
 pub mod graph;
