@@ -234,10 +234,21 @@ async fn the_pipeline_request_is_checked_field_by_field_and_against_the_agents()
 /// changed through `ferry task retry --set`, recorded in the log, and the retry uses them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_step_is_retried_with_changed_parameters() {
-    let mut c = Cluster::new();
+    let mut c = Cluster::secure("");
     c.start_coordinator().await;
     c.start_agent("train", "train-1");
     c.wait_for_agents(1).await;
+    let ana = c
+        .client()
+        .await
+        .create_token(ferry_proto::v1::CreateTokenRequest {
+            name: "ana".into(),
+            roles: vec!["operator".into()],
+        })
+        .await
+        .expect("token for ana")
+        .into_inner()
+        .token;
     let marker = c.path("ran-with");
     c.apply(&format!(
         "name: tune\nsteps:\n  - name: fit\n    kind: exec\n    placement: {{role: training}}\n    params:\n      program: sh\n      args: [\"-c\", \"echo $0 > {m}; test $0 = good\", \"bad\"]\n      permanent_exit_codes: [1]\n",
@@ -267,9 +278,10 @@ async fn a_failed_step_is_retried_with_changed_parameters() {
         marker.display()
     );
     let set = format!("fit.args={args}");
-    let out = ok_stdout(ferry(
-        &c,
-        &["task", "retry", &id, "--set", &set, "--user", "ana"],
+    // Recorded under the token's identity.
+    let out = ok_stdout(c.cli_with_env(
+        &["task", "retry", &id, "--set", &set],
+        &[("FERRY_TOKEN", &ana)],
     ));
     assert!(out.contains("task") && out.contains("retried"), "{out}");
     c.wait_status(task.id, "completed", Duration::from_secs(60))

@@ -173,7 +173,13 @@ steps:
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("awaits approval"));
     let out = c.cli_with_env(
-        &["reject", &task.id.to_string(), "load", "-c", "scores look off"],
+        &[
+            "reject",
+            &task.id.to_string(),
+            "load",
+            "-c",
+            "scores look off",
+        ],
         &as_alice,
     );
     assert!(

@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use ferry_e2e::sshd::{keygen, whoami};
-use ferry_proto::v1;
 use ferry_core::config::TlsConfig;
+use ferry_e2e::sshd::{keygen, whoami};
 use ferry_e2e::{Bearer, Client};
 use ferry_proto::pki::{self, Subject};
+use ferry_proto::v1;
 use ferry_proto::v1::workflow_service_client::WorkflowServiceClient;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -667,12 +667,13 @@ async fn run_once(
     let trust = Trust::create(&base, &bin_dir, &net.coordinator_ip)?;
     std::fs::write(
         &coord_config,
-        trust.coordinator_yaml() + &format!(
-            "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"sqlite://{db}?mode=rwc\"\n  metrics_listen: \"{ip}:{metrics_port}\"\n  data_dir: \"{data}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: {confirm_above}\n",
-            ip = net.coordinator_ip,
-            db = coord_dir.join("ferry.db").display(),
-            data = coord_dir.join("data").display()
-        ),
+        trust.coordinator_yaml()
+            + &format!(
+                "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"sqlite://{db}?mode=rwc\"\n  metrics_listen: \"{ip}:{metrics_port}\"\n  data_dir: \"{data}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: {confirm_above}\n",
+                ip = net.coordinator_ip,
+                db = coord_dir.join("ferry.db").display(),
+                data = coord_dir.join("data").display()
+            ),
     )?;
     let coord_url = format!("https://{}:{coord_port}", net.coordinator_ip);
     let mut daemons = Vec::new();
@@ -1146,10 +1147,7 @@ fn daemon_name(i: usize) -> &'static str {
     }
 }
 
-async fn wait_for_agents(
-    client: &mut Client,
-    n: usize,
-) -> anyhow::Result<()> {
+async fn wait_for_agents(client: &mut Client, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let agents = client

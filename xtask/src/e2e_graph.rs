@@ -29,10 +29,7 @@ fn words() -> Vec<String> {
         .collect()
 }
 
-pub async fn run(
-    g: &GraphRun<'_>,
-    client: &mut ferry_e2e::Client,
-) -> anyhow::Result<()> {
+pub async fn run(g: &GraphRun<'_>, client: &mut ferry_e2e::Client) -> anyhow::Result<()> {
     let words = words();
     let data = g.host_dirs[0].join("data/graph");
     std::fs::create_dir_all(&data)?;

@@ -160,7 +160,8 @@ async fn upload(
         files.len(),
         human_bytes(total)
     ));
-    let endpoint = ferry_proto::tls::endpoint(&url, tls).map_err(|e| JobError::permanent(e.to_string()))?;
+    let endpoint =
+        ferry_proto::tls::endpoint(&url, tls).map_err(|e| JobError::permanent(e.to_string()))?;
     let channel = endpoint
         .connect()
         .await
