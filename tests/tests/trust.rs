@@ -296,3 +296,50 @@ async fn agents_are_known_by_their_certificates() {
         assert!(log.contains(event), "`{event}` is not logged: {log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_env_values_reach_the_job_but_never_the_read_api() {
+    let mut c = Cluster::secure("");
+    c.start_coordinator().await;
+    c.start_agent("train", "train-1");
+    c.wait_for_agents(1).await;
+    let out = c.path("work/secret-seen");
+    c.apply(&format!(
+        "name: secretive\nsteps:\n  - name: use\n    kind: exec\n    placement: {{agent: train-1}}\n    params:\n      program: sh\n      args: [\"-c\", \"printf %s \\\"$API_KEY\\\" > {}\"]\n      env: {{API_KEY: hunter2-secret, MODE: fast}}\n      secret_env: [API_KEY]\n",
+        out.display()
+    ))
+    .await
+    .expect("apply");
+    let task = c.create_task("secretive").await;
+    c.wait_status(task.id, "completed", T).await;
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("the job ran"),
+        "hunter2-secret"
+    );
+    let wf = c
+        .client()
+        .await
+        .get_workflow(v1::GetWorkflowRequest {
+            name: "secretive".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let shown = format!("{wf:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        shown.contains("********") && shown.contains("fast"),
+        "{shown}"
+    );
+    let cli = c.cli(&["workflow", "show", "secretive"]);
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(
+        !printed.contains("hunter2") && printed.contains("********"),
+        "{printed}"
+    );
+}

@@ -579,6 +579,7 @@ mod tests {
             entrypoint: Vec::new(),
             cmd: vec!["true".into()],
             env: Default::default(),
+            secret_env: Vec::new(),
             io: JobIo {
                 job_dir: job_dir.display().to_string(),
                 mounts: vec![MountIo {

@@ -321,6 +321,7 @@ pub async fn run(
                     entrypoint,
                     cmd,
                     env: env.into_iter().collect(),
+                    secret_env: Vec::new(),
                     gui_x: at.map(|a| a.0).unwrap_or_default(),
                     gui_y: at.map(|a| a.1).unwrap_or_default(),
                 },

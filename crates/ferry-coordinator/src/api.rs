@@ -115,7 +115,11 @@ fn metric_to_wire(m: &step_metric::Model) -> v1::Metric {
 }
 
 pub(crate) fn workflow_to_wire(w: &workflow::Model) -> Result<v1::Workflow, Status> {
-    let def = Store::definition_of(w).map_err(store_err)?;
+    let mut def = Store::definition_of(w).map_err(store_err)?;
+    // Secret env values never leave the coordinator.
+    for step in &mut def.steps {
+        ferry_core::kinds::mask_secrets(&mut step.params);
+    }
     Ok(v1::Workflow {
         id: w.id,
         definition: Some(v1::WorkflowDefinition::from(&def)),
@@ -570,7 +574,14 @@ impl WorkflowService for WorkflowApi {
             })
             .await?;
         let target = format!("task/{}/step/{}", u.task_id, u.step);
-        self.audit(&who, "step.update_params", &target, &u.patch_json)
+        // The audit keeps which env keys changed, not their values (they may be secret).
+        let mut shown: serde_json::Value = serde_json::from_str(&u.patch_json).unwrap_or_default();
+        if let Some(env) = shown.get_mut("env").and_then(|e| e.as_object_mut()) {
+            for v in env.values_mut() {
+                *v = serde_json::Value::String(ferry_core::kinds::MASK.into());
+            }
+        }
+        self.audit(&who, "step.update_params", &target, &shown.to_string())
             .await;
         self.task_reply(row).await
     }

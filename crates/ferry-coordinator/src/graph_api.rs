@@ -19,9 +19,12 @@ pub fn graph_to_wire(row: &workflow_graph::Model) -> Result<v1::Graph, Status> {
         Ok(()) => Vec::new(),
         Err(e) => e.problems.iter().map(ToString::to_string).collect(),
     };
+    // Secret env values never leave the coordinator.
+    let definition_json = serde_json::to_string(&graph.masked())
+        .map_err(|e| Status::internal(format!("cannot serialise graph `{}`: {e}", row.name)))?;
     Ok(v1::Graph {
         name: row.name.clone(),
-        definition_json: row.definition.clone(),
+        definition_json,
         created_at: ts(row.created_at),
         updated_at: ts(row.updated_at),
         problems,

@@ -66,6 +66,9 @@ pub struct NodeDef {
     pub cmd: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Names in `env` whose values are secret: never returned by the read API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
     /// Canvas position.
     #[serde(default)]
     pub gui_x: i64,
@@ -282,6 +285,19 @@ impl NodeDef {
 }
 
 impl GraphDef {
+    /// This graph with every secret env value replaced by [`crate::kinds::MASK`].
+    pub fn masked(&self) -> GraphDef {
+        let mut g = self.clone();
+        for n in &mut g.nodes {
+            for k in &n.secret_env {
+                if let Some(v) = n.env.get_mut(k) {
+                    *v = crate::kinds::MASK.into();
+                }
+            }
+        }
+        g
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodeDef> {
         self.nodes.iter().find(|n| n.name == name)
     }
@@ -759,6 +775,7 @@ pub fn plan(
                     "entrypoint": literal_value(&json!(n.entrypoint)),
                     "cmd": literal_value(&json!(n.cmd)),
                     "env": env,
+                    "secret_env": n.secret_env,
                     "io": job_io,
                 }),
             ),
@@ -773,7 +790,8 @@ pub fn plan(
                     .collect();
                 (
                     kinds::EXEC,
-                    json!({"program": program, "args": args, "env": env, "io": job_io}),
+                    json!({"program": program, "args": args, "env": env,
+                        "secret_env": n.secret_env, "io": job_io}),
                 )
             }
         };

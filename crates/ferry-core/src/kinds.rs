@@ -105,6 +105,9 @@ pub struct DockerParams {
     pub cmd: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Names in `env` whose values are secret: never returned by the read API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
     pub io: JobIo,
     /// The container's network: `none` (default), `bridge`, `host`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,6 +281,9 @@ pub struct ExecParams {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names in `env` whose values are secret: never returned by the read API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
     /// Working directory on the agent; the agent's own work dir when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
@@ -300,6 +306,37 @@ pub struct NoopParams {
     /// Optional pause before succeeding.
     #[serde(default)]
     pub sleep_ms: u64,
+}
+
+/// What the read API shows instead of a secret value.
+pub const MASK: &str = "********";
+
+fn check_secret_env(env: &BTreeMap<String, String>, secret: &[String]) -> Result<(), String> {
+    match secret.iter().find(|k| !env.contains_key(*k)) {
+        Some(k) => Err(format!("`secret_env` names `{k}`, which is not in `env`")),
+        None => Ok(()),
+    }
+}
+
+/// Replaces the values of `params.env` named in `params.secret_env` (exec and docker steps)
+/// with [`MASK`]: what every read of a definition returns.
+pub fn mask_secrets(params: &mut Value) {
+    let secret: Vec<String> = params
+        .get("secret_env")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(env) = params.get_mut("env").and_then(Value::as_object_mut) {
+        for k in secret {
+            if let Some(v) = env.get_mut(&k) {
+                *v = Value::String(MASK.into());
+            }
+        }
+    }
 }
 
 /// Checks that `params` are well-formed for `kind`. Returns a message fit to follow
@@ -325,6 +362,7 @@ fn validate(kind: &str, params: &Value, rendered: bool) -> Result<(), String> {
             if p.program.trim().is_empty() {
                 return Err("`program` must not be empty".into());
             }
+            check_secret_env(&p.env, &p.secret_env)?;
             if p.timeout_secs == Some(0) {
                 return Err("`timeout_secs` must be at least 1".into());
             }
@@ -443,6 +481,7 @@ fn validate(kind: &str, params: &Value, rendered: bool) -> Result<(), String> {
             if p.image.trim().is_empty() {
                 return Err("`image` must not be empty".into());
             }
+            check_secret_env(&p.env, &p.secret_env)?;
             if p.timeout_secs == Some(0) {
                 return Err("`timeout_secs` must be at least 1".into());
             }
@@ -643,5 +682,23 @@ mod tests {
         assert_eq!(validate_params(HIVE_LOAD, &load), Ok(()));
         let load = json!({"table": "a.b", "partition": "dt=1/../x", "parts_dir": "/s"});
         assert!(validate_rendered(HIVE_LOAD, &load).is_err());
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secret_env_values_are_masked_and_must_exist() {
+        let mut p = json!({"program": "run", "env": {"TOKEN": "s3cret", "MODE": "fast"},
+            "secret_env": ["TOKEN"]});
+        assert_eq!(validate_params(EXEC, &p), Ok(()));
+        mask_secrets(&mut p);
+        assert_eq!(p["env"]["TOKEN"], MASK);
+        assert_eq!(p["env"]["MODE"], "fast");
+        let bad = json!({"program": "run", "env": {}, "secret_env": ["TOKEN"]});
+        assert!(validate_params(EXEC, &bad).is_err_and(|e| e.contains("`TOKEN`")));
     }
 }

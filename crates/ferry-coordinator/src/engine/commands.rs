@@ -434,10 +434,22 @@ impl Engine {
             EngineError::InvalidRequest(format!("step `{step_name}` after the change: {e}"))
         })?;
         self.step_mut(key).row.params = params.to_string();
+        // The log shows the change with secret env values masked.
+        let mut shown = patch.clone();
+        if let (Some(env), Some(secret)) = (
+            shown.get_mut("env").and_then(|e| e.as_object_mut()),
+            params.get("secret_env").and_then(|s| s.as_array()),
+        ) {
+            for k in secret.iter().filter_map(|k| k.as_str()) {
+                if let Some(v) = env.get_mut(k) {
+                    *v = serde_json::Value::String(ferry_core::kinds::MASK.into());
+                }
+            }
+        }
         self.log_step(
             key,
             "INFO",
-            format!("parameters changed by {user}: {patch}"),
+            format!("parameters changed by {user}: {shown}"),
         );
         Ok(())
     }
