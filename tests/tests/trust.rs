@@ -220,6 +220,25 @@ async fn agents_are_known_by_their_certificates() {
     let job = step(&running, "work").job_id.clone();
     let secure = c.secure.as_ref().expect("secure cluster");
 
+    // Agents check the coordinator too: a CA that did not sign its certificate fails the
+    // handshake.
+    let other_ca = c.path("other-ca");
+    ferry_proto::pki::init(&other_ca, 1).expect("another CA");
+    let (cert, key) = secure.agent_cert("train-1");
+    let wrong_ca = TlsConfig {
+        ca: other_ca.join("ca.pem"),
+        cert,
+        key,
+    };
+    let refused = ferry_proto::tls::endpoint(&c.url(), &wrong_ca)
+        .expect("endpoint")
+        .connect()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a coordinator certificate from another CA was accepted"
+    );
+
     // No certificate: refused.
     let ca_only = secure.client_tls();
     let err = raw_agent(&c, &ca_only, vec![register("train-1")])

@@ -153,6 +153,7 @@ pub async fn run_daemon_with(
     args: AgentArgs,
     extra: Vec<Arc<dyn Executor>>,
 ) -> Result<(), AgentError> {
+    ferry_core::kinds::check_allowed_kinds(&config.agent.allow.kinds).map_err(AgentError::Setup)?;
     let settings = settings(role, &config, &args);
     let shutdown = CancellationToken::new();
     tokio::spawn({

@@ -626,21 +626,6 @@ impl FerryConfig {
         if self.agent.reconnect_interval_ms == 0 {
             return Err(invalid("agent.reconnect_interval_ms", "must be at least 1"));
         }
-        if let Some(k) = self
-            .agent
-            .allow
-            .kinds
-            .iter()
-            .find(|k| !crate::kinds::KNOWN_KINDS.contains(&k.as_str()))
-        {
-            return Err(invalid(
-                "agent.allow.kinds",
-                format!(
-                    "`{k}` is not a step kind (kinds: {})",
-                    crate::kinds::KNOWN_KINDS.join(", ")
-                ),
-            ));
-        }
         let tls = &self.tls;
         if tls.cert.as_os_str().is_empty() != tls.key.as_os_str().is_empty() {
             return Err(invalid("tls", "name both `cert` and `key` (or neither)"));

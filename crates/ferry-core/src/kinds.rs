@@ -308,6 +308,17 @@ pub struct NoopParams {
     pub sleep_ms: u64,
 }
 
+/// Checks `agent.allow.kinds` (config cannot: it sits below this module).
+pub fn check_allowed_kinds(kinds: &[String]) -> Result<(), String> {
+    match kinds.iter().find(|k| !KNOWN_KINDS.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "`agent.allow.kinds`: `{k}` is not a step kind (kinds: {})",
+            KNOWN_KINDS.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What the read API shows instead of a secret value.
 pub const MASK: &str = "********";
 
