@@ -253,6 +253,23 @@ async fn agents_are_known_by_their_certificates() {
         key,
         ..secure.client_tls()
     };
+    // An agent's certificate reads the client API (the monitor stage reports on its
+    // task) and does nothing else.
+    let channel = ferry_proto::tls::endpoint(&c.url(), &train2)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut as_agent = v1::workflow_service_client::WorkflowServiceClient::new(channel);
+    as_agent
+        .get_task(v1::TaskRef { task_id: task.id })
+        .await
+        .expect("an agent reads");
+    let err = as_agent
+        .create_task(create("slow"))
+        .await
+        .expect_err("an agent creates nothing");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     let err = raw_agent(&c, &train2, vec![register("train-1")])
         .await
         .expect_err("certificate for another name");
@@ -360,5 +377,25 @@ async fn secret_env_values_reach_the_job_but_never_the_read_api() {
     assert!(
         !printed.contains("hunter2") && printed.contains("********"),
         "{printed}"
+    );
+}
+
+#[test]
+fn a_coordinator_beyond_loopback_without_tls_and_tokens_refuses_to_start() {
+    let c = Cluster::new();
+    let out = std::process::Command::new(ferry_e2e::bin("ferry-coordinatord"))
+        .arg("--config")
+        .arg(&c.config)
+        .arg("--listen")
+        .arg("0.0.0.0:0")
+        .output()
+        .expect("run the coordinator");
+    assert!(!out.status.success(), "it started on 0.0.0.0 without TLS");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0")
+            && err.contains("tls.ca")
+            && err.contains("insecure: true"),
+        "{err}"
     );
 }

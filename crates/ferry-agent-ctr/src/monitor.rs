@@ -20,6 +20,8 @@ const REPORT_SUFFIX: &str = "_report.json";
 
 pub struct MonitorExecutor {
     coordinator_url: String,
+    /// The agent's own certificate: the coordinator lets agents read (role `viewer`).
+    tls: ferry_core::config::TlsConfig,
     roots: Vec<PathBuf>,
 }
 
@@ -27,6 +29,7 @@ impl MonitorExecutor {
     pub fn new(config: &FerryConfig, coordinator_url: &str) -> MonitorExecutor {
         MonitorExecutor {
             coordinator_url: coordinator_url.to_owned(),
+            tls: config.tls.clone(),
             roots: config.agent.effective_roots(config),
         }
     }
@@ -39,12 +42,13 @@ impl Executor for MonitorExecutor {
 
     fn run(&self, ctx: JobContext) -> JobFuture {
         let url = self.coordinator_url.clone();
+        let tls = self.tls.clone();
         let roots = self.roots.clone();
         Box::pin(async move {
             let p: MonitorParams = ctx.params()?;
             let report_path = confine_to_roots(&roots, &p.report_path)
                 .map_err(|e| JobError::permanent(e.to_string()))?;
-            let facts = gather(&url, ctx.task_id).await?;
+            let facts = gather(&url, &tls, ctx.task_id).await?;
             let report = build_report(&facts, &p.facts);
             let total = report["total_seconds"].as_f64().unwrap_or(0.0);
             write_report(&report_path, &report).map_err(|e| {
@@ -93,14 +97,21 @@ struct TaskFacts {
     progress: Vec<v1::StepProgress>,
 }
 
-async fn gather(url: &str, task_id: i64) -> Result<TaskFacts, JobError> {
+async fn gather(
+    url: &str,
+    tls: &ferry_core::config::TlsConfig,
+    task_id: i64,
+) -> Result<TaskFacts, JobError> {
     let unreachable = |e: tonic::transport::Error| {
         JobError::transient(format!("cannot reach the coordinator at {url}: {e}"))
     };
     let status = |e: tonic::Status| JobError::transient(format!("coordinator: {}", e.message()));
-    let mut client = WorkflowServiceClient::connect(url.to_owned())
+    let channel = ferry_proto::tls::endpoint(url, tls)
+        .map_err(|e| JobError::permanent(e.to_string()))?
+        .connect()
         .await
         .map_err(unreachable)?;
+    let mut client = WorkflowServiceClient::new(channel);
     let r = v1::TaskRef { task_id };
     let detail = client.get_task(r).await.map_err(status)?.into_inner();
     let metrics = client

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use ferry_core::access::{ApiRole, Principal, parse_roles};
+use ferry_proto::identity::{PeerIdentity, PeerKind};
 use ferry_store::{Store, api_token};
 use tonic::{Request, Status};
 
@@ -145,7 +146,22 @@ impl Auth {
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok());
-            let principal = auth.authenticate(header).map_err(Status::from)?;
+            // An agent's certificate (checked by TLS against the CA) lets it read: the
+            // monitor stage reports on its task. It never grants more than `viewer`.
+            let agent = match ferry_proto::identity::peer_identity(&req) {
+                Some(PeerIdentity {
+                    kind: PeerKind::Agent,
+                    name,
+                }) if header.is_none() => Some(name),
+                _ => None,
+            };
+            let principal = match agent {
+                Some(name) => Principal {
+                    name: format!("agent:{name}"),
+                    roles: vec![ApiRole::Viewer],
+                },
+                None => auth.authenticate(header).map_err(Status::from)?,
+            };
             req.extensions_mut().insert(principal);
             Ok(req)
         }
