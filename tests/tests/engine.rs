@@ -517,6 +517,11 @@ async fn sigterm_stops_the_coordinator_cleanly_and_state_survives() {
 
 /// A cluster whose coordinator keeps its state in the PostgreSQL database that
 /// `FERRY_TEST_POSTGRES_E2E_URL` names; `None` (the tier skipped) when it is not set.
+/// The PostgreSQL tests share one database, and a database serves one coordinator at a time
+/// (two engines would both recover each other's tasks and number log lines alike): they run
+/// one after the other.
+static ONE_COORDINATOR_PER_DATABASE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn postgres_cluster() -> Option<Cluster> {
     let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_E2E_URL") else {
         eprintln!("FERRY_TEST_POSTGRES_E2E_URL is not set: the PostgreSQL tier is skipped");
@@ -532,6 +537,7 @@ fn postgres_cluster() -> Option<Cluster> {
 /// `FERRY_TEST_POSTGRES_E2E_URL` names an (empty) database; `.ci/run` sets one up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_runs_and_recovers_on_postgresql() {
+    let _alone = ONE_COORDINATOR_PER_DATABASE.lock().await;
     let Some(mut c) = postgres_cluster() else {
         return;
     };
@@ -687,6 +693,7 @@ async fn a_nan_metric_and_other_bad_values_never_stop_the_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_values_never_stop_the_engine_on_postgresql() {
+    let _alone = ONE_COORDINATOR_PER_DATABASE.lock().await;
     let Some(mut c) = postgres_cluster() else {
         return;
     };
