@@ -65,18 +65,8 @@ impl Credentials {
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "the token file {} is readable by others (mode {mode:03o}): run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
+    if let Err(e) = ferry_fs::check_private(path) {
+        bail!("the token file {} {e}", path.display());
     }
     let token = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;

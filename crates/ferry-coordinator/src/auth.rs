@@ -193,16 +193,7 @@ pub fn security_event(what: &str, who: &str) {
 
 /// Reads a token from a file that only its owner may read.
 pub fn read_secret_file(path: &Path) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is readable by others (mode {mode:03o}): run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        ));
-    }
+    ferry_fs::check_private(path).map_err(|e| format!("{} {e}", path.display()))?;
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let token = text.trim().to_owned();
     if token.len() < 32 {

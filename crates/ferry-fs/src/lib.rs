@@ -17,6 +17,43 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+/// Why a secret file (a private key, a token) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateFileError {
+    #[error("does not exist")]
+    Missing,
+    #[error("cannot be read: {0}")]
+    Unreadable(io::Error),
+    #[error("is not a regular file")]
+    NotAFile,
+    #[error(
+        "has mode {mode:04o}: a secret must not be accessible by group or others; run `chmod 600 {path}`"
+    )]
+    TooOpen { mode: u32, path: String },
+}
+
+/// The one check of a secret file (SSH and TLS private keys, token files): it exists, is a
+/// regular file, and neither group nor others may access it.
+pub fn check_private(path: &Path) -> Result<(), PrivateFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PrivateFileError::Missing),
+        Err(e) => return Err(PrivateFileError::Unreadable(e)),
+    };
+    if !meta.is_file() {
+        return Err(PrivateFileError::NotAFile);
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PrivateFileError::TooOpen {
+            mode,
+            path: path.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` durably: a hidden temporary file in the same directory, fsynced,
 /// renamed over `path`, then the directory fsynced.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -260,5 +297,37 @@ mod tests {
         );
         let one = walk_files(&root.join("a.txt"), Symlinks::Skip, |_| false).expect("file");
         assert_eq!(one[0].len, 1);
+    }
+}
+
+#[cfg(test)]
+mod private_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_must_be_the_owners_alone() -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let key = dir.path().join("key");
+        assert!(matches!(
+            check_private(&key),
+            Err(PrivateFileError::Missing)
+        ));
+        std::fs::write(&key, "secret")?;
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode))?;
+            let err = check_private(&key).map(|_| ()).map_err(|e| e.to_string());
+            assert!(
+                err.as_ref().is_err_and(|e| e.contains("chmod 600")),
+                "{mode:o}: {err:?}"
+            );
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        assert!(check_private(&key).is_ok());
+        assert!(matches!(
+            check_private(dir.path()),
+            Err(PrivateFileError::NotAFile)
+        ));
+        Ok(())
     }
 }

@@ -16,11 +16,8 @@ pub enum TlsError {
     },
     #[error("the {what} {} holds no PEM block (-----BEGIN ...)", .path.display())]
     NotPem { what: &'static str, path: PathBuf },
-    #[error(
-        "the private key {} is readable by others (mode {mode:03o}): run `chmod 600 {}`",
-        .path.display(), .path.display()
-    )]
-    KeyMode { path: PathBuf, mode: u32 },
+    #[error("the private key {} {detail}", .path.display())]
+    Key { path: PathBuf, detail: String },
     #[error("`tls.{0}` must be set to serve TLS")]
     Missing(&'static str),
     #[error("`{url}`: {message}")]
@@ -46,19 +43,10 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Reads a private key, refusing one that group or others may read.
 fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| TlsError::Read {
-        what: "private key",
+    ferry_fs::check_private(path).map_err(|e| TlsError::Key {
         path: path.to_owned(),
-        source,
+        detail: e.to_string(),
     })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(TlsError::KeyMode {
-            path: path.to_owned(),
-            mode,
-        });
-    }
     read_pem("private key", path)
 }
 

@@ -146,29 +146,10 @@ pub(crate) fn key_list(keys: &[PathBuf]) -> String {
 /// Refuses a private key that is missing, not a file, or readable or writable by group or
 /// others (ssh would ignore it and the failure would read as a wrong key).
 pub fn check_private_key(path: &Path) -> Result<(), TransferError> {
-    use std::os::unix::fs::PermissionsExt;
-    let bad = |detail: String| TransferError::KeyFile {
+    ferry_fs::check_private(path).map_err(|e| TransferError::KeyFile {
         path: path.to_owned(),
-        detail,
-    };
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(bad("does not exist".into()));
-        }
-        Err(e) => return Err(bad(format!("cannot be read: {e}"))),
-    };
-    if !meta.is_file() {
-        return Err(bad("is not a regular file".into()));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(bad(format!(
-            "has mode {mode:04o}: a private key must not be accessible by group or others; run `chmod 600 {}`",
-            path.display()
-        )));
-    }
-    Ok(())
+        detail: e.to_string(),
+    })
 }
 
 /// A live master connection.

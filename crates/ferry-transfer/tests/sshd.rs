@@ -241,7 +241,7 @@ async fn a_private_key_others_can_read_is_refused_before_connecting() {
     assert_eq!(
         err.to_string(),
         format!(
-            "SSH private key {0}: has mode 0644: a private key must not be accessible by group or others; run `chmod 600 {0}`",
+            "SSH private key {0}: has mode 0644: a secret must not be accessible by group or others; run `chmod 600 {0}`",
             key.display()
         )
     );
