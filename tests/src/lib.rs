@@ -16,38 +16,12 @@ use ferry_core::config::TlsConfig;
 use ferry_core::workflow::WorkflowDef;
 use ferry_proto::pki::{self, Subject};
 use ferry_proto::v1::{self, workflow_service_client::WorkflowServiceClient};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub use ferry_proto::bearer::Bearer;
+
 pub type Client = WorkflowServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// Sends `authorization: Bearer TOKEN` with every call (nothing without a token).
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Bearer {
-    /// `authorization: Bearer TOKEN` (nothing when `None`).
-    pub fn new(token: Option<&str>) -> Result<Bearer, String> {
-        match token {
-            Some(t) => format!("Bearer {t}")
-                .parse::<MetadataValue<Ascii>>()
-                .map(|v| Bearer(Some(v)))
-                .map_err(|e| e.to_string()),
-            None => Ok(Bearer(None)),
-        }
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
 
 /// A cluster run as production would: mutual TLS from its own CA, and tokens.
 pub struct Secure {
@@ -308,18 +282,8 @@ impl Cluster {
             .connect()
             .await
             .map_err(|e| e.to_string())?;
-        let bearer = match token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|e| e.to_string())?,
-            ),
-            None => None,
-        };
-        Ok(WorkflowServiceClient::with_interceptor(
-            channel,
-            Bearer(bearer),
-        ))
+        let bearer = Bearer::new(token.as_deref())?;
+        Ok(WorkflowServiceClient::with_interceptor(channel, bearer))
     }
 
     /// `role` is `source`, `train` or `infer`.

@@ -7,28 +7,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use ferry_core::config::{FerryConfig, TlsConfig};
+use ferry_proto::bearer::Bearer;
 use ferry_proto::pki::{self, Subject};
 use ferry_proto::v1::{self, workflow_service_client::WorkflowServiceClient};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// The client every command uses: the token travels with each call.
 pub type Client = WorkflowServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// Adds `authorization: Bearer TOKEN` to every call (nothing without a token).
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
 
 /// What the CLI connects with.
 pub struct Credentials {
@@ -83,19 +69,10 @@ pub async fn connect(url: &str, creds: &Credentials) -> anyhow::Result<Client> {
             "cannot reach the coordinator at {url}: {e} (is ferry-coordinatord running? set --coordinator or FERRY_COORDINATOR)"
         ))
     })?;
-    let bearer = match &creds.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse::<MetadataValue<Ascii>>()
-                .context("the token holds characters a header cannot carry")?,
-        ),
-        None => None,
-    };
-    Ok(
-        WorkflowServiceClient::with_interceptor(channel, Bearer(bearer))
-            .max_decoding_message_size(ferry_core::limits::REQUEST_BYTES)
-            .max_encoding_message_size(ferry_core::limits::REQUEST_BYTES),
-    )
+    let bearer = Bearer::new(creds.token.as_deref()).map_err(anyhow::Error::msg)?;
+    Ok(WorkflowServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(ferry_core::limits::REQUEST_BYTES)
+        .max_encoding_message_size(ferry_core::limits::REQUEST_BYTES))
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,19 +164,6 @@ pub enum TokenCmd {
     },
 }
 
-/// A random token, as the coordinator makes them (`ferry_` and 64 hex digits).
-fn generate() -> anyhow::Result<String> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| anyhow::anyhow!("the system has no randomness to offer"))?;
-    Ok(format!(
-        "ferry_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
-}
-
 fn token_json(t: &v1::TokenInfo) -> serde_json::Value {
     serde_json::json!({
         "id": t.id, "name": t.name, "roles": t.roles, "created_by": t.created_by,
@@ -214,7 +178,9 @@ pub async fn token(
     json: bool,
 ) -> anyhow::Result<()> {
     if let TokenCmd::Generate = cmd {
-        println!("{}", generate()?);
+        let token = ferry_proto::bearer::new_token()
+            .ok_or_else(|| anyhow::anyhow!("the system has no randomness to offer"))?;
+        println!("{token}");
         return Ok(());
     }
     let mut client = connect(url, creds).await?;

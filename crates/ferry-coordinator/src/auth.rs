@@ -14,26 +14,16 @@ use tonic::{Request, Status};
 
 use crate::error::EngineError;
 
-/// A token's prefix, so a leaked one is recognisable (secret scanners, logs).
-const TOKEN_PREFIX: &str = "ferry_";
-
 /// Hex SHA-256 of a token: the only form the database keeps.
 pub fn hash_token(token: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A new random token: `ferry_` and 64 hex digits (256 bits).
+/// A new random token (see [`ferry_proto::bearer::new_token`]).
 pub fn new_token() -> Result<String, EngineError> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| EngineError::InvalidRequest("the system has no randomness to offer".into()))?;
-    Ok(format!(
-        "{TOKEN_PREFIX}{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    ferry_proto::bearer::new_token()
+        .ok_or_else(|| EngineError::InvalidRequest("the system has no randomness to offer".into()))
 }
 
 /// The coordinator's view of who may call it.
@@ -215,7 +205,8 @@ mod tests {
         let a = new_token()?;
         let b = new_token()?;
         assert_ne!(a, b);
-        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
+        let prefix = ferry_proto::bearer::TOKEN_PREFIX;
+        assert!(a.starts_with(prefix) && a.len() == prefix.len() + 64);
         assert_eq!(hash_token(&a).len(), 64);
         assert_ne!(hash_token(&a), hash_token(&b));
         Ok(())

@@ -15,6 +15,7 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");
 }
 
+pub mod bearer;
 mod convert;
 pub mod identity;
 #[cfg(any(feature = "pki", test))]
