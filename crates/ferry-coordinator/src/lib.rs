@@ -45,7 +45,14 @@ pub async fn run(
     } else {
         None
     };
-    let store = Store::connect(&config.coordinator.database_url).await?;
+    // A database still starting (or failing over) is waited for, as systemd would restart
+    // us until it answers; every try is logged.
+    let store = Store::connect_waiting(
+        &config.coordinator.database_url,
+        std::time::Duration::from_secs(5),
+        |e, wait| tracing::warn!(error = %e, "database unreachable; trying again in {wait:?}"),
+    )
+    .await?;
     let auth = if config.auth.enabled() {
         let bootstrap = &config.auth.bootstrap_token_file;
         let bootstrap = (!bootstrap.as_os_str().is_empty()).then_some(bootstrap.as_path());

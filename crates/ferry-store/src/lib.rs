@@ -102,6 +102,28 @@ impl Store {
         Ok(Store { db })
     }
 
+    /// [`Self::connect`], waiting while the database cannot be reached (a server still
+    /// starting or failing over, a mount not there yet): each failed try is reported to
+    /// `on_retry` with the wait before the next, which doubles from 250 ms up to
+    /// `max_delay`. Other errors (a failed migration) are returned at once.
+    pub async fn connect_waiting(
+        url: &str,
+        max_delay: Duration,
+        mut on_retry: impl FnMut(&StoreError, Duration),
+    ) -> Result<Self> {
+        let mut delay = Duration::from_millis(250).min(max_delay);
+        loop {
+            match Self::connect(url).await {
+                Err(e @ StoreError::Connect { .. }) => {
+                    on_retry(&e, delay);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max_delay);
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }

@@ -384,3 +384,36 @@ async fn a_bad_database_url_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A coordinator started before its database is reachable waits for it instead of exiting
+/// (found by `cargo xtask chaos`: a coordinator restarted while PostgreSQL was down exited).
+/// Here the database's directory appears a second after the first try.
+#[tokio::test]
+async fn connect_waiting_waits_for_the_database_to_appear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let later = dir.path().join("not-mounted-yet");
+    let url = format!("sqlite://{}/ferry.db?mode=rwc", later.display());
+    let mut tries = 0;
+    let appear = later.clone();
+    let mounted = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        std::fs::create_dir_all(&appear).expect("create the directory");
+    });
+    let started = std::time::Instant::now();
+    let store = Store::connect_waiting(&url, std::time::Duration::from_millis(200), |e, _| {
+        assert!(e.to_string().contains("cannot open database"), "{e}");
+        tries += 1;
+    })
+    .await
+    .expect("connected once the directory exists");
+    mounted.await.expect("the directory task");
+    assert!(tries >= 2, "connected after {tries} failed tries");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    assert!(
+        store
+            .list_workflows()
+            .await
+            .expect("a working store")
+            .is_empty()
+    );
+}
