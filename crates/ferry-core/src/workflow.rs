@@ -149,6 +149,10 @@ pub struct InvalidWorkflow {
     pub problems: Vec<ValidationError>,
 }
 
+/// The longest `timeout_secs` a step may set: a year. The engine adds it to the time now for
+/// the attempt's deadline, which a larger value (up to `u64::MAX`) would overflow.
+pub const MAX_TIMEOUT_SECS: u64 = 366 * 24 * 3600;
+
 /// What a workflow name may be: 1-100 letters, digits, '_', '-' or '.'.
 pub fn is_valid_workflow_name(s: &str) -> bool {
     valid_name(s, 100, &['.'])
@@ -200,11 +204,18 @@ impl WorkflowDef {
                     message,
                 });
             }
-            if step.timeout_secs == Some(0) {
-                problems.push(ValidationError::BadStep {
+            match step.timeout_secs {
+                Some(0) => problems.push(ValidationError::BadStep {
                     step: step.name.clone(),
                     message: "`timeout_secs` must be at least 1".into(),
-                });
+                }),
+                Some(t) if t > MAX_TIMEOUT_SECS => problems.push(ValidationError::BadStep {
+                    step: step.name.clone(),
+                    message: format!(
+                        "`timeout_secs` must be at most {MAX_TIMEOUT_SECS} (a year), not {t}"
+                    ),
+                }),
+                _ => {}
             }
             if let Placement::Agent(a) = &step.placement
                 && a.trim().is_empty()
@@ -368,6 +379,28 @@ steps:
             .validate()
             .expect_err("self");
         assert_eq!(err.problems, vec![ValidationError::SelfInput("a".into())]);
+    }
+
+    /// A time limit near `u64::MAX` passed validation, and the engine's `now + timeout` for the
+    /// attempt's deadline panicked (the whole engine with it). The fuzz targets check that
+    /// every accepted limit fits a deadline.
+    #[test]
+    fn time_limits_past_a_year_are_refused() {
+        let step = |t: u64| {
+            format!(
+                "name: t\nsteps:\n  - {{name: a, kind: noop, placement: {{role: training}}, timeout_secs: {t}}}\n"
+            )
+        };
+        assert!(wf(&step(MAX_TIMEOUT_SECS)).validate().is_ok());
+        for t in [MAX_TIMEOUT_SECS + 1, i64::MAX as u64, u64::MAX] {
+            let err = wf(&step(t)).validate().expect_err("too long");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid workflow: step `a`: `timeout_secs` must be at most {MAX_TIMEOUT_SECS} (a year), not {t}"
+                )
+            );
+        }
     }
 
     #[test]
