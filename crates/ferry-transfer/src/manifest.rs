@@ -191,12 +191,18 @@ impl Manifest {
     /// Reads and checks a manifest: known format, consistent chunk counts, and every path
     /// confined to `root`.
     pub fn load(path: &Path, root: &Path) -> Result<Manifest, TransferError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TransferError::io(path, e))?;
+        Manifest::parse(&text, path, root)
+    }
+
+    /// [`Manifest::load`] of a manifest's text (`path` names it in errors): what the
+    /// destination accepts from the other host, before it touches a file.
+    pub fn parse(text: &str, path: &Path, root: &Path) -> Result<Manifest, TransferError> {
         let bad = |detail: String| TransferError::BadManifest {
             path: path.to_owned(),
             detail,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| TransferError::io(path, e))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let m: Manifest = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         if m.version != FORMAT_VERSION {
             return Err(bad(format!(
                 "format version {} is not supported",
@@ -206,8 +212,15 @@ impl Manifest {
         if m.chunk_size == 0 {
             return Err(bad("chunk_size is 0".into()));
         }
+        let mut total: u64 = 0;
         for f in &m.files {
             confine::check_relative(root, &f.path)?;
+            total = total.checked_add(f.size).ok_or_else(|| {
+                bad(format!(
+                    "the file sizes add up to more than {} bytes",
+                    u64::MAX
+                ))
+            })?;
             if f.chunks.len() as u64 != f.size.div_ceil(m.chunk_size) {
                 return Err(bad(format!(
                     "`{}` has {} chunks for {} bytes",
@@ -385,6 +398,22 @@ mod tests {
         std::fs::write(dir.join("train/part-0.bin"), &big).expect("write");
         std::fs::write(dir.join("empty.txt"), b"").expect("write");
         std::fs::write(dir.join("small.txt"), b"hello").expect("write");
+    }
+
+    /// Found by the `manifest` fuzz target: sizes that add up past `u64::MAX` were accepted,
+    /// and `total_bytes` (the destination's space check) overflowed: a panic in debug builds,
+    /// a wrapped, too small total in release builds.
+    #[test]
+    fn sizes_adding_up_past_u64_max_are_refused() {
+        let root = tempfile::tempdir().expect("tmp");
+        let text = r#"{"version":1,"algorithm":"blake3","chunk_size":18446744073709551615,"files":[{"path":"a","size":18446744073709551615,"chunks":["x"]},{"path":"b","size":1,"chunks":["y"]}]}"#;
+        let err = Manifest::parse(text, Path::new("m.json"), root.path()).expect_err("overflow");
+        assert!(err.to_string().contains("add up to more than"), "{err}");
+        let fits = text
+            .replace(r#""size":1,"#, r#""size":0,"#)
+            .replace(r#"["y"]"#, "[]");
+        let m = Manifest::parse(&fits, Path::new("m.json"), root.path()).expect("fits");
+        assert_eq!(m.total_bytes(), u64::MAX);
     }
 
     #[test]
