@@ -122,6 +122,10 @@ impl CtrTaskRequest {
             // The plan passes the text through unchanged (`literal`): this is the SQL the
             // agent will run.
             crate::sql_guard::check_read_only(sql).map_err(|e| bad(field, e.to_string()))?;
+            // And as the plan writes it (`$` escaped as `$$`), which the export step's own
+            // check reads too: refused here, naming the field, not at task creation.
+            crate::sql_guard::check_read_only(&literal(sql))
+                .map_err(|e| bad(field, format!("{e} (as planned, with `$` written `$$`)")))?;
         }
         if !self.hdfs_path.is_empty() && !self.hdfs_path.starts_with('/') {
             return Err(bad("hdfs_path", "must be an absolute path"));
@@ -565,6 +569,25 @@ impl fmt::Display for PipelineHosts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `ctr_request` fuzz target: SQL with a `$` passed the request's check, but
+    /// the plan writes it with `$$` (a literal `$` in a template), which the export step's
+    /// check reads as an unterminated dollar quote; the task was refused at creation with an
+    /// error about a step instead of the field.
+    #[test]
+    fn sql_that_the_plan_cannot_carry_is_refused_by_field() {
+        let req = CtrTaskRequest {
+            name: "campaign".into(),
+            experiment_id: "DeepFM_test".into(),
+            sample_sql: "SELECT * FROM ca$paign_sample".into(),
+            infer_sql: "SELECT * FROM campaign_infer".into(),
+            hive_table: "default.scores".into(),
+            ..Default::default()
+        };
+        let err = req.validate().expect_err("refused");
+        assert_eq!(err.field, "sample_sql", "{err}");
+        assert!(err.message.contains("as planned"), "{err}");
+    }
 
     fn request() -> CtrTaskRequest {
         CtrTaskRequest {
