@@ -198,3 +198,67 @@ async fn bad_keys_and_paths_outside_the_roots_pause_the_task_with_the_reason() {
         "{reason}"
     );
 }
+
+/// Every SSH control socket (`ssh -S`) under `dir`.
+fn control_sockets(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_socket() => found.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+/// An agent keeps one SSH master per server between steps. When that master dies (a link
+/// down past the keepalive, a restarted sshd), the next step must open a new one rather
+/// than fail every attempt through the dead one (found by `cargo xtask chaos`: after a link
+/// fault every retry of `ship_results` failed with "the remote process has terminated").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_ssh_master_is_replaced_before_the_next_step_uses_it() {
+    let sshd = Sshd::start();
+    let c = cluster(&sshd).await;
+    let area = sshd.path("area");
+    let staging = area.join("staging/sample_data");
+    std::fs::create_dir_all(&staging).expect("staging");
+    std::fs::write(staging.join("part-0.bin"), vec![7u8; 300_000]).expect("part");
+    let wf = |name: &str, dest: &str| {
+        format!(
+            "name: {name}\nsteps:\n  - name: ship\n    kind: transfer\n    placement: {{role: data_source}}\n    params: {{direction: push, server: training_server, local_path: \"{}\", remote_path: \"{}\"}}\n",
+            staging.display(),
+            area.join(dest).display()
+        )
+    };
+    c.apply(&wf("first", "first")).await.expect("valid workflow");
+    let first = c.create_task("first").await;
+    c.wait_status(first.id, "completed", T).await;
+
+    // The master the first step left behind dies.
+    let sockets = control_sockets(&c.path("work"));
+    assert!(!sockets.is_empty(), "no SSH master under the agents' work dir");
+    for s in &sockets {
+        let exited = std::process::Command::new("ssh")
+            .arg("-S")
+            .arg(s)
+            .args(["-O", "exit", "ignored"])
+            .output()
+            .expect("ssh -O exit");
+        assert!(exited.status.success(), "{exited:?}");
+    }
+
+    c.apply(&wf("second", "second")).await.expect("valid workflow");
+    let second = c.create_task("second").await;
+    let detail = c.wait_status(second.id, "completed", T).await;
+    assert_eq!(
+        step(&detail, "ship").retry_count,
+        0,
+        "the first attempt went through the dead master:\n{}",
+        c.logs_text(second.id).await
+    );
+}

@@ -316,7 +316,12 @@ impl Inner {
     async fn session(&self, target: &SshTarget) -> Result<Arc<SshSession>, TransferError> {
         let mut sessions = self.sessions.lock().await;
         if let Some(s) = sessions.get(&key(target)) {
-            return Ok(s.clone());
+            // A master that died since (a link down, a restarted sshd) would fail every
+            // later attempt, whatever failed first; a new one is opened instead.
+            if s.is_alive().await {
+                return Ok(s.clone());
+            }
+            sessions.remove(&key(target));
         }
         let dir = self
             .control_dir

@@ -261,6 +261,13 @@ impl SshSession {
         self.session.command(program)
     }
 
+    /// Whether the master connection still answers. A master whose TCP connection died
+    /// (a link down longer than the keepalive allows, a restarted sshd) fails every command
+    /// run through it; callers that keep sessions check before reuse.
+    pub async fn is_alive(&self) -> bool {
+        self.session.check().await.is_ok()
+    }
+
     pub async fn close(self) {
         let _ = self.session.close().await;
     }
