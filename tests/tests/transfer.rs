@@ -235,13 +235,18 @@ async fn a_dead_ssh_master_is_replaced_before_the_next_step_uses_it() {
             area.join(dest).display()
         )
     };
-    c.apply(&wf("first", "first")).await.expect("valid workflow");
+    c.apply(&wf("first", "first"))
+        .await
+        .expect("valid workflow");
     let first = c.create_task("first").await;
     c.wait_status(first.id, "completed", T).await;
 
     // The master the first step left behind dies.
     let sockets = control_sockets(&c.path("work"));
-    assert!(!sockets.is_empty(), "no SSH master under the agents' work dir");
+    assert!(
+        !sockets.is_empty(),
+        "no SSH master under the agents' work dir"
+    );
     for s in &sockets {
         let exited = std::process::Command::new("ssh")
             .arg("-S")
@@ -252,7 +257,9 @@ async fn a_dead_ssh_master_is_replaced_before_the_next_step_uses_it() {
         assert!(exited.status.success(), "{exited:?}");
     }
 
-    c.apply(&wf("second", "second")).await.expect("valid workflow");
+    c.apply(&wf("second", "second"))
+        .await
+        .expect("valid workflow");
     let second = c.create_task("second").await;
     let detail = c.wait_status(second.id, "completed", T).await;
     assert_eq!(

@@ -10,6 +10,7 @@
 mod bench_ctr;
 mod bench_engine;
 mod bench_transfer;
+mod chaos;
 mod demo;
 mod e2e;
 mod e2e_graph;
@@ -40,6 +41,9 @@ enum Cmd {
     /// The built-in CTR pipeline across three hosts (network namespaces as root, else
     /// loopback addresses), each with its own sshd and agent; `--faults` kills each daemon once.
     E2e(e2e::Options),
+    /// Fault injection on the three-host pipeline: seeded trials, each compared with a clean
+    /// run (`--soak MINUTES`: the load mode).
+    Chaos(chaos::Options),
     /// Write the sample campaign tables (data-spec.md) into a warehouse directory.
     GenData {
         /// Training rows (`campaign_sample`); inference rows are a quarter of it.
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
         Cmd::E2e(opts) => e2e::run(opts),
+        Cmd::Chaos(opts) => chaos::run(opts),
         Cmd::GenData {
             rows,
             infer_rows,
