@@ -335,6 +335,11 @@ impl GraphDef {
             if n.agent.trim().is_empty() {
                 problems.push(config("`agent` must name the agent that runs or holds it"));
             }
+            if let Some(k) = n.secret_env.iter().find(|k| !n.env.contains_key(*k)) {
+                problems.push(config(&format!(
+                    "`secret_env` names `{k}`, which is not in `env`"
+                )));
+            }
             match t {
                 ServiceType::Docker if n.image.as_deref().is_none_or(|i| i.trim().is_empty()) => {
                     problems.push(config("a DOCKER service needs an `image`"));
@@ -891,6 +896,21 @@ connections:
     #[test]
     fn the_example_is_valid() {
         assert_eq!(problems(&example()), Vec::<String>::new());
+    }
+
+    /// Found by the `graph_edits` fuzz target: a secret env name missing from `env` passed
+    /// the graph's validation, and only the planned step's check refused it, so Build failed
+    /// with "the planned workflow is invalid" (an internal error) instead of naming the node.
+    #[test]
+    fn a_secret_env_name_missing_from_env_names_the_node() {
+        let mut g = example();
+        g.nodes[2].secret_env = vec!["TOKEN".into()];
+        assert_eq!(
+            problems(&g),
+            ["node `check`: `secret_env` names `TOKEN`, which is not in `env`"]
+        );
+        g.nodes[2].env.insert("TOKEN".into(), "s3cret".into());
+        assert_eq!(problems(&g), Vec::<String>::new());
     }
 
     #[test]
