@@ -14,6 +14,7 @@ mod chaos;
 mod demo;
 mod e2e;
 mod e2e_graph;
+mod fuzz;
 mod modules;
 
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// Every fuzz target of `fuzz/` (cargo-fuzz, libFuzzer) for `--secs` seconds each, from
+    /// its seeds in `fuzz/corpus/`; fails naming the input that crashed, hung or over-allocated.
+    Fuzz(fuzz::Options),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             out,
         } => gen_data(rows, infer_rows, seed, &out),
+        Cmd::Fuzz(opts) => fuzz::run(opts),
         Cmd::Bench(Bench::Engine(opts)) => bench_engine::run(opts),
         Cmd::Bench(Bench::Ctr(opts)) => bench_ctr::run(opts),
         Cmd::Bench(Bench::Pipeline(opts)) => e2e::bench(opts),
