@@ -152,7 +152,7 @@ const ALL_STEPS: [&str; 8] = [
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
     if let Some(minutes) = opts.soak {
-        bail!("SOAK-PENDING {minutes} {}", opts.seed);
+        return crate::soak::run(minutes, opts.seed);
     }
     crate::ensure_system_packages()?;
     remove_stale_state();
@@ -507,7 +507,7 @@ impl Plan {
                 *rng.pick(&["ship_sample", "train"]),
                 ms(rng, 0, 2_000),
                 Action::Disk {
-                    free_after: ms(rng, 5_000, 15_000),
+                    free_after: ms(rng, 3_000, 10_000),
                 },
             ),
             Kind::Corrupt => {

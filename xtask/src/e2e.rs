@@ -1050,12 +1050,25 @@ async fn run_in(
     let mut last_log = 0i64;
     let mut log: Vec<v1::LogEntry> = Vec::new();
     let mut live: Option<Client> = Some(client);
+    let mut last_seen = v1::TaskDetail::default();
     let started = Instant::now();
     let detail = loop {
         if started.elapsed() > Duration::from_secs(1200) {
             bail!("task {task_id} did not finish in 20 minutes");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+        // Faults go on (and are put back) while the coordinator does not answer.
+        if let Some(c) = chaos.as_deref_mut()
+            && live.is_none()
+        {
+            c.tick(&mut World {
+                daemons: &mut daemons,
+                sshds: &mut sshds,
+                host_dirs: &host_dirs,
+                detail: &last_seen,
+                running_since: &running_since,
+            })?;
+        }
         let Some(client) = live.as_mut() else {
             live = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -1066,11 +1079,16 @@ async fn run_in(
             .and_then(Result::ok);
             continue;
         };
-        let d = match client.get_task(v1::TaskRef { task_id }).await {
-            Ok(d) => d.into_inner(),
-            Err(e) => {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_task(v1::TaskRef { task_id }),
+        )
+        .await;
+        let d = match answer {
+            Ok(Ok(d)) => d.into_inner(),
+            failed => {
                 if chaos.is_none() {
-                    bail!("the coordinator failed to answer: {e}");
+                    bail!("the coordinator failed to answer: {failed:?}");
                 }
                 live = None;
                 continue;
@@ -1141,6 +1159,7 @@ async fn run_in(
                 .unwrap_or_default();
             bail!("task {task_id} ended {status}: {reason}");
         }
+        last_seen = d;
     };
     let elapsed = started.elapsed();
     let ferry_time = ferry_started.elapsed();

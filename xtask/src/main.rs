@@ -16,6 +16,7 @@ mod e2e;
 mod e2e_graph;
 mod fuzz;
 mod modules;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::Command;

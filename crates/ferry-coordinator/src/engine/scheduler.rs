@@ -143,9 +143,14 @@ impl Engine {
                 sent: self.now(),
             },
         );
-        if let Some(limit) = self.step(key).timeout {
-            self.deadlines
-                .push(Reverse((self.now() + limit, key.0, key.1, attempt)));
+        // A limit past what the clock can hold (stored before limits were checked) is no
+        // limit rather than a panic of the engine.
+        if let Some(due) = self
+            .step(key)
+            .timeout
+            .and_then(|limit| self.now().checked_add(limit))
+        {
+            self.deadlines.push(Reverse((due, key.0, key.1, attempt)));
         }
         let retry_note = match self.step(key).row.retry_count {
             0 => String::new(),
