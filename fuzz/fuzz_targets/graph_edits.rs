@@ -16,11 +16,27 @@ const SERVICES: &[&str] = &["DATA", "DOCKER", "STANDALONE", "docker", "VM"];
 const AGENTS: &[&str] = &["agent-a", "agent-b", "agent-c", "nobody", ""];
 const INTERFACES: &[&str] = &["STDIN", "STDOUT", "STDERR", "LOGS", "MOUNT", "SIDEWAYS"];
 const PATHS: &[&str] = &[
-    "/input/", "/output/", "/data/campaign.csv", "relative", "/", "/a/../../etc", "",
-    "/in put/${task_id}", "/x/*",
+    "/input/",
+    "/output/",
+    "/data/campaign.csv",
+    "relative",
+    "/",
+    "/a/../../etc",
+    "",
+    "/in put/${task_id}",
+    "/x/*",
 ];
 const FUNCTIONS: &[&str] = &["INPUT", "OUTPUT", "BOTH", "SIDEWAYS"];
-const WORDS: &[&str] = &["sh", "-c", "wc -l", "${param.day}", "$$", "${", "", "/input/x"];
+const WORDS: &[&str] = &[
+    "sh",
+    "-c",
+    "wc -l",
+    "${param.day}",
+    "$$",
+    "${",
+    "",
+    "/input/x",
+];
 
 fn pick<'a>(list: &[&'a str], i: u8) -> &'a str {
     list[i as usize % list.len()]
@@ -98,8 +114,17 @@ enum Edit {
 }
 
 const NODE_FIELDS: &[&str] = &[
-    "name", "service_type", "agent", "interfaces", "image", "entrypoint", "cmd", "env",
-    "secret_env", "gui_x", "gui_y",
+    "name",
+    "service_type",
+    "agent",
+    "interfaces",
+    "image",
+    "entrypoint",
+    "cmd",
+    "env",
+    "secret_env",
+    "gui_x",
+    "gui_y",
 ];
 
 /// The coordinator's `graph_api` edits, on the definition in memory. An `Err` is a refusal
@@ -134,7 +159,7 @@ fn apply(g: &mut GraphDef, edit: Edit) -> Result<(), String> {
             };
             let index = g.nodes.iter().position(|n| n.name == name).ok_or("gone")?;
             let mut value = serde_json::to_value(&g.nodes[index]).map_err(|e| e.to_string())?;
-            ferry_fuzz::merge_patch(&mut value, &patch);
+            ferry_core::json::merge_patch(&mut value, &patch);
             let updated: NodeDef = serde_json::from_value(value).map_err(|e| e.to_string())?;
             if updated.name != name {
                 if g.node(&updated.name).is_some() {
@@ -157,8 +182,9 @@ fn apply(g: &mut GraphDef, edit: Edit) -> Result<(), String> {
             if g.nodes.len() == before {
                 return Err("no node".into());
             }
-            g.connections
-                .retain(|c| c.from.node.as_deref() != Some(name) && c.to.node.as_deref() != Some(name));
+            g.connections.retain(|c| {
+                c.from.node.as_deref() != Some(name) && c.to.node.as_deref() != Some(name)
+            });
         }
         Edit::AddConnection(t) => {
             let text = match t {
@@ -231,8 +257,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // The API takes JSON; the CLI reads YAML files and sends them as JSON.
-    let Ok(mut graph) = serde_json::from_str::<GraphDef>(text)
-        .or_else(|_| serde_yaml::from_str::<GraphDef>(text))
+    let Ok(mut graph) =
+        serde_json::from_str::<GraphDef>(text).or_else(|_| serde_yaml::from_str::<GraphDef>(text))
     else {
         return;
     };

@@ -92,7 +92,10 @@ pub fn task_params() -> BTreeMap<String, String> {
         ("out".to_owned(), "/srv/out".to_owned()),
         ("area".to_owned(), "/srv/area".to_owned()),
         ("infer_day".to_owned(), "2026-01-22".to_owned()),
-        ("evil".to_owned(), "../../etc'; DROP TABLE x; --${".to_owned()),
+        (
+            "evil".to_owned(),
+            "../../etc'; DROP TABLE x; --${".to_owned(),
+        ),
     ])
 }
 
@@ -105,11 +108,19 @@ pub fn check_workflow(def: &WorkflowDef) {
     }
     // Every step once, after its inputs.
     let order = def.topological_order();
-    assert_eq!(order.len(), def.steps.len(), "topological order drops steps");
+    assert_eq!(
+        order.len(),
+        def.steps.len(),
+        "topological order drops steps"
+    );
     let mut seen = std::collections::HashSet::new();
     for s in &order {
         for i in &s.inputs {
-            assert!(seen.contains(i.as_str()), "`{}` ordered before its input `{i}`", s.name);
+            assert!(
+                seen.contains(i.as_str()),
+                "`{}` ordered before its input `{i}`",
+                s.name
+            );
         }
         seen.insert(s.name.as_str());
     }
@@ -120,7 +131,10 @@ pub fn check_workflow(def: &WorkflowDef) {
     // The wire form (the API) carries the same definition.
     let wire = ferry_proto::v1::WorkflowDefinition::from(def);
     let back = WorkflowDef::try_from(wire).expect("the wire form converts back");
-    assert!(back.validate().is_ok(), "the wire form of a valid definition is invalid");
+    assert!(
+        back.validate().is_ok(),
+        "the wire form of a valid definition is invalid"
+    );
     // The engine adds an attempt's time limit to the time now.
     for s in &def.steps {
         if let Some(t) = s.timeout_secs {
@@ -166,27 +180,10 @@ pub fn render_steps(def: &WorkflowDef, params: &BTreeMap<String, String>) {
 pub fn fits(s: &str, max: usize) {
     let mut s = s.to_owned();
     limits::fit(&mut s, max);
-    assert!(s.chars().count() <= max, "fit leaves {} > {max} chars", s.chars().count());
+    assert!(
+        s.chars().count() <= max,
+        "fit leaves {} > {max} chars",
+        s.chars().count()
+    );
     assert!(!s.contains('\0'), "fit leaves a NUL byte");
-}
-
-/// RFC 7396 JSON merge patch, as the coordinator applies `UpdateNode` (a copy of
-/// `ferry-coordinator`'s `engine::merge_patch`, which this crate cannot depend on).
-pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
-    let serde_json::Value::Object(changes) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = serde_json::json!({});
-    }
-    if let serde_json::Value::Object(map) = target {
-        for (k, v) in changes {
-            if v.is_null() {
-                map.remove(k);
-            } else {
-                merge_patch(map.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-            }
-        }
-    }
 }

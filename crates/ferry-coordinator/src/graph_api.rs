@@ -11,7 +11,8 @@ use ferry_store::{Store, workflow_graph};
 use tonic::{Response, Status};
 
 use crate::api::{WorkflowApi, store_err, task_to_wire, ts, workflow_to_wire};
-use crate::engine::{ApiRequest, merge_patch};
+use crate::engine::ApiRequest;
+use ferry_core::json::merge_patch;
 
 pub fn graph_to_wire(row: &workflow_graph::Model) -> Result<v1::Graph, Status> {
     let graph = Store::graph_of(row).map_err(store_err)?;

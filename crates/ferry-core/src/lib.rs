@@ -10,6 +10,7 @@ pub mod dag;
 pub mod graph;
 pub mod ident;
 pub mod jobpaths;
+pub mod json;
 pub mod kinds;
 pub mod limits;
 pub mod pipeline;

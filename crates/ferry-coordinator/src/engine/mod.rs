@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use ferry_core::json::merge_patch;
 use ferry_core::pipeline::{self, CtrTaskRequest, HostInfo, PipelineSettings};
 use ferry_core::template::{self, TemplateContext};
 use ferry_core::units::format_duration;
@@ -530,24 +531,4 @@ fn forget(job_id: &str) -> coordinator_message::Msg {
     coordinator_message::Msg::ForgetJob(v1::ForgetJob {
         job_id: job_id.to_owned(),
     })
-}
-
-/// RFC 7396 JSON merge patch: objects merge key by key, `null` removes, the rest replaces.
-pub(crate) fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
-    let serde_json::Value::Object(changes) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = serde_json::json!({});
-    }
-    if let serde_json::Value::Object(map) = target {
-        for (k, v) in changes {
-            if v.is_null() {
-                map.remove(k);
-            } else {
-                merge_patch(map.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-            }
-        }
-    }
 }
