@@ -746,13 +746,15 @@ impl Plan {
             Action::Disk { free_after } => {
                 let dir = self.tmpfs.clone().context("no tmpfs for disk faults")?;
                 let avail = free_bytes(&dir)?;
-                let filler = dir.join(".chaos-filler");
-                sh(&[
-                    "fallocate",
-                    "-l",
-                    &avail.to_string(),
-                    &filler.display().to_string(),
-                ])?;
+                // Another disk fault may have filled it already.
+                if avail > 0 {
+                    sh(&[
+                        "fallocate",
+                        "-l",
+                        &avail.to_string(),
+                        &dir.join(format!(".chaos-filler-{i}")).display().to_string(),
+                    ])?;
+                }
                 (
                     State::Active(Some(now + *free_after)),
                     format!("training host's data disk full ({} MiB taken)", avail >> 20),
@@ -854,7 +856,10 @@ impl Plan {
             }
             Action::Disk { .. } => {
                 if let Some(dir) = &self.tmpfs {
-                    std::fs::remove_file(dir.join(".chaos-filler"))?;
+                    let filler = dir.join(format!(".chaos-filler-{i}"));
+                    if filler.exists() {
+                        std::fs::remove_file(filler)?;
+                    }
                 }
             }
             Action::Db { .. } => {
