@@ -745,16 +745,24 @@ impl Plan {
             }
             Action::Disk { free_after } => {
                 let dir = self.tmpfs.clone().context("no tmpfs for disk faults")?;
-                let avail = free_bytes(&dir)?;
-                // Another disk fault may have filled it already.
-                if avail > 0 {
-                    sh(&[
-                        "fallocate",
-                        "-l",
-                        &avail.to_string(),
-                        &dir.join(format!(".chaos-filler-{i}")).display().to_string(),
-                    ])?;
+                // Fill what is free, again while the step writes beside us (or another
+                // disk fault filled it already).
+                let fillers = dir.join(format!(".chaos-filler-{i}"));
+                std::fs::create_dir_all(&fillers)?;
+                let mut taken = 0;
+                for n in 0..8 {
+                    let avail = free_bytes(&dir)?;
+                    if avail == 0 {
+                        break;
+                    }
+                    let file = fillers.join(n.to_string()).display().to_string();
+                    if quiet(&["fallocate", "-l", &avail.to_string(), &file])
+                        .is_ok_and(|s| s.success())
+                    {
+                        taken += avail;
+                    }
                 }
+                let avail = taken;
                 (
                     State::Active(Some(now + *free_after)),
                     format!("training host's data disk full ({} MiB taken)", avail >> 20),
@@ -856,10 +864,7 @@ impl Plan {
             }
             Action::Disk { .. } => {
                 if let Some(dir) = &self.tmpfs {
-                    let filler = dir.join(format!(".chaos-filler-{i}"));
-                    if filler.exists() {
-                        std::fs::remove_file(filler)?;
-                    }
+                    std::fs::remove_dir_all(dir.join(format!(".chaos-filler-{i}")))?;
                 }
             }
             Action::Db { .. } => {
@@ -904,13 +909,16 @@ fn victim(host: &Path, since: SystemTime) -> Option<PathBuf> {
             continue;
         };
         for e in entries.flatten() {
+            // Temporary files of a transfer in flight, and the disk faults' fillers.
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let Ok(meta) = e.metadata() else { continue };
             if meta.is_dir() {
                 stack.push(e.path());
             } else if meta.is_file()
                 && meta.len() >= 64
                 && meta.modified().is_ok_and(|m| m >= since)
-                && !e.file_name().to_string_lossy().starts_with('.')
                 && best.as_ref().is_none_or(|(len, _)| meta.len() > *len)
             {
                 best = Some((meta.len(), e.path()));
@@ -920,14 +928,18 @@ fn victim(host: &Path, since: SystemTime) -> Option<PathBuf> {
     best.map(|(_, p)| p)
 }
 
-/// Flips 16 bytes in the middle of `path`; returns it.
+/// Flips 16 bytes in the middle of `path` and puts its modification time back, as a flaky
+/// NIC or disk would leave it (size and time unchanged: rsync's quick check sees nothing);
+/// returns it.
 fn flip_bytes(path: PathBuf) -> anyhow::Result<PathBuf> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)?;
-    let at = f.metadata()?.len() / 2;
+    let meta = f.metadata()?;
+    let mtime = meta.modified()?;
+    let at = meta.len() / 2;
     let mut buf = [0u8; 16];
     f.seek(SeekFrom::Start(at))?;
     f.read_exact(&mut buf)?;
@@ -937,6 +949,7 @@ fn flip_bytes(path: PathBuf) -> anyhow::Result<PathBuf> {
     f.seek(SeekFrom::Start(at))?;
     f.write_all(&buf)?;
     f.sync_all()?;
+    f.set_modified(mtime)?;
     Ok(path)
 }
 
