@@ -415,6 +415,8 @@ struct Plan {
     /// The training host's data directory, a small tmpfs (disk faults).
     tmpfs: Option<PathBuf>,
     namespaces: Option<[String; 3]>,
+    /// Hosts whose link is slowed so that a corrupt fault lands mid-transfer: (step, host).
+    slowed: Vec<(&'static str, usize)>,
     /// When each step was first seen running, by the wall clock (file times compare to it).
     step_started_wall: BTreeMap<String, SystemTime>,
 }
@@ -428,6 +430,7 @@ impl Plan {
             faketime: None,
             tmpfs: None,
             namespaces: None,
+            slowed: Vec::new(),
             step_started_wall: BTreeMap::new(),
         }
     }
@@ -459,6 +462,7 @@ impl Plan {
             faketime: None,
             tmpfs: None,
             namespaces: None,
+            slowed: Vec::new(),
             step_started_wall: BTreeMap::new(),
         }
     }
@@ -624,6 +628,7 @@ impl Injector for Plan {
                     .or_insert_with(|| SystemTime::now() - Duration::from_secs(1));
             }
         }
+        self.slow_for_corruption(world)?;
         let now = Instant::now();
         for i in 0..self.faults.len() {
             let f = &self.faults[i];
@@ -671,6 +676,66 @@ impl Injector for Plan {
 }
 
 impl Plan {
+    /// A transfer of a few MiB takes a second or two here; the sender's link is held to
+    /// 8 Mbit/s while a transfer with a planned `corrupt` fault runs, so that the fault
+    /// lands between two attempts rather than after the transfer.
+    fn slow_for_corruption(&mut self, world: &World<'_>) -> anyhow::Result<()> {
+        let Some(ns) = self.namespaces.clone() else {
+            return Ok(());
+        };
+        for f in &self.faults {
+            if f.kind != Kind::Corrupt {
+                continue;
+            }
+            let host = runner_host(f.step);
+            let key = (f.step, host);
+            let dev_of = |h: usize| format!("{}n", ns[h]);
+            if f.state == State::Planned
+                && world.running_for(f.step).is_some()
+                && !world.completed(f.step)
+                && !self.slowed.contains(&key)
+            {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns[host],
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    &dev_of(host),
+                    "root",
+                    "tbf",
+                    "rate",
+                    "8mbit",
+                    "burst",
+                    "16kb",
+                    "latency",
+                    "300ms",
+                ])?;
+                self.slowed.push(key);
+            } else if self.slowed.contains(&key)
+                && (f.state == State::Done || world.completed(f.step))
+            {
+                let _ = quiet(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns[host],
+                    "tc",
+                    "qdisc",
+                    "del",
+                    "dev",
+                    &dev_of(host),
+                    "root",
+                ]);
+                self.slowed.retain(|k| *k != key);
+            }
+        }
+        Ok(())
+    }
+
     fn started_wall(&self, step: &str) -> SystemTime {
         self.step_started_wall
             .get(step)
@@ -712,8 +777,8 @@ impl Plan {
                     let n = &ns[*h];
                     let dev = format!("{n}n");
                     sh(&[
-                        "ip", "netns", "exec", n, "tc", "qdisc", "add", "dev", &dev, "root", "tbf",
-                        "rate", "8mbit", "burst", "16kb", "latency", "300ms",
+                        "ip", "netns", "exec", n, "tc", "qdisc", "replace", "dev", &dev, "root",
+                        "tbf", "rate", "8mbit", "burst", "16kb", "latency", "300ms",
                     ])?;
                     for chain in ["INPUT", "OUTPUT"] {
                         sh(&[
@@ -856,9 +921,10 @@ impl Plan {
                 for h in hosts {
                     let n = &ns[*h];
                     let dev = format!("{n}n");
-                    sh(&[
+                    // Quietly: another fault's shaping of the same link may be gone already.
+                    let _ = quiet(&[
                         "ip", "netns", "exec", n, "tc", "qdisc", "del", "dev", &dev, "root",
-                    ])?;
+                    ]);
                     sh(&["ip", "netns", "exec", n, "iptables", "-F"])?;
                 }
             }
