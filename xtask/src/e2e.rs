@@ -57,6 +57,28 @@ pub(crate) const HOSTS: [(&str, &str, &str); 3] = [
     ("inference_server", "inference", "infer"),
 ];
 
+/// Steps each daemon (0 = coordinator, 1..=3 = agents) is busy in.
+pub(crate) const BUSY: [&[&str]; 4] = [
+    &[
+        "export_sample",
+        "ship_sample",
+        "train",
+        "ship_model",
+        "infer",
+        "ship_results",
+        "load",
+    ],
+    &[
+        "export_sample",
+        "ship_sample",
+        "ship_infer_data",
+        "ship_results",
+        "load",
+    ],
+    &["train", "ship_model"],
+    &["infer"],
+];
+
 /// Which hosts hold an SSH key for which (seed 000: "push or pull follows the keys").
 fn ssh_keys_of(host: &str) -> &'static [&'static str] {
     match host {
@@ -530,32 +552,23 @@ impl Rng {
     pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
+
+    /// Uniform in `lo..=hi`.
+    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// True with probability `p`.
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        (self.below(1 << 53) as f64 / (1u64 << 53) as f64) < p
+    }
 }
 
 impl KillEach {
     /// Daemons: 0 = coordinator, 1..=3 = the agents of HOSTS.
     fn new(seed: u64) -> KillEach {
         let mut rng = Rng::new(seed);
-        let choices: [&[&'static str]; 4] = [
-            &[
-                "export_sample",
-                "ship_sample",
-                "train",
-                "ship_model",
-                "infer",
-                "ship_results",
-            ],
-            &[
-                "export_sample",
-                "ship_sample",
-                "ship_infer_data",
-                "ship_results",
-                "load",
-            ],
-            &["train"],
-            &["infer"],
-        ];
-        let faults: Vec<Kill> = choices
+        let faults: Vec<Kill> = BUSY
             .iter()
             .enumerate()
             .map(|(daemon, steps)| Kill {

@@ -26,6 +26,8 @@ use anyhow::{Context, bail};
 use ferry_e2e::{Client, Cluster};
 use ferry_proto::v1;
 
+use crate::e2e::Rng;
+
 /// Agent daemons in the cluster.
 pub const AGENTS: usize = 50;
 /// Tasks kept running at all times.
@@ -373,32 +375,6 @@ fn clock(d: Duration) -> String {
 
 // ---------------------------------------------------------------------------------------
 // The fault schedule
-
-/// SplitMix64: a small, fixed generator, so a seed means the same schedule everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Fault {
