@@ -518,22 +518,15 @@ fn validate(kind: &str, params: &Value, rendered: bool) -> Result<(), String> {
 /// text again before it runs it, so a placeholder's value cannot add a statement there.)
 fn sql_as_rendered(template: &str) -> String {
     let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let tail = &rest[pos + 1..];
-        if let Some(after) = tail.strip_prefix('$') {
-            out.push('$');
-            rest = after;
-        } else if let Some(end) = tail.strip_prefix('{').and_then(|body| body.find('}')) {
-            out.push_str("placeholder");
-            rest = &tail[end + 2..];
-        } else {
-            out.push('$');
-            rest = tail;
+    let _ = crate::template::scan(template, |piece| {
+        match piece {
+            crate::template::Piece::Text(t) => out.push_str(t),
+            crate::template::Piece::Placeholder(_) => out.push_str("placeholder"),
+            // Its `$` comes next as text; the check sees the rest as written.
+            crate::template::Piece::Unterminated => {}
         }
-    }
-    out.push_str(rest);
+        Ok::<(), std::convert::Infallible>(())
+    });
     out
 }
 

@@ -65,39 +65,68 @@ pub fn referenced_params(value: &Value, out: &mut Vec<String>) {
     }
 }
 
-fn render_str(s: &str, ctx: &TemplateContext<'_>) -> Result<String, TemplateError> {
-    let mut out = String::with_capacity(s.len());
+/// One piece of a template string, as [`scan`] reads it.
+pub(crate) enum Piece<'a> {
+    /// Text copied as it is (a lone `$` included).
+    Text(&'a str),
+    /// `${NAME}`: the name between the braces.
+    Placeholder(&'a str),
+    /// `${` with no `}` after it; the scan goes on after the `$`.
+    Unterminated,
+}
+
+/// Reads `s` piece by piece: `$$` is a literal `$`, `${NAME}` a placeholder. The one reading
+/// of the syntax, for rendering and for checks of a template before it is rendered.
+pub(crate) fn scan<'a, E>(
+    s: &'a str,
+    mut piece: impl FnMut(Piece<'a>) -> Result<(), E>,
+) -> Result<(), E> {
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
+        piece(Piece::Text(&rest[..pos]))?;
         let tail = &rest[pos + 1..];
         if let Some(after) = tail.strip_prefix('$') {
-            out.push('$');
+            piece(Piece::Text("$"))?;
             rest = after;
         } else if let Some(body) = tail.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| TemplateError::Unterminated(s.to_owned()))?;
-            let name = &body[..end];
-            match name {
-                "task_id" => out.push_str(&ctx.task_id.to_string()),
-                "task_name" => out.push_str(ctx.task_name),
-                _ => match name.strip_prefix("param.") {
-                    Some(param) => out.push_str(
-                        ctx.params
-                            .get(param)
-                            .ok_or_else(|| TemplateError::MissingParam(param.to_owned()))?,
-                    ),
-                    None => return Err(TemplateError::UnknownPlaceholder(name.to_owned())),
-                },
+            match body.find('}') {
+                Some(end) => {
+                    piece(Piece::Placeholder(&body[..end]))?;
+                    rest = &body[end + 1..];
+                }
+                None => {
+                    piece(Piece::Unterminated)?;
+                    piece(Piece::Text("$"))?;
+                    rest = tail;
+                }
             }
-            rest = &body[end + 1..];
         } else {
-            out.push('$');
+            piece(Piece::Text("$"))?;
             rest = tail;
         }
     }
-    out.push_str(rest);
+    piece(Piece::Text(rest))
+}
+
+fn render_str(s: &str, ctx: &TemplateContext<'_>) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(s.len());
+    scan(s, |piece| {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Placeholder("task_id") => out.push_str(&ctx.task_id.to_string()),
+            Piece::Placeholder("task_name") => out.push_str(ctx.task_name),
+            Piece::Placeholder(name) => match name.strip_prefix("param.") {
+                Some(param) => out.push_str(
+                    ctx.params
+                        .get(param)
+                        .ok_or_else(|| TemplateError::MissingParam(param.to_owned()))?,
+                ),
+                None => return Err(TemplateError::UnknownPlaceholder(name.to_owned())),
+            },
+            Piece::Unterminated => return Err(TemplateError::Unterminated(s.to_owned())),
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
 
