@@ -217,6 +217,7 @@ async fn measure(opts: &Options, secure: bool) -> anyhow::Result<Measures> {
             .list_tasks(v1::ListTasksRequest {
                 status: "completed".into(),
                 limit: (opts.tasks + 10) as u32,
+                ..Default::default()
             })
             .await?
             .into_inner()

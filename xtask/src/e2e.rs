@@ -847,7 +847,7 @@ async fn run_in(
 
     // Coordinator.
     let coord_port = free_port(&net.coordinator_ip)?;
-    let metrics_port = free_port(&net.coordinator_ip)?;
+    let http_port = free_port(&net.coordinator_ip)?;
     let (hook_url, hook_bodies) = webhook_receiver(&net.coordinator_ip)?;
     let coord_dir = base.join("coordinator");
     std::fs::create_dir_all(&coord_dir)?;
@@ -857,7 +857,7 @@ async fn run_in(
         &coord_config,
         trust.coordinator_yaml()
             + &format!(
-                "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"{db}\"\n  metrics_listen: \"{ip}:{metrics_port}\"\n  data_dir: \"{data}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: {confirm_above}\n",
+                "coordinator:\n  listen: \"{ip}:{coord_port}\"\n  database_url: \"{db}\"\n  http_listen: \"{ip}:{http_port}\"\n  data_dir: \"{data}\"\nworkflow:\n  heartbeat_interval: 1\n  agent_timeout: 4\n  cleanup_staging: true\n  keep_checkpoints: 2\n  notification:\n    on_complete: true\n    on_failure: true\n    webhook_url: \"{hook_url}\"\ntransfer:\n  confirm_above: {confirm_above}\n",
                 ip = net.coordinator_ip,
                 db = database_url.clone().unwrap_or_else(|| format!(
                     "sqlite://{}?mode=rwc",
@@ -1275,7 +1275,20 @@ async fn run_in(
         "the monitor stage left the staging data behind"
     );
 
-    let prom = http_get(&net.coordinator_ip, metrics_port, "/metrics")?;
+    // The HTTP face over the same TLS: the task as seed 000 §9 shows it, and the metrics.
+    let http_base = format!("https://{}:{http_port}", net.coordinator_ip);
+    let ca = trust.dir.join("ca.pem");
+    let shown = https_get(
+        &http_base,
+        &ca,
+        &e2e_token,
+        &format!("/api/workflow/tasks/{task_id}/status"),
+    )?;
+    ensure!(
+        shown.contains("\"status\":\"completed\""),
+        "GET /api/workflow/tasks/{task_id}/status does not show the task completed: {shown}"
+    );
+    let prom = https_get(&http_base, &ca, &e2e_token, "/metrics")?;
     // Prometheus metrics live in the process: a coordinator restarted by a fault starts
     // them again from zero (scrapers see a counter reset), so only a coordinator that ran
     // the whole task must show them all.
@@ -1302,8 +1315,7 @@ async fn run_in(
         "the metrics do not count the completed workflow:\n{prom}"
     );
     println!(
-        "== Prometheus endpoint http://{}:{metrics_port}/metrics serves the seed's metrics",
-        net.coordinator_ip
+        "== HTTP API {http_base}/api/workflow/tasks/{task_id} shows the task completed; {http_base}/metrics serves the seed's metrics"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1463,19 +1475,31 @@ async fn wait_for_agents(client: &mut Client, n: usize) -> anyhow::Result<()> {
     }
 }
 
-fn http_get(ip: &str, port: u16, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect((ip, port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
+/// GETs `path` from the coordinator's HTTP face with curl, over TLS checked against `ca`,
+/// with `token`; the body of a 200 answer.
+fn https_get(base: &str, ca: &Path, token: &str, path: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--fail-with-body",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{base}{path}"))
+        .output()
+        .context("running curl")?;
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
-        text.starts_with("HTTP/1.1 200"),
-        "GET {path}: {}",
-        text.lines().next().unwrap_or("")
+        out.status.success(),
+        "GET {path}: {} {body}",
+        String::from_utf8_lossy(&out.stderr).trim()
     );
-    Ok(text)
+    Ok(body)
 }
 
 /// sample_id → score columns of every Parquet file in the partition directory.

@@ -667,22 +667,35 @@ async fn soak(load: Duration, seed: u64, bin_dir: PathBuf) -> anyhow::Result<Rep
     }
 
     // Nothing lost, nothing extra: the coordinator's tasks are exactly the ones created.
-    let all = match client
-        .clone()
-        .list_tasks(v1::ListTasksRequest {
-            status: String::new(),
-            limit: (outcome.created.len() + 1000) as u32,
-        })
-        .await
-    {
-        Ok(r) => r.into_inner().tasks,
-        Err(e) => {
-            outcome
-                .problems
-                .push(format!("listing every task at the end: {e}"));
-            Vec::new()
+    // A page holds at most 1,000 tasks: read them all, page by page.
+    let mut all = Vec::new();
+    let mut before_id = 0;
+    loop {
+        let page = client
+            .clone()
+            .list_tasks(v1::ListTasksRequest {
+                limit: 1000,
+                before_id,
+                ..Default::default()
+            })
+            .await;
+        match page {
+            Ok(r) => {
+                let r = r.into_inner();
+                all.extend(r.tasks);
+                if r.next_before_id == 0 {
+                    break;
+                }
+                before_id = r.next_before_id;
+            }
+            Err(e) => {
+                outcome
+                    .problems
+                    .push(format!("listing every task at the end: {e}"));
+                break;
+            }
         }
-    };
+    }
     let known: BTreeSet<i64> = outcome.created.keys().copied().collect();
     let mut completed = 0;
     for t in &all {
@@ -888,6 +901,7 @@ async fn drive(
             .list_tasks(v1::ListTasksRequest {
                 status: "running".into(),
                 limit: 1000,
+                ..Default::default()
             })
             .await
         {
@@ -1103,8 +1117,8 @@ async fn inject(
                             }
                         } else {
                             let call = client.list_tasks(v1::ListTasksRequest {
-                                status: String::new(),
                                 limit: 500,
+                                ..Default::default()
                             });
                             let _ = tokio::time::timeout(hold, call).await;
                         }

@@ -522,6 +522,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .list_tasks(v1::ListTasksRequest {
                     status: st.unwrap_or_default(),
                     limit,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status)?

@@ -8,14 +8,14 @@ use ferry_core::workflow::WorkflowDef;
 use ferry_proto::v1::{self, workflow_service_server::WorkflowService};
 use ferry_store::{Store, step_metric, task_log, workflow, workflow_step, workflow_task};
 use futures_util::Stream;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, allow};
-use crate::engine::{ApiRequest, Broadcast, EngineHandle};
+use crate::engine::{ApiRequest, EngineHandle};
 use crate::error::EngineError;
+use crate::follow::{FollowEvent, FollowOptions};
 use ferry_core::access::{ApiRole, Principal};
 
 pub struct WorkflowApi {
@@ -28,7 +28,51 @@ pub struct WorkflowApi {
 }
 
 const DEFAULT_LIST_LIMIT: u64 = 100;
-const LOG_PAGE: u64 = 1000;
+const MAX_LIST_LIMIT: u64 = 1000;
+/// The most log lines one `GetLogs` page holds.
+pub const MAX_LOG_PAGE: u64 = 10_000;
+
+/// The store's filter for a `ListTasks` request, every value checked.
+fn task_filter(r: &v1::ListTasksRequest) -> Result<ferry_store::TaskFilter, EngineError> {
+    let text = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+    let time = |field: &str, v: &str| -> Result<_, EngineError> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| Some(t.with_timezone(&chrono::Utc)))
+            .map_err(|e| EngineError::InvalidField {
+                field: field.to_owned(),
+                message: format!("`{field}`: `{v}` is not an RFC 3339 time ({e})"),
+            })
+    };
+    if !r.status.is_empty() {
+        r.status
+            .parse::<TaskStatus>()
+            .map_err(|e| EngineError::InvalidField {
+                field: "status".into(),
+                message: format!("`status`: {e}"),
+            })?;
+    }
+    if r.before_id < 0 {
+        return Err(EngineError::InvalidField {
+            field: "before_id".into(),
+            message: "`before_id` must not be negative".into(),
+        });
+    }
+    Ok(ferry_store::TaskFilter {
+        status: text(&r.status),
+        workflow: text(&r.workflow),
+        name_contains: text(&r.name),
+        created_after: time("created_after", &r.created_after)?,
+        created_before: time("created_before", &r.created_before)?,
+        before_id: (r.before_id > 0).then_some(r.before_id),
+        limit: match u64::from(r.limit) {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        },
+    })
+}
 
 pub(crate) fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -86,7 +130,7 @@ fn step_to_wire(s: &workflow_step::Model) -> v1::Step {
     }
 }
 
-fn log_to_wire(l: &task_log::Model) -> v1::LogEntry {
+pub(crate) fn log_to_wire(l: &task_log::Model) -> v1::LogEntry {
     let level = match l.level.as_str() {
         "DEBUG" => v1::LogLevel::Debug,
         "WARN" => v1::LogLevel::Warn,
@@ -427,29 +471,19 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
         allow(&req, ApiRole::Viewer)?;
         let r = req.into_inner();
-        let status = if r.status.is_empty() {
-            None
-        } else {
-            r.status
-                .parse::<TaskStatus>()
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            Some(r.status.as_str())
+        let filter = task_filter(&r)?;
+        let rows = self.store.find_tasks(&filter).await.map_err(store_err)?;
+        // A full page may have a next one; its last task is where that starts.
+        let next_before_id = match rows.last() {
+            Some(last) if rows.len() as u64 == filter.limit => last.id,
+            _ => 0,
         };
-        let limit = if r.limit == 0 {
-            DEFAULT_LIST_LIMIT
-        } else {
-            u64::from(r.limit)
-        };
-        let rows = self
-            .store
-            .list_tasks(status, limit)
-            .await
-            .map_err(store_err)?;
         Ok(Response::new(v1::ListTasksResponse {
             tasks: rows
                 .iter()
                 .map(|t| task_to_wire(t, t.current_step))
                 .collect(),
+            next_before_id,
         }))
     }
 
@@ -628,10 +662,9 @@ impl WorkflowService for WorkflowApi {
         allow(&req, ApiRole::Viewer)?;
         let r = req.into_inner();
         self.task_row(r.task_id).await?;
-        let limit = if r.limit == 0 {
-            10_000
-        } else {
-            u64::from(r.limit)
+        let limit = match u64::from(r.limit) {
+            0 => MAX_LOG_PAGE,
+            n => n.min(MAX_LOG_PAGE),
         };
         let rows = self
             .store
@@ -651,48 +684,20 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
         allow(&req, ApiRole::Viewer)?;
         let r = req.into_inner();
-        let task_id = r.task_id;
-        self.task_row(task_id).await?;
-        // Subscribe before reading history so nothing falls between the two.
-        let mut sub = self.engine.subscribe();
-        let store = self.store.clone();
-        let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(async move {
-            let mut last = r.after_id;
-            if !catch_up(&store, task_id, &mut last, &tx).await {
-                return;
-            }
-            if let Ok(Some(t)) = store.task(task_id).await
-                && ends_follow(&t.status)
-            {
-                catch_up(&store, task_id, &mut last, &tx).await;
-                return;
-            }
-            loop {
-                match sub.recv().await {
-                    Ok(Broadcast::Log(l)) if l.task_id == task_id && l.id > last => {
-                        last = l.id;
-                        if tx.send(Ok(log_to_wire(&l))).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Broadcast::TaskStatus { task_id: t, status })
-                        if t == task_id && ends_follow(status.as_str()) =>
-                    {
-                        catch_up(&store, task_id, &mut last, &tx).await;
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => {
-                        if !catch_up(&store, task_id, &mut last, &tx).await {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
+        self.task_row(r.task_id).await?;
+        let events = crate::follow::follow(
+            self.store.clone(),
+            &self.engine,
+            r.task_id,
+            r.after_id,
+            FollowOptions { states: false },
+        );
+        let lines = ReceiverStream::new(events).filter_map(|e| match e {
+            Ok(FollowEvent::Log(l)) => Some(Ok(log_to_wire(&l))),
+            Ok(_) => None,
+            Err(e) => Some(Err(Status::from(e))),
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(lines)))
     }
 
     async fn get_metrics(
@@ -855,37 +860,5 @@ fn token_to_wire(t: &ferry_store::api_token::Model) -> v1::TokenInfo {
         created_by: t.created_by.clone(),
         created_at: ts(t.created_at),
         revoked_at: ts_opt(t.revoked_at),
-    }
-}
-
-/// A follow ends when the task can make no more progress on its own.
-fn ends_follow(status: &str) -> bool {
-    matches!(status, "completed" | "failed" | "cancelled")
-}
-
-/// Sends every stored entry after `last`; false when the follower went away.
-async fn catch_up(
-    store: &Store,
-    task_id: i64,
-    last: &mut i64,
-    tx: &mpsc::Sender<Result<v1::LogEntry, Status>>,
-) -> bool {
-    loop {
-        let rows = match store.logs(task_id, *last, LOG_PAGE).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                let _ = tx.send(Err(store_err(e))).await;
-                return false;
-            }
-        };
-        if rows.is_empty() {
-            return true;
-        }
-        for row in rows {
-            *last = row.id;
-            if tx.send(Ok(log_to_wire(&row))).await.is_err() {
-                return false;
-            }
-        }
     }
 }

@@ -1,7 +1,8 @@
 //! Authentication of client calls: bearer tokens, known by their SHA-256 (the database keeps
 //! only hashes), looked up in memory on every call. The interceptor puts the caller's
 //! [`Principal`] into the request; each handler then asks for the one role it needs with
-//! [`allow`]. The coming HTTP API authenticates through the same [`Auth::authenticate`].
+//! [`allow`]. The HTTP face authenticates through the same [`Auth::authenticate`] (bearer
+//! tokens) and [`Auth::by_hash`] (its sessions).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -123,6 +124,15 @@ impl Auth {
             security_event("unknown or revoked token presented", "");
             EngineError::Unauthenticated("the token is unknown or revoked".into())
         })
+    }
+
+    /// The caller a still-valid token speaks for, by the token's hash (an HTTP session keeps
+    /// only the hash, so revoking the token ends its sessions too).
+    pub fn by_hash(&self, hash: &str) -> Option<Principal> {
+        if !self.enabled {
+            return Some(Principal::local());
+        }
+        self.tokens.read().ok()?.get(hash).cloned()
     }
 
     /// The gRPC interceptor: authenticates and puts the [`Principal`] into the request.

@@ -1,4 +1,5 @@
-//! Ferry's coordinator: the DAG workflow engine and the gRPC services in front of it.
+//! Ferry's coordinator: the DAG workflow engine, the gRPC services in front of it, and the
+//! HTTP/JSON face over the same service implementation.
 //!
 //! `run` is the whole coordinator; the daemon only parses arguments and calls it, and tests
 //! call it with a listener on port 0.
@@ -9,7 +10,9 @@ pub mod auth;
 mod downloads;
 pub mod engine;
 pub mod error;
+pub mod follow;
 mod graph_api;
+pub mod http;
 pub mod observe;
 
 use std::future::Future;
@@ -29,13 +32,15 @@ use tracing::info;
 pub use error::{CoordinatorError, EngineError};
 pub use ferry_core::units::format_duration;
 
-/// Runs the coordinator on `listener` until `shutdown` resolves.
+/// Runs the coordinator on `listener` (gRPC) and `http_listener` (the HTTP face, when given;
+/// bind it with [`bind_http`]) until `shutdown` resolves.
 ///
 /// On shutdown the engine commits what it decided and stops first, which closes the agents'
 /// streams (they keep their jobs and re-attach to the next coordinator); then the server stops.
 pub async fn run(
     config: FerryConfig,
     listener: TcpListener,
+    http_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
     let addr = listener.local_addr().ok();
@@ -80,22 +85,17 @@ pub async fn run(
         .await
         .map_err(|e| CoordinatorError::Engine(e.to_string()))?;
     let stop_engine = CancellationToken::new();
-    if !config.coordinator.metrics_listen.is_empty() {
-        let addr = &config.coordinator.metrics_listen;
-        let metrics =
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| CoordinatorError::MetricsListen {
-                    addr: addr.clone(),
-                    source,
-                })?;
-        info!(addr = %addr, "Prometheus metrics at /metrics");
-        tokio::spawn(observe::serve_metrics(
-            metrics,
-            observer,
-            stop_engine.clone(),
-        ));
+    if http_listener.is_none() {
+        info!("HTTP API off (set `coordinator.http_listen` to serve it)");
     }
+    let http_tls = match &http_listener {
+        Some(l) => {
+            let tls = http_tls(&config)?;
+            check_http_exposure(&config, l.local_addr().ok(), tls.is_some())?;
+            tls
+        }
+        None => None,
+    };
     tokio::spawn(rotate_logs(
         store.clone(),
         config.workflow.log_rotation_size,
@@ -116,18 +116,44 @@ pub async fn run(
         .register_encoded_file_descriptor_set(ferry_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Clients that speak only the older protocol (Python's grpcio-reflection, some grpcurl
+    // builds) are answered too.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferry_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
 
     let downloads = std::sync::Arc::new(downloads::Downloads::new(
         config.coordinator.data_dir.clone(),
         config.coordinator.name.clone(),
     ));
-    let workflow_api = api::WorkflowApi {
+    let workflow_api = std::sync::Arc::new(api::WorkflowApi {
         store: store.clone(),
         engine: handle.clone(),
         downloads: downloads.clone(),
         graph_edits: tokio::sync::Mutex::new(()),
         auth: auth.clone(),
-    };
+    });
+    if let Some(listener) = http_listener {
+        let state = std::sync::Arc::new(http::HttpState {
+            api: workflow_api.clone(),
+            auth: auth.clone(),
+            sessions: http::Sessions::default(),
+            observer: observer.clone(),
+            tls: http_tls.is_some(),
+        });
+        info!(
+            addr = ?listener.local_addr().ok(),
+            tls = http_tls.is_some(),
+            "HTTP API listening (OpenAPI at /api/openapi.json, reference at /api/docs)"
+        );
+        tokio::spawn(http::serve(
+            listener,
+            http_tls,
+            http::router(state),
+            stop_engine.clone(),
+        ));
+    }
     let agent_api = agent_api::AgentApi {
         engine: handle,
         next_conn: AtomicU64::new(1),
@@ -158,8 +184,9 @@ pub async fn run(
     let server = builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
-            WorkflowServiceServer::new(workflow_api)
+            WorkflowServiceServer::from_arc(workflow_api)
                 .max_decoding_message_size(ferry_core::limits::REQUEST_BYTES)
                 .max_encoding_message_size(ferry_core::limits::REQUEST_BYTES),
             auth.interceptor(),
@@ -213,6 +240,84 @@ fn check_exposure(
     }
     Err(CoordinatorError::Insecure(format!(
         "refusing to listen on {} without {missing}; configure them (see docs/operations.md, Security), listen on 127.0.0.1, or set `insecure: true` for a lab",
+        addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
+    )))
+}
+
+/// Binds `coordinator.http_listen` (port 0 picks a free port); `None` when it is empty.
+pub async fn bind_http(config: &FerryConfig) -> Result<Option<TcpListener>, CoordinatorError> {
+    let addr = &config.coordinator.http_listen;
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| CoordinatorError::HttpListen {
+            addr: addr.clone(),
+            source,
+        })
+}
+
+/// The HTTP listener's TLS: `coordinator.http_tls_cert`/`http_tls_key`, else the gRPC
+/// listener's `tls.cert`/`tls.key` when TLS is configured; `None`: plain HTTP.
+fn http_tls(config: &FerryConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, CoordinatorError> {
+    let c = &config.coordinator;
+    let (cert, key) = if !c.http_tls_cert.as_os_str().is_empty() {
+        (&c.http_tls_cert, &c.http_tls_key)
+    } else if config.tls.enabled() {
+        (&config.tls.cert, &config.tls.key)
+    } else {
+        return Ok(None);
+    };
+    let (cert_pem, key_pem) = ferry_proto::tls::read_identity_pem(cert, key)?;
+    let bad = |what: &str, e: String| {
+        CoordinatorError::HttpTls(format!("{what} {}: {e}", cert.display()))
+    };
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("certificate", e.to_string()))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| CoordinatorError::HttpTls(format!("private key {}: {e}", key.display())))?;
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut server = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS versions for", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate and key", e.to_string()))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        server,
+    ))))
+}
+
+/// Refuses to serve HTTP beyond loopback without TLS and tokens (unless `insecure: true`).
+fn check_http_exposure(
+    config: &FerryConfig,
+    addr: Option<std::net::SocketAddr>,
+    tls: bool,
+) -> Result<(), CoordinatorError> {
+    let loopback = addr.is_some_and(|a| a.ip().is_loopback());
+    if loopback || (tls && config.auth.enabled()) {
+        return Ok(());
+    }
+    let missing = match (tls, config.auth.enabled()) {
+        (false, false) => "TLS and tokens",
+        (false, true) => "TLS: tokens and session cookies would cross the network in clear",
+        _ => "tokens (`auth.bootstrap_token_file` or `auth.required`)",
+    };
+    if config.insecure {
+        tracing::warn!(
+            target: "ferry::security",
+            addr = ?addr,
+            "INSECURE: HTTP API beyond loopback without {missing}"
+        );
+        return Ok(());
+    }
+    Err(CoordinatorError::Insecure(format!(
+        "refusing to serve the HTTP API on {} without {missing}; configure them (see docs/operations.md, Security), listen on 127.0.0.1, or set `insecure: true` for a lab",
         addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
     )))
 }

@@ -1,5 +1,5 @@
 //! What the coordinator tells the outside world about its work: Prometheus metrics with
-//! seed 000 §13.1's names, served as text on `coordinator.metrics_listen`, and webhook
+//! seed 000 §13.1's names, served as text at `/metrics` on the HTTP listener (`coordinator.http_listen`), and webhook
 //! notifications when a task completes or fails (`workflow.notification`).
 //!
 //! The engine calls the `on_*` hooks from its loop; they only update counters under a
@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use ferry_core::config::NotificationConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 /// Bucket bounds in seconds: from a no-op step to a day-long training run.
@@ -292,57 +291,6 @@ fn scalar(out: &mut String, name: &str, kind: &str, help: &str, series: &BTreeMa
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` fires.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    observer: Arc<Observer>,
-    stop: CancellationToken,
-) {
-    loop {
-        let (mut socket, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!("metrics endpoint: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let observer = observer.clone();
-        tokio::spawn(async move {
-            // Read the request head (it may arrive in pieces); bodies are not expected.
-            let mut head = Vec::new();
-            let mut buf = vec![0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
-            }
-            let request = String::from_utf8_lossy(&head);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if request.starts_with("GET ")
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                ("200 OK", observer.render())
-            } else {
-                (
-                    "404 Not Found",
-                    "only GET /metrics is served here\n".to_owned(),
-                )
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     #[error("`{0}` is not an http://host[:port]/path URL")]
@@ -404,6 +352,7 @@ pub async fn post_json(url: &str, body: &impl serde::Serialize) -> Result<u16, W
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     #[test]
     fn renders_the_seed_metric_names_with_labels() {

@@ -9,7 +9,10 @@ use clap::Parser;
 use ferry_core::config::FerryConfig;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Ferry coordinator: workflow engine and gRPC API")]
+#[command(
+    version,
+    about = "Ferry coordinator: workflow engine, gRPC and HTTP APIs"
+)]
 struct Args {
     /// YAML config file; `FERRY_*` variables override it.
     #[arg(long, short, env = "FERRY_CONFIG")]
@@ -23,6 +26,13 @@ struct Args {
     /// Write the bound address to this file once listening (for scripts and tests).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// HTTP API listen address, overriding `coordinator.http_listen` (port 0 picks a free
+    /// port; empty turns the HTTP API off).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Write the HTTP API's bound address to this file once listening.
+    #[arg(long)]
+    http_addr_file: Option<PathBuf>,
     /// `plain` or `json`.
     #[arg(long, default_value = "plain")]
     log_format: String,
@@ -41,6 +51,9 @@ fn main() -> ExitCode {
         if let Some(l) = &args.listen {
             config.coordinator.listen = l.clone();
         }
+        if let Some(l) = &args.http_listen {
+            config.coordinator.http_listen = l.clone();
+        }
         if let Some(db) = &args.database_url {
             config.coordinator.database_url = db.clone();
         }
@@ -56,7 +69,12 @@ fn main() -> ExitCode {
                 std::fs::write(path, addr.to_string())
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            ferry_coordinator::run(config, listener, ferry_coordinator_shutdown()).await?;
+            let http = ferry_coordinator::bind_http(&config).await?;
+            if let (Some(path), Some(l)) = (&args.http_addr_file, &http) {
+                std::fs::write(path, l.local_addr()?.to_string())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            ferry_coordinator::run(config, listener, http, ferry_coordinator_shutdown()).await?;
             Ok(())
         })
     })();

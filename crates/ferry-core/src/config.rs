@@ -365,8 +365,13 @@ pub struct CoordinatorConfig {
     pub listen: String,
     /// `sqlite://PATH?mode=rwc` (default) or `postgres://...`.
     pub database_url: String,
-    /// Where the Prometheus text endpoint (`/metrics`) listens; empty: not served.
-    pub metrics_listen: String,
+    /// Where the HTTP/JSON API, its WebSocket streams, the OpenAPI document and Prometheus'
+    /// `/metrics` listen (seed 000 §9); empty: not served.
+    pub http_listen: String,
+    /// The HTTP listener's certificate and key (PEM), for browsers that trust another CA
+    /// than the agents; empty: `tls.cert` and `tls.key` when TLS is configured.
+    pub http_tls_cert: PathBuf,
+    pub http_tls_key: PathBuf,
     /// The coordinator's name: the first level of seed 003's path hierarchy on every agent.
     pub name: String,
     /// Where outputs sent to the coordinator (graph workflows' downloads) are kept.
@@ -378,7 +383,9 @@ impl Default for CoordinatorConfig {
         CoordinatorConfig {
             listen: "127.0.0.1:50051".into(),
             database_url: "sqlite://ferry.db?mode=rwc".into(),
-            metrics_listen: String::new(),
+            http_listen: String::new(),
+            http_tls_cert: PathBuf::new(),
+            http_tls_key: PathBuf::new(),
             name: "coordinator".into(),
             data_dir: "./coordinator-data".into(),
         }
@@ -516,11 +523,21 @@ impl FerryConfig {
                 ),
             ));
         }
-        let metrics = &self.coordinator.metrics_listen;
-        if !metrics.is_empty() && metrics.parse::<std::net::SocketAddr>().is_err() {
+        let http = &self.coordinator.http_listen;
+        if !http.is_empty() && http.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
-                "coordinator.metrics_listen",
-                format!("`{metrics}` is not an address like 127.0.0.1:9464"),
+                "coordinator.http_listen",
+                format!("`{http}` is not an address like 127.0.0.1:8001"),
+            ));
+        }
+        let (cert, key) = (
+            &self.coordinator.http_tls_cert,
+            &self.coordinator.http_tls_key,
+        );
+        if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+            return Err(invalid(
+                "coordinator.http_tls_cert",
+                "set both `http_tls_cert` and `http_tls_key`, or neither",
             ));
         }
         let coordinator = &self.coordinator.name;

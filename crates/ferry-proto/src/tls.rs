@@ -50,6 +50,12 @@ fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
     read_pem("private key", path)
 }
 
+/// A certificate chain and its private key as PEM (the key refused when group or others may
+/// read it): for a listener that serves TLS outside tonic (the coordinator's HTTP face).
+pub fn read_identity_pem(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    Ok((read_pem("certificate", cert)?, read_key(key)?))
+}
+
 fn identity(tls: &TlsConfig) -> Result<Identity, TlsError> {
     Ok(Identity::from_pem(
         read_pem("certificate", &tls.cert)?,

@@ -325,11 +325,36 @@ impl Store {
         status: Option<&str>,
         limit: u64,
     ) -> Result<Vec<workflow_task::Model>> {
+        self.find_tasks(&TaskFilter {
+            status: status.map(str::to_owned),
+            limit,
+            ..TaskFilter::default()
+        })
+        .await
+    }
+
+    /// Tasks matching `filter`, newest first.
+    pub async fn find_tasks(&self, filter: &TaskFilter) -> Result<Vec<workflow_task::Model>> {
         let mut q = workflow_task::Entity::find().order_by_desc(workflow_task::Column::Id);
-        if let Some(s) = status {
-            q = q.filter(workflow_task::Column::Status.eq(s));
+        if let Some(s) = &filter.status {
+            q = q.filter(workflow_task::Column::Status.eq(s.as_str()));
         }
-        Ok(q.limit(limit).all(&self.db).await?)
+        if let Some(w) = &filter.workflow {
+            q = q.filter(workflow_task::Column::WorkflowName.eq(w.as_str()));
+        }
+        if let Some(n) = &filter.name_contains {
+            q = q.filter(workflow_task::Column::Name.contains(n.as_str()));
+        }
+        if let Some(t) = filter.created_after {
+            q = q.filter(workflow_task::Column::CreatedAt.gte(t));
+        }
+        if let Some(t) = filter.created_before {
+            q = q.filter(workflow_task::Column::CreatedAt.lt(t));
+        }
+        if let Some(id) = filter.before_id {
+            q = q.filter(workflow_task::Column::Id.lt(id));
+        }
+        Ok(q.limit(filter.limit).all(&self.db).await?)
     }
 
     /// Tasks the engine must keep driving after a restart.
@@ -599,4 +624,18 @@ mod tests {
         );
         assert_eq!(redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
     }
+}
+
+/// Which tasks [`Store::find_tasks`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<String>,
+    pub workflow: Option<String>,
+    /// Tasks whose name contains this text.
+    pub name_contains: Option<String>,
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Tasks with a smaller id: the next page after the task with this id.
+    pub before_id: Option<i64>,
+    pub limit: u64,
 }

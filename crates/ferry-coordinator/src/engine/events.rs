@@ -129,6 +129,11 @@ impl Engine {
             Some(job_event::Event::Progress(p))
                 if current && self.state_fits(key, "progress", &p.data_json) =>
             {
+                self.broadcasts.push(Broadcast::Progress {
+                    task_id: key.0,
+                    step: self.step(key).row.step_name.clone(),
+                    progress_json: p.data_json.clone(),
+                });
                 self.step_mut(key).row.progress = Some(p.data_json);
             }
             Some(job_event::Event::Chunks(c)) => {

@@ -181,11 +181,26 @@ pub enum ApiRequest {
     },
 }
 
-/// What followers of a task's log hear, after the change is committed.
+/// What followers of a task hear (log lines, state changes, progress), after the change is
+/// committed.
 #[derive(Debug, Clone)]
 pub enum Broadcast {
     Log(task_log::Model),
-    TaskStatus { task_id: i64, status: TaskStatus },
+    TaskStatus {
+        task_id: i64,
+        status: TaskStatus,
+    },
+    Step {
+        task_id: i64,
+        step: String,
+        status: StepStatus,
+    },
+    /// A step's progress document (bytes, chunks, ETA, epochs), as its agent reported it.
+    Progress {
+        task_id: i64,
+        step: String,
+        progress_json: String,
+    },
 }
 
 /// Handle the gRPC services use to talk to the engine.
@@ -452,6 +467,13 @@ impl Engine {
             .get_mut(&key.0)
             .expect("key refers to a live task")
             .set_step_status(key.1, status);
+        if status != was {
+            self.broadcasts.push(Broadcast::Step {
+                task_id: key.0,
+                step: self.step(key).row.step_name.clone(),
+                status,
+            });
+        }
         true
     }
 

@@ -1,0 +1,617 @@
+//! The JSON the HTTP face speaks: request bodies and answers, each with its OpenAPI schema.
+//! Answers are made from the service's replies (the gRPC messages); JSON kept as text on the
+//! wire (parameters, progress, checkpoints, graph definitions) is JSON here.
+
+use std::collections::BTreeMap;
+
+use ferry_proto::v1;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Text that holds JSON, as JSON (text that does not parse is kept as a string).
+fn json(s: String) -> Option<Value> {
+    if s.is_empty() {
+        return None;
+    }
+    Some(serde_json::from_str(&s).unwrap_or(Value::String(s)))
+}
+
+/// The error body of every refusal and failure.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `invalid_argument`, `not_found`, `already_exists`, `failed_precondition`,
+    /// `unauthenticated`, `permission_denied`, `payload_too_large`,
+    /// `unsupported_media_type`, `unavailable` or `internal`.
+    pub code: String,
+    pub message: String,
+    /// The request field at fault (a JSON path such as `model_params.learning_rate`), when
+    /// one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// A task (seed 000 §9). `task_id` and `status` answer task creation as seed 000 §14 shows.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    pub task_id: i64,
+    pub name: String,
+    pub workflow: String,
+    /// pending, running, paused, completed, failed or cancelled.
+    pub status: String,
+    /// Why the task is paused or failed, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    pub current_step: i32,
+    pub total_steps: i32,
+    pub completed_steps: i32,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    pub params: BTreeMap<String, String>,
+}
+
+impl From<v1::Task> for TaskView {
+    fn from(t: v1::Task) -> Self {
+        TaskView {
+            task_id: t.id,
+            name: t.name,
+            workflow: t.workflow,
+            status: t.status,
+            status_reason: opt(t.status_reason),
+            current_step: t.current_step,
+            total_steps: t.total_steps,
+            completed_steps: t.completed_steps,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            started_at: opt(t.started_at),
+            completed_at: opt(t.completed_at),
+            params: t.params.into_iter().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    pub name: String,
+    pub step_order: i32,
+    pub kind: String,
+    /// pending, ready, dispatching, running, awaiting_approval, completed, failed,
+    /// cancelled, ...
+    pub status: String,
+    pub placement: String,
+    pub inputs: Vec<String>,
+    pub constraint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    pub retry_count: u32,
+    pub max_retries: u32,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Value>,
+    /// The step's last progress document (bytes, chunks, ETA, epochs, a load's preview).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+impl From<v1::Step> for StepView {
+    fn from(s: v1::Step) -> Self {
+        StepView {
+            name: s.name,
+            step_order: s.step_order,
+            kind: s.kind,
+            status: s.status,
+            placement: s.placement,
+            inputs: s.inputs,
+            constraint: s.constraint,
+            agent: opt(s.agent),
+            job_id: opt(s.job_id),
+            retry_count: s.retry_count,
+            max_retries: s.max_retries,
+            attempt: s.attempt,
+            error_message: opt(s.error_message),
+            checkpoint: json(s.checkpoint_json),
+            progress: json(s.progress_json),
+            started_at: opt(s.started_at),
+            completed_at: opt(s.completed_at),
+        }
+    }
+}
+
+/// A task with its steps.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskDetailView {
+    #[serde(flatten)]
+    pub task: TaskView,
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskView>,
+    /// Pass as `before_id` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepsView {
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogView {
+    pub id: i64,
+    pub task_id: i64,
+    /// The step that wrote the line; empty for the engine's own lines about the task.
+    pub step: String,
+    pub timestamp: String,
+    /// DEBUG, INFO, WARN or ERROR.
+    pub level: String,
+    /// stdout, stderr, engine or agent.
+    pub source: String,
+    pub message: String,
+}
+
+impl From<v1::LogEntry> for LogView {
+    fn from(l: v1::LogEntry) -> Self {
+        let level = match v1::LogLevel::try_from(l.level) {
+            Ok(v1::LogLevel::Debug) => "DEBUG",
+            Ok(v1::LogLevel::Warn) => "WARN",
+            Ok(v1::LogLevel::Error) => "ERROR",
+            _ => "INFO",
+        };
+        LogView {
+            id: l.id,
+            task_id: l.task_id,
+            step: l.step,
+            timestamp: l.timestamp,
+            level: level.to_owned(),
+            source: l.source,
+            message: l.message,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogPage {
+    pub entries: Vec<LogView>,
+    /// Pass as `after_id` for the next page; absent when this page is not full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MetricView {
+    pub step: String,
+    pub name: String,
+    pub value: f64,
+    /// Epoch or other ordinal the value belongs to.
+    pub index: i64,
+    pub timestamp: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MetricsView {
+    pub metrics: Vec<MetricView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepProgressView {
+    pub step: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
+    pub chunks_total: u32,
+    pub chunks_completed: u32,
+    pub chunks_failed: u32,
+    /// Re-sends of chunks that failed verification.
+    pub chunk_retries: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProgressView {
+    pub steps: Vec<StepProgressView>,
+}
+
+/// A step held for a person's decision, with what it would do (a load's preview rows).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalView {
+    pub task_id: i64,
+    pub step: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// The first rows that would be written.
+    pub preview: Vec<Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalsView {
+    pub approvals: Vec<ApprovalView>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// Recorded with the decision (who decides is the caller's identity).
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// Seed 000 §8.2's task request for the built-in CTR pipeline (seed 000 §14's body).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CtrTaskBody {
+    pub name: String,
+    /// FuxiCTR's experiment id; a model name prefix (`MMoE_test_v1`) picks the model.
+    pub experiment_id: String,
+    pub sample_sql: String,
+    pub infer_sql: String,
+    #[serde(default)]
+    pub hdfs_path: String,
+    pub hive_table: String,
+    /// Partition to (over)write, `dt=2026-01-22`; the day the task is created when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
+    /// LR, FM, DeepFM, DCN or MMoE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Further model settings (embedding_dim, hidden_units, learning_rate, seed, ...).
+    #[serde(default)]
+    pub model_params: BTreeMap<String, Value>,
+}
+
+/// A task of a stored workflow, with values for its `${param.NAME}` placeholders.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowTaskBody {
+    /// The stored workflow's name.
+    pub workflow: String,
+    /// The task's name; the workflow's name with a timestamp when absent.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// `POST /api/workflow/tasks`: the CTR pipeline's request, or a stored workflow's task (a
+/// body with a `workflow` field).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CreateTaskBody {
+    Workflow(WorkflowTaskBody),
+    Ctr(Box<CtrTaskBody>),
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    /// Only tasks in this status.
+    pub status: Option<String>,
+    /// Only tasks of this workflow.
+    pub workflow: Option<String>,
+    /// Only tasks whose name contains this text.
+    pub name: Option<String>,
+    /// RFC 3339: only tasks created at or after this time.
+    pub created_after: Option<String>,
+    /// RFC 3339: only tasks created before this time.
+    pub created_before: Option<String>,
+    /// Only tasks older than this id (the previous page's `next_before_id`).
+    #[param(minimum = 1)]
+    pub before_id: Option<i64>,
+    /// Tasks per page, newest first: 100 when absent, at most 1,000.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only lines after this id.
+    #[param(minimum = 0)]
+    pub after_id: Option<i64>,
+    /// Lines per page: 10,000 when absent (the most a page holds).
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Send the log history after this line id first (0: from the first line).
+    #[param(minimum = 0)]
+    pub after_id: Option<i64>,
+}
+
+/// One message of a task's stream (WebSocket text frames, Server-Sent Events' data).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamMessage {
+    Log(LogView),
+    /// A step's state: every step's at the start (and after a slow client is skipped
+    /// ahead), then each change.
+    Step {
+        step: String,
+        status: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        progress: Option<Value>,
+    },
+    /// A step's progress document (bytes, chunks, ETA, epochs).
+    Progress {
+        step: String,
+        progress: Value,
+    },
+    /// The last message: the task's end state.
+    End {
+        status: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The stream failed (the message says why); the connection closes after it.
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowView {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    /// The definition as `ferry workflow apply` takes it (secret env values masked).
+    pub definition: Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowsView {
+    pub workflows: Vec<WorkflowView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GraphView {
+    pub name: String,
+    /// The graph: name, description, nodes, connections, canvas (secret env values masked).
+    pub definition: Value,
+    pub created_at: String,
+    pub updated_at: String,
+    /// What validation finds now (empty: ready to build).
+    pub problems: Vec<String>,
+}
+
+impl From<v1::Graph> for GraphView {
+    fn from(g: v1::Graph) -> Self {
+        GraphView {
+            name: g.name,
+            definition: json(g.definition_json).unwrap_or(Value::Null),
+            created_at: g.created_at,
+            updated_at: g.updated_at,
+            problems: g.problems,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GraphsView {
+    pub graphs: Vec<GraphView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGraphBody {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A whole graph (nodes, connections, canvas); its name must match `name`.
+    #[serde(default)]
+    pub definition: Option<Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanvasBody {
+    #[schema(exclusive_minimum = 0.0)]
+    pub zoom: f64,
+    pub pan_x: f64,
+    pub pan_y: f64,
+    #[serde(default)]
+    pub snap_to_grid: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteBody {
+    /// The task's name; `<graph>_<timestamp>` when absent.
+    #[serde(default)]
+    pub task_name: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OutputFileView {
+    pub node: String,
+    /// Relative to the node's output directory, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    /// Where to GET the file's bytes.
+    pub url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OutputsView {
+    pub files: Vec<OutputFileView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    pub name: String,
+    pub role: String,
+    pub kinds: Vec<String>,
+    pub gpus: Vec<u32>,
+    pub connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    pub running_jobs: u32,
+    pub hostname: String,
+    /// The agent's roots (data_root, model_root, staging_dir) as it reported them.
+    pub paths: BTreeMap<String, String>,
+    /// Servers it holds SSH keys for.
+    pub ssh_to: Vec<String>,
+}
+
+impl From<v1::AgentInfo> for AgentView {
+    fn from(a: v1::AgentInfo) -> Self {
+        AgentView {
+            name: a.name,
+            role: a.role,
+            kinds: a.kinds,
+            gpus: a.gpus,
+            connected: a.connected,
+            last_seen: opt(a.last_seen),
+            running_jobs: a.running_jobs,
+            hostname: a.hostname,
+            paths: a.paths.into_iter().collect(),
+            ssh_to: a.ssh_to,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentsView {
+    pub agents: Vec<AgentView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: i64,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub created_by: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+impl From<v1::TokenInfo> for TokenView {
+    fn from(t: v1::TokenInfo) -> Self {
+        TokenView {
+            id: t.id,
+            name: t.name,
+            roles: t.roles,
+            created_by: t.created_by,
+            created_at: t.created_at,
+            revoked_at: opt(t.revoked_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokensView {
+    pub tokens: Vec<TokenView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenBody {
+    /// Who the token speaks for: what approvals and the audit log record.
+    pub name: String,
+    /// viewer, operator, approver, author, admin.
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedTokenView {
+    pub info: TokenView,
+    /// The secret itself; not stored, not shown again.
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    pub id: i64,
+    pub timestamp: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditView>,
+    /// Pass as `before_id` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before_id: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Entries per page, newest first: 100 when absent, at most 1,000.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// Only entries older than this id (the previous page's `next_before_id`).
+    #[param(minimum = 1)]
+    pub before_id: Option<i64>,
+    /// Only this identity's entries.
+    pub actor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmIView {
+    pub name: String,
+    pub roles: Vec<String>,
+    /// Whether the coordinator checks tokens at all.
+    pub auth_enabled: bool,
+    /// The token to send as `X-CSRF-Token` with state-changing requests made with the
+    /// session cookie; absent for bearer-token callers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    /// A bearer token (as `ferry token create` printed it).
+    pub token: String,
+}
