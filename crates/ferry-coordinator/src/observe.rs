@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::config::NotificationConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
@@ -299,11 +298,13 @@ pub enum WebhookError {
     Io(#[from] std::io::Error),
     #[error("no answer within 10 s")]
     Timeout,
+    #[error("HTTP: {0}")]
+    Http(String),
     #[error("the server answered `{0}`")]
     Status(String),
 }
 
-/// POSTs `body` as JSON with HTTP/1.1 and returns the status code (2xx only).
+/// POSTs `body` as JSON with HTTP/1.1 (hyper's client) and returns the status code (2xx only).
 pub async fn post_json(url: &str, body: &impl serde::Serialize) -> Result<u16, WebhookError> {
     let rest = url
         .strip_prefix("http://")
@@ -321,37 +322,39 @@ pub async fn post_json(url: &str, body: &impl serde::Serialize) -> Result<u16, W
         format!("{authority}:80")
     };
     let json = serde_json::to_string(body).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let request = axum::http::Request::post(path)
+        .header(axum::http::header::HOST, authority)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .header(axum::http::header::USER_AGENT, "ferry-coordinator")
+        .body(http_body_util::Full::new(axum::body::Bytes::from(json)))
+        .map_err(|_| WebhookError::BadUrl(url.to_owned()))?;
     let exchange = async {
-        let mut stream = TcpStream::connect(&addr).await?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: ferry-coordinator\r\nConnection: close\r\n\r\n{json}",
-            json.len()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
+        let stream = TcpStream::connect(&addr).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| WebhookError::Http(e.to_string()))?;
+        tokio::spawn(conn);
+        let answer = sender
+            .send_request(request)
+            .await
+            .map_err(|e| WebhookError::Http(e.to_string()))?;
+        Ok::<_, WebhookError>(answer.status())
     };
-    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+    let status = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| WebhookError::Timeout)??;
-    let text = String::from_utf8_lossy(&answer);
-    let status_line = text.lines().next().unwrap_or_default().to_owned();
-    let code: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    if (200..300).contains(&code) {
-        Ok(code)
+    if status.is_success() {
+        Ok(status.as_u16())
     } else {
-        Err(WebhookError::Status(status_line))
+        Err(WebhookError::Status(status.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     #[test]

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use ferry_core::access::{ApiRole, Principal};
 use serde::de::DeserializeOwned;
 
-use super::AppState;
+use super::state::AppState;
 use super::views::{ErrorBody, ErrorDetail};
 use crate::error::{ErrorCode, FIELD_METADATA};
 

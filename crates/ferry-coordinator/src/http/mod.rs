@@ -10,6 +10,7 @@
 mod extract;
 mod routes;
 mod session;
+mod state;
 mod stream;
 pub mod views;
 
@@ -25,24 +26,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::WorkflowApi;
-use crate::auth::Auth;
-use crate::observe::Observer;
-
 pub use extract::ApiError;
 pub use session::Sessions;
-
-/// Everything the handlers share.
-pub struct HttpState {
-    pub api: Arc<WorkflowApi>,
-    pub auth: Arc<Auth>,
-    pub sessions: Sessions,
-    pub observer: Arc<Observer>,
-    /// Whether the listener speaks TLS (session cookies are then `Secure`).
-    pub tls: bool,
-}
-
-pub type AppState = Arc<HttpState>;
+pub use state::{AppState, HttpState};
 
 /// The routes and the OpenAPI document they were annotated with.
 pub fn router(state: AppState) -> Router {

@@ -14,9 +14,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
 use super::extract::{ApiError, ApiResult, Caller, JsonBody, P, Q, decode, json_bytes};
 use super::session;
+use super::state::AppState;
 use super::views::*;
 use crate::api::{MAX_LOG_PAGE, WorkflowApi};
 use crate::error::ErrorCode;
@@ -200,19 +200,40 @@ async fn list_tasks(
     caller: Caller,
     Q(q): Q<TaskQuery>,
 ) -> ApiResult<Json<TaskPage>> {
-    if q.limit == Some(0) {
+    // As documented: the service reads 0 as "absent" and caps the page, which a client
+    // that sent the value would not expect.
+    if q.limit.is_some_and(|n| !(1..=1000).contains(&n)) {
         return Err(ApiError::field(
             ErrorCode::InvalidArgument,
             "limit",
             "`limit` must be 1-1000",
         ));
     }
+    if q.before_id.is_some_and(|id| id < 1) {
+        return Err(ApiError::field(
+            ErrorCode::InvalidArgument,
+            "before_id",
+            "`before_id` must be at least 1 (a previous page's `next_before_id`)",
+        ));
+    }
+    for (field, value) in [
+        ("created_after", &q.created_after),
+        ("created_before", &q.created_before),
+    ] {
+        if value.as_deref() == Some("") {
+            return Err(ApiError::field(
+                ErrorCode::InvalidArgument,
+                field,
+                format!("`{field}` must be an RFC 3339 time, not empty"),
+            ));
+        }
+    }
     let out = svc!(
         st,
         list_tasks,
         caller,
         v1::ListTasksRequest {
-            status: q.status.unwrap_or_default(),
+            status: q.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
             limit: q.limit.unwrap_or(0),
             workflow: q.workflow.unwrap_or_default(),
             name: q.name.unwrap_or_default(),
@@ -730,7 +751,7 @@ async fn list_workflows(
 /// the one with the same name.
 #[utoipa::path(
     post, path = "/api/workflows", tag = "workflows",
-    request_body(content = Object, description = "The definition: name, description, steps"),
+    request_body = WorkflowDefBody,
     responses(
         (status = 201, description = "The stored workflow", body = WorkflowView),
         (status = "4XX", description = "Refused; the body names the problem", body = ErrorBody),
@@ -1111,7 +1132,7 @@ async fn create_token(
 ) -> ApiResult<(StatusCode, Json<CreatedTokenView>)> {
     let r = v1::CreateTokenRequest {
         name: body.name,
-        roles: body.roles,
+        roles: body.roles.iter().map(|r| r.as_str().to_owned()).collect(),
     };
     let out = svc!(st, create_token, caller, r);
     let info = out.info.ok_or_else(|| {
@@ -1168,11 +1189,11 @@ async fn list_audit(
         }
     };
     let before_id = q.before_id.unwrap_or(0);
-    if before_id < 0 {
+    if q.before_id.is_some_and(|id| id < 1) {
         return Err(ApiError::field(
             ErrorCode::InvalidArgument,
             "before_id",
-            "`before_id` must not be negative",
+            "`before_id` must be at least 1 (a previous page's `next_before_id`)",
         ));
     }
     let r = v1::ListAuditRequest {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use ferry_proto::v1::{self, workflow_service_server::WorkflowService};
@@ -17,9 +18,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::AppState;
 use super::extract::{ApiError, ApiResult, Caller, P, Q};
-use super::views::{ErrorBody, LogView, StreamMessage, StreamQuery};
+use super::state::AppState;
+use super::views::{ErrorBody, LogView, StreamEvent, StreamMessage, StreamQuery};
 use crate::api::WorkflowApi;
 use crate::error::{EngineError, ErrorCode};
 use crate::follow::{FollowEvent, FollowOptions, follow};
@@ -90,7 +91,8 @@ async fn start(
     params(("id" = i64, Path, description = "The task's id"), StreamQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol; every text frame is a StreamMessage", body = StreamMessage),
-        (status = "4XX", description = "Refused, no such task, or not a WebSocket request", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody),
+        (status = "4XX", description = "Refused, or no such task", body = ErrorBody),
     )
 )]
 pub async fn log_stream(
@@ -101,10 +103,16 @@ pub async fn log_stream(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let Ok(ws) = ws else {
-        return Err(ApiError::new(
+        // RFC 9110 §15.5.22: the client must switch protocols to use this path.
+        let mut res = ApiError::new(
             ErrorCode::InvalidArgument,
             "this path is a WebSocket: connect with ws:// or wss:// (or read the same messages as Server-Sent Events from /api/workflow/tasks/{id}/events)",
-        ));
+        )
+        .into_response();
+        *res.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        res.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return Ok(res);
     };
     let rx = start(&st, &caller, id, &q).await?;
     Ok(ws
@@ -155,7 +163,7 @@ async fn pump(socket: WebSocket, mut rx: mpsc::Receiver<Result<FollowEvent, Engi
     get, path = "/api/workflow/tasks/{id}/events", tag = "tasks",
     params(("id" = i64, Path, description = "The task's id"), StreamQuery),
     responses(
-        (status = 200, description = "An event stream; every event's data is a StreamMessage", content_type = "text/event-stream", body = StreamMessage),
+        (status = 200, description = "An event stream; every event's data is a StreamMessage", content_type = "text/event-stream", body = StreamEvent),
         (status = "4XX", description = "Refused, or no such task", body = ErrorBody),
     )
 )]

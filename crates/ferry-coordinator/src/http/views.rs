@@ -317,19 +317,47 @@ pub enum CreateTaskBody {
     Ctr(Box<CtrTaskBody>),
 }
 
+/// A task's status, as a filter.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatusFilter {
+    Pending,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatusFilter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatusFilter::Pending => "pending",
+            TaskStatusFilter::Running => "running",
+            TaskStatusFilter::Paused => "paused",
+            TaskStatusFilter::Completed => "completed",
+            TaskStatusFilter::Failed => "failed",
+            TaskStatusFilter::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TaskQuery {
     /// Only tasks in this status.
-    pub status: Option<String>,
+    #[param(inline)]
+    pub status: Option<TaskStatusFilter>,
     /// Only tasks of this workflow.
     pub workflow: Option<String>,
     /// Only tasks whose name contains this text.
     pub name: Option<String>,
     /// RFC 3339: only tasks created at or after this time.
+    #[param(format = DateTime)]
     pub created_after: Option<String>,
     /// RFC 3339: only tasks created before this time.
+    #[param(format = DateTime)]
     pub created_before: Option<String>,
     /// Only tasks older than this id (the previous page's `next_before_id`).
     #[param(minimum = 1)]
@@ -390,6 +418,29 @@ pub enum StreamMessage {
     },
 }
 
+/// One Server-Sent Event of a task's stream, as an event-stream parser reads it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamEvent {
+    /// The message's `type`.
+    #[schema(inline)]
+    pub event: StreamEventName,
+    /// The log line's id (`log` events only): resume after it with `after_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// A StreamMessage, as JSON text.
+    pub data: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEventName {
+    Log,
+    Step,
+    Progress,
+    End,
+    Error,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct WorkflowView {
     pub id: i64,
@@ -399,6 +450,78 @@ pub struct WorkflowView {
     pub definition: Value,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// `POST /api/workflows`' body: a workflow definition as `ferry workflow apply` takes it, in
+/// JSON (the handler reads it as ferry-core's `WorkflowDef`; this is its schema).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct WorkflowDefBody {
+    /// 1-100 letters, digits, '_', '-' or '.'.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,100}$")]
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// The DAG's steps; `inputs` name other steps of the same definition.
+    #[schema(min_items = 1)]
+    steps: Vec<StepDefBody>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct StepDefBody {
+    /// 1-50 letters, digits, '_' or '-'; unique in the workflow.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,50}$")]
+    name: String,
+    /// The step's kind (`noop`, `sql_export`, `transfer`, `train`, ...).
+    kind: String,
+    /// The kind's parameters.
+    #[serde(default)]
+    params: Option<Value>,
+    placement: PlacementBody,
+    /// Steps whose completion this step waits for.
+    #[serde(default)]
+    inputs: Vec<String>,
+    #[serde(default)]
+    retry: Option<RetryBody>,
+    /// Seconds one attempt may take from its dispatch (at most a year).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 31_622_400)]
+    timeout_secs: Option<u64>,
+}
+
+/// Where a step runs: any agent of a role, or one named agent (exactly one of the two).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PlacementBody {
+    #[serde(default)]
+    #[schema(inline)]
+    role: Option<AgentRole>,
+    #[serde(default)]
+    #[schema(pattern = "\\S")]
+    agent: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRole {
+    DataSource,
+    Training,
+    Inference,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RetryBody {
+    #[serde(default)]
+    max_retries: Option<u32>,
+    /// First back-off in milliseconds; each further retry doubles it.
+    #[serde(default)]
+    backoff_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -553,9 +676,33 @@ pub struct TokensView {
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenBody {
     /// Who the token speaks for: what approvals and the audit log record.
+    #[schema(pattern = "^[A-Za-z0-9.@_-]{1,100}$")]
     pub name: String,
-    /// viewer, operator, approver, author, admin.
-    pub roles: Vec<String>,
+    #[schema(min_items = 1)]
+    pub roles: Vec<RoleName>,
+}
+
+/// A role a token may hold.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    Viewer,
+    Operator,
+    Approver,
+    Author,
+    Admin,
+}
+
+impl RoleName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleName::Viewer => "viewer",
+            RoleName::Operator => "operator",
+            RoleName::Approver => "approver",
+            RoleName::Author => "author",
+            RoleName::Admin => "admin",
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
