@@ -50,6 +50,14 @@ pub async fn run(
     } else {
         None
     };
+    let http_tls = match &http_listener {
+        Some(l) => {
+            let tls = http_tls(&config)?;
+            check_http_exposure(&config, l.local_addr().ok(), tls.is_some())?;
+            tls
+        }
+        None => None,
+    };
     // A database still starting (or failing over) is waited for, as systemd would restart
     // us until it answers; every try is logged.
     let store = Store::connect_waiting(
@@ -88,14 +96,6 @@ pub async fn run(
     if http_listener.is_none() {
         info!("HTTP API off (set `coordinator.http_listen` to serve it)");
     }
-    let http_tls = match &http_listener {
-        Some(l) => {
-            let tls = http_tls(&config)?;
-            check_http_exposure(&config, l.local_addr().ok(), tls.is_some())?;
-            tls
-        }
-        None => None,
-    };
     tokio::spawn(rotate_logs(
         store.clone(),
         config.workflow.log_rotation_size,
