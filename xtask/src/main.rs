@@ -6,7 +6,9 @@
 //! - `cargo xtask bench engine`: the engine's throughput and hand-off latency.
 //! - `cargo xtask bench transfer`: verified transfer goodput against plain rsync.
 //! - `cargo xtask bench sql`: embedded export rows/s on generated data.
+//! - `cargo xtask api-check`: schemathesis against the coordinator's HTTP API (OpenAPI).
 
+mod api_check;
 mod bench_ctr;
 mod bench_engine;
 mod bench_transfer;
@@ -66,6 +68,9 @@ enum Cmd {
     /// Every fuzz target of `fuzz/` (cargo-fuzz, libFuzzer) for `--secs` seconds each, from
     /// its seeds in `fuzz/corpus/`; fails naming the input that crashed, hung or over-allocated.
     Fuzz(fuzz::Options),
+    /// schemathesis (from PyPI) against a real coordinator's HTTP API, as its OpenAPI
+    /// document describes it, with tokens on; fails on any failure it reports.
+    ApiCheck(api_check::Options),
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             out,
         } => gen_data(rows, infer_rows, seed, &out),
         Cmd::Fuzz(opts) => fuzz::run(opts),
+        Cmd::ApiCheck(opts) => api_check::run(opts),
         Cmd::Bench(Bench::Engine(opts)) => bench_engine::run(opts),
         Cmd::Bench(Bench::Ctr(opts)) => bench_ctr::run(opts),
         Cmd::Bench(Bench::Pipeline(opts)) => e2e::bench(opts),
