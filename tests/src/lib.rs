@@ -93,6 +93,8 @@ pub struct Cluster {
     pub config: PathBuf,
     /// `host:port` the coordinator listens on; stable across restarts.
     pub addr: String,
+    /// `host:port` of the coordinator's HTTP API; stable across restarts.
+    pub http_addr: String,
     /// Where the daemon binaries are (the test build's directory by default).
     pub bin_dir: PathBuf,
     /// Extra environment for every daemon (e.g. `RUST_LOG`).
@@ -130,6 +132,7 @@ impl Cluster {
             dir,
             config,
             addr: String::new(),
+            http_addr: String::new(),
             bin_dir: bin_dir(),
             env: Vec::new(),
             secure: None,
@@ -202,6 +205,8 @@ impl Cluster {
     pub async fn start_coordinator(&mut self) {
         let addr_file = self.path("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
+        let http_addr_file = self.path("coordinator-http.addr");
+        let _ = std::fs::remove_file(&http_addr_file);
         let mut cmd = Command::new(bin_in(&self.bin_dir, "ferry-coordinatord"));
         cmd.envs(self.env.iter().cloned());
         cmd.arg("--config")
@@ -211,6 +216,15 @@ impl Cluster {
         if !self.addr.is_empty() {
             cmd.arg("--listen").arg(&self.addr);
         }
+        let http_listen = if self.http_addr.is_empty() {
+            "127.0.0.1:0"
+        } else {
+            self.http_addr.as_str()
+        };
+        cmd.arg("--http-listen")
+            .arg(http_listen)
+            .arg("--http-addr-file")
+            .arg(&http_addr_file);
         let log = self.log_file("coordinator");
         let child = cmd
             .stdout(Stdio::from(log.try_clone().expect("dup log")))
@@ -220,10 +234,14 @@ impl Cluster {
         self.coordinator = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // The HTTP address is written after the gRPC one.
             if let Ok(a) = std::fs::read_to_string(&addr_file)
                 && !a.is_empty()
+                && let Ok(h) = std::fs::read_to_string(&http_addr_file)
+                && !h.is_empty()
             {
                 self.addr = a.trim().to_owned();
+                self.http_addr = h.trim().to_owned();
                 break;
             }
             if let Some(status) = self
@@ -255,6 +273,15 @@ impl Cluster {
             format!("https://{}", self.addr)
         } else {
             format!("http://{}", self.addr)
+        }
+    }
+
+    /// The base URL of the coordinator's HTTP API (`https` on a secure cluster).
+    pub fn http_url(&self) -> String {
+        if self.secure.is_some() {
+            format!("https://{}", self.http_addr)
+        } else {
+            format!("http://{}", self.http_addr)
         }
     }
 

@@ -164,6 +164,53 @@ async fn health_and_reflection_are_served() {
     }
 }
 
+/// The older reflection protocol (v1alpha, still all that some grpcurl builds and Python's
+/// grpcio-reflection speak) lists the same services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1alpha_is_served() {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+    let mut c = Cluster::new();
+    c.start_coordinator().await;
+    let channel = tonic::transport::Channel::from_shared(c.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner();
+    let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("answer in time")
+        .expect("stream ok")
+        .expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "ferry.v1.WorkflowService",
+        "ferry.v1.AgentService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
+
 /// Seed 000 §8.2's request through `ferry task create`: a bad field is named before anything
 /// runs, a plan needs the three roles connected, and both leave no task behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
