@@ -560,11 +560,14 @@ pub struct GraphsView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGraphBody {
+    /// 1-100 letters, digits, '_', '-' or '.'.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,100}$")]
     pub name: String,
     #[serde(default)]
     pub description: String,
     /// A whole graph (nodes, connections, canvas); its name must match `name`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub definition: Option<Value>,
 }
 
