@@ -1,0 +1,382 @@
+import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
+import {
+  api,
+  ApiError,
+  hasRole,
+  streamUrl,
+  type Approval,
+  type LogLine,
+  type StepProgress,
+  type StreamMessage,
+  type Task,
+  type TaskDetail,
+} from '../api';
+import { ApprovalCard } from '../components/ApprovalCard';
+import { Dag } from '../components/Dag';
+import { LogPanel } from '../components/LogPanel';
+import { ProgressPanel } from '../components/progress';
+import { StepsTable } from '../components/StepsTable';
+import { duration, formatTime } from '../format';
+import { Link } from '../router';
+import { useSession } from '../session';
+import { Icon, isTerminal, StatusBadge } from '../status';
+
+/** Log lines kept in the page; older ones are dropped (the API keeps them all). */
+const MAX_LINES = 50_000;
+/** While the run is under way, the task is re-read this often (pauses by others, attempts). */
+const REFRESH_MS = 5000;
+
+type Conn = 'connecting' | 'live' | 'reconnecting' | 'ended';
+
+interface Live {
+  status: string;
+  progress?: unknown;
+}
+
+export function RunPage({ id }: { id: number }) {
+  const { me } = useSession();
+  const [detail, setDetail] = useState<TaskDetail | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [live, setLive] = useState<Record<string, Live>>({});
+  const [lines, setLines] = useState<LogLine[]>([]);
+  const [dropped, setDropped] = useState(0);
+  const [chunks, setChunks] = useState<Record<string, StepProgress>>({});
+  const [approvals, setApprovals] = useState<Approval[]>([]);
+  const [conn, setConn] = useState<Conn>('connecting');
+  const [streamError, setStreamError] = useState<string | null>(null);
+  const [focus, setFocus] = useState('');
+  const [now, setNow] = useState(Date.now());
+
+  const loadDetail = useCallback(async () => {
+    try {
+      const d = await api.task(id);
+      setDetail(d);
+      setError(null);
+      // The stored states are newer than any state message received before them.
+      setLive({});
+      if (d.steps.some((s) => s.status === 'awaiting_approval')) {
+        setApprovals((await api.approvals(id)).approvals);
+      } else {
+        setApprovals([]);
+      }
+    } catch (e) {
+      setError(e instanceof ApiError ? e.message : String(e));
+    }
+  }, [id]);
+
+  const loadChunks = useCallback(async () => {
+    try {
+      const p = await api.progress(id);
+      setChunks(Object.fromEntries(p.steps.map((s) => [s.step, s])));
+    } catch {
+      // progress is a nicety; the stream carries the rest
+    }
+  }, [id]);
+
+  // Re-reads coalesced: many messages in a burst cause one request.
+  const timers = useRef<{ detail?: number; chunks?: number }>({});
+  const soonDetail = useCallback(() => {
+    if (timers.current.detail !== undefined) return;
+    timers.current.detail = window.setTimeout(() => {
+      timers.current.detail = undefined;
+      void loadDetail();
+    }, 250);
+  }, [loadDetail]);
+  const soonChunks = useCallback(() => {
+    if (timers.current.chunks !== undefined) return;
+    timers.current.chunks = window.setTimeout(() => {
+      timers.current.chunks = undefined;
+      void loadChunks();
+    }, 1500);
+  }, [loadChunks]);
+
+  useEffect(() => {
+    setDetail(null);
+    setLines([]);
+    setDropped(0);
+    setLive({});
+    void loadDetail();
+    void loadChunks();
+    const t = timers.current;
+    return () => {
+      window.clearTimeout(t.detail);
+      window.clearTimeout(t.chunks);
+      t.detail = undefined;
+      t.chunks = undefined;
+    };
+  }, [loadDetail, loadChunks]);
+
+  // The live stream: log lines, step states and progress, then the end state. A dropped
+  // connection is reopened from the last line received.
+  const handlers = useRef({ soonDetail, soonChunks });
+  handlers.current = { soonDetail, soonChunks };
+  useEffect(() => {
+    let ws: WebSocket | null = null;
+    let stopped = false;
+    let ended = false;
+    let lastId = 0;
+    let attempt = 0;
+    let retryTimer: number | undefined;
+    let pending: LogLine[] = [];
+    let flushTimer: number | undefined;
+
+    const flush = () => {
+      flushTimer = undefined;
+      const batch = pending;
+      pending = [];
+      if (batch.length === 0) return;
+      setLines((old) => {
+        const all = old.concat(batch);
+        if (all.length <= MAX_LINES) return all;
+        const cut = all.length - MAX_LINES;
+        setDropped((d) => d + cut);
+        return all.slice(cut);
+      });
+    };
+
+    const onMessage = (msg: StreamMessage) => {
+      switch (msg.type) {
+        case 'log':
+          if (msg.id <= lastId) return;
+          lastId = msg.id;
+          pending.push(msg);
+          if (flushTimer === undefined) flushTimer = window.setTimeout(flush, 100);
+          break;
+        case 'step':
+          setLive((l) => ({ ...l, [msg.step]: { status: msg.status, progress: msg.progress } }));
+          handlers.current.soonDetail();
+          if (msg.progress !== undefined) handlers.current.soonChunks();
+          break;
+        case 'progress':
+          setLive((l) => ({
+            ...l,
+            [msg.step]: { status: l[msg.step]?.status ?? '', progress: msg.progress },
+          }));
+          handlers.current.soonChunks();
+          break;
+        case 'end':
+          ended = true;
+          flush();
+          setConn('ended');
+          handlers.current.soonDetail();
+          handlers.current.soonChunks();
+          break;
+        case 'error':
+          setStreamError(msg.message);
+          break;
+      }
+    };
+
+    const connect = () => {
+      setConn(attempt === 0 ? 'connecting' : 'reconnecting');
+      const sock = new WebSocket(streamUrl(id, lastId));
+      ws = sock;
+      sock.onopen = () => {
+        attempt = 0;
+        setConn('live');
+        setStreamError(null);
+      };
+      sock.onmessage = (ev) => {
+        if (typeof ev.data !== 'string') return;
+        try {
+          onMessage(JSON.parse(ev.data) as StreamMessage);
+        } catch {
+          // a frame that is not JSON is ignored
+        }
+      };
+      sock.onclose = () => {
+        if (stopped || ended) return;
+        setConn('reconnecting');
+        const delay = Math.min(10_000, 500 * 2 ** attempt);
+        attempt += 1;
+        retryTimer = window.setTimeout(connect, delay);
+      };
+    };
+    connect();
+    return () => {
+      stopped = true;
+      window.clearTimeout(retryTimer);
+      window.clearTimeout(flushTimer);
+      ws?.close();
+    };
+  }, [id]);
+
+  const terminal = detail ? isTerminal(detail.status) : false;
+  useEffect(() => {
+    if (terminal) return;
+    const t = window.setInterval(() => {
+      setNow(Date.now());
+      void loadDetail();
+    }, REFRESH_MS);
+    return () => window.clearInterval(t);
+  }, [terminal, loadDetail]);
+
+  // Stored steps with the newest streamed states over them.
+  const steps = useMemo(
+    () =>
+      (detail?.steps ?? []).map((s) => {
+        const l = live[s.name];
+        if (!l) return s;
+        return {
+          ...s,
+          status: l.status || s.status,
+          progress: l.progress !== undefined ? l.progress : s.progress,
+        };
+      }),
+    [detail, live],
+  );
+
+  if (!detail) {
+    return (
+      <main className="page">
+        <p>
+          <Link href="/runs">← Runs</Link>
+        </p>
+        {error ? (
+          <p className="error" role="alert">
+            {error}
+          </p>
+        ) : (
+          <p>Loading…</p>
+        )}
+      </main>
+    );
+  }
+
+  return (
+    <main className="page run">
+      <p>
+        <Link href="/runs">← Runs</Link>
+      </p>
+      <div className="run-head">
+        <h1>
+          {detail.name} <span className="muted">#{detail.task_id}</span>
+        </h1>
+        <StatusBadge status={detail.status} />
+        <StreamState conn={conn} />
+      </div>
+      {detail.status_reason && <p className="reason">{detail.status_reason}</p>}
+      <dl className="facts">
+        <dt>Workflow</dt>
+        <dd>{detail.workflow}</dd>
+        <dt>Created</dt>
+        <dd>{formatTime(detail.created_at)}</dd>
+        <dt>Started</dt>
+        <dd>{formatTime(detail.started_at)}</dd>
+        <dt>Duration</dt>
+        <dd>{duration(detail.started_at, detail.completed_at, now)}</dd>
+        <dt>Steps done</dt>
+        <dd>
+          {detail.completed_steps} of {detail.total_steps}
+        </dd>
+      </dl>
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+      {streamError && (
+        <p className="error" role="alert">
+          Live stream: {streamError}
+        </p>
+      )}
+      {hasRole(me, 'operator') && <Actions task={detail} onDone={loadDetail} />}
+      {approvals.map((a) => (
+        <ApprovalCard
+          key={a.step}
+          approval={a}
+          canDecide={hasRole(me, 'approver')}
+          onDecided={loadDetail}
+        />
+      ))}
+      <section className="panel" aria-labelledby="dag-h">
+        <h2 id="dag-h">Steps</h2>
+        <Dag steps={steps} focus={focus} onSelect={setFocus} />
+        <StepsTable steps={steps} focus={focus} onSelect={setFocus} now={now} />
+      </section>
+      <ProgressPanel steps={steps} chunks={chunks} />
+      <LogPanel lines={lines} dropped={dropped} steps={steps} step={focus} onStep={setFocus} />
+    </main>
+  );
+}
+
+function StreamState({ conn }: { conn: Conn }) {
+  const text = {
+    connecting: 'Connecting…',
+    live: 'Live',
+    reconnecting: 'Reconnecting…',
+    ended: 'Finished',
+  }[conn];
+  return (
+    <span className={`stream stream-${conn}`} data-testid="stream-state">
+      {text}
+    </span>
+  );
+}
+
+/** Pause, resume, retry and cancel, as the task's state allows (operators only). */
+function Actions({ task, onDone }: { task: Task; onDone: () => void }) {
+  const [busy, setBusy] = useState(false);
+  const [confirmCancel, setConfirmCancel] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const run = async (f: () => Promise<unknown>) => {
+    setBusy(true);
+    setError(null);
+    try {
+      await f();
+      onDone();
+    } catch (e) {
+      setError(e instanceof ApiError ? e.message : String(e));
+    } finally {
+      setBusy(false);
+      setConfirmCancel(false);
+    }
+  };
+  const id = task.task_id;
+  const s = task.status;
+  return (
+    <div className="actions" role="group" aria-label="Run actions" data-testid="actions">
+      {s === 'running' && (
+        <button type="button" disabled={busy} onClick={() => run(() => api.pause(id))}>
+          <Icon name="pause" /> Pause
+        </button>
+      )}
+      {s === 'paused' && (
+        <button type="button" disabled={busy} onClick={() => run(() => api.resume(id))}>
+          <Icon name="play" /> Resume
+        </button>
+      )}
+      {(s === 'failed' || s === 'cancelled') && (
+        <button type="button" disabled={busy} onClick={() => run(() => api.retry(id))}>
+          Retry failed steps
+        </button>
+      )}
+      {!isTerminal(s) &&
+        (confirmCancel ? (
+          <span className="confirm">
+            Cancel this run? Running steps are stopped.
+            <button
+              type="button"
+              className="danger"
+              disabled={busy}
+              onClick={() => run(() => api.cancel(id))}
+            >
+              Yes, cancel the run
+            </button>
+            <button type="button" disabled={busy} onClick={() => setConfirmCancel(false)}>
+              No
+            </button>
+          </span>
+        ) : (
+          <button type="button" className="danger" onClick={() => setConfirmCancel(true)}>
+            <Icon name="slash" /> Cancel…
+          </button>
+        ))}
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+    </div>
+  );
+}
