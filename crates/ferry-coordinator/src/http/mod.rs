@@ -7,6 +7,7 @@
 //! one table in [`crate::error`]. The OpenAPI document is generated from the handlers'
 //! annotations and the view types.
 
+mod dashboard;
 mod extract;
 mod routes;
 mod session;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
     })
     .with_state(state)
     .merge(docs)
+    .merge(dashboard::router())
     .layer(axum::middleware::map_response(security_headers))
 }
 
