@@ -280,7 +280,13 @@ export function RunPage({ id }: { id: number }) {
           Live stream: {streamError}
         </p>
       )}
-      {hasRole(me, 'operator') && <Actions task={detail} onDone={loadDetail} />}
+      {hasRole(me, 'operator') && (
+        <Actions
+          task={detail}
+          held={steps.some((s) => s.status === 'awaiting_approval')}
+          onDone={loadDetail}
+        />
+      )}
       {approvals.map((a) => (
         <ApprovalCard
           key={a.step}
@@ -315,7 +321,7 @@ function StreamState({ conn }: { conn: Conn }) {
 }
 
 /** Pause, resume, retry and cancel, as the task's state allows (operators only). */
-function Actions({ task, onDone }: { task: Task; onDone: () => void }) {
+function Actions({ task, held, onDone }: { task: Task; held: boolean; onDone: () => void }) {
   const [busy, setBusy] = useState(false);
   const [confirmCancel, setConfirmCancel] = useState(false);
   const [error, setError] = useState<string | null>(null);
@@ -341,7 +347,8 @@ function Actions({ task, onDone }: { task: Task; onDone: () => void }) {
           <Icon name="pause" /> Pause
         </button>
       )}
-      {s === 'paused' && (
+      {/* A task held for an approval resumes through the decision, not this button. */}
+      {s === 'paused' && !held && (
         <button type="button" disabled={busy} onClick={() => run(() => api.resume(id))}>
           <Icon name="play" /> Resume
         </button>

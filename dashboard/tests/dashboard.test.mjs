@@ -1,0 +1,338 @@
+// The dashboard in a real Chromium against a real coordinator and agents: log in with a
+// token, follow a task's DAG to the end, read its log, decide an approval, and check that a
+// viewer is offered no actions. Screenshots of the pages go to FERRY_DASHBOARD_SCREENSHOTS
+// (dashboard/test-output/ by default).
+//
+// Needs: the daemons built (see ../README.md), Chromium (CHROMIUM, /usr/bin/chromium by
+// default) and `npm ci` here.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { Cluster, waitFor } from './cluster.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const SHOTS = process.env.FERRY_DASHBOARD_SCREENSHOTS ?? path.join(here, '..', 'test-output');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const T = 90_000;
+
+let cluster;
+let browser;
+let admin; // the admin's page (a logged-in browser context)
+let failed = false;
+
+async function shot(page, name) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+async function login(token) {
+  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error(`page error: ${e.message}`));
+  await page.goto(`${cluster.baseUrl}/runs`);
+  await page.getByLabel('Access token').fill(token);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.getByRole('heading', { name: 'Runs' }).waitFor();
+  return page;
+}
+
+/** The produce → transform → check example (deploy/examples/produce-transform-check.yaml),
+ * its first step slowed so the page sees the run under way. */
+const demo = {
+  name: 'produce_transform_check',
+  description: 'produce a file, transform it on another agent, check the result',
+  steps: [
+    {
+      name: 'produce',
+      kind: 'exec',
+      placement: { role: 'data_source' },
+      params: {
+        program: 'sh',
+        args: [
+          '-c',
+          'sleep 6 && mkdir -p ${param.out} && seq 1 1000 > ${param.out}/numbers-${task_id}.txt && echo wrote 1000 numbers',
+        ],
+      },
+    },
+    {
+      name: 'transform',
+      kind: 'exec',
+      placement: { role: 'training' },
+      inputs: ['produce'],
+      params: {
+        program: 'sh',
+        args: [
+          '-c',
+          "awk '{s+=$$1} END {print s}' ${param.out}/numbers-${task_id}.txt > ${param.out}/sum-${task_id}.txt && echo sum=$(cat ${param.out}/sum-${task_id}.txt)",
+        ],
+      },
+    },
+    {
+      name: 'check',
+      kind: 'exec',
+      placement: { role: 'data_source' },
+      inputs: ['transform'],
+      retry: { max_retries: 0 },
+      params: {
+        program: 'sh',
+        args: [
+          '-c',
+          'test "$(cat ${param.out}/sum-${task_id}.txt)" = 500500 && echo sum verified',
+        ],
+      },
+    },
+  ],
+};
+
+before(async () => {
+  assert.ok(
+    fs.existsSync(path.join(here, '..', 'dist', 'index.html')),
+    'dashboard/dist is missing: run `npm run build`',
+  );
+  cluster = new Cluster();
+  fs.mkdirSync(cluster.path('warehouse'), { recursive: true });
+  fs.appendFileSync(
+    cluster.config,
+    `\nsql:\n  warehouse_dir: ${JSON.stringify(cluster.path('warehouse'))}\n  production_tables: ["prod.*"]\n`,
+  );
+  await cluster.startCoordinator();
+  cluster.startAgent('source', 'src-1');
+  cluster.startAgent('train', 'train-1');
+  await cluster.waitForAgents(2);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-background-networking'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (failed && cluster) {
+    for (const name of ['coordinator', 'src-1', 'train-1']) {
+      console.error(`---- ${name}.log (tail) ----\n${cluster.readLog(name).slice(-4000)}`);
+    }
+  }
+  await cluster?.stop();
+});
+
+function track(t) {
+  return async (fn) => {
+    try {
+      await fn();
+    } catch (e) {
+      failed = true;
+      throw e;
+    }
+  };
+}
+
+test('the coordinator serves the dashboard beside the API', async (t) =>
+  track(t)(async () => {
+    const index = await fetch(`${cluster.baseUrl}/runs/1`);
+    assert.equal(index.status, 200);
+    assert.match(index.headers.get('content-type') ?? '', /^text\/html/);
+    assert.equal(index.headers.get('cache-control'), 'no-store');
+    const html = await index.text();
+    const asset = html.match(/\/assets\/[^"]+\.js/)?.[0];
+    assert.ok(asset, html);
+    const js = await fetch(`${cluster.baseUrl}${asset}`);
+    assert.equal(js.status, 200);
+    assert.match(js.headers.get('content-type') ?? '', /^text\/javascript/);
+    assert.match(js.headers.get('cache-control') ?? '', /immutable/);
+    const api404 = await fetch(`${cluster.baseUrl}/api/no-such-path`);
+    assert.equal(api404.status, 404);
+    assert.equal((await api404.json()).error.code, 'not_found');
+  }));
+
+test('a token logs in; the keyboard reaches the button with a visible focus ring', async (t) =>
+  track(t)(async () => {
+    const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+    const page = await context.newPage();
+    await page.goto(`${cluster.baseUrl}/`);
+    await page.getByLabel('Access token').waitFor();
+    await page.keyboard.type('not-a-token');
+    await page.keyboard.press('Tab');
+    const focus = await page.evaluate(() => {
+      const el = document.activeElement;
+      return el ? { text: el.textContent, outline: getComputedStyle(el).outlineStyle } : null;
+    });
+    assert.equal(focus?.text, 'Log in');
+    assert.notEqual(focus?.outline, 'none');
+    await page.keyboard.press('Enter');
+    await page.getByRole('alert').waitFor();
+    assert.match(await page.getByRole('alert').innerText(), /unknown or revoked/);
+    await page.getByLabel('Access token').fill(cluster.adminToken);
+    await shot(page, 'login');
+    await page.getByRole('button', { name: 'Log in' }).click();
+    await page.getByRole('heading', { name: 'Runs' }).waitFor();
+    assert.match(await page.getByTestId('who').innerText(), /admin/);
+    await context.close();
+    admin = await login(cluster.adminToken);
+  }));
+
+test("a task's steps turn completed on the DAG, live, and its log shows", async (t) =>
+  track(t)(async () => {
+    await cluster.api('POST', '/api/workflows', demo);
+    const task = await cluster.api('POST', '/api/workflow/tasks', {
+      workflow: demo.name,
+      name: 'dashboard-demo',
+      params: { out: cluster.path('out') },
+    });
+    // The list picks the new run up by itself.
+    await admin.getByRole('link', { name: 'dashboard-demo' }).waitFor({ timeout: T });
+    await admin.getByRole('link', { name: 'dashboard-demo' }).click();
+    await admin.getByTestId('dag-node-transform').waitFor();
+    // Every state the transform node shows, sampled until the end.
+    await admin.evaluate(() => {
+      const w = window;
+      w.__seen = [];
+      const sample = () => {
+        const s = document
+          .querySelector('[data-testid="dag-node-transform"]')
+          ?.getAttribute('data-status');
+        if (s && w.__seen[w.__seen.length - 1] !== s) w.__seen.push(s);
+      };
+      sample();
+      w.__timer = setInterval(sample, 50);
+    });
+    await admin.waitForFunction(
+      () =>
+        ['produce', 'transform', 'check'].every(
+          (n) =>
+            document.querySelector(`[data-testid="dag-node-${n}"]`)?.getAttribute('data-status') ===
+            'completed',
+        ),
+      null,
+      { timeout: T },
+    );
+    const seen = await admin.evaluate(() => {
+      clearInterval(window.__timer);
+      return window.__seen;
+    });
+    assert.equal(seen[seen.length - 1], 'completed');
+    assert.ok(seen.length >= 2, `the page followed the run: ${seen.join(' → ')}`);
+    // Each node says its state in words, not only in colour.
+    assert.match(await admin.getByTestId('dag-node-check').innerText(), /Completed/);
+    await admin.getByTestId('stream-state').filter({ hasText: 'Finished' }).waitFor({ timeout: T });
+    // The task itself is re-read once its stream ends.
+    await admin.locator('.run-head [data-status="completed"]').waitFor({ timeout: T });
+    await admin.getByText('sum verified').first().waitFor({ timeout: T });
+    const lines = await admin.getByTestId('log-lines').locator('li').count();
+    assert.ok(lines >= 3, `log lines shown: ${lines}`);
+    // The step filter keeps one step's lines.
+    await admin.getByRole('button', { name: 'transform', exact: true }).click();
+    await admin.getByText(/sum=500500/).first().waitFor();
+    assert.equal(await admin.getByText('sum verified').count(), 0);
+    await admin.getByRole('button', { name: 'transform', exact: true }).click();
+    // Level filter: nothing at ERROR in a clean run.
+    await admin.getByLabel('Level').selectOption('ERROR');
+    await admin.getByText('No line matches.').waitFor();
+    await admin.getByLabel('Level').selectOption('DEBUG');
+    await shot(admin, 'run');
+    const detail = await cluster.api('GET', `/api/workflow/tasks/${task.task_id}`);
+    assert.equal(detail.status, 'completed');
+
+    // The list's filters live in the address.
+    await admin.getByRole('link', { name: 'Runs', exact: true }).click();
+    await admin.getByLabel('Status').selectOption('completed');
+    await admin.waitForURL(/status=completed/);
+    await admin.getByRole('link', { name: 'dashboard-demo' }).waitFor();
+    await admin.getByLabel('Status').selectOption('failed');
+    await admin.getByText('No run matches these filters.').waitFor();
+    await admin.goto(`${cluster.baseUrl}/runs?workflow=${demo.name}`);
+    await admin.getByRole('link', { name: 'dashboard-demo' }).waitFor();
+    assert.equal(await admin.getByLabel('Workflow').inputValue(), demo.name);
+    await shot(admin, 'runs');
+  }));
+
+let held; // the task held for approval
+
+test('a load into a production table shows its approval card', async (t) =>
+  track(t)(async () => {
+    const parts = cluster.path('work/staging/approval');
+    await cluster.api('POST', '/api/workflows', {
+      name: 'to_prod',
+      steps: [
+        {
+          name: 'export',
+          kind: 'sql_export',
+          placement: { role: 'data_source' },
+          params: {
+            sql: "SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, 'c')) AS t(sample_id, c1)",
+            output_dir: parts,
+          },
+        },
+        {
+          name: 'load',
+          kind: 'hive_load',
+          placement: { role: 'data_source' },
+          inputs: ['export'],
+          params: { table: 'prod.scores', partition: 'dt=2026-01-22', parts_dir: parts },
+        },
+      ],
+    });
+    held = await cluster.api('POST', '/api/workflow/tasks', { workflow: 'to_prod', name: 'to-prod' });
+    await admin.goto(`${cluster.baseUrl}/runs/${held.task_id}`);
+    const card = admin.getByTestId('approval-load');
+    await card.waitFor({ timeout: T });
+    assert.match(await card.innerText(), /prod\.scores/);
+    assert.match(await card.innerText(), /dt=2026-01-22/);
+    assert.ok((await card.locator('table.preview tbody tr').count()) >= 1);
+    await card.getByRole('button', { name: 'Approve' }).waitFor();
+    await admin.getByRole('button', { name: /Cancel/ }).waitFor();
+    // Held for a decision, the task resumes through it, not through Resume.
+    assert.equal(await admin.getByRole('button', { name: 'Resume' }).count(), 0);
+    await shot(admin, 'approval');
+  }));
+
+test('a viewer sees no action buttons', async (t) =>
+  track(t)(async () => {
+    const created = await cluster.api('POST', '/api/tokens', { name: 'vera', roles: ['viewer'] });
+    const viewer = await login(created.token);
+    assert.match(await viewer.getByTestId('who').innerText(), /viewer/);
+    await viewer.goto(`${cluster.baseUrl}/runs/${held.task_id}`);
+    await viewer.getByTestId('approval-load').waitFor({ timeout: T });
+    await viewer.getByTestId('dag-node-load').waitFor();
+    assert.equal(await viewer.getByTestId('actions').count(), 0);
+    for (const name of ['Approve', 'Reject', 'Pause', 'Resume', /Cancel/, /Retry/]) {
+      assert.equal(await viewer.getByRole('button', { name }).count(), 0, `button ${name}`);
+    }
+    assert.match(await viewer.getByTestId('approval-load').innerText(), /approver role decides/);
+    await shot(viewer, 'run-viewer');
+    await viewer.context().close();
+  }));
+
+test('approving through the page lets the task finish', async (t) =>
+  track(t)(async () => {
+    const card = admin.getByTestId('approval-load');
+    await card.getByLabel(/Comment/).fill('preview looks right');
+    await card.getByRole('button', { name: 'Approve' }).click();
+    await card.waitFor({ state: 'detached', timeout: T });
+    await admin.waitForFunction(
+      () =>
+        document.querySelector('[data-testid="dag-node-load"]')?.getAttribute('data-status') ===
+        'completed',
+      null,
+      { timeout: T },
+    );
+    await waitFor('the task to complete', async () => {
+      const d = await cluster.api('GET', `/api/workflow/tasks/${held.task_id}`);
+      return d.status === 'completed';
+    }, T, 250);
+  }));
+
+test('the agents page lists the agents', async (t) =>
+  track(t)(async () => {
+    await admin.getByRole('link', { name: 'Agents', exact: true }).click();
+    const table = admin.getByTestId('agents');
+    await table.waitFor();
+    const text = await table.innerText();
+    assert.match(text, /src-1/);
+    assert.match(text, /train-1/);
+    assert.match(text, /Connected/);
+    await shot(admin, 'agents');
+  }));
