@@ -554,12 +554,11 @@ impl WorkflowService for WorkflowApi {
         req: Request<v1::CtrTaskRequest>,
     ) -> Result<Response<v1::Task>, Status> {
         let who = allow(&req, ApiRole::Operator)?;
-        let request: ferry_core::pipeline::CtrTaskRequest =
-            req.into_inner()
-                .try_into()
-                .map_err(|e: ferry_core::pipeline::RequestError| {
-                    Status::invalid_argument(e.to_string())
-                })?;
+        // The field at fault travels with the refusal (`ferry-error-field`; JSON `field`).
+        let request: ferry_core::pipeline::CtrTaskRequest = req
+            .into_inner()
+            .try_into()
+            .map_err(|e: ferry_core::pipeline::RequestError| Status::from(EngineError::from(e)))?;
         // Planned here, on the engine's snapshot of the hosts; stored as the `ctr_pipeline`
         // workflow (the latest plan; each task keeps its own steps); started by the engine.
         let plan = self.engine.plan_ctr(&request)?;

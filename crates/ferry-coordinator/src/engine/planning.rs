@@ -38,9 +38,7 @@ impl EngineHandle {
 
     /// Plans seed 000's pipeline for `request` on the agents connected now.
     pub fn plan_ctr(&self, request: &CtrTaskRequest) -> Result<CtrPlan, EngineError> {
-        request
-            .validate()
-            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        request.validate().map_err(EngineError::from)?;
         let hosts = pipeline::select_hosts(request, &self.hosts())
             .map_err(|e| EngineError::FailedPrecondition(e.to_string()))?;
         let today = Utc::now().format("%Y-%m-%d").to_string();
