@@ -6,11 +6,13 @@
 //! - `cargo xtask bench engine`: the engine's throughput and hand-off latency.
 //! - `cargo xtask bench transfer`: verified transfer goodput against plain rsync.
 //! - `cargo xtask bench sql`: embedded export rows/s on generated data.
+//! - `cargo xtask bench http`: the coordinator's HTTP face beside its gRPC API.
 //! - `cargo xtask api-check`: schemathesis against the coordinator's HTTP API (OpenAPI).
 
 mod api_check;
 mod bench_ctr;
 mod bench_engine;
+mod bench_http;
 mod bench_transfer;
 mod chaos;
 mod demo;
@@ -91,6 +93,9 @@ enum Bench {
     /// Orchestration overhead: the e2e pipeline run by Ferry against the same work done with
     /// the raw tools (export, rsync, train, infer, load) in the same run.
     Pipeline(e2e::BenchOptions),
+    /// The coordinator's HTTP/JSON face beside its gRPC API (release daemons, one run):
+    /// request latency and rate, and log followers over WebSocket against `FollowLogs`.
+    Http(bench_http::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(Bench::Ctr(opts)) => bench_ctr::run(opts),
         Cmd::Bench(Bench::Pipeline(opts)) => e2e::bench(opts),
         Cmd::Bench(Bench::Transfer(opts)) => bench_transfer::run(opts),
+        Cmd::Bench(Bench::Http(opts)) => bench_http::run(opts),
         Cmd::Bench(Bench::Sql { rows }) => {
             let work = std::env::temp_dir().join(format!("ferry-bench-sql-{}", std::process::id()));
             let rows = rows.to_string();
