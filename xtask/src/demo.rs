@@ -2,7 +2,8 @@
 //! warehouse, a coordinator (SQLite state), a data-source, a training and an inference agent as
 //! real processes on loopback, each "host" with its own directories, and a private sshd that
 //! every transfer goes through — with the log streamed as a user sees it. The task is the
-//! built-in `ctr_pipeline`, created from seed 000's task request; the report ends the run.
+//! built-in `ctr_pipeline`, created from seed 000's task request over the HTTP API (with the
+//! curl command a user would type, and one to watch it while it runs); the report ends the run.
 
 use std::time::Duration;
 
@@ -103,6 +104,19 @@ async fn demo() -> anyhow::Result<()> {
         c.url()
     );
 
+    let secure = c
+        .secure
+        .as_ref()
+        .context("the demo cluster runs with TLS and tokens")?;
+    let api = Api {
+        base: c.http_url(),
+        ca: secure.pki.join("ca.pem"),
+        token_file: secure.pki.join("bootstrap.token"),
+    };
+    println!(
+        "== HTTP API at {} (OpenAPI document /api/openapi.json, reference /api/docs)",
+        api.base
+    );
     let mut client = c.client().await;
     let request = ferry_core::pipeline::CtrTaskRequest {
         name: "campaign_demo".into(),
@@ -134,14 +148,47 @@ async fn demo() -> anyhow::Result<()> {
         "== task request (seed 000 §8.2):\n{}",
         serde_yaml::to_string(&request).unwrap_or_default()
     );
+    // Created over HTTP as seed 000 §14 does it, with the command a user would type.
+    let body_file = c.path("task-request.json");
+    std::fs::write(&body_file, serde_json::to_string_pretty(&request)?)?;
+    println!(
+        "== creating it: {} -H 'Content-Type: application/json' -d @{} {}/api/workflow/tasks",
+        api.curl_line(),
+        body_file.display(),
+        api.base
+    );
+    let created: serde_json::Value = serde_json::from_str(&api.curl(&[
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "--data-binary".into(),
+        format!("@{}", body_file.display()),
+        format!("{}/api/workflow/tasks", api.base),
+    ])?)
+    .context("the API's answer is not JSON")?;
+    let task_id = created["task_id"]
+        .as_i64()
+        .with_context(|| format!("no task_id in the answer: {created}"))?;
     let task = client
-        .create_ctr_task(v1::CtrTaskRequest::from(&request))
+        .get_task_status(v1::TaskRef { task_id })
         .await
-        .context("create the pipeline task")?
+        .context("read the task back")?
         .into_inner();
     println!(
-        "== task {} created: the built-in {} with {} steps\n",
-        task.id, task.workflow, task.total_steps
+        "== task {} created ({}): the built-in {} with {} steps",
+        task.id,
+        created["status"].as_str().unwrap_or("?"),
+        task.workflow,
+        task.total_steps
+    );
+    println!(
+        "== while it runs: {} {}/api/workflow/tasks/{}/progress",
+        api.curl_line(),
+        api.base,
+        task.id
+    );
+    println!(
+        "   live: wss://{}/api/workflow/tasks/{}/logs/stream (WebSocket), {}/api/workflow/tasks/{}/events (SSE)\n",
+        c.http_addr, task.id, api.base, task.id
     );
 
     let mut logs = client
@@ -226,4 +273,45 @@ async fn demo() -> anyhow::Result<()> {
         report["total_seconds"].as_f64().unwrap_or(0.0)
     );
     Ok(())
+}
+
+/// The coordinator's HTTP API as the demo's user reaches it: curl over TLS checked against
+/// the run's CA, with the bootstrap token (read from its file, never printed).
+struct Api {
+    base: String,
+    ca: std::path::PathBuf,
+    token_file: std::path::PathBuf,
+}
+
+impl Api {
+    /// The start of a curl command that works against the API while the demo runs.
+    fn curl_line(&self) -> String {
+        format!(
+            "curl --cacert {} -H \"Authorization: Bearer $(cat {})\"",
+            self.ca.display(),
+            self.token_file.display()
+        )
+    }
+
+    /// Runs curl with `args`; the body of a 2xx answer.
+    fn curl(&self, args: &[String]) -> anyhow::Result<String> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("reading {}", self.token_file.display()))?;
+        let out = std::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--fail-with-body", "--cacert"])
+            .arg(&self.ca)
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .args(args)
+            .output()
+            .context("running curl")?;
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "curl failed: {} {body}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(body)
+    }
 }

@@ -179,6 +179,8 @@ const SYSTEM_PACKAGES: &[(&str, &[&str])] = &[
     ("openssh-server", &["/usr/sbin/sshd"]),
     ("openssh-client", &["/usr/bin/ssh", "/usr/bin/ssh-keygen"]),
     ("rsync", &["/usr/bin/rsync"]),
+    // The demo talks to the HTTP API as a user would.
+    ("curl", &["/usr/bin/curl"]),
     // DOCKER jobs: Podman's Docker-compatible service and a locally built busybox image.
     ("podman", &["/usr/bin/podman"]),
     ("runc", &["/usr/bin/runc"]),

@@ -121,31 +121,30 @@ pub async fn log_stream(
         .into_response())
 }
 
+/// Messages written to a WebSocket before one flush: what waits is sent in one write.
+const WS_BATCH: usize = 64;
+
 async fn pump(socket: WebSocket, mut rx: mpsc::Receiver<Result<FollowEvent, EngineError>>) {
     let (mut sink, mut incoming) = socket.split();
+    let mut batch = Vec::with_capacity(WS_BATCH);
     loop {
         tokio::select! {
-            event = rx.recv() => {
-                let Some(event) = event else {
+            n = rx.recv_many(&mut batch, WS_BATCH) => {
+                if n == 0 {
                     let _ = sink.close().await;
                     return;
-                };
-                let msg = message(event);
-                let last = matches!(msg, StreamMessage::End { .. } | StreamMessage::Error { .. });
-                let Ok(text) = serde_json::to_string(&msg) else {
-                    return;
-                };
-                match tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(text.into()))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        tracing::info!("a WebSocket follower took more than {SEND_TIMEOUT:?} for one message; dropped");
+                }
+                match tokio::time::timeout(SEND_TIMEOUT, send_batch(&mut sink, &mut batch)).await {
+                    Ok(Ok(false)) => {}
+                    Ok(Ok(true)) => {
+                        let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
                         return;
                     }
-                }
-                if last {
-                    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
-                    return;
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::info!("a WebSocket follower took more than {SEND_TIMEOUT:?} for {n} messages; dropped");
+                        return;
+                    }
                 }
             }
             // Reading keeps pings answered and notices the client leaving.
@@ -155,6 +154,25 @@ async fn pump(socket: WebSocket, mut rx: mpsc::Receiver<Result<FollowEvent, Engi
             },
         }
     }
+}
+
+/// Writes `batch` (emptied) and flushes once; true when it held the last message.
+async fn send_batch(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    batch: &mut Vec<Result<FollowEvent, EngineError>>,
+) -> Result<bool, axum::Error> {
+    let mut last = false;
+    for event in batch.drain(..) {
+        if last {
+            continue;
+        }
+        let msg = message(event);
+        last = matches!(msg, StreamMessage::End { .. } | StreamMessage::Error { .. });
+        let text = serde_json::to_string(&msg).map_err(axum::Error::new)?;
+        sink.feed(Message::Text(text.into())).await?;
+    }
+    sink.flush().await?;
+    Ok(last)
 }
 
 /// Follows a task as Server-Sent Events (for clients that cannot open a WebSocket): the same
