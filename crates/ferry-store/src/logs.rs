@@ -125,7 +125,10 @@ impl Store {
                 return Ok(out);
             }
             after = after.max(last_id);
-            let Some(a) = task_log_archive::Entity::find_by_id(id).one(&self.db).await? else {
+            let Some(a) = task_log_archive::Entity::find_by_id(id)
+                .one(&self.db)
+                .await?
+            else {
                 continue;
             };
             decode_into(&a, after_id, limit, &mut out)?;
