@@ -11,17 +11,17 @@ use anyhow::{Context, bail};
 use ferry_e2e::Cluster;
 use ferry_proto::v1;
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(exit_when_done: bool) -> anyhow::Result<()> {
     crate::ensure_system_packages()?;
     crate::cargo(&["build", "--workspace", "--bins"])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(demo())
+    rt.block_on(demo(exit_when_done))
 }
 
-async fn demo() -> anyhow::Result<()> {
+async fn demo(exit_when_done: bool) -> anyhow::Result<()> {
     let bin_dir = crate::target_dir().join("debug");
     let sshd = ferry_e2e::sshd::Sshd::start();
     let area = sshd.path("area");
@@ -67,7 +67,7 @@ async fn demo() -> anyhow::Result<()> {
     );
     c.env.push(("RUST_LOG".into(), "warn".into()));
     println!(
-        "== starting a coordinator and two agents in {}",
+        "== starting a coordinator and three agents in {}",
         c.dir.path().display()
     );
     c.start_coordinator().await;
@@ -116,6 +116,11 @@ async fn demo() -> anyhow::Result<()> {
     println!(
         "== HTTP API at {} (OpenAPI document /api/openapi.json, reference /api/docs)",
         api.base
+    );
+    println!(
+        "== dashboard at {}/ : log in with the token in {}",
+        api.base,
+        api.token_file.display()
     );
     let mut client = c.client().await;
     let request = ferry_core::pipeline::CtrTaskRequest {
@@ -272,6 +277,19 @@ async fn demo() -> anyhow::Result<()> {
         report["inference"]["rows_per_sec"].as_f64().unwrap_or(0.0),
         report["total_seconds"].as_f64().unwrap_or(0.0)
     );
+    if exit_when_done {
+        return Ok(());
+    }
+    println!(
+        "\n== the run stays up for you to look at: dashboard {}/runs/{} (token in {}); Ctrl-C stops it",
+        api.base,
+        t.id,
+        api.token_file.display()
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    println!("== stopping");
     Ok(())
 }
 
