@@ -74,6 +74,15 @@ export interface StepProgress {
   chunk_retries: number;
 }
 
+export interface Metric {
+  step: string;
+  name: string;
+  value: number;
+  /** The epoch (or other ordinal) the value belongs to. */
+  index: number;
+  timestamp: string;
+}
+
 export interface Approval {
   task_id: number;
   step: string;
@@ -199,6 +208,8 @@ export const api = {
     request<{ steps: Step[] }>(`/api/workflow/tasks/${id}/steps`, { signal }),
   progress: (id: number) =>
     request<{ steps: StepProgress[] }>(`/api/workflow/tasks/${id}/progress`),
+  metrics: (id: number) =>
+    request<{ metrics: Metric[] }>(`/api/workflow/tasks/${id}/metrics`),
   approvals: (id: number) =>
     request<{ approvals: Approval[] }>(`/api/workflow/tasks/${id}/approvals`),
   approve: (id: number, step: string, comment: string) =>

@@ -235,6 +235,34 @@ test("a task's steps turn completed on the DAG, live, and its log shows", async 
     await shot(admin, 'run');
     const detail = await cluster.api('GET', `/api/workflow/tasks/${task.task_id}`);
     assert.equal(detail.status, 'completed');
+    // No training here, so no metrics and no curves panel.
+    const none = await cluster.api('GET', `/api/workflow/tasks/${task.task_id}/metrics`);
+    assert.deepEqual(none.metrics, []);
+    assert.equal(await admin.getByTestId('metrics').count(), 0);
+    // With metrics (answered by the browser here), one chart per kind, values in words.
+    const metricsUrl = `**/api/workflow/tasks/${task.task_id}/metrics`;
+    const m = (name, index, value) => ({ step: 'train', name, value, index, timestamp: '' });
+    await admin.route(metricsUrl, (route) =>
+      route.fulfill({
+        json: {
+          metrics: [
+            m('train_loss', 1, 0.52), m('train_loss', 2, 0.47),
+            m('val_logloss_0', 1, 0.5), m('val_logloss_0', 2, 0.46),
+            m('val_auc_0', 1, 0.71), m('val_auc_0', 2, 0.75),
+            m('val_auc_1', 1, 0.8), m('val_auc_1', 2, 0.83),
+          ],
+        },
+      }),
+    );
+    await admin.reload();
+    const curves = admin.getByTestId('metrics');
+    await curves.waitFor({ timeout: T });
+    assert.equal(await curves.locator('figure.chart').count(), 2);
+    const auc = admin.getByRole('img', { name: /^AUC by epoch/ });
+    assert.match(await auc.getAttribute('aria-label'), /val_auc_1 epoch 1 0\.8, epoch 2 0\.83/);
+    assert.equal(await admin.getByTestId('metrics-chart-Loss').locator('path').count(), 2);
+    await shot(admin, 'metrics');
+    await admin.unroute(metricsUrl);
 
     // The list's filters live in the address.
     await admin.getByRole('link', { name: 'Runs', exact: true }).click();

@@ -14,6 +14,7 @@ import {
 import { ApprovalCard } from '../components/ApprovalCard';
 import { Dag } from '../components/Dag';
 import { LogPanel } from '../components/LogPanel';
+import { MetricsPanel } from '../components/MetricsPanel';
 import { ProgressPanel } from '../components/progress';
 import { StepsTable } from '../components/StepsTable';
 import { duration, formatTime } from '../format';
@@ -226,6 +227,18 @@ export function RunPage({ id }: { id: number }) {
     [detail, live],
   );
 
+  // Changes when a step's state or progress moves, so the curves are re-read then too.
+  const metricsVersion = useMemo(
+    () =>
+      steps
+        .map((s) => {
+          const d = s.progress as { epoch?: unknown } | null | undefined;
+          return `${s.status}:${d && typeof d === 'object' ? String(d.epoch ?? '') : ''}`;
+        })
+        .join(',') + `|${detail?.completed_steps ?? 0}`,
+    [steps, detail],
+  );
+
   if (!detail) {
     return (
       <main className="page">
@@ -301,6 +314,7 @@ export function RunPage({ id }: { id: number }) {
         <StepsTable steps={steps} focus={focus} onSelect={setFocus} now={now} />
       </section>
       <ProgressPanel steps={steps} chunks={chunks} />
+      <MetricsPanel taskId={detail.task_id} running={!terminal} version={metricsVersion} />
       <LogPanel lines={lines} dropped={dropped} steps={steps} step={focus} onStep={setFocus} />
     </main>
   );
