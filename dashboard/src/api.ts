@@ -225,9 +225,17 @@ export const api = {
   pause: (id: number) => request<Task>(`/api/workflow/tasks/${id}/pause`, { method: 'POST' }),
   resume: (id: number) => request<Task>(`/api/workflow/tasks/${id}/resume`, { method: 'POST' }),
   retry: (id: number) => request<Task>(`/api/workflow/tasks/${id}/retry`, { method: 'POST' }),
+  /** Changes a not-yet-completed step's parameters (a JSON merge patch) of a paused or
+   * failed task. */
+  stepParams: (id: number, step: string, patch: Record<string, unknown>) =>
+    request<Task>(`/api/workflow/tasks/${id}/steps/${enc(step)}/params`, {
+      method: 'PATCH',
+      body: patch,
+    }),
   cancel: (id: number) => request<Task>(`/api/workflow/tasks/${id}`, { method: 'DELETE' }),
   agents: () => request<{ agents: Agent[] }>('/api/agents'),
   workflows: () => request<{ workflows: Workflow[] }>('/api/workflows'),
+  workflow: (name: string) => request<Workflow>(`/api/workflows/${enc(name)}`),
 };
 
 /** The WebSocket URL of a task's live stream, from the line after `afterId`. */

@@ -353,6 +353,52 @@ test('approving through the page lets the task finish', async (t) =>
     }, T, 250);
   }));
 
+test('a failed step retries with a parameter changed on the page', async (t) =>
+  track(t)(async () => {
+    await cluster.api('POST', '/api/workflows', {
+      name: 'gated',
+      steps: [
+        {
+          name: 'gate',
+          kind: 'exec',
+          placement: { role: 'data_source' },
+          retry: { max_retries: 0 },
+          params: {
+            program: 'sh',
+            args: ['-c', 'test "$$GATE" = open && echo gate passed'],
+            env: { GATE: 'closed' },
+          },
+        },
+      ],
+    });
+    const task = await cluster.api('POST', '/api/workflow/tasks', { workflow: 'gated', name: 'gated' });
+    await waitFor('the task to fail', async () => {
+      const d = await cluster.api('GET', `/api/workflow/tasks/${task.task_id}`);
+      return d.status === 'failed';
+    }, T, 250);
+    await admin.goto(`${cluster.baseUrl}/runs/${task.task_id}`);
+    await admin.getByRole('button', { name: 'Retry with changed parameters…' }).click();
+    const box = admin.getByLabel(/Parameters of step “gate”/);
+    await box.waitFor({ timeout: T });
+    const shown = JSON.parse(await box.inputValue());
+    assert.deepEqual(shown.env, { GATE: 'closed' });
+    const apply = admin.getByRole('button', { name: 'Apply changes and retry' });
+    await box.fill('[1, 2]');
+    await admin.getByText('must be a JSON object').waitFor();
+    assert.ok(await apply.isDisabled());
+    await box.fill(JSON.stringify({ ...shown, env: { GATE: 'open' } }, null, 2));
+    await box.focus();
+    await admin.keyboard.press('Tab');
+    assert.equal(await admin.evaluate(() => document.activeElement?.textContent), 'Apply changes and retry');
+    await shot(admin, 'retry-params');
+    await admin.keyboard.press('Enter');
+    await waitFor('the retried task to complete', async () => {
+      const d = await cluster.api('GET', `/api/workflow/tasks/${task.task_id}`);
+      return d.status === 'completed';
+    }, T, 250);
+    await admin.getByText('gate passed').first().waitFor({ timeout: T });
+  }));
+
 test('the agents page lists the agents', async (t) =>
   track(t)(async () => {
     await admin.getByRole('link', { name: 'Agents', exact: true }).click();

@@ -8,7 +8,7 @@ import {
   type LogLine,
   type StepProgress,
   type StreamMessage,
-  type Task,
+  type Step,
   type TaskDetail,
 } from '../api';
 import { ApprovalCard } from '../components/ApprovalCard';
@@ -16,6 +16,7 @@ import { Dag } from '../components/Dag';
 import { LogPanel } from '../components/LogPanel';
 import { MetricsPanel } from '../components/MetricsPanel';
 import { ProgressPanel } from '../components/progress';
+import { RetryWithParams } from '../components/RetryWithParams';
 import { StepsTable } from '../components/StepsTable';
 import { duration, formatTime } from '../format';
 import { Link } from '../router';
@@ -47,6 +48,8 @@ export function RunPage({ id }: { id: number }) {
   const [streamError, setStreamError] = useState<string | null>(null);
   const [focus, setFocus] = useState('');
   const [now, setNow] = useState(Date.now());
+  // Bumped when a finished run starts again (retry, resume): the ended stream is reopened.
+  const [streamEpoch, setStreamEpoch] = useState(0);
 
   const loadDetail = useCallback(async () => {
     try {
@@ -200,9 +203,31 @@ export function RunPage({ id }: { id: number }) {
       window.clearTimeout(flushTimer);
       ws?.close();
     };
-  }, [id]);
+  }, [id, streamEpoch]);
 
   const terminal = detail ? isTerminal(detail.status) : false;
+  const wasTerminal = useRef<boolean | null>(null);
+  useEffect(() => {
+    if (!detail) return;
+    if (wasTerminal.current === true && !terminal) {
+      // The stream ended with the run; it is read again from its first line.
+      setLines([]);
+      setDropped(0);
+      setStreamEpoch((e) => e + 1);
+    }
+    wasTerminal.current = terminal;
+  }, [detail, terminal]);
+  useEffect(() => {
+    wasTerminal.current = null;
+  }, [id]);
+  // After a retry or resume from this page: a run that ended may finish again before the
+  // next read of its state, so its stream is reopened at once.
+  const restarted = useCallback(() => {
+    if (!wasTerminal.current) return;
+    setLines([]);
+    setDropped(0);
+    setStreamEpoch((e) => e + 1);
+  }, []);
   useEffect(() => {
     if (terminal) return;
     const t = window.setInterval(() => {
@@ -296,8 +321,10 @@ export function RunPage({ id }: { id: number }) {
       {hasRole(me, 'operator') && (
         <Actions
           task={detail}
+          steps={steps}
           held={steps.some((s) => s.status === 'awaiting_approval')}
           onDone={loadDetail}
+          onRestarted={restarted}
         />
       )}
       {approvals.map((a) => (
@@ -335,9 +362,23 @@ function StreamState({ conn }: { conn: Conn }) {
 }
 
 /** Pause, resume, retry and cancel, as the task's state allows (operators only). */
-function Actions({ task, held, onDone }: { task: Task; held: boolean; onDone: () => void }) {
+function Actions({
+  task,
+  steps,
+  held,
+  onDone,
+  onRestarted,
+}: {
+  task: TaskDetail;
+  steps: Step[];
+  held: boolean;
+  onDone: () => void;
+  onRestarted: () => void;
+}) {
   const [busy, setBusy] = useState(false);
   const [confirmCancel, setConfirmCancel] = useState(false);
+  const [editing, setEditing] = useState(false);
+  const openerRef = useRef<HTMLButtonElement>(null);
   const [error, setError] = useState<string | null>(null);
   const run = async (f: () => Promise<unknown>) => {
     setBusy(true);
@@ -354,50 +395,79 @@ function Actions({ task, held, onDone }: { task: Task; held: boolean; onDone: ()
   };
   const id = task.task_id;
   const s = task.status;
+  // Parameters change only while the task is failed, or paused (not held for an approval).
+  const canEdit = s === 'failed' || (s === 'paused' && !held);
+  const closeEditor = () => {
+    setEditing(false);
+    window.setTimeout(() => openerRef.current?.focus(), 0);
+  };
   return (
-    <div className="actions" role="group" aria-label="Run actions" data-testid="actions">
-      {s === 'running' && (
-        <button type="button" disabled={busy} onClick={() => run(() => api.pause(id))}>
-          <Icon name="pause" /> Pause
-        </button>
-      )}
-      {/* A task held for an approval resumes through the decision, not this button. */}
-      {s === 'paused' && !held && (
-        <button type="button" disabled={busy} onClick={() => run(() => api.resume(id))}>
-          <Icon name="play" /> Resume
-        </button>
-      )}
-      {(s === 'failed' || s === 'cancelled') && (
-        <button type="button" disabled={busy} onClick={() => run(() => api.retry(id))}>
-          Retry failed steps
-        </button>
-      )}
-      {!isTerminal(s) &&
-        (confirmCancel ? (
-          <span className="confirm">
-            Cancel this run? Running steps are stopped.
-            <button
-              type="button"
-              className="danger"
-              disabled={busy}
-              onClick={() => run(() => api.cancel(id))}
-            >
-              Yes, cancel the run
-            </button>
-            <button type="button" disabled={busy} onClick={() => setConfirmCancel(false)}>
-              No
-            </button>
-          </span>
-        ) : (
-          <button type="button" className="danger" onClick={() => setConfirmCancel(true)}>
-            <Icon name="slash" /> Cancel…
+    <>
+      <div className="actions" role="group" aria-label="Run actions" data-testid="actions">
+        {s === 'running' && (
+          <button type="button" disabled={busy} onClick={() => run(() => api.pause(id))}>
+            <Icon name="pause" /> Pause
           </button>
-        ))}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
+        )}
+        {/* A task held for an approval resumes through the decision, not this button. */}
+        {s === 'paused' && !held && (
+          <button type="button" disabled={busy} onClick={() => run(() => api.resume(id))}>
+            <Icon name="play" /> Resume
+          </button>
+        )}
+        {(s === 'failed' || s === 'cancelled') && (
+          <button type="button" disabled={busy} onClick={() => run(() => api.retry(id).then(onRestarted))}>
+            Retry failed steps
+          </button>
+        )}
+        {canEdit && (
+          <button
+            type="button"
+            ref={openerRef}
+            aria-expanded={editing}
+            onClick={() => setEditing((e) => !e)}
+          >
+            {s === 'paused' ? 'Resume' : 'Retry'} with changed parameters…
+          </button>
+        )}
+        {!isTerminal(s) &&
+          (confirmCancel ? (
+            <span className="confirm">
+              Cancel this run? Running steps are stopped.
+              <button
+                type="button"
+                className="danger"
+                disabled={busy}
+                onClick={() => run(() => api.cancel(id))}
+              >
+                Yes, cancel the run
+              </button>
+              <button type="button" disabled={busy} onClick={() => setConfirmCancel(false)}>
+                No
+              </button>
+            </span>
+          ) : (
+            <button type="button" className="danger" onClick={() => setConfirmCancel(true)}>
+              <Icon name="slash" /> Cancel…
+            </button>
+          ))}
+        {error && (
+          <p className="error" role="alert">
+            {error}
+          </p>
+        )}
+      </div>
+      {canEdit && editing && (
+        <RetryWithParams
+          task={task}
+          steps={steps}
+          onDone={() => {
+            onRestarted();
+            onDone();
+          }}
+          onClose={closeEditor}
+        />
       )}
-    </div>
+    </>
   );
 }
