@@ -1422,13 +1422,21 @@ fn check_log(
                 e.message
             );
         }
+        // Numbers, and the units a size or a rate is printed in (a slowed link prints
+        // `756.8 KiB/s` where a clean run printed `4.5 MiB/s`), are not what makes a kind.
         let kind: String = e
             .message
             .replace(&base, "<run>")
             .split_whitespace()
             .map(|w| {
+                let unit = w.trim_end_matches([')', ',', ';']);
                 if w.chars().any(|c| c.is_ascii_digit()) {
                     "#"
+                } else if matches!(
+                    unit,
+                    "B" | "KiB" | "MiB" | "GiB" | "TiB" | "B/s" | "KiB/s" | "MiB/s" | "GiB/s"
+                ) {
+                    "<unit>"
                 } else {
                     w
                 }
