@@ -252,6 +252,27 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
     }
 }
 
+/// A query number that, when given, must lie within `min..=max`; the refusal names it.
+pub fn bounded<T>(field: &str, value: Option<T>, min: T, max: Option<T>) -> ApiResult<Option<T>>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    match value {
+        Some(v) if v < min || max.is_some_and(|m| v > m) => {
+            let allowed = match max {
+                Some(m) => format!("{min}-{m}"),
+                None => format!("at least {min}"),
+            };
+            Err(ApiError::field(
+                ErrorCode::InvalidArgument,
+                field,
+                format!("`{field}` must be {allowed}"),
+            ))
+        }
+        v => Ok(v),
+    }
+}
+
 /// Path segments decoded into `T` (ids must be numbers).
 pub struct P<T>(pub T);
 

@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{ApiError, ApiResult, Caller, JsonBody, P, Q, decode, json_bytes};
+use super::extract::{ApiError, ApiResult, Caller, JsonBody, P, Q, bounded, decode, json_bytes};
 use super::session;
 use super::state::AppState;
 use super::views::*;
@@ -202,20 +202,8 @@ async fn list_tasks(
 ) -> ApiResult<Json<TaskPage>> {
     // As documented: the service reads 0 as "absent" and caps the page, which a client
     // that sent the value would not expect.
-    if q.limit.is_some_and(|n| !(1..=1000).contains(&n)) {
-        return Err(ApiError::field(
-            ErrorCode::InvalidArgument,
-            "limit",
-            "`limit` must be 1-1000",
-        ));
-    }
-    if q.before_id.is_some_and(|id| id < 1) {
-        return Err(ApiError::field(
-            ErrorCode::InvalidArgument,
-            "before_id",
-            "`before_id` must be at least 1 (a previous page's `next_before_id`)",
-        ));
-    }
+    bounded("limit", q.limit, 1, Some(1000))?;
+    bounded("before_id", q.before_id, 1, None)?;
     for (field, value) in [
         ("created_after", &q.created_after),
         ("created_before", &q.created_before),
@@ -394,25 +382,9 @@ async fn task_logs(
     P(id): P<i64>,
     Q(q): Q<LogQuery>,
 ) -> ApiResult<Json<LogPage>> {
-    let after_id = q.after_id.unwrap_or(0);
-    if after_id < 0 {
-        return Err(ApiError::field(
-            ErrorCode::InvalidArgument,
-            "after_id",
-            "`after_id` must not be negative",
-        ));
-    }
-    let limit = match q.limit {
-        None => MAX_LOG_PAGE as u32,
-        Some(n) if n >= 1 && u64::from(n) <= MAX_LOG_PAGE => n,
-        Some(_) => {
-            return Err(ApiError::field(
-                ErrorCode::InvalidArgument,
-                "limit",
-                format!("`limit` must be 1-{MAX_LOG_PAGE}"),
-            ));
-        }
-    };
+    let after_id = bounded("after_id", q.after_id, 0, None)?.unwrap_or(0);
+    let page = MAX_LOG_PAGE as u32;
+    let limit = bounded("limit", q.limit, 1, Some(page))?.unwrap_or(page);
     let out = svc!(
         st,
         get_logs,
@@ -1177,25 +1149,8 @@ async fn list_audit(
     caller: Caller,
     Q(q): Q<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    let limit = match q.limit {
-        None => 100,
-        Some(n) if (1..=1000).contains(&n) => n,
-        Some(_) => {
-            return Err(ApiError::field(
-                ErrorCode::InvalidArgument,
-                "limit",
-                "`limit` must be 1-1000",
-            ));
-        }
-    };
-    let before_id = q.before_id.unwrap_or(0);
-    if q.before_id.is_some_and(|id| id < 1) {
-        return Err(ApiError::field(
-            ErrorCode::InvalidArgument,
-            "before_id",
-            "`before_id` must be at least 1 (a previous page's `next_before_id`)",
-        ));
-    }
+    let limit = bounded("limit", q.limit, 1, Some(1000))?.unwrap_or(100);
+    let before_id = bounded("before_id", q.before_id, 1, None)?.unwrap_or(0);
     let r = v1::ListAuditRequest {
         limit,
         before_id,

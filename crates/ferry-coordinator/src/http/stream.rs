@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::extract::{ApiError, ApiResult, Caller, P, Q};
+use super::extract::{ApiError, ApiResult, Caller, P, Q, bounded};
 use super::state::AppState;
 use super::views::{ErrorBody, LogView, StreamEvent, StreamMessage, StreamQuery};
 use crate::api::WorkflowApi;
@@ -62,14 +62,7 @@ async fn start(
     id: i64,
     q: &StreamQuery,
 ) -> ApiResult<mpsc::Receiver<Result<FollowEvent, EngineError>>> {
-    let after_id = q.after_id.unwrap_or(0);
-    if after_id < 0 {
-        return Err(ApiError::field(
-            ErrorCode::InvalidArgument,
-            "after_id",
-            "`after_id` must not be negative",
-        ));
-    }
+    let after_id = bounded("after_id", q.after_id, 0, None)?.unwrap_or(0);
     <WorkflowApi as WorkflowService>::get_task_status(
         &st.api,
         caller.request(v1::TaskRef { task_id: id }),
