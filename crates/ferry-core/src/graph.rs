@@ -344,7 +344,9 @@ impl GraphDef {
                 ServiceType::Docker if n.image.as_deref().is_none_or(|i| i.trim().is_empty()) => {
                     problems.push(config("a DOCKER service needs an `image`"));
                 }
-                ServiceType::Standalone if n.entrypoint.is_empty() => {
+                ServiceType::Standalone
+                    if n.entrypoint.first().is_none_or(|p| p.trim().is_empty()) =>
+                {
                     problems.push(config(
                         "a STANDALONE service needs an `entrypoint` (the program)",
                     ));
@@ -1038,6 +1040,13 @@ connections:
         assert_eq!(
             problems(&GraphDef::default()),
             ["workflow must have at least one node"]
+        );
+        // A blank program is no program (found by the graph_edits fuzz target).
+        let mut g = example();
+        g.nodes[2].entrypoint = vec![" ".into(), "--flag".into()];
+        assert_eq!(
+            problems(&g),
+            ["node `check`: a STANDALONE service needs an `entrypoint` (the program)"]
         );
     }
 
