@@ -11,17 +11,66 @@ use anyhow::{Context, bail};
 use ferry_e2e::Cluster;
 use ferry_proto::v1;
 
-pub fn run(exit_when_done: bool) -> anyhow::Result<()> {
-    crate::ensure_system_packages()?;
-    crate::cargo(&["build", "--workspace", "--bins"])?;
+/// `cargo xtask demo`'s options. The defaults are README's main job; the others shape the
+/// run for the dashboard's browser test (a smaller, slower, gated run started from the page).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Stop when the task is done instead of serving the dashboard until Ctrl-C.
+    #[arg(long)]
+    pub exit_when_done: bool,
+    /// Training rows generated (inference rows are a quarter of them).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
+    pub rows: u64,
+    /// Training epochs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub epochs: u32,
+    /// rsync's `--bwlimit` for every transfer (e.g. `2M`), to watch a transfer's progress.
+    #[arg(long)]
+    pub bandwidth_limit: Option<String>,
+    /// Transfer chunk size in bytes.
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(65_536..=1 << 30))]
+    pub chunk_size: u64,
+    /// Treat the result table as a production table: its load waits for an approver.
+    #[arg(long)]
+    pub production: bool,
+    /// Create no task: serve the cluster and its dashboard, to start a run from the page.
+    #[arg(long)]
+    pub no_task: bool,
+    /// Once the cluster serves, write its addresses here (JSON: `base`, `token_file`, `ca`
+    /// and the sample's SQL), for programs driving the demo.
+    #[arg(long)]
+    pub ready_file: Option<std::path::PathBuf>,
+    /// Use the binaries already built (skip the system packages check and `cargo build`).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    if !opts.no_build {
+        crate::ensure_system_packages()?;
+        crate::cargo(&["build", "--workspace", "--bins"])?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(demo(exit_when_done))
+    rt.block_on(demo(opts))
 }
 
-async fn demo(exit_when_done: bool) -> anyhow::Result<()> {
+/// Ctrl-C or SIGTERM (how a test or a service manager stops the demo); the cluster's
+/// processes and its sshd stop when it is dropped.
+async fn stopped() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn demo(opts: Options) -> anyhow::Result<()> {
+    let exit_when_done = opts.exit_when_done;
     let bin_dir = crate::target_dir().join("debug");
     let sshd = ferry_e2e::sshd::Sshd::start();
     let area = sshd.path("area");
@@ -31,9 +80,9 @@ async fn demo(exit_when_done: bool) -> anyhow::Result<()> {
         area.display(),
         sshd.path("known_hosts").display()
     );
-    let rows = 200_000;
+    let rows = usize::try_from(opts.rows).context("--rows")?;
     let mut spec = ferry_sampledata::SampleSpec::new(rows, 2024);
-    spec.infer_rows = 50_000;
+    spec.infer_rows = (rows / 4).max(1_000);
     spec.rows_per_part = 50_000;
     let warehouse = area.join("source/warehouse");
     println!(
@@ -50,14 +99,27 @@ async fn demo(exit_when_done: bool) -> anyhow::Result<()> {
             sshd.path("user_key").display(),
         )
     };
-    let servers = format!(
-        "servers:\n{}{}{}transfer:\n  chunk_size: 4194304\n  remote_ferry: \"{}\"\nsql:\n  warehouse_dir: \"{}\"\n  rows_per_part: 50000\n",
+    let mut servers = format!(
+        "servers:\n{}{}{}transfer:\n  chunk_size: {}\n  remote_ferry: \"{}\"\n",
         server("server_21", "data_source"),
         server("training_server", "training"),
         server("inference_server", "inference"),
+        opts.chunk_size,
         bin_dir.join("ferry").display(),
-        warehouse.display(),
     );
+    if let Some(limit) = &opts.bandwidth_limit {
+        servers.push_str(&format!(
+            "  bandwidth_limit: {}\n",
+            serde_json::json!(limit)
+        ));
+    }
+    servers.push_str(&format!(
+        "sql:\n  warehouse_dir: \"{}\"\n  rows_per_part: 50000\n",
+        warehouse.display()
+    ));
+    if opts.production {
+        servers.push_str("  production_tables: [\"results.*\"]\n");
+    }
     // As production runs: mutual TLS from the deployment's own CA, and tokens.
     let mut c = Cluster::with_agent_config(&agent_lines, &servers).into_secure();
     c.bin_dir = bin_dir;
@@ -136,7 +198,7 @@ async fn demo(exit_when_done: bool) -> anyhow::Result<()> {
         ),
         hive_table: "results.campaign_scores".into(),
         partition: Some(format!("dt={}", spec.infer_day)),
-        epochs: Some(2),
+        epochs: Some(opts.epochs),
         batch_size: Some(2048),
         model_params: [
             ("embedding_dim", serde_json::json!(8)),
@@ -149,6 +211,29 @@ async fn demo(exit_when_done: bool) -> anyhow::Result<()> {
         .collect(),
         ..Default::default()
     };
+    if let Some(path) = &opts.ready_file {
+        let ready = serde_json::json!({
+            "base": api.base,
+            "token_file": api.token_file,
+            "ca": api.ca,
+            "request": request,
+        });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&ready)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if opts.no_task {
+        println!(
+            "== no task created: start one from the dashboard ({}/runs/new), e.g. with this request:\n{}",
+            api.base,
+            serde_json::to_string_pretty(&request)?
+        );
+        println!("== Ctrl-C stops it");
+        stopped().await?;
+        println!("== stopping");
+        return Ok(());
+    }
     println!(
         "== task request (seed 000 §8.2):\n{}",
         serde_yaml::to_string(&request).unwrap_or_default()
@@ -286,9 +371,7 @@ async fn demo(exit_when_done: bool) -> anyhow::Result<()> {
         t.id,
         api.token_file.display()
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    stopped().await?;
     println!("== stopping");
     Ok(())
 }

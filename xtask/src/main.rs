@@ -44,11 +44,7 @@ enum Cmd {
     },
     /// README's main job: run the example workflow on this machine and show its progress;
     /// then keep the coordinator and its dashboard up until Ctrl-C.
-    Demo {
-        /// Stop when the task is done instead of serving the dashboard until Ctrl-C.
-        #[arg(long)]
-        exit_when_done: bool,
-    },
+    Demo(demo::Options),
     /// The built-in CTR pipeline across three hosts (network namespaces as root, else
     /// loopback addresses), each with its own sshd and agent; `--faults` kills each daemon once.
     E2e(e2e::Options),
@@ -106,7 +102,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test { args } => test(&args),
-        Cmd::Demo { exit_when_done } => demo::run(exit_when_done),
+        Cmd::Demo(opts) => demo::run(opts),
         Cmd::E2e(opts) => e2e::run(opts),
         Cmd::Chaos(opts) => chaos::run(opts),
         Cmd::GenData {

@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'react';
-import { api, ApiError, type Step, type Task } from '../api';
+import { api, ApiError, hasRole, type Step, type Task } from '../api';
+import { useSession } from '../session';
 import { duration, formatTime } from '../format';
 import { Link, navigate, useLocation } from '../router';
 import { StatusBadge, TASK_STATUSES, isTerminal, statusStyle } from '../status';
@@ -21,6 +22,7 @@ function setQuery(search: URLSearchParams, changes: Record<string, string>) {
 }
 
 export function RunsPage() {
+  const { me } = useSession();
   const { search } = useLocation();
   const status = search.get('status') ?? '';
   const workflow = search.get('workflow') ?? '';
@@ -100,7 +102,14 @@ export function RunsPage() {
 
   return (
     <main className="page">
-      <h1>Runs</h1>
+      <div className="page-head">
+        <h1>Runs</h1>
+        {hasRole(me, 'operator') && (
+          <Link href="/runs/new" className="button primary">
+            Start a run
+          </Link>
+        )}
+      </div>
       <form className="filters" role="search" onSubmit={(e) => e.preventDefault()}>
         <label>
           Status
