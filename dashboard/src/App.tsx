@@ -6,6 +6,7 @@ import { LoginPage } from './pages/Login';
 import { RunsPage } from './pages/Runs';
 import { RunPage } from './pages/Run';
 import { AgentsPage } from './pages/Agents';
+import { DesignerPage } from './pages/Designer';
 
 type Phase = 'loading' | 'anonymous' | 'ready' | 'unreachable';
 
@@ -57,8 +58,10 @@ export function App() {
 
   let page;
   const run = pathname.match(/^\/runs\/(\d+)\/?$/);
+  const designer = pathname.match(/^\/designer(?:\/([^/]+))?\/?$/);
   if (run) page = <RunPage id={Number(run[1])} />;
   else if (pathname === '/agents') page = <AgentsPage />;
+  else if (designer) page = <DesignerPage name={designer[1] && safeDecode(designer[1])} />;
   else if (pathname === '/' || pathname === '/runs' || pathname === '/login') page = <RunsPage />;
   else {
     page = (
@@ -77,6 +80,14 @@ export function App() {
       {page}
     </SessionContext.Provider>
   );
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
 }
 
 function Header() {
@@ -100,6 +111,9 @@ function Header() {
       <nav aria-label="Main">
         <Link href="/runs" aria-current={current('/runs')}>
           Runs
+        </Link>
+        <Link href="/designer" aria-current={current('/designer')}>
+          Designer
         </Link>
         <Link href="/agents" aria-current={current('/agents')}>
           Agents

@@ -15,6 +15,7 @@ import { ApprovalCard } from '../components/ApprovalCard';
 import { Dag } from '../components/Dag';
 import { LogPanel } from '../components/LogPanel';
 import { MetricsPanel } from '../components/MetricsPanel';
+import { Outputs } from '../components/Outputs';
 import { ProgressPanel } from '../components/progress';
 import { RetryWithParams } from '../components/RetryWithParams';
 import { StepsTable } from '../components/StepsTable';
@@ -342,6 +343,7 @@ export function RunPage({ id }: { id: number }) {
       </section>
       <ProgressPanel steps={steps} chunks={chunks} />
       <MetricsPanel taskId={detail.task_id} running={!terminal} version={metricsVersion} />
+      <Outputs taskId={detail.task_id} status={detail.status} steps={steps} />
       <LogPanel lines={lines} dropped={dropped} steps={steps} step={focus} onStep={setFocus} />
     </main>
   );
