@@ -5,6 +5,7 @@ import { SessionContext, useSession } from './session';
 import { LoginPage } from './pages/Login';
 import { RunsPage } from './pages/Runs';
 import { RunPage } from './pages/Run';
+import { NewRunPage } from './pages/NewRun';
 import { AgentsPage } from './pages/Agents';
 import { DesignerPage } from './pages/Designer';
 
@@ -59,7 +60,8 @@ export function App() {
   let page;
   const run = pathname.match(/^\/runs\/(\d+)\/?$/);
   const designer = pathname.match(/^\/designer(?:\/([^/]+))?\/?$/);
-  if (run) page = <RunPage id={Number(run[1])} />;
+  if (pathname === '/runs/new') page = <NewRunPage />;
+  else if (run) page = <RunPage id={Number(run[1])} />;
   else if (pathname === '/agents') page = <AgentsPage />;
   else if (designer) page = <DesignerPage name={designer[1] && safeDecode(designer[1])} />;
   else if (pathname === '/' || pathname === '/runs' || pathname === '/login') page = <RunsPage />;

@@ -224,10 +224,10 @@ test("a task's steps turn completed on the DAG, live, and its log shows", async 
     const lines = await admin.getByTestId('log-lines').locator('li').count();
     assert.ok(lines >= 3, `log lines shown: ${lines}`);
     // The step filter keeps one step's lines.
-    await admin.getByRole('button', { name: 'transform', exact: true }).click();
+    await admin.getByTestId('steps').getByRole('button', { name: 'transform', exact: true }).click();
     await admin.getByText(/sum=500500/).first().waitFor();
     assert.equal(await admin.getByText('sum verified').count(), 0);
-    await admin.getByRole('button', { name: 'transform', exact: true }).click();
+    await admin.getByTestId('steps').getByRole('button', { name: 'transform', exact: true }).click();
     // Level filter: nothing at ERROR in a clean run.
     await admin.getByLabel('Level').selectOption('ERROR');
     await admin.getByText('No line matches.').waitFor();
@@ -353,6 +353,25 @@ test('approving through the page lets the task finish', async (t) =>
     }, T, 250);
   }));
 
+test('rejecting a load with a comment pauses the task with the reason', async (t) =>
+  track(t)(async () => {
+    const task = await cluster.api('POST', '/api/workflow/tasks', { workflow: 'to_prod', name: 'to-prod-2' });
+    await admin.goto(`${cluster.baseUrl}/runs/${task.task_id}`);
+    const card = admin.getByTestId('approval-load');
+    await card.waitFor({ timeout: T });
+    assert.ok((await card.locator('table.preview tbody tr').count()) >= 1);
+    await card.getByLabel(/Comment/).fill('partition is for the wrong day');
+    await card.getByRole('button', { name: 'Reject' }).click();
+    await card.waitFor({ state: 'detached', timeout: T });
+    await admin.locator('.run-head [data-status="paused"]').waitFor({ timeout: T });
+    const reason = admin.locator('p.reason').filter({ hasText: 'partition is for the wrong day' });
+    await reason.waitFor({ timeout: T });
+    const d = await cluster.api('GET', `/api/workflow/tasks/${task.task_id}`);
+    assert.equal(d.status, 'paused');
+    assert.match(d.status_reason ?? '', /partition is for the wrong day/);
+    await shot(admin, 'rejected');
+  }));
+
 test('a failed step retries with a parameter changed on the page', async (t) =>
   track(t)(async () => {
     await cluster.api('POST', '/api/workflows', {
@@ -409,4 +428,192 @@ test('the agents page lists the agents', async (t) =>
     assert.match(text, /train-1/);
     assert.match(text, /Connected/);
     await shot(admin, 'agents');
+  }));
+
+/** Watches the page's main thread from now on: the longest gap between animation frames and
+ * the long tasks (over 50 ms) the browser reports. */
+async function watchMainThread(page) {
+  await page.evaluate(() => {
+    const w = window;
+    w.__perf = { maxGap: 0, frames: 0, longTasks: 0, longTaskMs: 0 };
+    let last = performance.now();
+    const frame = (t) => {
+      w.__perf.maxGap = Math.max(w.__perf.maxGap, t - last);
+      w.__perf.frames += 1;
+      last = t;
+      if (!w.__perfStop) requestAnimationFrame(frame);
+    };
+    w.__perfStop = false;
+    requestAnimationFrame(frame);
+    w.__perfObs = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) {
+        w.__perf.longTasks += 1;
+        w.__perf.longTaskMs += e.duration;
+      }
+    });
+    w.__perfObs.observe({ type: 'longtask', buffered: false });
+  });
+}
+
+async function mainThreadReport(page) {
+  return page.evaluate(() => {
+    window.__perfStop = true;
+    window.__perfObs?.disconnect();
+    const p = window.__perf;
+    return `longest frame gap ${p.maxGap.toFixed(0)} ms over ${p.frames} frames, ${p.longTasks} long tasks (${p.longTaskMs.toFixed(0)} ms)`;
+  });
+}
+
+test('a run of 2,000 steps: the page loads, stays interactive and collapses the fan-out', async (t) =>
+  track(t)(async () => {
+    const width = 1998;
+    const names = Array.from({ length: width }, (_, i) => `s${String(i).padStart(4, '0')}`);
+    await cluster.api('POST', '/api/workflows', {
+      name: 'wide',
+      steps: [
+        { name: 'start', kind: 'exec', placement: { role: 'data_source' }, params: { program: 'true' } },
+        ...names.map((name, i) => ({
+          name,
+          kind: 'exec',
+          placement: { role: i % 2 ? 'data_source' : 'training' },
+          inputs: ['start'],
+          // Finishing over half a minute, so the page is measured while steps change.
+          params: { program: 'sleep', args: [String(1 + (i % 30))] },
+        })),
+        { name: 'end', kind: 'exec', placement: { role: 'training' }, inputs: names, params: { program: 'true' } },
+      ],
+    });
+    const task = await cluster.api('POST', '/api/workflow/tasks', { workflow: 'wide', name: 'wide' });
+    try {
+      // Load: from navigation to the laid-out DAG and the full steps table.
+      const t0 = Date.now();
+      await admin.goto(`${cluster.baseUrl}/runs/${task.task_id}`);
+      await admin.locator('[data-testid="dag"][data-laid-out="yes"] .react-flow__node').first().waitFor({ timeout: T });
+      await admin
+        .waitForFunction(
+          () => document.querySelectorAll('[data-testid="steps"] tbody tr').length === 200,
+          null,
+          { timeout: T },
+        )
+        .catch(async (e) => {
+          const rows = await admin.locator('[data-testid="steps"] tbody tr').count();
+          const text = (await admin.locator('main').innerText()).slice(0, 1500);
+          throw new Error(`${e.message}: ${rows} rows drawn; the page shows: ${text}`);
+        });
+      const loadMs = Date.now() - t0;
+      // The fan-out is one node, with its states counted.
+      const group = admin.getByTestId('dag-group');
+      await group.waitFor();
+      assert.equal(await group.getAttribute('data-size'), String(width));
+      assert.match(await group.innerText(), /1998 steps: s0000 … s1997/);
+      await shot(admin, 'run-2000-steps');
+
+      // Interactive while the steps update: the main thread's gaps, and a click's answer.
+      await watchMainThread(admin);
+      const before = await cluster.api('GET', `/api/workflow/tasks/${task.task_id}`);
+      const clicks = [];
+      for (const name of ['s0500', 's1500', 's0005']) {
+        const c0 = Date.now();
+        await admin.getByLabel('Find a step').fill(name);
+        const button = admin.getByTestId('steps').getByRole('button', { name, exact: true });
+        await button.click();
+        await admin.waitForFunction(
+          (n) =>
+            [...document.querySelectorAll('[data-testid="steps"] button[aria-pressed="true"]')].some(
+              (b) => b.textContent === n,
+            ),
+          name,
+        );
+        clicks.push(Date.now() - c0);
+        await admin.waitForTimeout(1000);
+      }
+      // Opened 50 steps at a time: the rest stay one node.
+      const expand0 = Date.now();
+      await group.getByRole('button', { name: 'Show 50 of them' }).click();
+      await admin.waitForFunction(
+        (n) => document.querySelector('[data-testid="dag-group"]')?.getAttribute('data-size') === n,
+        String(width - 50),
+        { timeout: T },
+      );
+      const expandMs = Date.now() - expand0;
+      // start, the group, 50 steps, end.
+      assert.equal(await admin.getByTestId('dag').getAttribute('data-nodes'), '53');
+      const drawn = await admin.locator('.react-flow__node').count();
+      await admin.getByRole('button', { name: 'Collapse fan-outs' }).click();
+      await admin.waitForFunction(
+        (n) => document.querySelector('[data-testid="dag-group"]')?.getAttribute('data-size') === n,
+        String(width),
+        { timeout: T },
+      );
+      const report = await mainThreadReport(admin);
+      const after = await cluster.api('GET', `/api/workflow/tasks/${task.task_id}`);
+      console.log(
+        `2,000-step run page: loaded in ${loadMs} ms; step clicks answered in ${clicks.join(', ')} ms; ` +
+          `opening 50 steps of the fan-out took ${expandMs} ms (${drawn} nodes drawn); ` +
+          `${report}; steps completed meanwhile: ${before.completed_steps} → ${after.completed_steps}`,
+      );
+      assert.ok(drawn <= 53, `the graph drawn stays small: ${drawn} nodes`);
+    } finally {
+      await cluster.api('DELETE', `/api/workflow/tasks/${task.task_id}`).catch(() => {});
+    }
+  }));
+
+test('the log view follows 1,000 lines a second', async (t) =>
+  track(t)(async () => {
+    const seconds = 10;
+    await cluster.api('POST', '/api/workflows', {
+      name: 'chatty',
+      steps: [
+        {
+          name: 'chatter',
+          kind: 'exec',
+          placement: { role: 'training' },
+          params: {
+            program: 'sh',
+            // 100 lines every 0.1 s: about 1,000 lines a second.
+            args: [
+              '-c',
+              `i=0; while [ $$i -lt ${seconds * 1000} ]; do echo "chatter line $$i"; i=$$((i+1)); if [ $$((i % 100)) -eq 0 ]; then sleep 0.1; fi; done`,
+            ],
+          },
+        },
+      ],
+    });
+    const task = await cluster.api('POST', '/api/workflow/tasks', { workflow: 'chatty', name: 'chatty' });
+    await admin.goto(`${cluster.baseUrl}/runs/${task.task_id}`);
+    await admin.getByTestId('dag-node-chatter').waitFor({ timeout: T });
+    await watchMainThread(admin);
+    await admin.evaluate(() => {
+      const w = window;
+      w.__lines = [];
+      const t0 = performance.now();
+      w.__lineTimer = setInterval(() => {
+        const m = document.querySelector('.log-controls [aria-live]')?.textContent?.match(/^(\d+) lines/);
+        w.__lines.push([performance.now() - t0, m ? Number(m[1]) : 0]);
+      }, 250);
+    });
+    await admin.getByText(`chatter line ${seconds * 1000 - 1}`).waitFor({ timeout: T });
+    const samples = await admin.evaluate(() => {
+      clearInterval(window.__lineTimer);
+      return window.__lines;
+    });
+    const report = await mainThreadReport(admin);
+    // The rate the page showed lines at while they came fastest (over any 2 s window).
+    let best = 0;
+    for (let i = 0; i < samples.length; i++) {
+      for (let j = i + 1; j < samples.length; j++) {
+        if (samples[j][0] - samples[i][0] >= 2000) {
+          best = Math.max(best, ((samples[j][1] - samples[i][1]) * 1000) / (samples[j][0] - samples[i][0]));
+          break;
+        }
+      }
+    }
+    const last = samples.at(-1);
+    console.log(
+      `log view: ${last?.[1]} lines shown after ${((last?.[0] ?? 0) / 1000).toFixed(1)} s, ` +
+        `fastest ${best.toFixed(0)} lines/s over 2 s; ${report}`,
+    );
+    // Following: the newest line is in view.
+    assert.ok(await admin.getByText(`chatter line ${seconds * 1000 - 1}`).isVisible());
+    await shot(admin, 'log-follow');
   }));

@@ -1,7 +1,9 @@
-// The task's DAG: one node per step, placed in columns by depth (a step sits one column
-// right of its deepest input), edges from inputs. Each node shows its state as an icon and
-// a word besides its colour.
-import { memo, useEffect, useMemo } from 'react';
+// The task's DAG: one node per step, placed in columns by depth, edges from inputs; a fan-out
+// of many steps with the same inputs is one group node (with its states counted), opened a
+// few dozen steps at a time. The layout is computed in a worker, so a big graph does not block the page, and
+// React Flow draws only the nodes in view. Each node shows its state as an icon and a word
+// besides its colour.
+import { memo, useEffect, useMemo, useRef, useState } from 'react';
 import {
   Background,
   Controls,
@@ -16,14 +18,21 @@ import {
 } from '@xyflow/react';
 import '@xyflow/react/dist/style.css';
 import type { Step } from '../api';
+import { EXPAND_STEP, layout as layoutNow, type Layout, type ShapeStep } from '../dag/layout';
 import { StatusIcon, statusStyle } from '../status';
 import { progressPercent } from './progress';
 
-const COL = 250;
-const ROW = 110;
-
 type StepNodeData = { step: Step; focused: boolean };
+type GroupNodeData = {
+  id: string;
+  steps: Step[];
+  status: string;
+  focused: boolean;
+  onExpand: (id: string) => void;
+};
 type StepNodeType = Node<StepNodeData, 'step'>;
+type GroupNodeType = Node<GroupNodeData, 'group'>;
+type DagNode = StepNodeType | GroupNodeType;
 
 const StepNode = memo(function StepNode({ data }: NodeProps<StepNodeType>) {
   const { step, focused } = data;
@@ -48,29 +57,95 @@ const StepNode = memo(function StepNode({ data }: NodeProps<StepNodeType>) {
   );
 });
 
-const nodeTypes = { step: StepNode };
+/** The state a group shows: a failure first, then work under way, then what is left. */
+function groupStatus(steps: Step[]): string {
+  const has = (st: string) => steps.some((s) => s.status === st);
+  if (has('failed')) return 'failed';
+  if (has('awaiting_approval')) return 'awaiting_approval';
+  if (has('running') || has('dispatching') || has('ready')) return 'running';
+  if (steps.every((s) => s.status === 'completed')) return 'completed';
+  if (has('paused')) return 'paused';
+  if (steps.every((s) => s.status === 'cancelled')) return 'cancelled';
+  return 'pending';
+}
 
-/** Column of each step: 0 for steps without inputs, else one more than its deepest input. */
-export function layers(steps: Step[]): Map<string, number> {
-  const byName = new Map(steps.map((s) => [s.name, s]));
-  const depth = new Map<string, number>();
-  const visiting = new Set<string>();
-  const visit = (name: string): number => {
-    const known = depth.get(name);
-    if (known !== undefined) return known;
-    if (visiting.has(name)) return 0; // a cycle cannot be stored; stay finite anyway
-    visiting.add(name);
-    const step = byName.get(name);
-    let d = 0;
-    for (const input of step?.inputs ?? []) {
-      if (byName.has(input)) d = Math.max(d, visit(input) + 1);
+function counts(steps: Step[]): string {
+  const by = new Map<string, number>();
+  for (const s of steps) by.set(s.status, (by.get(s.status) ?? 0) + 1);
+  return [...by.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .map(([st, n]) => `${n} ${statusStyle(st).label.toLowerCase()}`)
+    .join(', ');
+}
+
+const GroupNode = memo(function GroupNode({ data }: NodeProps<GroupNodeType>) {
+  const s = statusStyle(data.status);
+  const first = data.steps[0]?.name ?? '';
+  const last = data.steps[data.steps.length - 1]?.name ?? '';
+  return (
+    <div
+      className={`dag-node dag-group tone-${s.tone}${data.focused ? ' focused' : ''}`}
+      data-testid="dag-group"
+      data-status={data.status}
+      data-size={data.steps.length}
+    >
+      <Handle type="target" position={Position.Left} isConnectable={false} />
+      <div className="dag-node-name">
+        {data.steps.length} steps: {first} … {last}
+      </div>
+      <div className="dag-node-state">
+        <StatusIcon status={data.status} /> {counts(data.steps)}
+      </div>
+      <button
+        type="button"
+        className="linklike nodrag"
+        onClick={(e) => {
+          e.stopPropagation();
+          data.onExpand(data.id);
+        }}
+      >
+        Show {Math.min(EXPAND_STEP, data.steps.length)} of them
+      </button>
+      <Handle type="source" position={Position.Right} isConnectable={false} />
+    </div>
+  );
+});
+
+const nodeTypes = { step: StepNode, group: GroupNode };
+
+/** Lays out in a worker where the browser has them; a stale answer is dropped. */
+function useLayout(
+  shape: ShapeStep[],
+  shapeKey: string,
+  expanded: Record<string, number>,
+): Layout | null {
+  const [result, setResult] = useState<Layout | null>(null);
+  const worker = useRef<Worker | null>(null);
+  const seq = useRef(0);
+  useEffect(() => {
+    if (typeof Worker === 'undefined') return;
+    const w = new Worker(new URL('../dag/layout.worker.ts', import.meta.url), { type: 'module' });
+    worker.current = w;
+    w.onmessage = (e: MessageEvent<{ seq: number; layout: Layout }>) => {
+      if (e.data.seq === seq.current) setResult(e.data.layout);
+    };
+    return () => {
+      w.terminate();
+      worker.current = null;
+    };
+  }, []);
+  const expandedKey = JSON.stringify(expanded);
+  useEffect(() => {
+    seq.current += 1;
+    if (worker.current) {
+      worker.current.postMessage({ seq: seq.current, steps: shape, expanded });
+    } else {
+      setResult(layoutNow(shape, expanded));
     }
-    visiting.delete(name);
-    depth.set(name, d);
-    return d;
-  };
-  steps.forEach((s) => visit(s.name));
-  return depth;
+    // The shape's key and the expanded groups are what the layout depends on.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [shapeKey, expandedKey]);
+  return result;
 }
 
 export function Dag({
@@ -82,39 +157,61 @@ export function Dag({
   focus: string;
   onSelect: (step: string) => void;
 }) {
-  const shape = steps.map((s) => `${s.name}<${s.inputs.join(',')}`).join(';');
-  const positions = useMemo(() => {
-    const depth = layers(steps);
-    const rows = new Map<number, number>();
-    const pos = new Map<string, { x: number; y: number }>();
-    [...steps]
-      .sort((a, b) => a.step_order - b.step_order)
-      .forEach((s) => {
-        const col = depth.get(s.name) ?? 0;
-        const row = rows.get(col) ?? 0;
-        rows.set(col, row + 1);
-        pos.set(s.name, { x: col * COL, y: row * ROW });
-      });
-    return pos;
-    // The layout changes only with the DAG's shape, not with states.
+  const shapeKey = steps.map((s) => `${s.name}<${s.inputs.join(',')}`).join(';');
+  const shape = useMemo(
+    () => steps.map((s) => ({ name: s.name, inputs: s.inputs, order: s.step_order })),
+    // Only the shape matters, not the states.
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [shape]);
+    [shapeKey],
+  );
+  const [expanded, setExpanded] = useState<Record<string, number>>({});
+  const lay = useLayout(shape, shapeKey, expanded);
 
   // Nodes are state, updated in place: each keeps what React Flow measured of it (a node
   // object made afresh would be hidden until measured again).
-  const [nodes, setNodes, onNodesChange] = useNodesState<StepNodeType>([]);
+  const [nodes, setNodes, onNodesChange] = useNodesState<DagNode>([]);
   useEffect(() => {
+    if (!lay) return;
+    const byName = new Map(steps.map((s) => [s.name, s]));
+    const onExpand = (id: string) =>
+      setExpanded((e) => ({ ...e, [id]: (e[id] ?? 0) + EXPAND_STEP }));
     setNodes((old) => {
       const prev = new Map(old.map((n) => [n.id, n]));
-      return steps.map((s) => {
-        const data = { step: s, focused: s.name === focus };
-        const ariaLabel = `Step ${s.name}: ${statusStyle(s.status).label}`;
-        const position = positions.get(s.name) ?? { x: 0, y: 0 };
-        const p = prev.get(s.name);
-        if (p) return { ...p, data, ariaLabel, position };
+      return lay.nodes.map((ln): DagNode => {
+        const position = { x: ln.x, y: ln.y };
+        const p = prev.get(ln.id);
+        if (ln.kind === 'group') {
+          const members = ln.members.map((m) => byName.get(m)).filter((s): s is Step => !!s);
+          const status = groupStatus(members);
+          const data: GroupNodeData = {
+            id: ln.id,
+            steps: members,
+            status,
+            focused: ln.members.includes(focus),
+            onExpand,
+          };
+          const ariaLabel = `${members.length} steps, ${counts(members)}`;
+          if (p && p.type === 'group') return { ...p, data, ariaLabel, position };
+          return {
+            id: ln.id,
+            type: 'group',
+            position,
+            data,
+            ariaLabel,
+            draggable: false,
+            connectable: false,
+          };
+        }
+        const step = byName.get(ln.id);
+        const data: StepNodeData = {
+          step: step ?? ({ name: ln.id, inputs: [], status: '', kind: '' } as unknown as Step),
+          focused: ln.id === focus,
+        };
+        const ariaLabel = `Step ${ln.id}: ${statusStyle(step?.status ?? '').label}`;
+        if (p && p.type === 'step') return { ...p, data, ariaLabel, position };
         return {
-          id: s.name,
-          type: 'step' as const,
+          id: ln.id,
+          type: 'step',
           position,
           data,
           ariaLabel,
@@ -123,22 +220,36 @@ export function Dag({
         };
       });
     });
-  }, [steps, focus, positions, setNodes]);
-  const running = new Set(steps.filter((s) => s.status === 'running').map((s) => s.name));
-  const edges: Edge[] = steps.flatMap((s) =>
-    s.inputs
-      .filter((i) => positions.has(i))
-      .map((i) => ({
-        id: `${i}->${s.name}`,
-        source: i,
-        target: s.name,
-        animated: running.has(s.name),
+  }, [lay, steps, focus, setNodes]);
+
+  const running = useMemo(
+    () => new Set(steps.filter((s) => s.status === 'running').map((s) => s.name)),
+    [steps],
+  );
+  const edges: Edge[] = useMemo(
+    () =>
+      (lay?.edges ?? []).map((e) => ({
+        id: e.id,
+        source: e.source,
+        target: e.target,
+        animated: running.has(e.target),
         markerEnd: { type: MarkerType.ArrowClosed },
       })),
+    [lay, running],
   );
 
   return (
-    <div className="dag" data-testid="dag">
+    <div
+      className="dag"
+      data-testid="dag"
+      data-laid-out={lay ? 'yes' : 'no'}
+      data-nodes={lay?.nodes.length ?? 0}
+    >
+      {Object.keys(expanded).length > 0 && (
+        <button type="button" className="dag-collapse" onClick={() => setExpanded({})}>
+          Collapse fan-outs
+        </button>
+      )}
       <ReactFlow
         nodes={nodes}
         edges={edges}
@@ -146,14 +257,17 @@ export function Dag({
         nodeTypes={nodeTypes}
         fitView
         fitViewOptions={{ padding: 0.2, maxZoom: 1.2 }}
+        onlyRenderVisibleElements
         nodesDraggable={false}
         nodesConnectable={false}
         elementsSelectable
-        onNodeClick={(_, n) => onSelect(n.id)}
-        onSelectionChange={({ nodes: sel }) => {
-          if (sel.length === 1 && sel[0].id !== focus) onSelect(sel[0].id);
+        onNodeClick={(_, n) => {
+          if (n.type === 'step') onSelect(n.id);
         }}
-        minZoom={0.2}
+        onSelectionChange={({ nodes: sel }) => {
+          if (sel.length === 1 && sel[0].type === 'step' && sel[0].id !== focus) onSelect(sel[0].id);
+        }}
+        minZoom={0.05}
         aria-label="Workflow steps"
       >
         <Background gap={16} />

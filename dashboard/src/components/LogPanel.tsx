@@ -1,4 +1,4 @@
-import { useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
+import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
 import type { LogLine, Step } from '../api';
 import { formatTime } from '../format';
 
@@ -36,11 +36,38 @@ export function LogPanel({
         (!needle || l.message.toLowerCase().includes(needle)),
     );
   }, [lines, level, search, step]);
-  const shown = matching.length > SHOWN ? matching.slice(-SHOWN) : matching;
+  const shown = useMemo(
+    () => (matching.length > SHOWN ? matching.slice(-SHOWN) : matching),
+    [matching],
+  );
 
+  // Only when lines change: reading scrollHeight makes the browser lay the page out.
   useLayoutEffect(() => {
     if (follow && box.current) box.current.scrollTop = box.current.scrollHeight;
   }, [follow, shown]);
+
+  // Copy and download take every line that matches the filters (not only those drawn).
+  const [copied, setCopied] = useState('');
+  const text = () => matching.map(lineText).join('\n') + '\n';
+  const copy = async () => {
+    try {
+      await navigator.clipboard.writeText(text());
+      setCopied(`${matching.length} lines copied`);
+    } catch {
+      setCopied('the browser did not allow copying; use Download');
+    }
+    window.setTimeout(() => setCopied(''), 4000);
+  };
+  const download = () => {
+    const url = URL.createObjectURL(new Blob([text()], { type: 'text/plain' }));
+    const a = document.createElement('a');
+    a.href = url;
+    a.download = `task-${lines[0]?.task_id ?? 'log'}${step && step !== ENGINE ? `-${step}` : ''}.log`;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    window.setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  };
 
   // Scrolling up stops following; scrolling back to the end resumes it.
   const onScroll = () => {
@@ -92,6 +119,13 @@ export function LogPanel({
           <input type="checkbox" checked={follow} onChange={(e) => setFollow(e.target.checked)} />
           Follow
         </label>
+        <button type="button" onClick={copy} disabled={matching.length === 0}>
+          Copy
+        </button>
+        <button type="button" onClick={download} disabled={matching.length === 0}>
+          Download
+        </button>
+        {copied && <span role="status">{copied}</span>}
         <span className="muted" aria-live="polite">
           {matching.length === lines.length
             ? `${lines.length} lines`
@@ -106,12 +140,7 @@ export function LogPanel({
         ) : (
           <ol data-testid="log-lines">
             {shown.map((l) => (
-              <li key={l.id} className={`lvl-${l.level.toLowerCase()}`}>
-                <time dateTime={l.timestamp}>{formatTime(l.timestamp).slice(11)}</time>
-                <span className="lvl">{l.level}</span>
-                <span className="src">{l.step || 'engine'}</span>
-                <span className="msg">{l.message}</span>
-              </li>
+              <LogRow key={l.id} line={l} />
             ))}
           </ol>
         )}
@@ -119,3 +148,18 @@ export function LogPanel({
     </section>
   );
 }
+
+function lineText(l: LogLine): string {
+  return `${l.timestamp} ${l.level} [${l.step || 'engine'}] ${l.message}`;
+}
+
+const LogRow = memo(function LogRow({ line: l }: { line: LogLine }) {
+  return (
+    <li className={`lvl-${l.level.toLowerCase()}`}>
+      <time dateTime={l.timestamp}>{formatTime(l.timestamp).slice(11)}</time>
+      <span className="lvl">{l.level}</span>
+      <span className="src">{l.step || 'engine'}</span>
+      <span className="msg">{l.message}</span>
+    </li>
+  );
+});

@@ -19,6 +19,7 @@ import { Outputs } from '../components/Outputs';
 import { ProgressPanel } from '../components/progress';
 import { RetryWithParams } from '../components/RetryWithParams';
 import { StepsTable } from '../components/StepsTable';
+import { Timeline } from '../components/Timeline';
 import { duration, formatTime } from '../format';
 import { Link } from '../router';
 import { useSession } from '../session';
@@ -34,6 +35,8 @@ type Conn = 'connecting' | 'live' | 'reconnecting' | 'ended';
 interface Live {
   status: string;
   progress?: unknown;
+  /** When it arrived (see `liveSeq`). */
+  seq: number;
 }
 
 export function RunPage({ id }: { id: number }) {
@@ -52,13 +55,33 @@ export function RunPage({ id }: { id: number }) {
   // Bumped when a finished run starts again (retry, resume): the ended stream is reopened.
   const [streamEpoch, setStreamEpoch] = useState(0);
 
+  // Streamed states are numbered as they arrive; a read of the task replaces only those that
+  // arrived before it was asked for, and an answer older than one already applied is dropped.
+  const liveSeq = useRef(0);
+  const readSeq = useRef({ asked: 0, applied: 0 });
   const loadDetail = useCallback(async () => {
+    const mark = liveSeq.current;
+    const read = ++readSeq.current.asked;
     try {
       const d = await api.task(id);
-      setDetail(d);
+      if (read < readSeq.current.applied) return;
+      readSeq.current.applied = read;
+      // Rows that did not change keep their objects (see `steps` below).
+      setDetail((old) => {
+        if (!old || old.task_id !== d.task_id) return d;
+        const before = new Map(old.steps.map((s) => [s.name, s]));
+        const steps = d.steps.map((s) => {
+          const o = before.get(s.name);
+          return o && sameStep(o, s) ? o : s;
+        });
+        return { ...d, steps };
+      });
       setError(null);
-      // The stored states are newer than any state message received before them.
-      setLive({});
+      // The stored states are newer than any state message received before they were read.
+      setLive((l) => {
+        const kept = Object.entries(l).filter(([, v]) => v.seq > mark);
+        return kept.length === Object.keys(l).length ? l : Object.fromEntries(kept);
+      });
       if (d.steps.some((s) => s.status === 'awaiting_approval')) {
         setApprovals((await api.approvals(id)).approvals);
       } else {
@@ -113,6 +136,7 @@ export function RunPage({ id }: { id: number }) {
 
   // The live stream: log lines, step states and progress, then the end state. A dropped
   // connection is reopened from the last line received.
+  const liveSeqRef = liveSeq;
   const handlers = useRef({ soonDetail, soonChunks });
   handlers.current = { soonDetail, soonChunks };
   useEffect(() => {
@@ -123,10 +147,38 @@ export function RunPage({ id }: { id: number }) {
     let attempt = 0;
     let retryTimer: number | undefined;
     let pending: LogLine[] = [];
+    // Step states and progress documents, newest per step, applied with the lines: a burst
+    // (a wide fan-out finishing, the history of a big run) is one render, not one per message.
+    let pendingLive: Record<string, { status?: string; progress?: unknown }> = {};
+    let liveChanged = false;
+    let progressChanged = false;
     let flushTimer: number | undefined;
 
     const flush = () => {
       flushTimer = undefined;
+      if (liveChanged) {
+        const changes = pendingLive;
+        pendingLive = {};
+        liveChanged = false;
+        const seq = ++liveSeqRef.current;
+        setLive((l) => {
+          const next = { ...l };
+          for (const [step, c] of Object.entries(changes)) {
+            const old = next[step];
+            next[step] = {
+              status: c.status ?? old?.status ?? '',
+              progress: c.progress !== undefined ? c.progress : old?.progress,
+              seq,
+            };
+          }
+          return next;
+        });
+        handlers.current.soonDetail();
+      }
+      if (progressChanged) {
+        progressChanged = false;
+        handlers.current.soonChunks();
+      }
       const batch = pending;
       pending = [];
       if (batch.length === 0) return;
@@ -148,16 +200,19 @@ export function RunPage({ id }: { id: number }) {
           if (flushTimer === undefined) flushTimer = window.setTimeout(flush, 100);
           break;
         case 'step':
-          setLive((l) => ({ ...l, [msg.step]: { status: msg.status, progress: msg.progress } }));
-          handlers.current.soonDetail();
-          if (msg.progress !== undefined) handlers.current.soonChunks();
+          pendingLive[msg.step] = {
+            status: msg.status,
+            progress: msg.progress ?? pendingLive[msg.step]?.progress,
+          };
+          liveChanged = true;
+          if (msg.progress !== undefined) progressChanged = true;
+          if (flushTimer === undefined) flushTimer = window.setTimeout(flush, 100);
           break;
         case 'progress':
-          setLive((l) => ({
-            ...l,
-            [msg.step]: { status: l[msg.step]?.status ?? '', progress: msg.progress },
-          }));
-          handlers.current.soonChunks();
+          pendingLive[msg.step] = { ...pendingLive[msg.step], progress: msg.progress };
+          liveChanged = true;
+          progressChanged = true;
+          if (flushTimer === undefined) flushTimer = window.setTimeout(flush, 100);
           break;
         case 'end':
           ended = true;
@@ -238,20 +293,30 @@ export function RunPage({ id }: { id: number }) {
     return () => window.clearInterval(t);
   }, [terminal, loadDetail]);
 
-  // Stored steps with the newest streamed states over them.
-  const steps = useMemo(
-    () =>
-      (detail?.steps ?? []).map((s) => {
-        const l = live[s.name];
-        if (!l) return s;
-        return {
-          ...s,
-          status: l.status || s.status,
-          progress: l.progress !== undefined ? l.progress : s.progress,
-        };
-      }),
-    [detail, live],
-  );
+  // Stored steps with the newest streamed states over them. A step whose stored row and
+  // streamed state did not change keeps its object, so its row and node are not drawn again.
+  const merged = useRef(new Map<string, { s: Step; l: Live; m: Step }>());
+  const steps = useMemo(() => {
+    const cache = merged.current;
+    const next = new Map<string, { s: Step; l: Live; m: Step }>();
+    const out = (detail?.steps ?? []).map((s) => {
+      const l = live[s.name];
+      if (!l) return s;
+      const hit = cache.get(s.name);
+      const m =
+        hit && hit.s === s && hit.l === l
+          ? hit.m
+          : {
+              ...s,
+              status: l.status || s.status,
+              progress: l.progress !== undefined ? l.progress : s.progress,
+            };
+      next.set(s.name, { s, l, m });
+      return m;
+    });
+    merged.current = next;
+    return out;
+  }, [detail, live]);
 
   // Changes when a step's state or progress moves, so the curves are re-read then too.
   const metricsVersion = useMemo(
@@ -341,6 +406,7 @@ export function RunPage({ id }: { id: number }) {
         <Dag steps={steps} focus={focus} onSelect={setFocus} />
         <StepsTable steps={steps} focus={focus} onSelect={setFocus} now={now} />
       </section>
+      <Timeline task={detail} steps={steps} now={now} focus={focus} onSelect={setFocus} />
       <ProgressPanel steps={steps} chunks={chunks} />
       <MetricsPanel taskId={detail.task_id} running={!terminal} version={metricsVersion} />
       <Outputs taskId={detail.task_id} status={detail.status} steps={steps} />
@@ -472,4 +538,9 @@ function Actions({
       )}
     </>
   );
+}
+
+/** Whether two reads of a step are the same (its fields are plain JSON). */
+function sameStep(a: Step, b: Step): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
 }
