@@ -242,6 +242,11 @@ test('the CTR pipeline started from the page runs to its approval and completes'
     for (let i = 1; i < seen.points.length; i++) {
       assert.ok(seen.points[i] >= seen.points[i - 1], `points never go back: ${seen.points}`);
     }
+    // The monitor stage's report, sent with its step: headline figures and the epochs.
+    const report = page.getByTestId('report');
+    await report.waitFor({ timeout: T });
+    assert.match(await report.innerText(), /Best validation AUC\s+0\.\d{4}/);
+    assert.equal(await report.getByRole('table', { name: 'Training epochs' }).locator('tbody tr').count(), EPOCHS);
     await page.getByTestId('timeline').waitFor();
     await shot('run-pipeline');
     console.log(`task ${taskId} completed`);

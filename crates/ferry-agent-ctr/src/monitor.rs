@@ -64,6 +64,13 @@ impl Executor for MonitorExecutor {
                 ));
             }
             ctx.info(format!("report written to {}", report_path.display()));
+            // The report is also the step's progress document, so the coordinator's clients
+            // (the dashboard's run page) show it without reaching the training host.
+            ctx.progress(&json!({
+                "phase": "report",
+                "report_path": report_path.display().to_string(),
+                "report": report,
+            }));
             if p.keep_checkpoints > 0
                 && let Some(root) = &p.model_root
             {

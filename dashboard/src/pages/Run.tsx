@@ -17,6 +17,7 @@ import { LogPanel } from '../components/LogPanel';
 import { MetricsPanel } from '../components/MetricsPanel';
 import { Outputs } from '../components/Outputs';
 import { ProgressPanel } from '../components/progress';
+import { ReportPanel } from '../components/ReportPanel';
 import { RetryWithParams } from '../components/RetryWithParams';
 import { StepsTable } from '../components/StepsTable';
 import { Timeline } from '../components/Timeline';
@@ -409,6 +410,7 @@ export function RunPage({ id }: { id: number }) {
       <Timeline task={detail} steps={steps} now={now} focus={focus} onSelect={setFocus} />
       <ProgressPanel steps={steps} chunks={chunks} />
       <MetricsPanel taskId={detail.task_id} running={!terminal} version={metricsVersion} />
+      <ReportPanel steps={steps} />
       <Outputs taskId={detail.task_id} status={detail.status} steps={steps} />
       <LogPanel lines={lines} dropped={dropped} steps={steps} step={focus} onStep={setFocus} />
     </main>
