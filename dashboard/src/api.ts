@@ -100,6 +100,7 @@ export interface Agent {
   last_seen?: string;
   running_jobs: number;
   hostname: string;
+  version: string;
   paths: Record<string, string>;
   ssh_to: string[];
 }

@@ -427,6 +427,8 @@ test('the agents page lists the agents', async (t) =>
     assert.match(text, /src-1/);
     assert.match(text, /train-1/);
     assert.match(text, /Connected/);
+    // Each agent's build version, as it registered.
+    assert.match(text, /\b\d+\.\d+\.\d+\b/);
     await shot(admin, 'agents');
   }));
 

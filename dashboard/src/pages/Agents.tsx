@@ -53,6 +53,7 @@ export function AgentsPage() {
                 <th scope="col">Last seen</th>
                 <th scope="col">Running jobs</th>
                 <th scope="col">Host</th>
+                <th scope="col">Version</th>
                 <th scope="col">GPUs</th>
                 <th scope="col">Step kinds</th>
               </tr>
@@ -78,6 +79,7 @@ export function AgentsPage() {
                   <td>{formatTime(a.last_seen)}</td>
                   <td className="num">{a.running_jobs}</td>
                   <td>{a.hostname || '—'}</td>
+                  <td>{a.version || '—'}</td>
                   <td>{a.gpus.length ? a.gpus.join(', ') : 'none'}</td>
                   <td className="kinds">{a.kinds.join(', ')}</td>
                 </tr>

@@ -66,7 +66,9 @@ impl Engine {
         agent.role = role;
         agent.kinds = reg.kinds.iter().cloned().collect();
         agent.gpus = reg.gpus.clone();
-        agent.hostname = reg.hostname.clone();
+        // What an agent says of itself is shown to users: made to fit, never trusted.
+        agent.hostname = ferry_core::limits::fitted(&reg.hostname, ferry_core::limits::IDENT);
+        agent.version = ferry_core::limits::fitted(&reg.version, ferry_core::limits::SHORT_NAME);
         agent.paths = reg.paths.clone().into_iter().collect();
         agent.ssh_to = reg.ssh_to.clone();
         agent.conn = Some((conn_id, tx));

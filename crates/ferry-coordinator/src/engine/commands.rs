@@ -94,6 +94,7 @@ impl Engine {
                         ),
                         running_jobs: a.running,
                         hostname: a.hostname.clone(),
+                        version: a.version.clone(),
                         paths: a.paths.clone().into_iter().collect(),
                         ssh_to: a.ssh_to.clone(),
                     })

@@ -147,6 +147,8 @@ pub(super) struct AgentRt {
     pub(super) kinds: HashSet<String>,
     pub(super) gpus: Vec<u32>,
     pub(super) hostname: String,
+    /// The agent's build version, as it registered.
+    pub(super) version: String,
     pub(super) paths: BTreeMap<String, String>,
     pub(super) ssh_to: Vec<String>,
     pub(super) conn: Option<(u64, AgentTx)>,
@@ -166,6 +168,7 @@ impl AgentRt {
             kinds: HashSet::new(),
             gpus: Vec::new(),
             hostname: String::new(),
+            version: String::new(),
             paths: BTreeMap::new(),
             ssh_to: Vec::new(),
             conn: None,

@@ -622,6 +622,8 @@ pub struct AgentView {
     pub paths: BTreeMap<String, String>,
     /// Servers it holds SSH keys for.
     pub ssh_to: Vec<String>,
+    /// The agent's build version, as it registered.
+    pub version: String,
 }
 
 impl From<v1::AgentInfo> for AgentView {
@@ -635,6 +637,7 @@ impl From<v1::AgentInfo> for AgentView {
             last_seen: opt(a.last_seen),
             running_jobs: a.running_jobs,
             hostname: a.hostname,
+            version: a.version,
             paths: a.paths.into_iter().collect(),
             ssh_to: a.ssh_to,
         }
