@@ -166,6 +166,19 @@ impl Engine {
         self.hosts.send_replace(self.host_infos());
     }
 
+    /// The engine did not listen for `busy` (a slow store write, a burst of messages): what
+    /// agents sent meanwhile waits in its queue, so that time does not count against them.
+    /// An agent that really went away is found one `agent_timeout` later.
+    pub(super) fn forgive_stall(&mut self, busy: Duration) {
+        let now = self.now();
+        debug!(busy_ms = busy.as_millis() as u64, "engine was busy; agents' silence restarts");
+        for agent in self.agents.values_mut() {
+            if agent.conn.is_some() {
+                agent.last_seen = agent.last_seen.max(now);
+            }
+        }
+    }
+
     /// Marks agents that stopped talking as disconnected; returns those gone longer than
     /// `workflow.agent_timeout`.
     pub(super) fn check_liveness(&mut self) -> HashSet<String> {

@@ -376,6 +376,7 @@ impl Engine {
                 },
                 _ = tick.tick() => self.on_tick(),
             }
+            let busy_since = self.now();
             let mut handled = 1;
             while handled < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -387,6 +388,10 @@ impl Engine {
             self.fire_due_retries();
             self.schedule();
             self.flush(&shutdown).await;
+            let busy = self.now().duration_since(busy_since);
+            if busy > self.settings.agent_timeout / 2 {
+                self.forgive_stall(busy);
+            }
         }
         // Make what was decided durable before exiting; agents keep running their jobs and
         // re-attach to the next coordinator.
