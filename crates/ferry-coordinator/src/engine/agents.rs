@@ -171,7 +171,10 @@ impl Engine {
     /// An agent that really went away is found one `agent_timeout` later.
     pub(super) fn forgive_stall(&mut self, busy: Duration) {
         let now = self.now();
-        debug!(busy_ms = busy.as_millis() as u64, "engine was busy; agents' silence restarts");
+        debug!(
+            busy_ms = busy.as_millis() as u64,
+            "engine was busy; agents' silence restarts"
+        );
         for agent in self.agents.values_mut() {
             if agent.conn.is_some() {
                 agent.last_seen = agent.last_seen.max(now);
