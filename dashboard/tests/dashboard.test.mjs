@@ -10,12 +10,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchBrowser, logIn, shot } from './browser.mjs';
 import { Cluster, waitFor } from './cluster.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const SHOTS = process.env.FERRY_DASHBOARD_SCREENSHOTS ?? path.join(here, '..', 'test-output');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const T = 90_000;
 
 let cluster;
@@ -23,21 +21,7 @@ let browser;
 let admin; // the admin's page (a logged-in browser context)
 let failed = false;
 
-async function shot(page, name) {
-  fs.mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
-}
-
-async function login(token) {
-  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
-  const page = await context.newPage();
-  page.on('pageerror', (e) => console.error(`page error: ${e.message}`));
-  await page.goto(`${cluster.baseUrl}/runs`);
-  await page.getByLabel('Access token').fill(token);
-  await page.getByRole('button', { name: 'Log in' }).click();
-  await page.getByRole('heading', { name: 'Runs' }).waitFor();
-  return page;
-}
+const login = (token) => logIn(browser, cluster.baseUrl, token);
 
 /** The produce → transform → check example (deploy/examples/produce-transform-check.yaml),
  * its first step slowed so the page sees the run under way. */
@@ -102,11 +86,7 @@ before(async () => {
   cluster.startAgent('source', 'src-1');
   cluster.startAgent('train', 'train-1');
   await cluster.waitForAgents(2);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-background-networking'],
-  });
+  browser = await launchBrowser();
 });
 
 after(async () => {

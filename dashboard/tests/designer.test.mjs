@@ -12,12 +12,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchBrowser, logIn, SHOTS, shot } from './browser.mjs';
 import { Cluster } from './cluster.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const SHOTS = process.env.FERRY_DASHBOARD_SCREENSHOTS ?? path.join(here, '..', 'test-output');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const T = 90_000;
 const GRAPH = 'shout_words';
 
@@ -28,23 +26,11 @@ let failed = false;
 let words; // the DATA node's file, on the agent
 let taskId;
 
-async function shot(p, name) {
-  fs.mkdirSync(SHOTS, { recursive: true });
-  await p.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
-}
-
-async function login(token) {
-  const context = await browser.newContext({
+function login(token) {
+  return logIn(browser, cluster.baseUrl, token, {
     viewport: { width: 1500, height: 1000 },
     acceptDownloads: true,
   });
-  const p = await context.newPage();
-  p.on('pageerror', (e) => console.error(`page error: ${e.message}`));
-  await p.goto(`${cluster.baseUrl}/runs`);
-  await p.getByLabel('Access token').fill(token);
-  await p.getByRole('button', { name: 'Log in' }).click();
-  await p.getByRole('heading', { name: 'Runs' }).waitFor();
-  return p;
 }
 
 function track(fn) {
@@ -100,11 +86,7 @@ before(async () => {
   cluster.startAgent('source', 'src-1');
   cluster.startAgent('train', 'train-1');
   await cluster.waitForAgents(2);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-background-networking'],
-  });
+  browser = await launchBrowser();
   page = await login(cluster.adminToken);
 });
 

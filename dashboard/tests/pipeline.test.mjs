@@ -13,13 +13,9 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchBrowser, logIn, SHOTS, shot } from './browser.mjs';
 import { binDir, waitFor } from './cluster.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const SHOTS = process.env.FERRY_DASHBOARD_SCREENSHOTS ?? path.join(here, '..', 'test-output');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const EPOCHS = 3;
 const T = 300_000;
 
@@ -29,11 +25,6 @@ let demoExited;
 let ready;
 let browser;
 let page;
-
-async function shot(name) {
-  fs.mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
-}
 
 function demoLog() {
   try {
@@ -82,18 +73,7 @@ before(async () => {
     240_000,
     250,
   );
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-background-networking'],
-  });
-  // The demo's coordinator has a certificate from the run's own CA.
-  const context = await browser.newContext({
-    viewport: { width: 1360, height: 900 },
-    ignoreHTTPSErrors: true,
-  });
-  page = await context.newPage();
-  page.on('pageerror', (e) => console.error(`page error: ${e.message}`));
+  browser = await launchBrowser();
 });
 
 let failed = false;
@@ -115,10 +95,8 @@ after(async () => {
 test('the CTR pipeline started from the page runs to its approval and completes', async () => {
   try {
     const token = fs.readFileSync(ready.token_file, 'utf8').trim();
-    await page.goto(`${ready.base}/runs`);
-    await page.getByLabel('Access token').fill(token);
-    await page.getByRole('button', { name: 'Log in' }).click();
-    await page.getByRole('heading', { name: 'Runs' }).waitFor();
+    // The demo's coordinator has a certificate from the run's own CA.
+    page = await logIn(browser, ready.base, token, { ignoreHTTPSErrors: true });
 
     // Start it from the form, as seed 000 §8.2's request.
     await page.getByRole('link', { name: 'Start a run' }).click();
@@ -191,7 +169,7 @@ test('the CTR pipeline started from the page runs to its approval and completes'
     while (!(await card.isVisible())) {
       assert.ok(Date.now() < deadline, 'no approval card within the time limit');
       if (!shotProgress && (await page.locator('[data-testid^="progress-ship_"] progress').count()) > 0) {
-        await shot('run-progress');
+        await shot(page, 'run-progress');
         shotProgress = true;
       }
       const d = await page.evaluate(() => document.querySelector('.run-head [data-status]')?.getAttribute('data-status'));
@@ -203,7 +181,7 @@ test('the CTR pipeline started from the page runs to its approval and completes'
     assert.match(text, new RegExp(r.partition));
     const previewRows = await card.locator('table.preview tbody tr').count();
     assert.ok(previewRows >= 1, `preview rows: ${previewRows}`);
-    await shot('run-approval');
+    await shot(page, 'run-approval');
     await card.getByLabel(/Comment/).fill(`checked ${previewRows} preview rows`);
     await card.getByRole('button', { name: 'Approve' }).click();
     await card.waitFor({ state: 'detached', timeout: T });
@@ -248,7 +226,7 @@ test('the CTR pipeline started from the page runs to its approval and completes'
     assert.match(await report.innerText(), /Best validation AUC\s+0\.\d{4}/);
     assert.equal(await report.getByRole('table', { name: 'Training epochs' }).locator('tbody tr').count(), EPOCHS);
     await page.getByTestId('timeline').waitFor();
-    await shot('run-pipeline');
+    await shot(page, 'run-pipeline');
     console.log(`task ${taskId} completed`);
   } catch (e) {
     failed = true;

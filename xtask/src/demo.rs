@@ -218,10 +218,9 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
             "ca": api.ca,
             "request": request,
         });
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&ready)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        // Whole or not at all: a program polling for it never reads half of it.
+        ferry_fs::write_atomic(path, &serde_json::to_vec_pretty(&ready)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if opts.no_task {
         println!(

@@ -3,27 +3,18 @@
 // training epochs and the transfers as tables, and the whole document for whoever wants it.
 import type { Step } from '../api';
 import { formatBytes, formatDuration } from '../format';
-
-type Obj = Record<string, unknown>;
-
-function obj(v: unknown): Obj | null {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : null;
-}
-
-function num(v: unknown): number | null {
-  return typeof v === 'number' && Number.isFinite(v) ? v : null;
-}
+import { asObject, finiteNumber, objects, type JsonObject } from '../json';
 
 function fixed(v: unknown, digits: number): string {
-  const n = num(v);
+  const n = finiteNumber(v);
   return n === null ? '—' : n.toFixed(digits);
 }
 
-export function reportOf(steps: Step[]): { step: string; path?: string; report: Obj } | null {
+export function reportOf(steps: Step[]): { step: string; path?: string; report: JsonObject } | null {
   for (const s of steps) {
     if (s.kind !== 'monitor') continue;
-    const p = obj(s.progress);
-    const report = obj(p?.report);
+    const p = asObject(s.progress);
+    const report = asObject(p?.report);
     if (report) {
       return { step: s.name, path: typeof p?.report_path === 'string' ? p.report_path : undefined, report };
     }
@@ -35,12 +26,12 @@ export function ReportPanel({ steps }: { steps: Step[] }) {
   const found = reportOf(steps);
   if (!found) return null;
   const { report } = found;
-  const training = obj(report.training);
-  const inference = obj(report.inference);
-  const epochs = (Array.isArray(training?.epochs) ? training.epochs : []).map(obj).filter((e): e is Obj => !!e);
+  const training = asObject(report.training);
+  const inference = asObject(report.inference);
+  const epochs = objects(training?.epochs);
   const columns = [...new Set(epochs.flatMap((e) => Object.keys(e)))].filter((k) => k !== 'epoch').sort();
-  const transfers = (Array.isArray(report.transfers) ? report.transfers : []).map(obj).filter((t): t is Obj => !!t);
-  const total = num(report.total_seconds);
+  const transfers = objects(report.transfers);
+  const total = finiteNumber(report.total_seconds);
   return (
     <section className="panel" aria-labelledby="report-h" data-testid="report">
       <h2 id="report-h">Report</h2>
@@ -51,7 +42,7 @@ export function ReportPanel({ steps }: { steps: Step[] }) {
         <dd>{fixed(training?.best_val_auc, 4)}</dd>
         <dt>Inference</dt>
         <dd>
-          {num(inference?.rows) === null
+          {finiteNumber(inference?.rows) === null
             ? '—'
             : `${fixed(inference?.rows, 0)} rows at ${fixed(inference?.rows_per_sec, 0)} rows/s`}
         </dd>
@@ -83,7 +74,7 @@ export function ReportPanel({ steps }: { steps: Step[] }) {
                   <th scope="row">{String(e.epoch)}</th>
                   {columns.map((c) => (
                     <td className="num" key={c}>
-                      {fixed(e[c], num(e[c]) !== null && Math.abs(num(e[c]) ?? 0) >= 100 ? 0 : 4)}
+                      {fixed(e[c], finiteNumber(e[c]) !== null && Math.abs(finiteNumber(e[c]) ?? 0) >= 100 ? 0 : 4)}
                     </td>
                   ))}
                 </tr>
@@ -108,8 +99,8 @@ export function ReportPanel({ steps }: { steps: Step[] }) {
               {transfers.map((t) => (
                 <tr key={String(t.step)}>
                   <th scope="row">{String(t.step)}</th>
-                  <td className="num">{num(t.bytes) === null ? '—' : formatBytes(num(t.bytes) ?? 0)}</td>
-                  <td className="num">{num(t.seconds) === null ? '—' : `${fixed(t.seconds, 1)} s`}</td>
+                  <td className="num">{finiteNumber(t.bytes) === null ? '—' : formatBytes(finiteNumber(t.bytes) ?? 0)}</td>
+                  <td className="num">{finiteNumber(t.seconds) === null ? '—' : `${fixed(t.seconds, 1)} s`}</td>
                   <td className="num">
                     {fixed(t.chunks_verified, 0)} of {fixed(t.chunks_total, 0)}
                     {t.verified === true ? ' ✓' : ''}

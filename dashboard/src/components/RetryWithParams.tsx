@@ -1,11 +1,12 @@
 import { type FormEvent, useEffect, useId, useState } from 'react';
 import { api, ApiError, type Step, type Task } from '../api';
+import { asObject, parseJsonObject } from '../json';
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type JsonObject = { [k: string]: Json };
 
 function isObject(v: unknown): v is JsonObject {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
+  return asObject(v) !== null;
 }
 
 function equal(a: Json, b: Json): boolean {
@@ -33,14 +34,8 @@ function mergePatch(from: JsonObject, to: JsonObject): JsonObject {
 
 /** The text's parameters, or why it is not a JSON object. */
 function parse(text: string): { value?: JsonObject; error?: string } {
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    return { error: `Not valid JSON: ${e instanceof Error ? e.message : String(e)}` };
-  }
-  if (!isObject(v)) return { error: 'The parameters must be a JSON object ({ … }).' };
-  return { value: v as JsonObject };
+  const r = parseJsonObject(text);
+  return r.value ? { value: r.value as JsonObject } : { error: r.error };
 }
 
 function describe(e: unknown): string {

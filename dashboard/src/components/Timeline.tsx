@@ -5,7 +5,7 @@
 import { memo, useMemo, useState } from 'react';
 import type { Step, Task } from '../api';
 import { formatDuration } from '../format';
-import { StatusIcon, statusStyle } from '../status';
+import { isTerminal, StatusIcon, statusStyle } from '../status';
 
 const ROW = 26;
 const VIEW_ROWS = 16;
@@ -43,7 +43,7 @@ export function timelineRows(task: Task, steps: Step[], now: number): Row[] {
       }
       const start = ms(s.started_at);
       const finished = ms(s.completed_at);
-      const running = start !== undefined && finished === undefined && !TERMINAL.has(s.status);
+      const running = start !== undefined && finished === undefined && !isTerminal(s.status);
       const waiting = start === undefined && (s.status === 'ready' || s.status === 'dispatching');
       return {
         step: s,
@@ -53,8 +53,6 @@ export function timelineRows(task: Task, steps: Step[], now: number): Row[] {
       };
     });
 }
-
-const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'skipped']);
 
 function describe(r: Row, now: number): string {
   const parts = [statusStyle(r.step.status).label];

@@ -2,12 +2,9 @@
 // different kinds report different fields.
 import type { Step, StepProgress } from '../api';
 import { formatBytes } from '../format';
+import { asObject, type JsonObject } from '../json';
 
-type Doc = Record<string, unknown>;
-
-function asDoc(p: unknown): Doc | null {
-  return p && typeof p === 'object' && !Array.isArray(p) ? (p as Doc) : null;
-}
+type Doc = JsonObject;
 
 function num(d: Doc, ...keys: string[]): number | null {
   for (const k of keys) {
@@ -27,7 +24,7 @@ function str(d: Doc, ...keys: string[]): string | null {
 
 /** A percentage the document states or implies, if any. */
 export function progressPercent(p: unknown): number | null {
-  const d = asDoc(p);
+  const d = asObject(p);
   if (!d) return null;
   const pct = num(d, 'percent');
   if (pct !== null) return Math.max(0, Math.min(100, Math.round(pct)));
@@ -47,7 +44,7 @@ interface Bar {
 function bars(step: Step, chunks: StepProgress | undefined): { bars: Bar[]; notes: string[] } {
   const out: Bar[] = [];
   const notes: string[] = [];
-  const d = asDoc(step.progress);
+  const d = asObject(step.progress);
   if (d) {
     const done = num(d, 'bytes_done');
     const total = num(d, 'bytes_total');

@@ -3,6 +3,7 @@
 // that is wrong, and the form shows the message beside that field.
 import { type FormEvent, type ReactNode, useEffect, useId, useState } from 'react';
 import { api, ApiError, hasRole, request, type Agent } from '../api';
+import { parseJsonObject } from '../json';
 import { Link, navigate } from '../router';
 import { useSession } from '../session';
 
@@ -66,16 +67,9 @@ function ctrBody(f: Ctr): { body?: Record<string, unknown>; field?: string; erro
     body[k] = n;
   }
   if (f.model_params.trim()) {
-    let v: unknown;
-    try {
-      v = JSON.parse(f.model_params);
-    } catch (e) {
-      return { field: 'model_params', error: `not valid JSON: ${e instanceof Error ? e.message : e}` };
-    }
-    if (v === null || typeof v !== 'object' || Array.isArray(v)) {
-      return { field: 'model_params', error: 'must be a JSON object' };
-    }
-    body.model_params = v;
+    const { value, error } = parseJsonObject(f.model_params);
+    if (!value) return { field: 'model_params', error };
+    body.model_params = value;
   }
   return { body };
 }
@@ -166,18 +160,12 @@ export function NewRunPage() {
       body = { workflow: wf.workflow };
       if (wf.name.trim()) body.name = wf.name.trim();
       if (wf.params.trim()) {
-        let v: unknown;
-        try {
-          v = JSON.parse(wf.params);
-        } catch (err) {
-          setError({ field: 'params', message: `not valid JSON: ${err instanceof Error ? err.message : err}` });
+        const { value, error: why } = parseJsonObject(wf.params);
+        if (!value) {
+          setError({ field: 'params', message: why ?? 'invalid' });
           return;
         }
-        if (v === null || typeof v !== 'object' || Array.isArray(v)) {
-          setError({ field: 'params', message: 'must be a JSON object' });
-          return;
-        }
-        body.params = v;
+        body.params = value;
       }
     }
     setBusy(true);

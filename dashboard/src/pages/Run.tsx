@@ -137,7 +137,6 @@ export function RunPage({ id }: { id: number }) {
 
   // The live stream: log lines, step states and progress, then the end state. A dropped
   // connection is reopened from the last line received.
-  const liveSeqRef = liveSeq;
   const handlers = useRef({ soonDetail, soonChunks });
   handlers.current = { soonDetail, soonChunks };
   useEffect(() => {
@@ -161,7 +160,7 @@ export function RunPage({ id }: { id: number }) {
         const changes = pendingLive;
         pendingLive = {};
         liveChanged = false;
-        const seq = ++liveSeqRef.current;
+        const seq = ++liveSeq.current;
         setLive((l) => {
           const next = { ...l };
           for (const [step, c] of Object.entries(changes)) {
