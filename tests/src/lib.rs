@@ -118,11 +118,22 @@ impl Cluster {
 
     /// Like `with_config`, with extra lines (indented two spaces) in the `agent` section.
     pub fn with_agent_config(agent_lines: &str, extra: &str) -> Cluster {
+        Self::build(agent_lines, extra, 3)
+    }
+
+    /// Like `new`, with agents declared lost after `secs` of silence: for suites that load
+    /// the machine heavily (log floods) and test something other than agent liveness, where
+    /// a starved agent process must not read as a lost one.
+    pub fn with_agent_timeout(secs: u64) -> Cluster {
+        Self::build("", "", secs)
+    }
+
+    fn build(agent_lines: &str, extra: &str, agent_timeout: u64) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("ferry.yaml");
         let db = dir.path().join("ferry.db");
         let text = format!(
-            "workflow:\n  heartbeat_interval: 1\n  agent_timeout: 3\ncoordinator:\n  listen: \"127.0.0.1:0\"\n  database_url: \"sqlite://{}?mode=rwc\"\n  data_dir: \"{}\"\nagent:\n  reconnect_interval_ms: 200\n  work_dir: \"{}\"\n{agent_lines}{extra}",
+            "workflow:\n  heartbeat_interval: 1\n  agent_timeout: {agent_timeout}\ncoordinator:\n  listen: \"127.0.0.1:0\"\n  database_url: \"sqlite://{}?mode=rwc\"\n  data_dir: \"{}\"\nagent:\n  reconnect_interval_ms: 200\n  work_dir: \"{}\"\n{agent_lines}{extra}",
             db.display(),
             dir.path().join("coordinator-data").display(),
             dir.path().join("work").display()
@@ -556,6 +567,46 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         self.kill_coordinator();
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
+    }
+}
+
+impl Cluster {
+    /// A failed test's evidence: the last lines of every daemon's log (the temporary
+    /// directory that holds them goes with the cluster).
+    fn print_log_tails(&self) {
+        // FERRY_TEST_LOG_TAIL=N shows more of each log.
+        let lines_wanted: usize = std::env::var("FERRY_TEST_LOG_TAIL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60);
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let Ok(text) = std::fs::read(&log) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&text);
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "---- the last {} of {} lines of {} ----",
+                lines_wanted.min(lines.len()),
+                lines.len(),
+                log.display()
+            );
+            for line in &lines[lines.len().saturating_sub(lines_wanted)..] {
+                let cut: String = line.chars().take(400).collect();
+                eprintln!("{cut}");
+            }
+        }
     }
 }
 
