@@ -181,17 +181,24 @@ impl Executor for TrainExecutor {
             check_identifier("model.model_id", &config.model_id)?;
             let (data_dir, model_dir) = host.dataset_dirs(&p.dataset_id)?;
             let sample_dir = host.policy.confine("sample directory", &p.sample_dir)?;
-            // `gpu_count` picks the first N of the host's devices; 0 means the CPU.
-            let devices: Vec<Device> = match p.gpu_count {
-                Some(0) => vec![Device::flex()],
-                Some(n) if n as usize > host.devices.len() => {
+            // The GPUs the coordinator gave the job when it gave some (it counts them, so
+            // two jobs never share one); else `gpu_count` picks the first N of the host's
+            // devices; 0 means the CPU.
+            let given = (!ctx.gpu_ids.is_empty())
+                .then(|| devices_for(&ctx.gpu_ids))
+                .transpose()
+                .map_err(|e| JobError::permanent(e.to_string()))?;
+            let devices: Vec<Device> = match (given, p.gpu_count) {
+                (Some(given), _) => given,
+                (None, Some(0)) => vec![Device::flex()],
+                (None, Some(n)) if n as usize > host.devices.len() => {
                     return Err(JobError::permanent(format!(
                         "gpu_count {n} asks for more devices than this host has ({})",
                         host.devices.len()
                     )));
                 }
-                Some(n) => host.devices[..n as usize].to_vec(),
-                None => host.devices.clone(),
+                (None, Some(n)) => host.devices[..n as usize].to_vec(),
+                (None, None) => host.devices.clone(),
             };
             let Some(device) = devices.first().cloned() else {
                 return Err(JobError::permanent("this host has no device to train on"));
@@ -295,6 +302,12 @@ impl Executor for InferExecutor {
             check_identifier("model_id", &p.model_id)?;
             let (data_dir, model_dir) = host.dataset_dirs(&p.dataset_id)?;
             let input_dir = host.policy.confine("input directory", &p.input_dir)?;
+            // The GPUs the coordinator gave the job, else every device of the host.
+            let devices = if ctx.gpu_ids.is_empty() {
+                host.devices.clone()
+            } else {
+                devices_for(&ctx.gpu_ids).map_err(|e| JobError::permanent(e.to_string()))?
+            };
             let opts = InferOptions {
                 input_dir,
                 output_dir: inference_result_dir(&data_dir, &p.expid)?,
@@ -302,7 +315,7 @@ impl Executor for InferExecutor {
                 model_dir,
                 model_id: p.model_id.clone(),
                 batch_size: p.batch_size.unwrap_or(10_000),
-                devices: host.devices.clone(),
+                devices,
                 stop_after_parts: None,
                 pipelined: true,
             };

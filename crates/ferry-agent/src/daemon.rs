@@ -123,6 +123,11 @@ pub fn settings(role: Role, config: &FerryConfig, args: &AgentArgs) -> AgentSett
         reconnect_interval: Duration::from_millis(config.agent.reconnect_interval_ms),
         tls: config.tls.clone(),
         gpus,
+        // Absent: one step per core.
+        slots: config.agent.slots.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get().min(u32::MAX as usize) as u32)
+        }),
         shutdown_grace: Duration::from_secs(10),
         paths: reported_paths(config, &work_dir),
         work_dir,

@@ -94,6 +94,10 @@ async fn run_exec(ctx: JobContext, policy: Policy) -> Result<(), JobError> {
         ))
     })?;
     let mut cmd = Command::new(&program);
+    // The GPUs the coordinator gave the job, and only those, are visible to CUDA programs.
+    if !ctx.gpu_ids.is_empty() {
+        cmd.env("CUDA_VISIBLE_DEVICES", gpu_list(&ctx.gpu_ids));
+    }
     cmd.arg0(&p.program)
         .args(&p.args)
         .envs(&p.env)
@@ -102,6 +106,7 @@ async fn run_exec(ctx: JobContext, policy: Policy) -> Result<(), JobError> {
         .env("FERRY_STEP", &ctx.step)
         .env("FERRY_ATTEMPT", ctx.attempt.to_string())
         .env("FERRY_JOB_ID", &ctx.job_id)
+        .env("FERRY_GPU_IDS", gpu_list(&ctx.gpu_ids))
         .env(
             "FERRY_CHECKPOINT",
             ctx.checkpoint
@@ -328,6 +333,14 @@ impl Executor for NoopExecutor {
             Ok(())
         })
     }
+}
+
+/// GPU ids as CUDA and `FERRY_GPU_IDS` read them: `0,1`.
+fn gpu_list(ids: &[u32]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

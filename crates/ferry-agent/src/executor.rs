@@ -63,6 +63,9 @@ pub struct JobContext {
     pub params: serde_json::Value,
     /// What the step saved with `save_checkpoint` on an earlier attempt.
     pub checkpoint: Option<serde_json::Value>,
+    /// The GPUs the coordinator gave this job (ids among the agent's `gpus`): the job uses
+    /// these and no others. Empty: none given.
+    pub gpu_ids: Vec<u32>,
     /// The agent's work directory (jobs put their scratch files under it).
     pub work_dir: PathBuf,
     pub(crate) cancel: CancellationToken,
@@ -192,6 +195,7 @@ pub(crate) fn test_context(params: serde_json::Value, work_dir: &std::path::Path
         attempt: 1,
         params,
         checkpoint: None,
+        gpu_ids: Vec::new(),
         work_dir: work_dir.to_owned(),
         cancel: CancellationToken::new(),
         events,

@@ -38,6 +38,9 @@ pub struct AgentSettings {
     pub work_dir: PathBuf,
     pub reconnect_interval: Duration,
     pub gpus: Vec<u32>,
+    /// How many steps this agent runs at once (0: not limited), reported at registration;
+    /// the coordinator dispatches no more.
+    pub slots: u32,
     /// How long a graceful shutdown waits for cancelled jobs to report.
     pub shutdown_grace: Duration,
     /// Absolute roots reported at registration (data_root, model_root, staging_dir).
@@ -69,6 +72,8 @@ struct Job {
     kind: String,
     params: serde_json::Value,
     checkpoint: Option<serde_json::Value>,
+    /// The GPUs the coordinator gave the job.
+    gpu_ids: Vec<u32>,
     state: JobState,
     error: String,
     class: ErrorClass,
@@ -173,6 +178,7 @@ impl Shared {
                 role: self.settings.role.to_string(),
                 kinds,
                 gpus: self.settings.gpus.clone(),
+                slots: self.settings.slots,
                 hostname: hostname(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 jobs,
@@ -441,6 +447,7 @@ fn create_job(shared: &Shared, c: v1::CreateJob) -> v1::AgentMessage {
             kind: c.kind,
             params,
             checkpoint,
+            gpu_ids: c.gpu_ids,
             state: JobState::Idle,
             error: String::new(),
             class: ErrorClass::Transient,
@@ -481,6 +488,7 @@ fn start_job(shared: &Arc<Shared>, job_id: &str) {
             attempt: job.attempt,
             params: job.params.clone(),
             checkpoint: job.checkpoint.clone(),
+            gpu_ids: job.gpu_ids.clone(),
             work_dir: shared.settings.work_dir.clone(),
             cancel: job.cancel.clone(),
             events: shared.events.clone(),
@@ -600,6 +608,7 @@ mod tests {
             attempt: 1,
             params: serde_json::Value::Null,
             checkpoint: None,
+            gpu_ids: Vec::new(),
             work_dir: std::env::temp_dir(),
             cancel: cancel.clone(),
             events,

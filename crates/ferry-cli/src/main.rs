@@ -59,8 +59,11 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Agents known to the coordinator.
+    /// Agents known to the coordinator, with their slots and GPUs in use.
     Agents,
+    /// Ready steps waiting for capacity (slots, GPUs, a pool, max_active_tasks), in the
+    /// order they get it, with what each waits for.
+    Queue,
     /// Approve a step that awaits approval (e.g. a load into a production table); the task
     /// continues. Recorded under your token's identity, bound to the step's parameters.
     Approve {
@@ -532,6 +535,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     list.tasks.iter().map(task_json).collect(),
                 ))?;
             } else {
+                // Why a task's next step waits, if it waits for capacity.
+                let queue = client
+                    .list_queue(v1::ListQueueRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                let mut waits: std::collections::HashMap<i64, String> = Default::default();
+                for q in &queue.steps {
+                    waits
+                        .entry(q.task_id)
+                        .or_insert_with(|| format!("#{} {}: {}", q.position, q.step, q.waits_for));
+                }
                 let rows = list
                     .tasks
                     .iter()
@@ -543,11 +558,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             t.status.clone(),
                             format!("{}/{}", t.completed_steps, t.total_steps),
                             t.created_at.clone(),
+                            waits.get(&t.id).cloned().unwrap_or_default(),
                         ]
                     })
                     .collect();
                 print_table(
-                    &["ID", "NAME", "WORKFLOW", "STATUS", "STEPS", "CREATED"],
+                    &[
+                        "ID", "NAME", "WORKFLOW", "STATUS", "STEPS", "CREATED", "QUEUED",
+                    ],
                     rows,
                 );
             }
@@ -736,7 +754,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|a| {
                         serde_json::json!({"name": a.name, "role": a.role, "kinds": a.kinds, "gpus": a.gpus,
                             "connected": a.connected, "last_seen": a.last_seen, "running_jobs": a.running_jobs,
-                            "hostname": a.hostname})
+                            "hostname": a.hostname, "slots": a.slots, "slots_in_use": a.slots_in_use,
+                            "gpus_in_use": a.gpus_in_use})
                     })
                     .collect();
                 print_json(&serde_json::Value::Array(v))?;
@@ -754,8 +773,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 "offline".into()
                             },
                             a.running_jobs.to_string(),
+                            if a.slots == 0 {
+                                format!("{}/-", a.slots_in_use)
+                            } else {
+                                format!("{}/{}", a.slots_in_use, a.slots)
+                            },
                             a.kinds.join(","),
-                            format!("{:?}", a.gpus),
+                            format!("{:?} (in use {:?})", a.gpus, a.gpus_in_use),
                             a.last_seen.clone(),
                         ]
                     })
@@ -766,9 +790,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "ROLE",
                         "STATE",
                         "JOBS",
+                        "SLOTS",
                         "KINDS",
                         "GPUS",
                         "LAST SEEN",
+                    ],
+                    rows,
+                );
+            }
+        }
+        Command::Queue => {
+            let queue = client
+                .list_queue(v1::ListQueueRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                let v: Vec<_> = queue
+                    .steps
+                    .iter()
+                    .map(|q| {
+                        serde_json::json!({"position": q.position, "task_id": q.task_id,
+                            "task_name": q.task_name, "workflow": q.workflow, "step": q.step,
+                            "priority": q.priority, "needs": q.needs, "waits_for": q.waits_for})
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(v))?;
+            } else if queue.steps.is_empty() {
+                println!("no step waits for capacity");
+            } else {
+                let rows = queue
+                    .steps
+                    .iter()
+                    .map(|q| {
+                        vec![
+                            q.position.to_string(),
+                            q.task_id.to_string(),
+                            q.step.clone(),
+                            q.workflow.clone(),
+                            q.priority.to_string(),
+                            q.needs.clone(),
+                            q.waits_for.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "#",
+                        "TASK",
+                        "STEP",
+                        "WORKFLOW",
+                        "PRIORITY",
+                        "NEEDS",
+                        "WAITS FOR",
                     ],
                     rows,
                 );

@@ -752,6 +752,29 @@ impl WorkflowService for WorkflowApi {
         }))
     }
 
+    async fn list_queue(
+        &self,
+        req: Request<v1::ListQueueRequest>,
+    ) -> Result<Response<v1::ListQueueResponse>, Status> {
+        allow(&req, ApiRole::Viewer)?;
+        let steps = self.engine.list_queue().await?;
+        Ok(Response::new(v1::ListQueueResponse {
+            steps: steps
+                .into_iter()
+                .map(|q| v1::QueuedStep {
+                    position: q.position,
+                    task_id: q.task_id,
+                    task_name: q.task_name,
+                    workflow: q.workflow,
+                    step: q.step,
+                    priority: q.priority,
+                    needs: q.needs,
+                    waits_for: q.waits_for,
+                })
+                .collect(),
+        }))
+    }
+
     async fn create_token(
         &self,
         req: Request<v1::CreateTokenRequest>,

@@ -87,6 +87,7 @@ pub async fn run(
         observer: observe::Observer::new(config.workflow.notification.clone()),
         coordinator_name: config.coordinator.name.clone(),
         clock: engine::Clock::System,
+        pools: config.workflow.pools.clone(),
     };
     let observer = settings.observer.clone();
     let (engine, handle) = engine::Engine::start(store.clone(), settings)

@@ -63,6 +63,22 @@ struct Registry {
     training_loss: BTreeMap<Labels, f64>,
     inference_throughput: BTreeMap<Labels, f64>,
     quarantined_rows: BTreeMap<Labels, f64>,
+    queue_length: BTreeMap<Labels, f64>,
+    agent_slots: BTreeMap<Labels, f64>,
+    agent_slots_in_use: BTreeMap<Labels, f64>,
+    agent_gpus: BTreeMap<Labels, f64>,
+    agent_gpus_in_use: BTreeMap<Labels, f64>,
+}
+
+/// One agent's capacity and what is taken of it, for the gauges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentLoad {
+    pub agent: String,
+    /// 0: not limited.
+    pub slots: u32,
+    pub slots_in_use: u32,
+    pub gpus: u32,
+    pub gpus_in_use: u32,
 }
 
 /// A finished task, as the webhook reports it.
@@ -181,6 +197,23 @@ impl Observer {
         }
     }
 
+    /// The scheduler's state now: steps waiting for capacity, and each agent's load.
+    pub fn set_capacity(&self, queued: usize, agents: &[AgentLoad]) {
+        self.with(|r| {
+            r.queue_length = BTreeMap::from([(Vec::new(), queued as f64)]);
+            let series = |f: fn(&AgentLoad) -> u32| {
+                agents
+                    .iter()
+                    .map(|a| (vec![("agent", a.agent.clone())], f64::from(f(a))))
+                    .collect::<BTreeMap<Labels, f64>>()
+            };
+            r.agent_slots = series(|a| a.slots);
+            r.agent_slots_in_use = series(|a| a.slots_in_use);
+            r.agent_gpus = series(|a| a.gpus);
+            r.agent_gpus_in_use = series(|a| a.gpus_in_use);
+        });
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.with(|r| {
@@ -237,6 +270,41 @@ impl Observer {
                 "counter",
                 "Rows the database refused even alone, set aside so the engine goes on",
                 &r.quarantined_rows,
+            );
+            scalar(
+                &mut out,
+                "ferry_queue_length",
+                "gauge",
+                "Ready steps waiting for capacity (slots, GPUs, a pool, max_active_tasks)",
+                &r.queue_length,
+            );
+            scalar(
+                &mut out,
+                "ferry_agent_slots",
+                "gauge",
+                "Steps an agent runs at once (0: not limited)",
+                &r.agent_slots,
+            );
+            scalar(
+                &mut out,
+                "ferry_agent_slots_in_use",
+                "gauge",
+                "Slots taken by the steps running on an agent",
+                &r.agent_slots_in_use,
+            );
+            scalar(
+                &mut out,
+                "ferry_agent_gpus",
+                "gauge",
+                "GPUs an agent declares",
+                &r.agent_gpus,
+            );
+            scalar(
+                &mut out,
+                "ferry_agent_gpus_in_use",
+                "gauge",
+                "GPUs given to the steps running on an agent",
+                &r.agent_gpus_in_use,
             );
             out
         })

@@ -64,6 +64,18 @@ impl Harness {
     }
 
     async fn agent(&mut self, name: &str, role: &str, jobs: Vec<v1::JobReport>) -> FakeAgent {
+        self.agent_with(name, role, jobs, 0, &[]).await
+    }
+
+    /// An agent that declares `slots` (0: not limited) and `gpus`.
+    async fn agent_with(
+        &mut self,
+        name: &str,
+        role: &str,
+        jobs: Vec<v1::JobReport>,
+        slots: u32,
+        gpus: &[u32],
+    ) -> FakeAgent {
         let conn_id = self.next_conn;
         self.next_conn += 1;
         let (tx, rx): (AgentTx, _) = mpsc::unbounded_channel();
@@ -76,6 +88,8 @@ impl Harness {
                     role: role.into(),
                     kinds: vec!["noop".into(), "exec".into()],
                     jobs,
+                    slots,
+                    gpus: gpus.to_vec(),
                     ..Default::default()
                 },
                 tx,
@@ -201,6 +215,7 @@ async fn start(
         observer: Observer::new(NotificationConfig::default()),
         coordinator_name: "harness".into(),
         clock: clock.clone(),
+        pools: BTreeMap::from([("hive".to_owned(), 2)]),
     };
     let (engine, handle) = Engine::start(store.clone(), settings)
         .await
@@ -947,4 +962,296 @@ async fn a_placeholder_that_renders_into_a_path_is_refused_at_creation() {
     h.request(create("campaign_1"))
         .await
         .expect("a plain name is fine");
+}
+
+// ---- capacity ----
+
+/// `n` independent noop steps named `s0..`, each with `extra` (YAML flow-map entries).
+fn independent(name: &str, n: usize, placement: &str, extra: &str) -> String {
+    let mut yaml = format!("name: {name}\nsteps:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - {{name: s{i}, kind: noop, placement: {placement}{extra}}}\n"
+        ));
+    }
+    yaml
+}
+
+impl FakeAgent {
+    /// Creates answered so far: takes every create sent to this agent (answering and
+    /// starting each), and returns them.
+    async fn take_all(&mut self, h: &Harness, next_job: &mut u32) -> Vec<(String, v1::CreateJob)> {
+        h.settle().await;
+        let mut creates = Vec::new();
+        while let Ok(m) = self.rx.try_recv() {
+            match m.expect("no error").msg.expect("a message") {
+                coordinator_message::Msg::CreateJob(c) => creates.push(c),
+                coordinator_message::Msg::ForgetJob(_) => {}
+                other => panic!("{}: expected CreateJob, got {other:?}", self.name),
+            }
+        }
+        let mut taken = Vec::new();
+        for c in creates {
+            *next_job += 1;
+            let job = format!("{}-j{next_job}", self.name);
+            self.send(agent_message::Msg::JobCreated(v1::JobCreated {
+                request_id: c.request_id,
+                job_id: job.clone(),
+                error: String::new(),
+            }))
+            .await;
+            self.expect_start(&job).await;
+            self.state(&job, v1::JobState::Running, "").await;
+            taken.push((job, c));
+        }
+        taken
+    }
+}
+
+#[tokio::test]
+async fn ten_one_gpu_steps_on_two_slots_and_two_gpus_run_two_at_a_time_never_sharing_a_gpu() {
+    let mut h = Harness::new().await;
+    h.apply(&independent(
+        "gpu_work",
+        10,
+        "{agent: gpu}",
+        ", resources: {gpus: 1}",
+    ))
+    .await;
+    let mut gpu = h.agent_with("gpu", "training", vec![], 2, &[0, 1]).await;
+    let task = h.create("gpu_work").await;
+    let mut next_job = 0;
+    let mut running: Vec<(String, Vec<u32>)> = Vec::new();
+    let mut done = 0;
+    let mut most = 0;
+    while done < 10 {
+        for (job, c) in gpu.take_all(&h, &mut next_job).await {
+            assert_eq!(c.gpu_ids.len(), 1, "one GPU per step: {c:?}");
+            running.push((job, c.gpu_ids));
+        }
+        most = most.max(running.len());
+        assert!(running.len() <= 2, "more than two at once: {running:?}");
+        let mut held: Vec<u32> = running.iter().flat_map(|(_, g)| g.clone()).collect();
+        held.sort_unstable();
+        let before = held.len();
+        held.dedup();
+        assert_eq!(before, held.len(), "a GPU given twice: {running:?}");
+        assert!(
+            !running.is_empty(),
+            "nothing runs and {done} of 10 are done"
+        );
+        // While two run, the rest wait in the queue, saying for what.
+        if done == 0 {
+            let queue = h.handle.list_queue().await.expect("queue");
+            assert_eq!(queue.len(), 8, "{queue:?}");
+            assert_eq!(queue[0].position, 1);
+            assert!(
+                queue[0].waits_for.contains("2 of 2 slots in use"),
+                "{queue:?}"
+            );
+            assert_eq!(queue[0].needs, "1 slot, 1 GPU");
+        }
+        let (job, _) = running.remove(0);
+        gpu.state(&job, v1::JobState::Completed, "").await;
+        done += 1;
+    }
+    assert_eq!(most, 2, "two ran at once");
+    let (status, _) = h.status(task).await;
+    assert_eq!(status, "completed");
+    assert!(h.handle.list_queue().await.expect("queue").is_empty());
+}
+
+#[tokio::test]
+async fn two_hundred_one_slot_steps_over_fifty_one_slot_agents_run_fifty_at_a_time() {
+    let mut h = Harness::new().await;
+    h.apply(&independent("wide", 200, "{role: data_source}", ""))
+        .await;
+    let mut agents = Vec::new();
+    for i in 0..50 {
+        agents.push(
+            h.agent_with(&format!("a{i:02}"), "data_source", vec![], 1, &[])
+                .await,
+        );
+    }
+    let task = h.create("wide").await;
+    let mut next_job = 0;
+    for round in 0..4 {
+        let mut started = Vec::new();
+        for a in &mut agents {
+            let taken = a.take_all(&h, &mut next_job).await;
+            assert_eq!(
+                taken.len(),
+                1,
+                "round {round}: {} took {}",
+                a.name,
+                taken.len()
+            );
+            started.push(taken[0].0.clone());
+        }
+        assert_eq!(started.len(), 50);
+        let waiting = h.handle.list_queue().await.expect("queue").len();
+        assert_eq!(waiting, 150 - round * 50, "round {round}");
+        for (a, job) in agents.iter().zip(&started) {
+            a.state(job, v1::JobState::Completed, "").await;
+        }
+    }
+    let (status, _) = h.status(task).await;
+    assert_eq!(status, "completed");
+}
+
+#[tokio::test]
+async fn a_step_needing_more_gpus_than_any_agent_has_is_refused_at_creation() {
+    let mut h = Harness::new().await;
+    h.apply(&independent(
+        "big",
+        1,
+        "{role: training}",
+        ", resources: {gpus: 3}",
+    ))
+    .await;
+    let _gpu = h.agent_with("gpu", "training", vec![], 4, &[0, 1]).await;
+    let refused = h
+        .request(|reply| ApiRequest::CreateTask {
+            workflow: "big".into(),
+            name: String::new(),
+            params: BTreeMap::new(),
+            reply,
+        })
+        .await;
+    match refused {
+        Err(ferry_coordinator::EngineError::InvalidField { field, message }) => {
+            assert_eq!(field, "steps.s0.resources.gpus");
+            assert!(
+                message.contains("needs 3 GPUs; the agent has 2"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal naming the field, got {other:?}"),
+    }
+    assert!(
+        h.store.list_tasks(None, 10).await.expect("read").is_empty(),
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_and_max_active_tasks_bound_what_runs_and_priority_orders_the_queue() {
+    let mut h = Harness::new().await;
+    // Three exports in the `hive` pool (size 2 in the harness), on an unlimited agent.
+    h.apply(&independent(
+        "exports",
+        3,
+        "{agent: wide}",
+        ", resources: {pool: hive}",
+    ))
+    .await;
+    let mut wide = h.agent_with("wide", "data_source", vec![], 0, &[]).await;
+    let exports = h.create("exports").await;
+    let mut next_job = 0;
+    let first = wide.take_all(&h, &mut next_job).await;
+    assert_eq!(first.len(), 2, "two in the pool at once");
+    let queue = h.handle.list_queue().await.expect("queue");
+    assert_eq!(queue.len(), 1);
+    assert!(
+        queue[0].waits_for.contains("pool hive: 2 of 2"),
+        "{queue:?}"
+    );
+    wide.state(&first[0].0, v1::JobState::Completed, "").await;
+    let third = wide.take_all(&h, &mut next_job).await;
+    assert_eq!(third.len(), 1, "the third once one left the pool");
+    for (job, _) in first.iter().skip(1).chain(&third) {
+        wide.state(job, v1::JobState::Completed, "").await;
+    }
+    assert_eq!(h.status(exports).await.0, "completed");
+
+    // One task of `solo` at a time; a one-slot agent, and priorities.
+    h.apply("name: solo\nmax_active_tasks: 1\nsteps:\n  - {name: a, kind: noop, placement: {agent: one}}\n  - {name: b, kind: noop, placement: {agent: one}, inputs: [a]}\n")
+        .await;
+    h.apply(
+        "name: urgent\npriority: 5\nsteps:\n  - {name: a, kind: noop, placement: {agent: one}}\n",
+    )
+    .await;
+    h.apply("name: later\nsteps:\n  - {name: a, kind: noop, placement: {agent: one}}\n")
+        .await;
+    let mut one = h.agent_with("one", "data_source", vec![], 1, &[]).await;
+    let solo1 = h.create("solo").await;
+    let solo2 = h.create("solo").await;
+    let taken = one.take_all(&h, &mut next_job).await;
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].1.task_id, solo1);
+    let later = h.create("later").await;
+    let urgent = h.create("urgent").await;
+    let queue = h.handle.list_queue().await.expect("queue");
+    let order: Vec<i64> = queue.iter().map(|q| q.task_id).collect();
+    assert_eq!(
+        order,
+        vec![urgent, solo2, later],
+        "priority first, then age: {queue:?}"
+    );
+    let solo2_waits = &queue[1].waits_for;
+    assert!(
+        solo2_waits.contains("workflow solo has 1 of at most 1 tasks running"),
+        "{solo2_waits}"
+    );
+    // solo1's first step ends: its second step competes with urgent for the one slot;
+    // urgent (priority 5) wins, and solo2 still waits for solo1 to finish.
+    one.state(&taken[0].0, v1::JobState::Completed, "").await;
+    let next = one.take_all(&h, &mut next_job).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].1.task_id, urgent, "the higher priority first");
+    one.state(&next[0].0, v1::JobState::Completed, "").await;
+    let next = one.take_all(&h, &mut next_job).await;
+    assert_eq!((next[0].1.task_id, next[0].1.step.as_str()), (solo1, "b"));
+    one.state(&next[0].0, v1::JobState::Completed, "").await;
+    let next = one.take_all(&h, &mut next_job).await;
+    assert_eq!(next[0].1.task_id, solo2, "solo2 once solo1 is done");
+    one.state(&next[0].0, v1::JobState::Completed, "").await;
+    let next = one.take_all(&h, &mut next_job).await;
+    assert_eq!((next[0].1.task_id, next[0].1.step.as_str()), (solo2, "b"));
+    one.state(&next[0].0, v1::JobState::Completed, "").await;
+    let next = one.take_all(&h, &mut next_job).await;
+    assert_eq!(next[0].1.task_id, later);
+}
+
+#[tokio::test]
+async fn what_a_running_step_holds_survives_a_coordinator_restart() {
+    let mut h = Harness::new().await;
+    h.apply(&independent(
+        "gpu_work",
+        3,
+        "{agent: gpu}",
+        ", resources: {gpus: 1}",
+    ))
+    .await;
+    let mut gpu = h.agent_with("gpu", "training", vec![], 4, &[0, 1]).await;
+    let task = h.create("gpu_work").await;
+    let mut next_job = 0;
+    let running = gpu.take_all(&h, &mut next_job).await;
+    assert_eq!(running.len(), 2);
+    h.restart().await;
+    // The agent comes back with its two jobs still running.
+    let reports: Vec<v1::JobReport> = running
+        .iter()
+        .map(|(job, c)| v1::JobReport {
+            job_id: job.clone(),
+            task_id: task,
+            step: c.step.clone(),
+            attempt: c.attempt,
+            state: v1::JobState::Running as i32,
+            ..Default::default()
+        })
+        .collect();
+    let mut gpu = h.agent_with("gpu", "training", reports, 4, &[0, 1]).await;
+    let none = gpu.take_all(&h, &mut next_job).await;
+    assert!(none.is_empty(), "both GPUs are still held: {none:?}");
+    let queue = h.handle.list_queue().await.expect("queue");
+    assert!(
+        queue[0].waits_for.contains("2 of 2 GPUs in use"),
+        "{queue:?}"
+    );
+    let freed = running[1].1.gpu_ids.clone();
+    gpu.state(&running[1].0, v1::JobState::Completed, "").await;
+    let third = gpu.take_all(&h, &mut next_job).await;
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].1.gpu_ids, freed, "the GPU that was freed");
 }

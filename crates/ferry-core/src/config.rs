@@ -313,6 +313,11 @@ pub struct WorkflowConfig {
     /// The monitor stage keeps this many pipeline runs' model directories under
     /// `model_root` and moves older ones to `{model_root}/archive/`; 0 keeps all.
     pub keep_checkpoints: u32,
+    /// Pools shared across workflows: name → how many steps in it may run at once,
+    /// wherever they run (a step joins one with `resources.pool`; e.g. `hive: 2` for
+    /// exports against one Hive cluster).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, u32>,
 }
 
 impl Default for WorkflowConfig {
@@ -326,6 +331,7 @@ impl Default for WorkflowConfig {
             notification: NotificationConfig::default(),
             cleanup_staging: false,
             keep_checkpoints: 5,
+            pools: BTreeMap::new(),
         }
     }
 }
@@ -417,6 +423,10 @@ pub struct AgentConfig {
     pub docker_host: String,
     /// What this host lets steps do (least privilege).
     pub allow: AllowConfig,
+    /// How many steps this agent runs at once (a step takes one slot unless its
+    /// `resources.slots` says more); the host's cores when absent, 0 for no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
 }
 
 /// `agent.allow`: which step kinds this host runs and what they may reach.
@@ -444,6 +454,7 @@ impl Default for AgentConfig {
             accept_new_host_keys: false,
             docker_host: String::new(),
             allow: AllowConfig::default(),
+            slots: None,
         }
     }
 }
@@ -595,6 +606,29 @@ impl FerryConfig {
                     format!("`{p}` is not a table pattern like `prod.*` or `db.table`"),
                 ));
             }
+        }
+        for (name, size) in &self.workflow.pools {
+            let key = format!("workflow.pools.{name}");
+            if !crate::workflow::is_valid_step_name(name) {
+                return Err(invalid(
+                    key,
+                    "a pool name is 1-50 letters, digits, `_` or `-`",
+                ));
+            }
+            if *size == 0 {
+                return Err(invalid(key, "a pool must allow at least 1 step"));
+            }
+        }
+        if let Some(slots) = self.agent.slots
+            && slots > crate::capacity::MAX_SLOTS
+        {
+            return Err(invalid(
+                "agent.slots",
+                format!(
+                    "must be at most {} (0 for no limit)",
+                    crate::capacity::MAX_SLOTS
+                ),
+            ));
         }
         if self.workflow.heartbeat_interval == 0 {
             return Err(invalid(

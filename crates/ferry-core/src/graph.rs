@@ -670,6 +670,7 @@ pub fn plan(
             inputs,
             retry: None,
             timeout_secs: None,
+            resources: None,
         };
     for (index, c) in graph.connections.iter().enumerate() {
         // validate() guarantees both ends exist and the source is a node.
@@ -809,6 +810,8 @@ pub fn plan(
     Ok(WorkflowDef {
         name: graph.name.clone(),
         description: graph.description.clone(),
+        max_active_tasks: None,
+        priority: None,
         steps: node_steps,
     })
 }

@@ -5,6 +5,7 @@
 //! retry policy, step-kind parameters, and the configuration schema.
 
 pub mod access;
+pub mod capacity;
 pub mod config;
 pub mod dag;
 pub mod graph;

@@ -521,6 +521,8 @@ pub fn plan(
         description:
             "Built-in CTR pipeline (seed 000 §4): data_fetch → train → infer → transport → monitor"
                 .into(),
+        max_active_tasks: None,
+        priority: None,
         steps,
     })
 }
@@ -553,6 +555,7 @@ fn step(name: &str, kind: &str, host: &HostInfo, params: Value, inputs: &[&str])
         inputs: inputs.iter().map(|s| (*s).to_owned()).collect(),
         retry: None,
         timeout_secs: None,
+        resources: None,
     }
 }
 

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::capacity::Resources;
 use crate::kinds;
 use crate::retry::{RetryPolicy, RetrySpec};
 use crate::state::Role;
@@ -18,6 +19,14 @@ pub struct WorkflowDef {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// At most this many tasks of the workflow run at once; the others' steps wait in the
+    /// queue (no limit when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_tasks: Option<u32>,
+    /// Its tasks' priority when steps wait for capacity (higher first; 0 when absent). A
+    /// task created with a priority of its own keeps that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
     pub steps: Vec<StepDef>,
 }
 
@@ -40,6 +49,9 @@ pub struct StepDef {
     /// accepted too.)
     #[serde(default, alias = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// What the step needs beyond its kind's default: slots, GPUs, a shared pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 }
 
 /// Where a step runs: any agent of a role, or one named agent.
@@ -140,6 +152,8 @@ pub enum ValidationError {
     SelfInput(String),
     #[error("cycle between steps: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
+    #[error("{0}")]
+    BadLimit(String),
 }
 
 /// Every reason a definition was refused.
@@ -190,6 +204,11 @@ impl WorkflowDef {
         if self.steps.is_empty() {
             problems.push(ValidationError::NoSteps(self.name.clone()));
         }
+        if self.max_active_tasks == Some(0) {
+            problems.push(ValidationError::BadLimit(
+                "`max_active_tasks` must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
         let mut seen = HashMap::new();
         for step in &self.steps {
             if !is_valid_step_name(&step.name) {
@@ -216,6 +235,12 @@ impl WorkflowDef {
                     ),
                 }),
                 _ => {}
+            }
+            if let Some(Err((field, message))) = step.resources.as_ref().map(Resources::check) {
+                problems.push(ValidationError::BadStep {
+                    step: step.name.clone(),
+                    message: format!("`{field}` {message}"),
+                });
             }
             if let Placement::Agent(a) = &step.placement
                 && a.trim().is_empty()

@@ -36,6 +36,8 @@ impl TryFrom<v1::WorkflowDefinition> for WorkflowDef {
         Ok(WorkflowDef {
             name: d.name,
             description: d.description,
+            max_active_tasks: d.max_active_tasks,
+            priority: d.priority,
             steps,
         })
     }
@@ -76,6 +78,13 @@ impl TryFrom<v1::StepDefinition> for StepDef {
             inputs: s.inputs,
             retry,
             timeout_secs: s.timeout_secs,
+            resources: (s.slots.is_some() || s.gpus.is_some() || s.pool.is_some()).then_some(
+                ferry_core::capacity::Resources {
+                    slots: s.slots,
+                    gpus: s.gpus,
+                    pool: s.pool,
+                },
+            ),
         })
     }
 }
@@ -86,6 +95,8 @@ impl From<&WorkflowDef> for v1::WorkflowDefinition {
             name: d.name.clone(),
             description: d.description.clone(),
             steps: d.steps.iter().map(v1::StepDefinition::from).collect(),
+            max_active_tasks: d.max_active_tasks,
+            priority: d.priority,
         }
     }
 }
@@ -108,6 +119,9 @@ impl From<&StepDef> for v1::StepDefinition {
             max_retries: s.retry.and_then(|r| r.max_retries),
             backoff_ms: s.retry.and_then(|r| r.backoff_ms),
             timeout_secs: s.timeout_secs,
+            slots: s.resources.as_ref().and_then(|r| r.slots),
+            gpus: s.resources.as_ref().and_then(|r| r.gpus),
+            pool: s.resources.as_ref().and_then(|r| r.pool.clone()),
         }
     }
 }

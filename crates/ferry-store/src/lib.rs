@@ -54,6 +54,8 @@ pub struct NewTask {
     pub workflow_name: String,
     pub params: String,
     pub status: String,
+    /// Higher runs first when steps wait for capacity.
+    pub priority: i32,
     pub steps: Vec<NewStep>,
 }
 
@@ -68,6 +70,8 @@ pub struct NewStep {
     pub max_retries: i32,
     pub backoff_ms: i64,
     pub timeout_secs: Option<i64>,
+    /// The step's `resources` override (JSON), if any.
+    pub resources: Option<String>,
 }
 
 #[derive(Clone)]
@@ -269,6 +273,7 @@ impl Store {
             current_step: Set(0),
             total_steps: Set(total),
             params: Set(task.params),
+            priority: Set(task.priority),
             created_at: Set(now),
             updated_at: Set(now),
             started_at: Set(Some(now)),
@@ -302,6 +307,7 @@ impl Store {
                     max_retries: Set(s.max_retries),
                     backoff_ms: Set(s.backoff_ms),
                     timeout_secs: Set(s.timeout_secs),
+                    resources: Set(s.resources),
                     updated_at: Set(now),
                     ..Default::default()
                 });

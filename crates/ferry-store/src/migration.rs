@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_agent_cursors::Migration),
             Box::new(m0005_task_log_archives::Migration),
             Box::new(m0006_tokens_and_audit::Migration),
+            Box::new(m0007_capacity::Migration),
         ]
     }
 }
@@ -465,6 +466,66 @@ mod m0006_tokens_and_audit {
                 .await?;
             manager
                 .drop_table(Table::drop().table(a("api_tokens")).to_owned())
+                .await
+        }
+    }
+}
+
+/// Capacity: a step's `resources` override and the GPU ids it was given, a task's priority.
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with an elided lifetime
+mod m0007_capacity {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m0007_capacity"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            // One column per statement: SQLite alters a table one column at a time.
+            for column in ["resources", "gpu_ids"] {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(a("workflow_steps"))
+                            .add_column(text_null(a(column)))
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(a("workflow_tasks"))
+                        .add_column(integer(a("priority")).default(0))
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            for column in ["resources", "gpu_ids"] {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(a("workflow_steps"))
+                            .drop_column(a(column))
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(a("workflow_tasks"))
+                        .drop_column(a("priority"))
+                        .to_owned(),
+                )
                 .await
         }
     }

@@ -28,6 +28,7 @@ fn new_task(workflow_id: i64, workflow: &str) -> NewTask {
         max_retries: 3,
         backoff_ms: 2000,
         timeout_secs: None,
+        resources: None,
     };
     NewTask {
         name: "t".into(),
@@ -35,6 +36,7 @@ fn new_task(workflow_id: i64, workflow: &str) -> NewTask {
         workflow_name: workflow.into(),
         params: "{}".into(),
         status: "running".into(),
+        priority: 0,
         steps: vec![step("a", 0, "[]"), step("b", 1, r#"["a"]"#)],
     }
 }

@@ -66,6 +66,11 @@ impl Engine {
         agent.role = role;
         agent.kinds = reg.kinds.iter().cloned().collect();
         agent.gpus = reg.gpus.clone();
+        // What it says it offers is what it is given, within bounds (0: not limited).
+        agent.slots = reg.slots.min(ferry_core::capacity::MAX_SLOTS);
+        agent.gpus.sort_unstable();
+        agent.gpus.dedup();
+        agent.gpus.truncate(ferry_core::capacity::MAX_GPUS as usize);
         // What an agent says of itself is shown to users: made to fit, never trusted.
         agent.hostname = ferry_core::limits::fitted(&reg.hostname, ferry_core::limits::IDENT);
         agent.version = ferry_core::limits::fitted(&reg.version, ferry_core::limits::SHORT_NAME);
@@ -77,6 +82,8 @@ impl Engine {
         info!(agent = %name, role = %role, jobs = reg.jobs.len(), "agent registered");
         self.reconcile_agent_jobs(&name, reg.jobs);
         self.candidates.extend(self.waiting_for_agent.drain());
+        self.capacity_changed = true;
+        self.gauges_dirty = true;
         self.publish_hosts();
         Ok(())
     }
@@ -127,23 +134,6 @@ impl Engine {
             }
             agent_message::Msg::JobCreated(c) => self.job_created(name, c),
             agent_message::Msg::JobEvent(ev) => self.job_event(name, ev),
-        }
-    }
-
-    pub(super) fn pick_agent(&self, placement: &Placement, kind: &str) -> Option<String> {
-        let usable = |a: &AgentRt| a.conn.is_some() && a.kinds.contains(kind);
-        match placement {
-            Placement::Agent(name) => self
-                .agents
-                .get(name)
-                .filter(|a| usable(a))
-                .map(|_| name.clone()),
-            Placement::Role(role) => self
-                .agents
-                .iter()
-                .filter(|(_, a)| a.role == *role && usable(a))
-                .min_by_key(|(name, a)| (a.running, (*name).clone()))
-                .map(|(name, _)| name.clone()),
         }
     }
 

@@ -97,10 +97,16 @@ impl Engine {
                         version: a.version.clone(),
                         paths: a.paths.clone().into_iter().collect(),
                         ssh_to: a.ssh_to.clone(),
+                        slots: a.slots,
+                        slots_in_use: a.usage.slots,
+                        gpus_in_use: a.usage.gpus.iter().copied().collect(),
                     })
                     .collect();
                 list.sort_by(|a, b| a.name.cmp(&b.name));
                 let _ = reply.send(list);
+            }
+            ApiRequest::ListQueue { reply } => {
+                let _ = reply.send(self.queue_view());
             }
         }
     }
@@ -190,6 +196,17 @@ impl Engine {
                     s.name
                 ))
             })?;
+            // What it needs must exist: a configured pool, an agent big enough.
+            if let Some(r) = &s.resources {
+                r.check_pool(&self.settings.pools)
+                    .map_err(|(field, message)| EngineError::InvalidField {
+                        field: format!("steps.{}.{field}", s.name),
+                        message: format!("step `{}`: `{field}` {message}", s.name),
+                    })?;
+            }
+            let demand =
+                ferry_core::capacity::Demand::of_step(&s.kind, &rendered, s.resources.as_ref());
+            self.check_fits_somewhere(&s.name, &s.placement, &s.kind, &demand)?;
         }
         let task_name = if name.trim().is_empty() {
             format!("{}_{}", def.name, Utc::now().format("%Y%m%d_%H%M%S"))
@@ -230,6 +247,7 @@ impl Engine {
                 .collect()
         };
         let workflow_name = def.name.clone();
+        let (max_active, priority) = (def.max_active_tasks, def.priority.unwrap_or(0));
         let mut slots: Vec<Option<ferry_core::workflow::StepDef>> =
             def.steps.into_iter().map(Some).collect();
         let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
@@ -239,6 +257,7 @@ impl Engine {
             workflow_name: workflow_name.clone(),
             params: params_json,
             status: TaskStatus::Running.as_str().to_owned(),
+            priority,
             steps: order
                 .iter()
                 .filter_map(|&i| slots[i].take())
@@ -258,6 +277,11 @@ impl Engine {
                         max_retries: policy.max_retries as i32,
                         backoff_ms: policy.backoff_ms as i64,
                         timeout_secs: s.timeout_secs.map(|t| t.min(i64::MAX as u64) as i64),
+                        resources: s
+                            .resources
+                            .as_ref()
+                            .filter(|r| !r.is_empty())
+                            .and_then(|r| serde_json::to_string(r).ok()),
                         step_name: s.name,
                         kind: s.kind,
                     }
@@ -289,7 +313,8 @@ impl Engine {
         };
         let (task_row, step_rows) = self.store.insert_task(new_task, render).await?;
         let id = task_row.id;
-        let task = build_task_rt(task_row, step_rows)?;
+        let mut task = build_task_rt(task_row, step_rows)?;
+        task.max_active = max_active;
         // The rows are stored as they are (rendered, pending): nothing to write again.
         self.tasks.insert(id, task);
         let count = self.tasks[&id].steps.len();

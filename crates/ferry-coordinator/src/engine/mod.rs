@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 mod agents;
+mod capacity;
 mod commands;
 mod commit;
 mod events;
@@ -43,7 +44,9 @@ mod scheduler;
 
 use crate::error::EngineError;
 use crate::observe::{Observer, TaskOutcome};
+pub use capacity::QueuedStep;
 use model::{AgentRt, Cursor, PendingCreate, StepRt, TaskRt, build_task_rt};
+use scheduler::QueueKey;
 
 /// The engine's time: the system's, or one a test moves by hand (the in-process harness),
 /// so that back-offs, deadlines and agent timeouts are tested in milliseconds.
@@ -88,6 +91,8 @@ pub struct EngineSettings {
     /// The first level of seed 003's path hierarchy in graph workflows' plans.
     pub coordinator_name: String,
     pub clock: Clock,
+    /// `workflow.pools`: pools shared across workflows and their sizes.
+    pub pools: BTreeMap<String, u32>,
 }
 
 /// Messages the engine processes, from the gRPC services.
@@ -179,6 +184,9 @@ pub enum ApiRequest {
     ListAgents {
         reply: oneshot::Sender<Vec<v1::AgentInfo>>,
     },
+    ListQueue {
+        reply: oneshot::Sender<Vec<QueuedStep>>,
+    },
 }
 
 /// What followers of a task hear (log lines, state changes, progress), after the change is
@@ -236,6 +244,13 @@ impl EngineHandle {
         rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
+    pub async fn list_queue(&self) -> Result<Vec<QueuedStep>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(EngineMsg::Api(ApiRequest::ListQueue { reply }))
+            .await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Broadcast> {
         self.broadcast.subscribe()
     }
@@ -271,6 +286,17 @@ pub struct Engine {
     candidates: HashSet<StepKey>,
     /// Steps that found no agent to run them; re-examined when an agent attaches.
     waiting_for_agent: HashSet<StepKey>,
+    /// Ready steps waiting for capacity (slots, GPUs, a pool, their workflow's
+    /// `max_active_tasks`) in the order they get it, each with what it waits for.
+    queue: BTreeMap<QueueKey, String>,
+    /// Something was freed (a step ended, an agent came): the queue is looked at again.
+    capacity_changed: bool,
+    /// The queue or an agent's load changed since the gauges were last published.
+    gauges_dirty: bool,
+    /// Steps running in each pool.
+    pool_used: HashMap<String, u32>,
+    /// Tasks of each workflow holding capacity (for `max_active_tasks`).
+    active_by_workflow: HashMap<String, u32>,
     retry_timers: BinaryHeap<Reverse<(Instant, i64, usize)>>,
     /// Attempts with a time limit: (deadline, task, step, attempt).
     deadlines: BinaryHeap<Reverse<(Instant, i64, usize, i32)>>,
@@ -337,6 +363,11 @@ impl Engine {
             next_log_id,
             candidates: HashSet::new(),
             waiting_for_agent: HashSet::new(),
+            queue: BTreeMap::new(),
+            capacity_changed: false,
+            gauges_dirty: true,
+            pool_used: HashMap::new(),
+            active_by_workflow: HashMap::new(),
             retry_timers: BinaryHeap::new(),
             deadlines: BinaryHeap::new(),
             dirty_tasks: HashSet::new(),
@@ -387,6 +418,7 @@ impl Engine {
             }
             self.fire_due_retries();
             self.schedule();
+            self.publish_capacity();
             self.flush(&shutdown).await;
             let busy = self.now().duration_since(busy_since);
             if busy > self.settings.agent_timeout / 2 {
@@ -453,6 +485,9 @@ impl Engine {
             && let Some(a) = self.agents.get_mut(&agent)
         {
             a.running = a.running.saturating_sub(1);
+        }
+        if was.is_on_agent() && !status.is_on_agent() {
+            self.release(key);
         }
         if status == StepStatus::Completed && was != StepStatus::Completed {
             let row = &self.step(key).row;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
+use ferry_core::capacity::{Demand, Grant, Resources, Usage};
 use ferry_core::retry::RetryPolicy;
 use ferry_core::workflow::Placement;
 use ferry_core::{Role, StepStatus, TaskStatus};
@@ -33,6 +34,10 @@ pub(super) struct StepRt {
     /// While backing off before a retry: not dispatched before this (the engine's clock;
     /// `next_attempt_at` is the same moment in wall time, for readers).
     pub(super) not_before: Option<Instant>,
+    /// What it needs on an agent while it runs (its kind's default, its `resources`).
+    pub(super) demand: Demand,
+    /// What its current attempt holds (slots, GPU ids), from dispatch until it ends.
+    pub(super) grant: Option<Grant>,
 }
 
 pub(super) struct TaskRt {
@@ -42,6 +47,10 @@ pub(super) struct TaskRt {
     /// How many steps are completed (kept as they change: a 100,000-step task is not
     /// counted again at every completion).
     completed: usize,
+    /// Its workflow's `max_active_tasks`.
+    pub(super) max_active: Option<u32>,
+    /// How many of its steps hold a grant on an agent: the task is active while any does.
+    pub(super) holding: u32,
 }
 
 impl TaskRt {
@@ -110,6 +119,21 @@ pub(super) fn build_task_rt(
             .timeout_secs
             .filter(|t| *t > 0)
             .map(|t| Duration::from_secs(t as u64));
+        let resources: Option<Resources> = match &s.resources {
+            Some(r) => Some(serde_json::from_str(r).map_err(|_| corrupt("resources"))?),
+            None => None,
+        };
+        let params: serde_json::Value = serde_json::from_str(&s.params).unwrap_or_default();
+        let demand = Demand::of_step(&s.kind, &params, resources.as_ref());
+        // A step on an agent holds what it was given (restored after a restart).
+        let grant = status.is_on_agent().then(|| Grant {
+            slots: demand.slots,
+            gpu_ids: s
+                .gpu_ids
+                .as_deref()
+                .and_then(|g| serde_json::from_str(g).ok())
+                .unwrap_or_default(),
+        });
         rts.push(StepRt {
             row: s,
             status,
@@ -119,6 +143,8 @@ pub(super) fn build_task_rt(
             policy,
             timeout,
             not_before: None,
+            demand,
+            grant,
         });
     }
     for i in 0..rts.len() {
@@ -134,11 +160,14 @@ pub(super) fn build_task_rt(
         .iter()
         .filter(|s| s.status == StepStatus::Completed)
         .count();
+    let holding = rts.iter().filter(|s| s.grant.is_some()).count() as u32;
     Ok(TaskRt {
         row,
         status,
         steps: rts,
         completed,
+        max_active: None,
+        holding,
     })
 }
 
@@ -157,6 +186,10 @@ pub(super) struct AgentRt {
     /// restart, when the engine started).
     pub(super) offline_since: Option<Instant>,
     pub(super) running: u32,
+    /// Steps it runs at once (`agent.slots`; 0: not limited).
+    pub(super) slots: u32,
+    /// What the steps dispatched to it hold.
+    pub(super) usage: Usage,
 }
 
 impl AgentRt {
@@ -175,6 +208,16 @@ impl AgentRt {
             last_seen: now,
             offline_since: offline.then_some(now),
             running: 0,
+            slots: 0,
+            usage: Usage::default(),
+        }
+    }
+
+    /// What it offers to the scheduler.
+    pub(super) fn offer(&self) -> ferry_core::capacity::Offer<'_> {
+        ferry_core::capacity::Offer {
+            slots: self.slots,
+            gpus: &self.gpus,
         }
     }
 }

@@ -31,7 +31,9 @@ impl Engine {
                     }
                 }
             }
-            if task.status == TaskStatus::Running && !self.settings.auto_resume {
+            // What its steps on agents hold counts against those agents again.
+            self.count_holdings(id);
+            if self.tasks[&id].status == TaskStatus::Running && !self.settings.auto_resume {
                 self.task_event(
                     id,
                     TaskEvent::Hold,
@@ -60,6 +62,13 @@ impl Engine {
     pub(super) async fn load_task(&mut self, row: workflow_task::Model) -> Result<(), EngineError> {
         let steps = self.store.steps(row.id).await?;
         let mut task = build_task_rt(row, steps)?;
+        // The workflow's limit as it is now (a task keeps no copy of its definition).
+        task.max_active = match self.store.workflow_by_name(&task.row.workflow_name).await {
+            Ok(Some(wf)) => Store::definition_of(&wf)
+                .ok()
+                .and_then(|d: WorkflowDef| d.max_active_tasks),
+            _ => None,
+        };
         // A back-off that was running when the coordinator stopped goes on where it was.
         let (now, wall) = (self.now(), Utc::now());
         for (i, s) in task.steps.iter_mut().enumerate() {

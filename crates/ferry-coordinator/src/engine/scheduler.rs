@@ -2,7 +2,33 @@
 //! over), on which agent, and phase one of the two-phase start; retry timers and attempt
 //! deadlines.
 
+use ferry_core::capacity::{Demand, Grant};
+
 use super::*;
+
+/// What one look at a queued step came to.
+enum Attempt {
+    Started,
+    /// Not dispatchable now for a reason the queue does not track (inputs, back-off, a
+    /// paused task, no agent at all): it comes back as a candidate when that changes.
+    NotReady,
+    /// Ready, but what it needs is taken: it stays queued with this reason.
+    Waits(String),
+}
+
+/// A queued step's place: higher priority first, then the older task, then step order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct QueueKey(Reverse<i32>, i64, usize);
+
+impl QueueKey {
+    pub(super) fn of(task: &TaskRt, key: StepKey) -> QueueKey {
+        QueueKey(Reverse(task.row.priority), key.0, key.1)
+    }
+
+    pub(super) fn key(self) -> StepKey {
+        (self.1, self.2)
+    }
+}
 
 impl Engine {
     pub(super) fn enqueue_pending(&mut self, task_id: i64) {
@@ -57,50 +83,126 @@ impl Engine {
         );
     }
 
-    /// Phase one for every step whose inputs are complete: pick an agent and create the job.
+    /// Phase one for every step whose inputs are complete and that fits somewhere: pick an
+    /// agent, give the step its slots and GPUs, and create the job. What does not fit waits
+    /// in the queue, highest priority first, then oldest task, with what it waits for.
     pub(super) fn schedule(&mut self) {
-        if self.candidates.is_empty() {
+        let requeue = std::mem::take(&mut self.capacity_changed) && !self.queue.is_empty();
+        if self.candidates.is_empty() && !requeue {
             return;
         }
-        let mut keys: Vec<StepKey> = self.candidates.drain().collect();
-        keys.sort_unstable();
+        for key in std::mem::take(&mut self.candidates) {
+            if let Some(task) = self.tasks.get(&key.0) {
+                self.queue.entry(QueueKey::of(task, key)).or_default();
+            }
+        }
+        self.gauges_dirty = true;
+        let order: Vec<QueueKey> = self.queue.keys().copied().collect();
         let clock_now = self.now();
-        for key in keys {
-            let Some(task) = self.tasks.get(&key.0) else {
-                continue;
-            };
-            if !task.status.dispatches() {
-                continue; // paused: a retry timer firing now dispatches nothing
-            }
-            let step = &task.steps[key.1];
-            if step.status != StepStatus::Pending {
-                continue;
-            }
-            if step.not_before.is_some_and(|t| t > clock_now) {
-                continue; // its retry timer will bring it back
-            }
-            if !step
-                .deps
-                .iter()
-                .all(|&d| task.steps[d].status == StepStatus::Completed)
-            {
-                continue; // INPUTS_READY not yet satisfied
-            }
-            let Some(agent) = self.pick_agent(&step.placement, &step.row.kind) else {
-                if self.waiting_for_agent.insert(key) {
-                    let msg = format!(
-                        "waiting for an agent ({}, kind {})",
-                        step.placement, step.row.kind
-                    );
-                    self.log_step(key, "WARN", msg);
+        // Within one pass, steps that need what another step just did not find wait for
+        // the same (a 10,000-step queue is not placed 10,000 times on full agents).
+        let mut full: HashMap<(Placement, String, Demand), String> = HashMap::new();
+        for qk in order {
+            match self.try_start(qk.key(), clock_now, &mut full) {
+                Attempt::Started | Attempt::NotReady => {
+                    self.queue.remove(&qk);
                 }
-                continue;
-            };
-            self.dispatch(key, agent);
+                Attempt::Waits(reason) => {
+                    if let Some(r) = self.queue.get_mut(&qk)
+                        && *r != reason
+                    {
+                        *r = reason;
+                    }
+                }
+            }
         }
     }
 
-    pub(super) fn dispatch(&mut self, key: StepKey, agent: String) {
+    /// Starts `key` if it is ready and fits; else says what it waits for.
+    fn try_start(
+        &mut self,
+        key: StepKey,
+        clock_now: Instant,
+        full: &mut HashMap<(Placement, String, Demand), String>,
+    ) -> Attempt {
+        let Some(task) = self.tasks.get(&key.0) else {
+            return Attempt::NotReady;
+        };
+        if !task.status.dispatches() {
+            return Attempt::NotReady; // paused: a retry timer firing now dispatches nothing
+        }
+        let step = &task.steps[key.1];
+        if step.status != StepStatus::Pending {
+            return Attempt::NotReady;
+        }
+        if step.not_before.is_some_and(|t| t > clock_now) {
+            return Attempt::NotReady; // its retry timer will bring it back
+        }
+        if !step
+            .deps
+            .iter()
+            .all(|&d| task.steps[d].status == StepStatus::Completed)
+        {
+            return Attempt::NotReady; // INPUTS_READY not yet satisfied
+        }
+        // A task that holds nothing yet starts only under its workflow's limit.
+        if task.holding == 0
+            && let Some(limit) = task.max_active
+        {
+            let active = self
+                .active_by_workflow
+                .get(&task.row.workflow_name)
+                .copied()
+                .unwrap_or(0);
+            if active >= limit {
+                return Attempt::Waits(format!(
+                    "workflow {} has {active} of at most {limit} tasks running (max_active_tasks)",
+                    task.row.workflow_name
+                ));
+            }
+        }
+        if let Some(pool) = &step.demand.pool {
+            let used = self.pool_used.get(pool).copied().unwrap_or(0);
+            match self.settings.pools.get(pool) {
+                Some(&size) if used >= size => {
+                    return Attempt::Waits(format!("pool {pool}: {used} of {size} in use"));
+                }
+                Some(_) => {}
+                None => {
+                    return Attempt::Waits(format!(
+                        "pool {pool}, which is not configured (workflow.pools)"
+                    ));
+                }
+            }
+        }
+        let class = (
+            step.placement.clone(),
+            step.row.kind.clone(),
+            step.demand.clone(),
+        );
+        if let Some(reason) = full.get(&class) {
+            return Attempt::Waits(reason.clone());
+        }
+        match self.place(&class.0, &class.1, &class.2) {
+            Ok((agent, grant)) => {
+                self.dispatch(key, agent, grant);
+                Attempt::Started
+            }
+            Err(None) => {
+                if self.waiting_for_agent.insert(key) {
+                    let msg = format!("waiting for an agent ({}, kind {})", class.0, class.1);
+                    self.log_step(key, "WARN", msg);
+                }
+                Attempt::NotReady
+            }
+            Err(Some(reason)) => {
+                full.insert(class, reason.clone());
+                Attempt::Waits(reason)
+            }
+        }
+    }
+
+    pub(super) fn dispatch(&mut self, key: StepKey, agent: String, grant: Grant) {
         self.check_approval(key);
         let request_id = self.next_request_id;
         self.next_request_id += 1;
@@ -118,6 +220,7 @@ impl Engine {
                     params_json: step.row.params.clone(),
                     checkpoint_json: step.row.checkpoint_data.clone().unwrap_or_default(),
                     task_name: task.row.name.clone(),
+                    gpu_ids: grant.gpu_ids.clone(),
                 },
                 attempt,
             )
@@ -134,6 +237,7 @@ impl Engine {
         if let Some(a) = self.agents.get_mut(&agent) {
             a.running += 1;
         }
+        self.hold(key, &agent, grant);
         self.pending_creates.insert(
             request_id,
             PendingCreate {

@@ -97,6 +97,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(build_graph))
         .routes(routes!(execute_graph))
         .routes(routes!(list_agents))
+        .routes(routes!(list_queue))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
         .routes(routes!(list_audit))
@@ -1039,6 +1040,22 @@ async fn list_agents(State(st): State<AppState>, caller: Caller) -> ApiResult<Js
     let out = svc!(st, list_agents, caller, v1::ListAgentsRequest {});
     Ok(Json(AgentsView {
         agents: out.agents.into_iter().map(AgentView::from).collect(),
+    }))
+}
+
+/// Ready steps waiting for capacity (slots, GPUs, a pool, their workflow's
+/// `max_active_tasks`), in the order they get it, with what each waits for.
+#[utoipa::path(
+    get, path = "/api/queue", tag = "system",
+    responses(
+        (status = 200, description = "The queue", body = QueueView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+    )
+)]
+async fn list_queue(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<QueueView>> {
+    let out = svc!(st, list_queue, caller, v1::ListQueueRequest {});
+    Ok(Json(QueueView {
+        steps: out.steps.into_iter().map(QueuedStepView::from).collect(),
     }))
 }
 

@@ -624,6 +624,11 @@ pub struct AgentView {
     pub ssh_to: Vec<String>,
     /// The agent's build version, as it registered.
     pub version: String,
+    /// Steps it runs at once (0: not limited), and the slots its running steps take.
+    pub slots: u32,
+    pub slots_in_use: u32,
+    /// The GPU ids given to its running steps.
+    pub gpus_in_use: Vec<u32>,
 }
 
 impl From<v1::AgentInfo> for AgentView {
@@ -638,6 +643,9 @@ impl From<v1::AgentInfo> for AgentView {
             running_jobs: a.running_jobs,
             hostname: a.hostname,
             version: a.version,
+            slots: a.slots,
+            slots_in_use: a.slots_in_use,
+            gpus_in_use: a.gpus_in_use,
             paths: a.paths.into_iter().collect(),
             ssh_to: a.ssh_to,
         }
@@ -647,6 +655,43 @@ impl From<v1::AgentInfo> for AgentView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AgentsView {
     pub agents: Vec<AgentView>,
+}
+
+/// A ready step waiting for capacity.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueuedStepView {
+    /// 1 is next.
+    pub position: u32,
+    pub task_id: i64,
+    pub task_name: String,
+    pub workflow: String,
+    pub step: String,
+    pub priority: i32,
+    /// What it needs, in words ("1 slot, 1 GPU").
+    pub needs: String,
+    /// What it waits for, in words.
+    pub waits_for: String,
+}
+
+impl From<v1::QueuedStep> for QueuedStepView {
+    fn from(q: v1::QueuedStep) -> Self {
+        QueuedStepView {
+            position: q.position,
+            task_id: q.task_id,
+            task_name: q.task_name,
+            workflow: q.workflow,
+            step: q.step,
+            priority: q.priority,
+            needs: q.needs,
+            waits_for: q.waits_for,
+        }
+    }
+}
+
+/// Ready steps waiting for capacity, in the order they get it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueueView {
+    pub steps: Vec<QueuedStepView>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -42,6 +42,12 @@ pub struct Model {
     #[sea_orm(column_type = "Text", nullable)]
     pub progress: Option<String>,
     pub updated_at: DateTimeUtc,
+    /// The step's `resources` override (JSON), if it has one.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub resources: Option<String>,
+    /// The GPU ids its current attempt was given (JSON array), while it holds them.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub gpu_ids: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
