@@ -16,6 +16,7 @@ pub mod kinds;
 pub mod limits;
 pub mod pipeline;
 pub mod retry;
+pub mod schedule;
 pub mod sql_guard;
 pub mod state;
 pub mod template;
