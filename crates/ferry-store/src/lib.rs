@@ -9,6 +9,7 @@ mod batch;
 pub mod entity;
 mod logs;
 pub mod migration;
+mod schedules;
 
 use std::time::Duration;
 
@@ -25,9 +26,10 @@ use sea_orm_migration::MigratorTrait;
 pub use access::AUDIT_PAGE;
 pub use batch::{CommitReport, Quarantined, WriteBatch};
 pub use entity::{
-    agent_cursor, api_token, audit_entry, step_metric, task_log, task_log_archive, transfer_chunk,
-    workflow, workflow_graph, workflow_step, workflow_task,
+    agent_cursor, api_token, audit_entry, backfill, schedule, schedule_run, step_metric, task_log,
+    task_log_archive, transfer_chunk, workflow, workflow_graph, workflow_step, workflow_task,
 };
+pub use schedules::{NewBackfill, NewSchedule, RunLink, RunWithStatus};
 /// Re-exported so callers can build rows without depending on sea-orm themselves.
 pub use sea_orm::ActiveValue::{NotSet, Set};
 
@@ -43,6 +45,17 @@ pub enum StoreError {
     CorruptLogArchive { archive: i64, message: String },
     #[error("stored workflow `{name}` is unreadable: {message}")]
     CorruptWorkflow { name: String, message: String },
+    /// A row with the same unique key is already stored (the text names it: "schedule
+    /// `nightly`").
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// A task was to be a schedule's run for a logical date that already has one
+    /// ([`RunLink::replace`] false): nothing was stored.
+    #[error("schedule {schedule_id} already has a run for {logical_date}")]
+    RunExists {
+        schedule_id: i64,
+        logical_date: DateTime<Utc>,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -56,6 +69,8 @@ pub struct NewTask {
     pub status: String,
     /// Higher runs first when steps wait for capacity.
     pub priority: i32,
+    /// The schedule run the task is, stored with it in its transaction (see [`RunLink`]).
+    pub run: Option<RunLink>,
     pub steps: Vec<NewStep>,
 }
 
@@ -253,10 +268,12 @@ impl Store {
 
     // ---- tasks and steps -------------------------------------------------------------
 
-    /// Inserts a task and its steps in one transaction.
     /// Inserts a task and its steps in one transaction, started now. `render` turns a
     /// step's parameters into what it runs with, given the new task's id (placeholders such as
     /// `${task_id}`); if it refuses a step, nothing is stored and the error names the step.
+    /// With `task.run`, the schedule's run row is written in the same transaction (see
+    /// [`RunLink`]); a date that already has a run fails with [`StoreError::RunExists`] and
+    /// nothing is stored.
     pub async fn insert_task(
         &self,
         task: NewTask,
@@ -281,6 +298,11 @@ impl Store {
         }
         .insert(&txn)
         .await?;
+        // Before the steps: a date that already has its run fails fast, whatever the task's
+        // size. Dropping `txn` on an error rolls the task back.
+        if let Some(link) = &task.run {
+            schedules::link_run(&txn, link, row.id, now).await?;
+        }
         // Built and inserted a few hundred rows at a time (a 100,000-step task is never held
         // twice), well under every backend's bound-parameter limit.
         let mut pending = task.steps.into_iter().peekable();

@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_task_log_archives::Migration),
             Box::new(m0006_tokens_and_audit::Migration),
             Box::new(m0007_capacity::Migration),
+            Box::new(m0008_schedules::Migration),
         ]
     }
 }
@@ -527,6 +528,151 @@ mod m0007_capacity {
                         .to_owned(),
                 )
                 .await
+        }
+    }
+}
+
+/// Schedules, their runs (unique per schedule and logical date: a run is never created twice)
+/// and backfills.
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with an elided lifetime
+mod m0008_schedules {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m0008_schedules"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("schedules"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(string_uniq(a("name")))
+                        .col(string_len(a("target"), 20))
+                        .col(string_null(a("workflow")))
+                        .col(text_null(a("request")))
+                        .col(text(a("params")))
+                        .col(string(a("cron")))
+                        .col(string(a("timezone")))
+                        .col(string_len(a("catchup"), 20))
+                        .col(integer(a("max_catchup")))
+                        .col(string_len(a("concurrency"), 20))
+                        .col(integer(a("priority")).default(0))
+                        .col(boolean(a("paused")).default(false))
+                        .col(timestamp_with_time_zone_null(a("cursor")))
+                        .col(timestamp_with_time_zone(a("created_at")))
+                        .col(timestamp_with_time_zone(a("updated_at")))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("backfills"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(big_integer(a("schedule_id")))
+                        .col(string_len(a("start_date"), 10))
+                        .col(string_len(a("end_date"), 10))
+                        .col(boolean(a("reverse")).default(false))
+                        .col(integer(a("max_active")))
+                        .col(integer(a("priority")).default(0))
+                        .col(string_len(a("reprocess"), 20))
+                        .col(string_len(a("status"), 20))
+                        .col(timestamp_with_time_zone(a("created_at")))
+                        .col(timestamp_with_time_zone(a("updated_at")))
+                        .col(timestamp_with_time_zone_null(a("finished_at")))
+                        .foreign_key(
+                            ForeignKey::create()
+                                .from(a("backfills"), a("schedule_id"))
+                                .to(a("schedules"), a("id")),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(a("schedule_runs"))
+                        .if_not_exists()
+                        .col(big_pk_auto(a("id")))
+                        .col(big_integer(a("schedule_id")))
+                        .col(timestamp_with_time_zone(a("logical_date")))
+                        .col(big_integer_null(a("task_id")))
+                        .col(big_integer_null(a("backfill_id")))
+                        .col(integer(a("attempts")).default(0))
+                        .col(timestamp_with_time_zone(a("created_at")))
+                        .col(timestamp_with_time_zone(a("updated_at")))
+                        .foreign_key(
+                            ForeignKey::create()
+                                .from(a("schedule_runs"), a("schedule_id"))
+                                .to(a("schedules"), a("id")),
+                        )
+                        .foreign_key(
+                            ForeignKey::create()
+                                .from(a("schedule_runs"), a("task_id"))
+                                .to(a("workflow_tasks"), a("id")),
+                        )
+                        .foreign_key(
+                            ForeignKey::create()
+                                .from(a("schedule_runs"), a("backfill_id"))
+                                .to(a("backfills"), a("id")),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            // The unique index is the guarantee that a run is never created twice; it also
+            // serves every lookup by schedule (its first column).
+            let indexes = [
+                (
+                    "idx_schedule_run_date",
+                    "schedule_runs",
+                    &["schedule_id", "logical_date"][..],
+                    true,
+                ),
+                (
+                    "idx_schedule_run_backfill",
+                    "schedule_runs",
+                    &["backfill_id"][..],
+                    false,
+                ),
+                (
+                    "idx_backfill_schedule",
+                    "backfills",
+                    &["schedule_id"][..],
+                    false,
+                ),
+                ("idx_backfill_status", "backfills", &["status"][..], false),
+            ];
+            for (name, table, cols, unique) in indexes {
+                let mut idx = Index::create();
+                idx.name(name).table(a(table)).if_not_exists();
+                for c in cols {
+                    idx.col(a(c));
+                }
+                if unique {
+                    idx.unique();
+                }
+                manager.create_index(idx.to_owned()).await?;
+            }
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            for t in ["schedule_runs", "backfills", "schedules"] {
+                manager
+                    .drop_table(Table::drop().table(a(t)).if_exists().to_owned())
+                    .await?;
+            }
+            Ok(())
         }
     }
 }

@@ -37,6 +37,7 @@ fn new_task(workflow_id: i64, workflow: &str) -> NewTask {
         params: "{}".into(),
         status: "running".into(),
         priority: 0,
+        run: None,
         steps: vec![step("a", 0, "[]"), step("b", 1, r#"["a"]"#)],
     }
 }

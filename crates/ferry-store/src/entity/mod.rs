@@ -4,6 +4,9 @@
 pub mod agent_cursor;
 pub mod api_token;
 pub mod audit_entry;
+pub mod backfill;
+pub mod schedule;
+pub mod schedule_run;
 pub mod step_metric;
 pub mod task_log;
 pub mod task_log_archive;
