@@ -35,6 +35,8 @@ const TARGET_STEPS_PER_S: f64 = 1000.0;
 const TARGET_P50_MS: f64 = 5.0;
 const TARGET_P99_MS: f64 = 50.0;
 const TARGET_RSS_MIB: f64 = 512.0;
+/// Slots per agent in the capacity-on run.
+const CAPACITY_SLOTS: u32 = 64;
 
 /// One workflow of `chains` independent chains of `steps` no-op steps, each chain
 /// alternating between the two agents.
@@ -124,8 +126,20 @@ struct Measures {
 async fn bench(opts: Options) -> anyhow::Result<()> {
     // The same load on the same machine, one after the other: without TLS and tokens (a
     // loopback coordinator), then as production runs (mutual TLS, a token on every call).
-    let plain = measure(&opts, false).await?;
-    let secure = measure(&opts, true).await?;
+    // Both without capacity limits (agents declare `slots: 0`), so that the ratio is TLS's.
+    let plain = measure(&opts, false, 0).await?;
+    let secure = measure(&opts, true, 0).await?;
+    // Capacity checks off (`slots: 0`) and on (`slots: CAPACITY_SLOTS` per agent, fewer
+    // than the ready steps at the start: the queue fills and drains), alternated twice on
+    // the plain setup; the best of each.
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for _ in 0..2 {
+        off.push(measure(&opts, false, 0).await?.throughput);
+        on.push(measure(&opts, false, CAPACITY_SLOTS).await?.throughput);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (off, on) = (best(&off), best(&on));
     let total = opts.tasks * opts.steps;
     println!();
     println!("engine benchmark (release daemons, SQLite, loopback gRPC, 2 agents)");
@@ -150,6 +164,12 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         secure.throughput / plain.throughput,
         secure.p50 / plain.p50.max(1e-9)
     );
+    println!(
+        "  capacity checks: throughput {off:.0} steps/s without (slots: 0), {on:.0} steps/s with \
+         slots: {CAPACITY_SLOTS} per agent ({} ready steps at the start) -> {:.2}x (goal >= 0.90x)",
+        opts.tasks,
+        on / off.max(1e-9)
+    );
     for (label, m) in [("TLS off", &plain), ("TLS on ", &secure)] {
         if let Some(l) = &m.large {
             println!(
@@ -172,12 +192,9 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(opts: &Options, secure: bool) -> anyhow::Result<Measures> {
-    let mut c = if secure {
-        Cluster::secure("")
-    } else {
-        Cluster::new()
-    };
+async fn measure(opts: &Options, secure: bool, slots: u32) -> anyhow::Result<Measures> {
+    let c = Cluster::with_agent_config(&format!("  slots: {slots}\n"), "");
+    let mut c = if secure { c.into_secure() } else { c };
     c.bin_dir = crate::target_dir().join("release");
     c.env.push(("RUST_LOG".into(), "warn".into()));
     c.start_coordinator().await;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod access;
 mod graph;
+mod schedule;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -64,6 +65,12 @@ enum Command {
     /// Ready steps waiting for capacity (slots, GPUs, a pool, max_active_tasks), in the
     /// order they get it, with what each waits for.
     Queue,
+    /// Schedules: runs on a cron with logical dates.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCmd),
+    /// Backfills: a schedule's runs over a range of dates.
+    #[command(subcommand)]
+    Backfill(schedule::BackfillCmd),
     /// Approve a step that awaits approval (e.g. a load into a production table); the task
     /// continues. Recorded under your token's identity, bound to the step's parameters.
     Approve {
@@ -287,7 +294,7 @@ fn nested_patch(path: &str, value: serde_json::Value) -> serde_json::Value {
         .fold(value, |inner, key| serde_json::json!({ key: inner }))
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
@@ -676,6 +683,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             before,
         } => access::audit(&mut client, limit, actor, before, json).await?,
         Command::Whoami => access::whoami(&mut client, json).await?,
+        Command::Schedule(cmd) => schedule::schedule(&mut client, cmd, json).await?,
+        Command::Backfill(cmd) => schedule::backfill(&mut client, cmd, json).await?,
         Command::Approve {
             task,
             step,
@@ -910,7 +919,7 @@ fn step_json(s: &v1::Step) -> serde_json::Value {
         "checkpoint": s.checkpoint_json, "progress": s.progress_json})
 }
 
-fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {

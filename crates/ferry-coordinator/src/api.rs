@@ -25,6 +25,8 @@ pub struct WorkflowApi {
     /// Graph edits are read-modify-write; one at a time.
     pub graph_edits: tokio::sync::Mutex<()>,
     pub auth: std::sync::Arc<Auth>,
+    /// Schedules and backfills.
+    pub schedules: crate::schedules::ScheduleService,
 }
 
 const DEFAULT_LIST_LIMIT: u64 = 100;
@@ -452,6 +454,7 @@ impl WorkflowService for WorkflowApi {
                 workflow: r.workflow,
                 name: r.name,
                 params: params.into_iter().collect(),
+                opts: Default::default(),
                 reply,
             })
             .await?;
@@ -575,6 +578,7 @@ impl WorkflowService for WorkflowApi {
                 name: request.name.clone(),
                 params: plan.params,
                 note: Some(format!("planned on {}", plan.hosts)),
+                opts: Default::default(),
                 reply,
             })
             .await?;
@@ -773,6 +777,116 @@ impl WorkflowService for WorkflowApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn create_schedule(
+        &self,
+        req: Request<v1::CreateScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
+        let out = self.create_schedule_call(req.into_inner()).await?;
+        self.audit(
+            &who,
+            "schedule.create",
+            &format!("schedule/{}", out.name),
+            &out.cron,
+        )
+        .await;
+        Ok(Response::new(out))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<v1::ListSchedulesRequest>,
+    ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
+        allow(&req, ApiRole::Viewer)?;
+        Ok(Response::new(self.list_schedules_call().await?))
+    }
+
+    async fn get_schedule(
+        &self,
+        req: Request<v1::ScheduleRef>,
+    ) -> Result<Response<v1::ScheduleDetail>, Status> {
+        allow(&req, ApiRole::Viewer)?;
+        Ok(Response::new(
+            self.get_schedule_call(&req.into_inner().name).await?,
+        ))
+    }
+
+    async fn pause_schedule(
+        &self,
+        req: Request<v1::ScheduleRef>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
+        let name = req.into_inner().name;
+        let out = self.set_schedule_paused_call(&name, true).await?;
+        self.audit(&who, "schedule.pause", &format!("schedule/{name}"), "")
+            .await;
+        Ok(Response::new(out))
+    }
+
+    async fn resume_schedule(
+        &self,
+        req: Request<v1::ScheduleRef>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
+        let name = req.into_inner().name;
+        let out = self.set_schedule_paused_call(&name, false).await?;
+        self.audit(&who, "schedule.resume", &format!("schedule/{name}"), "")
+            .await;
+        Ok(Response::new(out))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<v1::ScheduleRef>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
+        let name = req.into_inner().name;
+        let out = self.delete_schedule_call(&name).await?;
+        self.audit(&who, "schedule.delete", &format!("schedule/{name}"), "")
+            .await;
+        Ok(Response::new(out))
+    }
+
+    async fn create_backfill(
+        &self,
+        req: Request<v1::CreateBackfillRequest>,
+    ) -> Result<Response<v1::BackfillResult>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
+        let r = req.into_inner();
+        let (dry, target, range) = (
+            r.dry_run,
+            format!("schedule/{}", r.schedule),
+            format!("{}..{}", r.start, r.end),
+        );
+        let out = self.create_backfill_call(r).await?;
+        if !dry {
+            self.audit(&who, "backfill.create", &target, &range).await;
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn list_backfills(
+        &self,
+        req: Request<v1::ListBackfillsRequest>,
+    ) -> Result<Response<v1::ListBackfillsResponse>, Status> {
+        allow(&req, ApiRole::Viewer)?;
+        Ok(Response::new(
+            self.list_backfills_call(&req.into_inner().schedule).await?,
+        ))
+    }
+
+    async fn cancel_backfill(
+        &self,
+        req: Request<v1::BackfillRef>,
+    ) -> Result<Response<v1::Backfill>, Status> {
+        let who = allow(&req, ApiRole::Operator)?;
+        let id = req.into_inner().id;
+        let out = self.cancel_backfill_call(id).await?;
+        self.audit(&who, "backfill.cancel", &format!("backfill/{id}"), "")
+            .await;
+        Ok(Response::new(out))
     }
 
     async fn create_token(

@@ -286,6 +286,7 @@ impl WorkflowApi {
                 workflow: wf.name.clone(),
                 name: r.task_name,
                 params: r.params.into_iter().collect(),
+                opts: Default::default(),
                 reply,
             })
             .await?;

@@ -14,6 +14,8 @@ pub mod follow;
 mod graph_api;
 pub mod http;
 pub mod observe;
+mod schedule_api;
+pub mod schedules;
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -104,6 +106,20 @@ pub async fn run(
         stop_engine.clone(),
     ));
     let engine_task = tokio::spawn(engine.run(stop_engine.clone()));
+    // Schedules and backfills: their due runs, created through the engine.
+    let schedule_interval =
+        std::time::Duration::from_secs(config.workflow.schedule_interval.max(1));
+    let schedules = schedules::ScheduleService::new(
+        store.clone(),
+        handle.clone(),
+        schedules::WallClock::System,
+        schedule_interval,
+    );
+    tokio::spawn(
+        schedules
+            .clone()
+            .run(schedule_interval, stop_engine.clone()),
+    );
     let engine_done = CancellationToken::new();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -134,6 +150,7 @@ pub async fn run(
         downloads: downloads.clone(),
         graph_edits: tokio::sync::Mutex::new(()),
         auth: auth.clone(),
+        schedules,
     });
     if let Some(listener) = http_listener {
         let state = std::sync::Arc::new(http::HttpState {

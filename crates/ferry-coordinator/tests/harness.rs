@@ -122,6 +122,7 @@ impl Harness {
                 workflow: workflow.into(),
                 name: String::new(),
                 params: BTreeMap::new(),
+                opts: Default::default(),
                 reply,
             })
             .await
@@ -671,6 +672,7 @@ async fn a_step_whose_parameters_cannot_fit_a_job_is_refused_at_creation() {
             workflow: "big".into(),
             name: String::new(),
             params: BTreeMap::new(),
+            opts: Default::default(),
             reply,
         })
         .await
@@ -949,6 +951,7 @@ async fn a_placeholder_that_renders_into_a_path_is_refused_at_creation() {
             workflow: "t".into(),
             name: String::new(),
             params,
+            opts: Default::default(),
             reply,
         }
     };
@@ -1115,6 +1118,7 @@ async fn a_step_needing_more_gpus_than_any_agent_has_is_refused_at_creation() {
             workflow: "big".into(),
             name: String::new(),
             params: BTreeMap::new(),
+            opts: Default::default(),
             reply,
         })
         .await;
@@ -1254,4 +1258,351 @@ async fn what_a_running_step_holds_survives_a_coordinator_restart() {
     let third = gpu.take_all(&h, &mut next_job).await;
     assert_eq!(third.len(), 1);
     assert_eq!(third[0].1.gpu_ids, freed, "the GPU that was freed");
+}
+
+// ---- schedules and backfills (the clock under the test's control) ----
+
+use chrono::{DateTime, TimeZone, Utc};
+use ferry_coordinator::schedules::{
+    BackfillSpec, ScheduleService, ScheduleSpec, Target, TickReport, WallClock,
+};
+use ferry_core::schedule::{CatchUp, Concurrency, Reprocess};
+
+fn at(y: i32, m: u32, d: u32, h: u32, min: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, m, d, h, min, s)
+        .single()
+        .expect("a valid time")
+}
+
+/// One `exec` step on agent `one` whose arguments hold the run's date and a parameter.
+const DATED: &str = "name: dated\nsteps:\n  - {name: a, kind: exec, placement: {agent: one}, params: {program: echo, args: [\"${ds}\", \"${param.table}\"]}}\n";
+
+impl Harness {
+    fn schedules(&self, clock: &WallClock) -> ScheduleService {
+        ScheduleService::new(
+            self.store.clone(),
+            self.handle.clone(),
+            clock.clone(),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// The (ds, task status) of every run of schedule `name`, oldest first.
+    async fn runs(&self, name: &str) -> Vec<(String, Option<String>)> {
+        self.settle().await;
+        let s = self
+            .store
+            .schedule_by_name(name)
+            .await
+            .expect("read")
+            .expect("the schedule");
+        self.store
+            .schedule_runs(s.id, None, None, 10_000)
+            .await
+            .expect("runs")
+            .into_iter()
+            .map(|(r, status)| (r.logical_date.format("%Y-%m-%d").to_string(), status))
+            .collect()
+    }
+}
+
+fn daily(name: &str, catchup: CatchUp, concurrency: Concurrency) -> ScheduleSpec {
+    ScheduleSpec {
+        name: name.into(),
+        target: Target::Workflow {
+            name: "dated".into(),
+            params: BTreeMap::from([("table".to_owned(), "t_${ds_nodash}".to_owned())]),
+        },
+        cron: "0 0 * * *".into(),
+        timezone: "UTC".into(),
+        catchup,
+        max_catchup: 10,
+        concurrency,
+        priority: 0,
+        paused: false,
+    }
+}
+
+fn created(report: &TickReport) -> Vec<String> {
+    report
+        .created
+        .iter()
+        .map(|(_, d, _)| d.format("%Y-%m-%d").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_daily_schedule_creates_exactly_one_run_per_day_across_restarts_and_racing_coordinators()
+{
+    let mut h = Harness::new().await;
+    h.apply(DATED).await;
+    let mut one = h.agent("one", "data_source", vec![]).await;
+    let clock = WallClock::manual(at(2026, 1, 1, 10, 0, 0));
+    let svc = h.schedules(&clock);
+    svc.create(daily("nightly", CatchUp::All, Concurrency::Allow))
+        .await
+        .expect("created");
+    // Created at 10:00: the first run is the interval starting at the next midnight, due a
+    // day later.
+    clock.set(at(2026, 1, 2, 0, 0, 5));
+    assert!(created(&svc.tick().await.expect("tick")).is_empty());
+    clock.set(at(2026, 1, 3, 0, 0, 5));
+    assert_eq!(
+        created(&svc.tick().await.expect("tick")),
+        vec!["2026-01-02"]
+    );
+    // The run's date reached the job.
+    let mut next_job = 0;
+    let taken = one.take_all(&h, &mut next_job).await;
+    assert_eq!(taken.len(), 1);
+    let params = &taken[0].1.params_json;
+    assert!(
+        params.contains("\"2026-01-02\"") && params.contains("t_20260102"),
+        "{params}"
+    );
+    one.state(&taken[0].0, v1::JobState::Completed, "").await;
+
+    // A tick that crashed after creating the next run but before moving the cursor: the run
+    // row exists with its task. The restarted coordinator's pass finds it, creates nothing.
+    clock.set(at(2026, 1, 4, 0, 0, 5));
+    let s = h
+        .store
+        .schedule_by_name("nightly")
+        .await
+        .expect("read")
+        .expect("schedule");
+    h.request(|reply| ApiRequest::CreateTask {
+        workflow: "dated".into(),
+        name: "nightly_20260103".into(),
+        params: BTreeMap::from([
+            ("table".to_owned(), "t_20260103".to_owned()),
+            ("ds".to_owned(), "2026-01-03".to_owned()),
+        ]),
+        opts: ferry_coordinator::engine::TaskOptions {
+            priority: None,
+            run: Some(ferry_store::RunLink {
+                schedule_id: s.id,
+                logical_date: at(2026, 1, 3, 0, 0, 0),
+                backfill_id: None,
+                replace: false,
+            }),
+        },
+        reply,
+    })
+    .await
+    .expect("the interrupted tick's task");
+    h.restart().await;
+    let svc = h.schedules(&clock);
+    let report = svc.tick().await.expect("tick");
+    assert!(created(&report).is_empty(), "{report:?}");
+    assert_eq!(report.existing, 1);
+
+    // Two coordinators racing on the same database, the same moment.
+    let other = h.schedules(&clock);
+    clock.set(at(2026, 1, 5, 0, 0, 5));
+    let (a, b) = tokio::join!(svc.tick(), other.tick());
+    let (a, b) = (a.expect("tick"), b.expect("tick"));
+    assert_eq!(
+        created(&a).len() + created(&b).len(),
+        1,
+        "one of them created it: {a:?} {b:?}"
+    );
+    // Ticking again changes nothing.
+    assert!(created(&svc.tick().await.expect("tick")).is_empty());
+    let days: Vec<String> = h.runs("nightly").await.into_iter().map(|r| r.0).collect();
+    assert_eq!(days, vec!["2026-01-02", "2026-01-03", "2026-01-04"]);
+}
+
+#[tokio::test]
+async fn catch_up_none_latest_and_all_after_three_days_down() {
+    let mut h = Harness::new().await;
+    h.apply(DATED).await;
+    let _one = h.agent("one", "data_source", vec![]).await;
+    let clock = WallClock::manual(at(2026, 1, 1, 10, 0, 0));
+    let svc = h.schedules(&clock);
+    for (name, policy) in [
+        ("none", CatchUp::None),
+        ("latest", CatchUp::Latest),
+        ("all", CatchUp::All),
+    ] {
+        svc.create(daily(name, policy, Concurrency::Allow))
+            .await
+            .expect("created");
+    }
+    clock.set(at(2026, 1, 3, 0, 0, 5));
+    let first = svc.tick().await.expect("tick");
+    assert_eq!(
+        first.created.len(),
+        3,
+        "each made its on-time run: {first:?}"
+    );
+    // Down from Jan 3 to Jan 6 05:00: the runs of Jan 3, 4 and 5 were missed (the last one
+    // due at midnight, five hours ago: late too).
+    clock.set(at(2026, 1, 6, 5, 0, 0));
+    svc.tick().await.expect("tick");
+    let days = |runs: Vec<(String, Option<String>)>| -> Vec<String> {
+        runs.into_iter().map(|r| r.0).collect()
+    };
+    assert_eq!(days(h.runs("none").await), vec!["2026-01-02"]);
+    assert_eq!(
+        days(h.runs("latest").await),
+        vec!["2026-01-02", "2026-01-05"]
+    );
+    assert_eq!(
+        days(h.runs("all").await),
+        vec!["2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"]
+    );
+    // The next on-time run comes for each, once.
+    clock.set(at(2026, 1, 7, 0, 0, 5));
+    let report = svc.tick().await.expect("tick");
+    assert_eq!(report.created.len(), 3, "{report:?}");
+    assert!(created(&report).iter().all(|d| d == "2026-01-06"));
+}
+
+#[tokio::test]
+async fn skip_and_queue_concurrency_when_the_previous_run_still_runs() {
+    let mut h = Harness::new().await;
+    h.apply(DATED).await;
+    let mut one = h.agent("one", "data_source", vec![]).await;
+    let clock = WallClock::manual(at(2026, 1, 1, 10, 0, 0));
+    let svc = h.schedules(&clock);
+    svc.create(daily("skipper", CatchUp::All, Concurrency::Skip))
+        .await
+        .expect("created");
+    svc.create(daily("queuer", CatchUp::All, Concurrency::Queue))
+        .await
+        .expect("created");
+    clock.set(at(2026, 1, 3, 0, 0, 5));
+    assert_eq!(svc.tick().await.expect("tick").created.len(), 2);
+    let mut next_job = 0;
+    let first = one.take_all(&h, &mut next_job).await;
+    assert_eq!(first.len(), 2, "both first runs run");
+    // A day later both first runs still run.
+    clock.set(at(2026, 1, 4, 0, 0, 5));
+    let report = svc.tick().await.expect("tick");
+    assert!(report.created.is_empty(), "{report:?}");
+    assert_eq!(report.skipped, 1, "skip drops the run");
+    // The first runs end; queue's waiting run starts, skip's was dropped for good.
+    for (job, _) in &first {
+        one.state(job, v1::JobState::Completed, "").await;
+    }
+    h.settle().await;
+    let report = svc.tick().await.expect("tick");
+    assert_eq!(created(&report), vec!["2026-01-03"]);
+    assert_eq!(report.created[0].0, "queuer");
+    let days = |runs: Vec<(String, Option<String>)>| -> Vec<String> {
+        runs.into_iter().map(|r| r.0).collect()
+    };
+    assert_eq!(days(h.runs("skipper").await), vec!["2026-01-02"]);
+    assert_eq!(
+        days(h.runs("queuer").await),
+        vec!["2026-01-02", "2026-01-03"]
+    );
+}
+
+#[tokio::test]
+async fn a_backfill_of_thirty_days_runs_three_at_a_time_cancels_cleanly_and_reruns_only_what_is_missing()
+ {
+    let mut h = Harness::new().await;
+    h.apply(DATED).await;
+    let mut one = h.agent("one", "data_source", vec![]).await;
+    let clock = WallClock::manual(at(2026, 1, 1, 0, 0, 0));
+    let svc = h.schedules(&clock);
+    let mut spec = daily("daily", CatchUp::None, Concurrency::Allow);
+    spec.paused = true;
+    svc.create(spec).await.expect("created");
+    clock.set(at(2026, 3, 1, 0, 0, 0));
+    let range = |reprocess| BackfillSpec {
+        schedule: "daily".into(),
+        start: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"),
+        end: chrono::NaiveDate::from_ymd_opt(2026, 1, 30).expect("date"),
+        reverse: false,
+        max_active: 3,
+        priority: 0,
+        reprocess,
+    };
+    let (none, would) = svc
+        .backfill(range(Reprocess::Missing), true)
+        .await
+        .expect("dry run");
+    assert!(none.is_none());
+    assert_eq!(would.len(), 30, "a dry run lists every date");
+    assert!(
+        h.store
+            .list_tasks(None, 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let (b, _) = svc
+        .backfill(range(Reprocess::Missing), false)
+        .await
+        .expect("created");
+    let b = b.expect("stored");
+    // An overlapping one is refused while it runs.
+    let overlap = svc.backfill(range(Reprocess::All), false).await;
+    assert!(
+        matches!(&overlap, Err(ferry_coordinator::EngineError::InvalidField { field, .. }) if field == "start"),
+        "{overlap:?}"
+    );
+    let mut next_job = 0;
+    let mut done = 0;
+    // Ten rounds of three, cancelled after four.
+    for round in 0..4 {
+        h.settle().await;
+        svc.tick().await.expect("tick");
+        let taken = one.take_all(&h, &mut next_job).await;
+        assert_eq!(taken.len(), 3, "round {round}: three at once");
+        if round < 3 {
+            for (job, _) in &taken {
+                one.state(job, v1::JobState::Completed, "").await;
+                done += 1;
+            }
+        }
+    }
+    // Three run now; cancel: they are cancelled, nothing new starts.
+    let cancelled = svc.cancel_backfill(b.id).await.expect("cancelled");
+    assert_eq!(cancelled.status, "cancelled");
+    h.settle().await;
+    for _ in 0..3 {
+        match one.next().await {
+            coordinator_message::Msg::CancelJob(_) => {}
+            other => panic!("expected CancelJob, got {other:?}"),
+        }
+    }
+    svc.tick().await.expect("tick");
+    assert!(one.take_all(&h, &mut next_job).await.is_empty());
+    let tasks = h.store.list_tasks(None, 100).await.expect("read");
+    assert_eq!(tasks.len(), 12);
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.status == "completed" || t.status == "cancelled"),
+        "no task left running: {:?}",
+        tasks.iter().map(|t| &t.status).collect::<Vec<_>>()
+    );
+    // Again with `missing`: the 9 done dates stay; the 3 cancelled ones are not missing
+    // either (they have a run); 18 are left.
+    let (again, would) = svc
+        .backfill(range(Reprocess::Missing), false)
+        .await
+        .expect("created");
+    assert_eq!(would.len(), 18, "only what has no run yet");
+    assert_eq!(done, 9);
+    let again = again.expect("stored");
+    let p = svc.progress(&again).await.expect("progress");
+    assert_eq!((p.done, p.running, p.left), (0, 0, 18));
+    // `failed` picks up the three cancelled dates too.
+    let (_, would) = svc
+        .backfill(
+            BackfillSpec {
+                start: chrono::NaiveDate::from_ymd_opt(2026, 2, 1).expect("date"),
+                end: chrono::NaiveDate::from_ymd_opt(2026, 2, 2).expect("date"),
+                ..range(Reprocess::Failed)
+            },
+            true,
+        )
+        .await
+        .expect("dry run");
+    assert_eq!(would.len(), 2);
 }

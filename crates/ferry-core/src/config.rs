@@ -318,6 +318,8 @@ pub struct WorkflowConfig {
     /// exports against one Hive cluster).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub pools: BTreeMap<String, u32>,
+    /// Seconds between the coordinator's looks at schedules and backfills for due runs.
+    pub schedule_interval: u64,
 }
 
 impl Default for WorkflowConfig {
@@ -332,6 +334,7 @@ impl Default for WorkflowConfig {
             cleanup_staging: false,
             keep_checkpoints: 5,
             pools: BTreeMap::new(),
+            schedule_interval: 10,
         }
     }
 }

@@ -1,7 +1,10 @@
 //! `${...}` placeholders in step parameters, filled in when a task is created.
 //!
-//! Supported: `${task_id}`, `${task_name}`, `${param.NAME}`; `$$` is a literal `$`.
-//! Only string values are touched; the structure of the parameters never changes.
+//! Supported: `${task_id}`, `${task_name}`, `${param.NAME}`, and in a run of a schedule or
+//! a backfill its dates (`${ds}`, `${ds_nodash}`, `${prev_ds}`, `${next_ds}`,
+//! `${logical_date}`, `${data_interval_start}`, `${data_interval_end}`: the run's task
+//! parameters of the same names); `$$` is a literal `$`. Only string values are touched;
+//! the structure of the parameters never changes.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +12,14 @@ use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
-    #[error("unknown placeholder `${{{0}}}` (known: task_id, task_name, param.NAME)")]
+    #[error(
+        "unknown placeholder `${{{0}}}` (known: task_id, task_name, param.NAME, and a scheduled run's dates: ds, ds_nodash, prev_ds, next_ds, logical_date, data_interval_start, data_interval_end)"
+    )]
     UnknownPlaceholder(String),
+    #[error(
+        "`${{{0}}}` is a scheduled run's date: it is known only in tasks a schedule or a backfill creates"
+    )]
+    NotScheduled(String),
     #[error("task parameter `{0}` is used by the workflow but was not given")]
     MissingParam(String),
     #[error("unterminated `${{` in `{0}`")]
@@ -41,6 +50,51 @@ pub fn render(value: &Value, ctx: &TemplateContext<'_>) -> Result<Value, Templat
         ),
         other => other.clone(),
     })
+}
+
+/// `s` with each `${NAME}` whose NAME is in `values` replaced, and everything else (other
+/// placeholders, `$$`) left as written: a scheduled run's dates filled into text that is
+/// itself a template or taken literally later.
+pub fn fill_in(s: &str, values: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("$$") {
+            out.push_str("$$");
+            rest = after;
+            continue;
+        }
+        if let Some(body) = tail.strip_prefix("${")
+            && let Some(end) = body.find('}')
+            && let Some(v) = values.get(&body[..end])
+        {
+            out.push_str(v);
+            rest = &body[end + 1..];
+            continue;
+        }
+        out.push('$');
+        rest = &tail[1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// [`fill_in`] on every string of `value`.
+pub fn fill_in_value(value: &Value, values: &BTreeMap<String, String>) -> Value {
+    match value {
+        Value::String(s) => Value::String(fill_in(s, values)),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| fill_in_value(v, values)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), fill_in_value(v, values)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Names of the task parameters a value refers to, so task creation can check them up front.
@@ -115,6 +169,12 @@ fn render_str(s: &str, ctx: &TemplateContext<'_>) -> Result<String, TemplateErro
             Piece::Text(t) => out.push_str(t),
             Piece::Placeholder("task_id") => out.push_str(&ctx.task_id.to_string()),
             Piece::Placeholder("task_name") => out.push_str(ctx.task_name),
+            Piece::Placeholder(name) if crate::schedule::PLACEHOLDER_NAMES.contains(&name) => out
+                .push_str(
+                    ctx.params
+                        .get(name)
+                        .ok_or_else(|| TemplateError::NotScheduled(name.to_owned()))?,
+                ),
             Piece::Placeholder(name) => match name.strip_prefix("param.") {
                 Some(param) => out.push_str(
                     ctx.params
@@ -170,5 +230,41 @@ mod tests {
         let mut names = Vec::new();
         referenced_params(&json!({"a": ["${param.x}-${param.y}"]}), &mut names);
         assert_eq!(names, vec!["x", "y"]);
+    }
+
+    #[test]
+    fn fill_in_replaces_only_the_names_given() {
+        let dates = BTreeMap::from([("ds".to_owned(), "2026-01-22".to_owned())]);
+        assert_eq!(
+            fill_in("dt='${ds}' $${ds} ${task_id} ${param.x} $5 ${", &dates),
+            "dt='2026-01-22' $${ds} ${task_id} ${param.x} $5 ${"
+        );
+    }
+
+    #[test]
+    fn a_scheduled_runs_dates_are_known_in_its_tasks_only() {
+        let params = BTreeMap::from([
+            ("ds".to_owned(), "2026-01-22".to_owned()),
+            ("ds_nodash".to_owned(), "20260122".to_owned()),
+        ]);
+        let ctx = TemplateContext {
+            task_id: 1,
+            task_name: "t",
+            params: &params,
+        };
+        assert_eq!(
+            render(&json!("dt='${ds}' AND p=${param.ds_nodash}"), &ctx),
+            Ok(json!("dt='2026-01-22' AND p=20260122"))
+        );
+        let none = BTreeMap::new();
+        let ctx = TemplateContext {
+            task_id: 1,
+            task_name: "t",
+            params: &none,
+        };
+        assert_eq!(
+            render(&json!("${prev_ds}"), &ctx),
+            Err(TemplateError::NotScheduled("prev_ds".into()))
+        );
     }
 }

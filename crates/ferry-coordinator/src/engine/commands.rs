@@ -11,9 +11,10 @@ impl Engine {
                 workflow,
                 name,
                 params,
+                opts,
                 reply,
             } => {
-                let result = self.create_task(&workflow, name, params).await;
+                let result = self.create_task(&workflow, name, params, opts).await;
                 self.reply_after_commit(reply, result);
             }
             ApiRequest::CreatePlanned {
@@ -22,9 +23,12 @@ impl Engine {
                 name,
                 params,
                 note,
+                opts,
                 reply,
             } => {
-                let result = self.create_task_from(workflow_id, *def, name, params).await;
+                let result = self
+                    .create_task_from(workflow_id, *def, name, params, opts)
+                    .await;
                 if let (Ok(id), Some(note)) = (&result, note) {
                     self.log(*id, "", "INFO", note);
                 }
@@ -156,6 +160,7 @@ impl Engine {
         workflow: &str,
         name: String,
         params: BTreeMap<String, String>,
+        opts: TaskOptions,
     ) -> Result<i64, EngineError> {
         let wf = self
             .store
@@ -163,7 +168,7 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("workflow `{workflow}` not found")))?;
         let def: WorkflowDef = Store::definition_of(&wf)?;
-        self.create_task_from(wf.id, def, name, params).await
+        self.create_task_from(wf.id, def, name, params, opts).await
     }
 
     /// Plans seed 000's pipeline for `request` on the connected agents, stores the plan as
@@ -175,6 +180,7 @@ impl Engine {
         def: WorkflowDef,
         name: String,
         params: BTreeMap<String, String>,
+        opts: TaskOptions,
     ) -> Result<i64, EngineError> {
         def.validate()
             .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
@@ -247,7 +253,10 @@ impl Engine {
                 .collect()
         };
         let workflow_name = def.name.clone();
-        let (max_active, priority) = (def.max_active_tasks, def.priority.unwrap_or(0));
+        let (max_active, priority) = (
+            def.max_active_tasks,
+            opts.priority.or(def.priority).unwrap_or(0),
+        );
         let mut slots: Vec<Option<ferry_core::workflow::StepDef>> =
             def.steps.into_iter().map(Some).collect();
         let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
@@ -258,6 +267,7 @@ impl Engine {
             params: params_json,
             status: TaskStatus::Running.as_str().to_owned(),
             priority,
+            run: opts.run,
             steps: order
                 .iter()
                 .filter_map(|&i| slots[i].take())

@@ -95,6 +95,16 @@ pub struct EngineSettings {
     pub pools: BTreeMap<String, u32>,
 }
 
+/// How a task is created beyond its workflow and parameters.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOptions {
+    /// Its priority in the queue (the workflow's `priority`, else 0, when absent).
+    pub priority: Option<i32>,
+    /// The run of a schedule (or backfill) it is: stored with the task in one transaction,
+    /// unique per schedule and logical date.
+    pub run: Option<ferry_store::RunLink>,
+}
+
 /// Messages the engine processes, from the gRPC services.
 pub enum EngineMsg {
     AgentAttached {
@@ -135,6 +145,7 @@ pub enum ApiRequest {
         workflow: String,
         name: String,
         params: BTreeMap<String, String>,
+        opts: TaskOptions,
         reply: Reply<workflow_task::Model>,
     },
     /// Starts a task from a plan made outside the engine (the built-in CTR pipeline, see
@@ -146,6 +157,7 @@ pub enum ApiRequest {
         name: String,
         params: BTreeMap<String, String>,
         note: Option<String>,
+        opts: TaskOptions,
         reply: Reply<workflow_task::Model>,
     },
     /// Merges `patch` into a pending step's parameters (paused or failed tasks only).

@@ -45,6 +45,7 @@ macro_rules! svc {
         (name = "graphs", description = "Seed 003: building workflows as graphs"),
         (name = "access", description = "Login, tokens and the audit log"),
         (name = "system", description = "Agents, health and metrics"),
+        (name = "schedules", description = "Schedules (cron runs with logical dates) and backfills"),
     )
 )]
 struct ApiDoc;
@@ -98,6 +99,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(execute_graph))
         .routes(routes!(list_agents))
         .routes(routes!(list_queue))
+        .routes(routes!(create_schedule, list_schedules))
+        .routes(routes!(get_schedule, delete_schedule))
+        .routes(routes!(pause_schedule))
+        .routes(routes!(resume_schedule))
+        .routes(routes!(create_backfill, list_backfills))
+        .routes(routes!(cancel_backfill))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
         .routes(routes!(list_audit))
@@ -155,36 +162,35 @@ async fn create_task(
         )
     } else {
         let body: CtrTaskBody = decode(&bytes)?;
-        let model_params_json = if body.model_params.is_empty() {
-            String::new()
-        } else {
-            serde_json::to_string(&body.model_params)
-                .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))?
-        };
-        svc!(
-            st,
-            create_ctr_task,
-            caller,
-            v1::CtrTaskRequest {
-                name: body.name,
-                experiment_id: body.experiment_id,
-                sample_sql: body.sample_sql,
-                infer_sql: body.infer_sql,
-                hdfs_path: body.hdfs_path,
-                hive_table: body.hive_table,
-                partition: body.partition,
-                training_server: body.training_server,
-                inference_server: body.inference_server,
-                source_server: body.source_server,
-                gpu_count: body.gpu_count,
-                batch_size: body.batch_size,
-                epochs: body.epochs,
-                model: body.model,
-                model_params_json,
-            }
-        )
+        svc!(st, create_ctr_task, caller, ctr_request(body)?)
     };
     Ok(created(TaskView::from(task)))
+}
+
+fn ctr_request(body: CtrTaskBody) -> Result<v1::CtrTaskRequest, ApiError> {
+    let model_params_json = if body.model_params.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(&body.model_params)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))?
+    };
+    Ok(v1::CtrTaskRequest {
+        name: body.name,
+        experiment_id: body.experiment_id,
+        sample_sql: body.sample_sql,
+        infer_sql: body.infer_sql,
+        hdfs_path: body.hdfs_path,
+        hive_table: body.hive_table,
+        partition: body.partition,
+        training_server: body.training_server,
+        inference_server: body.inference_server,
+        source_server: body.source_server,
+        gpu_count: body.gpu_count,
+        batch_size: body.batch_size,
+        epochs: body.epochs,
+        model: body.model,
+        model_params_json,
+    })
 }
 
 /// Lists tasks, newest first, a page at a time.
@@ -1057,6 +1063,221 @@ async fn list_queue(State(st): State<AppState>, caller: Caller) -> ApiResult<Jso
     Ok(Json(QueueView {
         steps: out.steps.into_iter().map(QueuedStepView::from).collect(),
     }))
+}
+
+// ---- schedules and backfills ----
+
+/// Creates a schedule; nothing is stored when a value is wrong (`error.field` names it).
+#[utoipa::path(
+    post, path = "/api/schedules", tag = "schedules",
+    request_body = ScheduleBody,
+    responses(
+        (status = 201, description = "The schedule", body = ScheduleView),
+        (status = "4XX", description = "Refused; the body names the field", body = ErrorBody),
+    )
+)]
+async fn create_schedule(
+    State(st): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<ScheduleBody>,
+) -> ApiResult<(StatusCode, Json<ScheduleView>)> {
+    use v1::create_schedule_request::Target;
+    let target = match (body.workflow, body.ctr) {
+        (Some(w), None) => Target::Workflow(w),
+        (None, Some(c)) => Target::Ctr(ctr_request(c)?),
+        _ => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidArgument,
+                "workflow",
+                "give either `workflow` or `ctr`",
+            ));
+        }
+    };
+    let req = v1::CreateScheduleRequest {
+        name: body.name,
+        target: Some(target),
+        params: body.params.into_iter().collect(),
+        cron: body.cron,
+        timezone: body.timezone,
+        catchup: body.catchup,
+        max_catchup: body.max_catchup,
+        concurrency: body.concurrency,
+        priority: body.priority,
+        paused: body.paused,
+    };
+    Ok(created(ScheduleView::from(svc!(
+        st,
+        create_schedule,
+        caller,
+        req
+    ))))
+}
+
+/// The schedules, by name.
+#[utoipa::path(
+    get, path = "/api/schedules", tag = "schedules",
+    responses(
+        (status = 200, description = "The schedules", body = SchedulesView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+    )
+)]
+async fn list_schedules(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<SchedulesView>> {
+    let out = svc!(st, list_schedules, caller, v1::ListSchedulesRequest {});
+    Ok(Json(SchedulesView {
+        schedules: out.schedules.into_iter().map(ScheduleView::from).collect(),
+    }))
+}
+
+/// A schedule and its runs by logical date.
+#[utoipa::path(
+    get, path = "/api/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 200, description = "The schedule and its runs", body = ScheduleDetailView),
+        (status = "4XX", description = "Refused or not found", body = ErrorBody),
+    )
+)]
+async fn get_schedule(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(name): P<String>,
+) -> ApiResult<Json<ScheduleDetailView>> {
+    let out = svc!(st, get_schedule, caller, v1::ScheduleRef { name });
+    Ok(Json(out.into()))
+}
+
+/// Deletes a schedule (its running backfills are cancelled; its tasks stay).
+#[utoipa::path(
+    delete, path = "/api/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 200, description = "The schedule, deleted", body = ScheduleView),
+        (status = "4XX", description = "Refused or not found", body = ErrorBody),
+    )
+)]
+async fn delete_schedule(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(name): P<String>,
+) -> ApiResult<Json<ScheduleView>> {
+    let out = svc!(st, delete_schedule, caller, v1::ScheduleRef { name });
+    Ok(Json(out.into()))
+}
+
+/// Pauses a schedule: no run is created until it resumes (the catch-up policy then decides
+/// about the runs missed meanwhile).
+#[utoipa::path(
+    post, path = "/api/schedules/{name}/pause", tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 200, description = "The schedule", body = ScheduleView),
+        (status = "4XX", description = "Refused or not found", body = ErrorBody),
+    )
+)]
+async fn pause_schedule(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(name): P<String>,
+) -> ApiResult<Json<ScheduleView>> {
+    let out = svc!(st, pause_schedule, caller, v1::ScheduleRef { name });
+    Ok(Json(out.into()))
+}
+
+/// Resumes a paused schedule.
+#[utoipa::path(
+    post, path = "/api/schedules/{name}/resume", tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 200, description = "The schedule", body = ScheduleView),
+        (status = "4XX", description = "Refused or not found", body = ErrorBody),
+    )
+)]
+async fn resume_schedule(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(name): P<String>,
+) -> ApiResult<Json<ScheduleView>> {
+    let out = svc!(st, resume_schedule, caller, v1::ScheduleRef { name });
+    Ok(Json(out.into()))
+}
+
+/// Starts a backfill (or, with `dry_run`, lists the runs it would create).
+#[utoipa::path(
+    post, path = "/api/backfills", tag = "schedules",
+    request_body = BackfillBody,
+    responses(
+        (status = 201, description = "The backfill and its runs", body = BackfillResultView),
+        (status = "4XX", description = "Refused; the body names the field", body = ErrorBody),
+    )
+)]
+async fn create_backfill(
+    State(st): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<BackfillBody>,
+) -> ApiResult<(StatusCode, Json<BackfillResultView>)> {
+    let req = v1::CreateBackfillRequest {
+        schedule: body.schedule,
+        start: body.start,
+        end: body.end,
+        reverse: body.reverse,
+        max_active: body.max_active,
+        priority: body.priority,
+        reprocess: body.reprocess,
+        dry_run: body.dry_run,
+    };
+    let out = svc!(st, create_backfill, caller, req);
+    Ok(created(BackfillResultView {
+        backfill: out.backfill.map(BackfillView::from),
+        runs: out.runs,
+    }))
+}
+
+/// Backfills, newest first, with their progress.
+#[utoipa::path(
+    get, path = "/api/backfills", tag = "schedules",
+    params(BackfillQuery),
+    responses(
+        (status = 200, description = "The backfills", body = BackfillsView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+    )
+)]
+async fn list_backfills(
+    State(st): State<AppState>,
+    caller: Caller,
+    Q(q): Q<BackfillQuery>,
+) -> ApiResult<Json<BackfillsView>> {
+    let out = svc!(
+        st,
+        list_backfills,
+        caller,
+        v1::ListBackfillsRequest {
+            schedule: q.schedule
+        }
+    );
+    Ok(Json(BackfillsView {
+        backfills: out.backfills.into_iter().map(BackfillView::from).collect(),
+    }))
+}
+
+/// Cancels a backfill: no run of it starts any more, and its running tasks are cancelled.
+#[utoipa::path(
+    post, path = "/api/backfills/{id}/cancel", tag = "schedules",
+    params(("id" = i64, Path, description = "Backfill id")),
+    responses(
+        (status = 200, description = "The backfill", body = BackfillView),
+        (status = "4XX", description = "Refused or not found", body = ErrorBody),
+    )
+)]
+async fn cancel_backfill(
+    State(st): State<AppState>,
+    caller: Caller,
+    P(id): P<i64>,
+) -> ApiResult<Json<BackfillView>> {
+    let out = svc!(st, cancel_backfill, caller, v1::BackfillRef { id });
+    Ok(Json(out.into()))
 }
 
 /// Whether the coordinator answers (no credentials needed).

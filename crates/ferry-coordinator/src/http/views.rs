@@ -813,3 +813,221 @@ pub struct LoginBody {
     /// A bearer token (as `ferry token create` printed it).
     pub token: String,
 }
+
+// ---- schedules and backfills ----
+
+/// A schedule: a stored workflow (`workflow` with `params`) or a CTR task request (`ctr`)
+/// run on a cron in a time zone, one run per logical date.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    pub name: String,
+    /// The stored workflow each run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// Its task parameters; values may hold the run's dates (`${ds}`).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// The CTR task request each run starts; its strings may hold the run's dates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctr: Option<CtrTaskBody>,
+    /// Five fields (minute hour day month weekday), or six with seconds first.
+    pub cron: String,
+    /// An IANA time zone (`Asia/Shanghai`); UTC when absent.
+    #[serde(default)]
+    pub timezone: String,
+    /// none, latest (default) or all: missed runs after downtime.
+    #[serde(default)]
+    pub catchup: String,
+    /// The most missed runs created after downtime (default 1).
+    #[serde(default)]
+    pub max_catchup: u32,
+    /// allow, skip, queue (default) or replace: when the previous run still runs.
+    #[serde(default)]
+    pub concurrency: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    pub id: i64,
+    pub name: String,
+    /// `workflow` or `ctr`.
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<Value>,
+    pub params: BTreeMap<String, String>,
+    pub cron: String,
+    pub timezone: String,
+    pub catchup: String,
+    pub max_catchup: u32,
+    pub concurrency: String,
+    pub priority: i32,
+    pub paused: bool,
+    /// The newest logical date considered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    pub created_at: String,
+    /// The next runs' logical dates.
+    pub next_runs: Vec<String>,
+}
+
+impl From<v1::Schedule> for ScheduleView {
+    fn from(s: v1::Schedule) -> Self {
+        ScheduleView {
+            id: s.id,
+            name: s.name,
+            target: s.target,
+            workflow: opt(s.workflow),
+            request: serde_json::from_str(&s.request_json).ok(),
+            params: s.params.into_iter().collect(),
+            cron: s.cron,
+            timezone: s.timezone,
+            catchup: s.catchup,
+            max_catchup: s.max_catchup,
+            concurrency: s.concurrency,
+            priority: s.priority,
+            paused: s.paused,
+            cursor: opt(s.cursor),
+            created_at: s.created_at,
+            next_runs: s.next_runs,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SchedulesView {
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// One run of a schedule (a logical date) and its task.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleRunView {
+    pub logical_date: String,
+    pub ds: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill_id: Option<i64>,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleDetailView {
+    pub schedule: ScheduleView,
+    /// Oldest first (the latest 500).
+    pub runs: Vec<ScheduleRunView>,
+}
+
+impl From<v1::ScheduleDetail> for ScheduleDetailView {
+    fn from(d: v1::ScheduleDetail) -> Self {
+        ScheduleDetailView {
+            schedule: ScheduleView::from(d.schedule.unwrap_or_default()),
+            runs: d
+                .runs
+                .into_iter()
+                .map(|r| ScheduleRunView {
+                    logical_date: r.logical_date,
+                    ds: r.ds,
+                    task_id: (r.task_id != 0).then_some(r.task_id),
+                    status: opt(r.status),
+                    backfill_id: (r.backfill_id != 0).then_some(r.backfill_id),
+                    attempts: r.attempts,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A backfill: a schedule's runs over a range of dates.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillBody {
+    pub schedule: String,
+    /// YYYY-MM-DD in the schedule's zone; both ends included.
+    pub start: String,
+    pub end: String,
+    /// Newest first.
+    #[serde(default)]
+    pub reverse: bool,
+    /// Runs of the backfill at once (default 1).
+    #[serde(default)]
+    pub max_active: u32,
+    #[serde(default)]
+    pub priority: i32,
+    /// missing (default), failed or all.
+    #[serde(default)]
+    pub reprocess: String,
+    /// Store nothing; answer with the runs it would create.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BackfillView {
+    pub id: i64,
+    pub schedule: String,
+    pub start: String,
+    pub end: String,
+    pub reverse: bool,
+    pub max_active: u32,
+    pub priority: i32,
+    pub reprocess: String,
+    /// running, completed or cancelled.
+    pub status: String,
+    pub done: u32,
+    pub running: u32,
+    pub failed: u32,
+    pub left: u32,
+    pub created_at: String,
+}
+
+impl From<v1::Backfill> for BackfillView {
+    fn from(b: v1::Backfill) -> Self {
+        BackfillView {
+            id: b.id,
+            schedule: b.schedule,
+            start: b.start,
+            end: b.end,
+            reverse: b.reverse,
+            max_active: b.max_active,
+            priority: b.priority,
+            reprocess: b.reprocess,
+            status: b.status,
+            done: b.done,
+            running: b.running,
+            failed: b.failed,
+            left: b.left,
+            created_at: b.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BackfillResultView {
+    /// Absent for a dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillView>,
+    /// The dates (`ds`) of the runs it creates (would create), in order.
+    pub runs: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BackfillsView {
+    pub backfills: Vec<BackfillView>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillQuery {
+    /// Only this schedule's backfills.
+    #[serde(default)]
+    pub schedule: String,
+}
