@@ -79,6 +79,18 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 include-name-regex = "^(POST|PATCH) /api/graphs"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
 
+# A schedule's cron must parse and fire, its time zone be an IANA name, its workflow exist
+# (or its CTR request be valid once a date fills it in); a backfill's dates must be dates of
+# a range with runs, of a schedule that exists, not overlapping a running backfill.
+[[operations]]
+include-name-regex = "^POST /api/(schedules|backfills)$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
+
+# Only a running backfill can be cancelled.
+[[operations]]
+include-name = "POST /api/backfills/{id}/cancel"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
+
 # Approving, rejecting or changing a step depends on the step's state and kind.
 [[operations]]
 include-path-regex = "^/api/workflow/tasks/\\{id\\}/steps/"

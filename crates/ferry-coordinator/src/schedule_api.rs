@@ -152,13 +152,11 @@ impl WorkflowApi {
 
     pub(crate) async fn get_schedule_call(&self, name: &str) -> Result<v1::ScheduleDetail, Status> {
         let s = self.schedules.by_name(name).await?;
-        let mut runs = self
+        let runs = self
             .store
-            .schedule_runs(s.id, None, None, u64::MAX)
+            .latest_schedule_runs(s.id, RUNS_SHOWN)
             .await
             .map_err(store_err)?;
-        let keep = runs.len().saturating_sub(RUNS_SHOWN as usize);
-        runs.drain(..keep);
         let cadence = ferry_core::schedule::Cadence::new(&s.cron, &s.timezone).ok();
         let runs = runs
             .into_iter()

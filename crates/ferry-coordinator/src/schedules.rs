@@ -473,6 +473,19 @@ impl ScheduleService {
         }
         let cadence = Cadence::new(&spec.cron, &spec.timezone).map_err(schedule_error)?;
         schedule::check_max_catchup(spec.max_catchup).map_err(schedule_error)?;
+        if let Target::Workflow { params, .. } = &spec.target {
+            for (k, v) in params {
+                ferry_core::limits::check_user_text(
+                    "a parameter name",
+                    k,
+                    Some(ferry_core::limits::SHORT_NAME),
+                )
+                .and_then(|()| {
+                    ferry_core::limits::check_user_text(&format!("parameter `{k}`"), v, None)
+                })
+                .map_err(|e| invalid("params", e.to_string()))?;
+            }
+        }
         let (target, workflow, request, params) = match &spec.target {
             Target::Workflow { name, params } => {
                 if self.store.workflow_by_name(name).await?.is_none() {

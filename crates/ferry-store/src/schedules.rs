@@ -271,6 +271,22 @@ impl Store {
         self.with_status(runs).await
     }
 
+    /// The newest `limit` runs of a schedule, oldest first, each with its task's status.
+    pub async fn latest_schedule_runs(
+        &self,
+        schedule_id: i64,
+        limit: u64,
+    ) -> Result<Vec<RunWithStatus>> {
+        let mut runs = schedule_run::Entity::find()
+            .filter(schedule_run::Column::ScheduleId.eq(schedule_id))
+            .order_by_desc(schedule_run::Column::LogicalDate)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        runs.reverse();
+        self.with_status(runs).await
+    }
+
     /// The run with the newest logical date that has a task (scheduled or backfilled), with
     /// that task's status.
     pub async fn latest_scheduled_run(&self, schedule_id: i64) -> Result<Option<RunWithStatus>> {
