@@ -60,7 +60,7 @@ impl Resources {
             ));
         }
         if let Some(p) = &self.pool
-            && !crate::workflow::is_valid_step_name(p)
+            && !is_pool_name(p)
         {
             return Err((
                 "resources.pool".into(),
@@ -87,6 +87,11 @@ impl Resources {
         }
         Ok(())
     }
+}
+
+/// What a pool name may be: 1-50 letters, digits, `_` or `-` (a step name's rule).
+pub fn is_pool_name(s: &str) -> bool {
+    crate::ident::is_plain_name(s, 50, &[])
 }
 
 /// How many GPUs a step needs.

@@ -612,7 +612,7 @@ impl FerryConfig {
         }
         for (name, size) in &self.workflow.pools {
             let key = format!("workflow.pools.{name}");
-            if !crate::workflow::is_valid_step_name(name) {
+            if !crate::capacity::is_pool_name(name) {
                 return Err(invalid(
                     key,
                     "a pool name is 1-50 letters, digits, `_` or `-`",

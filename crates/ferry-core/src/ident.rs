@@ -19,6 +19,15 @@ fn bad(name: &str, reason: &str) -> IdentError {
     }
 }
 
+/// 1 to `max` letters, digits, `_`, `-` or one of `extra`: what workflow, step and pool
+/// names may be.
+pub fn is_plain_name(s: &str, max: usize, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || extra.contains(&c))
+}
+
 /// `[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters.
 pub fn check_identifier(name: &str) -> Result<(), IdentError> {
     let mut chars = name.chars();

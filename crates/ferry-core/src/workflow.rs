@@ -177,12 +177,7 @@ pub fn is_valid_step_name(s: &str) -> bool {
     valid_name(s, 50, &[])
 }
 
-fn valid_name(s: &str, max: usize, extra: &[char]) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || extra.contains(&c))
-}
+use crate::ident::is_plain_name as valid_name;
 
 impl WorkflowDef {
     /// Parses a definition from YAML (JSON is valid YAML too).
