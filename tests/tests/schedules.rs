@@ -181,3 +181,333 @@ async fn a_schedule_made_with_the_cli_runs_on_its_own_with_its_logical_dates() {
     let listed = c.cli(&["schedule", "list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("paused"));
 }
+
+/// A daily export-and-load on the real SQL engine, backfilled over 30 days three at a time:
+/// each run's date reaches its SQL and its partition, 30 partitions are loaded, never more
+/// than three runs at once, and a second backfill of the range finds nothing missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thirty_day_backfill_loads_thirty_partitions_three_at_a_time() {
+    let warehouse = tempfile::tempdir().expect("tmp");
+    let mut spec = ferry_sampledata::SampleSpec::new(2_000, 5);
+    spec.rows_per_part = 1_000;
+    ferry_sampledata::generate(warehouse.path(), &spec).expect("sample data");
+    let mut c = Cluster::with_config(&format!(
+        "sql:\n  warehouse_dir: \"{}\"\n",
+        warehouse.path().display()
+    ));
+    c.env
+        .push(("FERRY_WORKFLOW__SCHEDULE_INTERVAL".into(), "1".into()));
+    c.start_coordinator().await;
+    c.start_agent("source", "src-1");
+    c.wait_for_agents(1).await;
+    let staging = c.path("work/staging/daily");
+    c.apply(&format!(
+        r#"name: daily_copy
+steps:
+  - name: export
+    kind: sql_export
+    placement: {{role: data_source}}
+    params:
+      sql: "SELECT sample_id, user_id, '${{ds}}' AS run_day FROM campaign_infer WHERE dt = '2026-01-22' LIMIT 20"
+      output_dir: "{staging}/${{ds_nodash}}"
+  - name: load
+    kind: hive_load
+    placement: {{role: data_source}}
+    inputs: [export]
+    params: {{table: scores.daily_copy, partition: "dt=${{ds}}", parts_dir: "{staging}/${{ds_nodash}}", expected_rows: 20}}
+"#,
+        staging = staging.display()
+    ))
+    .await
+    .expect("stored");
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(c.cli(&[
+        "schedule",
+        "create",
+        "daily",
+        "--cron",
+        "0 0 * * *",
+        "-w",
+        "daily_copy",
+        "--paused",
+    ]));
+    // A reversed range is refused, naming the field.
+    let reversed = c.cli(&[
+        "backfill",
+        "create",
+        "daily",
+        "--start",
+        "2026-01-30",
+        "--end",
+        "2026-01-01",
+    ]);
+    assert!(!reversed.status.success());
+    assert!(String::from_utf8_lossy(&reversed.stderr).contains("end"));
+    let dry = ok(c.cli(&[
+        "backfill",
+        "create",
+        "daily",
+        "--start",
+        "2026-01-01",
+        "--end",
+        "2026-01-30",
+        "--dry-run",
+    ]));
+    assert!(dry.contains("30 runs would be created"), "{dry}");
+    ok(c.cli(&[
+        "backfill",
+        "create",
+        "daily",
+        "--start",
+        "2026-01-01",
+        "--end",
+        "2026-01-30",
+        "--max-active",
+        "3",
+    ]));
+    let mut client = c.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let list = client
+            .list_backfills(v1::ListBackfillsRequest {
+                schedule: "daily".into(),
+            })
+            .await
+            .expect("listed")
+            .into_inner();
+        let b = &list.backfills[0];
+        assert!(b.failed == 0, "{b:?}");
+        if b.status == "completed" {
+            assert_eq!((b.done, b.running, b.left), (30, 0, 0), "{b:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{b:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // 30 partitions, each loaded by the run of its date.
+    for day in 1..=30 {
+        let part = warehouse
+            .path()
+            .join(format!("scores.db/daily_copy/dt=2026-01-{day:02}"));
+        assert!(
+            std::fs::read_dir(&part).is_ok_and(|d| d.count() > 0),
+            "{} loaded",
+            part.display()
+        );
+    }
+    // Never more than three at once (the tasks' own times).
+    let tasks = client
+        .list_tasks(v1::ListTasksRequest {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("tasks")
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 30);
+    let mut edges: Vec<(String, i32)> = Vec::new();
+    for t in &tasks {
+        assert_eq!(t.status, "completed");
+        edges.push((t.started_at.clone(), 1));
+        edges.push((t.completed_at.clone(), -1));
+    }
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    assert!(most <= 3, "{most} runs at once");
+    // The date reached the data: the partition of Jan 5 holds rows of run_day 2026-01-05.
+    c.apply(&format!(
+        r#"name: check_day
+steps:
+  - name: q
+    kind: sql_export
+    placement: {{role: data_source}}
+    params:
+      sql: "SELECT sample_id FROM scores.daily_copy WHERE dt = '2026-01-05' AND run_day = '2026-01-05'"
+      output_dir: "{}/check"
+"#,
+        staging.display()
+    ))
+    .await
+    .expect("stored");
+    let check = c.create_task("check_day").await;
+    let done = c
+        .wait_status(check.id, "completed", Duration::from_secs(90))
+        .await;
+    let progress: serde_json::Value =
+        serde_json::from_str(&ferry_e2e::step(&done, "q").progress_json).expect("json");
+    assert_eq!(progress["rows"], 20);
+    // Nothing is missing any more.
+    let again = ok(c.cli(&[
+        "backfill",
+        "create",
+        "daily",
+        "--start",
+        "2026-01-01",
+        "--end",
+        "2026-01-30",
+        "--dry-run",
+    ]));
+    assert!(again.contains("0 runs would be created"), "{again}");
+}
+
+/// The CTR pipeline (export, train, infer, load) as a daily schedule, backfilled for two
+/// days: each run trains on the day before its date, scores its date, and loads the scores
+/// into its date's partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_ctr_pipeline_backfilled_for_two_days_loads_each_days_partition() {
+    let warehouse = tempfile::tempdir().expect("tmp");
+    for (seed, sample_day, infer_day) in [
+        (11, "2026-01-21", "2026-01-22"),
+        (12, "2026-01-22", "2026-01-23"),
+    ] {
+        let mut spec = ferry_sampledata::SampleSpec::new(2_000, seed);
+        spec.infer_rows = 500;
+        spec.rows_per_part = 1_000;
+        spec.sample_day = sample_day.into();
+        spec.infer_day = infer_day.into();
+        ferry_sampledata::generate(warehouse.path(), &spec).expect("sample data");
+    }
+    let data_root = tempfile::tempdir().expect("tmp");
+    let mut c = Cluster::with_config(&format!(
+        "sql:\n  warehouse_dir: \"{w}\"\nfuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\n",
+        w = warehouse.path().display(),
+        d = data_root.path().display()
+    ));
+    c.env
+        .push(("FERRY_WORKFLOW__SCHEDULE_INTERVAL".into(), "1".into()));
+    c.start_coordinator().await;
+    c.start_agent("source", "src-1");
+    c.start_agent("train", "train-1");
+    c.start_agent("infer", "infer-1");
+    c.wait_for_agents(3).await;
+    let staging = c.path("work/staging");
+    c.apply(&format!(
+        r#"name: ctr_daily
+steps:
+  - name: export_sample
+    kind: sql_export
+    placement: {{role: data_source}}
+    params: {{sql: "SELECT * FROM campaign_sample WHERE dt = '${{prev_ds}}'", output_dir: "{s}/${{ds_nodash}}/sample_data"}}
+  - name: export_infer
+    kind: sql_export
+    placement: {{role: data_source}}
+    params: {{sql: "SELECT * FROM campaign_infer WHERE dt = '${{ds}}'", output_dir: "{s}/${{ds_nodash}}/infer_data"}}
+  - name: train
+    kind: train
+    placement: {{role: training}}
+    inputs: [export_sample]
+    params:
+      dataset_id: "campaign_${{ds_nodash}}"
+      sample_dir: "{s}/${{ds_nodash}}/sample_data"
+      model: {{model: DeepFM, model_id: deepfm_daily, embedding_dim: 4, hidden_units: [8],
+               batch_size: 256, epochs: 1, learning_rate: 0.003}}
+  - name: infer
+    kind: infer
+    placement: {{role: inference}}
+    inputs: [train, export_infer]
+    params: {{dataset_id: "campaign_${{ds_nodash}}", model_id: deepfm_daily, expid: daily, input_dir: "{s}/${{ds_nodash}}/infer_data"}}
+  - name: load
+    kind: hive_load
+    placement: {{role: data_source}}
+    inputs: [infer]
+    params: {{table: scores.campaign_scores, partition: "dt=${{ds}}", parts_dir: "{r}/campaign_${{ds_nodash}}/daily_inference_result", expected_rows: 500}}
+"#,
+        s = staging.display(),
+        r = data_root.path().join("data").display()
+    ))
+    .await
+    .expect("stored");
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(c.cli(&[
+        "schedule",
+        "create",
+        "ctr_daily",
+        "--cron",
+        "0 0 * * *",
+        "-w",
+        "ctr_daily",
+        "--paused",
+    ]));
+    ok(c.cli(&[
+        "backfill",
+        "create",
+        "ctr_daily",
+        "--start",
+        "2026-01-22",
+        "--end",
+        "2026-01-23",
+        "--max-active",
+        "2",
+    ]));
+    let mut client = c.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let b = client
+            .list_backfills(v1::ListBackfillsRequest {
+                schedule: "ctr_daily".into(),
+            })
+            .await
+            .expect("listed")
+            .into_inner()
+            .backfills
+            .remove(0);
+        assert_eq!(b.failed, 0, "{b:?}");
+        if b.status == "completed" {
+            assert_eq!(b.done, 2, "{b:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{b:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let tasks = client
+        .list_tasks(v1::ListTasksRequest {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("tasks")
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 2);
+    for (day, nodash) in [("2026-01-22", "20260122"), ("2026-01-23", "20260123")] {
+        let t = tasks
+            .iter()
+            .find(|t| t.name == format!("ctr_daily_{nodash}"))
+            .expect("the day's run");
+        let logs = c.logs_text(t.id).await;
+        assert!(
+            logs.contains(&format!(
+                "into scores.campaign_scores dt={day}; row count verified"
+            )),
+            "{logs}"
+        );
+        let part = warehouse
+            .path()
+            .join(format!("scores.db/campaign_scores/dt={day}"));
+        assert!(
+            std::fs::read_dir(&part).is_ok_and(|d| d.count() > 0),
+            "{} loaded",
+            part.display()
+        );
+    }
+}
