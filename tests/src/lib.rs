@@ -446,6 +446,7 @@ impl Cluster {
                 workflow: workflow.to_owned(),
                 name: String::new(),
                 params: Default::default(),
+                priority: None,
             })
             .await
             .expect("create task")

@@ -172,6 +172,7 @@ async fn a_dataset_id_rendered_to_an_absolute_path_is_refused() {
             params: [("x".to_owned(), target.display().to_string())]
                 .into_iter()
                 .collect(),
+            priority: None,
         })
         .await;
     match created {

@@ -55,6 +55,7 @@ steps:
         workflow: "export_load".into(),
         name: String::new(),
         params: [("day".to_owned(), day.to_owned())].into_iter().collect(),
+        priority: None,
     };
     let task = client
         .create_task(create("2026-01-22"))

@@ -52,6 +52,7 @@ fn create(workflow: &str) -> v1::CreateTaskRequest {
         workflow: workflow.into(),
         name: String::new(),
         params: Default::default(),
+        priority: None,
     }
 }
 

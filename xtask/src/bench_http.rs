@@ -325,6 +325,7 @@ impl Conn {
                         workflow: CREATE_WORKFLOW.into(),
                         name: String::new(),
                         params: t.params.clone(),
+                        priority: None,
                     })
                     .await?
                     .into_inner();
@@ -596,6 +597,7 @@ async fn fanout(
             workflow: LOG_WORKFLOW.into(),
             name: format!("bench-http-follow-{proto:?}"),
             params: [("gate".to_owned(), gate.display().to_string())].into(),
+            priority: None,
         })
         .await?
         .into_inner();
@@ -753,6 +755,7 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
             workflow: CREATE_WORKFLOW.into(),
             name: String::new(),
             params: params.clone(),
+            priority: None,
         })
         .await?
         .into_inner();

@@ -162,6 +162,9 @@ enum TaskCmd {
         /// `KEY=VALUE` for `${param.KEY}` placeholders; repeatable.
         #[arg(long = "param", short = 'p', value_parser = parse_kv)]
         params: Vec<(String, String)>,
+        /// Priority when steps wait for capacity (higher first; the workflow's by default).
+        #[arg(long)]
+        priority: Option<i32>,
         #[command(flatten)]
         ctr: Box<CtrArgs>,
     },
@@ -482,6 +485,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             params,
             ctr,
+            priority: _,
         }) if ctr.given() || workflow.as_deref() == Some(CTR_PIPELINE) => {
             if !params.is_empty() {
                 bail!("the built-in {CTR_PIPELINE} takes its request fields, not --param");
@@ -506,6 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             params,
             ctr: _,
+            priority,
         }) => {
             let Some(workflow) = workflow else {
                 bail!(
@@ -517,6 +522,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     workflow,
                     name: name.unwrap_or_default(),
                     params: params.into_iter().collect::<HashMap<_, _>>(),
+                    priority,
                 })
                 .await
                 .map_err(status)?

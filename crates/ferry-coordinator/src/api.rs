@@ -454,7 +454,10 @@ impl WorkflowService for WorkflowApi {
                 workflow: r.workflow,
                 name: r.name,
                 params: params.into_iter().collect(),
-                opts: Default::default(),
+                opts: crate::engine::TaskOptions {
+                    priority: r.priority,
+                    run: None,
+                },
                 reply,
             })
             .await?;

@@ -158,6 +158,7 @@ async fn create_task(
                 workflow: body.workflow,
                 name: body.name,
                 params: body.params.into_iter().collect(),
+                priority: body.priority,
             }
         )
     } else {

@@ -306,6 +306,9 @@ pub struct WorkflowTaskBody {
     pub name: String,
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// Its priority when steps wait for capacity (higher first); the workflow's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 /// `POST /api/workflow/tasks`: the CTR pipeline's request, or a stored workflow's task (a
