@@ -287,12 +287,14 @@ impl Store {
         self.with_status(runs).await
     }
 
-    /// The run with the newest logical date that has a task (scheduled or backfilled), with
-    /// that task's status.
+    /// The scheduled run (not a backfill's) with the newest logical date that has a task,
+    /// with that task's status: what a schedule's concurrency policy looks at, so backfills
+    /// neither hold up nor are held up by scheduled runs.
     pub async fn latest_scheduled_run(&self, schedule_id: i64) -> Result<Option<RunWithStatus>> {
         let run = schedule_run::Entity::find()
             .filter(schedule_run::Column::ScheduleId.eq(schedule_id))
             .filter(schedule_run::Column::TaskId.is_not_null())
+            .filter(schedule_run::Column::BackfillId.is_null())
             .order_by_desc(schedule_run::Column::LogicalDate)
             .one(&self.db)
             .await?;
