@@ -8,6 +8,8 @@ import { RunPage } from './pages/Run';
 import { NewRunPage } from './pages/NewRun';
 import { AgentsPage } from './pages/Agents';
 import { DesignerPage } from './pages/Designer';
+import { SchedulesPage } from './pages/Schedules';
+import { SchedulePage } from './pages/Schedule';
 
 type Phase = 'loading' | 'anonymous' | 'ready' | 'unreachable';
 
@@ -60,9 +62,12 @@ export function App() {
   let page;
   const run = pathname.match(/^\/runs\/(\d+)\/?$/);
   const designer = pathname.match(/^\/designer(?:\/([^/]+))?\/?$/);
+  const schedule = pathname.match(/^\/schedules\/([^/]+)\/?$/);
   if (pathname === '/runs/new') page = <NewRunPage />;
   else if (run) page = <RunPage id={Number(run[1])} />;
   else if (pathname === '/agents') page = <AgentsPage />;
+  else if (pathname === '/schedules' || pathname === '/schedules/') page = <SchedulesPage />;
+  else if (schedule) page = <SchedulePage key={schedule[1]} name={safeDecode(schedule[1])} />;
   else if (designer) page = <DesignerPage name={designer[1] && safeDecode(designer[1])} />;
   else if (pathname === '/' || pathname === '/runs' || pathname === '/login') page = <RunsPage />;
   else {
@@ -113,6 +118,9 @@ function Header() {
       <nav aria-label="Main">
         <Link href="/runs" aria-current={current('/runs')}>
           Runs
+        </Link>
+        <Link href="/schedules" aria-current={current('/schedules')}>
+          Schedules
         </Link>
         <Link href="/designer" aria-current={current('/designer')}>
           Designer

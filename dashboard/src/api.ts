@@ -103,6 +103,105 @@ export interface Agent {
   version: string;
   paths: Record<string, string>;
   ssh_to: string[];
+  /** Steps it runs at once (0: no limit), and the slots its running steps take. */
+  slots: number;
+  slots_in_use: number;
+  /** The GPU ids given to its running steps. */
+  gpus_in_use: number[];
+}
+
+/** A ready step waiting for capacity (slots, GPUs, a pool, its workflow's limit). */
+export interface QueuedStep {
+  /** 1 is next. */
+  position: number;
+  task_id: number;
+  task_name: string;
+  workflow: string;
+  step: string;
+  priority: number;
+  /** What it needs, in words ("1 slot, 1 GPU"). */
+  needs: string;
+  /** What it waits for, in words. */
+  waits_for: string;
+}
+
+/** A stored workflow or a CTR task request run on a cron in a time zone. */
+export interface Schedule {
+  id: number;
+  name: string;
+  /** `workflow` or `ctr`. */
+  target: string;
+  workflow?: string;
+  request?: unknown;
+  params: Record<string, string>;
+  cron: string;
+  timezone: string;
+  catchup: string;
+  max_catchup: number;
+  concurrency: string;
+  priority: number;
+  paused: boolean;
+  /** The newest logical date considered. */
+  cursor?: string;
+  created_at: string;
+  /** The next runs' logical dates (RFC 3339 with the zone's offset). */
+  next_runs: string[];
+}
+
+/** One run of a schedule: a logical date and its task. */
+export interface ScheduleRun {
+  /** RFC 3339 with the schedule zone's offset. */
+  logical_date: string;
+  /** The logical date's calendar date in the schedule's zone (YYYY-MM-DD). */
+  ds: string;
+  task_id?: number;
+  status?: string;
+  backfill_id?: number;
+  attempts: number;
+}
+
+export interface ScheduleDetail {
+  schedule: Schedule;
+  /** The newest 500, oldest first. */
+  runs: ScheduleRun[];
+}
+
+export interface Backfill {
+  id: number;
+  schedule: string;
+  start: string;
+  end: string;
+  reverse: boolean;
+  max_active: number;
+  priority: number;
+  /** missing, failed or all. */
+  reprocess: string;
+  /** running, completed or cancelled. */
+  status: string;
+  done: number;
+  running: number;
+  failed: number;
+  left: number;
+  created_at: string;
+}
+
+export interface BackfillRequest {
+  schedule: string;
+  /** YYYY-MM-DD in the schedule's zone; both ends included. */
+  start: string;
+  end: string;
+  max_active: number;
+  reprocess: string;
+  dry_run: boolean;
+  reverse?: boolean;
+  priority?: number;
+}
+
+export interface BackfillResult {
+  /** Absent for a dry run. */
+  backfill?: Backfill;
+  /** The dates (`ds`) of the runs it creates (would create), in order. */
+  runs: string[];
 }
 
 export interface Workflow {
@@ -235,6 +334,22 @@ export const api = {
     }),
   cancel: (id: number) => request<Task>(`/api/workflow/tasks/${id}`, { method: 'DELETE' }),
   agents: () => request<{ agents: Agent[] }>('/api/agents'),
+  queue: () => request<{ steps: QueuedStep[] }>('/api/queue'),
+  schedules: () => request<{ schedules: Schedule[] }>('/api/schedules'),
+  schedule: (name: string) => request<ScheduleDetail>(`/api/schedules/${enc(name)}`),
+  pauseSchedule: (name: string) =>
+    request<Schedule>(`/api/schedules/${enc(name)}/pause`, { method: 'POST' }),
+  resumeSchedule: (name: string) =>
+    request<Schedule>(`/api/schedules/${enc(name)}/resume`, { method: 'POST' }),
+  deleteSchedule: (name: string) =>
+    request<Schedule>(`/api/schedules/${enc(name)}`, { method: 'DELETE' }),
+  backfills: (schedule: string) =>
+    request<{ backfills: Backfill[] }>(`/api/backfills?schedule=${enc(schedule)}`),
+  /** Starts a backfill, or with `dry_run` lists the runs it would create. */
+  backfill: (body: BackfillRequest) =>
+    request<BackfillResult>('/api/backfills', { method: 'POST', body }),
+  cancelBackfill: (id: number) =>
+    request<Backfill>(`/api/backfills/${id}/cancel`, { method: 'POST' }),
   workflows: () => request<{ workflows: Workflow[] }>('/api/workflows'),
   workflow: (name: string) => request<Workflow>(`/api/workflows/${enc(name)}`),
 };

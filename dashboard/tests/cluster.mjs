@@ -73,15 +73,19 @@ export class Cluster {
     return path.join(this.dir, rel);
   }
 
-  #spawn(name, program, args) {
+  #spawn(name, program, args, env = {}) {
     const log = fs.openSync(this.path(`${name}.log`), 'a');
-    const child = spawn(bin(program), args, { stdio: ['ignore', log, log] });
+    const child = spawn(bin(program), args, {
+      stdio: ['ignore', log, log],
+      env: { ...process.env, ...env },
+    });
     fs.closeSync(log);
     this.children.set(name, child);
     return child;
   }
 
-  async startCoordinator() {
+  /** `env`: extra variables, e.g. config overrides (`FERRY_WORKFLOW__SCHEDULE_INTERVAL`). */
+  async startCoordinator({ env = {} } = {}) {
     const addrFile = this.path('coordinator.addr');
     const httpFile = this.path('coordinator-http.addr');
     const child = this.#spawn('coordinator', 'ferry-coordinatord', [
@@ -93,7 +97,7 @@ export class Cluster {
       '127.0.0.1:0',
       '--http-addr-file',
       httpFile,
-    ]);
+    ], env);
     let exited = null;
     child.once('exit', (code) => (exited = code));
     await waitFor('the coordinator to listen', () => {

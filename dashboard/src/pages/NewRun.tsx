@@ -1,8 +1,9 @@
 // Start a run: the built-in CTR pipeline from seed 000 §8.2's task request, or a stored
 // workflow with its parameters. The server checks every value; its answer names the field
 // that is wrong, and the form shows the message beside that field.
-import { type FormEvent, type ReactNode, useEffect, useId, useState } from 'react';
+import { type FormEvent, useEffect, useState } from 'react';
 import { api, ApiError, hasRole, request, type Agent } from '../api';
+import { Field, type FieldError } from '../components/Field';
 import { parseJsonObject } from '../json';
 import { Link, navigate } from '../router';
 import { useSession } from '../session';
@@ -74,40 +75,6 @@ function ctrBody(f: Ctr): { body?: Record<string, unknown>; field?: string; erro
   return { body };
 }
 
-function Field({
-  label,
-  name,
-  error,
-  hint,
-  children,
-}: {
-  label: string;
-  name: string;
-  error: { field?: string; message: string } | null;
-  hint?: string;
-  children: (props: { id: string; 'aria-invalid': boolean; 'aria-describedby'?: string }) => ReactNode;
-}) {
-  const id = useId();
-  const mine = error?.field === name || error?.field?.startsWith(`${name}.`);
-  const described = [hint ? `${id}-hint` : '', mine ? `${id}-error` : ''].filter(Boolean).join(' ');
-  return (
-    <div className={`field${mine ? ' invalid' : ''}`}>
-      <label htmlFor={id}>{label}</label>
-      {children({ id, 'aria-invalid': !!mine, 'aria-describedby': described || undefined })}
-      {hint && (
-        <span className="hint" id={`${id}-hint`}>
-          {hint}
-        </span>
-      )}
-      {mine && (
-        <span className="error" id={`${id}-error`} role="alert">
-          {error?.message}
-        </span>
-      )}
-    </div>
-  );
-}
-
 export function NewRunPage() {
   const { me } = useSession();
   const [mode, setMode] = useState<Mode>('ctr');
@@ -115,7 +82,7 @@ export function NewRunPage() {
   const [workflows, setWorkflows] = useState<string[]>([]);
   const [agents, setAgents] = useState<Agent[]>([]);
   const [wf, setWf] = useState({ workflow: '', name: '', params: '' });
-  const [error, setError] = useState<{ field?: string; message: string } | null>(null);
+  const [error, setError] = useState<FieldError | null>(null);
   const [busy, setBusy] = useState(false);
 
   useEffect(() => {
