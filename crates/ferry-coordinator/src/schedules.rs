@@ -287,7 +287,7 @@ impl ScheduleService {
         };
         match target_of(s)? {
             Target::Workflow { name: wf, params } => {
-                let mut params = render_params(&params, &dates)?;
+                let mut params = render_params(&params, &dates);
                 params.extend(dates);
                 let row = self
                     .engine
@@ -302,7 +302,7 @@ impl ScheduleService {
                 Ok(row.id)
             }
             Target::Ctr(template_request) => {
-                let rendered = render_value(&template_request, &dates)?;
+                let rendered = template::fill_in_value(&template_request, &dates);
                 let mut request: CtrTaskRequest = serde_json::from_value(rendered)
                     .map_err(|e| invalid("request", format!("not a CTR task request: {e}")))?;
                 request.name = name;
@@ -488,15 +488,25 @@ impl ScheduleService {
         }
         let (target, workflow, request, params) = match &spec.target {
             Target::Workflow { name, params } => {
-                if self.store.workflow_by_name(name).await?.is_none() {
+                let Some(wf) = self.store.workflow_by_name(name).await? else {
                     return Err(invalid("workflow", format!("workflow `{name}` not found")));
+                };
+                // Every parameter its steps use is given (or is a run's date).
+                let def: ferry_core::workflow::WorkflowDef = Store::definition_of(&wf)?;
+                let mut used = Vec::new();
+                for step in &def.steps {
+                    template::referenced_params(&step.params, &mut used);
                 }
-                // Each value renders for any date (an unknown placeholder fails now).
-                let probe = cadence
-                    .next_after(self.clock.now())
-                    .and_then(|t| cadence.run_at(t).ok());
-                if let Some(probe) = probe {
-                    render_params(params, &probe.placeholders())?;
+                if let Some(missing) = used.iter().find(|p| {
+                    !params.contains_key(p.as_str())
+                        && !schedule::PLACEHOLDER_NAMES.contains(&p.as_str())
+                }) {
+                    return Err(invalid(
+                        "params",
+                        format!(
+                            "workflow `{name}` uses parameter `{missing}`; give it with the schedule's params"
+                        ),
+                    ));
                 }
                 (
                     "workflow",
@@ -511,7 +521,7 @@ impl ScheduleService {
                     .next_after(self.clock.now())
                     .and_then(|t| cadence.run_at(t).ok())
                 {
-                    let rendered = render_value(request, &probe.placeholders())?;
+                    let rendered = template::fill_in_value(request, &probe.placeholders());
                     let mut r: CtrTaskRequest = serde_json::from_value(rendered)
                         .map_err(|e| invalid("request", format!("not a CTR task request: {e}")))?;
                     r.name = run_name(&spec.name, &probe);
@@ -787,21 +797,14 @@ fn target_of(s: &schedule_row::Model) -> Result<Target, EngineError> {
     }
 }
 
-/// `value`'s strings with the run's dates filled in (`${ds}`; the rest as written).
-fn render_value(
-    value: &serde_json::Value,
-    dates: &BTreeMap<String, String>,
-) -> Result<serde_json::Value, EngineError> {
-    Ok(template::fill_in_value(value, dates))
-}
-
-/// The task parameters of a run: each value with the run's dates filled in.
+/// The task parameters of a run: each value with the run's dates filled in (`${ds}`; the
+/// rest as written).
 fn render_params(
     params: &BTreeMap<String, String>,
     dates: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, EngineError> {
-    Ok(params
+) -> BTreeMap<String, String> {
+    params
         .iter()
         .map(|(k, v)| (k.clone(), template::fill_in(v, dates)))
-        .collect())
+        .collect()
 }

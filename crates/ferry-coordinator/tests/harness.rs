@@ -1420,6 +1420,29 @@ async fn catch_up_none_latest_and_all_after_three_days_down() {
     let _one = h.agent("one", "data_source", vec![]).await;
     let clock = WallClock::manual(at(2026, 1, 1, 10, 0, 0));
     let svc = h.schedules(&clock);
+    // Bad input is refused with the field named, and nothing is stored.
+    let mut no_table = daily("no_table", CatchUp::All, Concurrency::Allow);
+    no_table.target = Target::Workflow {
+        name: "dated".into(),
+        params: BTreeMap::new(),
+    };
+    let mut bad_cron = daily("bad_cron", CatchUp::All, Concurrency::Allow);
+    bad_cron.cron = "0 25 * * *".into();
+    let mut bad_zone = daily("bad_zone", CatchUp::All, Concurrency::Allow);
+    bad_zone.timezone = "Europe/Pariss".into();
+    for (spec, want) in [
+        (no_table, "params"),
+        (bad_cron, "cron"),
+        (bad_zone, "timezone"),
+    ] {
+        match svc.create(spec).await {
+            Err(ferry_coordinator::EngineError::InvalidField { field, .. }) => {
+                assert_eq!(field, want)
+            }
+            other => panic!("expected a refusal naming `{want}`, got {other:?}"),
+        }
+    }
+    assert!(h.store.list_schedules().await.expect("read").is_empty());
     for (name, policy) in [
         ("none", CatchUp::None),
         ("latest", CatchUp::Latest),
