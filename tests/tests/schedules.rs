@@ -15,6 +15,40 @@ fn gpu_cluster() -> Cluster {
     )
 }
 
+/// Runs the CLI; it must succeed. Its standard output.
+fn cli_ok(c: &Cluster, args: &[&str]) -> String {
+    let out = c.cli(args);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until the schedule's newest backfill completed, none of its runs failing.
+async fn backfill_done(client: &mut ferry_e2e::Client, schedule: &str) -> v1::Backfill {
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let b = client
+            .list_backfills(v1::ListBackfillsRequest {
+                schedule: schedule.into(),
+            })
+            .await
+            .expect("listed")
+            .into_inner()
+            .backfills
+            .remove(0);
+        assert_eq!(b.failed, 0, "{b:?}");
+        if b.status == "completed" {
+            return b;
+        }
+        assert!(std::time::Instant::now() < deadline, "{b:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpu_steps_run_two_at_a_time_each_seeing_only_its_own_gpu() {
     let mut c = gpu_cluster();
@@ -220,25 +254,19 @@ steps:
     ))
     .await
     .expect("stored");
-    let ok = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    ok(c.cli(&[
-        "schedule",
-        "create",
-        "daily",
-        "--cron",
-        "0 0 * * *",
-        "-w",
-        "daily_copy",
-        "--paused",
-    ]));
+    cli_ok(
+        &c,
+        &[
+            "schedule",
+            "create",
+            "daily",
+            "--cron",
+            "0 0 * * *",
+            "-w",
+            "daily_copy",
+            "--paused",
+        ],
+    );
     // A reversed range is refused, naming the field.
     let reversed = c.cli(&[
         "backfill",
@@ -251,47 +279,37 @@ steps:
     ]);
     assert!(!reversed.status.success());
     assert!(String::from_utf8_lossy(&reversed.stderr).contains("end"));
-    let dry = ok(c.cli(&[
-        "backfill",
-        "create",
-        "daily",
-        "--start",
-        "2026-01-01",
-        "--end",
-        "2026-01-30",
-        "--dry-run",
-    ]));
+    let dry = cli_ok(
+        &c,
+        &[
+            "backfill",
+            "create",
+            "daily",
+            "--start",
+            "2026-01-01",
+            "--end",
+            "2026-01-30",
+            "--dry-run",
+        ],
+    );
     assert!(dry.contains("30 runs would be created"), "{dry}");
-    ok(c.cli(&[
-        "backfill",
-        "create",
-        "daily",
-        "--start",
-        "2026-01-01",
-        "--end",
-        "2026-01-30",
-        "--max-active",
-        "3",
-    ]));
+    cli_ok(
+        &c,
+        &[
+            "backfill",
+            "create",
+            "daily",
+            "--start",
+            "2026-01-01",
+            "--end",
+            "2026-01-30",
+            "--max-active",
+            "3",
+        ],
+    );
     let mut client = c.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let list = client
-            .list_backfills(v1::ListBackfillsRequest {
-                schedule: "daily".into(),
-            })
-            .await
-            .expect("listed")
-            .into_inner();
-        let b = &list.backfills[0];
-        assert!(b.failed == 0, "{b:?}");
-        if b.status == "completed" {
-            assert_eq!((b.done, b.running, b.left), (30, 0, 0), "{b:?}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{b:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let b = backfill_done(&mut client, "daily").await;
+    assert_eq!((b.done, b.running, b.left), (30, 0, 0), "{b:?}");
     // 30 partitions, each loaded by the run of its date.
     for day in 1..=30 {
         let part = warehouse
@@ -350,16 +368,19 @@ steps:
         serde_json::from_str(&ferry_e2e::step(&done, "q").progress_json).expect("json");
     assert_eq!(progress["rows"], 20);
     // Nothing is missing any more.
-    let again = ok(c.cli(&[
-        "backfill",
-        "create",
-        "daily",
-        "--start",
-        "2026-01-01",
-        "--end",
-        "2026-01-30",
-        "--dry-run",
-    ]));
+    let again = cli_ok(
+        &c,
+        &[
+            "backfill",
+            "create",
+            "daily",
+            "--start",
+            "2026-01-01",
+            "--end",
+            "2026-01-30",
+            "--dry-run",
+        ],
+    );
     assert!(again.contains("0 runs would be created"), "{again}");
 }
 
@@ -430,55 +451,36 @@ steps:
     ))
     .await
     .expect("stored");
-    let ok = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ok(c.cli(&[
-        "schedule",
-        "create",
-        "ctr_daily",
-        "--cron",
-        "0 0 * * *",
-        "-w",
-        "ctr_daily",
-        "--paused",
-    ]));
-    ok(c.cli(&[
-        "backfill",
-        "create",
-        "ctr_daily",
-        "--start",
-        "2026-01-22",
-        "--end",
-        "2026-01-23",
-        "--max-active",
-        "2",
-    ]));
+    cli_ok(
+        &c,
+        &[
+            "schedule",
+            "create",
+            "ctr_daily",
+            "--cron",
+            "0 0 * * *",
+            "-w",
+            "ctr_daily",
+            "--paused",
+        ],
+    );
+    cli_ok(
+        &c,
+        &[
+            "backfill",
+            "create",
+            "ctr_daily",
+            "--start",
+            "2026-01-22",
+            "--end",
+            "2026-01-23",
+            "--max-active",
+            "2",
+        ],
+    );
     let mut client = c.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let b = client
-            .list_backfills(v1::ListBackfillsRequest {
-                schedule: "ctr_daily".into(),
-            })
-            .await
-            .expect("listed")
-            .into_inner()
-            .backfills
-            .remove(0);
-        assert_eq!(b.failed, 0, "{b:?}");
-        if b.status == "completed" {
-            assert_eq!(b.done, 2, "{b:?}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{b:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let b = backfill_done(&mut client, "ctr_daily").await;
+    assert_eq!(b.done, 2, "{b:?}");
     let tasks = client
         .list_tasks(v1::ListTasksRequest {
             limit: 10,

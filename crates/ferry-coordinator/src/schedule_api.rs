@@ -9,16 +9,13 @@ use tonic::Status;
 
 use crate::api::{WorkflowApi, store_err};
 use crate::error::EngineError;
-use crate::schedules::{BackfillSpec, ScheduleSpec, Target};
+use crate::schedules::{BackfillSpec, ScheduleSpec, Target, invalid, parse_date};
 
 /// Runs shown with a schedule.
 const RUNS_SHOWN: u64 = 500;
 
 fn field(field: &str, message: impl Into<String>) -> Status {
-    Status::from(EngineError::InvalidField {
-        field: field.to_owned(),
-        message: message.into(),
-    })
+    Status::from(invalid(field, message))
 }
 
 /// A policy from the wire: its default when empty, else one of its names.
@@ -35,8 +32,7 @@ where
 }
 
 fn date(name: &str, raw: &str) -> Result<NaiveDate, Status> {
-    NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d")
-        .map_err(|_| field(name, format!("{name}: `{raw}` is not a date (YYYY-MM-DD)")))
+    parse_date(name, raw).map_err(Status::from)
 }
 
 impl WorkflowApi {

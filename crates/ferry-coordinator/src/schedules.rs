@@ -120,7 +120,7 @@ pub struct ScheduleService {
     grace: TimeDelta,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> EngineError {
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> EngineError {
     EngineError::InvalidField {
         field: field.to_owned(),
         message: message.into(),
@@ -217,7 +217,11 @@ impl ScheduleService {
         );
         report.skipped += due.skipped_count;
         for run in &due.create {
-            let previous = self.store.latest_scheduled_run(s.id).await?;
+            // `allow` needs no look at the previous run.
+            let previous = match concurrency {
+                Concurrency::Allow => None,
+                _ => self.store.latest_scheduled_run(s.id).await?,
+            };
             let previous_task = previous
                 .as_ref()
                 .filter(|(r, status)| {
@@ -604,8 +608,11 @@ impl ScheduleService {
     ) -> Result<(Option<backfill::Model>, Vec<LogicalRun>), EngineError> {
         let s = self.by_name(&spec.schedule).await?;
         let cadence = Cadence::new(&s.cron, &s.timezone).map_err(schedule_error)?;
-        if spec.max_active == 0 {
-            return Err(invalid("max_active", "must be at least 1"));
+        if spec.max_active == 0 || spec.max_active as usize > MAX_BACKFILL_RUNS {
+            return Err(invalid(
+                "max_active",
+                format!("must be between 1 and {MAX_BACKFILL_RUNS}"),
+            ));
         }
         let runs = schedule::backfill_runs(
             &cadence,
@@ -760,9 +767,10 @@ fn run_exists(e: &EngineError) -> bool {
     matches!(e, EngineError::Store(StoreError::RunExists { .. }))
 }
 
-fn parse_date(field: &str, s: &str) -> Result<NaiveDate, EngineError> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map_err(|_| invalid(field, format!("`{s}` is not a date (YYYY-MM-DD)")))
+/// A calendar date (`YYYY-MM-DD`); the error names `field`.
+pub(crate) fn parse_date(field: &str, s: &str) -> Result<NaiveDate, EngineError> {
+    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| invalid(field, format!("{field}: `{s}` is not a date (YYYY-MM-DD)")))
 }
 
 /// `{schedule}_{ds_nodash}`, with the time when the cadence is finer than a day.

@@ -181,11 +181,18 @@ pub struct Grant {
     pub gpu_ids: Vec<u32>,
 }
 
+/// What a step asks an agent for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Slots,
+    Gpus,
+}
+
 /// Why a step does not fit an agent now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shortfall {
-    /// The agent could never run it (it has fewer slots or GPUs than the step needs).
-    Never(String),
+    /// The agent could never run it: it has less of `Resource` than the step needs.
+    Never(Resource, String),
     /// Not now: what is taken.
     Busy(String),
 }
@@ -193,7 +200,7 @@ pub enum Shortfall {
 impl Shortfall {
     pub fn message(&self) -> &str {
         match self {
-            Shortfall::Never(m) | Shortfall::Busy(m) => m,
+            Shortfall::Never(_, m) | Shortfall::Busy(m) => m,
         }
     }
 }
@@ -201,17 +208,20 @@ impl Shortfall {
 /// Whether `demand` could ever run on an agent offering `offer`.
 pub fn could_fit(offer: &Offer<'_>, demand: &Demand) -> Result<(), Shortfall> {
     if offer.slots > 0 && demand.slots > offer.slots {
-        return Err(Shortfall::Never(format!(
-            "needs {} slots; the agent has {}",
-            demand.slots, offer.slots
-        )));
+        return Err(Shortfall::Never(
+            Resource::Slots,
+            format!(
+                "needs {} slots; the agent has {}",
+                demand.slots, offer.slots
+            ),
+        ));
     }
     let need = demand.gpus_on(offer.gpus.len());
     if need > offer.gpus.len() {
-        return Err(Shortfall::Never(format!(
-            "needs {need} GPUs; the agent has {}",
-            offer.gpus.len()
-        )));
+        return Err(Shortfall::Never(
+            Resource::Gpus,
+            format!("needs {need} GPUs; the agent has {}", offer.gpus.len()),
+        ));
     }
     Ok(())
 }
@@ -333,7 +343,10 @@ mod tests {
         let two = Demand::of_step("train", &json!({"gpu_count": 2}), None);
         assert_eq!(
             could_fit(&offer(4, &[0]), &two),
-            Err(Shortfall::Never("needs 2 GPUs; the agent has 1".into()))
+            Err(Shortfall::Never(
+                Resource::Gpus,
+                "needs 2 GPUs; the agent has 1".into()
+            ))
         );
         let big = Demand::of_step(
             "exec",
@@ -345,7 +358,7 @@ mod tests {
         );
         assert!(matches!(
             could_fit(&offer(4, &[]), &big),
-            Err(Shortfall::Never(_))
+            Err(Shortfall::Never(Resource::Slots, _))
         ));
         // All of an agent's GPUs fit any agent, none on a CPU host.
         let all = Demand::of_step("infer", &json!({}), None);

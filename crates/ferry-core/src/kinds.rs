@@ -521,6 +521,7 @@ fn sql_as_rendered(template: &str) -> String {
     let _ = crate::template::scan(template, |piece| {
         match piece {
             crate::template::Piece::Text(t) => out.push_str(t),
+            crate::template::Piece::Escaped => out.push('$'),
             crate::template::Piece::Placeholder(_) => out.push_str("placeholder"),
             // Its `$` comes next as text; the check sees the rest as written.
             crate::template::Piece::Unterminated => {}

@@ -57,27 +57,23 @@ pub fn render(value: &Value, ctx: &TemplateContext<'_>) -> Result<Value, Templat
 /// itself a template or taken literally later.
 pub fn fill_in(s: &str, values: &BTreeMap<String, String>) -> String {
     let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let tail = &rest[pos..];
-        if let Some(after) = tail.strip_prefix("$$") {
-            out.push_str("$$");
-            rest = after;
-            continue;
+    let _ = scan(s, |piece| {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Escaped => out.push_str("$$"),
+            Piece::Placeholder(name) => match values.get(name) {
+                Some(v) => out.push_str(v),
+                None => {
+                    out.push_str("${");
+                    out.push_str(name);
+                    out.push('}');
+                }
+            },
+            // Its `$` comes next as text, then the rest as written.
+            Piece::Unterminated => {}
         }
-        if let Some(body) = tail.strip_prefix("${")
-            && let Some(end) = body.find('}')
-            && let Some(v) = values.get(&body[..end])
-        {
-            out.push_str(v);
-            rest = &body[end + 1..];
-            continue;
-        }
-        out.push('$');
-        rest = &tail[1..];
-    }
-    out.push_str(rest);
+        Ok::<(), std::convert::Infallible>(())
+    });
     out
 }
 
@@ -123,6 +119,8 @@ pub fn referenced_params(value: &Value, out: &mut Vec<String>) {
 pub(crate) enum Piece<'a> {
     /// Text copied as it is (a lone `$` included).
     Text(&'a str),
+    /// `$$`: a literal `$`.
+    Escaped,
     /// `${NAME}`: the name between the braces.
     Placeholder(&'a str),
     /// `${` with no `}` after it; the scan goes on after the `$`.
@@ -140,7 +138,7 @@ pub(crate) fn scan<'a, E>(
         piece(Piece::Text(&rest[..pos]))?;
         let tail = &rest[pos + 1..];
         if let Some(after) = tail.strip_prefix('$') {
-            piece(Piece::Text("$"))?;
+            piece(Piece::Escaped)?;
             rest = after;
         } else if let Some(body) = tail.strip_prefix('{') {
             match body.find('}') {
@@ -167,6 +165,7 @@ fn render_str(s: &str, ctx: &TemplateContext<'_>) -> Result<String, TemplateErro
     scan(s, |piece| {
         match piece {
             Piece::Text(t) => out.push_str(t),
+            Piece::Escaped => out.push('$'),
             Piece::Placeholder("task_id") => out.push_str(&ctx.task_id.to_string()),
             Piece::Placeholder("task_name") => out.push_str(ctx.task_name),
             Piece::Placeholder(name) if crate::schedule::PLACEHOLDER_NAMES.contains(&name) => out

@@ -2,13 +2,15 @@
 //! until it ends, pools and workflows' active tasks. The rules are `ferry_core::capacity`'s;
 //! this keeps the counts.
 
-use ferry_core::capacity::{self, Demand, Grant, Shortfall};
+use ferry_core::capacity::{self, Demand, Grant, Resource, Resources, Shortfall};
 
 use super::*;
 use crate::observe::AgentLoad;
 
 /// The most agents named in a "waits for" reason.
 const NAMED_IN_REASON: usize = 3;
+/// How often the capacity gauges are published at most.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// The agent `demand` goes to (connected, runs `kind`, matches `placement`, has room;
@@ -49,7 +51,7 @@ impl Engine {
                     }
                 }
                 Err(s) => {
-                    if matches!(s, Shortfall::Never(_)) {
+                    if matches!(s, Shortfall::Never(..)) {
                         never += 1;
                     }
                     if reasons.len() < NAMED_IN_REASON {
@@ -131,37 +133,24 @@ impl Engine {
         self.gauges_dirty = true;
     }
 
-    /// Counts what the steps of a task loaded from the store hold (after a restart): their
-    /// agents' slots and GPUs, pools, the workflow's active tasks.
+    /// Counts what the steps of a task loaded from the store hold (after a restart): each
+    /// grant is taken again through [`Self::hold`], the one place that counts.
     pub(super) fn count_holdings(&mut self, task_id: i64) {
-        let Some(task) = self.tasks.get(&task_id) else {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
-        let mut pools = Vec::new();
-        let mut on_agents = Vec::new();
-        for s in &task.steps {
-            if let Some(grant) = &s.grant {
-                if let Some(p) = &s.demand.pool {
-                    pools.push(p.clone());
-                }
-                if let Some(agent) = &s.row.agent_name {
-                    on_agents.push((agent.clone(), grant.clone()));
-                }
-            }
-        }
-        if task.holding > 0 {
-            *self
-                .active_by_workflow
-                .entry(task.row.workflow_name.clone())
-                .or_default() += 1;
-        }
-        for p in pools {
-            *self.pool_used.entry(p).or_default() += 1;
-        }
-        for (agent, grant) in on_agents {
-            if let Some(a) = self.agents.get_mut(&agent) {
-                a.usage.take(&grant);
-            }
+        task.holding = 0;
+        let held: Vec<(usize, String, Grant)> = task
+            .steps
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let grant = s.grant.take()?;
+                Some((i, s.row.agent_name.clone().unwrap_or_default(), grant))
+            })
+            .collect();
+        for (i, agent, grant) in held {
+            self.hold((task_id, i), &agent, grant);
         }
     }
 
@@ -173,6 +162,7 @@ impl Engine {
         step: &str,
         placement: &Placement,
         kind: &str,
+        resources: Option<&Resources>,
         demand: &Demand,
     ) -> Result<(), EngineError> {
         let known: Vec<&AgentRt> = self
@@ -185,20 +175,24 @@ impl Engine {
             .map(|(_, a)| a)
             .filter(|a| a.kinds.is_empty() || a.kinds.contains(kind))
             .collect();
-        if known.is_empty() {
-            return Ok(());
-        }
-        let mut why = String::new();
+        let mut short = None;
         for a in &known {
             match capacity::could_fit(&a.offer(), demand) {
                 Ok(()) => return Ok(()),
-                Err(s) => why = s.message().to_owned(),
+                Err(Shortfall::Never(resource, why)) => short = Some((resource, why)),
+                Err(Shortfall::Busy(_)) => {}
             }
         }
-        let field = if matches!(demand.gpus, capacity::GpuDemand::Count(_)) && why.contains("GPU") {
-            "resources.gpus"
-        } else {
-            "resources.slots"
+        // No agent known yet: the step waits for one.
+        let Some((resource, why)) = short else {
+            return Ok(());
+        };
+        // The field the user wrote: `resources`, else a train step's `gpu_count`.
+        let field = match resource {
+            Resource::Slots => "resources.slots",
+            Resource::Gpus if resources.is_some_and(|r| r.gpus.is_some()) => "resources.gpus",
+            Resource::Gpus if kind == ferry_core::kinds::TRAIN => "params.gpu_count",
+            Resource::Gpus => "resources.gpus",
         };
         Err(EngineError::InvalidField {
             field: format!("steps.{step}.{field}"),
@@ -209,11 +203,18 @@ impl Engine {
     }
 
     /// Publishes the queue's length and every agent's load to the metrics, when they may
-    /// have changed since the last time.
+    /// have changed, at most once a second (not at every turn of a busy engine).
     pub(super) fn publish_capacity(&mut self) {
-        if !std::mem::take(&mut self.gauges_dirty) {
+        let now = self.now();
+        if !self.gauges_dirty
+            || self
+                .gauges_published
+                .is_some_and(|t| now.duration_since(t) < GAUGES_EVERY)
+        {
             return;
         }
+        self.gauges_dirty = false;
+        self.gauges_published = Some(now);
         let loads: Vec<AgentLoad> = self
             .agents
             .iter()

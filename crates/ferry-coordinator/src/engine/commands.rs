@@ -212,7 +212,13 @@ impl Engine {
             }
             let demand =
                 ferry_core::capacity::Demand::of_step(&s.kind, &rendered, s.resources.as_ref());
-            self.check_fits_somewhere(&s.name, &s.placement, &s.kind, &demand)?;
+            self.check_fits_somewhere(
+                &s.name,
+                &s.placement,
+                &s.kind,
+                s.resources.as_ref(),
+                &demand,
+            )?;
         }
         let task_name = if name.trim().is_empty() {
             format!("{}_{}", def.name, Utc::now().format("%Y%m%d_%H%M%S"))

@@ -305,6 +305,8 @@ pub struct Engine {
     capacity_changed: bool,
     /// The queue or an agent's load changed since the gauges were last published.
     gauges_dirty: bool,
+    /// When they were.
+    gauges_published: Option<Instant>,
     /// Steps running in each pool.
     pool_used: HashMap<String, u32>,
     /// Tasks of each workflow holding capacity (for `max_active_tasks`).
@@ -378,6 +380,7 @@ impl Engine {
             queue: BTreeMap::new(),
             capacity_changed: false,
             gauges_dirty: true,
+            gauges_published: None,
             pool_used: HashMap::new(),
             active_by_workflow: HashMap::new(),
             retry_timers: BinaryHeap::new(),

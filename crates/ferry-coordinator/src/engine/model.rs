@@ -160,14 +160,14 @@ pub(super) fn build_task_rt(
         .iter()
         .filter(|s| s.status == StepStatus::Completed)
         .count();
-    let holding = rts.iter().filter(|s| s.grant.is_some()).count() as u32;
     Ok(TaskRt {
         row,
         status,
         steps: rts,
         completed,
         max_active: None,
-        holding,
+        // Counted when the engine takes the grants (`Engine::count_holdings`).
+        holding: 0,
     })
 }
 
