@@ -5,6 +5,7 @@
 //! executable lives in; `cargo xtask test` builds them first.
 
 pub mod podman;
+pub mod proxy;
 pub mod sshd;
 
 use std::collections::HashMap;
@@ -382,21 +383,22 @@ impl Cluster {
 
     /// SIGTERM and wait for the coordinator to exit; returns its exit status.
     pub fn stop_coordinator(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.coordinator.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(s)) = c.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                return c.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let c = self.coordinator.take()?;
+        terminate(c, Duration::from_secs(20))
+    }
+
+    /// SIGTERM to every agent, as systemd stops them, and wait for each to exit (SIGKILL
+    /// after `grace`).
+    pub fn stop_agents(&mut self, grace: Duration) {
+        let agents: Vec<Child> = self.agents.drain().map(|(_, c)| c).collect();
+        for c in &agents {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+        for c in agents {
+            terminate(c, grace);
         }
     }
 
@@ -561,12 +563,29 @@ impl Default for Cluster {
     }
 }
 
+/// SIGTERM, then SIGKILL if `c` has not exited after `grace`; its exit status.
+fn terminate(mut c: Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
+    let deadline = Instant::now() + grace;
+    loop {
+        if let Ok(Some(s)) = c.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            return c.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for (_, mut c) in self.agents.drain() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // Agents get to close their SSH masters; one that lingers is killed.
+        self.stop_agents(Duration::from_secs(2));
         self.kill_coordinator();
         if std::thread::panicking() {
             self.print_log_tails();

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use ferry_transfer::pool::SessionPool;
 use std::time::Duration;
 
 use ferry_core::Role;
@@ -46,12 +48,13 @@ pub fn executors_for(
     _role: Role,
     config: &FerryConfig,
     settings: &AgentSettings,
+    ssh: Arc<SessionPool>,
 ) -> Vec<Arc<dyn Executor>> {
     let config = &effective_config(config, settings);
     vec![
         Arc::new(ExecExecutor::new(config)),
         Arc::new(NoopExecutor),
-        Arc::new(TransferExecutor::new(config.clone(), &settings.work_dir)),
+        Arc::new(TransferExecutor::new(config.clone(), ssh)),
         Arc::new(CleanupExecutor::new(config)),
         Arc::new(DataExecutor::new(config)),
         Arc::new(DockerExecutor::new(config)),
@@ -168,10 +171,16 @@ pub async fn run_daemon_with(
             shutdown.cancel();
         }
     });
-    let mut executors = executors_for(role, &config, &settings);
+    // The SSH masters of this agent: those a killed predecessor left are ended first, and
+    // every one is closed when the agent stops.
+    let ssh = Arc::new(SessionPool::new(&settings.work_dir.join("ssh")));
+    ferry_transfer::pool::reap_masters(ssh.base()).await;
+    let mut executors = executors_for(role, &config, &settings, ssh.clone());
     executors.extend(extra);
     let executors = crate::policy::guard(executors, &policy(&config, &settings));
-    crate::runtime::run(settings, executors, shutdown).await
+    let result = crate::runtime::run(settings, executors, shutdown).await;
+    ssh.close_all().await;
+    result
 }
 
 /// Resolves on SIGTERM or SIGINT.

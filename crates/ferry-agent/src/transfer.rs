@@ -1,22 +1,21 @@
 //! The `transfer` kind: moves a directory between this agent and a server of the config,
-//! verified chunk by chunk (see `ferry_transfer::transfer`). One SSH master per
-//! (host, port, user, keys) is kept and reused by every transfer of this agent.
+//! verified chunk by chunk (see `ferry_transfer::transfer`). The agent's SSH masters
+//! (`ferry_transfer::pool`, one per account) are kept across steps; a dead one is replaced.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_core::config::FerryConfig;
 use ferry_core::kinds::{self, TransferDirection, TransferParams};
 use ferry_proto::v1;
 use ferry_transfer::manifest::{HashAlgorithm, Manifest};
+use ferry_transfer::pool::SessionPool;
 use ferry_transfer::rsync::{Direction, RsyncOptions};
 use ferry_transfer::ssh::{HostKeyPolicy, SshSession, SshTarget};
 use ferry_transfer::transfer::{
     self, ChunkUpdate, TransferEvents, TransferProgress, TransferSpec, human_bytes,
 };
 use ferry_transfer::{TransferError, confine};
-use tokio::sync::Mutex;
 
 use crate::executor::{Executor, JobContext, JobError, JobFuture};
 use crate::paths::{confine_to_roots, tree_size};
@@ -29,12 +28,11 @@ struct Inner {
     config: FerryConfig,
     roots: Vec<PathBuf>,
     known_hosts: PathBuf,
-    control_dir: PathBuf,
-    sessions: Mutex<HashMap<SessionKey, Arc<SshSession>>>,
+    ssh: Arc<SessionPool>,
 }
 
 impl TransferExecutor {
-    pub fn new(config: FerryConfig, work_dir: &Path) -> TransferExecutor {
+    pub fn new(config: FerryConfig, ssh: Arc<SessionPool>) -> TransferExecutor {
         let roots = config.agent.effective_roots(&config);
         let known_hosts = if config.agent.known_hosts.as_os_str().is_empty() {
             std::env::var_os("HOME")
@@ -48,8 +46,7 @@ impl TransferExecutor {
             inner: Arc::new(Inner {
                 roots,
                 known_hosts,
-                control_dir: work_dir.join("ssh"),
-                sessions: Mutex::new(HashMap::new()),
+                ssh,
                 config,
             }),
         }
@@ -128,6 +125,7 @@ impl Inner {
         };
         target.keepalive =
             std::time::Duration::from_secs(self.config.workflow.heartbeat_interval.max(1));
+        target.idle_timeout = std::time::Duration::from_secs(t.ssh_idle_timeout.max(1));
         let (from, to) = match p.direction {
             TransferDirection::Push | TransferDirection::Local => (
                 format!("{}", spec.local.display()),
@@ -142,9 +140,17 @@ impl Inner {
             "connecting to {} ({}@{}:{})...",
             p.server, server.username, server.host, server.port
         ));
-        let session = self.session(&target).await.map_err(job_error)?;
+        let session = self.ssh.get(&target).await.map_err(job_error)?;
         if let Some(limit) = p.confirm_above {
-            self.confirm_size(&ctx, &session, &p, &spec, limit).await?;
+            let confirmed = self.confirm_size(&ctx, &session, &p, &spec, limit).await;
+            if let Err(e) = confirmed {
+                if e.class == ferry_core::ErrorClass::Transient {
+                    // A remote `du` that failed may have failed on a dead master.
+                    drop(session);
+                    self.ssh.discard(&target).await;
+                }
+                return Err(e);
+            }
         }
         ctx.info(format!("starting transfer {from} -> {to}"));
         let mut events = JobEvents { ctx: &ctx };
@@ -160,8 +166,10 @@ impl Inner {
                     e,
                     TransferError::Connect { .. } | TransferError::Command { .. }
                 ) {
-                    // The master may be dead; the next attempt opens a fresh one.
-                    self.sessions.lock().await.remove(&key(&target));
+                    // The master may be dead: it is ended, and the next attempt opens a
+                    // fresh one whatever a probe would say.
+                    drop(session);
+                    self.ssh.discard(&target).await;
                 }
                 return Err(job_error(e));
             }
@@ -312,32 +320,6 @@ impl Inner {
     fn confine(&self, path: &str) -> Result<PathBuf, TransferError> {
         confine_to_roots(&self.roots, path)
     }
-
-    async fn session(&self, target: &SshTarget) -> Result<Arc<SshSession>, TransferError> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&key(target)) {
-            // A master that died since (a link down, a restarted sshd) would fail every
-            // later attempt, whatever failed first; a new one is opened instead.
-            if s.is_alive().await {
-                return Ok(s.clone());
-            }
-            sessions.remove(&key(target));
-        }
-        let dir = self
-            .control_dir
-            .join(format!("{}-{}-{}", target.host, target.port, target.user));
-        let s = Arc::new(SshSession::connect(target, &dir).await?);
-        sessions.insert(key(target), s.clone());
-        Ok(s)
-    }
-}
-
-/// One master per account and key list: two server entries for the same account with
-/// different keys each authenticate with their own.
-type SessionKey = (String, u16, String, Vec<PathBuf>);
-
-fn key(t: &SshTarget) -> SessionKey {
-    (t.host.clone(), t.port, t.user.clone(), t.keys.clone())
 }
 
 /// Forwards transfer events to the coordinator as job events.

@@ -272,6 +272,9 @@ pub struct TransferConfig {
     /// Transfers larger than this many bytes wait for a person's confirmation before they
     /// start (seed 000 §7.3); 0 never asks.
     pub confirm_above: u64,
+    /// Seconds an SSH master to another host stays up without use before it exits by
+    /// itself (kept across steps so a hop pays no new login).
+    pub ssh_idle_timeout: u64,
 }
 
 impl Default for TransferConfig {
@@ -287,6 +290,7 @@ impl Default for TransferConfig {
             hash_algorithm: HashAlgorithm::Blake3,
             remote_ferry: "ferry".into(),
             confirm_above: 0,
+            ssh_idle_timeout: 300,
         }
     }
 }
@@ -568,6 +572,12 @@ impl FerryConfig {
         }
         if self.transfer.parallel_workers == 0 {
             return Err(invalid("transfer.parallel_workers", "must be at least 1"));
+        }
+        if !(1..=86_400).contains(&self.transfer.ssh_idle_timeout) {
+            return Err(invalid(
+                "transfer.ssh_idle_timeout",
+                "must be between 1 and 86400 seconds",
+            ));
         }
         let bw = &self.transfer.bandwidth_limit;
         if !bw.is_empty() && !valid_bwlimit(bw) {

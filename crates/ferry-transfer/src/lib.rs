@@ -5,6 +5,7 @@
 pub mod confine;
 pub mod error;
 pub mod manifest;
+pub mod pool;
 pub mod rsync;
 pub mod ssh;
 pub mod transfer;

@@ -40,6 +40,9 @@ impl HostKeyPolicy {
     }
 }
 
+/// How long an unused master stays up by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone)]
 pub struct SshTarget {
     pub host: String,
@@ -56,6 +59,10 @@ pub struct SshTarget {
     pub connect_attempts: u32,
     /// First back-off between attempts (seed 000 §7.2: 2 s), doubled each time.
     pub connect_backoff: Duration,
+    /// A master with no command or transfer running through it for this long exits by
+    /// itself (ssh's `ControlPersist`), so a master outlives neither its use nor an agent
+    /// that was killed without closing it.
+    pub idle_timeout: Duration,
 }
 
 impl SshTarget {
@@ -77,6 +84,7 @@ impl SshTarget {
             connect_timeout: Duration::from_secs(10),
             connect_attempts: ferry_core::retry::SSH_CONNECT_MAX_RETRIES,
             connect_backoff: ferry_core::retry::SSH_CONNECT_BACKOFF,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 
@@ -261,15 +269,48 @@ impl SshSession {
         self.session.command(program)
     }
 
-    /// Whether the master connection still answers. A master whose TCP connection died
-    /// (a link down longer than the keepalive allows, a restarted sshd) fails every command
-    /// run through it; callers that keep sessions check before reuse.
-    pub async fn is_alive(&self) -> bool {
-        self.session.check().await.is_ok()
+    /// Whether the master still carries commands: its process answers on the control
+    /// socket *and* a `true` run through it on the other host comes back within `within`.
+    /// A master whose TCP connection died (a link cut, a restarted sshd, a NAT that forgot
+    /// the flow) keeps its process and socket, and would hang or fail every command sent
+    /// through it; only a round trip tells.
+    pub async fn is_alive(&self, within: Duration) -> bool {
+        if self.session.check().await.is_err() {
+            return false;
+        }
+        let mut probe = self.session.command("true");
+        probe
+            .stdin(openssh::Stdio::null())
+            .stdout(openssh::Stdio::null())
+            .stderr(openssh::Stdio::null());
+        matches!(tokio::time::timeout(within, probe.status()).await, Ok(Ok(s)) if s.success())
     }
 
+    /// Ends the master (`ssh -O exit` on its socket; the process exits even when its
+    /// connection is dead), also while others still hold this session. Bounded: a master
+    /// that does not answer within a few seconds is killed by its pid.
+    pub async fn exit_master(&self) {
+        let socket = self.control_socket().to_owned();
+        let pid = master_pid(&socket).await;
+        let exit = tokio::process::Command::new("ssh")
+            .arg("-S")
+            .arg(&socket)
+            .args(["-o", "BatchMode=yes", "-O", "exit", "ferry-master"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let exited =
+            matches!(tokio::time::timeout(CLOSE_TIMEOUT, exit).await, Ok(Ok(s)) if s.success());
+        if !exited && let Some(pid) = pid {
+            kill(pid);
+        }
+    }
+
+    /// Ends the master and removes its control directory.
     pub async fn close(self) {
-        let _ = self.session.close().await;
+        self.exit_master().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.session.close()).await;
     }
 }
 
@@ -293,7 +334,11 @@ async fn launch_master(
         .arg(&log)
         .arg("-S")
         .arg(dir.path().join("master"))
-        .args(["-M", "-f", "-N", "-o", "ControlPersist=yes"])
+        .args(["-M", "-f", "-N", "-o"])
+        .arg(format!(
+            "ControlPersist={}s",
+            t.idle_timeout.as_secs().max(1)
+        ))
         .args(t.ssh_options())
         .arg("-l")
         .arg(&t.user)
@@ -501,22 +546,145 @@ const CONTROL_SUFFIX_LEN: usize = 50;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
-/// `dir`, created, when the master's socket path fits a Unix socket's 107 bytes; otherwise
-/// a short private directory under /tmp named after `dir` (deep work directories are common,
-/// and ssh would fail with "path too long for Unix domain socket").
-fn usable_control_dir(dir: &Path) -> Result<std::path::PathBuf, TransferError> {
-    let chosen = if dir.as_os_str().len() + CONTROL_SUFFIX_LEN <= MAX_SOCKET_PATH {
+/// Where masters for `dir` really live: `dir` itself when the master's socket path fits a
+/// Unix socket's 107 bytes, otherwise a short private directory under /tmp named after
+/// `dir` (deep work directories are common, and ssh would fail with "path too long for
+/// Unix domain socket").
+fn socket_dir(dir: &Path) -> PathBuf {
+    if dir.as_os_str().len() + CONTROL_SUFFIX_LEN <= MAX_SOCKET_PATH {
         dir.to_owned()
     } else {
         let hash = blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex();
-        std::path::PathBuf::from("/tmp").join(format!("ferry-ssh-{}", &hash.as_str()[..16]))
-    };
+        PathBuf::from("/tmp").join(format!("ferry-ssh-{}", &hash.as_str()[..16]))
+    }
+}
+
+/// [`socket_dir`], created private (mode 700). `dir` itself is created too, so that
+/// [`reap_masters`] finds it.
+fn usable_control_dir(dir: &Path) -> Result<PathBuf, TransferError> {
+    std::fs::create_dir_all(dir).map_err(|e| TransferError::io(dir, e))?;
+    let chosen = socket_dir(dir);
     std::fs::create_dir_all(&chosen).map_err(|e| TransferError::io(&chosen, e))?;
     // Others must not reach the master through its socket.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&chosen, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| TransferError::io(&chosen, e))?;
     Ok(chosen)
+}
+
+/// How long `ssh -O exit` (or `-O check`) may take before the master is killed instead.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pid of the master serving `socket`, as `ssh -O check` reports it.
+async fn master_pid(socket: &Path) -> Option<u32> {
+    let out = tokio::process::Command::new("ssh")
+        .arg("-S")
+        .arg(socket)
+        .args(["-o", "BatchMode=yes", "-O", "check", "ferry-master"])
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(CLOSE_TIMEOUT, out).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let start = text.find("pid=")? + 4;
+    let digits: String = text[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn kill(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Ends every master a previous run left under `base` (the agent's `ssh` directory, one
+/// folder per account): an agent that was killed could not close its own. Each is asked to
+/// exit on its socket; any ssh process still naming one of those control directories (its
+/// socket already gone) is sent SIGTERM. The control directories are removed. Returns how
+/// many masters were ended.
+pub async fn reap_masters(base: &Path) -> usize {
+    let Ok(accounts) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut leftovers = Vec::new();
+    for account in accounts.flatten() {
+        if !account.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = socket_dir(&account.path());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(".ssh-connection")
+            {
+                leftovers.push(e.path());
+            }
+        }
+    }
+    let mut ended = 0;
+    for dir in &leftovers {
+        let socket = dir.join("master");
+        if socket.exists() {
+            let exit = tokio::process::Command::new("ssh")
+                .arg("-S")
+                .arg(&socket)
+                .args(["-o", "BatchMode=yes", "-O", "exit", "ferry-master"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if matches!(tokio::time::timeout(CLOSE_TIMEOUT, exit).await, Ok(Ok(s)) if s.success()) {
+                ended += 1;
+            }
+        }
+    }
+    for pid in ssh_processes_naming(&leftovers) {
+        kill(pid);
+        ended += 1;
+    }
+    for dir in &leftovers {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if ended > 0 {
+        info!(base = %base.display(), ended, "ended ssh masters left by an earlier run");
+    }
+    ended
+}
+
+/// Pids of `ssh` processes whose command line names a path under one of `dirs`.
+pub fn ssh_processes_naming(dirs: &[PathBuf]) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let prefixes: Vec<String> = dirs
+        .iter()
+        .map(|d| d.to_string_lossy().into_owned())
+        .collect();
+    let mut found = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+        let is_ssh = args
+            .next()
+            .is_some_and(|a| a == "ssh" || a.ends_with("/ssh"));
+        if is_ssh && args.any(|a| prefixes.iter().any(|d| a.starts_with(d.as_str()))) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 #[cfg(test)]

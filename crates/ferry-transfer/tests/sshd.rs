@@ -702,3 +702,150 @@ async fn parallel_workers_split_the_files_and_the_result_verifies() {
     assert!(m.verify(dst.path()).expect("verify").is_complete());
     session.close().await;
 }
+
+/// ssh processes (masters and their clients) whose command line names a path under `dir`.
+fn ssh_processes_under(dir: &Path) -> Vec<u32> {
+    let mut dirs = vec![dir.to_owned()];
+    // Deep control directories move to a short alias under /tmp; the masters name that.
+    if let Ok(accounts) = std::fs::read_dir(dir) {
+        for a in accounts.flatten() {
+            dirs.push(a.path());
+        }
+    }
+    let mut found = ferry_transfer::ssh::ssh_processes_naming(&dirs);
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_link_was_cut_is_replaced_and_the_next_transfer_succeeds_on_its_first_retry()
+{
+    use ferry_e2e::proxy::Proxy;
+    use ferry_transfer::pool::SessionPool;
+
+    let sshd = Sshd::start();
+    let link = Proxy::start(sshd.port, Duration::ZERO).await;
+    // The same server seen through the link's port.
+    let host_pub = std::fs::read_to_string(sshd.path("host_key.pub")).expect("host key");
+    let known = sshd.path("known_hosts_link");
+    std::fs::write(&known, format!("[127.0.0.1]:{} {host_pub}", link.port)).expect("write");
+    let mut target = sshd.target();
+    target.port = link.port;
+    target.known_hosts = known;
+    let masters = sshd.path("masters");
+    let pool = SessionPool::new(&masters).with_probe_timeout(Duration::from_secs(2));
+
+    let src = tempfile::tempdir().expect("tmp");
+    sample_tree(src.path());
+    let dst = tempfile::tempdir().expect("tmp");
+    let s = spec(Direction::Push, src.path(), &dst.path().join("first"));
+    let session = pool.get(&target).await.expect("connect");
+    let first_socket = session.control_socket().to_owned();
+    transfer::run(&session, &s, &mut Recorder::default())
+        .await
+        .expect("transfer before the cut");
+    drop(session);
+    let before = ssh_processes_under(&masters);
+    assert_eq!(before.len(), 1, "one master: {before:?}");
+
+    // The link dies under the live master: its process and socket stay, its TCP
+    // connection carries nothing any more.
+    link.cut();
+
+    // What an agent does: an attempt, and on a failure that may be the master's, the
+    // master is discarded and the step retried.
+    let s = spec(Direction::Push, src.path(), &dst.path().join("second"));
+    let mut attempts = 0;
+    let started = Instant::now();
+    loop {
+        attempts += 1;
+        let attempt = async {
+            let session = pool.get(&target).await?;
+            transfer::run(&session, &s, &mut Recorder::default()).await
+        };
+        match tokio::time::timeout(Duration::from_secs(60), attempt).await {
+            Ok(Ok(_)) => break,
+            Ok(Err(e)) => {
+                assert!(attempts < 2, "the retry failed too: {e}");
+                pool.discard(&target).await;
+            }
+            Err(_) => panic!("attempt {attempts} hung on the dead master"),
+        }
+    }
+    assert!(attempts <= 2, "succeeded on attempt {attempts}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    let m = Manifest::load(&src.path().join(MANIFEST_NAME), src.path()).expect("manifest");
+    assert!(
+        m.verify(&dst.path().join("second"))
+            .expect("verify")
+            .is_complete()
+    );
+    let session = pool.get(&target).await.expect("live master");
+    assert_ne!(
+        session.control_socket(),
+        first_socket,
+        "a new master, not the dead one"
+    );
+    drop(session);
+    // The dead master was ended, not left behind.
+    let after = ssh_processes_under(&masters);
+    assert_eq!(after.len(), 1, "only the new master runs: {after:?}");
+    assert!(
+        !after.contains(&before[0]),
+        "the dead master {} still runs",
+        before[0]
+    );
+
+    pool.close_all().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ssh_processes_under(&masters).is_empty() {
+        assert!(Instant::now() < deadline, "masters left after close_all");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_left_by_a_killed_agent_are_ended_at_the_next_start_and_idle_ones_exit() {
+    use ferry_transfer::pool::{SessionPool, reap_masters};
+
+    let sshd = Sshd::start();
+    let masters = sshd.path("masters");
+    // An agent that dies without closing its pool (SIGKILL): its master lives on.
+    {
+        let pool = SessionPool::new(&masters);
+        let session = pool.get(&sshd.target()).await.expect("connect");
+        session.run("true", &[]).await.expect("use");
+        std::mem::forget(session);
+        std::mem::forget(pool);
+    }
+    assert_eq!(ssh_processes_under(&masters).len(), 1);
+    assert!(reap_masters(&masters).await >= 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ssh_processes_under(&masters).is_empty() {
+        assert!(Instant::now() < deadline, "the leftover master still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A master nobody uses exits by itself after the idle timeout.
+    let mut target = sshd.target();
+    target.idle_timeout = Duration::from_secs(1);
+    let session = SshSession::connect(&target, &sshd.path("idle"))
+        .await
+        .expect("connect");
+    let idle_dir = sshd.path("idle");
+    assert_eq!(ssh_processes_under(&idle_dir).len(), 1);
+    std::mem::forget(session);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ssh_processes_under(&idle_dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "an idle master outlived its timeout"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
