@@ -272,28 +272,12 @@ async fn a_dead_ssh_master_is_replaced_before_the_next_step_uses_it() {
     // Stopped agents leave no master (nor its sshd session) behind.
     let mut c = c;
     let work = c.path("work");
-    let masters_before = ssh_processes_under(&work);
+    let masters_before = ferry_transfer::ssh::ssh_processes_under(&work);
     assert!(!masters_before.is_empty(), "the second step's master runs");
     c.stop_agents(Duration::from_secs(15));
-    let left = ssh_processes_under(&work);
+    let left = ferry_transfer::ssh::ssh_processes_under(&work);
     assert!(
         left.is_empty(),
         "ssh processes left after the agents stopped: {left:?}"
     );
-}
-
-/// ssh processes naming a path under `dir` (the cluster's control directories are short
-/// enough to stay there).
-fn ssh_processes_under(dir: &std::path::Path) -> Vec<u32> {
-    let mut dirs = vec![dir.to_owned()];
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-                dirs.push(e.path());
-            }
-        }
-    }
-    ferry_transfer::ssh::ssh_processes_naming(&dirs)
 }

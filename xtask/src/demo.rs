@@ -231,7 +231,7 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
         println!("== Ctrl-C stops it");
         stopped().await?;
         println!("== stopping");
-        return Ok(());
+        return finish(c);
     }
     println!(
         "== task request (seed 000 §8.2):\n{}",
@@ -362,7 +362,7 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
         report["total_seconds"].as_f64().unwrap_or(0.0)
     );
     if exit_when_done {
-        return Ok(());
+        return finish(c);
     }
     println!(
         "\n== the run stays up for you to look at: dashboard {}/runs/{} (token in {}); Ctrl-C stops it",
@@ -372,6 +372,18 @@ async fn demo(opts: Options) -> anyhow::Result<()> {
     );
     stopped().await?;
     println!("== stopping");
+    finish(c)
+}
+
+/// Stops the agents as a service manager would (they close their SSH masters) and checks
+/// that no ssh process of the run outlives it.
+fn finish(mut c: Cluster) -> anyhow::Result<()> {
+    c.stop_agents(std::time::Duration::from_secs(10));
+    let left = ferry_transfer::ssh::ssh_processes_under(c.dir.path());
+    anyhow::ensure!(
+        left.is_empty(),
+        "ssh processes {left:?} outlived the demo's agents"
+    );
     Ok(())
 }
 

@@ -313,6 +313,26 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM, as a service manager stops it (agents close their SSH masters), then
+    /// SIGKILL after 10 s.
+    pub(crate) fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -326,7 +346,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 
@@ -745,7 +765,16 @@ pub(crate) async fn run_once(
     let dir = tempfile::Builder::new()
         .prefix(&format!("ferry-e2e-{label}-"))
         .tempdir()?;
-    match run_in(dir.path(), opts, chaos, bench).await {
+    let ran = run_in(dir.path(), opts, chaos, bench).await;
+    // Every daemon has stopped: none may have left an SSH master (or its client) behind.
+    let left = ferry_transfer::ssh::ssh_processes_under(dir.path());
+    let ran = match ran {
+        Ok(_) if !left.is_empty() => Err(anyhow::anyhow!(
+            "ssh processes {left:?} outlived the run's daemons"
+        )),
+        other => other,
+    };
+    match ran {
         Ok(mut outcome) => {
             if opts.keep {
                 println!("== kept {}", dir.keep().display());

@@ -659,6 +659,32 @@ pub async fn reap_masters(base: &Path) -> usize {
     ended
 }
 
+/// Pids of `ssh` processes (masters and their clients) that belong to control directories
+/// anywhere under `root`, including the short aliases of deep ones: what a stopped agent,
+/// test or demo must not leave behind.
+pub fn ssh_processes_under(root: &Path) -> Vec<u32> {
+    let mut dirs = vec![root.to_owned()];
+    let mut stack = vec![(root.to_owned(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        if depth >= 8 {
+            continue;
+        }
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let alias = socket_dir(&e.path());
+                if alias != e.path() {
+                    dirs.push(alias);
+                }
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    let mut found = ssh_processes_naming(&dirs);
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
 /// Pids of `ssh` processes whose command line names a path under one of `dirs`.
 pub fn ssh_processes_naming(dirs: &[PathBuf]) -> Vec<u32> {
     let Ok(procs) = std::fs::read_dir("/proc") else {

@@ -703,20 +703,7 @@ async fn parallel_workers_split_the_files_and_the_result_verifies() {
     session.close().await;
 }
 
-/// ssh processes (masters and their clients) whose command line names a path under `dir`.
-fn ssh_processes_under(dir: &Path) -> Vec<u32> {
-    let mut dirs = vec![dir.to_owned()];
-    // Deep control directories move to a short alias under /tmp; the masters name that.
-    if let Ok(accounts) = std::fs::read_dir(dir) {
-        for a in accounts.flatten() {
-            dirs.push(a.path());
-        }
-    }
-    let mut found = ferry_transfer::ssh::ssh_processes_naming(&dirs);
-    found.sort_unstable();
-    found.dedup();
-    found
-}
+use ferry_transfer::ssh::ssh_processes_under;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_whose_link_was_cut_is_replaced_and_the_next_transfer_succeeds_on_its_first_retry()
