@@ -1,33 +1,57 @@
-//! `cargo xtask bench transfer`: about 2 GiB of mixed files over loopback SSH (a private
-//! sshd), moved by Ferry (manifest, rsync over the session's master, verification on the
-//! other side) and by plain `rsync -a` over the same sshd, alternately in one run. Prints
-//! the goodput of each, their ratio, and the hashing speed per core.
+//! `cargo xtask bench transfer`: Ferry's verified transfer against the plain `rsync -a` a
+//! user would otherwise run, over the same private sshd on loopback, in one run.
+//!
+//! Each round runs both back to back (which goes first alternates) and the ratio is taken
+//! per round, so a machine that drifts during the run cannot flatter either side; the
+//! median and the worst of those paired ratios are reported. Cases:
+//! - `mixed`: about 2 GiB of one large file, medium files and many small text files;
+//! - `small`: 10,000 files of 4 KiB;
+//! - `large`: one 2 GiB file;
+//! - `hop`: the fixed cost of a 4 MiB transfer (Ferry on its kept master);
+//! - `delay`: the mixed set, smaller, through a link with 20 ms one-way delay (a user-space
+//!   proxy, as `tc netem delay 20ms`): plain rsync against Ferry with 1 and with N workers.
+//!
+//! Also printed: the CPU's SIMD level and BLAKE3's and SHA-256's hashing speed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ferry_e2e::proxy::Proxy;
 use ferry_e2e::sshd::Sshd;
 use ferry_transfer::manifest::HashAlgorithm;
 use ferry_transfer::rsync::{Direction, RsyncOptions};
-use ferry_transfer::ssh::SshSession;
+use ferry_transfer::ssh::{SshSession, SshTarget};
 use ferry_transfer::transfer::{self, ChunkUpdate, TransferEvents, TransferProgress, TransferSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Approximate data size in MiB.
+    /// Size of the mixed and the large set in MiB.
     #[arg(long, default_value_t = 2048)]
     mib: u64,
-    /// Rounds of (plain rsync, Ferry); the best of each is compared.
-    #[arg(long, default_value_t = 2)]
+    /// Paired rounds per case.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// rsync processes Ferry runs in parallel (transfer.parallel_workers).
-    #[arg(long, default_value_t = 1)]
+    /// Cases to run (comma-separated): mixed, small, large, hop, delay.
+    #[arg(long, default_value = "mixed,small,large,hop,delay")]
+    cases: String,
+    /// rsync processes Ferry runs side by side in the delay case (transfer.parallel_workers).
+    #[arg(long, default_value_t = 4)]
     workers: u32,
+    /// One-way delay of the delay case's link, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    delay_ms: u64,
+    /// Size of the delay case's mixed set in MiB.
+    #[arg(long, default_value_t = 256)]
+    delay_mib: u64,
 }
 
-const TARGET_RATIO: f64 = 0.95;
+/// Goals on this machine (issue: verified transfers at the speed of plain rsync).
+const MEDIAN_GOAL: f64 = 0.95;
+const WORST_GOAL: f64 = 0.85;
+const HOP_GOAL_S: f64 = 0.5;
+const DELAY_GOAL: f64 = 1.5;
 
 struct Quiet;
 
@@ -37,42 +61,49 @@ impl TransferEvents for Quiet {
     fn log(&mut self, _: &str) {}
 }
 
-/// Mixed files: one large random file, medium random files, and many small text files.
-fn generate(dir: &Path, mib: u64) -> anyhow::Result<u64> {
-    std::fs::create_dir_all(dir.join("text"))?;
-    let mut total = 0u64;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = |n: usize| -> Vec<u8> {
-        let mut v = Vec::with_capacity(n);
+/// Deterministic incompressible bytes.
+struct Noise(u64);
+
+impl Noise {
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            v.extend_from_slice(&state.to_le_bytes());
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            v.extend_from_slice(&self.0.to_le_bytes());
         }
         v.truncate(n);
         v
-    };
-    let big = (mib / 2) * 1024 * 1024;
-    {
+    }
+
+    fn file(&mut self, path: &Path, size: u64) -> anyhow::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::File::create(dir.join("big.bin"))?;
-        let mut left = big;
+        let mut f = std::fs::File::create(path)?;
+        let mut left = size;
         while left > 0 {
             let n = left.min(8 << 20);
-            f.write_all(&random(n as usize))?;
+            f.write_all(&self.bytes(n as usize))?;
             left -= n;
         }
+        Ok(())
     }
+}
+
+/// Mixed files: one large random file, medium random files, and many small text files.
+fn generate_mixed(dir: &Path, mib: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("text"))?;
+    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    let mut total = 0u64;
+    let big = (mib / 2) * 1024 * 1024;
+    noise.file(&dir.join("big.bin"), big)?;
     total += big;
-    let medium_count = (mib * 3 / 8) / 8;
-    for i in 0..medium_count {
-        std::fs::write(dir.join(format!("part-{i:04}.bin")), random(8 << 20))?;
+    for i in 0..(mib * 3 / 8) / 8 {
+        noise.file(&dir.join(format!("part-{i:04}.bin")), 8 << 20)?;
         total += 8 << 20;
     }
     let small_bytes = (mib * 1024 * 1024).saturating_sub(total);
-    let small_count = (small_bytes / (64 * 1024)).max(1);
-    for i in 0..small_count {
+    for i in 0..(small_bytes / (64 * 1024)).max(1) {
         let line = format!(
             "{i},user_{},campaign_{},0.{:06},click\n",
             i * 7919 % 100_000,
@@ -83,9 +114,26 @@ fn generate(dir: &Path, mib: u64) -> anyhow::Result<u64> {
             dir.join(format!("text/rows-{i:05}.csv")),
             line.repeat(64 * 1024 / line.len()),
         )?;
-        total += (64 * 1024 / line.len() * line.len()) as u64;
     }
-    Ok(total)
+    Ok(())
+}
+
+/// 10,000 files of 4 KiB in 100 folders.
+fn generate_small(dir: &Path) -> anyhow::Result<()> {
+    let mut noise = Noise(0x2545_f491_4f6c_dd1d);
+    for d in 0..100 {
+        let sub = dir.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&sub)?;
+        for f in 0..100 {
+            std::fs::write(sub.join(format!("f{f:03}.bin")), noise.bytes(4096))?;
+        }
+    }
+    Ok(())
+}
+
+fn generate_one(dir: &Path, bytes: u64, seed: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    Noise(seed).file(&dir.join("one.bin"), bytes)
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -106,158 +154,370 @@ fn remove(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
-    let sshd = Sshd::start();
-    let work = tempfile::tempdir()?;
-    let src = work.path().join("src");
-    println!("generating about {} MiB of mixed files...", opts.mib);
-    let bytes = generate(&src, opts.mib)?;
-    let files = walk_count(&src);
-    let gib = bytes as f64 / (1u64 << 30) as f64;
-
-    // Hashing speed: one thread, warm cache, the release CLI.
-    let _ = Command::new(&ferry)
-        .args(["manifest", "build"])
-        .arg(&src)
-        .output()?; // warm the cache
-    let hash_speed = |algorithm: &str| -> anyhow::Result<f64> {
-        let t = Instant::now();
-        let out = Command::new(&ferry)
-            .args([
-                "manifest",
-                "build",
-                "--threads",
-                "1",
-                "--algorithm",
-                algorithm,
-            ])
-            .arg(&src)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "ferry manifest build failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e9)
-    };
-    let blake3_gbps = hash_speed("blake3")?;
-    let sha256_gbps = hash_speed("sha256")?;
-    std::fs::remove_file(src.join(ferry_transfer::MANIFEST_NAME))?;
-
-    let target = sshd.target();
-    let ssh_e = format!(
-        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {}",
-        sshd.path("user_key").display(),
-        sshd.path("known_hosts").display(),
-        sshd.port
-    );
-    let session = SshSession::connect(&target, &sshd.path("ctl")).await?;
-    let mut plain_runs = Vec::new();
-    let mut ferry_runs = Vec::new();
-    for round in 1..=opts.rounds {
-        // Alternate who goes first, so neither side always follows the other.
-        let order = if round % 2 == 0 {
-            ["ferry", "plain"]
+/// The CPU's widest SIMD extension BLAKE3 can use (it picks its kernel at run time).
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            "AVX-512"
+        } else if std::arch::is_x86_feature_detected!("avx2") {
+            "AVX2 (no AVX-512)"
+        } else if std::arch::is_x86_feature_detected!("sse4.1") {
+            "SSE4.1 (no AVX2)"
         } else {
-            ["plain", "ferry"]
-        };
-        for which in order {
-            // Start each run with no dirty pages of the previous one still being written.
-            Command::new("sync").status()?;
-            if which == "plain" {
-                let dst = work.path().join("dst-plain");
-                remove(&dst)?;
-                let t = Instant::now();
-                let status = Command::new("rsync")
-                    .arg("-a")
-                    .arg("-e")
-                    .arg(&ssh_e)
-                    .arg(format!("{}/", src.display()))
-                    .arg(format!("{}:{}/", target.destination(), dst.display()))
-                    .status()?;
-                if !status.success() {
-                    bail!("plain rsync failed: {status}");
-                }
-                plain_runs.push(t.elapsed().as_secs_f64());
-                remove(&dst)?;
-            } else {
-                let dst = work.path().join("dst-ferry");
-                remove(&dst)?;
-                let spec = TransferSpec {
-                    direction: Direction::Push,
-                    local: src.clone(),
-                    remote: dst.display().to_string(),
-                    chunk_size: 100 << 20,
-                    algorithm: HashAlgorithm::Blake3,
-                    rsync: RsyncOptions::default(),
-                    max_chunk_retries: 10,
-                    remote_ferry: ferry.display().to_string(),
-                    parallel_workers: opts.workers,
-                };
-                let t = Instant::now();
-                let outcome = transfer::run(&session, &spec, &mut Quiet).await?;
-                ferry_runs.push(t.elapsed().as_secs_f64());
-                if outcome.chunks_resent != 0 {
-                    bail!("unexpected re-sends: {outcome:?}");
-                }
-                remove(&dst)?;
-                let _ = std::fs::remove_file(src.join(ferry_transfer::MANIFEST_NAME));
-            }
+            "SSE2"
         }
-        let (p, f) = (plain_runs[round - 1], ferry_runs[round - 1]);
-        println!(
-            "round {round}: plain rsync -a {p:.2} s ({:.0} MB/s), Ferry verified {f:.2} s ({:.0} MB/s)",
-            bytes as f64 / p / 1e6,
-            bytes as f64 / f / 1e6
-        );
     }
-    session.close().await;
-    let best = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (best_plain, best_ferry) = (best(&plain_runs), best(&ferry_runs));
-    let ratio = best_plain / best_ferry;
-    let median_ratio = median(&plain_runs) / median(&ferry_runs);
-    println!();
-    println!(
-        "transfer benchmark ({gib:.2} GiB in {files} files, loopback SSH, same sshd, {} rounds)",
-        opts.rounds
-    );
-    println!(
-        "  plain rsync -a:            best {:.0} MB/s",
-        bytes as f64 / best_plain / 1e6
-    );
-    println!(
-        "  Ferry (blake3 verified, {} worker{}): best {:.0} MB/s",
-        opts.workers,
-        if opts.workers == 1 { "" } else { "s" },
-        bytes as f64 / best_ferry / 1e6
-    );
-    println!(
-        "  goodput ratio Ferry / plain: best {ratio:.3}x, median {median_ratio:.3}x (target >= {TARGET_RATIO})"
-    );
-    println!(
-        "  hashing, one thread: blake3 {blake3_gbps:.2} GB/s, sha256 {sha256_gbps:.2} GB/s per core"
-    );
-    Ok(())
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "portable"
+    }
 }
 
-fn walk_count(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        walk_count(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
+/// GB/s of `ferry manifest build` over `dir` (warm cache) on `threads` threads.
+fn hash_speed(
+    ferry: &Path,
+    dir: &Path,
+    bytes: u64,
+    algorithm: &str,
+    threads: usize,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let out = Command::new(ferry)
+        .args(["manifest", "build", "--no-reuse", "--threads"])
+        .arg(threads.to_string())
+        .args(["--algorithm", algorithm])
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "ferry manifest build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+fn tree_bytes(dir: &Path) -> (u64, usize) {
+    let mut total = (0, 0);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            let (b, n) = tree_bytes(&p);
+            total.0 += b;
+            total.1 += n;
+        } else if let Ok(m) = e.metadata() {
+            total.0 += m.len();
+            total.1 += 1;
+        }
+    }
+    total
+}
+
+/// One way to move `src` to the other side of the link.
+struct Link<'a> {
+    target: SshTarget,
+    session: SshSession,
+    /// `-e` for plain rsync (its own connection each time, as a user types it).
+    ssh_e: String,
+    ferry: &'a Path,
+}
+
+impl Link<'_> {
+    async fn plain(&self, src: &Path, dst: &Path) -> anyhow::Result<f64> {
+        remove(dst)?;
+        Command::new("sync").status()?;
+        let t = Instant::now();
+        let status = tokio::process::Command::new("rsync")
+            .arg("-a")
+            .arg("-e")
+            .arg(&self.ssh_e)
+            .arg(format!("{}/", src.display()))
+            .arg(format!("{}:{}/", self.target.destination(), dst.display()))
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("plain rsync failed: {status}");
+        }
+        let s = t.elapsed().as_secs_f64();
+        remove(dst)?;
+        Ok(s)
+    }
+
+    async fn ferry(&self, src: &Path, dst: &Path, workers: u32) -> anyhow::Result<f64> {
+        remove(dst)?;
+        Command::new("sync").status()?;
+        let spec = TransferSpec {
+            direction: Direction::Push,
+            local: src.to_owned(),
+            remote: dst.display().to_string(),
+            chunk_size: 100 << 20,
+            algorithm: HashAlgorithm::Blake3,
+            rsync: RsyncOptions::default(),
+            max_chunk_retries: 10,
+            remote_ferry: self.ferry.display().to_string(),
+            parallel_workers: workers,
+        };
+        let t = Instant::now();
+        let outcome = transfer::run(&self.session, &spec, &mut Quiet).await?;
+        let s = t.elapsed().as_secs_f64();
+        if outcome.chunks_resent != 0 {
+            bail!("unexpected re-sends: {outcome:?}");
+        }
+        remove(dst)?;
+        Ok(s)
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn worst(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+/// Paired rounds of plain rsync and Ferry on `src`; the ratios plain time / Ferry time.
+async fn paired(
+    link: &Link<'_>,
+    name: &str,
+    src: &Path,
+    work: &Path,
+    rounds: usize,
+    workers: u32,
+) -> anyhow::Result<Vec<f64>> {
+    let (bytes, files) = tree_bytes(src);
+    println!(
+        "\n== {name}: {:.2} GiB in {files} files, {rounds} paired rounds",
+        bytes as f64 / (1u64 << 30) as f64
+    );
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let ferry_first = round % 2 == 0;
+        let (plain, ferry) = if ferry_first {
+            let f = link.ferry(src, &work.join("dst-ferry"), workers).await?;
+            let p = link.plain(src, &work.join("dst-plain")).await?;
+            (p, f)
+        } else {
+            let p = link.plain(src, &work.join("dst-plain")).await?;
+            let f = link.ferry(src, &work.join("dst-ferry"), workers).await?;
+            (p, f)
+        };
+        let ratio = plain / ferry;
+        println!(
+            "  round {round} ({} first): plain rsync -a {plain:.2} s ({:.0} MB/s), Ferry verified {ferry:.2} s ({:.0} MB/s): {ratio:.3}x",
+            if ferry_first { "Ferry" } else { "plain" },
+            bytes as f64 / plain / 1e6,
+            bytes as f64 / ferry / 1e6,
+        );
+        ratios.push(ratio);
+    }
+    let (m, w) = (median(&ratios), worst(&ratios));
+    println!(
+        "  {name}: paired ratio Ferry / plain: median {m:.3}x (goal >= {MEDIAN_GOAL}: {}), worst {w:.3}x (goal >= {WORST_GOAL}: {})",
+        verdict(m >= MEDIAN_GOAL),
+        verdict(w >= WORST_GOAL)
+    );
+    Ok(ratios)
+}
+
+async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
+    let cases: Vec<&str> = opts.cases.split(',').map(str::trim).collect();
+    for c in &cases {
+        if !["mixed", "small", "large", "hop", "delay"].contains(c) {
+            bail!("unknown case `{c}` (mixed, small, large, hop, delay)");
+        }
+    }
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    // Hashing speed on a warm 256 MiB file.
+    let probe = work.path().join("hash-probe");
+    generate_one(&probe, 256 << 20, 7)?;
+    let _ = hash_speed(&ferry, &probe, 256 << 20, "blake3", 1)?;
+    let b1 = hash_speed(&ferry, &probe, 256 << 20, "blake3", 1)?;
+    let ball = hash_speed(&ferry, &probe, 256 << 20, "blake3", 0)?;
+    let s1 = hash_speed(&ferry, &probe, 256 << 20, "sha256", 1)?;
+    remove(&probe)?;
+    println!(
+        "CPU: {} cores, SIMD {} (BLAKE3 picks its kernel at run time); hashing: blake3 {b1:.2} GB/s on one core, {ball:.2} GB/s on {cores}; sha256 {s1:.2} GB/s on one core",
+        cores,
+        simd_level()
+    );
+
+    let target = sshd.target();
+    let ssh_e = |port: u16, known_hosts: &Path| {
+        format!(
+            "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {port}",
+            sshd.path("user_key").display(),
+            known_hosts.display(),
+        )
+    };
+    let direct = Link {
+        session: SshSession::connect(&target, &sshd.path("ctl")).await?,
+        ssh_e: ssh_e(sshd.port, &sshd.path("known_hosts")),
+        target: target.clone(),
+        ferry: &ferry,
+    };
+    let src = work.path().join("src");
+    let mut summary = Vec::new();
+
+    if cases.contains(&"mixed") {
+        println!("\ngenerating about {} MiB of mixed files...", opts.mib);
+        remove(&src)?;
+        generate_mixed(&src, opts.mib)?;
+        let r = paired(&direct, "mixed", &src, work.path(), opts.rounds, 1).await?;
+        summary.push(("mixed", median(&r), worst(&r)));
+    }
+    if cases.contains(&"small") {
+        remove(&src)?;
+        generate_small(&src)?;
+        let r = paired(
+            &direct,
+            "small (10,000 x 4 KiB)",
+            &src,
+            work.path(),
+            opts.rounds,
+            1,
+        )
+        .await?;
+        summary.push(("small", median(&r), worst(&r)));
+    }
+    if cases.contains(&"large") {
+        remove(&src)?;
+        generate_one(&src, opts.mib << 20, 11)?;
+        let r = paired(
+            &direct,
+            "large (one file)",
+            &src,
+            work.path(),
+            opts.rounds,
+            1,
+        )
+        .await?;
+        summary.push(("large", median(&r), worst(&r)));
+    }
+    let mut hop = None;
+    if cases.contains(&"hop") {
+        remove(&src)?;
+        generate_one(&src, 4 << 20, 13)?;
+        println!(
+            "\n== hop: one 4 MiB file, Ferry on its kept master, plain rsync with its own login"
+        );
+        let (mut plain, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..opts.rounds.max(3) * 2 {
+            ours.push(
+                direct
+                    .ferry(&src, &work.path().join("dst-ferry"), 1)
+                    .await?,
+            );
+            plain.push(direct.plain(&src, &work.path().join("dst-plain")).await?);
+        }
+        let (p, f) = (median(&plain), median(&ours));
+        let slowest = ours.iter().copied().fold(0.0, f64::max);
+        println!(
+            "  hop: Ferry verified median {f:.3} s, slowest {slowest:.3} s (goal <= {HOP_GOAL_S} s: {}); plain rsync -a median {p:.3} s",
+            verdict(f <= HOP_GOAL_S)
+        );
+        hop = Some(f);
+    }
+    let mut delay = None;
+    if cases.contains(&"delay") {
+        let link = Proxy::start(sshd.port, Duration::from_millis(opts.delay_ms)).await;
+        let host_pub = std::fs::read_to_string(sshd.path("host_key.pub"))?;
+        let known = sshd.path("known_hosts_delay");
+        std::fs::write(&known, format!("[127.0.0.1]:{} {host_pub}", link.port))?;
+        let mut t = target.clone();
+        t.port = link.port;
+        t.known_hosts = known.clone();
+        let slow = Link {
+            session: SshSession::connect(&t, &sshd.path("ctl-delay")).await?,
+            ssh_e: ssh_e(link.port, &known),
+            target: t,
+            ferry: &ferry,
+        };
+        remove(&src)?;
+        generate_mixed(&src, opts.delay_mib)?;
+        let (bytes, files) = tree_bytes(&src);
+        println!(
+            "\n== delay: {:.0} MiB in {files} files through a link with {} ms each way, {} rounds",
+            bytes as f64 / (1u64 << 20) as f64,
+            opts.delay_ms,
+            opts.rounds
+        );
+        let (mut one, mut many) = (Vec::new(), Vec::new());
+        for round in 1..=opts.rounds {
+            let p = slow.plain(&src, &work.path().join("dst-plain")).await?;
+            let f1 = slow.ferry(&src, &work.path().join("dst-ferry"), 1).await?;
+            let fn_ = slow
+                .ferry(&src, &work.path().join("dst-ferry"), opts.workers)
+                .await?;
+            println!(
+                "  round {round}: plain rsync -a {p:.2} s, Ferry 1 worker {f1:.2} s ({:.2}x), Ferry {} workers {fn_:.2} s ({:.2}x)",
+                p / f1,
+                opts.workers,
+                p / fn_
+            );
+            one.push(p / f1);
+            many.push(p / fn_);
+        }
+        let m = median(&many);
+        println!(
+            "  delay: paired ratio Ferry / plain: 1 worker median {:.2}x; {} workers median {m:.2}x, worst {:.2}x (goal >= {DELAY_GOAL}: {})",
+            median(&one),
+            opts.workers,
+            worst(&many),
+            verdict(m >= DELAY_GOAL)
+        );
+        delay = Some(m);
+        slow.session.close().await;
+    }
+    direct.session.close().await;
+
+    println!(
+        "\ntransfer benchmark, loopback SSH, SIMD {}, blake3 {b1:.2} GB/s per core:",
+        simd_level()
+    );
+    for (name, m, w) in &summary {
+        println!(
+            "  {name:<6} paired ratio median {m:.3}x ({}), worst {w:.3}x ({})",
+            verdict(*m >= MEDIAN_GOAL),
+            verdict(*w >= WORST_GOAL)
+        );
+    }
+    if let Some(h) = hop {
+        println!(
+            "  hop    4 MiB verified in {h:.3} s ({})",
+            verdict(h <= HOP_GOAL_S)
+        );
+    }
+    if let Some(d) = delay {
+        println!(
+            "  delay  {} workers {d:.2}x plain rsync ({})",
+            opts.workers,
+            verdict(d >= DELAY_GOAL)
+        );
+    }
+    Ok(())
 }

@@ -123,7 +123,19 @@ enum ManifestCmd {
         /// Hashing threads (0: every core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Hash every file again, even those unchanged (size, mtime, ctime, inode) since
+        /// the manifest already in DIR was written.
+        #[arg(long)]
+        no_reuse: bool,
+        /// Print the plan (files and sizes, JSON, one line) before hashing and the manifest
+        /// (one line) after, for the transfer on the other host.
+        #[arg(long)]
+        stream: bool,
     },
+    /// The destination's side of a push (run by the sending agent through SSH): reads the
+    /// plan, answers with the space, hashes files as they land, reads the manifest,
+    /// verifies, saves it in DIR and answers with the summary (JSON lines).
+    Receive { dir: PathBuf },
     /// Check every chunk under DIR against DIR/.ferry-manifest.json; exit 1 if any differs.
     Verify {
         dir: PathBuf,
@@ -352,6 +364,7 @@ pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
 
 /// Local manifest commands need no coordinator.
 fn manifest(cmd: ManifestCmd) -> anyhow::Result<()> {
+    use ferry_transfer::landing::Plan;
     use ferry_transfer::manifest::{HashAlgorithm, MANIFEST_NAME, Manifest};
     use ferry_transfer::transfer::VerifySummary;
     match cmd {
@@ -360,24 +373,54 @@ fn manifest(cmd: ManifestCmd) -> anyhow::Result<()> {
             chunk_size,
             algorithm,
             threads,
+            no_reuse,
+            stream,
         } => {
             let algorithm = match algorithm.as_str() {
                 "blake3" => HashAlgorithm::Blake3,
                 "sha256" => HashAlgorithm::Sha256,
                 other => bail!("unknown algorithm `{other}` (blake3 or sha256)"),
             };
-            let m = Manifest::build_with_threads(&dir, chunk_size, algorithm, threads)?;
+            let mut m = Manifest::scan(&dir, chunk_size, algorithm)?;
+            if stream {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", serde_json::to_string(&Plan::of(&m))?)?;
+                out.flush()?;
+            }
+            let reused = if no_reuse {
+                0
+            } else {
+                m.reuse_from(&dir.join(MANIFEST_NAME), &dir)
+            };
+            m.hash_with_threads(&dir, threads)?;
             m.save(&dir.join(MANIFEST_NAME))?;
-            println!(
-                "{} files, {} chunks, {} bytes",
-                m.files.len(),
-                m.chunks().count(),
-                m.total_bytes()
-            );
+            if stream {
+                println!("{}", serde_json::to_string(&m.without_stats())?);
+            } else {
+                println!(
+                    "{} files ({reused} unchanged since the last manifest), {} chunks, {} bytes",
+                    m.files.len(),
+                    m.chunks().count(),
+                    m.total_bytes()
+                );
+            }
+        }
+        ManifestCmd::Receive { dir } => {
+            let stdin = std::io::stdin();
+            ferry_transfer::landing::receive(
+                &dir,
+                &mut stdin.lock(),
+                &mut std::io::stdout().lock(),
+            )?;
         }
         ManifestCmd::Verify { dir, json } => {
             let m = Manifest::load(&dir.join(MANIFEST_NAME), &dir)?;
-            let report = m.verify(&dir)?;
+            let (report, stats) = m.verify_landed(&dir, &[])?;
+            if report.is_complete() {
+                // What verified here is remembered, so the next hop from here reuses it.
+                m.with_stats(&stats).save(&dir.join(MANIFEST_NAME))?;
+            }
             let summary = VerifySummary::from(&report);
             if json {
                 println!("{}", serde_json::to_string(&summary)?);

@@ -4,6 +4,7 @@
 
 pub mod confine;
 pub mod error;
+pub mod landing;
 pub mod manifest;
 pub mod pool;
 pub mod rsync;

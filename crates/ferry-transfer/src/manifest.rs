@@ -41,6 +41,47 @@ pub struct FileEntry {
     pub size: u64,
     /// Hex checksum of each chunk, in order; none for an empty file.
     pub chunks: Vec<String>,
+    /// The file's identity on the host that wrote this manifest, when it hashed it: a
+    /// later build there reuses the checksums of a file whose identity is unchanged. It
+    /// means nothing on another host (verification never reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat: Option<FileStat>,
+}
+
+/// What tells a file unchanged without reading it: size (in [`FileEntry`]), modification
+/// and change times to the nanosecond, inode and device. The change time cannot be set
+/// by a user, so a rewrite that puts the old mtime back is still seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStat {
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+impl FileStat {
+    pub fn of(meta: &std::fs::Metadata) -> FileStat {
+        use std::os::unix::fs::MetadataExt;
+        FileStat {
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            ctime_ns: meta
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.ctime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+
+    /// The identity of `path` now, with its size.
+    pub fn read(path: &Path) -> std::io::Result<(u64, FileStat)> {
+        let meta = std::fs::metadata(path)?;
+        Ok((meta.len(), FileStat::of(&meta)))
+    }
 }
 
 /// One chunk of one file.
@@ -126,6 +167,7 @@ impl Manifest {
         let files = found
             .into_iter()
             .map(|f| FileEntry {
+                stat: std::fs::metadata(&f.path).ok().map(|m| FileStat::of(&m)),
                 path: f.rel,
                 size: f.len,
                 chunks: Vec::new(),
@@ -139,18 +181,62 @@ impl Manifest {
         })
     }
 
+    /// `build`, reusing the checksums of the manifest already at the top of `root` for every
+    /// file whose size and [`FileStat`] are unchanged since it was written there; only the
+    /// others are read. Returns the manifest and how many files were reused.
+    pub fn build_reusing(
+        root: &Path,
+        chunk_size: u64,
+        algorithm: HashAlgorithm,
+        threads: usize,
+    ) -> Result<(Manifest, usize), TransferError> {
+        let mut m = Manifest::scan(root, chunk_size, algorithm)?;
+        let reused = m.reuse_from(&root.join(MANIFEST_NAME), root);
+        m.hash_with_threads(root, threads)?;
+        Ok((m, reused))
+    }
+
+    /// Fills in the checksums of unchanged files from the manifest saved at `saved` (if
+    /// any, of the same chunk size and algorithm); returns how many files were filled.
+    pub fn reuse_from(&mut self, saved: &Path, root: &Path) -> usize {
+        let Ok(old) = Manifest::load(saved, root) else {
+            return 0;
+        };
+        if old.chunk_size != self.chunk_size || old.algorithm != self.algorithm {
+            return 0;
+        }
+        let known: std::collections::HashMap<&str, &FileEntry> =
+            old.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        let mut reused = 0;
+        for f in &mut self.files {
+            if let Some(o) = known.get(f.path.as_str())
+                && o.size == f.size
+                && o.stat.is_some()
+                && o.stat == f.stat
+            {
+                f.chunks = o.chunks.clone();
+                reused += 1;
+            }
+        }
+        reused
+    }
+
     /// Computes every chunk checksum of a scanned manifest, spreading chunks over all cores.
+    /// Files whose checksums are already filled in (see [`Manifest::reuse_from`]) are not
+    /// read.
     pub fn hash_all(&mut self, root: &Path) -> Result<(), TransferError> {
         self.hash_with_threads(root, 0)
     }
 
-    fn hash_with_threads(&mut self, root: &Path, threads: usize) -> Result<(), TransferError> {
+    /// [`Manifest::hash_all`] on at most `threads` threads (0: every core).
+    pub fn hash_with_threads(&mut self, root: &Path, threads: usize) -> Result<(), TransferError> {
+        let cs = self.chunk_size;
         let tasks: Vec<(usize, u64, u64)> = self
             .files
             .iter()
             .enumerate()
+            .filter(|(_, f)| f.chunks.len() as u64 != f.size.div_ceil(cs))
             .flat_map(|(i, f)| {
-                let cs = self.chunk_size;
                 (0..f.size.div_ceil(cs)).map(move |c| (i, c * cs, cs.min(f.size - c * cs)))
             })
             .collect();
@@ -159,8 +245,8 @@ impl Manifest {
             let mut f = File::open(&paths[i]).map_err(|e| TransferError::io(&paths[i], e))?;
             hash_range(&mut f, &paths[i], offset, len, self.algorithm, buf)
         })?;
-        for f in &mut self.files {
-            f.chunks.clear();
+        for (i, _, _) in &tasks {
+            self.files[*i].chunks.clear();
         }
         for ((i, _, _), sum) in tasks.iter().zip(sums) {
             self.files[*i].chunks.push(sum);
@@ -244,8 +330,21 @@ impl Manifest {
 
     /// Checks every chunk under `root` against the manifest, on every core.
     pub fn verify(&self, root: &Path) -> Result<VerifyReport, TransferError> {
+        Ok(self.verify_landed(root, &[])?.0)
+    }
+
+    /// [`Manifest::verify`], taking the checksums of files hashed as they landed (see
+    /// [`crate::landing`]) for those whose identity has not changed since; only the other
+    /// chunks are read. Also returns, per file, its identity when every chunk of it
+    /// verified (what [`Manifest::with_stats`] records for the next build on this host).
+    pub fn verify_landed(
+        &self,
+        root: &Path,
+        landed: &[Option<Landed>],
+    ) -> Result<(VerifyReport, Vec<Option<FileStat>>), TransferError> {
         let mut report = VerifyReport::default();
-        let mut sizes = Vec::with_capacity(self.files.len());
+        let mut present: Vec<Option<(PathBuf, u64, FileStat)>> =
+            Vec::with_capacity(self.files.len());
         for f in &self.files {
             let full = confine::join(root, &f.path)?;
             match std::fs::metadata(&full) {
@@ -253,46 +352,102 @@ impl Manifest {
                     if meta.len() > f.size {
                         report.too_long.push(f.path.clone());
                     }
-                    sizes.push(Some((full, meta.len())));
+                    present.push(Some((full, meta.len(), FileStat::of(&meta))));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     report.missing_files.push(f.path.clone());
-                    sizes.push(None);
+                    present.push(None);
                 }
                 Err(e) => return Err(TransferError::io(&full, e)),
             }
         }
-        let index: std::collections::HashMap<&str, usize> = self
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.path.as_str(), i))
-            .collect();
-        let chunks: Vec<ChunkRef> = self.chunks().collect();
-        let ok = parallel_map(&chunks, 0, |c, buf| {
-            let Some((full, actual)) = &sizes[index[c.path.as_str()]] else {
+        // Chunks with an answer already (absent, short, or hashed as they landed) and
+        // those to read.
+        let mut answers: Vec<(usize, ChunkRef, Option<bool>)> = Vec::new();
+        for (i, f) in self.files.iter().enumerate() {
+            let still = match (&present[i], landed.get(i).and_then(Option::as_ref)) {
+                (Some((_, len, stat)), Some(l)) if l.stat == *stat && l.size == *len => Some(l),
+                _ => None,
+            };
+            for index in 0..f.size.div_ceil(self.chunk_size) {
+                let offset = index * self.chunk_size;
+                let c = ChunkRef {
+                    path: f.path.clone(),
+                    index: index as usize,
+                    offset,
+                    len: self.chunk_size.min(f.size - offset),
+                    checksum: f.chunks.get(index as usize).cloned().unwrap_or_default(),
+                };
+                let known = match &present[i] {
+                    None => Some(false),
+                    Some((_, actual, _)) if c.offset + c.len > *actual => Some(false),
+                    _ => still.map(|l| l.chunks.get(index as usize) == Some(&c.checksum)),
+                };
+                answers.push((i, c, known));
+            }
+        }
+        let to_read: Vec<&(usize, ChunkRef, Option<bool>)> =
+            answers.iter().filter(|a| a.2.is_none()).collect();
+        let read = parallel_map(&to_read, 0, |(i, c, _), buf| {
+            let Some((full, _, _)) = &present[*i] else {
                 return Ok(false);
             };
-            if c.offset + c.len > *actual {
-                return Ok(false);
-            }
             let mut f = File::open(full).map_err(|e| TransferError::io(full, e))?;
             Ok(hash_range(&mut f, full, c.offset, c.len, self.algorithm, buf)? == c.checksum)
         })?;
-        for (c, ok) in chunks.into_iter().zip(ok) {
+        let mut read = read.into_iter();
+        let mut file_ok: Vec<bool> = present.iter().map(Option::is_some).collect();
+        for (i, c, known) in answers {
+            let ok = match known {
+                Some(k) => k,
+                None => read.next().unwrap_or(false),
+            };
             if ok {
                 report.verified.push(c);
             } else {
+                file_ok[i] = false;
                 report.bad.push(c);
             }
         }
-        Ok(report)
+        let stats = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match &present[i] {
+                Some((_, len, stat)) if file_ok[i] && *len == f.size => Some(*stat),
+                _ => None,
+            })
+            .collect();
+        Ok((report, stats))
     }
+
+    /// This manifest with each file's identity on this host (`None` where unknown), as
+    /// saved beside verified data so the next hop from here reuses its checksums.
+    pub fn with_stats(&self, stats: &[Option<FileStat>]) -> Manifest {
+        let mut m = self.clone();
+        for (i, f) in m.files.iter_mut().enumerate() {
+            f.stat = stats.get(i).copied().flatten();
+        }
+        m
+    }
+
+    /// This manifest without identities (what travels to the other host).
+    pub fn without_stats(&self) -> Manifest {
+        self.with_stats(&[])
+    }
+}
+
+/// The checksums of one file hashed as it landed, with the identity it had then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landed {
+    pub size: u64,
+    pub stat: FileStat,
+    pub chunks: Vec<String>,
 }
 
 /// Applies `f` to every item on `threads` threads (0: all available cores) (each thread with its own read
 /// buffer) and returns the results in order; the first error wins.
-fn parallel_map<T: Sync, R: Send>(
+pub(crate) fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     threads: usize,
     f: impl Fn(&T, &mut [u8]) -> Result<R, TransferError> + Sync,

@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use openssh::Stdio;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
+use crate::landing::{Plan, Space};
 use crate::manifest::{ChunkRef, HashAlgorithm, MANIFEST_NAME, Manifest, VerifyReport};
 use crate::rsync::{self, Direction, Progress, RsyncOptions, RsyncStats};
 use crate::ssh::SshSession;
@@ -136,18 +137,6 @@ pub async fn run(
     events: &mut dyn TransferEvents,
 ) -> Result<TransferOutcome, TransferError> {
     let started = Instant::now();
-    // Push: sizes now, checksums while rsync moves the data (both read the page cache).
-    // Pull: the source host hashes first, then the data comes.
-    let (plan, hashing) = match spec.direction {
-        Direction::Push => {
-            let plan = Manifest::scan(&spec.local, spec.chunk_size, spec.algorithm)?;
-            let mut m = plan.clone();
-            let root = spec.local.clone();
-            let hashing = tokio::task::spawn_blocking(move || m.hash_all(&root).map(|()| m));
-            (plan, Some(hashing))
-        }
-        Direction::Pull => (build_remote_manifest(session, spec).await?, None),
-    };
     let (src_root, dst_root) = match spec.direction {
         Direction::Push => (spec.local.display().to_string(), spec.remote.clone()),
         Direction::Pull => (spec.remote.clone(), spec.local.display().to_string()),
@@ -161,74 +150,25 @@ pub async fn run(
             retry_count,
             error,
         };
-    let planned: Vec<ChunkRef> = plan.chunks().collect();
-    let total = plan.total_bytes();
-    events.log(&format!(
-        "{} files, {} chunks of {}, {} in all; checksums: {}",
-        plan.files.len(),
-        planned.len(),
-        human_bytes(plan.chunk_size),
-        human_bytes(total),
-        plan.algorithm_name()
-    ));
-    events.chunks(
-        &planned
-            .iter()
-            .map(|c| update(c, ChunkStatus::InProgress, 0, None))
-            .collect::<Vec<_>>(),
-    );
-
-    check_space(session, spec, total).await?;
-
+    let (manifest, summary, stats) = match spec.direction {
+        Direction::Push => push(session, spec, events, &update).await?,
+        Direction::Pull => pull(session, spec, events, &update).await?,
+    };
+    let total = manifest.total_bytes();
     let mut progress = TransferProgress {
-        phase: "transferring",
+        phase: "verifying",
         bytes_total: total,
-        files_total: plan.files.len(),
+        bytes_done: total,
+        files_total: manifest.files.len(),
+        percent: 100,
         ..Default::default()
-    };
-    let mut last_report = Instant::now();
-    let stats = rsync_dir(session, spec, Some(&plan), |p: Progress| {
-        if last_report.elapsed().as_millis() >= 500 {
-            last_report = Instant::now();
-            progress.bytes_done = p.bytes.min(total);
-            progress.percent = p.percent;
-            progress.rate = p.rate.clone();
-            progress.eta = p.eta.clone();
-            events.progress(&progress);
-        }
-    })
-    .await;
-    let stats = match stats {
-        Ok(s) => s,
-        Err(e) => return Err(on_rsync_error(session, spec, total, e).await),
-    };
-    let manifest = match hashing {
-        Some(h) => {
-            let m = h.await.map_err(|e| TransferError::Verification {
-                path: spec.local.clone(),
-                detail: format!("hashing stopped: {e}"),
-            })??;
-            let local_manifest = spec.local.join(MANIFEST_NAME);
-            m.save(&local_manifest)?;
-            let bytes = std::fs::read(&local_manifest)
-                .map_err(|e| TransferError::io(&local_manifest, e))?;
-            write_remote(
-                session,
-                &format!("{}/{MANIFEST_NAME}", spec.remote),
-                None,
-                &bytes,
-            )
-            .await?;
-            m
-        }
-        None => plan,
     };
     let all: Vec<ChunkRef> = manifest.chunks().collect();
 
     // Verify, then re-send what is wrong, chunk by chunk.
     let mut retries: std::collections::HashMap<String, u32> = Default::default();
     let mut resent = 0;
-    let mut summary = verify_destination(session, spec, &manifest).await?;
+    let mut summary = summary;
     loop {
         if summary.complete {
             break;
@@ -316,6 +256,329 @@ pub async fn run(
     })
 }
 
+type Update<'a> = dyn Fn(&ChunkRef, ChunkStatus, u32, Option<String>) -> ChunkUpdate + Sync + 'a;
+
+/// What the first pass leaves for verification and repair: the manifest, the first
+/// verification's summary, rsync's counts.
+type FirstPass = (Manifest, VerifySummary, RsyncStats);
+
+/// Announces the planned chunks and the transfer's size.
+fn announce(
+    plan: &Manifest,
+    reused: Option<usize>,
+    events: &mut dyn TransferEvents,
+    update: &Update<'_>,
+) {
+    let chunks: Vec<ChunkRef> = plan.chunks().collect();
+    events.log(&format!(
+        "{} files, {} chunks of {}, {} in all; checksums: {}{}",
+        plan.files.len(),
+        chunks.len(),
+        human_bytes(plan.chunk_size),
+        human_bytes(plan.total_bytes()),
+        plan.algorithm_name(),
+        match reused {
+            Some(n) if n > 0 => format!(" ({n} files unchanged since their last manifest)"),
+            _ => String::new(),
+        }
+    ));
+    events.chunks(
+        &chunks
+            .iter()
+            .map(|c| update(c, ChunkStatus::InProgress, 0, None))
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// rsync with progress reports at most twice a second.
+async fn rsync_with_progress(
+    session: &SshSession,
+    spec: &TransferSpec,
+    plan: &Plan,
+    events: &mut dyn TransferEvents,
+) -> Result<RsyncStats, TransferError> {
+    let total = plan.total_bytes();
+    let mut progress = TransferProgress {
+        phase: "transferring",
+        bytes_total: total,
+        files_total: plan.files.len(),
+        ..Default::default()
+    };
+    let mut last_report = Instant::now();
+    let stats = rsync_dir(session, spec, Some(plan), |p: Progress| {
+        if last_report.elapsed().as_millis() >= 500 {
+            last_report = Instant::now();
+            progress.bytes_done = p.bytes.min(total);
+            progress.percent = p.percent;
+            progress.rate = p.rate.clone();
+            progress.eta = p.eta.clone();
+            events.progress(&progress);
+        }
+    })
+    .await;
+    match stats {
+        Ok(s) => Ok(s),
+        Err(e) => Err(on_rsync_error(session, spec, total, e).await),
+    }
+}
+
+/// Push: checksums are computed here while rsync sends (reusing those of files unchanged
+/// since the last manifest), and the other host hashes files as they land
+/// (`ferry manifest receive`), so verification ends soon after the data does.
+async fn push(
+    session: &SshSession,
+    spec: &TransferSpec,
+    events: &mut dyn TransferEvents,
+    update: &Update<'_>,
+) -> Result<FirstPass, TransferError> {
+    let mut plan = Manifest::scan(&spec.local, spec.chunk_size, spec.algorithm)?;
+    let reused = plan.reuse_from(&spec.local.join(MANIFEST_NAME), &spec.local);
+    let hashing = {
+        let mut m = plan.clone();
+        let root = spec.local.clone();
+        tokio::task::spawn_blocking(move || m.hash_all(&root).map(|()| m))
+    };
+    announce(&plan, Some(reused), events, update);
+    let planned = Plan::of(&plan);
+
+    let what = format!(
+        "`{} manifest receive` on {}",
+        spec.remote_ferry, session.target.host
+    );
+    let failed = |detail: String| TransferError::Command {
+        what: what.clone(),
+        detail,
+    };
+    let mut receiver = session
+        .command(&spec.remote_ferry)
+        .arg("manifest")
+        .arg("receive")
+        .arg(&spec.remote)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut to = receiver
+        .stdin()
+        .take()
+        .ok_or_else(|| failed("no stdin".into()))?;
+    let mut from = tokio::io::BufReader::new(
+        receiver
+            .stdout()
+            .take()
+            .ok_or_else(|| failed("no stdout".into()))?,
+    );
+    let mut stderr = receiver.stderr().take();
+    // The receiver's complaint, when it stops answering.
+    let why = |stderr: &mut Option<openssh::ChildStderr>| {
+        let taken = stderr.take();
+        async move {
+            let mut text = String::new();
+            if let Some(mut e) = taken {
+                let _ = e.read_to_string(&mut text).await;
+            }
+            let text = text.trim().to_owned();
+            if text.is_empty() {
+                "it ended without an answer".to_owned()
+            } else {
+                text
+            }
+        }
+    };
+    send_line(&mut to, &planned)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let space: Space = match read_line(&mut from).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(failed(why(&mut stderr).await)),
+        Err(e) => return Err(failed(e)),
+    };
+    let needed = plan.total_bytes().saturating_sub(space.present);
+    if needed > space.free {
+        return Err(disk_full(session, spec, needed, space.free));
+    }
+
+    let stats = rsync_with_progress(session, spec, &planned, events).await?;
+    let manifest = hashing.await.map_err(|e| TransferError::Verification {
+        path: spec.local.clone(),
+        detail: format!("hashing stopped: {e}"),
+    })??;
+    // Kept beside the source (with this host's file identities) for the next transfer.
+    manifest.save(&spec.local.join(MANIFEST_NAME))?;
+    send_line(&mut to, &manifest.without_stats())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let _ = to.shutdown().await;
+    drop(to);
+    let summary: VerifySummary = match read_line(&mut from).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(failed(why(&mut stderr).await)),
+        Err(e) => return Err(failed(e)),
+    };
+    drop(from);
+    let _ = receiver.wait().await;
+    Ok((manifest, summary, stats))
+}
+
+/// Pull: the other host scans (and hashes, reusing its last manifest) while rsync brings
+/// the data, and files here are hashed as they land.
+async fn pull(
+    session: &SshSession,
+    spec: &TransferSpec,
+    events: &mut dyn TransferEvents,
+    update: &Update<'_>,
+) -> Result<FirstPass, TransferError> {
+    let chunk = spec.chunk_size.to_string();
+    let what = format!(
+        "`{} manifest build` on {}",
+        spec.remote_ferry, session.target.host
+    );
+    let failed = |detail: String| TransferError::Command {
+        what: what.clone(),
+        detail,
+    };
+    let mut builder = session
+        .command(&spec.remote_ferry)
+        .arg("manifest")
+        .arg("build")
+        .arg(&spec.remote)
+        .arg("--chunk-size")
+        .arg(&chunk)
+        .arg("--algorithm")
+        .arg(algorithm_arg(spec.algorithm))
+        .arg("--stream")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut from = tokio::io::BufReader::new(
+        builder
+            .stdout()
+            .take()
+            .ok_or_else(|| failed("no stdout".into()))?,
+    );
+    let mut stderr = builder.stderr().take();
+    let mut complaint = || {
+        let taken = stderr.take();
+        async move {
+            let mut text = String::new();
+            if let Some(mut e) = taken {
+                let _ = e.read_to_string(&mut text).await;
+            }
+            text.trim().to_owned()
+        }
+    };
+    let plan_text = match read_raw_line(&mut from).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            let said = complaint().await;
+            return Err(missing_remote_source(spec, failed(said)));
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    let planned = Plan::parse(&plan_text, &spec.local)?;
+    let shell = Manifest {
+        version: 1,
+        algorithm: planned.algorithm,
+        chunk_size: planned.chunk_size,
+        files: planned
+            .files
+            .iter()
+            .map(|f| crate::manifest::FileEntry {
+                path: f.path.clone(),
+                size: f.size,
+                chunks: Vec::new(),
+                stat: None,
+            })
+            .collect(),
+    };
+    announce(&shell, None, events, update);
+    std::fs::create_dir_all(&spec.local).map_err(|e| TransferError::io(&spec.local, e))?;
+    let present: u64 = planned
+        .files
+        .iter()
+        .filter_map(|f| {
+            let full = confine::join(&spec.local, &f.path).ok()?;
+            std::fs::metadata(full).ok().map(|m| m.len().min(f.size))
+        })
+        .sum();
+    let free = crate::landing::free_bytes(&spec.local);
+    let needed = planned.total_bytes().saturating_sub(present);
+    if needed > free {
+        return Err(disk_full(session, spec, needed, free));
+    }
+
+    let landing = crate::landing::follow(&spec.local, &planned);
+    let stats = rsync_with_progress(session, spec, &planned, events).await?;
+    let manifest_text = match read_raw_line(&mut from).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(failed(complaint().await)),
+        Err(e) => return Err(failed(e)),
+    };
+    drop(from);
+    let _ = builder.wait().await;
+    let manifest = Manifest::parse(
+        &manifest_text,
+        &PathBuf::from(format!("{}/{MANIFEST_NAME}", spec.remote)),
+        &spec.local,
+    )?;
+    let landed = landing.finish();
+    let landed = if Plan::of(&manifest) == planned {
+        landed
+    } else {
+        Vec::new()
+    };
+    let root = spec.local.clone();
+    let m = manifest.clone();
+    let (report, file_stats) = tokio::task::spawn_blocking(move || m.verify_landed(&root, &landed))
+        .await
+        .map_err(|e| TransferError::Verification {
+            path: spec.local.clone(),
+            detail: format!("verification stopped: {e}"),
+        })??;
+    manifest
+        .with_stats(&file_stats)
+        .save(&spec.local.join(MANIFEST_NAME))?;
+    Ok((manifest, VerifySummary::from(&report), stats))
+}
+
+async fn send_line<T: Serialize>(
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    value: &T,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    to.write_all(&text).await?;
+    to.flush().await
+}
+
+/// One line of the other side's answer; `None` when it ended first.
+async fn read_raw_line(
+    from: &mut (impl tokio::io::AsyncBufRead + Unpin),
+) -> Result<Option<String>, String> {
+    let mut line = String::new();
+    match from.read_line(&mut line).await {
+        Ok(0) => Ok(None),
+        Ok(_) => Ok(Some(line)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn read_line<T: serde::de::DeserializeOwned>(
+    from: &mut (impl tokio::io::AsyncBufRead + Unpin),
+) -> Result<Option<T>, String> {
+    match read_raw_line(from).await? {
+        None => Ok(None),
+        Some(line) => serde_json::from_str(line.trim())
+            .map(Some)
+            .map_err(|e| format!("unreadable answer: {e}")),
+    }
+}
+
 impl Manifest {
     fn algorithm_name(&self) -> &'static str {
         match self.algorithm {
@@ -332,40 +595,6 @@ fn algorithm_arg(a: HashAlgorithm) -> &'static str {
     }
 }
 
-async fn build_remote_manifest(
-    session: &SshSession,
-    spec: &TransferSpec,
-) -> Result<Manifest, TransferError> {
-    let chunk = spec.chunk_size.to_string();
-    session
-        .run(
-            &spec.remote_ferry,
-            &[
-                "manifest",
-                "build",
-                &spec.remote,
-                "--chunk-size",
-                &chunk,
-                "--algorithm",
-                algorithm_arg(spec.algorithm),
-            ],
-        )
-        .await
-        .map_err(|e| missing_remote_source(spec, e))?;
-    let out = session
-        .run("cat", &[&format!("{}/{MANIFEST_NAME}", spec.remote)])
-        .await?;
-    let m: Manifest =
-        serde_json::from_slice(&out.stdout).map_err(|e| TransferError::BadManifest {
-            path: PathBuf::from(format!("{}/{MANIFEST_NAME}", spec.remote)),
-            detail: e.to_string(),
-        })?;
-    for f in &m.files {
-        confine::check_relative(&spec.local, &f.path)?;
-    }
-    Ok(m)
-}
-
 fn missing_remote_source(spec: &TransferSpec, e: TransferError) -> TransferError {
     match &e {
         TransferError::Command { detail, .. } if detail.contains("does not exist") => {
@@ -380,25 +609,18 @@ fn missing_remote_source(spec: &TransferSpec, e: TransferError) -> TransferError
 async fn rsync_dir(
     session: &SshSession,
     spec: &TransferSpec,
-    manifest: Option<&Manifest>,
+    plan: Option<&Plan>,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<RsyncStats, TransferError> {
-    if spec.direction == Direction::Push {
-        session.run("mkdir", &["-p", &spec.remote]).await?;
-    } else {
-        std::fs::create_dir_all(&spec.local).map_err(|e| TransferError::io(&spec.local, e))?;
-    }
+    // The destination directory exists: the receiver (push) or `pull` created it.
     let mut opts = spec.rsync.clone();
     opts.extra.push(format!("--partial-dir={PARTIAL_DIR}"));
-    if spec.direction == Direction::Push {
-        // The manifest is being written while rsync runs; it follows on its own.
-        opts.extra.push(format!("--exclude=/{MANIFEST_NAME}"));
-    }
+    // Each side writes its own manifest (with its own file identities); it never travels
+    // as data.
+    opts.extra.push(format!("--exclude=/{MANIFEST_NAME}"));
     let workers = spec.parallel_workers.max(1) as usize;
-    let groups = match manifest {
-        Some(m) if workers > 1 && m.files.len() > 1 => {
-            split_files(m, workers, spec.direction == Direction::Pull)
-        }
+    let groups = match plan {
+        Some(p) if workers > 1 && p.files.len() > 1 => split_files(p, workers),
         _ => {
             return rsync::transfer(
                 session,
@@ -475,10 +697,9 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     results.into_iter().flatten().collect()
 }
 
-/// Splits the manifest's files into `n` groups of similar size (the first group also
-/// carries the manifest file when `with_manifest`).
-fn split_files(m: &Manifest, n: usize, with_manifest: bool) -> Vec<Vec<String>> {
-    let mut files: Vec<(&str, u64)> = m.files.iter().map(|f| (f.path.as_str(), f.size)).collect();
+/// Splits the plan's files into `n` groups of similar size.
+fn split_files(p: &Plan, n: usize) -> Vec<Vec<String>> {
+    let mut files: Vec<(&str, u64)> = p.files.iter().map(|f| (f.path.as_str(), f.size)).collect();
     files.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let mut groups: Vec<(u64, Vec<String>)> = vec![(0, Vec::new()); n.min(files.len()).max(1)];
     for (path, size) in files {
@@ -486,9 +707,6 @@ fn split_files(m: &Manifest, n: usize, with_manifest: bool) -> Vec<Vec<String>> 
             g.0 += size.max(1);
             g.1.push(path.to_owned());
         }
-    }
-    if with_manifest && let Some(g) = groups.first_mut() {
-        g.1.push(MANIFEST_NAME.to_owned());
     }
     groups
         .into_iter()
@@ -546,23 +764,10 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// `df -Pk` → available bytes.
-fn parse_df_available(out: &str) -> Option<u64> {
+pub(crate) fn parse_df_available(out: &str) -> Option<u64> {
     let line = out.lines().nth(1)?;
     let kb: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-async fn check_space(
-    session: &SshSession,
-    spec: &TransferSpec,
-    total: u64,
-) -> Result<(), TransferError> {
-    let (free, present) = destination_space(session, spec).await?;
-    let needed = total.saturating_sub(present);
-    if needed > free {
-        return Err(disk_full(session, spec, needed, free));
-    }
-    Ok(())
 }
 
 fn disk_full(session: &SshSession, spec: &TransferSpec, needed: u64, free: u64) -> TransferError {
@@ -858,23 +1063,21 @@ mod tests {
                     path: (*p).to_owned(),
                     size: *size,
                     chunks: vec![String::new(); size.div_ceil(10) as usize],
+                    stat: None,
                 })
                 .collect(),
         };
-        let groups = split_files(&m, 2, true);
+        let p = Plan::of(&m);
+        let groups = split_files(&p, 2);
         // Largest first onto the lighter group: 100 + 10 against 60 + 50.
         assert_eq!(
             groups,
             vec![
-                vec!["a".to_owned(), "d".into(), MANIFEST_NAME.into()],
+                vec!["a".to_owned(), "d".into()],
                 vec!["b".to_owned(), "c".into()]
             ]
         );
-        assert_eq!(
-            split_files(&m, 8, false).len(),
-            4,
-            "never more groups than files"
-        );
+        assert_eq!(split_files(&p, 8).len(), 4, "never more groups than files");
     }
 
     #[test]
