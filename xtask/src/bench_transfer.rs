@@ -263,6 +263,7 @@ impl Link<'_> {
             max_chunk_retries: 10,
             remote_ferry: self.ferry.display().to_string(),
             parallel_workers: workers,
+            io_timeout: transfer::DEFAULT_IO_TIMEOUT,
         };
         let t = Instant::now();
         let outcome = transfer::run(&self.session, &spec, &mut Quiet).await?;

@@ -109,6 +109,7 @@ impl Inner {
             max_chunk_retries: t.max_retries,
             remote_ferry: t.remote_ferry.clone(),
             parallel_workers: t.parallel_workers,
+            io_timeout: transfer::DEFAULT_IO_TIMEOUT,
         };
         let mut target = SshTarget::new(
             &server.host,
@@ -174,6 +175,8 @@ impl Inner {
                 return Err(job_error(e));
             }
         };
+        drop(session);
+        self.ssh.worked(&target).await;
         let rate = outcome.bytes_total as f64 / outcome.seconds.max(1e-6);
         ctx.info(format!(
             "transfer complete: {} in {} files, {} chunks verified ({} re-sent), {:.1}s ({}/s)",

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -24,6 +24,10 @@ pub use crate::ssh::reap_masters;
 
 /// How long a kept master has to answer a `true` before it counts as dead.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A master that carried a transfer this recently is handed out without a probe (each
+/// probe is a remote command: a shell start on the other host, 5–150 ms). A cut in that
+/// window still ends in a failure that discards it, and the retry connects afresh.
+pub const TRUST_FOR: Duration = Duration::from_secs(10);
 
 /// One master per account and key list: two server entries for the same account with
 /// different keys each authenticate with their own.
@@ -36,7 +40,14 @@ fn key(t: &SshTarget) -> PoolKey {
 pub struct SessionPool {
     base: PathBuf,
     probe_timeout: Duration,
-    sessions: Mutex<HashMap<PoolKey, Arc<SshSession>>>,
+    trust_for: Duration,
+    sessions: Mutex<HashMap<PoolKey, Kept>>,
+}
+
+struct Kept {
+    session: Arc<SshSession>,
+    /// When the master last proved alive (a probe answered, or a transfer went through).
+    alive_at: Instant,
 }
 
 impl SessionPool {
@@ -45,12 +56,19 @@ impl SessionPool {
         SessionPool {
             base: base.to_owned(),
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            trust_for: TRUST_FOR,
             sessions: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn with_probe_timeout(mut self, timeout: Duration) -> SessionPool {
         self.probe_timeout = timeout;
+        self
+    }
+
+    /// How long after it last proved alive a master is handed out without a probe.
+    pub fn with_trust_for(mut self, window: Duration) -> SessionPool {
+        self.trust_for = window;
         self
     }
 
@@ -62,8 +80,13 @@ impl SessionPool {
     /// probe timeout, else a new one (the dead one ended first).
     pub async fn get(&self, target: &SshTarget) -> Result<Arc<SshSession>, TransferError> {
         let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&key(target)).cloned() {
+        if let Some(kept) = sessions.get_mut(&key(target)) {
+            let s = kept.session.clone();
+            if kept.alive_at.elapsed() < self.trust_for {
+                return Ok(s);
+            }
             if s.is_alive(self.probe_timeout).await {
+                kept.alive_at = Instant::now();
                 return Ok(s);
             }
             warn!(
@@ -79,23 +102,42 @@ impl SessionPool {
             .base
             .join(format!("{}-{}-{}", target.host, target.port, target.user));
         let s = Arc::new(SshSession::connect(target, &dir).await?);
-        sessions.insert(key(target), s.clone());
+        sessions.insert(
+            key(target),
+            Kept {
+                session: s.clone(),
+                alive_at: Instant::now(),
+            },
+        );
         Ok(s)
+    }
+
+    /// Notes that the master for `target` just carried work (a transfer that succeeded),
+    /// so a `get` soon after needs no probe.
+    pub async fn worked(&self, target: &SshTarget) {
+        if let Some(kept) = self.sessions.lock().await.get_mut(&key(target)) {
+            kept.alive_at = Instant::now();
+        }
     }
 
     /// Ends and forgets the master for `target` (after a failure that may be the
     /// connection's), so the next `get` connects afresh.
     pub async fn discard(&self, target: &SshTarget) {
         let removed = self.sessions.lock().await.remove(&key(target));
-        if let Some(s) = removed {
-            end(s).await;
+        if let Some(kept) = removed {
+            end(kept.session).await;
         }
     }
 
     /// Ends every master (the agent is stopping).
     pub async fn close_all(&self) {
-        let all: Vec<Arc<SshSession>> =
-            self.sessions.lock().await.drain().map(|(_, s)| s).collect();
+        let all: Vec<Arc<SshSession>> = self
+            .sessions
+            .lock()
+            .await
+            .drain()
+            .map(|(_, kept)| kept.session)
+            .collect();
         let n = all.len();
         for s in all {
             end(s).await;

@@ -44,7 +44,13 @@ pub struct TransferSpec {
     pub remote_ferry: String,
     /// rsync processes run side by side, each on its share of the files.
     pub parallel_workers: u32,
+    /// How long the other host may stay silent: its first answer (a dead SSH connection
+    /// gives none) and rsync's `--timeout` (no data moving either way).
+    pub io_timeout: std::time::Duration,
 }
+
+/// The default [`TransferSpec::io_timeout`].
+pub const DEFAULT_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -387,10 +393,15 @@ async fn push(
             }
         }
     };
-    send_line(&mut to, &planned)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let space: Space = match read_line(&mut from).await {
+    // The plan out and the space back: the first exchange, which a dead connection
+    // never completes.
+    let exchange = async {
+        send_line(&mut to, &planned)
+            .await
+            .map_err(|e| e.to_string())?;
+        read_line(&mut from).await
+    };
+    let space: Space = match first_answer(session, spec, exchange).await? {
         Ok(Some(s)) => s,
         Ok(None) => return Err(failed(why(&mut stderr).await)),
         Err(e) => return Err(failed(e)),
@@ -472,7 +483,7 @@ async fn pull(
             text.trim().to_owned()
         }
     };
-    let plan_text = match read_raw_line(&mut from).await {
+    let plan_text = match first_answer(session, spec, read_raw_line(&mut from)).await? {
         Ok(Some(t)) => t,
         Ok(None) => {
             let said = complaint().await;
@@ -546,6 +557,26 @@ async fn pull(
     Ok((manifest, VerifySummary::from(&report), stats))
 }
 
+/// The other host's first answer, or a connection error (transient: the master is
+/// discarded and the step retried) when none comes within the I/O timeout: a master whose
+/// connection died hangs rather than fails.
+async fn first_answer<T>(
+    session: &SshSession,
+    spec: &TransferSpec,
+    answer: impl std::future::Future<Output = T>,
+) -> Result<T, TransferError> {
+    tokio::time::timeout(spec.io_timeout, answer)
+        .await
+        .map_err(|_| TransferError::Connect {
+            host: session.target.host.clone(),
+            port: session.target.port,
+            detail: format!(
+                "no answer within {} s through the SSH connection (it may be dead)",
+                spec.io_timeout.as_secs_f64()
+            ),
+        })
+}
+
 async fn send_line<T: Serialize>(
     to: &mut (impl tokio::io::AsyncWrite + Unpin),
     value: &T,
@@ -615,6 +646,8 @@ async fn rsync_dir(
     // The destination directory exists: the receiver (push) or `pull` created it.
     let mut opts = spec.rsync.clone();
     opts.extra.push(format!("--partial-dir={PARTIAL_DIR}"));
+    opts.extra
+        .push(format!("--timeout={}", spec.io_timeout.as_secs().max(1)));
     // Each side writes its own manifest (with its own file identities); it never travels
     // as data.
     opts.extra.push(format!("--exclude=/{MANIFEST_NAME}"));

@@ -406,6 +406,7 @@ fn spec(direction: Direction, local: &Path, remote: &Path) -> TransferSpec {
         max_chunk_retries: 3,
         remote_ferry: ferry_cli(),
         parallel_workers: 1,
+        io_timeout: Duration::from_secs(30),
     }
 }
 
@@ -721,71 +722,87 @@ async fn a_master_whose_link_was_cut_is_replaced_and_the_next_transfer_succeeds_
     target.port = link.port;
     target.known_hosts = known;
     let masters = sshd.path("masters");
-    let pool = SessionPool::new(&masters).with_probe_timeout(Duration::from_secs(2));
+    let pool = SessionPool::new(&masters)
+        .with_probe_timeout(Duration::from_secs(2))
+        .with_trust_for(Duration::from_secs(1));
 
     let src = tempfile::tempdir().expect("tmp");
     sample_tree(src.path());
     let dst = tempfile::tempdir().expect("tmp");
-    let s = spec(Direction::Push, src.path(), &dst.path().join("first"));
-    let session = pool.get(&target).await.expect("connect");
-    let first_socket = session.control_socket().to_owned();
-    transfer::run(&session, &s, &mut Recorder::default())
-        .await
-        .expect("transfer before the cut");
-    drop(session);
-    let before = ssh_processes_under(&masters);
-    assert_eq!(before.len(), 1, "one master: {before:?}");
-
-    // The link dies under the live master: its process and socket stay, its TCP
-    // connection carries nothing any more.
-    link.cut();
-
+    let m = Manifest::build(src.path(), MIB, HashAlgorithm::Blake3).expect("manifest");
     // What an agent does: an attempt, and on a failure that may be the master's, the
-    // master is discarded and the step retried.
-    let s = spec(Direction::Push, src.path(), &dst.path().join("second"));
-    let mut attempts = 0;
-    let started = Instant::now();
-    loop {
-        attempts += 1;
-        let attempt = async {
-            let session = pool.get(&target).await?;
-            transfer::run(&session, &s, &mut Recorder::default()).await
-        };
-        match tokio::time::timeout(Duration::from_secs(60), attempt).await {
-            Ok(Ok(_)) => break,
-            Ok(Err(e)) => {
-                assert!(attempts < 2, "the retry failed too: {e}");
-                pool.discard(&target).await;
+    // master is discarded and the step retried. Returns the attempts it took.
+    let ship = |name: &'static str| {
+        let (pool, target, src, dst, m) = (&pool, &target, src.path(), dst.path(), &m);
+        async move {
+            let mut s = spec(Direction::Push, src, &dst.join(name));
+            s.io_timeout = Duration::from_secs(3);
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let attempt = async {
+                    let session = pool.get(target).await?;
+                    let out = transfer::run(&session, &s, &mut Recorder::default()).await;
+                    drop(session);
+                    if out.is_ok() {
+                        pool.worked(target).await;
+                    }
+                    out
+                };
+                match tokio::time::timeout(Duration::from_secs(60), attempt).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        assert!(attempts < 2, "{name}: the retry failed too: {e}");
+                        pool.discard(target).await;
+                    }
+                    Err(_) => panic!("{name}: attempt {attempts} hung on the dead master"),
+                }
             }
-            Err(_) => panic!("attempt {attempts} hung on the dead master"),
+            assert!(m.verify(&dst.join(name)).expect("verify").is_complete());
+            attempts
         }
-    }
-    assert!(attempts <= 2, "succeeded on attempt {attempts}");
+    };
+    let socket = || async {
+        let s = pool.get(&target).await.expect("live master");
+        s.control_socket().to_owned()
+    };
+
+    assert_eq!(ship("first").await, 1);
+    let first_master = ssh_processes_under(&masters);
+    assert_eq!(first_master.len(), 1, "one master: {first_master:?}");
+    let first_socket = socket().await;
+
+    // The link dies under the live master (its process and socket stay, its TCP
+    // connection carries nothing any more) right after it carried a transfer, so it is
+    // handed out unprobed: the attempt gets no answer, fails, and the retry connects afresh.
+    link.cut();
+    let started = Instant::now();
+    assert_eq!(ship("second").await, 2, "succeeds on its first retry");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "took {:?}",
         started.elapsed()
     );
-    let m = Manifest::load(&src.path().join(MANIFEST_NAME), src.path()).expect("manifest");
-    assert!(
-        m.verify(&dst.path().join("second"))
-            .expect("verify")
-            .is_complete()
-    );
-    let session = pool.get(&target).await.expect("live master");
+    let second_socket = socket().await;
     assert_ne!(
-        session.control_socket(),
-        first_socket,
+        second_socket, first_socket,
         "a new master, not the dead one"
     );
-    drop(session);
-    // The dead master was ended, not left behind.
+
+    // Cut again, and come back after the trust window: the probe finds the master dead
+    // and the first attempt already goes through a new one.
+    link.cut();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ship("third").await, 1, "the probe replaced the dead master");
+    assert_ne!(socket().await, second_socket);
+
+    // The dead masters were ended, not left behind.
     let after = ssh_processes_under(&masters);
-    assert_eq!(after.len(), 1, "only the new master runs: {after:?}");
+    assert_eq!(after.len(), 1, "only the newest master runs: {after:?}");
     assert!(
-        !after.contains(&before[0]),
+        !after.contains(&first_master[0]),
         "the dead master {} still runs",
-        before[0]
+        first_master[0]
     );
 
     pool.close_all().await;
