@@ -33,8 +33,9 @@ pub struct Options {
     /// Paired rounds per case.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Cases to run (comma-separated): mixed, small, large, hop, delay.
-    #[arg(long, default_value = "mixed,small,large,hop,delay")]
+    /// Cases to run (comma-separated): mixed, small, large, hop, delay, workers (the mixed
+    /// set with `--workers` rsync processes and no delay: where parallel workers do not pay).
+    #[arg(long, default_value = "mixed,small,large,hop,delay,workers")]
     cases: String,
     /// rsync processes Ferry runs side by side in the delay case (transfer.parallel_workers).
     #[arg(long, default_value_t = 4)]
@@ -45,6 +46,11 @@ pub struct Options {
     /// Size of the delay case's mixed set in MiB.
     #[arg(long, default_value_t = 256)]
     delay_mib: u64,
+    /// Where both sides write (the same for both). By default a tmpfs (/dev/shm) when it has
+    /// room: a disk mounted with `discard` stalls file creation for seconds after the previous
+    /// round's 2 GiB were deleted, whichever tool runs next.
+    #[arg(long)]
+    dest_dir: Option<PathBuf>,
 }
 
 /// Goals on this machine (issue: verified transfers at the speed of plain rsync).
@@ -204,6 +210,35 @@ fn hash_speed(
     Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
+fn free_bytes(dir: &Path) -> u64 {
+    Command::new("df")
+        .arg("-Pk")
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let kb: u64 = text
+                .lines()
+                .nth(1)?
+                .split_whitespace()
+                .nth(3)?
+                .parse()
+                .ok()?;
+            Some(kb * 1024)
+        })
+        .unwrap_or(0)
+}
+
+fn fs_type(dir: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn tree_bytes(dir: &Path) -> (u64, usize) {
     let mut total = (0, 0);
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -252,6 +287,8 @@ impl Link<'_> {
 
     async fn ferry(&self, src: &Path, dst: &Path, workers: u32) -> anyhow::Result<f64> {
         remove(dst)?;
+        // Cold, as for freshly exported data: no manifest of an earlier run to reuse.
+        let _ = std::fs::remove_file(src.join(ferry_transfer::MANIFEST_NAME));
         Command::new("sync").status()?;
         let spec = TransferSpec {
             direction: Direction::Push,
@@ -345,12 +382,27 @@ async fn paired(
 async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
     let cases: Vec<&str> = opts.cases.split(',').map(str::trim).collect();
     for c in &cases {
-        if !["mixed", "small", "large", "hop", "delay"].contains(c) {
-            bail!("unknown case `{c}` (mixed, small, large, hop, delay)");
+        if !["mixed", "small", "large", "hop", "delay", "workers"].contains(c) {
+            bail!("unknown case `{c}` (mixed, small, large, hop, delay, workers)");
         }
     }
     let sshd = Sshd::start();
     let work = tempfile::tempdir()?;
+    let dest_parent = match &opts.dest_dir {
+        Some(d) => d.clone(),
+        None if free_bytes(Path::new("/dev/shm")) > 3 * (opts.mib << 20) => {
+            PathBuf::from("/dev/shm")
+        }
+        None => std::env::temp_dir(),
+    };
+    let dest = tempfile::tempdir_in(&dest_parent)
+        .with_context(|| format!("a destination under {}", dest_parent.display()))?;
+    println!(
+        "sources under {}, destinations under {} ({})",
+        work.path().display(),
+        dest.path().display(),
+        fs_type(dest.path())
+    );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // Hashing speed on a warm 256 MiB file.
@@ -362,9 +414,10 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
     let s1 = hash_speed(&ferry, &probe, 256 << 20, "sha256", 1)?;
     remove(&probe)?;
     println!(
-        "CPU: {} cores, SIMD {} (BLAKE3 picks its kernel at run time); hashing: blake3 {b1:.2} GB/s on one core, {ball:.2} GB/s on {cores}; sha256 {s1:.2} GB/s on one core",
+        "CPU: {} cores, SIMD {}, BLAKE3 kernel {} (chosen at run time); hashing: blake3 {b1:.2} GB/s on one core, {ball:.2} GB/s on {cores}; sha256 {s1:.2} GB/s on one core",
         cores,
-        simd_level()
+        simd_level(),
+        ferry_transfer::manifest::blake3_kernel()
     );
 
     let target = sshd.target();
@@ -388,7 +441,7 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
         println!("\ngenerating about {} MiB of mixed files...", opts.mib);
         remove(&src)?;
         generate_mixed(&src, opts.mib)?;
-        let r = paired(&direct, "mixed", &src, work.path(), opts.rounds, 1).await?;
+        let r = paired(&direct, "mixed", &src, dest.path(), opts.rounds, 1).await?;
         summary.push(("mixed", median(&r), worst(&r)));
     }
     if cases.contains(&"small") {
@@ -398,7 +451,7 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
             &direct,
             "small (10,000 x 4 KiB)",
             &src,
-            work.path(),
+            dest.path(),
             opts.rounds,
             1,
         )
@@ -412,12 +465,19 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
             &direct,
             "large (one file)",
             &src,
-            work.path(),
+            dest.path(),
             opts.rounds,
             1,
         )
         .await?;
         summary.push(("large", median(&r), worst(&r)));
+    }
+    if cases.contains(&"workers") {
+        remove(&src)?;
+        generate_mixed(&src, opts.mib)?;
+        let name = format!("mixed with {} workers, no delay", opts.workers);
+        let r = paired(&direct, &name, &src, dest.path(), opts.rounds, opts.workers).await?;
+        summary.push(("workers", median(&r), worst(&r)));
     }
     let mut hop = None;
     if cases.contains(&"hop") {
@@ -430,16 +490,25 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
         for _ in 0..opts.rounds.max(3) * 2 {
             ours.push(
                 direct
-                    .ferry(&src, &work.path().join("dst-ferry"), 1)
+                    .ferry(&src, &dest.path().join("dst-ferry"), 1)
                     .await?,
             );
-            plain.push(direct.plain(&src, &work.path().join("dst-plain")).await?);
+            plain.push(direct.plain(&src, &dest.path().join("dst-plain")).await?);
         }
         let (p, f) = (median(&plain), median(&ours));
         let slowest = ours.iter().copied().fold(0.0, f64::max);
+        // Each remote command starts the account's shell on the other host (its rc files
+        // included); a hop runs two (the receiver and rsync's server).
+        let mut shell = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            direct.session.run("true", &[]).await?;
+            shell.push(t.elapsed().as_secs_f64());
+        }
         println!(
-            "  hop: Ferry verified median {f:.3} s, slowest {slowest:.3} s (goal <= {HOP_GOAL_S} s: {}); plain rsync -a median {p:.3} s",
-            verdict(f <= HOP_GOAL_S)
+            "  hop: Ferry verified median {f:.3} s, slowest {slowest:.3} s (goal <= {HOP_GOAL_S} s: {}); plain rsync -a median {p:.3} s; one remote command through the master {:.3} s",
+            verdict(f <= HOP_GOAL_S),
+            median(&shell)
         );
         hop = Some(f);
     }
@@ -469,10 +538,10 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
         );
         let (mut one, mut many) = (Vec::new(), Vec::new());
         for round in 1..=opts.rounds {
-            let p = slow.plain(&src, &work.path().join("dst-plain")).await?;
-            let f1 = slow.ferry(&src, &work.path().join("dst-ferry"), 1).await?;
+            let p = slow.plain(&src, &dest.path().join("dst-plain")).await?;
+            let f1 = slow.ferry(&src, &dest.path().join("dst-ferry"), 1).await?;
             let fn_ = slow
-                .ferry(&src, &work.path().join("dst-ferry"), opts.workers)
+                .ferry(&src, &dest.path().join("dst-ferry"), opts.workers)
                 .await?;
             println!(
                 "  round {round}: plain rsync -a {p:.2} s, Ferry 1 worker {f1:.2} s ({:.2}x), Ferry {} workers {fn_:.2} s ({:.2}x)",
@@ -497,10 +566,18 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
     direct.session.close().await;
 
     println!(
-        "\ntransfer benchmark, loopback SSH, SIMD {}, blake3 {b1:.2} GB/s per core:",
-        simd_level()
+        "\ntransfer benchmark, loopback SSH, SIMD {}, BLAKE3 kernel {}, blake3 {b1:.2} GB/s per core:",
+        simd_level(),
+        ferry_transfer::manifest::blake3_kernel()
     );
     for (name, m, w) in &summary {
+        if *name == "workers" {
+            println!(
+                "  {name:<6} {} workers, no delay: paired ratio median {m:.3}x, worst {w:.3}x",
+                opts.workers
+            );
+            continue;
+        }
         println!(
             "  {name:<6} paired ratio median {m:.3}x ({}), worst {w:.3}x ({})",
             verdict(*m >= MEDIAN_GOAL),

@@ -63,6 +63,76 @@ pub fn join(root: &Path, rel: &str) -> Result<PathBuf, Refused> {
     Ok(joined)
 }
 
+/// [`join`] for many paths under one root (a transfer's thousands of files): the root is
+/// resolved once and each directory once, and each file costs one `lstat` (a file that is
+/// itself a symlink is resolved in full). The same rule as `join`, at the moment of each call
+/// for the file and at the first call for its directory.
+pub struct Joiner {
+    root: PathBuf,
+    canonical_root: PathBuf,
+    /// Directories (under `root`) already resolved: inside the root, or the reason not.
+    dirs: std::collections::HashMap<PathBuf, Result<(), String>>,
+}
+
+impl Joiner {
+    pub fn new(root: &Path) -> Result<Joiner, Refused> {
+        let canonical_root = root
+            .canonicalize()
+            .map_err(|e| refuse(root, "", format!("the root cannot be read: {e}")))?;
+        Ok(Joiner {
+            root: root.to_owned(),
+            canonical_root,
+            dirs: std::collections::HashMap::new(),
+        })
+    }
+
+    pub fn join(&mut self, rel: &str) -> Result<PathBuf, Refused> {
+        check_relative(&self.root, rel)?;
+        let joined = self.root.join(rel);
+        if joined
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return join(&self.root, rel);
+        }
+        let Some(dir) = joined.parent() else {
+            return Ok(joined);
+        };
+        let verdict = match self.dirs.get(dir) {
+            Some(v) => v.clone(),
+            None => {
+                let v = self.resolve_dir(dir);
+                // A directory that does not exist yet is resolved again next time.
+                if dir.exists() {
+                    self.dirs.insert(dir.to_owned(), v.clone());
+                }
+                v
+            }
+        };
+        verdict
+            .map(|()| joined)
+            .map_err(|reason| refuse(&self.root, rel, reason))
+    }
+
+    fn resolve_dir(&self, dir: &Path) -> Result<(), String> {
+        let mut existing = dir;
+        while !existing.exists() && existing.symlink_metadata().is_err() {
+            match existing.parent() {
+                Some(p) => existing = p,
+                None => break,
+            }
+        }
+        let resolved = existing
+            .canonicalize()
+            .map_err(|_| "a symlink on the path points nowhere".to_owned())?;
+        if resolved.starts_with(&self.canonical_root) {
+            Ok(())
+        } else {
+            Err("a symlink leads outside the root".to_owned())
+        }
+    }
+}
+
 /// `path` (absolute) if it lies under one of `roots`, lexically and through symlinks. A root
 /// may be named as configured or by its resolved location. With `create_root`, the matching
 /// root is created when missing (a destination that is about to be written).
@@ -124,6 +194,33 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).expect("symlink");
         let err = join(root.path(), "escape/secret").expect_err("escapes");
         assert!(err.to_string().contains("symlink leads outside"), "{err}");
+    }
+
+    /// The joiner for many files keeps `join`'s rule: escaping directories, escaping file
+    /// symlinks and a symlink planted after a directory was first seen are refused.
+    #[test]
+    fn a_joiner_refuses_what_join_refuses() {
+        let outside = tempfile::tempdir().expect("tmp");
+        std::fs::write(outside.path().join("secret"), b"x").expect("write");
+        let root = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir(root.path().join("data")).expect("mkdir");
+        let mut j = Joiner::new(root.path()).expect("root");
+        assert!(j.join("data/part-0.parquet").is_ok());
+        assert!(j.join("data/part-1.parquet").is_ok());
+        assert!(j.join("new/dir/file").is_ok());
+        assert!(j.join("../etc/passwd").is_err());
+        assert!(j.join("/etc/passwd").is_err());
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).expect("symlink");
+        let err = j.join("escape/secret").expect_err("escapes");
+        assert!(err.to_string().contains("symlink leads outside"), "{err}");
+        // A file that is itself a link out.
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("data/link"))
+            .expect("symlink");
+        let err = j.join("data/link").expect_err("escapes");
+        assert!(err.to_string().contains("symlink leads outside"), "{err}");
+        // A directory that did not exist when first asked about is looked at again.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("new")).expect("symlink");
+        assert!(j.join("new/dir/file").is_err());
     }
 
     #[test]

@@ -24,6 +24,21 @@ pub fn join(root: &Path, rel: &str) -> Result<PathBuf, TransferError> {
     ferry_fs::confine::join(root, rel).map_err(refused)
 }
 
+/// [`join`] for many files under one root, resolving each directory once.
+pub struct Joiner(ferry_fs::confine::Joiner);
+
+impl Joiner {
+    pub fn new(root: &Path) -> Result<Joiner, TransferError> {
+        ferry_fs::confine::Joiner::new(root)
+            .map(Joiner)
+            .map_err(refused)
+    }
+
+    pub fn join(&mut self, rel: &str) -> Result<PathBuf, TransferError> {
+        self.0.join(rel).map_err(refused)
+    }
+}
+
 /// `path` (absolute) if it lies under one of `roots`; see `ferry_fs::confine::under_roots`.
 pub fn under_roots(
     roots: &[PathBuf],

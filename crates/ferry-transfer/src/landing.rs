@@ -7,8 +7,7 @@
 //!   (rsync renames a file into place only once it is whole), on every core, while the
 //!   rest still travels;
 //! - at the end, [`Manifest::verify_landed`] compares the source's checksums with those
-//!   and reads only the files that changed since they were hashed (or were too small to
-//!   follow).
+//!   and reads only the files that changed since they were hashed (or landed last).
 //!
 //! [`receive`] is the whole exchange over a pipe (`ferry manifest receive`, run on the other
 //! host through the SSH master): the plan in, the space answer out, the manifest in once
@@ -29,9 +28,6 @@ use crate::manifest::{
 use crate::transfer::VerifySummary;
 use crate::{TransferError, confine};
 
-/// Files smaller than this are not followed: hashing them at the end costs less than
-/// watching them.
-pub const FOLLOW_MIN: u64 = 1 << 20;
 const POLL: Duration = Duration::from_millis(25);
 
 /// What the destination knows before the data arrives.
@@ -145,72 +141,111 @@ impl Drop for Landing {
 
 fn watch(root: &Path, plan: &Plan, stop: &AtomicBool, hashed: &AtomicUsize) -> Vec<Option<Landed>> {
     let mut done: Vec<Option<Landed>> = vec![None; plan.files.len()];
-    let mut pending: Vec<usize> = plan
-        .files
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.size >= FOLLOW_MIN)
-        .map(|(i, _)| i)
-        .collect();
+    let mut joiner = confine::Joiner::new(root).ok();
     let paths: Vec<Option<PathBuf>> = plan
         .files
         .iter()
-        .map(|f| confine::join(root, &f.path).ok())
+        .map(|f| joiner.as_mut().and_then(|j| j.join(&f.path).ok()))
         .collect();
+    // In path order, roughly the order rsync sends in.
+    let mut pending: Vec<usize> = (0..plan.files.len())
+        .filter(|&i| plan.files[i].size > 0 && paths[i].is_some())
+        .collect();
+    pending.sort_by(|a, b| plan.files[*a].path.cmp(&plan.files[*b].path));
+    let mut pass = 0u64;
     while !pending.is_empty() && !stop.load(Ordering::SeqCst) {
-        let mut progressed = false;
-        let mut i = 0;
-        while i < pending.len() && !stop.load(Ordering::SeqCst) {
-            let n = pending[i];
-            let Some(path) = &paths[n] else {
-                pending.swap_remove(i);
-                continue;
-            };
-            match hash_if_landed(path, plan.files[n].size, plan, stop) {
-                Some(l) => {
-                    done[n] = Some(l);
-                    hashed.fetch_add(1, Ordering::SeqCst);
-                    pending.swap_remove(i);
-                    progressed = true;
-                }
-                None => i += 1,
+        pass += 1;
+        // Most passes look at the front of the list (where rsync is) until WINDOW files in
+        // a row have not landed; every tenth looks at all (parallel workers send several
+        // parts of the list at once).
+        let full = pass % 10 == 0;
+        let mut landed = Vec::new();
+        let mut misses = 0;
+        for (at, &n) in pending.iter().enumerate() {
+            if !full && misses >= WINDOW {
+                break;
+            }
+            let Some(path) = &paths[n] else { continue };
+            match FileStat::read(path) {
+                Ok((len, stat)) if len == plan.files[n].size => landed.push((at, n, stat)),
+                _ => misses += 1,
             }
         }
-        if !progressed {
+        if landed.is_empty() {
             std::thread::sleep(POLL);
+            continue;
+        }
+        let hashes = hash_files(&paths, plan, &landed, stop);
+        let mut taken = Vec::new();
+        for ((at, n, before), chunks) in landed.into_iter().zip(hashes) {
+            let Some(chunks) = chunks else { continue };
+            let Some(path) = &paths[n] else { continue };
+            // Still the same file after it was read.
+            if let Ok((len, after)) = FileStat::read(path)
+                && len == plan.files[n].size
+                && after == before
+            {
+                done[n] = Some(Landed {
+                    size: len,
+                    stat: before,
+                    chunks,
+                });
+                hashed.fetch_add(1, Ordering::SeqCst);
+                taken.push(at);
+            }
+        }
+        for at in taken.into_iter().rev() {
+            pending.remove(at);
         }
     }
     done
 }
 
-/// The file's checksums if it is at its final name with its planned size and stayed the
-/// same file while it was read.
-fn hash_if_landed(path: &Path, size: u64, plan: &Plan, stop: &AtomicBool) -> Option<Landed> {
-    let (len, before) = FileStat::read(path).ok()?;
-    if len != size {
-        return None;
-    }
+/// Files looked at past the last one that landed, on most passes.
+const WINDOW: usize = 256;
+
+/// The chunk checksums of each landed file, its chunks spread over every core; `None` for
+/// a file that could not be read whole.
+fn hash_files(
+    paths: &[Option<PathBuf>],
+    plan: &Plan,
+    landed: &[(usize, usize, FileStat)],
+    stop: &AtomicBool,
+) -> Vec<Option<Vec<String>>> {
     let cs = plan.chunk_size;
-    let ranges: Vec<(u64, u64)> = (0..size.div_ceil(cs))
-        .map(|c| (c * cs, cs.min(size - c * cs)))
+    let tasks: Vec<(usize, u64, u64)> = landed
+        .iter()
+        .enumerate()
+        .flat_map(|(k, &(_, n, _))| {
+            let size = plan.files[n].size;
+            (0..size.div_ceil(cs)).map(move |c| (k, c * cs, cs.min(size - c * cs)))
+        })
         .collect();
-    let chunks = parallel_map(&ranges, 0, |&(offset, len), buf| {
+    let sums = parallel_map(&tasks, 0, |&(k, offset, len), buf| {
+        let n = landed[k].1;
+        let path = paths[n].as_deref().unwrap_or(Path::new(""));
         if stop.load(Ordering::SeqCst) {
-            return Err(TransferError::Verification {
-                path: path.to_owned(),
-                detail: "stopped".into(),
-            });
+            return Ok(None);
         }
-        let mut f = std::fs::File::open(path).map_err(|e| TransferError::io(path, e))?;
-        hash_range(&mut f, path, offset, len, plan.algorithm, buf)
-    })
-    .ok()?;
-    let (len_after, after) = FileStat::read(path).ok()?;
-    (len_after == size && after == before).then_some(Landed {
-        size,
-        stat: before,
-        chunks,
-    })
+        let read = std::fs::File::open(path)
+            .map_err(|e| TransferError::io(path, e))
+            .and_then(|mut f| hash_range(&mut f, path, offset, len, plan.algorithm, buf));
+        Ok(read.ok())
+    });
+    let mut out: Vec<Option<Vec<String>>> = vec![Some(Vec::new()); landed.len()];
+    match sums {
+        Ok(sums) => {
+            for ((k, _, _), sum) in tasks.iter().zip(sums) {
+                match (sum, &mut out[*k]) {
+                    (Some(s), Some(v)) => v.push(s),
+                    (None, slot) => *slot = None,
+                    _ => {}
+                }
+            }
+            out
+        }
+        Err(_) => vec![None; landed.len()],
+    }
 }
 
 /// What the destination answers to a plan before the data comes.
@@ -252,11 +287,12 @@ pub fn receive(
     input.read_line(&mut line).map_err(pipe)?;
     let plan = Plan::parse(line.trim(), dir)?;
     std::fs::create_dir_all(dir).map_err(|e| TransferError::io(dir, e))?;
+    let mut joiner = confine::Joiner::new(dir)?;
     let present = plan
         .files
         .iter()
         .filter_map(|f| {
-            let full = confine::join(dir, &f.path).ok()?;
+            let full = joiner.join(&f.path).ok()?;
             std::fs::metadata(full).ok().map(|m| m.len().min(f.size))
         })
         .sum();
@@ -335,12 +371,15 @@ mod tests {
         }
         // Let the follower catch up before it is stopped.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while landing.hashed() < 2 && std::time::Instant::now() < deadline {
+        while landing.hashed() < 3 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let landed = landing.finish();
         let hashed = landed.iter().filter(|l| l.is_some()).count();
-        assert_eq!(hashed, 2, "both large files were hashed as they landed");
+        assert!(
+            hashed >= 2,
+            "the files were hashed as they landed: {hashed}"
+        );
         let (report, stats) = m.verify_landed(dst.path(), &landed).expect("verify");
         assert!(report.is_complete(), "{report:?}");
         assert!(stats.iter().all(Option::is_some));

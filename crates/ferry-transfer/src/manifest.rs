@@ -345,8 +345,9 @@ impl Manifest {
         let mut report = VerifyReport::default();
         let mut present: Vec<Option<(PathBuf, u64, FileStat)>> =
             Vec::with_capacity(self.files.len());
+        let mut joiner = confine::Joiner::new(root)?;
         for f in &self.files {
-            let full = confine::join(root, &f.path)?;
+            let full = joiner.join(&f.path)?;
             match std::fs::metadata(&full) {
                 Ok(meta) => {
                     if meta.len() > f.size {
@@ -495,6 +496,12 @@ pub(crate) fn parallel_map<T: Sync, R: Send>(
     Ok(out)
 }
 
+/// The BLAKE3 kernel this CPU runs (chosen at run time: `AVX512`, `AVX2`, `SSE41`, `NEON`,
+/// ...; `Portable` would mean a build without the SIMD kernels).
+pub fn blake3_kernel() -> String {
+    format!("{:?}", blake3::platform::Platform::detect())
+}
+
 /// Hex checksum of `len` bytes of `file` from `offset`.
 pub fn hash_range(
     file: &mut File,
@@ -628,6 +635,18 @@ mod tests {
         let err = Manifest::load(&path, src.path()).expect_err("refused");
         assert!(err.to_string().contains("`..` is not allowed"), "{err}");
         assert_eq!(err.class(), ferry_core::ErrorClass::Permanent);
+    }
+
+    /// The build must keep BLAKE3's run-time dispatch: on a CPU with AVX2 the AVX2 (or a
+    /// wider) kernel runs, never the portable one.
+    #[test]
+    fn blake3_uses_the_widest_kernel_the_cpu_has() {
+        let kernel = blake3_kernel();
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(kernel == "AVX2" || kernel == "AVX512", "{kernel}");
+        }
+        assert_ne!(kernel, "Portable");
     }
 
     #[test]

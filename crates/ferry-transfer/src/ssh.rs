@@ -125,6 +125,8 @@ impl SshTarget {
             format!("ConnectTimeout={}", self.connect_timeout.as_secs().max(1)),
             "-o".into(),
             format!("ServerAliveInterval={}", self.keepalive.as_secs().max(1)),
+            "-o".into(),
+            format!("Ciphers={}", cipher_preference()),
             "-p".into(),
             self.port.to_string(),
         ]);
@@ -402,6 +404,27 @@ fn classify(t: &SshTarget, message: &str) -> TransferError {
             port: t.port,
             detail,
         }
+    }
+}
+
+/// The ciphers offered, fastest first for this CPU. With AES instructions, AES-GCM costs
+/// about two thirds of ChaCha20-Poly1305's CPU (2.97 against 2.07 GB/s per core here, `openssl
+/// speed`), and on a host where rsync, ssh and two hashers share the cores that is time the
+/// transfer gets back. Without them ChaCha20 leads, as in OpenSSH's own default. Only AEAD
+/// ciphers and OpenSSH's CTR modes are offered: nothing weaker than its default list.
+fn cipher_preference() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    let aes = std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    let aes = std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let aes = false;
+    if aes {
+        "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr"
+    } else {
+        "chacha20-poly1305@openssh.com,aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr"
     }
 }
 

@@ -509,11 +509,12 @@ async fn pull(
     };
     announce(&shell, None, events, update);
     std::fs::create_dir_all(&spec.local).map_err(|e| TransferError::io(&spec.local, e))?;
+    let mut joiner = confine::Joiner::new(&spec.local)?;
     let present: u64 = planned
         .files
         .iter()
         .filter_map(|f| {
-            let full = confine::join(&spec.local, &f.path).ok()?;
+            let full = joiner.join(&f.path).ok()?;
             std::fs::metadata(full).ok().map(|m| m.len().min(f.size))
         })
         .sum();
