@@ -158,7 +158,7 @@ fn watch(root: &Path, plan: &Plan, stop: &AtomicBool, hashed: &AtomicUsize) -> V
         // Most passes look at the front of the list (where rsync is) until WINDOW files in
         // a row have not landed; every tenth looks at all (parallel workers send several
         // parts of the list at once).
-        let full = pass % 10 == 0;
+        let full = pass.is_multiple_of(10);
         let mut landed = Vec::new();
         let mut misses = 0;
         for (at, &n) in pending.iter().enumerate() {
