@@ -141,15 +141,13 @@ impl Drop for Landing {
 
 fn watch(root: &Path, plan: &Plan, stop: &AtomicBool, hashed: &AtomicUsize) -> Vec<Option<Landed>> {
     let mut done: Vec<Option<Landed>> = vec![None; plan.files.len()];
+    // Resolved (confined) only once a file has landed: its directory exists by then, and is
+    // resolved once for all its files.
     let mut joiner = confine::Joiner::new(root).ok();
-    let paths: Vec<Option<PathBuf>> = plan
-        .files
-        .iter()
-        .map(|f| joiner.as_mut().and_then(|j| j.join(&f.path).ok()))
-        .collect();
+    let mut paths: Vec<Option<PathBuf>> = vec![None; plan.files.len()];
     // In path order, roughly the order rsync sends in.
     let mut pending: Vec<usize> = (0..plan.files.len())
-        .filter(|&i| plan.files[i].size > 0 && paths[i].is_some())
+        .filter(|&i| plan.files[i].size > 0)
         .collect();
     pending.sort_by(|a, b| plan.files[*a].path.cmp(&plan.files[*b].path));
     let mut pass = 0u64;
@@ -165,9 +163,22 @@ fn watch(root: &Path, plan: &Plan, stop: &AtomicBool, hashed: &AtomicUsize) -> V
             if !full && misses >= WINDOW {
                 break;
             }
+            let file = &plan.files[n];
+            // A regular file (not a link) at its final name with its planned size.
+            let here = root.join(&file.path);
+            match here.symlink_metadata() {
+                Ok(m) if m.is_file() && m.len() == file.size => {}
+                _ => {
+                    misses += 1;
+                    continue;
+                }
+            }
+            if paths[n].is_none() {
+                paths[n] = joiner.as_mut().and_then(|j| j.join(&file.path).ok());
+            }
             let Some(path) = &paths[n] else { continue };
             match FileStat::read(path) {
-                Ok((len, stat)) if len == plan.files[n].size => landed.push((at, n, stat)),
+                Ok((len, stat)) if len == file.size => landed.push((at, n, stat)),
                 _ => misses += 1,
             }
         }
@@ -287,18 +298,9 @@ pub fn receive(
     input.read_line(&mut line).map_err(pipe)?;
     let plan = Plan::parse(line.trim(), dir)?;
     std::fs::create_dir_all(dir).map_err(|e| TransferError::io(dir, e))?;
-    let mut joiner = confine::Joiner::new(dir)?;
-    let present = plan
-        .files
-        .iter()
-        .filter_map(|f| {
-            let full = joiner.join(&f.path).ok()?;
-            std::fs::metadata(full).ok().map(|m| m.len().min(f.size))
-        })
-        .sum();
     let space = Space {
         free: free_bytes(dir),
-        present,
+        present: present_bytes(&plan, dir)?,
     };
     writeln!(output, "{}", json(&space)?).map_err(pipe)?;
     output.flush().map_err(pipe)?;
@@ -324,6 +326,23 @@ pub fn receive(
     manifest.with_stats(&stats).save(&dir.join(MANIFEST_NAME))?;
     writeln!(output, "{}", json(&VerifySummary::from(&report))?).map_err(pipe)?;
     output.flush().map_err(pipe)
+}
+
+/// Bytes of the plan's files already under `root` (a resumed transfer needs only the rest).
+pub fn present_bytes(plan: &Plan, root: &Path) -> Result<u64, TransferError> {
+    // A new (empty) destination holds nothing of the plan.
+    if std::fs::read_dir(root).map_or(true, |mut d| d.next().is_none()) {
+        return Ok(0);
+    }
+    let mut joiner = confine::Joiner::new(root)?;
+    Ok(plan
+        .files
+        .iter()
+        .filter_map(|f| {
+            let full = joiner.join(&f.path).ok()?;
+            std::fs::metadata(full).ok().map(|m| m.len().min(f.size))
+        })
+        .sum())
 }
 
 fn json<T: Serialize>(v: &T) -> Result<String, TransferError> {

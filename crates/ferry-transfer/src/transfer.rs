@@ -509,15 +509,7 @@ async fn pull(
     };
     announce(&shell, None, events, update);
     std::fs::create_dir_all(&spec.local).map_err(|e| TransferError::io(&spec.local, e))?;
-    let mut joiner = confine::Joiner::new(&spec.local)?;
-    let present: u64 = planned
-        .files
-        .iter()
-        .filter_map(|f| {
-            let full = joiner.join(&f.path).ok()?;
-            std::fs::metadata(full).ok().map(|m| m.len().min(f.size))
-        })
-        .sum();
+    let present = crate::landing::present_bytes(&planned, &spec.local)?;
     let free = crate::landing::free_bytes(&spec.local);
     let needed = planned.total_bytes().saturating_sub(present);
     if needed > free {
