@@ -289,7 +289,9 @@ impl Link<'_> {
     async fn ferry(&self, src: &Path, dst: &Path, workers: u32) -> anyhow::Result<f64> {
         remove(dst)?;
         // Cold, as for freshly exported data: no manifest of an earlier run to reuse.
-        let _ = std::fs::remove_file(src.join(ferry_transfer::MANIFEST_NAME));
+        if std::env::var_os("WARM").is_none() {
+            let _ = std::fs::remove_file(src.join(ferry_transfer::MANIFEST_NAME));
+        }
         Command::new("sync").status()?;
         let spec = TransferSpec {
             direction: Direction::Push,

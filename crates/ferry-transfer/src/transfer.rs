@@ -337,16 +337,6 @@ async fn push(
     events: &mut dyn TransferEvents,
     update: &Update<'_>,
 ) -> Result<FirstPass, TransferError> {
-    let mut plan = Manifest::scan(&spec.local, spec.chunk_size, spec.algorithm)?;
-    let reused = plan.reuse_from(&spec.local.join(MANIFEST_NAME), &spec.local);
-    let hashing = {
-        let mut m = plan.clone();
-        let root = spec.local.clone();
-        tokio::task::spawn_blocking(move || m.hash_all(&root).map(|()| m))
-    };
-    announce(&plan, Some(reused), events, update);
-    let planned = Plan::of(&plan);
-
     let what = format!(
         "`{} manifest receive` on {}",
         spec.remote_ferry, session.target.host
@@ -355,6 +345,8 @@ async fn push(
         what: what.clone(),
         detail,
     };
+    // The receiver starts first: the other host's shell and the receiver come up while
+    // this host scans.
     let mut receiver = session
         .command(&spec.remote_ferry)
         .arg("manifest")
@@ -366,6 +358,16 @@ async fn push(
         .spawn()
         .await
         .map_err(|e| failed(e.to_string()))?;
+    let mut plan = Manifest::scan(&spec.local, spec.chunk_size, spec.algorithm)?;
+    let reused = plan.reuse_from(&spec.local.join(MANIFEST_NAME), &spec.local);
+    let hashing = {
+        let mut m = plan.clone();
+        let root = spec.local.clone();
+        tokio::task::spawn_blocking(move || m.hash_all(&root).map(|()| m))
+    };
+    announce(&plan, Some(reused), events, update);
+    let planned = Plan::of(&plan);
+
     let mut to = receiver
         .stdin()
         .take()
@@ -416,18 +418,27 @@ async fn push(
         path: spec.local.clone(),
         detail: format!("hashing stopped: {e}"),
     })??;
-    // Kept beside the source (with this host's file identities) for the next transfer.
-    manifest.save(&spec.local.join(MANIFEST_NAME))?;
     send_line(&mut to, &manifest.without_stats())
         .await
         .map_err(|e| failed(e.to_string()))?;
     let _ = to.shutdown().await;
     drop(to);
+    // Kept beside the source (with this host's file identities) for the next transfer,
+    // written while the other host verifies.
+    let saving = {
+        let m = manifest.clone();
+        let path = spec.local.join(MANIFEST_NAME);
+        tokio::task::spawn_blocking(move || m.save(&path))
+    };
     let summary: VerifySummary = match read_line(&mut from).await {
         Ok(Some(s)) => s,
         Ok(None) => return Err(failed(why(&mut stderr).await)),
         Err(e) => return Err(failed(e)),
     };
+    saving.await.map_err(|e| TransferError::Verification {
+        path: spec.local.clone(),
+        detail: format!("saving the manifest stopped: {e}"),
+    })??;
     drop(from);
     let _ = receiver.wait().await;
     Ok((manifest, summary, stats))
@@ -641,6 +652,13 @@ async fn rsync_dir(
     opts.extra.push(format!("--partial-dir={PARTIAL_DIR}"));
     opts.extra
         .push(format!("--timeout={}", spec.io_timeout.as_secs().max(1)));
+    if plan.is_some_and(many_small_files) {
+        // rsync writes a progress line after every file; for thousands of small files,
+        // those writes and the wake-ups reading them cost a third of the transfer
+        // (10,000 x 4 KiB: 1.75 s against 1.15 s). Block-buffered, they arrive in bursts,
+        // which is all a report every half second needs.
+        opts.extra.push("--outbuf=B".into());
+    }
     // Each side writes its own manifest (with its own file identities); it never travels
     // as data.
     opts.extra.push(format!("--exclude=/{MANIFEST_NAME}"));
@@ -721,6 +739,14 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     })
     .await;
     results.into_iter().flatten().collect()
+}
+
+/// Thousands of files averaging under 1 MiB: rsync's progress is better block-buffered.
+/// (A few large files keep it line-buffered: a block of progress lines would take minutes
+/// to fill.)
+fn many_small_files(p: &Plan) -> bool {
+    let files = p.files.len() as u64;
+    files >= 1000 && p.total_bytes() / files < (1 << 20)
 }
 
 /// Splits the plan's files into `n` groups of similar size.
