@@ -303,6 +303,7 @@ impl Link<'_> {
             max_chunk_retries: 10,
             remote_ferry: self.ferry.display().to_string(),
             parallel_workers: workers,
+            bytes_per_worker: transfer::BYTES_PER_WORKER,
             io_timeout: transfer::DEFAULT_IO_TIMEOUT,
         };
         let t = Instant::now();

@@ -109,6 +109,7 @@ impl Inner {
             max_chunk_retries: t.max_retries,
             remote_ferry: t.remote_ferry.clone(),
             parallel_workers: t.parallel_workers,
+            bytes_per_worker: transfer::BYTES_PER_WORKER,
             io_timeout: transfer::DEFAULT_IO_TIMEOUT,
         };
         let mut target = SshTarget::new(

@@ -42,8 +42,11 @@ pub struct TransferSpec {
     pub max_chunk_retries: u32,
     /// The `ferry` CLI on the other host (builds and verifies manifests there).
     pub remote_ferry: String,
-    /// rsync processes run side by side, each on its share of the files.
+    /// rsync processes run side by side, each on its share of the files (at most one per
+    /// `bytes_per_worker`).
     pub parallel_workers: u32,
+    /// See [`BYTES_PER_WORKER`].
+    pub bytes_per_worker: u64,
     /// How long the other host may stay silent: its first answer (a dead SSH connection
     /// gives none) and rsync's `--timeout` (no data moving either way).
     pub io_timeout: std::time::Duration,
@@ -662,7 +665,9 @@ async fn rsync_dir(
     // Each side writes its own manifest (with its own file identities); it never travels
     // as data.
     opts.extra.push(format!("--exclude=/{MANIFEST_NAME}"));
-    let workers = spec.parallel_workers.max(1) as usize;
+    let workers = plan.map_or(1, |p| {
+        workers_for(spec.parallel_workers, spec.bytes_per_worker, p)
+    });
     let groups = match plan {
         Some(p) if workers > 1 && p.files.len() > 1 => split_files(p, workers),
         _ => {
@@ -739,6 +744,18 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     })
     .await;
     results.into_iter().flatten().collect()
+}
+
+/// Bytes an extra rsync process must have to pay for itself (its own process pair and a
+/// remote shell start): below it, splitting costs more than it saves (`cargo xtask bench
+/// transfer`: 10,000 files of 4 KiB took 1.5 s with one process and 1.7 s with four).
+pub const BYTES_PER_WORKER: u64 = 64 << 20;
+
+/// How many rsync processes a plan gets: at most `configured`, and one per `bytes_per_worker`
+/// ([`BYTES_PER_WORKER`] by default).
+pub fn workers_for(configured: u32, bytes_per_worker: u64, p: &Plan) -> usize {
+    let by_size = (p.total_bytes() / bytes_per_worker.max(1)).max(1);
+    (configured.max(1) as u64).min(by_size) as usize
 }
 
 /// Thousands of files averaging under 1 MiB: rsync's progress is better block-buffered.
@@ -1130,6 +1147,37 @@ mod tests {
             ]
         );
         assert_eq!(split_files(&p, 8).len(), 4, "never more groups than files");
+    }
+
+    #[test]
+    fn small_trees_get_one_rsync_process() {
+        let plan = |files: u64, size: u64| Plan {
+            chunk_size: 1 << 20,
+            algorithm: HashAlgorithm::Blake3,
+            files: (0..files)
+                .map(|i| crate::landing::PlannedFile {
+                    path: format!("f{i}"),
+                    size,
+                })
+                .collect(),
+        };
+        assert_eq!(
+            workers_for(4, BYTES_PER_WORKER, &plan(10_000, 4096)),
+            1,
+            "40 MiB"
+        );
+        assert_eq!(
+            workers_for(4, BYTES_PER_WORKER, &plan(4, 64 << 20)),
+            4,
+            "256 MiB"
+        );
+        assert_eq!(workers_for(4, BYTES_PER_WORKER, &plan(2, 64 << 20)), 2);
+        assert_eq!(
+            workers_for(1, BYTES_PER_WORKER, &plan(100, 1 << 30)),
+            1,
+            "as configured"
+        );
+        assert_eq!(workers_for(0, BYTES_PER_WORKER, &plan(1, 1)), 1);
     }
 
     #[test]

@@ -406,6 +406,7 @@ fn spec(direction: Direction, local: &Path, remote: &Path) -> TransferSpec {
         max_chunk_retries: 3,
         remote_ferry: ferry_cli(),
         parallel_workers: 1,
+        bytes_per_worker: transfer::BYTES_PER_WORKER,
         io_timeout: Duration::from_secs(30),
     }
 }
@@ -688,6 +689,8 @@ async fn parallel_workers_split_the_files_and_the_result_verifies() {
         .expect("connect");
     let mut s = spec(Direction::Push, src.path(), dst.path());
     s.parallel_workers = 3;
+    // A small tree, split all the same.
+    s.bytes_per_worker = 1;
     let mut rec = Recorder::default();
     let out = transfer::run(&session, &s, &mut rec)
         .await
