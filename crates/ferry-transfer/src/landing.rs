@@ -23,9 +23,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{
-    FileStat, HashAlgorithm, Landed, MANIFEST_NAME, Manifest, hash_range, parallel_map,
+    FileStat, HashAlgorithm, Landed, MANIFEST_NAME, Manifest, VerifySummary, hash_range,
+    parallel_map,
 };
-use crate::transfer::VerifySummary;
 use crate::{TransferError, confine};
 
 const POLL: Duration = Duration::from_millis(25);
@@ -275,8 +275,15 @@ pub fn free_bytes(dir: &Path) -> u64 {
         .arg(dir)
         .output()
         .ok()
-        .and_then(|o| crate::transfer::parse_df_available(&String::from_utf8_lossy(&o.stdout)))
+        .and_then(|o| parse_df_available(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or(u64::MAX)
+}
+
+/// `df -Pk` → available bytes.
+pub(crate) fn parse_df_available(out: &str) -> Option<u64> {
+    let line = out.lines().nth(1)?;
+    let kb: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The destination's whole exchange (`ferry manifest receive DIR`): reads the plan (one

@@ -334,7 +334,7 @@ impl Manifest {
     }
 
     /// [`Manifest::verify`], taking the checksums of files hashed as they landed (see
-    /// [`crate::landing`]) for those whose identity has not changed since; only the other
+    /// the `landing` module) for those whose identity has not changed since; only the other
     /// chunks are read. Also returns, per file, its identity when every chunk of it
     /// verified (what [`Manifest::with_stats`] records for the next build on this host).
     pub fn verify_landed(
@@ -435,6 +435,29 @@ impl Manifest {
     /// This manifest without identities (what travels to the other host).
     pub fn without_stats(&self) -> Manifest {
         self.with_stats(&[])
+    }
+}
+
+/// What `ferry manifest verify --json` prints, for verification on the other host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifySummary {
+    pub complete: bool,
+    pub verified: usize,
+    /// Chunk ids (`path#index`) that are missing or wrong.
+    pub bad: Vec<String>,
+    pub missing_files: Vec<String>,
+    pub too_long: Vec<String>,
+}
+
+impl From<&VerifyReport> for VerifySummary {
+    fn from(r: &VerifyReport) -> Self {
+        VerifySummary {
+            complete: r.is_complete(),
+            verified: r.verified.len(),
+            bad: r.bad.iter().map(ChunkRef::id).collect(),
+            missing_files: r.missing_files.clone(),
+            too_long: r.too_long.clone(),
+        }
     }
 }
 

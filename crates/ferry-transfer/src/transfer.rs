@@ -19,8 +19,8 @@ use openssh::Stdio;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::landing::{Plan, Space};
-use crate::manifest::{ChunkRef, HashAlgorithm, MANIFEST_NAME, Manifest, VerifyReport};
+use crate::landing::{Plan, Space, parse_df_available};
+use crate::manifest::{ChunkRef, HashAlgorithm, MANIFEST_NAME, Manifest};
 use crate::rsync::{self, Direction, Progress, RsyncOptions, RsyncStats};
 use crate::ssh::SshSession;
 use crate::{TransferError, confine};
@@ -116,28 +116,7 @@ pub struct TransferOutcome {
     pub seconds: f64,
 }
 
-/// What `ferry manifest verify --json` prints, for verification on the other host.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VerifySummary {
-    pub complete: bool,
-    pub verified: usize,
-    /// Chunk ids (`path#index`) that are missing or wrong.
-    pub bad: Vec<String>,
-    pub missing_files: Vec<String>,
-    pub too_long: Vec<String>,
-}
-
-impl From<&VerifyReport> for VerifySummary {
-    fn from(r: &VerifyReport) -> Self {
-        VerifySummary {
-            complete: r.is_complete(),
-            verified: r.verified.len(),
-            bad: r.bad.iter().map(ChunkRef::id).collect(),
-            missing_files: r.missing_files.clone(),
-            too_long: r.too_long.clone(),
-        }
-    }
-}
+pub use crate::manifest::VerifySummary;
 
 /// Runs one transfer over `session`.
 pub async fn run(
@@ -830,13 +809,6 @@ fn dir_bytes(dir: &Path) -> u64 {
             _ => 0,
         })
         .sum()
-}
-
-/// `df -Pk` → available bytes.
-pub(crate) fn parse_df_available(out: &str) -> Option<u64> {
-    let line = out.lines().nth(1)?;
-    let kb: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 fn disk_full(session: &SshSession, spec: &TransferSpec, needed: u64, free: u64) -> TransferError {
