@@ -25,8 +25,9 @@ pub use crate::ssh::reap_masters;
 /// How long a kept master has to answer a `true` before it counts as dead.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A master that carried a transfer this recently is handed out without a probe (each
-/// probe is a remote command: a shell start on the other host, 5–150 ms). A cut in that
-/// window still ends in a failure that discards it, and the retry connects afresh.
+/// probe is a remote command: a shell start on the other host, 5–150 ms), once `ssh -O
+/// check` says its process still runs. A cut in that window still ends in a failure that
+/// discards it, and the retry connects afresh.
 pub const TRUST_FOR: Duration = Duration::from_secs(10);
 
 /// One master per account and key list: two server entries for the same account with
@@ -82,7 +83,8 @@ impl SessionPool {
         let mut sessions = self.sessions.lock().await;
         if let Some(kept) = sessions.get_mut(&key(target)) {
             let s = kept.session.clone();
-            if kept.alive_at.elapsed() < self.trust_for {
+            // Recently proven: only the (local) check that its process still runs.
+            if kept.alive_at.elapsed() < self.trust_for && s.master_running().await {
                 return Ok(s);
             }
             if s.is_alive(self.probe_timeout).await {

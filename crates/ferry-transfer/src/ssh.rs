@@ -271,6 +271,12 @@ impl SshSession {
         self.session.command(program)
     }
 
+    /// Whether the master process still answers on its control socket (local, no round
+    /// trip): false once it has exited, true even when its connection is dead.
+    pub async fn master_running(&self) -> bool {
+        self.session.check().await.is_ok()
+    }
+
     /// Whether the master still carries commands: its process answers on the control
     /// socket *and* a `true` run through it on the other host comes back within `within`.
     /// A master whose TCP connection died (a link cut, a restarted sshd, a NAT that forgot
