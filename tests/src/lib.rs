@@ -564,7 +564,7 @@ impl Default for Cluster {
 }
 
 /// SIGTERM, then SIGKILL if `c` has not exited after `grace`; its exit status.
-fn terminate(mut c: Child, grace: Duration) -> Option<std::process::ExitStatus> {
+pub fn terminate(mut c: Child, grace: Duration) -> Option<std::process::ExitStatus> {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(c.id().to_string())

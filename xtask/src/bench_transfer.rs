@@ -211,26 +211,6 @@ fn hash_speed(
     Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
-fn free_bytes(dir: &Path) -> u64 {
-    Command::new("df")
-        .arg("-Pk")
-        .arg(dir)
-        .output()
-        .ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let kb: u64 = text
-                .lines()
-                .nth(1)?
-                .split_whitespace()
-                .nth(3)?
-                .parse()
-                .ok()?;
-            Some(kb * 1024)
-        })
-        .unwrap_or(0)
-}
-
 fn fs_type(dir: &Path) -> String {
     Command::new("stat")
         .args(["-f", "-c", "%T"])
@@ -318,17 +298,7 @@ impl Link<'_> {
 }
 
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    crate::soak::median(v.to_vec())
 }
 
 fn worst(v: &[f64]) -> f64 {
@@ -350,7 +320,7 @@ async fn paired(
 ) -> anyhow::Result<Vec<f64>> {
     let (bytes, files) = tree_bytes(src);
     println!(
-        "\n== {name}: {:.2} GiB in {files} files, {rounds} paired rounds, Ferry with {workers} rsync process{}",
+        "\n== {name}: {:.2} GiB in {files} files, {rounds} paired rounds, Ferry with at most {workers} rsync process{}",
         bytes as f64 / (1u64 << 30) as f64,
         if workers == 1 { "" } else { "es" }
     );
@@ -395,7 +365,10 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let dest_parent = match &opts.dest_dir {
         Some(d) => d.clone(),
-        None if free_bytes(Path::new("/dev/shm")) > 3 * (opts.mib << 20) => {
+        None if Path::new("/dev/shm").is_dir()
+            && (3 * (opts.mib << 20)..u64::MAX)
+                .contains(&ferry_transfer::landing::free_bytes(Path::new("/dev/shm"))) =>
+        {
             PathBuf::from("/dev/shm")
         }
         None => std::env::temp_dir(),
@@ -442,62 +415,32 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
     let src = work.path().join("src");
     let mut summary = Vec::new();
 
-    if cases.contains(&"mixed") {
-        println!("\ngenerating about {} MiB of mixed files...", opts.mib);
-        remove(&src)?;
-        generate_mixed(&src, opts.mib)?;
-        let r = paired(
-            &direct,
-            "mixed",
-            &src,
-            dest.path(),
-            opts.rounds,
-            opts.workers,
-        )
-        .await?;
-        summary.push(("mixed", median(&r), worst(&r)));
-    }
-    if cases.contains(&"small") {
-        remove(&src)?;
-        generate_small(&src)?;
-        let r = paired(
-            &direct,
+    // The paired cases: (case, what the round says, how its files are made, rsync processes).
+    type Generate = fn(&Path, u64) -> anyhow::Result<()>;
+    let paired_cases: [(&str, &str, Generate, u32); 4] = [
+        ("mixed", "mixed", generate_mixed, opts.workers),
+        (
+            "small",
             "small (10,000 x 4 KiB)",
-            &src,
-            dest.path(),
-            opts.rounds,
+            |d, _| generate_small(d),
             opts.workers,
-        )
-        .await?;
-        summary.push(("small", median(&r), worst(&r)));
-    }
-    if cases.contains(&"large") {
-        remove(&src)?;
-        generate_one(&src, opts.mib << 20, 11)?;
-        let r = paired(
-            &direct,
+        ),
+        (
+            "large",
             "large (one file)",
-            &src,
-            dest.path(),
-            opts.rounds,
+            |d, mib| generate_one(d, mib << 20, 11),
             opts.workers,
-        )
-        .await?;
-        summary.push(("large", median(&r), worst(&r)));
-    }
-    if cases.contains(&"one-worker") {
+        ),
+        ("one-worker", "mixed, one rsync process", generate_mixed, 1),
+    ];
+    for (case, title, generate, workers) in paired_cases {
+        if !cases.contains(&case) {
+            continue;
+        }
         remove(&src)?;
-        generate_mixed(&src, opts.mib)?;
-        let r = paired(
-            &direct,
-            "mixed, one rsync process",
-            &src,
-            dest.path(),
-            opts.rounds,
-            1,
-        )
-        .await?;
-        summary.push(("one-worker", median(&r), worst(&r)));
+        generate(&src, opts.mib)?;
+        let r = paired(&direct, title, &src, dest.path(), opts.rounds, workers).await?;
+        summary.push((case, median(&r), worst(&r)));
     }
     let mut hop = None;
     if cases.contains(&"hop") {

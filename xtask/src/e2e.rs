@@ -316,21 +316,9 @@ impl Daemon {
     /// SIGTERM, as a service manager stops it (agents close their SSH masters), then
     /// SIGKILL after 10 s.
     pub(crate) fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(c) = self.child.take() {
+            ferry_e2e::terminate(c, Duration::from_secs(10));
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 
     fn pid(&self) -> Option<u32> {

@@ -45,9 +45,14 @@ pub fn join(root: &Path, rel: &str) -> Result<PathBuf, Refused> {
     let canonical_root = root
         .canonicalize()
         .map_err(|e| refuse(root, rel, format!("the root cannot be read: {e}")))?;
-    // Resolve the deepest part of the path that exists; what does not exist yet cannot be a
-    // symlink.
-    let mut existing = joined.as_path();
+    resolves_inside(&joined, &canonical_root).map_err(|reason| refuse(root, rel, reason))?;
+    Ok(joined)
+}
+
+/// Whether `path` stays under `canonical_root` once symlinks are resolved: the deepest part
+/// of it that exists is resolved (what does not exist yet cannot be a symlink).
+fn resolves_inside(path: &Path, canonical_root: &Path) -> Result<(), &'static str> {
+    let mut existing = path;
     while !existing.exists() && existing.symlink_metadata().is_err() {
         match existing.parent() {
             Some(p) => existing = p,
@@ -56,11 +61,12 @@ pub fn join(root: &Path, rel: &str) -> Result<PathBuf, Refused> {
     }
     let resolved = existing
         .canonicalize()
-        .map_err(|_| refuse(root, rel, "a symlink on the path points nowhere"))?;
-    if !resolved.starts_with(&canonical_root) {
-        return Err(refuse(root, rel, "a symlink leads outside the root"));
+        .map_err(|_| "a symlink on the path points nowhere")?;
+    if resolved.starts_with(canonical_root) {
+        Ok(())
+    } else {
+        Err("a symlink leads outside the root")
     }
-    Ok(joined)
 }
 
 /// [`join`] for many paths under one root (a transfer's thousands of files): the root is
@@ -71,7 +77,7 @@ pub struct Joiner {
     root: PathBuf,
     canonical_root: PathBuf,
     /// Directories (under `root`) already resolved: inside the root, or the reason not.
-    dirs: std::collections::HashMap<PathBuf, Result<(), String>>,
+    dirs: std::collections::HashMap<PathBuf, Result<(), &'static str>>,
 }
 
 impl Joiner {
@@ -99,12 +105,12 @@ impl Joiner {
             return Ok(joined);
         };
         let verdict = match self.dirs.get(dir) {
-            Some(v) => v.clone(),
+            Some(v) => *v,
             None => {
-                let v = self.resolve_dir(dir);
+                let v = resolves_inside(dir, &self.canonical_root);
                 // A directory that does not exist yet is resolved again next time.
                 if dir.exists() {
-                    self.dirs.insert(dir.to_owned(), v.clone());
+                    self.dirs.insert(dir.to_owned(), v);
                 }
                 v
             }
@@ -112,24 +118,6 @@ impl Joiner {
         verdict
             .map(|()| joined)
             .map_err(|reason| refuse(&self.root, rel, reason))
-    }
-
-    fn resolve_dir(&self, dir: &Path) -> Result<(), String> {
-        let mut existing = dir;
-        while !existing.exists() && existing.symlink_metadata().is_err() {
-            match existing.parent() {
-                Some(p) => existing = p,
-                None => break,
-            }
-        }
-        let resolved = existing
-            .canonicalize()
-            .map_err(|_| "a symlink on the path points nowhere".to_owned())?;
-        if resolved.starts_with(&self.canonical_root) {
-            Ok(())
-        } else {
-            Err("a symlink leads outside the root".to_owned())
-        }
     }
 }
 

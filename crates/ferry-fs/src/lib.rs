@@ -145,12 +145,14 @@ pub fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// A regular file found by [`walk_files`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct FileEntry {
     /// Relative to the root, `/`-separated.
     pub rel: String,
     pub path: PathBuf,
     pub len: u64,
+    /// The file's metadata as the walk read it (not following a final symlink).
+    pub meta: std::fs::Metadata,
 }
 
 /// What [`walk_files`] does with a symlink.
@@ -175,6 +177,7 @@ pub fn walk_files(
             rel: String::new(),
             path: root.to_owned(),
             len: meta.len(),
+            meta,
         }]);
     }
     let mut out = Vec::new();
@@ -200,9 +203,11 @@ pub fn walk_files(
             } else if kind.is_dir() {
                 dirs.push(path);
             } else if kind.is_file() {
+                let meta = entry.metadata()?;
                 out.push(FileEntry {
                     rel: relative(root, &path),
-                    len: entry.metadata()?.len(),
+                    len: meta.len(),
+                    meta,
                     path,
                 });
             }

@@ -23,8 +23,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{
-    FileStat, HashAlgorithm, Landed, MANIFEST_NAME, Manifest, VerifySummary, hash_range,
-    parallel_map,
+    FORMAT_VERSION, FileEntry, FileStat, HashAlgorithm, Landed, MANIFEST_NAME, Manifest,
+    VerifySummary, hash_range, parallel_map,
 };
 use crate::{TransferError, confine};
 
@@ -84,6 +84,25 @@ impl Plan {
 
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The manifest this plan will become, without its checksums yet.
+    pub fn unhashed(&self) -> Manifest {
+        Manifest {
+            version: FORMAT_VERSION,
+            algorithm: self.algorithm,
+            chunk_size: self.chunk_size,
+            files: self
+                .files
+                .iter()
+                .map(|f| FileEntry {
+                    path: f.path.clone(),
+                    size: f.size,
+                    chunks: Vec::new(),
+                    stat: None,
+                })
+                .collect(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{TransferError, confine};
 
 /// File name of the manifest, at the top of the transferred directory.
 pub const MANIFEST_NAME: &str = ".ferry-manifest.json";
-const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 const READ_BUF: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,7 +167,7 @@ impl Manifest {
         let files = found
             .into_iter()
             .map(|f| FileEntry {
-                stat: std::fs::metadata(&f.path).ok().map(|m| FileStat::of(&m)),
+                stat: Some(FileStat::of(&f.meta)),
                 path: f.rel,
                 size: f.len,
                 chunks: Vec::new(),

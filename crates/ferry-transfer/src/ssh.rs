@@ -300,17 +300,9 @@ impl SshSession {
     pub async fn exit_master(&self) {
         let socket = self.control_socket().to_owned();
         let pid = master_pid(&socket).await;
-        let exit = tokio::process::Command::new("ssh")
-            .arg("-S")
-            .arg(&socket)
-            .args(["-o", "BatchMode=yes", "-O", "exit", "ferry-master"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let exited =
-            matches!(tokio::time::timeout(CLOSE_TIMEOUT, exit).await, Ok(Ok(s)) if s.success());
-        if !exited && let Some(pid) = pid {
+        if !exit_through(&socket).await
+            && let Some(pid) = pid
+        {
             kill(pid);
         }
     }
@@ -622,6 +614,19 @@ async fn master_pid(socket: &Path) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// Asks the master behind `socket` to exit (`ssh -O exit`); whether it agreed in time.
+async fn exit_through(socket: &Path) -> bool {
+    let exit = tokio::process::Command::new("ssh")
+        .arg("-S")
+        .arg(socket)
+        .args(["-o", "BatchMode=yes", "-O", "exit", "ferry-master"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    matches!(tokio::time::timeout(CLOSE_TIMEOUT, exit).await, Ok(Ok(s)) if s.success())
+}
+
 fn kill(pid: u32) {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -661,18 +666,8 @@ pub async fn reap_masters(base: &Path) -> usize {
     let mut ended = 0;
     for dir in &leftovers {
         let socket = dir.join("master");
-        if socket.exists() {
-            let exit = tokio::process::Command::new("ssh")
-                .arg("-S")
-                .arg(&socket)
-                .args(["-o", "BatchMode=yes", "-O", "exit", "ferry-master"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if matches!(tokio::time::timeout(CLOSE_TIMEOUT, exit).await, Ok(Ok(s)) if s.success()) {
-                ended += 1;
-            }
+        if socket.exists() && exit_through(&socket).await {
+            ended += 1;
         }
     }
     for pid in ssh_processes_naming(&leftovers) {

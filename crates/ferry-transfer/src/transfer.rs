@@ -361,22 +361,6 @@ async fn push(
             .ok_or_else(|| failed("no stdout".into()))?,
     );
     let mut stderr = receiver.stderr().take();
-    // The receiver's complaint, when it stops answering.
-    let why = |stderr: &mut Option<openssh::ChildStderr>| {
-        let taken = stderr.take();
-        async move {
-            let mut text = String::new();
-            if let Some(mut e) = taken {
-                let _ = e.read_to_string(&mut text).await;
-            }
-            let text = text.trim().to_owned();
-            if text.is_empty() {
-                "it ended without an answer".to_owned()
-            } else {
-                text
-            }
-        }
-    };
     // The plan out and the space back: the first exchange, which a dead connection
     // never completes.
     let exchange = async {
@@ -387,7 +371,7 @@ async fn push(
     };
     let space: Space = match first_answer(session, spec, exchange).await? {
         Ok(Some(s)) => s,
-        Ok(None) => return Err(failed(why(&mut stderr).await)),
+        Ok(None) => return Err(failed(complaint(stderr.take()).await)),
         Err(e) => return Err(failed(e)),
     };
     let needed = plan.total_bytes().saturating_sub(space.present);
@@ -414,7 +398,7 @@ async fn push(
     };
     let summary: VerifySummary = match read_line(&mut from).await {
         Ok(Some(s)) => s,
-        Ok(None) => return Err(failed(why(&mut stderr).await)),
+        Ok(None) => return Err(failed(complaint(stderr.take()).await)),
         Err(e) => return Err(failed(e)),
     };
     saving.await.map_err(|e| TransferError::Verification {
@@ -466,40 +450,16 @@ async fn pull(
             .ok_or_else(|| failed("no stdout".into()))?,
     );
     let mut stderr = builder.stderr().take();
-    let mut complaint = || {
-        let taken = stderr.take();
-        async move {
-            let mut text = String::new();
-            if let Some(mut e) = taken {
-                let _ = e.read_to_string(&mut text).await;
-            }
-            text.trim().to_owned()
-        }
-    };
     let plan_text = match first_answer(session, spec, read_raw_line(&mut from)).await? {
         Ok(Some(t)) => t,
         Ok(None) => {
-            let said = complaint().await;
+            let said = complaint(stderr.take()).await;
             return Err(missing_remote_source(spec, failed(said)));
         }
         Err(e) => return Err(failed(e)),
     };
     let planned = Plan::parse(&plan_text, &spec.local)?;
-    let shell = Manifest {
-        version: 1,
-        algorithm: planned.algorithm,
-        chunk_size: planned.chunk_size,
-        files: planned
-            .files
-            .iter()
-            .map(|f| crate::manifest::FileEntry {
-                path: f.path.clone(),
-                size: f.size,
-                chunks: Vec::new(),
-                stat: None,
-            })
-            .collect(),
-    };
+    let shell = planned.unhashed();
     announce(&shell, None, events, update);
     std::fs::create_dir_all(&spec.local).map_err(|e| TransferError::io(&spec.local, e))?;
     let present = crate::landing::present_bytes(&planned, &spec.local)?;
@@ -513,7 +473,7 @@ async fn pull(
     let stats = rsync_with_progress(session, spec, &planned, events).await?;
     let manifest_text = match read_raw_line(&mut from).await {
         Ok(Some(t)) => t,
-        Ok(None) => return Err(failed(complaint().await)),
+        Ok(None) => return Err(failed(complaint(stderr.take()).await)),
         Err(e) => return Err(failed(e)),
     };
     drop(from);
@@ -571,6 +531,20 @@ async fn send_line<T: Serialize>(
     text.push(b'\n');
     to.write_all(&text).await?;
     to.flush().await
+}
+
+/// What the other side said on its standard error when it stopped answering.
+async fn complaint(stderr: Option<openssh::ChildStderr>) -> String {
+    let mut text = String::new();
+    if let Some(mut e) = stderr {
+        let _ = e.read_to_string(&mut text).await;
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        "it ended without an answer".to_owned()
+    } else {
+        text.to_owned()
+    }
 }
 
 /// One line of the other side's answer; `None` when it ended first.
