@@ -54,6 +54,9 @@ pub struct Options {
     dest_dir: Option<PathBuf>,
 }
 
+/// Set in the optimised build's environment (it must not build itself again).
+const OPTIMISED: &str = "FERRY_BENCH_OPTIMISED";
+
 /// Goals on this machine (issue: verified transfers at the speed of plain rsync).
 const MEDIAN_GOAL: f64 = 0.95;
 const WORST_GOAL: f64 = 0.85;
@@ -144,6 +147,22 @@ fn generate_one(dir: &Path, bytes: u64, seed: u64) -> anyhow::Result<()> {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) && std::env::var_os(OPTIMISED).is_none() {
+        // Ferry's side of each round runs in this process: it is timed as the agents run
+        // it, optimised (unoptimised, its scan and JSON alone cost half a second on 10,000
+        // files).
+        println!("building the benchmark optimised, as the agents are built...");
+        crate::cargo(&["build", "--release", "-p", "xtask"])?;
+        let status = Command::new(crate::target_dir().join("release/xtask"))
+            .args(std::env::args_os().skip(1))
+            .env(OPTIMISED, "1")
+            .status()
+            .context("cannot run the optimised benchmark")?;
+        if !status.success() {
+            bail!("the benchmark failed ({status})");
+        }
+        return Ok(());
+    }
     crate::ensure_system_packages()?;
     crate::cargo(&["build", "--release", "-p", "ferry-cli"])?;
     let ferry = crate::target_dir().join("release/ferry");
@@ -246,9 +265,10 @@ struct Link<'a> {
 }
 
 impl Link<'_> {
-    async fn plain(&self, src: &Path, dst: &Path) -> anyhow::Result<f64> {
+    async fn plain(&self, src: &Path, dst: &Path) -> anyhow::Result<Run> {
         remove(dst)?;
         Command::new("sync").status()?;
+        let c = busy();
         let t = Instant::now();
         let status = tokio::process::Command::new("rsync")
             .arg("-a")
@@ -262,11 +282,12 @@ impl Link<'_> {
             bail!("plain rsync failed: {status}");
         }
         let s = t.elapsed().as_secs_f64();
+        let cpu = busy() - c;
         remove(dst)?;
-        Ok(s)
+        Ok(Run { seconds: s, cpu })
     }
 
-    async fn ferry(&self, src: &Path, dst: &Path, workers: u32) -> anyhow::Result<f64> {
+    async fn ferry(&self, src: &Path, dst: &Path, workers: u32) -> anyhow::Result<Run> {
         remove(dst)?;
         // Cold, as for freshly exported data: no manifest of an earlier run to reuse.
         if std::env::var_os("WARM").is_none() {
@@ -286,15 +307,24 @@ impl Link<'_> {
             bytes_per_worker: transfer::BYTES_PER_WORKER,
             io_timeout: transfer::DEFAULT_IO_TIMEOUT,
         };
+        let c = busy();
         let t = Instant::now();
         let outcome = transfer::run(&self.session, &spec, &mut Quiet).await?;
         let s = t.elapsed().as_secs_f64();
+        let cpu = busy() - c;
         if outcome.chunks_resent != 0 {
             bail!("unexpected re-sends: {outcome:?}");
         }
         remove(dst)?;
-        Ok(s)
+        Ok(Run { seconds: s, cpu })
     }
+}
+
+/// One timed run: wall seconds and the CPU seconds the whole machine was busy meanwhile
+/// (both sides of the link run here).
+struct Run {
+    seconds: f64,
+    cpu: f64,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -336,12 +366,16 @@ async fn paired(
             let f = link.ferry(src, &work.join("dst-ferry"), workers).await?;
             (p, f)
         };
-        let ratio = plain / ferry;
+        let ratio = plain.seconds / ferry.seconds;
         println!(
-            "  round {round} ({} first): plain rsync -a {plain:.2} s ({:.0} MB/s), Ferry verified {ferry:.2} s ({:.0} MB/s): {ratio:.3}x",
+            "  round {round} ({} first): plain rsync -a {:.2} s ({:.0} MB/s, {:.1} CPU-s), Ferry verified {:.2} s ({:.0} MB/s, {:.1} CPU-s): {ratio:.3}x",
             if ferry_first { "Ferry" } else { "plain" },
-            bytes as f64 / plain / 1e6,
-            bytes as f64 / ferry / 1e6,
+            plain.seconds,
+            bytes as f64 / plain.seconds / 1e6,
+            plain.cpu,
+            ferry.seconds,
+            bytes as f64 / ferry.seconds / 1e6,
+            ferry.cpu,
         );
         ratios.push(ratio);
     }
@@ -454,9 +488,15 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
             ours.push(
                 direct
                     .ferry(&src, &dest.path().join("dst-ferry"), 1)
-                    .await?,
+                    .await?
+                    .seconds,
             );
-            plain.push(direct.plain(&src, &dest.path().join("dst-plain")).await?);
+            plain.push(
+                direct
+                    .plain(&src, &dest.path().join("dst-plain"))
+                    .await?
+                    .seconds,
+            );
         }
         let (p, f) = (median(&plain), median(&ours));
         let slowest = ours.iter().copied().fold(0.0, f64::max);
@@ -501,11 +541,18 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
         );
         let (mut one, mut many) = (Vec::new(), Vec::new());
         for round in 1..=opts.rounds {
-            let p = slow.plain(&src, &dest.path().join("dst-plain")).await?;
-            let f1 = slow.ferry(&src, &dest.path().join("dst-ferry"), 1).await?;
+            let p = slow
+                .plain(&src, &dest.path().join("dst-plain"))
+                .await?
+                .seconds;
+            let f1 = slow
+                .ferry(&src, &dest.path().join("dst-ferry"), 1)
+                .await?
+                .seconds;
             let fn_ = slow
                 .ferry(&src, &dest.path().join("dst-ferry"), opts.workers)
-                .await?;
+                .await?
+                .seconds;
             println!(
                 "  round {round}: plain rsync -a {p:.2} s, Ferry 1 worker {f1:.2} s ({:.2}x), Ferry {} workers {fn_:.2} s ({:.2}x)",
                 p / f1,
@@ -558,4 +605,19 @@ async fn bench(opts: Options, ferry: PathBuf) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// CPU seconds all cores have been busy since boot (`/proc/stat`, in clock ticks of 1/100 s).
+fn busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (ticks.iter().sum::<f64>() - idle) / 100.0
 }

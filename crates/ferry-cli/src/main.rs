@@ -133,9 +133,16 @@ enum ManifestCmd {
         stream: bool,
     },
     /// The destination's side of a push (run by the sending agent through SSH): reads the
-    /// plan, answers with the space, hashes files as they land, reads the manifest,
-    /// verifies, saves it in DIR and answers with the summary (JSON lines).
+    /// plan, hashes files as they land, reads the manifest and word that the data has
+    /// gone, verifies, answers with the summary (JSON lines) and saves the manifest in DIR.
     Receive { dir: PathBuf },
+    /// Create DIR and check that NEED bytes fit there (what is already under DIR counts);
+    /// exit 1 with the figures when they do not. Run before rsync on a push's destination.
+    Space {
+        dir: PathBuf,
+        #[arg(long)]
+        need: u64,
+    },
     /// Check every chunk under DIR against DIR/.ferry-manifest.json; exit 1 if any differs.
     Verify {
         dir: PathBuf,
@@ -413,6 +420,14 @@ fn manifest(cmd: ManifestCmd) -> anyhow::Result<()> {
                 &mut stdin.lock(),
                 &mut std::io::stdout().lock(),
             )?;
+        }
+        ManifestCmd::Space { dir, need } => {
+            if let Err(e) = ferry_transfer::landing::check_space(&dir, need) {
+                if let ferry_transfer::TransferError::DiskFull { needed, free, .. } = &e {
+                    eprintln!("{}", ferry_transfer::landing::no_space_line(*needed, *free));
+                }
+                return Err(e.into());
+            }
         }
         ManifestCmd::Verify { dir, json } => {
             let m = Manifest::load(&dir.join(MANIFEST_NAME), &dir)?;

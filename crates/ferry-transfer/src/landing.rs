@@ -10,16 +10,20 @@
 //!   and reads only the files that changed since they were hashed (or landed last).
 //!
 //! [`receive`] is the whole exchange over a pipe (`ferry manifest receive`, run on the other
-//! host through the SSH master): the plan in, the space answer out, the manifest in once
-//! the data has gone, the verification summary out. One round trip replaces a `mkdir`, a
-//! `df`, a `du`, a manifest upload and a `ferry manifest verify`.
+//! host through the SSH master): the plan in, then the manifest as soon as the source is
+//! hashed (while rsync still sends), then word that the data has gone; the verification
+//! summary out. Nothing waits for an answer before rsync starts: rsync's own remote command
+//! checks the space first ([`check_space`], `ferry manifest space`). This replaces a
+//! `mkdir`, a `df`, a `du`, a manifest upload and a `ferry manifest verify`.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{
@@ -30,10 +34,15 @@ use crate::{TransferError, confine};
 
 const POLL: Duration = Duration::from_millis(25);
 
+/// The version of the exchange [`receive`] speaks; both hosts must speak the same one.
+pub const EXCHANGE_VERSION: u32 = 2;
+
 /// What the destination knows before the data arrives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
+    /// [`EXCHANGE_VERSION`] of the sender.
+    pub version: u32,
     pub chunk_size: u64,
     pub algorithm: HashAlgorithm,
     pub files: Vec<PlannedFile>,
@@ -49,6 +58,7 @@ pub struct PlannedFile {
 impl Plan {
     pub fn of(m: &Manifest) -> Plan {
         Plan {
+            version: EXCHANGE_VERSION,
             chunk_size: m.chunk_size,
             algorithm: m.algorithm,
             files: m
@@ -68,7 +78,17 @@ impl Plan {
             path: root.join(MANIFEST_NAME),
             detail: format!("transfer plan: {detail}"),
         };
-        let plan: Plan = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let plan: Plan = serde_json::from_str(text).map_err(|e| {
+            bad(format!(
+                "{e} (is the same version of ferry installed on both hosts?)"
+            ))
+        })?;
+        if plan.version != EXCHANGE_VERSION {
+            return Err(bad(format!(
+                "the other host speaks exchange version {}, this one {EXCHANGE_VERSION}: install the same version of ferry on both hosts",
+                plan.version
+            )));
+        }
         if plan.chunk_size == 0 {
             return Err(bad("chunk_size is 0".into()));
         }
@@ -116,6 +136,20 @@ pub struct Landing {
 
 /// Starts following `plan`'s files under `root` on a thread of its own.
 pub fn follow(root: &Path, plan: &Plan) -> Landing {
+    follow_by(root, plan, Watching::Events)
+}
+
+/// How a follower learns that files landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watching {
+    /// The kernel says (inotify); by polling where it cannot.
+    Events,
+    /// By looking (polling) only: what `Events` falls back to, chosen alone by tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Polling,
+}
+
+fn follow_by(root: &Path, plan: &Plan, how: Watching) -> Landing {
     let stop = Arc::new(AtomicBool::new(false));
     let hashed = Arc::new(AtomicUsize::new(0));
     let files = plan.files.len();
@@ -125,7 +159,7 @@ pub fn follow(root: &Path, plan: &Plan) -> Landing {
             let (stop, hashed) = (stop.clone(), hashed.clone());
             let root = root.to_owned();
             let plan = plan.clone();
-            move || watch(&root, &plan, &stop, &hashed)
+            move || watch(&root, &plan, &stop, &hashed, how)
         })
         .ok();
     Landing {
@@ -158,77 +192,292 @@ impl Drop for Landing {
     }
 }
 
-fn watch(root: &Path, plan: &Plan, stop: &AtomicBool, hashed: &AtomicUsize) -> Vec<Option<Landed>> {
-    let mut done: Vec<Option<Landed>> = vec![None; plan.files.len()];
-    // Resolved (confined) only once a file has landed: its directory exists by then, and is
-    // resolved once for all its files.
-    let mut joiner = confine::Joiner::new(root).ok();
-    let mut paths: Vec<Option<PathBuf>> = vec![None; plan.files.len()];
-    // In path order, roughly the order rsync sends in.
-    let mut pending: Vec<usize> = (0..plan.files.len())
-        .filter(|&i| plan.files[i].size > 0)
-        .collect();
-    pending.sort_by(|a, b| plan.files[*a].path.cmp(&plan.files[*b].path));
-    let mut pass = 0u64;
-    while !pending.is_empty() && !stop.load(Ordering::SeqCst) {
-        pass += 1;
-        // Most passes look at the front of the list (where rsync is) until WINDOW files in
-        // a row have not landed; every tenth looks at all (parallel workers send several
-        // parts of the list at once).
-        let full = pass.is_multiple_of(10);
-        let mut landed = Vec::new();
-        let mut misses = 0;
-        for (at, &n) in pending.iter().enumerate() {
-            if !full && misses >= WINDOW {
-                break;
-            }
-            let file = &plan.files[n];
-            // A regular file (not a link) at its final name with its planned size.
-            let here = root.join(&file.path);
-            match here.symlink_metadata() {
-                Ok(m) if m.is_file() && m.len() == file.size => {}
-                _ => {
-                    misses += 1;
-                    continue;
-                }
-            }
-            if paths[n].is_none() {
-                paths[n] = joiner.as_mut().and_then(|j| j.join(&file.path).ok());
-            }
-            let Some(path) = &paths[n] else { continue };
-            match FileStat::read(path) {
-                Ok((len, stat)) if len == file.size => landed.push((at, n, stat)),
-                _ => misses += 1,
-            }
+fn watch(
+    root: &Path,
+    plan: &Plan,
+    stop: &AtomicBool,
+    hashed: &AtomicUsize,
+    how: Watching,
+) -> Vec<Option<Landed>> {
+    let mut follower = Follower {
+        root,
+        plan,
+        stop,
+        hashed,
+        done: vec![None; plan.files.len()],
+        // Resolved (confined) only once a file has landed: its directory exists by then,
+        // and is resolved once for all its files.
+        joiner: confine::Joiner::new(root).ok(),
+        paths: vec![None; plan.files.len()],
+    };
+    let pending = plan.files.iter().filter(|f| f.size > 0).count();
+    // Told by the kernel where files land (no polling); polling where it cannot tell
+    // (no inotify, or its limits reached).
+    if let Some(events) = (how == Watching::Events)
+        .then(|| Events::new(root, plan))
+        .flatten()
+    {
+        events.follow(&mut follower, pending);
+    } else {
+        follower.poll();
+    }
+    follower.done
+}
+
+/// What following has found so far, whichever way it learns of landed files.
+struct Follower<'a> {
+    root: &'a Path,
+    plan: &'a Plan,
+    stop: &'a AtomicBool,
+    hashed: &'a AtomicUsize,
+    done: Vec<Option<Landed>>,
+    joiner: Option<confine::Joiner>,
+    paths: Vec<Option<PathBuf>>,
+}
+
+impl Follower<'_> {
+    /// The planned file `n`'s identity when it is a regular file at its final name with
+    /// its planned size.
+    fn landed(&mut self, n: usize) -> Option<FileStat> {
+        let file = &self.plan.files[n];
+        if self.paths[n].is_none() {
+            self.paths[n] = self.joiner.as_mut().and_then(|j| j.join(&file.path).ok());
         }
-        if landed.is_empty() {
-            std::thread::sleep(POLL);
-            continue;
+        let path = self.paths[n].as_ref()?;
+        match path.symlink_metadata() {
+            Ok(m) if m.is_file() && m.len() == file.size => Some(FileStat::of(&m)),
+            _ => None,
         }
-        let hashes = hash_files(&paths, plan, &landed, stop);
+    }
+
+    /// Hashes the landed files `(key, n, identity)`; the keys of those hashed whole and
+    /// unchanged while they were read.
+    fn take<K: Copy>(&mut self, landed: Vec<(K, usize, FileStat)>) -> Vec<K> {
+        let hashes = hash_files(
+            &self.paths,
+            self.plan,
+            &landed.iter().map(|&(_, n, _)| n).collect::<Vec<_>>(),
+            self.stop,
+        );
         let mut taken = Vec::new();
-        for ((at, n, before), chunks) in landed.into_iter().zip(hashes) {
+        for ((key, n, before), chunks) in landed.into_iter().zip(hashes) {
             let Some(chunks) = chunks else { continue };
-            let Some(path) = &paths[n] else { continue };
+            let Some(path) = &self.paths[n] else { continue };
             // Still the same file after it was read.
             if let Ok((len, after)) = FileStat::read(path)
-                && len == plan.files[n].size
+                && len == self.plan.files[n].size
                 && after == before
             {
-                done[n] = Some(Landed {
+                self.done[n] = Some(Landed {
                     size: len,
                     stat: before,
                     chunks,
                 });
-                hashed.fetch_add(1, Ordering::SeqCst);
-                taken.push(at);
+                self.hashed.fetch_add(1, Ordering::SeqCst);
+                taken.push(key);
             }
         }
-        for at in taken.into_iter().rev() {
-            pending.remove(at);
+        taken
+    }
+
+    /// Looks for landed files by their names: most passes look at the front of the list
+    /// (where rsync is), every tenth at all of it.
+    fn poll(&mut self) {
+        let plan = self.plan;
+        // In path order, roughly the order rsync sends in.
+        let mut pending: Vec<usize> = (0..plan.files.len())
+            .filter(|&i| plan.files[i].size > 0)
+            .collect();
+        pending.sort_by(|a, b| plan.files[*a].path.cmp(&plan.files[*b].path));
+        let mut pass = 0u64;
+        while !pending.is_empty() && !self.stop.load(Ordering::SeqCst) {
+            pass += 1;
+            // Parallel workers send several parts of the list at once: hence the full passes.
+            let full = pass.is_multiple_of(10);
+            let mut landed = Vec::new();
+            let mut misses = 0;
+            for (at, &n) in pending.iter().enumerate() {
+                if !full && misses >= WINDOW {
+                    break;
+                }
+                // Not there yet: one lstat, before anything is resolved.
+                let here = self.root.join(&plan.files[n].path);
+                if !here
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_file() && m.len() == plan.files[n].size)
+                {
+                    misses += 1;
+                    continue;
+                }
+                match self.landed(n) {
+                    Some(stat) => landed.push((at, n, stat)),
+                    None => misses += 1,
+                }
+            }
+            if landed.is_empty() {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            for at in self.take(landed).into_iter().rev() {
+                pending.remove(at);
+            }
         }
     }
-    done
+}
+
+/// The kernel's word (inotify) on files renamed or written into the planned directories.
+struct Events {
+    inotify: Inotify,
+    /// Watched directory → its path under the root ("" for the root).
+    watched: HashMap<WatchDescriptor, String>,
+    /// The directories that hold planned files, and theirs up to the root.
+    wanted: HashSet<String>,
+    /// Planned file path → its index, for files with data.
+    index: HashMap<String, usize>,
+    /// Planned files found when the watches began.
+    found: Vec<usize>,
+}
+
+impl Events {
+    fn new(root: &Path, plan: &Plan) -> Option<Events> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        let mut wanted = HashSet::from([String::new()]);
+        let mut index = HashMap::new();
+        for (n, f) in plan.files.iter().enumerate() {
+            if f.size == 0 {
+                continue;
+            }
+            index.insert(f.path.clone(), n);
+            let mut dir = f.path.as_str();
+            while let Some((parent, _)) = dir.rsplit_once('/') {
+                if !wanted.insert(parent.to_owned()) {
+                    break;
+                }
+                dir = parent;
+            }
+        }
+        let mut events = Events {
+            inotify,
+            watched: HashMap::new(),
+            wanted,
+            index,
+            found: Vec::new(),
+        };
+        let mut found = Vec::new();
+        // Without a watch on the root nothing would ever be heard.
+        if !events.add(root, "", &mut found) {
+            return None;
+        }
+        events.found = found;
+        Some(events)
+    }
+
+    /// Watches `dir` (under `root`) and the wanted directories under it, and lists the
+    /// planned files already there (they landed before the watch began).
+    fn add(&mut self, root: &Path, dir: &str, found: &mut Vec<usize>) -> bool {
+        let path = if dir.is_empty() {
+            root.to_owned()
+        } else {
+            root.join(dir)
+        };
+        // A symlink is neither watched nor followed.
+        let mask = AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_ONLYDIR
+            | AddWatchFlags::IN_DONT_FOLLOW;
+        let Ok(wd) = self.inotify.add_watch(&path, mask) else {
+            return false;
+        };
+        self.watched.insert(wd, dir.to_owned());
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            return true;
+        };
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(|n| under(dir, n)) else {
+                continue;
+            };
+            match entry.file_type() {
+                Ok(t) if t.is_dir() && self.wanted.contains(&name) => {
+                    self.add(root, &name, found);
+                }
+                Ok(t) if t.is_file() => found.extend(self.index.get(&name)),
+                _ => {}
+            }
+        }
+        true
+    }
+
+    fn follow(mut self, f: &mut Follower<'_>, mut pending: usize) {
+        let mut landed = std::mem::take(&mut self.found);
+        while !f.stop.load(Ordering::SeqCst) {
+            // All the kernel has to say, then the files that landed are hashed together,
+            // then a pause while more land.
+            loop {
+                match self.inotify.read_events() {
+                    Ok(events) => self.note(events, f.root, &mut landed),
+                    Err(nix::errno::Errno::EAGAIN) => break,
+                    // The rest is verified at the end.
+                    Err(_) => return,
+                }
+            }
+            landed.sort_unstable();
+            landed.dedup();
+            let ready: Vec<(usize, usize, FileStat)> = landed
+                .drain(..)
+                .filter_map(|n| {
+                    if f.done[n].is_some() {
+                        return None;
+                    }
+                    f.landed(n).map(|stat| (n, n, stat))
+                })
+                .collect();
+            if !ready.is_empty() {
+                pending -= f.take(ready).len();
+            }
+            if pending == 0 {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The planned files `events` say landed; new wanted directories are watched.
+    fn note(&mut self, events: Vec<InotifyEvent>, root: &Path, landed: &mut Vec<usize>) {
+        for e in events {
+            if e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                // Events were lost: look at everything again.
+                self.add(root, "", landed);
+                continue;
+            }
+            let (Some(dir), Some(name)) = (
+                self.watched.get(&e.wd),
+                e.name.as_deref().and_then(|n| n.to_str()),
+            ) else {
+                continue;
+            };
+            let name = under(dir, name);
+            if e.mask.contains(AddWatchFlags::IN_ISDIR) {
+                if self.wanted.contains(&name) {
+                    self.add(root, &name, landed);
+                }
+            } else if let Some(&n) = self.index.get(&name)
+                && e.mask
+                    .intersects(AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE)
+            {
+                landed.push(n);
+            }
+        }
+    }
+}
+
+/// `name` in the directory `dir` (relative to the root, "" for the root).
+fn under(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 /// Files looked at past the last one that landed, on most passes.
@@ -239,20 +488,20 @@ const WINDOW: usize = 256;
 fn hash_files(
     paths: &[Option<PathBuf>],
     plan: &Plan,
-    landed: &[(usize, usize, FileStat)],
+    landed: &[usize],
     stop: &AtomicBool,
 ) -> Vec<Option<Vec<String>>> {
     let cs = plan.chunk_size;
     let tasks: Vec<(usize, u64, u64)> = landed
         .iter()
         .enumerate()
-        .flat_map(|(k, &(_, n, _))| {
+        .flat_map(|(k, &n)| {
             let size = plan.files[n].size;
             (0..size.div_ceil(cs)).map(move |c| (k, c * cs, cs.min(size - c * cs)))
         })
         .collect();
     let sums = parallel_map(&tasks, 0, |&(k, offset, len), buf| {
-        let n = landed[k].1;
+        let n = landed[k];
         let path = paths[n].as_deref().unwrap_or(Path::new(""));
         if stop.load(Ordering::SeqCst) {
             return Ok(None);
@@ -278,15 +527,6 @@ fn hash_files(
     }
 }
 
-/// What the destination answers to a plan before the data comes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Space {
-    /// Bytes free for an unprivileged writer (`df`'s "available").
-    pub free: u64,
-    /// Bytes of the planned files already there (a resumed transfer needs only the rest).
-    pub present: u64,
-}
-
 /// Free bytes under `dir` (statvfs via `df -Pk`), `u64::MAX` when unknown.
 pub fn free_bytes(dir: &Path) -> u64 {
     std::process::Command::new("df")
@@ -305,12 +545,72 @@ pub(crate) fn parse_df_available(out: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// What the destination's side of rsync prints when [`check_space`] refuses, before the
+/// human words: the sender reads the figures back from rsync's error ([`space_refusal`]).
+pub const NO_SPACE_MARK: &str = "ferry-no-space:";
+
+/// The check rsync's remote command makes before rsync writes anything (`ferry manifest
+/// space --need BYTES DIR && rsync …`): creates `dir` and refuses when what is not there
+/// yet does not fit. What is already under `dir` (a resumed transfer's files, whole or
+/// partial) counts as present, up to `need`.
+pub fn check_space(dir: &Path, need: u64) -> Result<(), TransferError> {
+    std::fs::create_dir_all(dir).map_err(|e| TransferError::io(dir, e))?;
+    let needed = need.saturating_sub(dir_bytes(dir));
+    let free = free_bytes(dir);
+    if needed > free {
+        return Err(TransferError::DiskFull {
+            host: "this host".into(),
+            path: dir.to_owned(),
+            needed,
+            free,
+        });
+    }
+    Ok(())
+}
+
+/// The line [`check_space`]'s refusal is printed as on the other host.
+pub fn no_space_line(needed: u64, free: u64) -> String {
+    format!("{NO_SPACE_MARK} needed={needed} free={free}")
+}
+
+/// (bytes needed, bytes free) from the other host's words, when its space check refused.
+pub fn space_refusal(text: &str) -> Option<(u64, u64)> {
+    let rest = &text[text.find(NO_SPACE_MARK)? + NO_SPACE_MARK.len()..];
+    let mut words = rest.split_whitespace();
+    let needed = words.next()?.strip_prefix("needed=")?.parse().ok()?;
+    let free = words.next()?.strip_prefix("free=")?.parse().ok()?;
+    Some((needed, free))
+}
+
+/// Bytes of the regular files under `dir`, its subdirectories included.
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The line that tells [`receive`] the data has gone (rsync ended well).
+pub const DATA_SENT: &str = "\"sent\"";
+
+/// [`receive`]'s first answer, once it has the plan: the sender learns that the connection
+/// carries (a dead one never answers, and rsync waits without a time limit for its first
+/// word).
+pub const READY: &str = "\"ready\"";
+
 /// The destination's whole exchange (`ferry manifest receive DIR`): reads the plan (one
-/// JSON line), creates `dir`, answers with [`Space`], follows the files as they land, reads
-/// the manifest (one JSON line, sent once the data has gone), verifies, saves the manifest
-/// beside the data (with this host's file identities for what verified), and answers with
-/// the [`VerifySummary`]. A sender that goes away before the manifest ends it with an error
-/// and nothing saved.
+/// JSON line), creates `dir`, follows the files as they land and answers [`READY`]; reads the manifest (one
+/// JSON line, sent as soon as the source is hashed) and then [`DATA_SENT`]; verifies,
+/// answers with the [`VerifySummary`] and saves the manifest beside the data (with this
+/// host's file identities for what verified). A sender that goes away before the data has
+/// gone ends it with an error and nothing saved.
 pub fn receive(
     dir: &Path,
     input: &mut dyn BufRead,
@@ -324,23 +624,23 @@ pub fn receive(
     input.read_line(&mut line).map_err(pipe)?;
     let plan = Plan::parse(line.trim(), dir)?;
     std::fs::create_dir_all(dir).map_err(|e| TransferError::io(dir, e))?;
-    let space = Space {
-        free: free_bytes(dir),
-        present: present_bytes(&plan, dir)?,
-    };
-    writeln!(output, "{}", json(&space)?).map_err(pipe)?;
-    output.flush().map_err(pipe)?;
-
     let landing = follow(dir, &plan);
+    writeln!(output, "{READY}").map_err(pipe)?;
+    output.flush().map_err(pipe)?;
+    let ended = |before: &str| TransferError::Command {
+        what: format!("receiving into {}", dir.display()),
+        detail: format!("the sender closed the connection before {before}"),
+    };
     line.clear();
-    let n = input.read_line(&mut line).map_err(pipe)?;
-    if n == 0 {
-        return Err(TransferError::Command {
-            what: format!("receiving into {}", dir.display()),
-            detail: "the sender closed the connection before sending the manifest".into(),
-        });
+    if input.read_line(&mut line).map_err(pipe)? == 0 {
+        return Err(ended("sending the manifest"));
     }
     let manifest = Manifest::parse(line.trim(), &dir.join(MANIFEST_NAME), dir)?;
+    line.clear();
+    input.read_line(&mut line).map_err(pipe)?;
+    if line.trim() != DATA_SENT {
+        return Err(ended("its data had gone"));
+    }
     let landed = landing.finish();
     // The follower watched the plan's files; the manifest must describe the same ones.
     let landed = if Plan::of(&manifest) == plan {
@@ -349,9 +649,11 @@ pub fn receive(
         Vec::new()
     };
     let (report, stats) = manifest.verify_landed(dir, &landed)?;
-    manifest.with_stats(&stats).save(&dir.join(MANIFEST_NAME))?;
+    // The answer first: the sender saves its own manifest meanwhile and waits for this
+    // process to end, so the saved manifest is there when the transfer is over.
     writeln!(output, "{}", json(&VerifySummary::from(&report))?).map_err(pipe)?;
-    output.flush().map_err(pipe)
+    output.flush().map_err(pipe)?;
+    manifest.with_stats(&stats).save(&dir.join(MANIFEST_NAME))
 }
 
 /// Bytes of the plan's files already under `root` (a resumed transfer needs only the rest).
@@ -394,6 +696,39 @@ mod tests {
         (0..n as u32)
             .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect()
+    }
+
+    #[test]
+    fn both_ways_of_following_hash_files_landing_in_new_directories() {
+        for how in [Watching::Events, Watching::Polling] {
+            let src = tempfile::tempdir().expect("tmp");
+            for i in 0..300 {
+                write(
+                    src.path(),
+                    &format!("d{}/e/f{i}", i % 30),
+                    &noise(100 + i, i as u32),
+                );
+            }
+            let m = Manifest::build(src.path(), 64, HashAlgorithm::Blake3).expect("build");
+            let dst = tempfile::tempdir().expect("tmp");
+            let landing = follow_by(dst.path(), &Plan::of(&m), how);
+            // As rsync lands them: a temporary name, then renamed whole, directories made
+            // on the way.
+            for f in &m.files {
+                let bytes = std::fs::read(src.path().join(&f.path)).expect("read");
+                let tmp = format!("{}.tmp", f.path);
+                write(dst.path(), &tmp, &bytes);
+                std::fs::rename(dst.path().join(&tmp), dst.path().join(&f.path)).expect("rename");
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while landing.hashed() < 300 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(landing.hashed(), 300, "{how:?}");
+            let landed = landing.finish();
+            let (report, _) = m.verify_landed(dst.path(), &landed).expect("verify");
+            assert!(report.is_complete(), "{how:?}: {report:?}");
+        }
     }
 
     #[test]
@@ -441,7 +776,7 @@ mod tests {
     }
 
     #[test]
-    fn receive_answers_space_then_verifies_and_saves_the_manifest_with_local_identities() {
+    fn receive_verifies_and_saves_the_manifest_with_local_identities() {
         let src = tempfile::tempdir().expect("tmp");
         write(src.path(), "a.bin", &noise(1 << 20, 3));
         write(src.path(), "t/b.txt", b"rows\n");
@@ -453,7 +788,7 @@ mod tests {
             write(&root, f, &std::fs::read(src.path().join(f)).expect("read"));
         }
         let input = format!(
-            "{}\n{}\n",
+            "{}\n{}\n{DATA_SENT}\n",
             serde_json::to_string(&Plan::of(&m)).expect("plan"),
             serde_json::to_string(&m.without_stats()).expect("manifest")
         );
@@ -461,8 +796,7 @@ mod tests {
         receive(&root, &mut input.as_bytes(), &mut out).expect("receive");
         let text = String::from_utf8(out).expect("utf8");
         let mut lines = text.lines();
-        let space: Space = serde_json::from_str(lines.next().expect("space")).expect("space");
-        assert_eq!(space.present, m.total_bytes());
+        assert_eq!(lines.next(), Some(READY));
         let summary: VerifySummary =
             serde_json::from_str(lines.next().expect("summary")).expect("summary");
         assert!(summary.complete && summary.verified == 3, "{summary:?}");
@@ -475,7 +809,7 @@ mod tests {
         assert_eq!(again.without_stats(), m.without_stats());
 
         // A hostile plan is refused before anything is created.
-        let evil = r#"{"chunk_size":1,"algorithm":"blake3","files":[{"path":"../x","size":1}]}"#;
+        let evil = r#"{"version":2,"chunk_size":1,"algorithm":"blake3","files":[{"path":"../x","size":1}]}"#;
         let err = receive(
             &dst.path().join("other"),
             &mut format!("{evil}\n").as_bytes(),
@@ -483,10 +817,47 @@ mod tests {
         )
         .expect_err("refused");
         assert!(err.to_string().contains(".."), "{err}");
-        // A sender that goes away before the manifest: an error, nothing saved.
+        // A sender that goes away before the manifest, or before its data has gone: an
+        // error, nothing saved.
         let fresh = dst.path().join("fresh");
-        let half = format!("{}\n", serde_json::to_string(&Plan::of(&m)).expect("plan"));
-        assert!(receive(&fresh, &mut half.as_bytes(), &mut Vec::new()).is_err());
-        assert!(!fresh.join(MANIFEST_NAME).exists());
+        let plan = format!("{}\n", serde_json::to_string(&Plan::of(&m)).expect("plan"));
+        let manifest = format!("{}\n", serde_json::to_string(&m).expect("manifest"));
+        for input in [plan.clone(), plan + &manifest] {
+            let err = receive(&fresh, &mut input.as_bytes(), &mut Vec::new()).expect_err("ended");
+            assert!(err.to_string().contains("closed the connection"), "{err}");
+            assert!(!fresh.join(MANIFEST_NAME).exists());
+        }
+
+        // A sender of another version is told so.
+        let old = r#"{"chunk_size":1,"algorithm":"blake3","files":[]}"#;
+        let err = receive(&fresh, &mut format!("{old}\n").as_bytes(), &mut Vec::new())
+            .expect_err("refused");
+        assert!(err.to_string().contains("same version of ferry"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_space_check_is_read_back_from_the_other_hosts_words() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let into = dir.path().join("a/b");
+        check_space(&into, 10).expect("fits");
+        assert!(into.is_dir(), "the destination is created");
+        std::fs::write(into.join("x"), vec![0u8; 4096]).expect("write");
+        // What is there already counts: a resumed transfer needs only the rest.
+        let err = check_space(&into, u64::MAX).expect_err("too big");
+        assert!(
+            matches!(err, TransferError::DiskFull { needed, .. } if needed == u64::MAX - 4096),
+            "{err}"
+        );
+        let said = format!(
+            "bash: warning\n{}\nrsync: connection unexpectedly closed (0 bytes received so far) [sender]",
+            no_space_line(123, 45)
+        );
+        assert_eq!(space_refusal(&said), Some((123, 45)));
+        assert_eq!(space_refusal("rsync: connection unexpectedly closed"), None);
     }
 }

@@ -321,7 +321,7 @@ impl Manifest {
 
     /// Writes the manifest durably (temporary file, fsync, rename, directory fsync).
     pub fn save(&self, path: &Path) -> Result<(), TransferError> {
-        let text = serde_json::to_vec_pretty(self).map_err(|e| TransferError::BadManifest {
+        let text = serde_json::to_vec(self).map_err(|e| TransferError::BadManifest {
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
@@ -481,6 +481,11 @@ pub(crate) fn parallel_map<T: Sync, R: Send>(
     let threads = if threads == 0 { cores } else { threads }
         .min(items.len())
         .max(1);
+    if threads == 1 {
+        // No thread of its own for one (a follower's handful of files, a single chunk).
+        let mut buf = vec![0u8; READ_BUF];
+        return items.iter().map(|item| f(item, &mut buf)).collect();
+    }
     let next = AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<Result<R, TransferError>>>> =
         items.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -525,7 +530,8 @@ pub fn blake3_kernel() -> String {
     format!("{:?}", blake3::platform::Platform::detect())
 }
 
-/// Hex checksum of `len` bytes of `file` from `offset`.
+/// Hex checksum of `len` bytes of `file` from `offset`. `file` is freshly opened (at its
+/// start): a chunk at offset 0 costs no seek.
 pub fn hash_range(
     file: &mut File,
     path: &Path,
@@ -534,8 +540,10 @@ pub fn hash_range(
     algorithm: HashAlgorithm,
     buf: &mut [u8],
 ) -> Result<String, TransferError> {
-    file.seek(SeekFrom::Start(offset))
-        .map_err(|e| TransferError::io(path, e))?;
+    if offset > 0 {
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| TransferError::io(path, e))?;
+    }
     let mut remaining = len;
     enum H {
         B(Box<blake3::Hasher>),

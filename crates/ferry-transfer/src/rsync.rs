@@ -85,12 +85,15 @@ pub async fn transfer(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A group of its own, so that its ssh goes with it (see `Group`).
+        .process_group(0)
         .kill_on_drop(true);
     let what = format!("rsync {src} {dst}");
     let mut child = cmd.spawn().map_err(|e| TransferError::Command {
         what: what.clone(),
         detail: e.to_string(),
     })?;
+    let mut group = Group(child.id());
     let mut stderr = child.stderr.take();
     let err_task = tokio::spawn(async move {
         let mut s = String::new();
@@ -136,6 +139,7 @@ pub async fn transfer(
         what: what.clone(),
         detail: e.to_string(),
     })?;
+    group.0 = None;
     let stderr = err_task.await.unwrap_or_default();
     if !status.success() {
         return Err(TransferError::Command {
@@ -144,6 +148,22 @@ pub async fn transfer(
         });
     }
     Ok(parse_stats(&stats_text))
+}
+
+/// rsync's process group while it runs: a transfer given up on (a timeout, a failed
+/// partner, a cancelled step) ends rsync *and* the ssh it started, which would otherwise
+/// live on, and connect afresh by itself once its master is gone.
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 fn number(s: &str) -> Option<u64> {

@@ -19,10 +19,10 @@ use openssh::Stdio;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::landing::{Plan, Space, parse_df_available};
+use crate::landing::{DATA_SENT, Plan, READY, dir_bytes, parse_df_available, space_refusal};
 use crate::manifest::{ChunkRef, HashAlgorithm, MANIFEST_NAME, Manifest};
 use crate::rsync::{self, Direction, Progress, RsyncOptions, RsyncStats};
-use crate::ssh::SshSession;
+use crate::ssh::{SshSession, shell_quote};
 use crate::{TransferError, confine};
 
 /// Where rsync keeps partly transferred files, inside the destination directory.
@@ -312,7 +312,8 @@ async fn rsync_with_progress(
 
 /// Push: checksums are computed here while rsync sends (reusing those of files unchanged
 /// since the last manifest), and the other host hashes files as they land
-/// (`ferry manifest receive`), so verification ends soon after the data does.
+/// (`ferry manifest receive`), so verification ends soon after the data does. Nothing waits
+/// for the other host before rsync starts: rsync's remote command checks the space first.
 async fn push(
     session: &SshSession,
     spec: &TransferSpec,
@@ -361,30 +362,43 @@ async fn push(
             .ok_or_else(|| failed("no stdout".into()))?,
     );
     let mut stderr = receiver.stderr().take();
-    // The plan out and the space back: the first exchange, which a dead connection
-    // never completes.
-    let exchange = async {
+    // The other host learns the plan at once and the checksums as soon as they are known,
+    // while rsync sends. Its first answer is bounded: rsync never gives up on a connection
+    // that died before its first word.
+    let feed = async {
         send_line(&mut to, &planned)
             .await
-            .map_err(|e| e.to_string())?;
-        read_line(&mut from).await
+            .map_err(|e| failed(e.to_string()))?;
+        match first_answer(session, spec, read_raw_line(&mut from)).await? {
+            Ok(Some(line)) if line.trim() == READY => {}
+            Ok(Some(line)) => return Err(failed(format!("unexpected answer: {}", line.trim()))),
+            Ok(None) => return Err(failed(String::new())),
+            Err(e) => return Err(failed(e)),
+        }
+        let manifest = hashing.await.map_err(|e| TransferError::Verification {
+            path: spec.local.clone(),
+            detail: format!("hashing stopped: {e}"),
+        })??;
+        send_line(&mut to, &manifest.without_stats())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok::<_, TransferError>(manifest)
     };
-    let space: Space = match first_answer(session, spec, exchange).await? {
-        Ok(Some(s)) => s,
-        Ok(None) => return Err(failed(complaint(stderr.take()).await)),
-        Err(e) => return Err(failed(e)),
+    let sending = rsync_with_progress(session, spec, &planned, events);
+    let (manifest, stats) = match tokio::try_join!(feed, sending) {
+        Ok(done) => done,
+        // The receiver's own words say more than a broken pipe.
+        Err(TransferError::Command { what: w, detail }) if w == what => {
+            let said = complaint(stderr.take()).await;
+            return Err(failed(if detail.is_empty() {
+                said
+            } else {
+                format!("{detail}; {said}")
+            }));
+        }
+        Err(e) => return Err(e),
     };
-    let needed = plan.total_bytes().saturating_sub(space.present);
-    if needed > space.free {
-        return Err(disk_full(session, spec, needed, space.free));
-    }
-
-    let stats = rsync_with_progress(session, spec, &planned, events).await?;
-    let manifest = hashing.await.map_err(|e| TransferError::Verification {
-        path: spec.local.clone(),
-        detail: format!("hashing stopped: {e}"),
-    })??;
-    send_line(&mut to, &manifest.without_stats())
+    to.write_all(format!("{DATA_SENT}\n").as_bytes())
         .await
         .map_err(|e| failed(e.to_string()))?;
     let _ = to.shutdown().await;
@@ -406,6 +420,7 @@ async fn push(
         detail: format!("saving the manifest stopped: {e}"),
     })??;
     drop(from);
+    // The other host saves its manifest after answering.
     let _ = receiver.wait().await;
     Ok((manifest, summary, stats))
 }
@@ -618,6 +633,16 @@ async fn rsync_dir(
     // Each side writes its own manifest (with its own file identities); it never travels
     // as data.
     opts.extra.push(format!("--exclude=/{MANIFEST_NAME}"));
+    if let (Direction::Push, Some(p)) = (spec.direction, plan) {
+        // The other host creates the destination and checks its space before rsync writes
+        // anything there, in rsync's own remote command (no round trip of its own).
+        opts.extra.push(format!(
+            "--rsync-path={} manifest space --need {} {} && rsync",
+            shell_quote(&spec.remote_ferry),
+            p.total_bytes(),
+            shell_quote(&spec.remote)
+        ));
+    }
     let workers = plan.map_or(1, |p| {
         workers_for(spec.parallel_workers, spec.bytes_per_worker, p)
     });
@@ -771,20 +796,6 @@ async fn destination_space(
     }
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => 0,
-        })
-        .sum()
-}
-
 fn disk_full(session: &SshSession, spec: &TransferSpec, needed: u64, free: u64) -> TransferError {
     let (host, path) = match spec.direction {
         Direction::Push => (session.target.host.clone(), PathBuf::from(&spec.remote)),
@@ -806,6 +817,12 @@ async fn on_rsync_error(
     total: u64,
     e: TransferError,
 ) -> TransferError {
+    // Refused before anything was written (rsync's remote command checks first).
+    if let TransferError::Command { detail, .. } = &e
+        && let Some((needed, free)) = space_refusal(detail)
+    {
+        return disk_full(session, spec, needed, free);
+    }
     let full = matches!(&e, TransferError::Command { detail, .. } if detail.contains("No space left on device") || detail.contains("Disk quota exceeded"));
     if !full {
         return e;
@@ -1098,6 +1115,7 @@ mod tests {
     #[test]
     fn small_trees_get_one_rsync_process() {
         let plan = |files: u64, size: u64| Plan {
+            version: crate::landing::EXCHANGE_VERSION,
             chunk_size: 1 << 20,
             algorithm: HashAlgorithm::Blake3,
             files: (0..files)

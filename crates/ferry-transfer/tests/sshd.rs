@@ -801,7 +801,15 @@ async fn a_master_whose_link_was_cut_is_replaced_and_the_next_transfer_succeeds_
 
     // The dead masters were ended, not left behind.
     let after = ssh_processes_under(&masters);
-    assert_eq!(after.len(), 1, "only the newest master runs: {after:?}");
+    let described: Vec<String> = after
+        .iter()
+        .map(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(after.len(), 1, "only the newest master runs: {described:?}");
     assert!(
         !after.contains(&first_master[0]),
         "the dead master {} still runs",
