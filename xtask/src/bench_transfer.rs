@@ -152,7 +152,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         // it, optimised (unoptimised, its scan and JSON alone cost half a second on 10,000
         // files).
         println!("building the benchmark optimised, as the agents are built...");
-        crate::cargo(&["build", "--release", "-p", "xtask"])?;
+        // In one build: apart, the two would unify features differently and each would
+        // rebuild the other's dependencies every time.
+        crate::cargo(&["build", "--release", "-p", "xtask", "-p", "ferry-cli"])?;
         let status = Command::new(crate::target_dir().join("release/xtask"))
             .args(std::env::args_os().skip(1))
             .env(OPTIMISED, "1")
@@ -164,7 +166,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         return Ok(());
     }
     crate::ensure_system_packages()?;
-    crate::cargo(&["build", "--release", "-p", "ferry-cli"])?;
+    if std::env::var_os(OPTIMISED).is_none() {
+        crate::cargo(&["build", "--release", "-p", "ferry-cli"])?;
+    }
     let ferry = crate::target_dir().join("release/ferry");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

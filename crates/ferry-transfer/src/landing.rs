@@ -5,7 +5,8 @@
 //!   to start;
 //! - [`follow`] hashes each file as it lands under its final name with its planned size
 //!   (rsync renames a file into place only once it is whole), on every core, while the
-//!   rest still travels;
+//!   rest still travels; the kernel says where files land (inotify), and where it cannot,
+//!   the follower looks by name;
 //! - at the end, [`Manifest::verify_landed`] compares the source's checksums with those
 //!   and reads only the files that changed since they were hashed (or landed last).
 //!
