@@ -187,3 +187,85 @@ steps:
             .expect("checkpoint");
     assert_eq!(state.trim(), "epoch-3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_train_step_runs_a_fuxictr_configuration_and_names_what_it_cannot_follow() {
+    let warehouse = tempfile::tempdir().expect("tmp");
+    let mut spec = SampleSpec::new(3_000, 5);
+    spec.infer_rows = 10;
+    spec.rows_per_part = 1_000;
+    let tables = generate(warehouse.path(), &spec).expect("sample data");
+    let sample_dir = tables[0].dir.clone();
+    // A FuxiCTR model folder inside the warehouse (one of the agent's roots): `config/`
+    // beside where `run_expid.py` runs, data paths relative to that folder.
+    let work = warehouse.path().join("model_zoo/DeepFM");
+    std::fs::create_dir_all(work.join("config")).expect("mkdir");
+    let rel = sample_dir
+        .strip_prefix(warehouse.path())
+        .expect("under the warehouse");
+    let write = |regularizer: &str| {
+        std::fs::write(
+            work.join("config/dataset_config.yaml"),
+            format!(
+                "campaign:\n  data_format: parquet\n  train_data: ../../{}\n  feature_cols:\n    - {{name: [{}], active: True, dtype: float, type: numeric, normalizer: MinMaxScaler}}\n    - {{name: [{}], active: True, dtype: str, type: categorical}}\n  label_col: {{name: click, dtype: float}}\n",
+                rel.display(),
+                (1..=13).map(|i| format!("I{i}")).collect::<Vec<_>>().join(", "),
+                (1..=26).map(|i| format!("C{i}")).collect::<Vec<_>>().join(", "),
+            ),
+        )
+        .expect("write");
+        std::fs::write(
+            work.join("config/model_config.yaml"),
+            format!(
+                "Base:\n  model_root: './checkpoints/'\n  verbose: 1\n  shuffle: True\nDeepFM_fx:\n  model: DeepFM\n  dataset_id: campaign\n  embedding_dim: 4\n  hidden_units: [16, 16]\n  batch_size: 256\n  epochs: 1\n  embedding_regularizer: {regularizer}\n  monitor: AUC\n  monitor_mode: max\n  sparkle: 3\n"
+            ),
+        )
+        .expect("write");
+    };
+    let roots = tempfile::tempdir().expect("tmp");
+    let extra = format!(
+        "fuxictr_paths:\n  data_root: \"{d}/data\"\n  model_root: \"{d}/models\"\nsql:\n  warehouse_dir: \"{w}\"\n",
+        d = roots.path().display(),
+        w = warehouse.path().display()
+    );
+    let mut c = Cluster::with_config(&extra);
+    c.start_coordinator().await;
+    c.start_agent("train", "train-1");
+    c.wait_for_agents(1).await;
+    let wf = |name: &str| {
+        format!(
+            "name: {name}\nsteps:\n  - name: train\n    kind: train\n    placement: {{role: training}}\n    params:\n      dataset_id: campaign\n      fuxictr: {{config_dir: \"{}\", expid: DeepFM_fx}}\n",
+            work.join("config").display()
+        )
+    };
+
+    // What Ferry cannot follow yet stops the step at once, by name.
+    write("1.e-8");
+    c.apply(&wf("fx_refused")).await.expect("valid workflow");
+    let task = c.create_task("fx_refused").await;
+    let paused = c.wait_status(task.id, "paused", T).await;
+    assert_eq!(
+        step(&paused, "train").retry_count,
+        0,
+        "refusals are permanent"
+    );
+    let reason = paused.task.map(|t| t.status_reason).unwrap_or_default();
+    assert!(reason.contains("embedding_regularizer"), "{reason}");
+
+    // The same configuration without it trains; the unknown key is logged, not fatal.
+    write("0");
+    c.apply(&wf("fx_train")).await.expect("valid workflow");
+    let task = c.create_task("fx_train").await;
+    c.wait_status(task.id, "completed", T).await;
+    let logs = c.logs_text(task.id).await;
+    assert!(logs.contains("sparkle is not a setting"), "{logs}");
+    assert!(logs.contains("training complete: best epoch"), "{logs}");
+    let models = roots.path().join("models/campaign");
+    assert!(models.join("DeepFM_fx.model").is_file());
+    assert!(
+        roots
+            .path()
+            .join("data/campaign/feature_map.json")
+            .is_file()
+    );
+}

@@ -13,9 +13,10 @@ use ferry_agent::policy::{Policy, check_identifier};
 use ferry_agent::{AgentError, Executor, JobContext, JobError, JobFuture};
 use ferry_core::Role;
 use ferry_core::config::FerryConfig;
-use ferry_core::kinds::{self, InferParams, TrainParams};
+use ferry_core::kinds::{self, FuxiCtrConfig, InferParams, TrainParams};
 use ferry_ctr::dataset::{PrepareOptions, prepare_dataset};
 use ferry_ctr::device::{Device, devices_for};
+use ferry_ctr::fuxictr::DataFormat;
 use ferry_ctr::infer::{InferObserver, InferOptions, infer};
 use ferry_ctr::train::{EpochReport, TrainObserver, TrainOptions, train};
 use ferry_ctr::{CtrError, FeatureSpec, ModelConfig};
@@ -163,24 +164,30 @@ impl Executor for TrainExecutor {
         let host = self.host.clone();
         Box::pin(async move {
             let p: TrainParams = ctx.params()?;
-            let config: ModelConfig = serde_json::from_value(p.model.clone())
-                .map_err(|e| JobError::permanent(format!("model settings: {e}")))?;
-            config
-                .validate()
-                .map_err(|e| JobError::permanent(e.to_string()))?;
-            let labels: Vec<String> = if !p.labels.is_empty() {
-                p.labels.clone()
-            } else if config.model.is_multi_task() {
-                vec!["click".into(), "conversion".into()]
-            } else {
-                vec!["click".into()]
+            let (config, spec, sample_dir, valid_data) = match &p.fuxictr {
+                Some(f) => from_fuxictr(&host, &ctx, &p.dataset_id, f)?,
+                None => {
+                    let config: ModelConfig = serde_json::from_value(p.model.clone())
+                        .map_err(|e| JobError::permanent(format!("model settings: {e}")))?;
+                    config
+                        .validate()
+                        .map_err(|e| JobError::permanent(e.to_string()))?;
+                    let labels: Vec<String> = if !p.labels.is_empty() {
+                        p.labels.clone()
+                    } else if config.model.is_multi_task() {
+                        vec!["click".into(), "conversion".into()]
+                    } else {
+                        vec!["click".into()]
+                    };
+                    let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                    let spec = FeatureSpec::campaign(&label_refs);
+                    let sample_dir = host.policy.confine("sample directory", &p.sample_dir)?;
+                    (config, spec, sample_dir, None)
+                }
             };
-            let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-            let spec = FeatureSpec::campaign(&label_refs);
             // Checked before anything is read or written.
             check_identifier("model.model_id", &config.model_id)?;
             let (data_dir, model_dir) = host.dataset_dirs(&p.dataset_id)?;
-            let sample_dir = host.policy.confine("sample directory", &p.sample_dir)?;
             // The GPUs the coordinator gave the job when it gave some (it counts them, so
             // two jobs never share one); else `gpu_count` picks the first N of the host's
             // devices; 0 means the CPU.
@@ -215,6 +222,7 @@ impl Executor for TrainExecutor {
             if let Some(r) = p.valid_ratio {
                 prep.valid_ratio = r;
             }
+            prep.valid_dir = valid_data;
             prep.seed = config.seed;
             let ctx2 = ctx.clone();
             let outcome = blocking(move || {
@@ -260,6 +268,66 @@ impl Executor for TrainExecutor {
             Ok(())
         })
     }
+}
+
+/// The model, features and data files of a FuxiCTR configuration on this host: every path
+/// confined to the agent's roots, refused with the key's name where Ferry cannot follow it.
+fn from_fuxictr(
+    host: &CtrHost,
+    ctx: &JobContext,
+    dataset_id: &str,
+    f: &FuxiCtrConfig,
+) -> Result<(ModelConfig, FeatureSpec, PathBuf, Option<PathBuf>), JobError> {
+    let config_dir = host
+        .policy
+        .confine("FuxiCTR configuration folder", &f.config_dir)?;
+    let work_dir = match &f.work_dir {
+        Some(w) => host.policy.confine("FuxiCTR working folder", w)?,
+        None => config_dir
+            .parent()
+            .map_or_else(|| config_dir.clone(), Path::to_owned),
+    };
+    let e = ferry_ctr::fuxictr::load(&config_dir, &f.expid, &work_dir)
+        .map_err(|e| JobError::permanent(format!("FuxiCTR configuration: {e}")))?;
+    for w in &e.warnings {
+        ctx.info(format!("FuxiCTR configuration: {w}"));
+    }
+    if e.dataset_id != dataset_id {
+        return Err(JobError::permanent(format!(
+            "experiment {} trains on dataset {}, but the step names dataset {dataset_id}",
+            e.expid, e.dataset_id
+        )));
+    }
+    if e.data.format == DataFormat::Csv {
+        return Err(JobError::permanent(format!(
+            "{}: data_format csv is not read by Ferry yet; give the splits as Parquet",
+            e.dataset_id
+        )));
+    }
+    let confine = |what: &str, path: &Path| -> Result<PathBuf, JobError> {
+        // Resolved as the system resolves it when FuxiCTR opens it (its configurations say
+        // `../data/...`), then confined to the roots like any path.
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| JobError::permanent(format!("{what} {}: {e}", path.display())))?;
+        let text = real.to_str().ok_or_else(|| {
+            JobError::permanent(format!("{what}: {} is not valid UTF-8", real.display()))
+        })?;
+        host.policy.confine(what, text)
+    };
+    let train = confine("train_data", &e.data.train)?;
+    let valid = e
+        .data
+        .valid
+        .as_deref()
+        .map(|v| confine("valid_data", v))
+        .transpose()?;
+    if e.data.test.is_some() {
+        ctx.info(format!(
+            "{}: test_data is not evaluated by Ferry yet; training uses train_data and valid_data",
+            e.dataset_id
+        ));
+    }
+    Ok((e.model, e.features, train, valid))
 }
 
 struct JobInferObserver {

@@ -158,11 +158,19 @@ pub struct CleanupParams {
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
     pub dataset_id: String,
-    /// The exported sample data (raw Parquet parts) on this host.
+    /// The exported sample data (raw Parquet parts) on this host; with `fuxictr`, the
+    /// configuration's `train_data` instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sample_dir: String,
     /// FuxiCTR-style model settings: `model`, `model_id`, `embedding_dim`, `hidden_units`,
     /// `batch_size`, `epochs`, `learning_rate`, `seed`, ... (checked by the training host).
+    /// Absent with `fuxictr`.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub model: Value,
+    /// FuxiCTR's own configuration files on this host, as a FuxiCTR team has them: features,
+    /// labels, data files and model settings all come from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuxictr: Option<FuxiCtrConfig>,
     /// Label columns; `[click]` when empty (`[click, conversion]` for MMoE).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
@@ -173,6 +181,22 @@ pub struct TrainParams {
     /// on the CPU; all of them when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_count: Option<u32>,
+}
+
+/// A FuxiCTR configuration (`model_config.yaml` and `dataset_config.yaml`, or their folders)
+/// and the experiment to run from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FuxiCtrConfig {
+    /// The folder holding the configuration files.
+    pub config_dir: String,
+    /// The experiment id (a section of the model configuration; `Base` lies under it).
+    pub expid: String,
+    /// Where the configuration's relative data paths start, as FuxiCTR's scripts run there;
+    /// the configuration folder's parent when absent (FuxiCTR's model folders:
+    /// `run_expid.py` beside `config/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<String>,
 }
 
 /// Parameters of an `infer` step.
@@ -428,13 +452,27 @@ fn validate(kind: &str, params: &Value, rendered: bool) -> Result<(), String> {
             if !later(&p.dataset_id) {
                 check_name("dataset_id", &p.dataset_id)?;
             }
+            if let Some(f) = &p.fuxictr {
+                if !p.model.is_null() || !p.labels.is_empty() || !p.sample_dir.is_empty() {
+                    return Err("with `fuxictr`, the model, labels and data come from its configuration: leave out `model`, `labels` and `sample_dir`".into());
+                }
+                if f.config_dir.trim().is_empty() {
+                    return Err("`fuxictr.config_dir` must not be empty".into());
+                }
+                if f.work_dir.as_ref().is_some_and(|w| w.trim().is_empty()) {
+                    return Err("`fuxictr.work_dir` must not be empty".into());
+                }
+                if !later(&f.expid) {
+                    check_name("fuxictr.expid", &f.expid)?;
+                }
+                return Ok(());
+            }
             if p.sample_dir.trim().is_empty() {
                 return Err("`sample_dir` must not be empty".into());
             }
-            let model = p
-                .model
-                .as_object()
-                .ok_or("`model` must be a mapping of model settings")?;
+            let model = p.model.as_object().ok_or(
+                "`model` must be a mapping of model settings (or name a `fuxictr` configuration)",
+            )?;
             for key in ["model", "model_id"] {
                 if !model.contains_key(key) {
                     return Err(format!("`model.{key}` is missing"));
@@ -658,6 +696,19 @@ mod tests {
             validate_params(TRAIN, &escape)
                 .is_err_and(|e| e.contains("`dataset_id` must be a name"))
         );
+        // FuxiCTR's configuration brings the model, labels and data: not both.
+        let fuxi = serde_json::json!({"dataset_id": "tiny", "fuxictr":
+            {"config_dir": "/cfg", "expid": "DeepFM_test"}});
+        assert_eq!(validate_params(TRAIN, &fuxi), Ok(()));
+        let both = serde_json::json!({"dataset_id": "tiny", "sample_dir": "/d", "fuxictr":
+            {"config_dir": "/cfg", "expid": "DeepFM_test"}});
+        assert!(validate_params(TRAIN, &both).is_err_and(|e| e.contains("leave out")));
+        let bad_id = serde_json::json!({"dataset_id": "tiny", "fuxictr":
+            {"config_dir": "/cfg", "expid": "../x"}});
+        assert!(validate_params(TRAIN, &bad_id).is_err_and(|e| e.contains("fuxictr.expid")));
+        let typo = serde_json::json!({"dataset_id": "tiny", "fuxictr":
+            {"config_dir": "/cfg", "expid": "e", "workdir": "/w"}});
+        assert!(validate_params(TRAIN, &typo).is_err_and(|e| e.contains("workdir")));
         let infer = serde_json::json!({"dataset_id": "c_${task_id}", "model_id": "m1",
             "input_dir": "/i", "expid": "e1", "batch_size": 0});
         assert_eq!(

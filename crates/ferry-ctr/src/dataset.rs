@@ -125,6 +125,10 @@ impl PreparedDataset {
 
 /// The `.parquet` files under `dir` (recursively, for Hive-style partition folders), sorted.
 pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    // A single file (FuxiCTR's `train_data: .../train.parquet`) is its own list.
+    if dir.is_file() {
+        return Ok(vec![dir.to_owned()]);
+    }
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {

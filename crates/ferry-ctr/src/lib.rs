@@ -1,11 +1,12 @@
 //! CTR models on burn for the training and inference hosts: FuxiCTR-compatible feature
-//! processing and data layout, the LR / FM / DeepFM / DCN / MMoE models, training with
+//! processing and data layout, FuxiCTR's own configuration files, the LR / FM / DeepFM / DCN / MMoE models, training with
 //! per-epoch checkpoints and exact resume, and part-level inference.
 
 pub mod dataset;
 pub mod device;
 pub mod error;
 pub mod features;
+pub mod fuxictr;
 pub mod infer;
 pub mod metrics;
 pub mod model;

@@ -426,3 +426,76 @@ fn every_model_trains_one_epoch_and_bad_configs_are_named() {
     .expect_err("bad lr");
     assert!(err.to_string().contains("learning_rate"), "{err}");
 }
+
+#[test]
+fn a_fuxictr_configuration_as_a_team_has_it_trains_to_the_end() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    let mut spec = SampleSpec::new(3_000, 11);
+    spec.infer_rows = 100;
+    spec.rows_per_part = 1_000;
+    let tables = generate(&root.join("warehouse"), &spec).expect("generate");
+    let sample = tables
+        .iter()
+        .find(|t| t.table == "campaign_sample")
+        .expect("sample table");
+    // FuxiCTR's layout: the configuration in `config/`, paths relative to the folder the
+    // experiment runs in, one section per dataset and per experiment, `Base` under each.
+    let work = root.join("model_zoo/DeepFM");
+    std::fs::create_dir_all(work.join("config")).expect("mkdir");
+    let rel = pathdiff(&sample.dir, &work);
+    std::fs::write(
+        work.join("config/dataset_config.yaml"),
+        format!(
+            "campaign_fx:\n    data_root: ../../data/\n    data_format: parquet\n    train_data: {rel}\n    min_categr_count: 2\n    feature_cols:\n        - {{name: [{}], active: True, dtype: float, type: numeric, normalizer: MinMaxScaler}}\n        - {{name: [{}], active: True, dtype: str, type: categorical}}\n        - {{name: user_id, active: True, dtype: str, type: meta}}\n    label_col: {{name: click, dtype: float}}\n",
+            (1..=13).map(|i| format!("I{i}")).collect::<Vec<_>>().join(", "),
+            (1..=26).map(|i| format!("C{i}")).collect::<Vec<_>>().join(", "),
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        work.join("config/model_config.yaml"),
+        "Base:\n    model_root: './checkpoints/'\n    num_workers: 3\n    verbose: 1\n    early_stop_patience: 2\n    pickle_feature_encoder: True\n    save_best_only: True\n    eval_steps: null\n    debug_mode: False\n    group_id: null\n    use_features: null\n    feature_specs: null\n    feature_config: null\n\nDeepFM_fx:\n    model: DeepFM\n    dataset_id: campaign_fx\n    loss: 'binary_crossentropy'\n    metrics: ['logloss', 'AUC']\n    task: binary_classification\n    optimizer: adam\n    hidden_units: [16, 16]\n    hidden_activations: relu\n    net_regularizer: 0\n    embedding_regularizer: 0\n    learning_rate: 3.e-3\n    batch_norm: False\n    net_dropout: 0\n    batch_size: 256\n    embedding_dim: 4\n    epochs: 2\n    shuffle: True\n    seed: 2019\n    monitor: 'AUC'\n    monitor_mode: 'max'\n",
+    )
+    .expect("write");
+
+    let e = ferry_ctr::fuxictr::load(&work.join("config"), "DeepFM_fx", &work).expect("load");
+    assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    assert_eq!(e.features.min_categr_count, 2);
+    assert_eq!(e.features.id_columns, ["user_id"]);
+    let data_dir = root.join("data").join(&e.dataset_id);
+    let (processor, dataset) = prepare_dataset(
+        &e.data.train,
+        &data_dir,
+        &e.dataset_id,
+        &e.features,
+        &PrepareOptions::default(),
+    )
+    .expect("prepare");
+    assert!(data_dir.join("feature_map.json").is_file());
+    let model_dir = root.join("checkpoints").join(&e.dataset_id);
+    let out = train(
+        &e.model,
+        &processor,
+        &dataset,
+        &TrainOptions::new(&data_dir, &model_dir, Device::flex()),
+        &mut (),
+    )
+    .expect("train");
+    assert!(out.finished);
+    assert_eq!(out.state.history.len(), 2);
+    assert!(model_dir.join("DeepFM_fx.model").is_file());
+}
+
+/// `path` relative to `base` (both absolute, `base` not under `path`).
+fn pathdiff(path: &Path, base: &Path) -> String {
+    let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out: Vec<String> = vec!["..".into(); b.len() - common];
+    out.extend(
+        p[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    out.join("/")
+}

@@ -1,0 +1,1045 @@
+//! FuxiCTR's own configuration files, read with FuxiCTR's rules, so that a FuxiCTR team brings
+//! its `dataset_config.yaml` and `model_config.yaml` as they are:
+//!
+//! - the model settings of an experiment id are its `Base` section with the experiment's own
+//!   keys laid over it (a shallow merge, as FuxiCTR's `load_model_config`), from
+//!   `CONFIG_DIR/model_config.yaml` or, without one, every `CONFIG_DIR/model_config/*.yaml`;
+//! - the experiment's `dataset_id` names the dataset section, from `dataset_config.yaml` or
+//!   `dataset_config/*.yaml` the same way;
+//! - relative data paths are resolved against the working directory FuxiCTR would run in
+//!   (`work_dir`), as FuxiCTR's scripts open them;
+//! - every key is one of three kinds: used (mapped to Ferry's [`FeatureSpec`] and
+//!   [`ModelConfig`]), harmless here (FuxiCTR's run-time knobs, or keys FuxiCTR itself would
+//!   pass over: ignored with a warning), or used by FuxiCTR in a way Ferry cannot follow yet
+//!   (refused, naming the key, before anything is read or trained).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value as Json};
+use serde_yaml::Value;
+
+use crate::error::{CtrError, Result};
+use crate::features::FeatureSpec;
+use crate::model::{ModelConfig, ModelKind};
+
+/// One experiment of a FuxiCTR configuration, in Ferry's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    /// The experiment id (FuxiCTR's `model_id`).
+    pub expid: String,
+    pub dataset_id: String,
+    pub data: DataFiles,
+    pub features: FeatureSpec,
+    pub model: ModelConfig,
+    /// Keys passed over, one line each, to show the user.
+    pub warnings: Vec<String>,
+}
+
+/// Where the dataset's splits are, in which format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFiles {
+    pub format: DataFormat,
+    pub train: PathBuf,
+    pub valid: Option<PathBuf>,
+    pub test: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFormat {
+    Parquet,
+    Csv,
+}
+
+/// Reads experiment `expid` from the FuxiCTR configuration in `config_dir`.
+pub fn load(config_dir: &Path, expid: &str, work_dir: &Path) -> Result<Experiment> {
+    let mut warnings = Vec::new();
+    let mut model = section(config_dir, "model_config", expid, true, &mut warnings)?;
+    let dataset_id = match model.remove("dataset_id") {
+        Some(Value::String(s)) if s.is_empty() || s.contains(['/', '\\']) || s.starts_with('.') => {
+            return Err(bad(
+                expid,
+                "dataset_id",
+                &Value::String(s),
+                "must be a plain name",
+            ));
+        }
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(bad(expid, "dataset_id", &other, "must be a name")),
+        None => {
+            return Err(CtrError::Config(format!(
+                "experiment {expid} in {} names no dataset_id",
+                config_dir.display()
+            )));
+        }
+    };
+    let dataset = section(
+        config_dir,
+        "dataset_config",
+        &dataset_id,
+        false,
+        &mut warnings,
+    )?;
+    let data = data_files(&dataset_id, &dataset, work_dir)?;
+    let features = feature_spec(&dataset_id, &dataset, &mut warnings)?;
+    let embedding_dim = model
+        .get("embedding_dim")
+        .and_then(Value::as_u64)
+        // FuxiCTR's default.
+        .unwrap_or(10);
+    check_feature_dims(&dataset_id, &dataset, embedding_dim)?;
+    let model = model_config(expid, model, &mut warnings)?;
+    Ok(Experiment {
+        expid: expid.to_owned(),
+        dataset_id,
+        data,
+        features,
+        model,
+        warnings,
+    })
+}
+
+type Section = BTreeMap<String, Value>;
+
+/// The section `id` of `CONFIG_DIR/{stem}.yaml` (or of `CONFIG_DIR/{stem}/*.yaml`, in name
+/// order); for model configs, laid over the `Base` section.
+fn section(
+    config_dir: &Path,
+    stem: &str,
+    id: &str,
+    with_base: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Section> {
+    let single = config_dir.join(format!("{stem}.yaml"));
+    let files = if single.is_file() {
+        vec![single]
+    } else {
+        let dir = config_dir.join(stem);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|_| {
+                CtrError::Config(format!(
+                    "{} has neither {stem}.yaml nor a {stem}/ folder",
+                    config_dir.display()
+                ))
+            })?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        files
+    };
+    let (mut base, mut own) = (None, None);
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|e| CtrError::Io {
+            path: file.clone(),
+            source: e,
+        })?;
+        let Lenient { value, repeated } = serde_yaml::from_str(&text)
+            .map_err(|e| CtrError::Config(format!("{}: {e}", file.display())))?;
+        let doc = as_section(file, stem, value)?;
+        for (key, value) in doc {
+            let slot = if with_base && key == "Base" {
+                &mut base
+            } else if key == id {
+                &mut own
+            } else {
+                continue;
+            };
+            // As FuxiCTR: a later file's section replaces an earlier one's.
+            *slot = Some(as_section(file, &key, value)?);
+            warnings.extend(
+                repeated
+                    .iter()
+                    .filter(|(owner, _)| owner.as_deref() == Some(key.as_str()))
+                    .map(|(_, k)| {
+                        format!(
+                            "{}: {key}: {k} is given more than once; the last one counts, as in FuxiCTR",
+                            file.display()
+                        )
+                    }),
+            );
+        }
+        if own.is_some() && (!with_base || base.is_some()) {
+            break;
+        }
+    }
+    let Some(own) = own else {
+        return Err(CtrError::Config(format!(
+            "{id} is not in {} ({stem})",
+            config_dir.display()
+        )));
+    };
+    let mut merged = base.unwrap_or_default();
+    merged.extend(own);
+    Ok(merged)
+}
+
+/// A YAML document read as PyYAML (FuxiCTR's reader) reads it: a key given twice in one
+/// mapping keeps its last value (FuxiCTR's own DIN demo sets `feature_specs` twice). Keys given
+/// more than once are listed, with the top-level key they sit under.
+struct Lenient {
+    value: Value,
+    repeated: Vec<(Option<String>, String)>,
+}
+
+impl<'de> serde::Deserialize<'de> for Lenient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(LenientVisitor { depth: 0 })
+    }
+}
+
+struct LenientVisitor {
+    depth: usize,
+}
+
+/// One nesting level deeper, for the values of a mapping or a sequence.
+struct Nested(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Nested {
+    type Value = Lenient;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Lenient, D::Error> {
+        d.deserialize_any(LenientVisitor { depth: self.0 })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for LenientVisitor {
+    type Value = Lenient;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("YAML")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Lenient, A::Error> {
+        let mut out = serde_yaml::Mapping::new();
+        let mut repeated = Vec::new();
+        while let Some(key) = map.next_key_seed(Nested(self.depth + 1))? {
+            let inner = map.next_value_seed(Nested(self.depth + 1))?;
+            let top = key.value.as_str().map(str::to_owned);
+            for (owner, k) in inner.repeated {
+                // Under the top-level key (a dataset or an experiment) it belongs to.
+                let owner = if self.depth == 0 { top.clone() } else { owner };
+                repeated.push((owner, k));
+            }
+            if out.insert(key.value.clone(), inner.value).is_some() {
+                let name = top.unwrap_or_else(|| show(&key.value));
+                repeated.push((None, name));
+            }
+        }
+        Ok(Lenient {
+            value: Value::Mapping(out),
+            repeated,
+        })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Lenient, A::Error> {
+        let mut out = Vec::new();
+        let mut repeated = Vec::new();
+        while let Some(item) = seq.next_element_seed(Nested(self.depth + 1))? {
+            out.push(item.value);
+            repeated.extend(item.repeated);
+        }
+        Ok(Lenient {
+            value: Value::Sequence(out),
+            repeated,
+        })
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Lenient, E> {
+        Ok(plain(Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Lenient, E> {
+        Ok(plain(Value::Number(v.into())))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Lenient, E> {
+        Ok(plain(Value::Number(v.into())))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Lenient, E> {
+        Ok(plain(Value::Number(v.into())))
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Lenient, E> {
+        Ok(plain(Value::String(v.to_owned())))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Lenient, E> {
+        Ok(plain(Value::Null))
+    }
+
+    fn visit_none<E>(self) -> std::result::Result<Lenient, E> {
+        Ok(plain(Value::Null))
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Lenient, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+fn plain(value: Value) -> Lenient {
+    Lenient {
+        value,
+        repeated: Vec::new(),
+    }
+}
+
+fn as_section(file: &Path, key: &str, value: Value) -> Result<Section> {
+    match value {
+        Value::Mapping(m) => m
+            .into_iter()
+            .map(|(k, v)| match k {
+                Value::String(k) => Ok((k, v)),
+                other => Err(CtrError::Config(format!(
+                    "{}: {key}: key {other:?} is not a name",
+                    file.display()
+                ))),
+            })
+            .collect(),
+        Value::Null => Ok(Section::new()),
+        _ => Err(CtrError::Config(format!(
+            "{}: {key} is not a mapping of settings",
+            file.display()
+        ))),
+    }
+}
+
+fn bad(owner: &str, key: &str, value: &Value, why: &str) -> CtrError {
+    CtrError::Config(format!("{owner}: {key}: {} {why}", show(value)))
+}
+
+fn unsupported(owner: &str, key: &str, value: &Value, what_ferry_does: &str) -> CtrError {
+    CtrError::Config(format!(
+        "{owner}: {key}: {} is not supported by Ferry yet ({what_ferry_does})",
+        show(value)
+    ))
+}
+
+fn show(v: &Value) -> String {
+    serde_yaml::to_string(v)
+        .map(|s| s.trim().replace('\n', " "))
+        .unwrap_or_else(|_| format!("{v:?}"))
+}
+
+/// `null`, `false`, `0`, `""` or an empty list: a setting left off.
+fn is_off(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Sequence(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// A string, or a list of strings, that must all be `want` (case-insensitive).
+fn all_are(v: &Value, want: &str) -> bool {
+    match v {
+        Value::String(s) => s.eq_ignore_ascii_case(want),
+        Value::Sequence(items) => items.iter().all(|i| all_are(i, want)),
+        _ => false,
+    }
+}
+
+fn data_files(dataset_id: &str, d: &Section, work_dir: &Path) -> Result<DataFiles> {
+    let format = match d.get("data_format") {
+        None => DataFormat::Csv,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("parquet") => DataFormat::Parquet,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("csv") => DataFormat::Csv,
+        Some(other) => {
+            return Err(unsupported(
+                dataset_id,
+                "data_format",
+                other,
+                "it reads parquet and csv",
+            ));
+        }
+    };
+    let path = |key: &str| -> Result<Option<PathBuf>> {
+        match d.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(work_dir.join(s))),
+            Some(other) => Err(bad(dataset_id, key, other, "must be a path")),
+        }
+    };
+    let Some(train) = path("train_data")? else {
+        return Err(CtrError::Config(format!(
+            "{dataset_id}: train_data is missing"
+        )));
+    };
+    Ok(DataFiles {
+        format,
+        train,
+        valid: path("valid_data")?,
+        test: path("test_data")?,
+    })
+}
+
+/// Dataset keys FuxiCTR uses that need nothing from Ferry, or that it reads elsewhere.
+const DATASET_PASSED: &[&str] = &["data_root", "rebuild_dataset", "data_block_size"];
+const DATASET_USED: &[&str] = &[
+    "data_format",
+    "train_data",
+    "valid_data",
+    "test_data",
+    "min_categr_count",
+    "feature_cols",
+    "label_col",
+];
+
+fn feature_spec(dataset_id: &str, d: &Section, warnings: &mut Vec<String>) -> Result<FeatureSpec> {
+    for key in d.keys() {
+        if DATASET_PASSED.contains(&key.as_str()) {
+            continue;
+        }
+        if !DATASET_USED.contains(&key.as_str()) {
+            warnings.push(format!(
+                "{dataset_id}: {key} is not a dataset setting Ferry knows; ignored"
+            ));
+        }
+    }
+    let min_count = match d.get("min_categr_count") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| bad(dataset_id, "min_categr_count", v, "must be a count >= 1"))?,
+    };
+    let Some(cols) = d.get("feature_cols") else {
+        return Err(unsupported(
+            dataset_id,
+            "feature_cols",
+            &Value::Null,
+            "a dataset FuxiCTR built beforehand, known only by its feature_map.json, cannot be read; name its feature_cols",
+        ));
+    };
+    let Value::Sequence(cols) = cols else {
+        return Err(bad(dataset_id, "feature_cols", cols, "must be a list"));
+    };
+    let mut spec = FeatureSpec {
+        id_columns: Vec::new(),
+        numeric: Vec::new(),
+        categorical: Vec::new(),
+        labels: Vec::new(),
+        min_categr_count: min_count,
+    };
+    for col in cols {
+        let Value::Mapping(m) = col else {
+            return Err(bad(
+                dataset_id,
+                "feature_cols",
+                col,
+                "entries must be mappings",
+            ));
+        };
+        let col: Section = as_section(
+            Path::new(dataset_id),
+            "feature_cols",
+            Value::Mapping(m.clone()),
+        )?;
+        let names = names(dataset_id, "feature_cols", col.get("name"))?;
+        let owner = format!("{dataset_id}: feature {}", names.join(", "));
+        if col.get("active").is_some_and(is_off) {
+            continue;
+        }
+        let kind = match col.get("type") {
+            Some(Value::String(t)) => t.to_ascii_lowercase(),
+            other => {
+                return Err(bad(
+                    &owner,
+                    "type",
+                    other.unwrap_or(&Value::Null),
+                    "must be numeric, categorical, sequence or meta",
+                ));
+            }
+        };
+        let target = match kind.as_str() {
+            "numeric" => &mut spec.numeric,
+            "categorical" => &mut spec.categorical,
+            "meta" => &mut spec.id_columns,
+            other => {
+                return Err(unsupported(
+                    &owner,
+                    "type",
+                    &Value::String(other.to_owned()),
+                    "numeric, categorical and meta features only",
+                ));
+            }
+        };
+        check_feature_keys(&owner, &kind, &col, min_count)?;
+        target.extend(names);
+    }
+    spec.labels = match d.get("label_col") {
+        Some(Value::Sequence(labels)) => labels
+            .iter()
+            .map(|l| label_name(dataset_id, l))
+            .collect::<Result<_>>()?,
+        Some(l) => vec![label_name(dataset_id, l)?],
+        None => {
+            return Err(CtrError::Config(format!(
+                "{dataset_id}: label_col is missing"
+            )));
+        }
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn names(owner: &str, key: &str, v: Option<&Value>) -> Result<Vec<String>> {
+    match v {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Sequence(items)) if !items.is_empty() => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(bad(owner, key, other, "names must be strings")),
+            })
+            .collect(),
+        other => Err(bad(
+            owner,
+            key,
+            other.unwrap_or(&Value::Null),
+            "needs a name or a list of names",
+        )),
+    }
+}
+
+fn label_name(dataset_id: &str, l: &Value) -> Result<String> {
+    let Value::Mapping(m) = l else {
+        return Err(bad(
+            dataset_id,
+            "label_col",
+            l,
+            "must be {name: ..., dtype: ...}",
+        ));
+    };
+    let mut found = names(dataset_id, "label_col", m.get("name"))?;
+    match (found.len(), found.pop()) {
+        (1, Some(name)) => Ok(name),
+        _ => Err(bad(
+            dataset_id,
+            "label_col",
+            l,
+            "names one column per label",
+        )),
+    }
+}
+
+/// A feature's keys: what Ferry does the same way passes, the rest is refused by name.
+fn check_feature_keys(owner: &str, kind: &str, col: &Section, min_count: u64) -> Result<()> {
+    for (key, v) in col {
+        match key.as_str() {
+            "name" | "active" | "type" | "dtype" | "source" => {}
+            "min_categr_count" => {
+                if v.as_u64() != Some(min_count) {
+                    return Err(unsupported(
+                        owner,
+                        key,
+                        v,
+                        "one min_categr_count for every feature: the dataset's",
+                    ));
+                }
+            }
+            // Checked against the model's once it is known (`check_feature_dims`).
+            "embedding_dim" => {}
+            "normalizer" if kind == "numeric" => {
+                if !all_are(v, "MinMaxScaler") {
+                    return Err(unsupported(
+                        owner,
+                        key,
+                        v,
+                        "numeric features are MinMax-scaled with the training split's range",
+                    ));
+                }
+            }
+            "fill_na" => {
+                let default = match kind {
+                    "numeric" => v.as_f64() == Some(0.0),
+                    _ => v.as_str() == Some(""),
+                };
+                if !default {
+                    return Err(unsupported(
+                        owner,
+                        key,
+                        v,
+                        "missing values are 0 for numeric features and the empty token for categorical ones",
+                    ));
+                }
+            }
+            "remap" if !is_off(v) => {}
+            _ if is_off(v) => {}
+            _ => {
+                return Err(unsupported(
+                    owner,
+                    key,
+                    v,
+                    "see 'Bring a FuxiCTR configuration' in docs/operations.md",
+                ));
+            }
+        }
+    }
+    if kind == "numeric" && !col.contains_key("normalizer") {
+        return Err(unsupported(
+            owner,
+            "normalizer",
+            &Value::Null,
+            "numeric features are always MinMax-scaled with the training split's range, where FuxiCTR would use them as they are; say `normalizer: MinMaxScaler`",
+        ));
+    }
+    Ok(())
+}
+
+fn check_feature_dims(dataset_id: &str, d: &Section, embedding_dim: u64) -> Result<()> {
+    let Some(Value::Sequence(cols)) = d.get("feature_cols") else {
+        return Ok(());
+    };
+    for col in cols {
+        if let Some(v) = col.get("embedding_dim")
+            && v.as_u64() != Some(embedding_dim)
+            && !v.is_null()
+        {
+            let names = names(dataset_id, "feature_cols", col.get("name"))?;
+            return Err(unsupported(
+                &format!("{dataset_id}: feature {}", names.join(", ")),
+                "embedding_dim",
+                v,
+                "every feature has the model's embedding_dim",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// FuxiCTR's keys → Ferry's, for those every model uses as they are.
+const MODEL_USED: &[(&str, &str)] = &[
+    ("embedding_dim", "embedding_dim"),
+    ("net_dropout", "dropout"),
+    ("batch_size", "batch_size"),
+    ("epochs", "epochs"),
+    ("learning_rate", "learning_rate"),
+    ("optimizer", "optimizer"),
+    ("seed", "seed"),
+    ("early_stop_patience", "early_stop_patience"),
+];
+
+/// Per model: FuxiCTR's keys → Ferry's, with FuxiCTR's defaults where Ferry's differ.
+fn model_keys(kind: ModelKind) -> &'static [(&'static str, &'static str, &'static str)] {
+    match kind {
+        ModelKind::DeepFM => &[("hidden_units", "hidden_units", "[64, 64, 64]")],
+        ModelKind::DCN => &[
+            ("parallel_dnn_hidden_units", "hidden_units", "[]"),
+            ("num_cross_layers", "num_cross_layers", "3"),
+        ],
+        ModelKind::MMoE => &[
+            ("num_experts", "num_experts", "4"),
+            (
+                "expert_hidden_units",
+                "expert_hidden_units",
+                "[512, 256, 128]",
+            ),
+            ("gate_hidden_units", "gate_hidden_units", "[128, 64]"),
+            ("tower_hidden_units", "tower_hidden_units", "[128, 64]"),
+        ],
+        ModelKind::LR | ModelKind::FM => &[],
+    }
+}
+
+/// FuxiCTR's defaults (its `BaseModel` and models) for keys every model uses.
+const MODEL_DEFAULTS: &[(&str, &str)] = &[("embedding_dim", "10"), ("early_stop_patience", "2")];
+
+/// FuxiCTR's run-time knobs with nothing to do in Ferry (it keeps its own model directory,
+/// workers, logging and checkpoints).
+const MODEL_PASSED: &[&str] = &[
+    "model_root",
+    "num_workers",
+    "verbose",
+    "pickle_feature_encoder",
+    "save_best_only",
+    "debug_mode",
+    "gpu",
+    "metrics",
+    "model_id",
+    "feature_config",
+    "num_tasks",
+];
+
+fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Result<ModelConfig> {
+    let kind = match m.remove("model") {
+        // FuxiCTR's DCN is the first cross network (a vector per layer); Ferry's is DCNv2.
+        Some(Value::String(name)) if name.eq_ignore_ascii_case("dcn") => {
+            return Err(unsupported(
+                expid,
+                "model",
+                &Value::String(name),
+                "its DCN is FuxiCTR's DCNv2 with parallel structure: say `model: DCNv2`",
+            ));
+        }
+        Some(Value::String(name)) => ModelKind::parse(&name).ok_or_else(|| {
+            unsupported(
+                expid,
+                "model",
+                &Value::String(name.clone()),
+                "LR, FM, DeepFM, DCNv2 and MMoE",
+            )
+        })?,
+        other => {
+            return Err(bad(
+                expid,
+                "model",
+                other.as_ref().unwrap_or(&Value::Null),
+                "must name a model",
+            ));
+        }
+    };
+    let own = model_keys(kind);
+    let mut out = Map::new();
+    out.insert(
+        "model".into(),
+        serde_json::to_value(kind).map_err(json_err)?,
+    );
+    out.insert("model_id".into(), Json::String(expid.to_owned()));
+    let defaults = MODEL_DEFAULTS
+        .iter()
+        .copied()
+        .chain(own.iter().map(|&(_, ours, default)| (ours, default)));
+    for (ours, default) in defaults {
+        let value = serde_json::from_str(default).map_err(json_err)?;
+        out.insert(ours.to_owned(), value);
+    }
+    for (key, v) in &m {
+        let used = MODEL_USED
+            .iter()
+            .copied()
+            .chain(own.iter().map(|&(theirs, ours, _)| (theirs, ours)))
+            .find(|(theirs, _)| theirs == key);
+        if let Some((_, ours)) = used {
+            if !v.is_null() {
+                out.insert(ours.to_owned(), serde_json::to_value(v).map_err(json_err)?);
+            }
+            continue;
+        }
+        if MODEL_PASSED.contains(&key.as_str()) {
+            continue;
+        }
+        // Settings Ferry follows only in the way it trains.
+        let same = match key.as_str() {
+            "loss" => all_are(v, "binary_crossentropy"),
+            "task" => all_are(v, "binary_classification"),
+            "hidden_activations" | "dnn_activations" => all_are(v, "relu"),
+            "monitor" => monitor_is_auc(v),
+            "monitor_mode" => all_are(v, "max"),
+            "shuffle" => v.as_bool() == Some(true),
+            "model_structure" if kind == ModelKind::DCN => all_are(v, "parallel"),
+            "batch_norm"
+            | "embedding_regularizer"
+            | "net_regularizer"
+            | "regularizer"
+            | "eval_steps"
+            | "group_id"
+            | "use_features"
+            | "feature_specs" => is_off(v),
+            "use_low_rank_mixture" if kind == ModelKind::DCN => is_off(v),
+            _ => {
+                warnings.push(format!(
+                    "{expid}: {key} is not a setting of {kind:?} that Ferry knows; ignored, as FuxiCTR's {kind:?} would ignore it"
+                ));
+                true
+            }
+        };
+        if !same {
+            return Err(unsupported(
+                expid,
+                key,
+                v,
+                "Ferry trains with binary cross-entropy, ReLU, no batch norm or regularizers, shuffled batches, validation AUC monitored once per epoch",
+            ));
+        }
+    }
+    let config: ModelConfig = serde_json::from_value(Json::Object(out))
+        .map_err(|e| CtrError::Config(format!("{expid}: {e}")))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// `AUC`, or `{AUC: 1}` (FuxiCTR's weighted form with one positive weight).
+fn monitor_is_auc(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.eq_ignore_ascii_case("auc"),
+        Value::Mapping(m) => {
+            m.len() == 1
+                && m.iter().all(|(k, w)| {
+                    k.as_str().is_some_and(|k| k.eq_ignore_ascii_case("auc"))
+                        && w.as_f64().is_some_and(|w| w > 0.0)
+                })
+        }
+        _ => false,
+    }
+}
+
+fn json_err(e: serde_json::Error) -> CtrError {
+    CtrError::Config(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FuxiCTR's own demo configurations, vendored (see `tests/fixtures/fuxictr/NOTICE.md`).
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuxictr")
+            .join(name)
+    }
+
+    /// A copy of a fixture with some lines replaced (to vary one key at a time).
+    fn varied(name: &str, file: &str, from: &str, to: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tmp");
+        for f in ["dataset_config.yaml", "model_config.yaml"] {
+            let text = std::fs::read_to_string(fixture(name).join(f)).expect("read");
+            let text = if f == file {
+                assert!(text.contains(from), "{from} in {f}");
+                text.replace(from, to)
+            } else {
+                text
+            };
+            std::fs::write(dir.path().join(f), text).expect("write");
+        }
+        dir
+    }
+
+    fn err(config_dir: &Path, expid: &str) -> String {
+        load(config_dir, expid, Path::new("/work"))
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn fuxictrs_csv_demo_reads_as_deepfm_once_its_tiny_regularizer_is_gone() {
+        // FuxiCTR's example 4 asks for an L2 penalty on the embeddings, which Ferry does
+        // not apply yet: refused by name, not silently dropped.
+        let said = err(&fixture("example4"), "DeepFM_test_csv");
+        assert!(said.contains("embedding_regularizer"), "{said}");
+
+        let dir = varied(
+            "example4",
+            "model_config.yaml",
+            "embedding_regularizer: 1.e-8",
+            "embedding_regularizer: 0",
+        );
+        let e = load(dir.path(), "DeepFM_test_csv", Path::new("/work/demo")).expect("load");
+        assert_eq!(e.dataset_id, "tiny_example4");
+        assert_eq!(e.data.format, DataFormat::Csv);
+        // Relative to where FuxiCTR's script runs, as FuxiCTR opens them.
+        assert_eq!(
+            e.data.train,
+            Path::new("/work/demo/../data/tiny_csv/train_sample.csv")
+        );
+        assert!(e.data.valid.is_some() && e.data.test.is_some());
+        assert_eq!(e.features.categorical.len(), 14);
+        assert_eq!(e.features.categorical[0], "userid");
+        assert!(e.features.numeric.is_empty());
+        assert_eq!(e.features.labels, ["clk"]);
+        assert_eq!(e.features.min_categr_count, 1);
+        let m = &e.model;
+        assert_eq!(m.model, ModelKind::DeepFM);
+        assert_eq!(m.model_id, "DeepFM_test_csv");
+        assert_eq!(
+            (m.embedding_dim, m.batch_size, m.epochs, m.seed),
+            (4, 128, 1, 2019)
+        );
+        assert_eq!(m.hidden_units, [64, 32]);
+        assert!((m.learning_rate - 1e-3).abs() < 1e-12);
+        assert_eq!(m.early_stop_patience, 2);
+        // Run-time knobs of FuxiCTR pass without a word; nothing unknown here.
+        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    }
+
+    #[test]
+    fn base_settings_lie_under_each_experiment_and_fuxictr_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            dir.path().join("dataset_config.yaml"),
+            "d1:\n  data_format: parquet\n  train_data: data/train.parquet\n  feature_cols:\n    - {name: [I1, I2], active: True, dtype: float, type: numeric, normalizer: MinMaxScaler}\n    - {name: C1, active: True, dtype: str, type: categorical}\n    - {name: C9, active: False, dtype: str, type: categorical, splitter: '^'}\n  label_col: [{name: click, dtype: float}, {name: conversion, dtype: float}]\n",
+        )
+        .expect("write");
+        std::fs::create_dir(dir.path().join("model_config")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("model_config/a.yaml"),
+            "Base:\n  epochs: 7\n  batch_size: 64\n  seed: 1\n  shuffle: True\nMMoE_x:\n  batch_size: 99\n  model: MMoE\n  dataset_id: d1\n  batch_size: 32\n  sparkle: 3\n",
+        )
+        .expect("write");
+        let e = load(dir.path(), "MMoE_x", dir.path()).expect("load");
+        let m = &e.model;
+        // The experiment's own keys win over Base's; Base fills what it leaves; a key given
+        // twice keeps its last value (PyYAML's reading).
+        assert_eq!((m.batch_size, m.epochs, m.seed), (32, 7, 1));
+        // FuxiCTR's MMoE defaults, not Ferry's.
+        assert_eq!(m.embedding_dim, 10);
+        assert_eq!(m.expert_hidden_units, [512, 256, 128]);
+        assert_eq!(m.gate_hidden_units, [128, 64]);
+        assert_eq!(e.features.numeric, ["I1", "I2"]);
+        // An inactive feature is left out, whatever it asks for.
+        assert_eq!(e.features.categorical, ["C1"]);
+        assert_eq!(e.features.labels, ["click", "conversion"]);
+        assert_eq!(e.data.test, None);
+        // A key FuxiCTR's MMoE would pass over is passed over here too, with a word; so is
+        // the repeated key.
+        assert_eq!(e.warnings.len(), 2, "{:?}", e.warnings);
+        assert!(
+            e.warnings
+                .iter()
+                .any(|w| w.contains("MMoE_x: batch_size is given more than once")),
+            "{:?}",
+            e.warnings
+        );
+        assert!(
+            e.warnings.iter().any(|w| w.contains("sparkle")),
+            "{:?}",
+            e.warnings
+        );
+
+        let said = err(dir.path(), "nope");
+        assert!(said.contains("nope is not in"), "{said}");
+    }
+
+    #[test]
+    fn what_ferry_cannot_follow_yet_is_refused_by_name() {
+        // DIN over a sequence feature, and data FuxiCTR built beforehand (npz).
+        let said = err(&fixture("example6"), "DIN_test");
+        assert!(
+            said.contains("data_format") && said.contains("npz"),
+            "{said}"
+        );
+        let dir = varied(
+            "example6",
+            "dataset_config.yaml",
+            "data_format: npz",
+            "data_format: parquet",
+        );
+        let said = err(dir.path(), "DIN_test");
+        assert!(said.contains("feature_cols"), "{said}");
+
+        // FuxiCTR's DCNv2 config: its dataset was built by FuxiCTR (no feature_cols).
+        let said = err(&fixture("dcnv2"), "DCNv2_test");
+        assert!(said.contains("feature_cols"), "{said}");
+        let dir = varied(
+            "dcnv2",
+            "dataset_config.yaml",
+            "    test_data: ../../data/tiny_parquet/test.parquet",
+            "    test_data: ../../data/tiny_parquet/test.parquet\n    feature_cols: [{name: [C1, C2], active: True, dtype: str, type: categorical}]\n    label_col: {name: clk, dtype: float}",
+        );
+        let e = load(dir.path(), "DCNv2_test", dir.path()).expect("DCNv2");
+        assert_eq!(e.model.model, ModelKind::DCN);
+        assert_eq!(e.model.hidden_units, [64, 32]);
+        assert_eq!((e.model.embedding_dim, e.model.num_cross_layers), (40, 3));
+        // FuxiCTR ignores the stacked tower and the low-rank knobs in a parallel DCNv2.
+        assert!(
+            e.warnings
+                .iter()
+                .any(|w| w.contains("stacked_dnn_hidden_units")),
+            "{:?}",
+            e.warnings
+        );
+
+        for (file, from, to, named) in [
+            ("model_config.yaml", "model: DCNv2", "model: DCN", "DCNv2"),
+            (
+                "model_config.yaml",
+                "model: DCNv2",
+                "model: xDeepFM",
+                "xDeepFM",
+            ),
+            (
+                "model_config.yaml",
+                "batch_norm: False",
+                "batch_norm: True",
+                "batch_norm",
+            ),
+            (
+                "model_config.yaml",
+                "model_structure: parallel",
+                "model_structure: stacked",
+                "model_structure",
+            ),
+            (
+                "model_config.yaml",
+                "monitor: 'AUC'",
+                "monitor: {AUC: 1, logloss: -1}",
+                "monitor",
+            ),
+            (
+                "model_config.yaml",
+                "loss: 'binary_crossentropy'",
+                "loss: mse",
+                "loss",
+            ),
+        ] {
+            let d = varied("dcnv2", file, from, to);
+            // The dataset part needs feature columns to get as far as the model.
+            let text =
+                std::fs::read_to_string(dir.path().join("dataset_config.yaml")).expect("read");
+            std::fs::write(d.path().join("dataset_config.yaml"), text).expect("write");
+            let said = err(d.path(), "DCNv2_test");
+            assert!(said.contains(named), "{to}: {said}");
+        }
+
+        for (col, named) in [
+            (
+                "{name: C1, active: True, dtype: str, type: sequence, splitter: '^'}",
+                "sequence",
+            ),
+            (
+                "{name: C1, active: True, dtype: str, type: categorical, share_embedding: C2}",
+                "share_embedding",
+            ),
+            (
+                "{name: C1, active: True, dtype: str, type: categorical, min_categr_count: 5}",
+                "min_categr_count",
+            ),
+            (
+                "{name: C1, active: True, dtype: str, type: categorical, embedding_dim: 8}",
+                "embedding_dim",
+            ),
+            (
+                "{name: I1, active: True, dtype: float, type: numeric}",
+                "normalizer",
+            ),
+            (
+                "{name: I1, active: True, dtype: float, type: numeric, normalizer: StandardScaler}",
+                "StandardScaler",
+            ),
+            (
+                "{name: I1, active: True, dtype: float, type: numeric, normalizer: MinMaxScaler, fill_na: 1}",
+                "fill_na",
+            ),
+        ] {
+            let d = tempfile::tempdir().expect("tmp");
+            std::fs::write(
+                d.path().join("dataset_config.yaml"),
+                format!("d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols: [{col}]\n  label_col: {{name: clk, dtype: float}}\n"),
+            )
+            .expect("write");
+            std::fs::write(
+                d.path().join("model_config.yaml"),
+                "E:\n  model: DeepFM\n  dataset_id: d\n  embedding_dim: 4\n",
+            )
+            .expect("write");
+            let said = err(d.path(), "E");
+            assert!(said.contains(named), "{col}: {said}");
+        }
+    }
+}
