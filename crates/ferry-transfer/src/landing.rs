@@ -214,12 +214,11 @@ fn watch(
     let pending = plan.files.iter().filter(|f| f.size > 0).count();
     // Told by the kernel where files land (no polling); polling where it cannot tell
     // (no inotify, or its limits reached).
-    if let Some(events) = (how == Watching::Events)
+    let told = (how == Watching::Events)
         .then(|| Events::new(root, plan))
         .flatten()
-    {
-        events.follow(&mut follower, pending);
-    } else {
+        .is_some_and(|events| events.follow(&mut follower, pending));
+    if !told {
         follower.poll();
     }
     follower.done
@@ -285,9 +284,10 @@ impl Follower<'_> {
     /// (where rsync is), every tenth at all of it.
     fn poll(&mut self) {
         let plan = self.plan;
-        // In path order, roughly the order rsync sends in.
+        // In path order, roughly the order rsync sends in; what the kernel already told of
+        // is done.
         let mut pending: Vec<usize> = (0..plan.files.len())
-            .filter(|&i| plan.files[i].size > 0)
+            .filter(|&i| plan.files[i].size > 0 && self.done[i].is_none())
             .collect();
         pending.sort_by(|a, b| plan.files[*a].path.cmp(&plan.files[*b].path));
         let mut pass = 0u64;
@@ -337,6 +337,8 @@ struct Events {
     index: HashMap<String, usize>,
     /// Planned files found when the watches began.
     found: Vec<usize>,
+    /// The kernel's watches ran out: following goes on by polling.
+    exhausted: bool,
 }
 
 impl Events {
@@ -363,6 +365,7 @@ impl Events {
             wanted,
             index,
             found: Vec::new(),
+            exhausted: false,
         };
         let mut found = Vec::new();
         // Without a watch on the root nothing would ever be heard.
@@ -387,8 +390,16 @@ impl Events {
             | AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_ONLYDIR
             | AddWatchFlags::IN_DONT_FOLLOW;
-        let Ok(wd) = self.inotify.add_watch(&path, mask) else {
-            return false;
+        let wd = match self.inotify.add_watch(&path, mask) {
+            Ok(wd) => wd,
+            Err(e) => {
+                // Out of watches: what is left is found by looking. (A directory that went
+                // away, or a symlink, is simply not watched.)
+                if matches!(e, nix::errno::Errno::ENOSPC | nix::errno::Errno::ENOMEM) {
+                    self.exhausted = true;
+                }
+                return false;
+            }
         };
         self.watched.insert(wd, dir.to_owned());
         let Ok(entries) = std::fs::read_dir(&path) else {
@@ -409,17 +420,21 @@ impl Events {
         true
     }
 
-    fn follow(mut self, f: &mut Follower<'_>, mut pending: usize) {
+    /// Follows until every planned file is hashed or it is stopped (true), or until the
+    /// kernel can no longer tell (false: the caller polls for the rest).
+    fn follow(mut self, f: &mut Follower<'_>, mut pending: usize) -> bool {
         let mut landed = std::mem::take(&mut self.found);
         while !f.stop.load(Ordering::SeqCst) {
+            if self.exhausted {
+                return false;
+            }
             // All the kernel has to say, then the files that landed are hashed together,
             // then a pause while more land.
             loop {
                 match self.inotify.read_events() {
                     Ok(events) => self.note(events, f.root, &mut landed),
                     Err(nix::errno::Errno::EAGAIN) => break,
-                    // The rest is verified at the end.
-                    Err(_) => return,
+                    Err(_) => return false,
                 }
             }
             landed.sort_unstable();
@@ -437,10 +452,11 @@ impl Events {
                 pending -= f.take(ready).len();
             }
             if pending == 0 {
-                return;
+                return true;
             }
             std::thread::sleep(POLL);
         }
+        true
     }
 
     /// The planned files `events` say landed; new wanted directories are watched.
