@@ -81,13 +81,12 @@ pub fn load(config_dir: &Path, expid: &str, work_dir: &Path) -> Result<Experimen
         &mut warnings,
     )?;
     let data = data_files(&dataset_id, &dataset, work_dir)?;
-    let features = feature_spec(&dataset_id, &dataset, &mut warnings)?;
     let embedding_dim = model
         .get("embedding_dim")
         .and_then(Value::as_u64)
         // FuxiCTR's default.
         .unwrap_or(10);
-    check_feature_dims(&dataset_id, &dataset, embedding_dim)?;
+    let features = feature_spec(&dataset_id, &dataset, embedding_dim, &mut warnings)?;
     let model = model_config(expid, model, &mut warnings)?;
     Ok(Experiment {
         expid: expid.to_owned(),
@@ -111,11 +110,11 @@ fn section(
     warnings: &mut Vec<String>,
 ) -> Result<Section> {
     let single = config_dir.join(format!("{stem}.yaml"));
-    let files = if single.is_file() {
-        vec![single]
+    let names = if single.is_file() {
+        vec![format!("{stem}.yaml")]
     } else {
         let dir = config_dir.join(stem);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
             .map_err(|_| {
                 CtrError::Config(format!(
                     "{} has neither {stem}.yaml nor a {stem}/ folder",
@@ -123,12 +122,19 @@ fn section(
                 ))
             })?
             .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .filter_map(|e| e.file_name().to_str().map(|n| format!("{stem}/{n}")))
+            .filter(|n| n.ends_with(".yaml"))
             .collect();
         files.sort();
         files
     };
+    // Read only where they resolve inside the configuration folder (symlinks included).
+    let files = names
+        .iter()
+        .map(|n| {
+            ferry_fs::confine::join(config_dir, n).map_err(|e| CtrError::Config(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let (mut base, mut own) = (None, None);
     for file in &files {
         let text = std::fs::read_to_string(file).map_err(|e| CtrError::Io {
@@ -401,7 +407,12 @@ const DATASET_USED: &[&str] = &[
     "label_col",
 ];
 
-fn feature_spec(dataset_id: &str, d: &Section, warnings: &mut Vec<String>) -> Result<FeatureSpec> {
+fn feature_spec(
+    dataset_id: &str,
+    d: &Section,
+    embedding_dim: u64,
+    warnings: &mut Vec<String>,
+) -> Result<FeatureSpec> {
     for key in d.keys() {
         if DATASET_PASSED.contains(&key.as_str()) {
             continue;
@@ -480,7 +491,7 @@ fn feature_spec(dataset_id: &str, d: &Section, warnings: &mut Vec<String>) -> Re
                 ));
             }
         };
-        check_feature_keys(&owner, &kind, &col, min_count)?;
+        check_feature_keys(&owner, &kind, &col, min_count, embedding_dim)?;
         target.extend(names);
     }
     spec.labels = match d.get("label_col") {
@@ -540,7 +551,13 @@ fn label_name(dataset_id: &str, l: &Value) -> Result<String> {
 }
 
 /// A feature's keys: what Ferry does the same way passes, the rest is refused by name.
-fn check_feature_keys(owner: &str, kind: &str, col: &Section, min_count: u64) -> Result<()> {
+fn check_feature_keys(
+    owner: &str,
+    kind: &str,
+    col: &Section,
+    min_count: u64,
+    embedding_dim: u64,
+) -> Result<()> {
     for (key, v) in col {
         match key.as_str() {
             "name" | "active" | "type" | "dtype" | "source" => {}
@@ -554,7 +571,14 @@ fn check_feature_keys(owner: &str, kind: &str, col: &Section, min_count: u64) ->
                     ));
                 }
             }
-            // Checked against the model's once it is known (`check_feature_dims`).
+            "embedding_dim" if !v.is_null() && v.as_u64() != Some(embedding_dim) => {
+                return Err(unsupported(
+                    owner,
+                    key,
+                    v,
+                    "every feature has the model's embedding_dim",
+                ));
+            }
             "embedding_dim" => {}
             "normalizer" if kind == "numeric" => {
                 if !all_are(v, "MinMaxScaler") {
@@ -599,27 +623,6 @@ fn check_feature_keys(owner: &str, kind: &str, col: &Section, min_count: u64) ->
             &Value::Null,
             "numeric features are always MinMax-scaled with the training split's range, where FuxiCTR would use them as they are; say `normalizer: MinMaxScaler`",
         ));
-    }
-    Ok(())
-}
-
-fn check_feature_dims(dataset_id: &str, d: &Section, embedding_dim: u64) -> Result<()> {
-    let Some(Value::Sequence(cols)) = d.get("feature_cols") else {
-        return Ok(());
-    };
-    for col in cols {
-        if let Some(v) = col.get("embedding_dim")
-            && v.as_u64() != Some(embedding_dim)
-            && !v.is_null()
-        {
-            let names = names(dataset_id, "feature_cols", col.get("name"))?;
-            return Err(unsupported(
-                &format!("{dataset_id}: feature {}", names.join(", ")),
-                "embedding_dim",
-                v,
-                "every feature has the model's embedding_dim",
-            ));
-        }
     }
     Ok(())
 }
@@ -914,6 +917,17 @@ mod tests {
 
         let said = err(dir.path(), "nope");
         assert!(said.contains("nope is not in"), "{said}");
+
+        // A configuration file that leads out of its folder is not read.
+        let outside = tempfile::tempdir().expect("tmp");
+        std::fs::write(outside.path().join("x.yaml"), "Base: {}\n").expect("write");
+        std::os::unix::fs::symlink(
+            outside.path().join("x.yaml"),
+            dir.path().join("model_config/b.yaml"),
+        )
+        .expect("symlink");
+        let said = err(dir.path(), "MMoE_x");
+        assert!(said.contains("refused"), "{said}");
     }
 
     #[test]

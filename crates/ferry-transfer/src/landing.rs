@@ -211,13 +211,12 @@ fn watch(
         joiner: confine::Joiner::new(root).ok(),
         paths: vec![None; plan.files.len()],
     };
-    let pending = plan.files.iter().filter(|f| f.size > 0).count();
     // Told by the kernel where files land (no polling); polling where it cannot tell
     // (no inotify, or its limits reached).
     let told = (how == Watching::Events)
         .then(|| Events::new(root, plan))
         .flatten()
-        .is_some_and(|events| events.follow(&mut follower, pending));
+        .is_some_and(|events| events.follow(&mut follower));
     if !told {
         follower.poll();
     }
@@ -422,7 +421,8 @@ impl Events {
 
     /// Follows until every planned file is hashed or it is stopped (true), or until the
     /// kernel can no longer tell (false: the caller polls for the rest).
-    fn follow(mut self, f: &mut Follower<'_>, mut pending: usize) -> bool {
+    fn follow(mut self, f: &mut Follower<'_>) -> bool {
+        let mut pending = self.index.len();
         let mut landed = std::mem::take(&mut self.found);
         while !f.stop.load(Ordering::SeqCst) {
             if self.exhausted {

@@ -19,7 +19,9 @@ use openssh::Stdio;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::landing::{DATA_SENT, Plan, READY, dir_bytes, parse_df_available, space_refusal};
+use crate::landing::{
+    DATA_SENT, Plan, READY, dir_bytes, free_bytes, parse_df_available, space_refusal,
+};
 use crate::manifest::{ChunkRef, HashAlgorithm, MANIFEST_NAME, Manifest};
 use crate::rsync::{self, Direction, Progress, RsyncOptions, RsyncStats};
 use crate::ssh::{SshSession, shell_quote};
@@ -478,7 +480,7 @@ async fn pull(
     announce(&shell, None, events, update);
     std::fs::create_dir_all(&spec.local).map_err(|e| TransferError::io(&spec.local, e))?;
     let present = crate::landing::present_bytes(&planned, &spec.local)?;
-    let free = crate::landing::free_bytes(&spec.local);
+    let free = free_bytes(&spec.local);
     let needed = planned.total_bytes().saturating_sub(present);
     if needed > free {
         return Err(disk_full(session, spec, needed, free));
@@ -782,16 +784,7 @@ async fn destination_space(
         }
         Direction::Pull => {
             std::fs::create_dir_all(&spec.local).map_err(|e| TransferError::io(&spec.local, e))?;
-            let out = tokio::process::Command::new("df")
-                .arg("-Pk")
-                .arg(&spec.local)
-                .output()
-                .await
-                .map_err(|e| TransferError::io(&spec.local, e))?;
-            let free =
-                parse_df_available(&String::from_utf8_lossy(&out.stdout)).unwrap_or(u64::MAX);
-            let used = dir_bytes(&spec.local);
-            Ok((free, used))
+            Ok((free_bytes(&spec.local), dir_bytes(&spec.local)))
         }
     }
 }
