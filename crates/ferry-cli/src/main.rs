@@ -136,6 +136,23 @@ enum ManifestCmd {
     /// plan, hashes files as they land, reads the manifest and word that the data has
     /// gone, verifies, answers with the summary (JSON lines) and saves the manifest in DIR.
     Receive { dir: PathBuf },
+    /// The destination's side of a push in rsync's own remote command (run by rsync as
+    /// `--rsync-path`): checks that NEED bytes fit in DIR, runs `rsync --server …` given
+    /// after `--`, hashes files as they land, saves DIR's manifest and prints the digest of
+    /// the whole tree on standard error for the sender. Exits with rsync's code.
+    Land {
+        dir: PathBuf,
+        #[arg(long)]
+        need: u64,
+        #[arg(long)]
+        chunk_size: u64,
+        /// blake3 or sha256.
+        #[arg(long, default_value = "blake3")]
+        algorithm: String,
+        /// `rsync --server …` (what rsync appends to its `--rsync-path`).
+        #[arg(last = true, required = true)]
+        rsync: Vec<String>,
+    },
     /// Create DIR and check that NEED bytes fit there (what is already under DIR counts);
     /// exit 1 with the figures when they do not. Run before rsync on a push's destination.
     Space {
@@ -370,9 +387,17 @@ pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
 }
 
 /// Local manifest commands need no coordinator.
+fn parse_algorithm(name: &str) -> anyhow::Result<ferry_transfer::HashAlgorithm> {
+    match name {
+        "blake3" => Ok(ferry_transfer::HashAlgorithm::Blake3),
+        "sha256" => Ok(ferry_transfer::HashAlgorithm::Sha256),
+        other => bail!("unknown algorithm `{other}` (blake3 or sha256)"),
+    }
+}
+
 fn manifest(cmd: ManifestCmd) -> anyhow::Result<()> {
     use ferry_transfer::landing::Plan;
-    use ferry_transfer::manifest::{HashAlgorithm, MANIFEST_NAME, Manifest};
+    use ferry_transfer::manifest::{MANIFEST_NAME, Manifest};
     use ferry_transfer::transfer::VerifySummary;
     match cmd {
         ManifestCmd::Build {
@@ -383,11 +408,7 @@ fn manifest(cmd: ManifestCmd) -> anyhow::Result<()> {
             no_reuse,
             stream,
         } => {
-            let algorithm = match algorithm.as_str() {
-                "blake3" => HashAlgorithm::Blake3,
-                "sha256" => HashAlgorithm::Sha256,
-                other => bail!("unknown algorithm `{other}` (blake3 or sha256)"),
-            };
+            let algorithm = parse_algorithm(&algorithm)?;
             let mut m = Manifest::scan(&dir, chunk_size, algorithm)?;
             if stream {
                 use std::io::Write;
@@ -420,6 +441,28 @@ fn manifest(cmd: ManifestCmd) -> anyhow::Result<()> {
                 &mut stdin.lock(),
                 &mut std::io::stdout().lock(),
             )?;
+        }
+        ManifestCmd::Land {
+            dir,
+            need,
+            chunk_size,
+            algorithm,
+            rsync,
+        } => {
+            let o = ferry_transfer::landing::LandOptions {
+                need,
+                chunk_size,
+                algorithm: parse_algorithm(&algorithm)?,
+            };
+            match ferry_transfer::landing::land(&dir, &o, &rsync, &mut std::io::stderr().lock()) {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    if let ferry_transfer::TransferError::DiskFull { needed, free, .. } = &e {
+                        eprintln!("{}", ferry_transfer::landing::no_space_line(*needed, *free));
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         ManifestCmd::Space { dir, need } => {
             if let Err(e) = ferry_transfer::landing::check_space(&dir, need) {

@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,6 +32,7 @@ use crate::manifest::{
     FORMAT_VERSION, FileEntry, FileStat, HashAlgorithm, Landed, MANIFEST_NAME, Manifest,
     VerifySummary, hash_range, parallel_map,
 };
+use crate::transfer::PARTIAL_DIR;
 use crate::{TransferError, confine};
 
 const POLL: Duration = Duration::from_millis(25);
@@ -508,27 +510,51 @@ fn hash_files(
     landed: &[usize],
     stop: &AtomicBool,
 ) -> Vec<Option<Vec<String>>> {
-    let cs = plan.chunk_size;
-    let tasks: Vec<(usize, u64, u64)> = landed
+    let files: Vec<(&Path, u64)> = landed
+        .iter()
+        .map(|&n| {
+            (
+                paths[n].as_deref().unwrap_or(Path::new("")),
+                plan.files[n].size,
+            )
+        })
+        .collect();
+    hash_whole(&files, plan.chunk_size, plan.algorithm, stop)
+}
+
+/// Bytes below which a batch of landed files is hashed on the follower's own thread.
+const INLINE_BYTES: u64 = 8 << 20;
+
+/// The chunk checksums of each `(path, size)`, the chunks spread over every core; `None`
+/// for a file that could not be read whole (or when stopped).
+fn hash_whole(
+    files: &[(&Path, u64)],
+    cs: u64,
+    algorithm: HashAlgorithm,
+    stop: &AtomicBool,
+) -> Vec<Option<Vec<String>>> {
+    let tasks: Vec<(usize, u64, u64)> = files
         .iter()
         .enumerate()
-        .flat_map(|(k, &n)| {
-            let size = plan.files[n].size;
+        .flat_map(|(k, &(_, size))| {
             (0..size.div_ceil(cs)).map(move |c| (k, c * cs, cs.min(size - c * cs)))
         })
         .collect();
-    let sums = parallel_map(&tasks, 0, |&(k, offset, len), buf| {
-        let n = landed[k];
-        let path = paths[n].as_deref().unwrap_or(Path::new(""));
+    // A batch worth less than a few milliseconds of hashing is read on this thread.
+    let bytes: u64 = files.iter().map(|f| f.1).sum();
+    let threads = if bytes < INLINE_BYTES { 1 } else { 0 };
+    let largest = tasks.iter().map(|t| t.2).max().unwrap_or(0);
+    let sums = parallel_map(&tasks, threads, largest, |&(k, offset, len), buf| {
+        let path = files[k].0;
         if stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
         let read = std::fs::File::open(path)
             .map_err(|e| TransferError::io(path, e))
-            .and_then(|mut f| hash_range(&mut f, path, offset, len, plan.algorithm, buf));
+            .and_then(|mut f| hash_range(&mut f, path, offset, len, algorithm, buf));
         Ok(read.ok())
     });
-    let mut out: Vec<Option<Vec<String>>> = vec![Some(Vec::new()); landed.len()];
+    let mut out: Vec<Option<Vec<String>>> = vec![Some(Vec::new()); files.len()];
     match sums {
         Ok(sums) => {
             for ((k, _, _), sum) in tasks.iter().zip(sums) {
@@ -540,7 +566,7 @@ fn hash_files(
             }
             out
         }
-        Err(_) => vec![None; landed.len()],
+        Err(_) => vec![None; files.len()],
     }
 }
 
@@ -695,6 +721,337 @@ fn json<T: Serialize>(v: &T) -> Result<String, TransferError> {
         what: "encoding an answer".into(),
         detail: e.to_string(),
     })
+}
+
+/// What `ferry manifest land` prints on its standard error, which rsync passes through to
+/// the sender: [`LANDING_READY`] once it is up, then one [`Heard`] line after rsync.
+pub const LANDING_MARK: &str = "ferry-landing:";
+
+/// [`land`]'s first word: the sender's sign that the connection carries.
+pub const LANDING_READY: &str = "ferry-landing: ready";
+
+/// What the destination said after rsync ([`land`]), read back by the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// The tree as it landed: its files, bytes and [`Manifest::digest`].
+    Landed {
+        files: usize,
+        bytes: u64,
+        digest: String,
+    },
+    /// The destination could not hash what landed; why.
+    Unverified(String),
+}
+
+impl Heard {
+    fn line(&self) -> String {
+        match self {
+            Heard::Landed {
+                files,
+                bytes,
+                digest,
+            } => format!("{LANDING_MARK} landed files={files} bytes={bytes} digest={digest}"),
+            Heard::Unverified(why) => {
+                format!("{LANDING_MARK} unverified {}", why.replace('\n', " "))
+            }
+        }
+    }
+
+    /// The last [`Heard`] line in the other host's words, if any.
+    pub fn read(text: &str) -> Option<Heard> {
+        text.lines().rev().find_map(|line| {
+            let rest = line.trim().strip_prefix(LANDING_MARK)?.trim_start();
+            if let Some(why) = rest.strip_prefix("unverified") {
+                return Some(Heard::Unverified(why.trim().to_owned()));
+            }
+            let mut words = rest.strip_prefix("landed")?.split_whitespace();
+            let files = words.next()?.strip_prefix("files=")?.parse().ok()?;
+            let bytes = words.next()?.strip_prefix("bytes=")?.parse().ok()?;
+            let digest = words.next()?.strip_prefix("digest=")?.to_owned();
+            Some(Heard::Landed {
+                files,
+                bytes,
+                digest,
+            })
+        })
+    }
+}
+
+/// How [`land`] hashes and how much room it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct LandOptions {
+    pub need: u64,
+    pub chunk_size: u64,
+    pub algorithm: HashAlgorithm,
+}
+
+/// The destination's side of a push in rsync's own remote command (`--rsync-path='ferry
+/// manifest land … DIR -- rsync'`), so that verification costs no command of its own:
+/// checks the space ([`check_space`]), says [`LANDING_READY`], runs rsync's server side
+/// (`rsync --server …`, on this process's standard input and output), hashing files as rsync
+/// renames them into place; once rsync ends well, hashes what is left (reusing the last
+/// manifest's checksums of unchanged files), saves the manifest of what is here and says
+/// [`Heard`]. The sender compares the digest with its own; only when they differ does it
+/// send its manifest for a chunk-by-chunk verification. Returns rsync's exit code.
+pub fn land(
+    dir: &Path,
+    o: &LandOptions,
+    rsync: &[String],
+    say: &mut dyn Write,
+) -> Result<i32, TransferError> {
+    let refused = |detail: String| TransferError::Command {
+        what: format!("landing into {}", dir.display()),
+        detail,
+    };
+    if rsync.first().map(String::as_str) != Some("rsync")
+        || rsync.get(1).map(String::as_str) != Some("--server")
+    {
+        return Err(refused(
+            "runs only rsync's server side (`-- rsync --server …`)".into(),
+        ));
+    }
+    if o.chunk_size == 0 {
+        return Err(refused("chunk size 0".into()));
+    }
+    check_space(dir, o.need)?;
+    let pipe = |e: std::io::Error| refused(e.to_string());
+    writeln!(say, "{LANDING_READY}").map_err(pipe)?;
+    say.flush().map_err(pipe)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let following = std::thread::Builder::new()
+        .name("ferry-arrivals".into())
+        .spawn({
+            let (root, stop, o) = (dir.to_owned(), stop.clone(), *o);
+            move || arrivals(&root, &o, &stop)
+        })
+        .ok();
+    let status = std::process::Command::new(&rsync[0])
+        .args(&rsync[1..])
+        .status()
+        .map_err(|e| refused(format!("rsync: {e}")));
+    stop.store(true, Ordering::SeqCst);
+    let landed = following
+        .map(|t| t.join().unwrap_or_default())
+        .unwrap_or_default();
+    let status = status?;
+    if !status.success() {
+        return Ok(status.code().unwrap_or(1));
+    }
+    let heard = match settle(dir, o, &landed) {
+        Ok(m) => Heard::Landed {
+            files: m.files.len(),
+            bytes: m.total_bytes(),
+            digest: m.digest(),
+        },
+        Err(e) => Heard::Unverified(e.to_string()),
+    };
+    writeln!(say, "{}", heard.line()).map_err(pipe)?;
+    say.flush().map_err(pipe)?;
+    Ok(0)
+}
+
+/// The manifest of what is under `dir` now, saved there: checksums of files hashed as
+/// they landed (still the same file), then of the last manifest's unchanged files, the
+/// rest read now.
+fn settle(
+    dir: &Path,
+    o: &LandOptions,
+    landed: &HashMap<String, Landed>,
+) -> Result<Manifest, TransferError> {
+    let mut m = Manifest::scan(dir, o.chunk_size, o.algorithm)?;
+    m.reuse_from(&dir.join(MANIFEST_NAME), dir);
+    for f in &mut m.files {
+        if let Some(l) = landed.get(&f.path)
+            && l.size == f.size
+            && f.stat == Some(l.stat)
+        {
+            f.chunks.clone_from(&l.chunks);
+        }
+    }
+    m.hash_all(dir)?;
+    m.save(&dir.join(MANIFEST_NAME))?;
+    Ok(m)
+}
+
+/// Files renamed into place under `root` (how rsync lands a whole file), hashed as they
+/// arrive until `stop`, when nothing says beforehand which to expect: every directory is
+/// watched as it appears (rsync's partial directory aside). Without inotify, or past its
+/// limits, what is missed is read by [`settle`].
+fn arrivals(root: &Path, o: &LandOptions, stop: &AtomicBool) -> HashMap<String, Landed> {
+    let mut done = HashMap::new();
+    let Ok(inotify) = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) else {
+        return done;
+    };
+    let cs = o.chunk_size.max(1);
+    let mut buf = vec![0u8; usize::try_from(cs).map_or(INLINE_BUF, |c| c.min(INLINE_BUF))];
+    let mut watch = Arrivals {
+        inotify,
+        watched: HashMap::new(),
+    };
+    let mut arrived = Vec::new();
+    if !watch.add(root, "", &mut arrived) {
+        return done;
+    }
+    while !stop.load(Ordering::SeqCst) {
+        loop {
+            match watch.inotify.read_events() {
+                Ok(events) => watch.note(events, root, &mut arrived),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(_) => return done,
+            }
+        }
+        arrived.sort_unstable();
+        arrived.dedup();
+        // Opened as they are named (a symlink is not followed) and known by the open file
+        // from then on: no path is looked up twice. What is taken is checked again by
+        // identity against the tree at the end (`settle`).
+        let ready: Vec<Arrived> = arrived
+            .drain(..)
+            .filter_map(|rel| {
+                let full = root.join(&rel);
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                    .open(&full)
+                    .ok()?;
+                let meta = file.metadata().ok()?;
+                meta.is_file().then(|| Arrived {
+                    rel,
+                    full,
+                    size: meta.len(),
+                    stat: FileStat::of(&meta),
+                    file,
+                })
+            })
+            .collect();
+        if ready.is_empty() {
+            std::thread::sleep(POLL);
+            continue;
+        }
+        let bytes: u64 = ready.iter().map(|a| a.size).sum();
+        let sums: Vec<Option<Vec<String>>> = if bytes < INLINE_BYTES {
+            // A small batch is read here, from the open files, with one buffer.
+            ready
+                .iter()
+                .map(|a| {
+                    let mut f = &a.file;
+                    (0..a.size.div_ceil(cs))
+                        .map(|c| {
+                            let (offset, len) = (c * cs, cs.min(a.size - c * cs));
+                            hash_range(&mut f, &a.full, offset, len, o.algorithm, &mut buf).ok()
+                        })
+                        .collect()
+                })
+                .collect()
+        } else {
+            let files: Vec<(&Path, u64)> =
+                ready.iter().map(|a| (a.full.as_path(), a.size)).collect();
+            hash_whole(&files, cs, o.algorithm, stop)
+        };
+        for (a, chunks) in ready.into_iter().zip(sums) {
+            // Still the same file after it was read.
+            if let Some(chunks) = chunks
+                && let Ok(after) = a.file.metadata()
+                && after.len() == a.size
+                && FileStat::of(&after) == a.stat
+            {
+                done.insert(
+                    a.rel,
+                    Landed {
+                        size: a.size,
+                        stat: a.stat,
+                        chunks,
+                    },
+                );
+            }
+        }
+    }
+    done
+}
+
+/// rsync's name for a file it is still writing (`.NAME.XXXXXX`), renamed into place once
+/// whole: not worth reading before then (what is missed is read at the end anyway).
+fn rsync_temporary(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.rsplit_once('.'))
+        .is_some_and(|(_, suffix)| {
+            suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
+/// A file that arrived, open.
+struct Arrived {
+    rel: String,
+    full: PathBuf,
+    size: u64,
+    stat: FileStat,
+    file: std::fs::File,
+}
+
+/// The follower's own read buffer.
+const INLINE_BUF: usize = 1 << 20;
+
+/// The kernel's word on files renamed into any directory under a root.
+struct Arrivals {
+    inotify: Inotify,
+    watched: HashMap<WatchDescriptor, String>,
+}
+
+impl Arrivals {
+    /// Watches `dir` and the directories under it, listing the files already there.
+    fn add(&mut self, root: &Path, dir: &str, found: &mut Vec<String>) -> bool {
+        let path = if dir.is_empty() {
+            root.to_owned()
+        } else {
+            root.join(dir)
+        };
+        let mask = AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_ONLYDIR
+            | AddWatchFlags::IN_DONT_FOLLOW;
+        let Ok(wd) = self.inotify.add_watch(&path, mask) else {
+            return false;
+        };
+        self.watched.insert(wd, dir.to_owned());
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            return true;
+        };
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            match entry.file_type() {
+                Ok(t) if t.is_dir() && name != PARTIAL_DIR => {
+                    self.add(root, &under(dir, &name), found);
+                }
+                Ok(t) if t.is_file() && name != MANIFEST_NAME && !rsync_temporary(&name) => {
+                    found.push(under(dir, &name));
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
+    fn note(&mut self, events: Vec<InotifyEvent>, root: &Path, arrived: &mut Vec<String>) {
+        for e in events {
+            let (Some(dir), Some(name)) = (
+                self.watched.get(&e.wd),
+                e.name.as_deref().and_then(|n| n.to_str()),
+            ) else {
+                // A lost event (queue overflow) is read at the end.
+                continue;
+            };
+            let rel = under(dir, name);
+            if e.mask.contains(AddWatchFlags::IN_ISDIR) {
+                if name != PARTIAL_DIR {
+                    self.add(root, &rel, arrived);
+                }
+            } else if e.mask.contains(AddWatchFlags::IN_MOVED_TO) && name != MANIFEST_NAME {
+                arrived.push(rel);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -876,5 +1233,108 @@ mod space_tests {
         );
         assert_eq!(space_refusal(&said), Some((123, 45)));
         assert_eq!(space_refusal("rsync: connection unexpectedly closed"), None);
+    }
+}
+
+#[cfg(test)]
+mod land_tests {
+    use super::*;
+
+    #[test]
+    fn the_destination_s_words_after_rsync_read_back_and_only_rsync_s_server_runs() {
+        let landed = Heard::Landed {
+            files: 3,
+            bytes: 12,
+            digest: "ab12".into(),
+        };
+        let said = format!("bash: warning\n{LANDING_READY}\n{}\n", landed.line());
+        assert_eq!(Heard::read(&said), Some(landed));
+        let failed = Heard::Unverified("disk on fire\nreally".into());
+        assert_eq!(
+            Heard::read(&failed.line()),
+            Some(Heard::Unverified("disk on fire really".into()))
+        );
+        assert_eq!(Heard::read("rsync: connection unexpectedly closed"), None);
+        assert!(rsync_temporary(".part-0.bin.a1B2c3"));
+        assert!(!rsync_temporary("part-0.bin") && !rsync_temporary(".hidden"));
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let o = LandOptions {
+            need: 0,
+            chunk_size: 4,
+            algorithm: HashAlgorithm::Blake3,
+        };
+        let mut said = Vec::new();
+        for args in [
+            vec!["sh", "-c", "true"],
+            vec!["rsync", "-a", "x", "y"],
+            vec![],
+        ] {
+            let args: Vec<String> = args.into_iter().map(String::from).collect();
+            let err = land(dir.path(), &o, &args, &mut said).expect_err("refused");
+            assert!(err.to_string().contains("rsync's server side"), "{err}");
+        }
+        assert!(said.is_empty(), "nothing said, nothing run");
+    }
+
+    #[test]
+    fn files_renamed_into_place_are_hashed_as_they_arrive_and_the_digest_is_the_trees() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().to_owned();
+        let o = LandOptions {
+            need: 0,
+            chunk_size: 1000,
+            algorithm: HashAlgorithm::Blake3,
+        };
+        std::fs::write(root.join("before.txt"), b"already here").expect("write");
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (root, stop) = (root.clone(), stop.clone());
+            std::thread::spawn(move || arrivals(&root, &o, &stop))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        // As rsync lands files: a temporary name, then a rename into place, in new
+        // directories; its partial directory is not data.
+        for d in 0..5 {
+            let sub = root.join(format!("d{d}/e"));
+            std::fs::create_dir_all(&sub).expect("mkdir");
+            for f in 0..20 {
+                let tmp = sub.join(format!(".f{f}.XXXXXX"));
+                std::fs::write(&tmp, vec![(d * 20 + f) as u8; 2500]).expect("write");
+                std::fs::rename(&tmp, sub.join(format!("f{f}"))).expect("rename");
+            }
+        }
+        std::fs::create_dir_all(root.join(crate::transfer::PARTIAL_DIR)).expect("mkdir");
+        std::fs::write(root.join(crate::transfer::PARTIAL_DIR).join("half"), b"x").expect("write");
+        // Time to hash a hundred small files, then rsync ends.
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::SeqCst);
+        let arrived = thread.join().expect("follower");
+        assert!(arrived.len() >= 90, "{} of 101 followed", arrived.len());
+        assert!(arrived.keys().all(|k| !k.contains(".ferry-partial")));
+        assert!(
+            arrived.keys().all(|k| !k.contains("XXXXXX")),
+            "temporary names"
+        );
+        std::fs::remove_dir_all(root.join(crate::transfer::PARTIAL_DIR)).expect("rm");
+
+        let settled = settle(&root, &o, &arrived).expect("settle");
+        let built = Manifest::build(&root, o.chunk_size, o.algorithm).expect("build");
+        assert_eq!(settled.without_stats(), built.without_stats());
+        assert_eq!(settled.digest(), built.digest());
+        let saved = Manifest::load(&root.join(MANIFEST_NAME), &root).expect("saved");
+        assert_eq!(saved, settled);
+        // One byte elsewhere, or a file more, is another digest.
+        let mut other = built.clone();
+        other.files[3].chunks[1] = "00".into();
+        assert_ne!(other.digest(), built.digest());
+        let mut more = built.clone();
+        more.files.push(FileEntry {
+            path: "z".into(),
+            size: 0,
+            chunks: Vec::new(),
+            stat: None,
+        });
+        assert_ne!(more.digest(), built.digest());
     }
 }

@@ -241,7 +241,8 @@ impl Manifest {
             })
             .collect();
         let paths: Vec<PathBuf> = self.files.iter().map(|f| root.join(&f.path)).collect();
-        let sums = parallel_map(&tasks, threads, |&(i, offset, len), buf| {
+        let largest = tasks.iter().map(|t| t.2).max().unwrap_or(0);
+        let sums = parallel_map(&tasks, threads, largest, |&(i, offset, len), buf| {
             let mut f = File::open(&paths[i]).map_err(|e| TransferError::io(&paths[i], e))?;
             hash_range(&mut f, &paths[i], offset, len, self.algorithm, buf)
         })?;
@@ -389,7 +390,8 @@ impl Manifest {
         }
         let to_read: Vec<&(usize, ChunkRef, Option<bool>)> =
             answers.iter().filter(|a| a.2.is_none()).collect();
-        let read = parallel_map(&to_read, 0, |(i, c, _), buf| {
+        let largest = to_read.iter().map(|a| a.1.len).max().unwrap_or(0);
+        let read = parallel_map(&to_read, 0, largest, |(i, c, _), buf| {
             let Some((full, _, _)) = &present[*i] else {
                 return Ok(false);
             };
@@ -430,6 +432,34 @@ impl Manifest {
             f.stat = stats.get(i).copied().flatten();
         }
         m
+    }
+
+    /// One checksum of the whole manifest (chunk size, algorithm, and every file's path,
+    /// size and chunk checksums, in path order; identities left out): two hosts with the
+    /// same digest hold the same files, so the destination need only say this.
+    pub fn digest(&self) -> String {
+        let mut files: Vec<&FileEntry> = self.files.iter().collect();
+        files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let mut h = blake3::Hasher::new();
+        h.update(&u64::from(self.version).to_le_bytes());
+        h.update(&self.chunk_size.to_le_bytes());
+        h.update(match self.algorithm {
+            HashAlgorithm::Blake3 => b"blake3",
+            HashAlgorithm::Sha256 => b"sha256",
+        });
+        h.update(&(files.len() as u64).to_le_bytes());
+        for f in files {
+            // Lengths first: no two different manifests read as the same bytes.
+            h.update(&(f.path.len() as u64).to_le_bytes());
+            h.update(f.path.as_bytes());
+            h.update(&f.size.to_le_bytes());
+            h.update(&(f.chunks.len() as u64).to_le_bytes());
+            for c in &f.chunks {
+                h.update(&(c.len() as u64).to_le_bytes());
+                h.update(c.as_bytes());
+            }
+        }
+        h.finalize().to_hex().to_string()
     }
 
     /// This manifest without identities (what travels to the other host).
@@ -474,16 +504,22 @@ pub struct Landed {
 pub(crate) fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     threads: usize,
+    largest: u64,
     f: impl Fn(&T, &mut [u8]) -> Result<R, TransferError> + Sync,
 ) -> Result<Vec<R>, TransferError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asked once: the answer reads the cgroup's CPU quota files each time.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Read buffers no larger than the largest read: a follower's batch of small files
+    // costs no megabyte cleared per thread.
+    let buf_len = usize::try_from(largest).map_or(READ_BUF, |l| l.clamp(1, READ_BUF));
     let threads = if threads == 0 { cores } else { threads }
         .min(items.len())
         .max(1);
     if threads == 1 {
         // No thread of its own for one (a follower's handful of files, a single chunk).
-        let mut buf = vec![0u8; READ_BUF];
+        let mut buf = vec![0u8; buf_len];
         return items.iter().map(|item| f(item, &mut buf)).collect();
     }
     let next = AtomicUsize::new(0);
@@ -492,7 +528,7 @@ pub(crate) fn parallel_map<T: Sync, R: Send>(
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                let mut buf = vec![0u8; READ_BUF];
+                let mut buf = vec![0u8; buf_len];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = items.get(i) else { break };
@@ -533,7 +569,7 @@ pub fn blake3_kernel() -> String {
 /// Hex checksum of `len` bytes of `file` from `offset`. `file` is freshly opened (at its
 /// start): a chunk at offset 0 costs no seek.
 pub fn hash_range(
-    file: &mut File,
+    file: &mut (impl Read + Seek),
     path: &Path,
     offset: u64,
     len: u64,

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Stdio;
 
-use tokio::io::{AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::TransferError;
@@ -54,8 +54,36 @@ pub async fn transfer(
     local: &Path,
     remote: &str,
     opts: &RsyncOptions,
-    mut on_progress: impl FnMut(Progress),
+    on_progress: impl FnMut(Progress),
 ) -> Result<RsyncStats, TransferError> {
+    Ok(
+        transfer_heard(session, direction, local, remote, opts, None, on_progress)
+            .await?
+            .0,
+    )
+}
+
+/// A line rsync's remote command prints on its standard error once it is up (before rsync
+/// itself runs there), and how long to wait for it: rsync alone never gives up on a
+/// connection that died before its first word.
+#[derive(Debug, Clone)]
+pub struct Greeting {
+    pub line: String,
+    pub within: std::time::Duration,
+}
+
+/// [`transfer`], also returning what the other side printed on its standard error (rsync
+/// passes its remote command's standard error through); with a [`Greeting`], a connection
+/// error when it is not heard in time.
+pub async fn transfer_heard(
+    session: &SshSession,
+    direction: Direction,
+    local: &Path,
+    remote: &str,
+    opts: &RsyncOptions,
+    greeting: Option<Greeting>,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<(RsyncStats, String), TransferError> {
     let remote_spec = format!(
         "{}:{}/",
         session.target.destination(),
@@ -94,16 +122,51 @@ pub async fn transfer(
         detail: e.to_string(),
     })?;
     let mut group = Group(child.id());
-    let mut stderr = child.stderr.take();
+    let stderr = child.stderr.take();
+    let (greeted, heard) = tokio::sync::oneshot::channel();
+    let expected = greeting.as_ref().map(|g| g.line.clone());
     let err_task = tokio::spawn(async move {
         let mut s = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = e.read_to_string(&mut s).await;
+        let mut greeted = Some(greeted);
+        if let Some(e) = stderr {
+            let mut lines = BufReader::new(e);
+            let mut line = String::new();
+            while lines.read_line(&mut line).await.unwrap_or(0) > 0 {
+                if expected.as_deref() == Some(line.trim())
+                    && let Some(g) = greeted.take()
+                {
+                    let _ = g.send(());
+                }
+                s.push_str(&line);
+                line.clear();
+            }
         }
         s
     });
-    let mut stats_text = String::new();
-    if let Some(out) = child.stdout.take() {
+    // No greeting in time: the connection is dead (an error the step retries on a new
+    // master). A command that ended without one says why in its own error.
+    let watchdog = async {
+        match greeting {
+            Some(g) => match tokio::time::timeout(g.within, heard).await {
+                Err(_) => TransferError::Connect {
+                    host: session.target.host.clone(),
+                    port: session.target.port,
+                    detail: format!(
+                        "no word from rsync's remote command within {} s through the SSH connection (it may be dead)",
+                        g.within.as_secs_f64()
+                    ),
+                },
+                Ok(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let stdout = child.stdout.take();
+    let reading = async {
+        let mut stats_text = String::new();
+        let Some(out) = stdout else {
+            return Ok(stats_text);
+        };
         // progress2 separates updates with '\r'; --stats ends with '\n' lines.
         let mut reader = BufReader::new(out);
         let mut buf = Vec::new();
@@ -134,7 +197,12 @@ pub async fn transfer(
                 }
             }
         }
-    }
+        Ok(stats_text)
+    };
+    let stats_text = tokio::select! {
+        read = reading => read?,
+        dead = watchdog => return Err(dead),
+    };
     let status = child.wait().await.map_err(|e| TransferError::Command {
         what: what.clone(),
         detail: e.to_string(),
@@ -147,7 +215,7 @@ pub async fn transfer(
             detail: format!("{status}: {}", stderr.trim()),
         });
     }
-    Ok(parse_stats(&stats_text))
+    Ok((parse_stats(&stats_text), stderr))
 }
 
 /// rsync's process group while it runs: a transfer given up on (a timeout, a failed

@@ -280,13 +280,14 @@ fn announce(
     );
 }
 
-/// rsync with progress reports at most twice a second.
+/// rsync with progress reports at most twice a second; also what rsync's remote command
+/// said on its standard error.
 async fn rsync_with_progress(
     session: &SshSession,
     spec: &TransferSpec,
     plan: &Plan,
     events: &mut dyn TransferEvents,
-) -> Result<RsyncStats, TransferError> {
+) -> Result<(RsyncStats, String), TransferError> {
     let total = plan.total_bytes();
     let mut progress = TransferProgress {
         phase: "transferring",
@@ -312,37 +313,27 @@ async fn rsync_with_progress(
     }
 }
 
+/// Whether a push lands through one rsync process whose remote command verifies
+/// (`ferry manifest land`): every push but one split across parallel workers.
+fn lands_alone(spec: &TransferSpec, plan: &Plan) -> bool {
+    spec.direction == Direction::Push
+        && workers_for(spec.parallel_workers, spec.bytes_per_worker, plan) <= 1
+}
+
 /// Push: checksums are computed here while rsync sends (reusing those of files unchanged
-/// since the last manifest), and the other host hashes files as they land
-/// (`ferry manifest receive`), so verification ends soon after the data does. Nothing waits
-/// for the other host before rsync starts: rsync's remote command checks the space first.
+/// since the last manifest), and the other host hashes files as they land, so verification
+/// ends soon after the data does. With one rsync process, the other host's side is rsync's
+/// own remote command (`ferry manifest land`): it checks the space, hashes what lands and
+/// says the digest of the whole tree, which is compared here; only when the digests differ
+/// is the manifest sent for a chunk-by-chunk verification (`ferry manifest receive`).
+/// Parallel workers each have their own rsync, so `ferry manifest receive` follows them
+/// all from the start.
 async fn push(
     session: &SshSession,
     spec: &TransferSpec,
     events: &mut dyn TransferEvents,
     update: &Update<'_>,
 ) -> Result<FirstPass, TransferError> {
-    let what = format!(
-        "`{} manifest receive` on {}",
-        spec.remote_ferry, session.target.host
-    );
-    let failed = |detail: String| TransferError::Command {
-        what: what.clone(),
-        detail,
-    };
-    // The receiver starts first: the other host's shell and the receiver come up while
-    // this host scans.
-    let mut receiver = session
-        .command(&spec.remote_ferry)
-        .arg("manifest")
-        .arg("receive")
-        .arg(&spec.remote)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
     let mut plan = Manifest::scan(&spec.local, spec.chunk_size, spec.algorithm)?;
     let reused = plan.reuse_from(&spec.local.join(MANIFEST_NAME), &spec.local);
     let hashing = {
@@ -350,83 +341,173 @@ async fn push(
         let root = spec.local.clone();
         tokio::task::spawn_blocking(move || m.hash_all(&root).map(|()| m))
     };
-    announce(&plan, Some(reused), events, update);
-    let planned = Plan::of(&plan);
-
-    let mut to = receiver
-        .stdin()
-        .take()
-        .ok_or_else(|| failed("no stdin".into()))?;
-    let mut from = tokio::io::BufReader::new(
-        receiver
-            .stdout()
-            .take()
-            .ok_or_else(|| failed("no stdout".into()))?,
-    );
-    let mut stderr = receiver.stderr().take();
-    // The other host learns the plan at once and the checksums as soon as they are known,
-    // while rsync sends. Its first answer is bounded: rsync never gives up on a connection
-    // that died before its first word.
-    let feed = async {
-        send_line(&mut to, &planned)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        match first_answer(session, spec, read_raw_line(&mut from)).await? {
-            Ok(Some(line)) if line.trim() == READY => {}
-            Ok(Some(line)) => return Err(failed(format!("unexpected answer: {}", line.trim()))),
-            Ok(None) => return Err(failed(String::new())),
-            Err(e) => return Err(failed(e)),
-        }
-        let manifest = hashing.await.map_err(|e| TransferError::Verification {
+    let hashed = async {
+        hashing.await.map_err(|e| TransferError::Verification {
             path: spec.local.clone(),
             detail: format!("hashing stopped: {e}"),
-        })??;
-        send_line(&mut to, &manifest.without_stats())
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        Ok::<_, TransferError>(manifest)
+        })?
     };
-    let sending = rsync_with_progress(session, spec, &planned, events);
-    let (manifest, stats) = match tokio::try_join!(feed, sending) {
-        Ok(done) => done,
-        // The receiver's own words say more than a broken pipe.
-        Err(TransferError::Command { what: w, detail }) if w == what => {
-            let said = complaint(stderr.take()).await;
-            return Err(failed(if detail.is_empty() {
-                said
-            } else {
-                format!("{detail}; {said}")
-            }));
-        }
-        Err(e) => return Err(e),
+    announce(&plan, Some(reused), events, update);
+    let planned = Plan::of(&plan);
+    let (manifest, summary, stats) = if lands_alone(spec, &planned) {
+        let sending = rsync_with_progress(session, spec, &planned, events);
+        let ((stats, said), manifest) = tokio::try_join!(sending, hashed)?;
+        let summary = match crate::landing::Heard::read(&said) {
+            Some(crate::landing::Heard::Landed { digest, .. }) if digest == manifest.digest() => {
+                VerifySummary {
+                    complete: true,
+                    verified: manifest.chunks().count(),
+                    ..Default::default()
+                }
+            }
+            heard => {
+                events.log(&match heard {
+                    Some(crate::landing::Heard::Unverified(why)) => format!(
+                        "the destination could not hash what landed ({why}); verifying chunk by chunk"
+                    ),
+                    Some(_) => "the destination's files differ from this manifest; verifying chunk by chunk".to_owned(),
+                    None => "no word from the destination on what landed; verifying chunk by chunk".to_owned(),
+                });
+                let mut receiver = Receiver::start(session, spec).await?;
+                receiver
+                    .feed(session, spec, &planned, async { Ok(manifest.clone()) })
+                    .await?;
+                receiver.finish().await?
+            }
+        };
+        (manifest, summary, stats)
+    } else {
+        let mut receiver = Receiver::start(session, spec).await?;
+        let feeding = receiver.feed(session, spec, &planned, hashed);
+        let sending = rsync_with_progress(session, spec, &planned, events);
+        let (manifest, (stats, _)) = tokio::try_join!(feeding, sending)?;
+        let summary = receiver.finish().await?;
+        (manifest, summary, stats)
     };
-    to.write_all(format!("{DATA_SENT}\n").as_bytes())
+    // Kept beside the source (with this host's file identities) for the next transfer.
+    let m = manifest.clone();
+    let path = spec.local.join(MANIFEST_NAME);
+    tokio::task::spawn_blocking(move || m.save(&path))
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    let _ = to.shutdown().await;
-    drop(to);
-    // Kept beside the source (with this host's file identities) for the next transfer,
-    // written while the other host verifies.
-    let saving = {
-        let m = manifest.clone();
-        let path = spec.local.join(MANIFEST_NAME);
-        tokio::task::spawn_blocking(move || m.save(&path))
-    };
-    let summary: VerifySummary = match read_line(&mut from).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return Err(failed(complaint(stderr.take()).await)),
-        Err(e) => return Err(failed(e)),
-    };
-    saving.await.map_err(|e| TransferError::Verification {
-        path: spec.local.clone(),
-        detail: format!("saving the manifest stopped: {e}"),
-    })??;
-    drop(from);
-    // The other host saves its manifest after answering.
-    let _ = receiver.wait().await;
+        .map_err(|e| TransferError::Verification {
+            path: spec.local.clone(),
+            detail: format!("saving the manifest stopped: {e}"),
+        })??;
     Ok((manifest, summary, stats))
 }
 
+/// `ferry manifest receive` on the other host: told the plan, then the manifest, then that
+/// the data has gone; answers with the verification's summary.
+struct Receiver<'s> {
+    child: openssh::Child<&'s openssh::Session>,
+    to: openssh::ChildStdin,
+    from: tokio::io::BufReader<openssh::ChildStdout>,
+    stderr: Option<openssh::ChildStderr>,
+    what: String,
+}
+
+impl<'s> Receiver<'s> {
+    async fn start(session: &'s SshSession, spec: &'s TransferSpec) -> Result<Self, TransferError> {
+        let what = format!(
+            "`{} manifest receive` on {}",
+            spec.remote_ferry, session.target.host
+        );
+        let failed = |detail: String| TransferError::Command {
+            what: what.clone(),
+            detail,
+        };
+        let mut child = session
+            .command(&spec.remote_ferry)
+            .arg("manifest")
+            .arg("receive")
+            .arg(&spec.remote)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let to = child
+            .stdin()
+            .take()
+            .ok_or_else(|| failed("no stdin".into()))?;
+        let from = tokio::io::BufReader::new(
+            child
+                .stdout()
+                .take()
+                .ok_or_else(|| failed("no stdout".into()))?,
+        );
+        let stderr = child.stderr().take();
+        Ok(Receiver {
+            child,
+            to,
+            from,
+            stderr,
+            what,
+        })
+    }
+
+    fn failed(&self, detail: String) -> TransferError {
+        TransferError::Command {
+            what: self.what.clone(),
+            detail,
+        }
+    }
+
+    /// The receiver's error, with its own words (they say more than a broken pipe).
+    async fn complaint(&mut self, detail: String) -> TransferError {
+        let said = complaint(self.stderr.take()).await;
+        self.failed(if detail.is_empty() {
+            said
+        } else {
+            format!("{detail}; {said}")
+        })
+    }
+
+    /// Sends the plan at once and the manifest as soon as it is known. The receiver's first
+    /// answer is bounded: a connection that died before its first word never fails by itself.
+    async fn feed(
+        &mut self,
+        session: &SshSession,
+        spec: &TransferSpec,
+        plan: &Plan,
+        manifest: impl std::future::Future<Output = Result<Manifest, TransferError>>,
+    ) -> Result<Manifest, TransferError> {
+        if let Err(e) = send_line(&mut self.to, plan).await {
+            return Err(self.complaint(e.to_string()).await);
+        }
+        match first_answer(session, spec, read_raw_line(&mut self.from)).await? {
+            Ok(Some(line)) if line.trim() == READY => {}
+            Ok(Some(line)) => {
+                return Err(self.failed(format!("unexpected answer: {}", line.trim())));
+            }
+            Ok(None) => return Err(self.complaint(String::new()).await),
+            Err(e) => return Err(self.complaint(e).await),
+        }
+        let manifest = manifest.await?;
+        if let Err(e) = send_line(&mut self.to, &manifest.without_stats()).await {
+            return Err(self.complaint(e.to_string()).await);
+        }
+        Ok(manifest)
+    }
+
+    /// Says the data has gone and reads the summary; the receiver saves its manifest
+    /// before it ends.
+    async fn finish(mut self) -> Result<VerifySummary, TransferError> {
+        let sent = self.to.write_all(format!("{DATA_SENT}\n").as_bytes()).await;
+        if let Err(e) = sent {
+            return Err(self.complaint(e.to_string()).await);
+        }
+        let _ = self.to.shutdown().await;
+        let summary = match read_line(&mut self.from).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(self.complaint(String::new()).await),
+            Err(e) => return Err(self.failed(e)),
+        };
+        let _ = self.child.wait().await;
+        Ok(summary)
+    }
+}
 /// Pull: the other host scans (and hashes, reusing its last manifest) while rsync brings
 /// the data, and files here are hashed as they land.
 async fn pull(
@@ -487,7 +568,7 @@ async fn pull(
     }
 
     let landing = crate::landing::follow(&spec.local, &planned);
-    let stats = rsync_with_progress(session, spec, &planned, events).await?;
+    let (stats, _) = rsync_with_progress(session, spec, &planned, events).await?;
     let manifest_text = match read_raw_line(&mut from).await {
         Ok(Some(t)) => t,
         Ok(None) => return Err(failed(complaint(stderr.take()).await)),
@@ -619,7 +700,7 @@ async fn rsync_dir(
     spec: &TransferSpec,
     plan: Option<&Plan>,
     mut on_progress: impl FnMut(Progress),
-) -> Result<RsyncStats, TransferError> {
+) -> Result<(RsyncStats, String), TransferError> {
     // The destination directory exists: the receiver (push) or `pull` created it.
     let mut opts = spec.rsync.clone();
     opts.extra.push(format!("--partial-dir={PARTIAL_DIR}"));
@@ -635,15 +716,27 @@ async fn rsync_dir(
     // Each side writes its own manifest (with its own file identities); it never travels
     // as data.
     opts.extra.push(format!("--exclude=/{MANIFEST_NAME}"));
+    let mut greeting = None;
     if let (Direction::Push, Some(p)) = (spec.direction, plan) {
         // The other host creates the destination and checks its space before rsync writes
-        // anything there, in rsync's own remote command (no round trip of its own).
-        opts.extra.push(format!(
-            "--rsync-path={} manifest space --need {} {} && rsync",
-            shell_quote(&spec.remote_ferry),
-            p.total_bytes(),
-            shell_quote(&spec.remote)
-        ));
+        // anything there, in rsync's own remote command (no round trip of its own); alone,
+        // that command also hashes what lands (see `push`).
+        let ferry = shell_quote(&spec.remote_ferry);
+        let dir = shell_quote(&spec.remote);
+        let need = p.total_bytes();
+        opts.extra.push(if lands_alone(spec, p) {
+            greeting = Some(rsync::Greeting {
+                line: crate::landing::LANDING_READY.to_owned(),
+                within: spec.io_timeout,
+            });
+            format!(
+                "--rsync-path={ferry} manifest land --need {need} --chunk-size {} --algorithm {} {dir} -- rsync",
+                p.chunk_size,
+                algorithm_arg(p.algorithm)
+            )
+        } else {
+            format!("--rsync-path={ferry} manifest space --need {need} {dir} && rsync")
+        });
     }
     let workers = plan.map_or(1, |p| {
         workers_for(spec.parallel_workers, spec.bytes_per_worker, p)
@@ -651,12 +744,13 @@ async fn rsync_dir(
     let groups = match plan {
         Some(p) if workers > 1 && p.files.len() > 1 => split_files(p, workers),
         _ => {
-            return rsync::transfer(
+            return rsync::transfer_heard(
                 session,
                 spec.direction,
                 &spec.local,
                 &spec.remote,
                 &opts,
+                greeting,
                 on_progress,
             )
             .await;
@@ -699,7 +793,7 @@ async fn rsync_dir(
         total.bytes_sent += s.bytes_sent;
         total.files_transferred += s.files_transferred;
     }
-    Ok(total)
+    Ok((total, String::new()))
 }
 
 /// Runs futures concurrently on the current task and returns their results in order.

@@ -450,6 +450,21 @@ async fn a_push_verifies_every_chunk_and_a_damaged_chunk_is_resent_alone() {
             == 44
     );
     assert_eq!(rec.progress.last().map(|p| p.phase), Some("verified"));
+    // The destination said the digest of what landed, and it matched: no manifest had to
+    // travel for a chunk-by-chunk check.
+    let chunk_by_chunk = |rec: &Recorder| {
+        rec.logs
+            .iter()
+            .any(|l| l.contains("verifying chunk by chunk"))
+    };
+    assert!(!chunk_by_chunk(&rec), "{:?}", rec.logs);
+    let here = Manifest::load(&src.path().join(MANIFEST_NAME), src.path()).expect("manifest");
+    let there = Manifest::load(&dst.path().join(MANIFEST_NAME), dst.path()).expect("manifest");
+    assert_eq!(there.without_stats(), here.without_stats());
+    assert!(
+        there.files.iter().all(|f| f.stat.is_some()),
+        "local identities kept"
+    );
 
     // Silent corruption in chunk 2 of the big file: rsync's quick check cannot see it.
     flip_byte_keep_mtime(
@@ -458,6 +473,13 @@ async fn a_push_verifies_every_chunk_and_a_damaged_chunk_is_resent_alone() {
     );
     let mut rec = Recorder::default();
     let out = transfer::run(&session, &s, &mut rec).await.expect("repair");
+    assert!(
+        rec.logs
+            .iter()
+            .any(|l| l.contains("the destination's files differ from this manifest")),
+        "{:?}",
+        rec.logs
+    );
     assert_eq!(out.chunks_resent, 1, "only the damaged chunk is re-sent");
     assert_eq!(
         out.rsync.literal_bytes, 0,
@@ -477,6 +499,15 @@ async fn a_push_verifies_every_chunk_and_a_damaged_chunk_is_resent_alone() {
     );
     let m = Manifest::load(&src.path().join(MANIFEST_NAME), src.path()).expect("manifest");
     assert!(m.verify(dst.path()).expect("verify").is_complete());
+
+    // A file at the destination that the source does not have: the digests differ, the
+    // chunk-by-chunk check finds every source chunk there, and the extra file stays.
+    std::fs::write(dst.path().join("left-over.txt"), b"from before").expect("write");
+    let mut rec = Recorder::default();
+    let out = transfer::run(&session, &s, &mut rec).await.expect("extra");
+    assert!(chunk_by_chunk(&rec), "{:?}", rec.logs);
+    assert_eq!((out.chunks, out.chunks_resent), (44, 0));
+    assert!(dst.path().join("left-over.txt").exists());
     session.close().await;
 }
 
