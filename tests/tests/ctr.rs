@@ -207,7 +207,7 @@ async fn a_train_step_runs_a_fuxictr_configuration_and_names_what_it_cannot_foll
         std::fs::write(
             work.join("config/dataset_config.yaml"),
             format!(
-                "campaign:\n  data_format: parquet\n  train_data: ../../{}\n  feature_cols:\n    - {{name: [{}], active: True, dtype: float, type: numeric, normalizer: MinMaxScaler}}\n    - {{name: [{}], active: True, dtype: str, type: categorical}}\n  label_col: {{name: click, dtype: float}}\n",
+                "campaign:\n  data_format: parquet\n  train_data: ../../{0}\n  test_data: ../../{0}\n  feature_cols:\n    - {{name: [{1}], active: True, dtype: float, type: numeric, normalizer: MinMaxScaler}}\n    - {{name: [{2}], active: True, dtype: str, type: categorical}}\n  label_col: {{name: click, dtype: float}}\n",
                 rel.display(),
                 (1..=13).map(|i| format!("I{i}")).collect::<Vec<_>>().join(", "),
                 (1..=26).map(|i| format!("C{i}")).collect::<Vec<_>>().join(", "),
@@ -260,6 +260,13 @@ async fn a_train_step_runs_a_fuxictr_configuration_and_names_what_it_cannot_foll
     let logs = c.logs_text(task.id).await;
     assert!(logs.contains("sparkle is not a setting"), "{logs}");
     assert!(logs.contains("training complete: best epoch"), "{logs}");
+    // FuxiCTR's figures, and its test_data scored by the best model.
+    assert!(logs.contains("epoch 1: train loss"), "{logs}");
+    assert!(logs.contains("- [Metrics] logloss: "), "{logs}");
+    assert!(
+        logs.contains("test evaluation of the best model (") && logs.contains(" - AUC: "),
+        "{logs}"
+    );
     let models = roots.path().join("models/campaign");
     assert!(models.join("DeepFM_fx.model").is_file());
     assert!(

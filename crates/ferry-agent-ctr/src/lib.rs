@@ -16,9 +16,10 @@ use ferry_core::config::FerryConfig;
 use ferry_core::kinds::{self, FuxiCtrConfig, InferParams, TrainParams};
 use ferry_ctr::dataset::{PrepareOptions, prepare_dataset};
 use ferry_ctr::device::{Device, devices_for};
-use ferry_ctr::fuxictr::DataFormat;
 use ferry_ctr::infer::{InferObserver, InferOptions, infer};
-use ferry_ctr::train::{EpochReport, TrainObserver, TrainOptions, train};
+use ferry_ctr::train::{
+    EpochReport, TrainObserver, TrainOptions, evaluate_test, metrics_line, train,
+};
 use ferry_ctr::{CtrError, FeatureSpec, ModelConfig};
 
 /// Where this host keeps datasets and models, which devices it computes on, and where its
@@ -105,6 +106,7 @@ async fn blocking<T: Send + 'static>(
 
 struct JobTrainObserver {
     ctx: JobContext,
+    labels: Vec<String>,
     last_progress: std::time::Instant,
 }
 
@@ -129,11 +131,10 @@ impl TrainObserver for JobTrainObserver {
         }
         self.ctx.metric("samples_per_sec", r.samples_per_sec(), e);
         self.ctx.info(format!(
-            "epoch {}: train loss {:.5}, validation AUC {:?}, logloss {:?}, {:.0} samples/s{}",
+            "epoch {}: train loss {:.6} - [Metrics] {} - {:.0} samples/s{}",
             r.epoch,
             r.train_loss,
-            r.val_auc,
-            r.val_logloss,
+            metrics_line(&self.labels, &r.val_auc, &r.val_logloss),
             r.samples_per_sec(),
             if r.improved { " (best so far)" } else { "" }
         ));
@@ -164,7 +165,7 @@ impl Executor for TrainExecutor {
         let host = self.host.clone();
         Box::pin(async move {
             let p: TrainParams = ctx.params()?;
-            let (config, spec, sample_dir, valid_data) = match &p.fuxictr {
+            let (config, spec, sample_dir, FuxiSplits { valid, test }) = match &p.fuxictr {
                 Some(f) => from_fuxictr(&host, &ctx, &p.dataset_id, f)?,
                 None => {
                     let config: ModelConfig = serde_json::from_value(p.model.clone())
@@ -182,7 +183,7 @@ impl Executor for TrainExecutor {
                     let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                     let spec = FeatureSpec::campaign(&label_refs);
                     let sample_dir = host.policy.confine("sample directory", &p.sample_dir)?;
-                    (config, spec, sample_dir, None)
+                    (config, spec, sample_dir, FuxiSplits::default())
                 }
             };
             // Checked before anything is read or written.
@@ -222,7 +223,8 @@ impl Executor for TrainExecutor {
             if let Some(r) = p.valid_ratio {
                 prep.valid_ratio = r;
             }
-            prep.valid_dir = valid_data;
+            prep.valid_dir = valid;
+            prep.test_dir = test;
             prep.seed = config.seed;
             let ctx2 = ctx.clone();
             let outcome = blocking(move || {
@@ -234,9 +236,14 @@ impl Executor for TrainExecutor {
                 let (processor, dataset) =
                     prepare_dataset(&sample_dir, &data_dir, &p.dataset_id, &spec, &prep)?;
                 ctx2.info(format!(
-                    "dataset ready: {} training rows, {} validation rows, {} fields",
+                    "dataset ready: {} training rows, {} validation rows{}, {} fields",
                     dataset.train_rows,
                     dataset.valid_rows,
+                    if dataset.test_parts.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} test rows", dataset.test_rows)
+                    },
                     processor.spec.num_fields()
                 ));
                 ctx2.info(format!(
@@ -247,11 +254,33 @@ impl Executor for TrainExecutor {
                 opts.replicas = replicas;
                 let mut observer = JobTrainObserver {
                     ctx: ctx2.clone(),
+                    labels: processor.spec.labels.clone(),
                     last_progress: std::time::Instant::now(),
                 };
-                train(&config, &processor, &dataset, &opts, &mut observer)
+                let outcome = train(&config, &processor, &dataset, &opts, &mut observer)?;
+                // The test split is scored once the training is over (not after a pause).
+                let test = if outcome.finished {
+                    evaluate_test(&config, &processor, &dataset, &opts)?
+                } else {
+                    None
+                };
+                Ok((outcome, test, processor.spec.labels.clone()))
             })
             .await?;
+            let (outcome, test, labels) = outcome;
+            if let Some(t) = &test {
+                ctx.info(format!(
+                    "test evaluation of the best model ({} rows): [Metrics] {}",
+                    t.rows,
+                    metrics_line(&labels, &t.auc, &t.logloss)
+                ));
+                let mean = t.auc.iter().sum::<f64>() / t.auc.len().max(1) as f64;
+                ctx.metric("test_auc", mean, 0);
+                for (i, (auc, ll)) in t.auc.iter().zip(&t.logloss).enumerate() {
+                    ctx.metric(&format!("test_auc_{i}"), *auc, 0);
+                    ctx.metric(&format!("test_logloss_{i}"), *ll, 0);
+                }
+            }
             let best = outcome.state.best_monitor.unwrap_or(0.0);
             ctx.info(format!(
                 "training complete: best epoch {} with validation AUC {best:.4}; model {}",
@@ -264,10 +293,18 @@ impl Executor for TrainExecutor {
                 "best_epoch": outcome.state.best_epoch, "best_val_auc": best,
                 "epochs": outcome.state.history,
                 "stopped_early": outcome.stopped_early,
+                "test": test,
             }));
             Ok(())
         })
     }
+}
+
+/// A FuxiCTR configuration's validation and test files, beside its training files.
+#[derive(Default)]
+struct FuxiSplits {
+    valid: Option<PathBuf>,
+    test: Option<PathBuf>,
 }
 
 /// The model, features and data files of a FuxiCTR configuration on this host: every path
@@ -277,7 +314,7 @@ fn from_fuxictr(
     ctx: &JobContext,
     dataset_id: &str,
     f: &FuxiCtrConfig,
-) -> Result<(ModelConfig, FeatureSpec, PathBuf, Option<PathBuf>), JobError> {
+) -> Result<(ModelConfig, FeatureSpec, PathBuf, FuxiSplits), JobError> {
     let config_dir = host
         .policy
         .confine("FuxiCTR configuration folder", &f.config_dir)?;
@@ -298,12 +335,6 @@ fn from_fuxictr(
             e.expid, e.dataset_id
         )));
     }
-    if e.data.format == DataFormat::Csv {
-        return Err(JobError::permanent(format!(
-            "{}: data_format csv is not read by Ferry yet; give the splits as Parquet",
-            e.dataset_id
-        )));
-    }
     let confine = |what: &str, path: &Path| -> Result<PathBuf, JobError> {
         // Resolved as the system resolves it when FuxiCTR opens it (its configurations say
         // `../data/...`), then confined to the roots like any path.
@@ -321,13 +352,13 @@ fn from_fuxictr(
         .as_deref()
         .map(|v| confine("valid_data", v))
         .transpose()?;
-    if e.data.test.is_some() {
-        ctx.info(format!(
-            "{}: test_data is not evaluated by Ferry yet; training uses train_data and valid_data",
-            e.dataset_id
-        ));
-    }
-    Ok((e.model, e.features, train, valid))
+    let test = e
+        .data
+        .test
+        .as_deref()
+        .map(|t| confine("test_data", t))
+        .transpose()?;
+    Ok((e.model, e.features, train, FuxiSplits { valid, test }))
 }
 
 struct JobInferObserver {

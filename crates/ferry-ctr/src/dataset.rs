@@ -36,6 +36,10 @@ pub struct PrepareOptions {
     /// `valid_data`): every row under `raw_dir` is then a training row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_dir: Option<PathBuf>,
+    /// Test rows (FuxiCTR's `test_data`), encoded beside the others for an evaluation of the
+    /// best model after training; never trained or validated on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_dir: Option<PathBuf>,
 }
 
 impl Default for PrepareOptions {
@@ -46,6 +50,7 @@ impl Default for PrepareOptions {
             rows_per_part: 100_000,
             read_batch_rows: 65_536,
             valid_dir: None,
+            test_dir: None,
         }
     }
 }
@@ -58,6 +63,11 @@ pub struct PreparedDataset {
     pub valid_rows: u64,
     pub train_parts: Vec<String>,
     pub valid_parts: Vec<String>,
+    /// Rows and parts of the test split, when the input has one.
+    #[serde(default)]
+    pub test_rows: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_parts: Vec<String>,
     /// Positive rate of each label in the training split.
     pub label_rates: Vec<f64>,
     /// Digest of the raw input files (names, sizes, times) and the preparation settings: a
@@ -80,11 +90,18 @@ fn source_fingerprint(
     let valid_files = match &opts.valid_dir {
         Some(dir) => {
             text.push_str(&format!("|valid_dir:{}", dir.display()));
-            parquet_files(dir)?
+            input_files(dir)?
         }
         None => Vec::new(),
     };
-    for f in files.iter().chain(&valid_files) {
+    let test_files = match &opts.test_dir {
+        Some(dir) => {
+            text.push_str(&format!("|test_dir:{}", dir.display()));
+            input_files(dir)?
+        }
+        None => Vec::new(),
+    };
+    for f in files.iter().chain(&valid_files).chain(&test_files) {
         let m = std::fs::metadata(f).map_err(CtrError::io(f))?;
         let mtime = m
             .modified()
@@ -121,10 +138,24 @@ impl PreparedDataset {
     pub fn valid_files(&self, dir: &Path) -> Vec<PathBuf> {
         self.valid_parts.iter().map(|p| dir.join(p)).collect()
     }
+
+    pub fn test_files(&self, dir: &Path) -> Vec<PathBuf> {
+        self.test_parts.iter().map(|p| dir.join(p)).collect()
+    }
 }
 
 /// The `.parquet` files under `dir` (recursively, for Hive-style partition folders), sorted.
 pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    files_with(dir, &["parquet"])
+}
+
+/// The input files of a split, Parquet or CSV (FuxiCTR's `data_format`): those under `dir`
+/// (recursively), sorted, or `dir` itself when it is a file.
+pub fn input_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    files_with(dir, &["parquet", "csv"])
+}
+
+fn files_with(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
     // A single file (FuxiCTR's `train_data: .../train.parquet`) is its own list.
     if dir.is_file() {
         return Ok(vec![dir.to_owned()]);
@@ -142,13 +173,84 @@ pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
             }
             if path.is_dir() {
                 stack.push(path);
-            } else if name.ends_with(".parquet") {
+            } else if extensions
+                .iter()
+                .any(|e| name.strip_suffix(e).is_some_and(|n| n.ends_with('.')))
+            {
                 out.push(path);
             }
         }
     }
     out.sort();
     Ok(out)
+}
+
+fn is_csv(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+}
+
+/// Streams the record batches of input files (Parquet or CSV) in order. CSV is read as
+/// FuxiCTR reads it with `dtype: str` categorical columns: a header line, `,` between fields,
+/// categorical and other columns as text, numeric columns and labels as numbers, an empty
+/// field missing.
+pub fn read_input<'a>(
+    files: &'a [PathBuf],
+    spec: &'a FeatureSpec,
+    batch_rows: usize,
+) -> impl Iterator<Item = Result<RecordBatch>> + 'a {
+    files.iter().flat_map(move |path| {
+        let items: Box<dyn Iterator<Item = Result<RecordBatch>> + 'a> = if is_csv(path) {
+            match csv_reader(path, spec, batch_rows) {
+                Ok(r) => Box::new(r.map(move |b| {
+                    b.map_err(|e| CtrError::Data(format!("{}: {e}", path.display())))
+                })),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
+        } else {
+            Box::new(read_batches(std::slice::from_ref(path), batch_rows))
+        };
+        items
+    })
+}
+
+fn csv_reader(
+    path: &Path,
+    spec: &FeatureSpec,
+    batch_rows: usize,
+) -> Result<arrow::csv::Reader<File>> {
+    use std::io::{Seek, SeekFrom};
+    let bad = |e: arrow::error::ArrowError| CtrError::Data(format!("{}: {e}", path.display()));
+    let mut file = File::open(path).map_err(CtrError::io(path))?;
+    // The header names the columns; their types come from the features.
+    let (header, _) = arrow::csv::reader::Format::default()
+        .with_header(true)
+        .infer_schema(&mut file, Some(0))
+        .map_err(bad)?;
+    file.seek(SeekFrom::Start(0)).map_err(CtrError::io(path))?;
+    let numbers: std::collections::HashSet<&str> = spec
+        .numeric
+        .iter()
+        .chain(&spec.labels)
+        .map(String::as_str)
+        .collect();
+    let fields: Vec<arrow::datatypes::Field> = header
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = if numbers.contains(f.name().as_str()) {
+                DataType::Float64
+            } else {
+                DataType::Utf8
+            };
+            arrow::datatypes::Field::new(f.name(), t, true)
+        })
+        .collect();
+    arrow::csv::ReaderBuilder::new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)))
+        .with_header(true)
+        .with_batch_size(batch_rows.max(1))
+        .build(file)
+        .map_err(bad)
 }
 
 /// Streams the record batches of Parquet files in order.
@@ -281,8 +383,8 @@ pub fn prepare_dataset(
 ) -> Result<(FeatureProcessor, PreparedDataset)> {
     spec.validate()?;
     // The raw export may be gone (staging cleaned) once the dataset exists: then reuse it.
-    let files = if raw_dir.is_dir() {
-        parquet_files(raw_dir)?
+    let files = if raw_dir.exists() {
+        input_files(raw_dir)?
     } else {
         Vec::new()
     };
@@ -298,16 +400,29 @@ pub fn prepare_dataset(
     }
     if files.is_empty() {
         return Err(CtrError::Data(format!(
-            "no Parquet files under {}",
+            "no Parquet or CSV files under {}",
             raw_dir.display()
         )));
     }
     let valid_files = match &opts.valid_dir {
         Some(dir) => {
-            let found = parquet_files(dir)?;
+            let found = input_files(dir)?;
             if found.is_empty() {
                 return Err(CtrError::Data(format!(
-                    "no Parquet files under the validation folder {}",
+                    "no Parquet or CSV files under the validation folder {}",
+                    dir.display()
+                )));
+            }
+            found
+        }
+        None => Vec::new(),
+    };
+    let test_files = match &opts.test_dir {
+        Some(dir) => {
+            let found = input_files(dir)?;
+            if found.is_empty() {
+                return Err(CtrError::Data(format!(
+                    "no Parquet or CSV files under the test folder {}",
                     dir.display()
                 )));
             }
@@ -328,7 +443,7 @@ pub fn prepare_dataset(
     // Pass 1: fit on the training split only.
     let mut fitter = FeatureFitter::new(spec.clone())?;
     let mut offset = 0u64;
-    for batch in read_batches(&files, opts.read_batch_rows) {
+    for batch in read_input(&files, spec, opts.read_batch_rows) {
         let batch = batch?;
         let keep: Vec<bool> = split(&batch, offset)?.into_iter().map(|v| !v).collect();
         fitter.observe(&batch, &keep)?;
@@ -341,7 +456,7 @@ pub fn prepare_dataset(
     let mut train = PartWriter::new(dataset_dir.join("train"), spec, opts.rows_per_part)?;
     let mut valid = PartWriter::new(dataset_dir.join("valid"), spec, opts.rows_per_part)?;
     let mut offset = 0u64;
-    for batch in read_batches(&files, opts.read_batch_rows) {
+    for batch in read_input(&files, spec, opts.read_batch_rows) {
         let batch = batch?;
         let mask = split(&batch, offset)?;
         offset += batch.num_rows() as u64;
@@ -350,11 +465,25 @@ pub fn prepare_dataset(
         train.push(encoded.permute(&t, spec))?;
         valid.push(encoded.permute(&v, spec))?;
     }
-    for batch in read_batches(&valid_files, opts.read_batch_rows) {
+    for batch in read_input(&valid_files, spec, opts.read_batch_rows) {
         valid.push(processor.encode(&batch?, true)?)?;
     }
     train.flush()?;
     valid.flush()?;
+    let test = if test_files.is_empty() {
+        let stale = dataset_dir.join("test");
+        if stale.exists() {
+            std::fs::remove_dir_all(&stale).map_err(CtrError::io(&stale))?;
+        }
+        None
+    } else {
+        let mut test = PartWriter::new(dataset_dir.join("test"), spec, opts.rows_per_part)?;
+        for batch in read_input(&test_files, spec, opts.read_batch_rows) {
+            test.push(processor.encode(&batch?, true)?)?;
+        }
+        test.flush()?;
+        Some(test)
+    };
     if valid.rows == 0 {
         return Err(CtrError::Data(format!(
             "the validation split is empty ({} rows, valid_ratio {})",
@@ -368,6 +497,11 @@ pub fn prepare_dataset(
         valid_rows: valid.rows,
         train_parts: train.parts.iter().map(|p| format!("train/{p}")).collect(),
         valid_parts: valid.parts.iter().map(|p| format!("valid/{p}")).collect(),
+        test_rows: test.as_ref().map_or(0, |t| t.rows),
+        test_parts: test
+            .as_ref()
+            .map(|t| t.parts.iter().map(|p| format!("test/{p}")).collect())
+            .unwrap_or_default(),
         label_rates: train
             .positives
             .iter()

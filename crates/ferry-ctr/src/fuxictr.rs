@@ -441,6 +441,8 @@ fn feature_spec(
     let Value::Sequence(cols) = cols else {
         return Err(bad(dataset_id, "feature_cols", cols, "must be a list"));
     };
+    // FuxiCTR's default format.
+    let csv = !matches!(d.get("data_format"), Some(Value::String(f)) if f.eq_ignore_ascii_case("parquet"));
     let mut spec = FeatureSpec {
         id_columns: Vec::new(),
         numeric: Vec::new(),
@@ -491,7 +493,7 @@ fn feature_spec(
                 ));
             }
         };
-        check_feature_keys(&owner, &kind, &col, min_count, embedding_dim)?;
+        check_feature_keys(&owner, &kind, &col, min_count, embedding_dim, csv)?;
         target.extend(names);
     }
     spec.labels = match d.get("label_col") {
@@ -557,9 +559,19 @@ fn check_feature_keys(
     col: &Section,
     min_count: u64,
     embedding_dim: u64,
+    csv: bool,
 ) -> Result<()> {
     for (key, v) in col {
         match key.as_str() {
+            // FuxiCTR would parse the field as a number and make a token of the number.
+            "dtype" if csv && kind == "categorical" && v.as_str() != Some("str") => {
+                return Err(unsupported(
+                    owner,
+                    key,
+                    v,
+                    "categorical CSV columns are read as text, as with `dtype: str`",
+                ));
+            }
             "name" | "active" | "type" | "dtype" | "source" => {}
             "min_categr_count" => {
                 if v.as_u64() != Some(min_count) {
@@ -1039,6 +1051,10 @@ mod tests {
             (
                 "{name: I1, active: True, dtype: float, type: numeric, normalizer: MinMaxScaler, fill_na: 1}",
                 "fill_na",
+            ),
+            (
+                "{name: C1, active: True, dtype: int, type: categorical}",
+                "dtype",
             ),
         ] {
             let d = tempfile::tempdir().expect("tmp");

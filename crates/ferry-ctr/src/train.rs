@@ -96,6 +96,33 @@ impl EpochReport {
     }
 }
 
+/// FuxiCTR's way of printing figures: `logloss: 0.447260 - AUC: 0.792416`, six decimals, one
+/// pair per label (named when there are several).
+pub fn metrics_line(labels: &[String], auc: &[f64], logloss: &[f64]) -> String {
+    let named = labels.len() > 1;
+    auc.iter()
+        .zip(logloss)
+        .enumerate()
+        .map(|(t, (a, l))| {
+            let label = match labels.get(t) {
+                Some(name) if named => format!("{name} "),
+                _ => String::new(),
+            };
+            format!("{label}logloss: {l:.6} - {label}AUC: {a:.6}")
+        })
+        .collect::<Vec<_>>()
+        .join(" - ")
+}
+
+/// The best model's figures on the test split (FuxiCTR's evaluation after training).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestReport {
+    pub rows: u64,
+    /// Per task, in label order.
+    pub auc: Vec<f64>,
+    pub logloss: Vec<f64>,
+}
+
 /// Everything needed to continue after a crash (the checkpoint's `state.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -267,7 +294,45 @@ pub fn load_trained(
     Ok((model, card))
 }
 
+/// The best model's figures on the prepared test split, as FuxiCTR evaluates `test_data`
+/// after training (written to the model's log too); `None` without a test split.
+pub fn evaluate_test(
+    config: &ModelConfig,
+    processor: &FeatureProcessor,
+    dataset: &PreparedDataset,
+    opts: &TrainOptions,
+) -> Result<Option<TestReport>> {
+    if dataset.test_parts.is_empty() {
+        return Ok(None);
+    }
+    let (model, card) = load_trained(&opts.model_dir, &config.model_id, &opts.device)?;
+    let (auc, logloss) = evaluate(
+        "test",
+        &model,
+        processor,
+        &card.shape,
+        &dataset.test_files(&opts.data_dir),
+        config.inference_batch_size,
+        &opts.device,
+    )?;
+    let report = TestReport {
+        rows: dataset.test_rows,
+        auc,
+        logloss,
+    };
+    log_line(
+        &Paths::new(&opts.model_dir, &config.model_id).log,
+        &format!(
+            "test ({} rows): [Metrics] {}",
+            report.rows,
+            metrics_line(&card.labels, &report.auc, &report.logloss)
+        ),
+    )?;
+    Ok(Some(report))
+}
+
 fn evaluate(
+    split: &str,
     model: &CtrModel,
     processor: &FeatureProcessor,
     shape: &InputShape,
@@ -299,7 +364,7 @@ fn evaluate(
     for t in 0..tasks {
         aucs.push(auc(&labels[t], &scores[t]).ok_or_else(|| {
             CtrError::Data(format!(
-                "validation labels of {} have a single class: AUC is undefined",
+                "{split} labels of {} have a single class: AUC is undefined",
                 processor.spec.labels[t]
             ))
         })?);
@@ -479,6 +544,7 @@ pub fn train(
                 let train_seconds = started.elapsed().as_secs_f64();
                 model = trained;
                 let (val_auc, val_logloss) = evaluate(
+                    "validation",
                     &model,
                     processor,
                     &shape,
@@ -514,11 +580,11 @@ pub fn train(
                 log_line(
                     &paths.log,
                     &format!(
-                        "epoch {} train_loss {:.6} val_auc {:?} val_logloss {:?} {:.0} samples/s{}",
+                        "epoch {}/{}: train loss {:.6} - [Metrics] {} - {:.0} samples/s{}",
                         report.epoch,
+                        config.epochs,
                         report.train_loss,
-                        report.val_auc,
-                        report.val_logloss,
+                        metrics_line(&card.labels, &report.val_auc, &report.val_logloss),
                         report.samples_per_sec(),
                         if report.improved { " (best)" } else { "" }
                     ),
