@@ -848,6 +848,10 @@ mod tests {
         // not apply yet: refused by name, not silently dropped.
         let said = err(&fixture("example4"), "DeepFM_test_csv");
         assert!(said.contains("embedding_regularizer"), "{said}");
+        // Example 2 trains on a dataset FuxiCTR built beforehand (no feature_cols, only the
+        // feature_map.json it wrote): refused by name too.
+        let said = err(&fixture("example2"), "DeepFM_test_parquet");
+        assert!(said.contains("feature_cols"), "{said}");
 
         let dir = varied(
             "example4",
