@@ -32,10 +32,12 @@ use crate::manifest::{
     FORMAT_VERSION, FileEntry, FileStat, HashAlgorithm, Landed, MANIFEST_NAME, Manifest,
     VerifySummary, hash_range, parallel_map,
 };
-use crate::transfer::PARTIAL_DIR;
 use crate::{TransferError, confine};
 
 const POLL: Duration = Duration::from_millis(25);
+
+/// Where rsync keeps partly transferred files, inside the destination directory.
+pub const PARTIAL_DIR: &str = ".ferry-partial";
 
 /// The version of the exchange [`receive`] speaks; both hosts must speak the same one.
 pub const EXCHANGE_VERSION: u32 = 2;
@@ -1304,8 +1306,8 @@ mod land_tests {
                 std::fs::rename(&tmp, sub.join(format!("f{f}"))).expect("rename");
             }
         }
-        std::fs::create_dir_all(root.join(crate::transfer::PARTIAL_DIR)).expect("mkdir");
-        std::fs::write(root.join(crate::transfer::PARTIAL_DIR).join("half"), b"x").expect("write");
+        std::fs::create_dir_all(root.join(PARTIAL_DIR)).expect("mkdir");
+        std::fs::write(root.join(PARTIAL_DIR).join("half"), b"x").expect("write");
         // Time to hash a hundred small files, then rsync ends.
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::SeqCst);
@@ -1316,7 +1318,7 @@ mod land_tests {
             arrived.keys().all(|k| !k.contains("XXXXXX")),
             "temporary names"
         );
-        std::fs::remove_dir_all(root.join(crate::transfer::PARTIAL_DIR)).expect("rm");
+        std::fs::remove_dir_all(root.join(PARTIAL_DIR)).expect("rm");
 
         let settled = settle(&root, &o, &arrived).expect("settle");
         let built = Manifest::build(&root, o.chunk_size, o.algorithm).expect("build");

@@ -129,15 +129,18 @@ pub async fn transfer_heard(
         let mut s = String::new();
         let mut greeted = Some(greeted);
         if let Some(e) = stderr {
+            // Read to the end whatever it holds (a name that is not UTF-8 included): rsync
+            // must never block on a full pipe.
             let mut lines = BufReader::new(e);
-            let mut line = String::new();
-            while lines.read_line(&mut line).await.unwrap_or(0) > 0 {
-                if expected.as_deref() == Some(line.trim())
+            let mut line = Vec::new();
+            while lines.read_until(b'\n', &mut line).await.unwrap_or(0) > 0 {
+                let text = String::from_utf8_lossy(&line);
+                if expected.as_deref() == Some(text.trim())
                     && let Some(g) = greeted.take()
                 {
                     let _ = g.send(());
                 }
-                s.push_str(&line);
+                s.push_str(&text);
                 line.clear();
             }
         }

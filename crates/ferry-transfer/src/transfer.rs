@@ -27,8 +27,7 @@ use crate::rsync::{self, Direction, Progress, RsyncOptions, RsyncStats};
 use crate::ssh::{SshSession, shell_quote};
 use crate::{TransferError, confine};
 
-/// Where rsync keeps partly transferred files, inside the destination directory.
-pub const PARTIAL_DIR: &str = ".ferry-partial";
+pub use crate::landing::PARTIAL_DIR;
 
 #[derive(Debug, Clone)]
 pub struct TransferSpec {
