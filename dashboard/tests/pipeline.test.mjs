@@ -47,7 +47,9 @@ before(async () => {
       '--no-build',
       '--no-task',
       '--production',
-      '--rows', '20000',
+      // Enough rows that each epoch takes seconds (dev builds train at release speed),
+      // so the page sees the loss curve grow between epochs.
+      '--rows', '100000',
       '--epochs', String(EPOCHS),
       // Slow enough that a transfer's bar is seen between empty and full.
       '--bandwidth-limit', '512K',
