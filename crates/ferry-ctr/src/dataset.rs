@@ -86,22 +86,15 @@ fn source_fingerprint(
     let mut text =
         serde_json::json!({"spec": spec, "valid_ratio": opts.valid_ratio, "seed": opts.seed})
             .to_string();
-    // Only when set, so datasets prepared before the option existed keep their fingerprint.
-    let valid_files = match &opts.valid_dir {
-        Some(dir) => {
-            text.push_str(&format!("|valid_dir:{}", dir.display()));
-            input_files(dir)?
+    // Only when set, so datasets prepared before the options existed keep their fingerprint.
+    let mut given = Vec::new();
+    for (key, dir) in [("valid_dir", &opts.valid_dir), ("test_dir", &opts.test_dir)] {
+        if let Some(dir) = dir {
+            text.push_str(&format!("|{key}:{}", dir.display()));
+            given.extend(input_files(dir)?);
         }
-        None => Vec::new(),
-    };
-    let test_files = match &opts.test_dir {
-        Some(dir) => {
-            text.push_str(&format!("|test_dir:{}", dir.display()));
-            input_files(dir)?
-        }
-        None => Vec::new(),
-    };
-    for f in files.iter().chain(&valid_files).chain(&test_files) {
+    }
+    for f in files.iter().chain(&given) {
         let m = std::fs::metadata(f).map_err(CtrError::io(f))?;
         let mtime = m
             .modified()
@@ -372,6 +365,22 @@ impl<'a> PartWriter<'a> {
     }
 }
 
+/// The files of a split given in its own folder (FuxiCTR's `valid_data`, `test_data`); none
+/// when it is not given, an error when it is given empty.
+fn given_split(dir: Option<&Path>, split: &str) -> Result<Vec<PathBuf>> {
+    let Some(dir) = dir else {
+        return Ok(Vec::new());
+    };
+    let found = input_files(dir)?;
+    if found.is_empty() {
+        return Err(CtrError::Data(format!(
+            "no Parquet or CSV files under the {split} folder {}",
+            dir.display()
+        )));
+    }
+    Ok(found)
+}
+
 /// Builds `{dataset_dir}` from the raw exported Parquet under `raw_dir`, or returns the existing
 /// one when `dataset.json` says it is complete (a resumed step does not redo it).
 pub fn prepare_dataset(
@@ -404,32 +413,8 @@ pub fn prepare_dataset(
             raw_dir.display()
         )));
     }
-    let valid_files = match &opts.valid_dir {
-        Some(dir) => {
-            let found = input_files(dir)?;
-            if found.is_empty() {
-                return Err(CtrError::Data(format!(
-                    "no Parquet or CSV files under the validation folder {}",
-                    dir.display()
-                )));
-            }
-            found
-        }
-        None => Vec::new(),
-    };
-    let test_files = match &opts.test_dir {
-        Some(dir) => {
-            let found = input_files(dir)?;
-            if found.is_empty() {
-                return Err(CtrError::Data(format!(
-                    "no Parquet or CSV files under the test folder {}",
-                    dir.display()
-                )));
-            }
-            found
-        }
-        None => Vec::new(),
-    };
+    let valid_files = given_split(opts.valid_dir.as_deref(), "validation")?;
+    let test_files = given_split(opts.test_dir.as_deref(), "test")?;
     // Which rows of the input are validation rows: a hash split, or none when the validation
     // rows come from their own files.
     let split = |batch: &RecordBatch, offset: u64| -> Result<Vec<bool>> {

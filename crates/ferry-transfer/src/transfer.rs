@@ -348,9 +348,16 @@ async fn push(
     };
     announce(&plan, Some(reused), events, update);
     let planned = Plan::of(&plan);
-    let (manifest, summary, stats) = if lands_alone(spec, &planned) {
+    // Kept beside the source (with this host's file identities) for the next transfer,
+    // written while the other host's answer is read.
+    let save = |m: &Manifest| {
+        let (m, path) = (m.clone(), spec.local.join(MANIFEST_NAME));
+        tokio::task::spawn_blocking(move || m.save(&path))
+    };
+    let (manifest, summary, stats, saving) = if lands_alone(spec, &planned) {
         let sending = rsync_with_progress(session, spec, &planned, events);
         let ((stats, said), manifest) = tokio::try_join!(sending, hashed)?;
+        let saving = save(&manifest);
         let summary = match crate::landing::Heard::read(&said) {
             Some(crate::landing::Heard::Landed { digest, .. }) if digest == manifest.digest() => {
                 VerifySummary {
@@ -374,24 +381,20 @@ async fn push(
                 receiver.finish().await?
             }
         };
-        (manifest, summary, stats)
+        (manifest, summary, stats, saving)
     } else {
         let mut receiver = Receiver::start(session, spec).await?;
         let feeding = receiver.feed(session, spec, &planned, hashed);
         let sending = rsync_with_progress(session, spec, &planned, events);
         let (manifest, (stats, _)) = tokio::try_join!(feeding, sending)?;
+        let saving = save(&manifest);
         let summary = receiver.finish().await?;
-        (manifest, summary, stats)
+        (manifest, summary, stats, saving)
     };
-    // Kept beside the source (with this host's file identities) for the next transfer.
-    let m = manifest.clone();
-    let path = spec.local.join(MANIFEST_NAME);
-    tokio::task::spawn_blocking(move || m.save(&path))
-        .await
-        .map_err(|e| TransferError::Verification {
-            path: spec.local.clone(),
-            detail: format!("saving the manifest stopped: {e}"),
-        })??;
+    saving.await.map_err(|e| TransferError::Verification {
+        path: spec.local.clone(),
+        detail: format!("saving the manifest stopped: {e}"),
+    })??;
     Ok((manifest, summary, stats))
 }
 
