@@ -264,7 +264,7 @@ struct CtrArgs {
     batch_size: Option<u32>,
     #[arg(long)]
     epochs: Option<u32>,
-    /// LR, FM, DeepFM, DCN or MMoE (default: from the experiment id's prefix, else DeepFM).
+    /// LR, FM, DNN, WideDeep, DeepFM, PNN, DCN(v2), xDeepFM, AutoInt, FiBiNET, FinalMLP, MMoE, ShareBottom or PLE (default: from the experiment id's prefix, else DeepFM).
     #[arg(long)]
     model: Option<String>,
     /// `KEY=VALUE` model setting (embedding_dim, learning_rate, ...); repeatable.

@@ -171,7 +171,7 @@ pub struct TrainParams {
     /// labels, data files and model settings all come from them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuxictr: Option<FuxiCtrConfig>,
-    /// Label columns; `[click]` when empty (`[click, conversion]` for MMoE).
+    /// Label columns; `[click]` when empty (`[click, conversion]` for the multi-task MMoE, ShareBottom and PLE).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
     /// Fraction of rows held out for validation (default 0.1).

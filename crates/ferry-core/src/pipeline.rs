@@ -55,7 +55,8 @@ pub struct CtrTaskRequest {
     pub batch_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u32>,
-    /// LR, FM, DeepFM, DCN or MMoE.
+    /// One of FuxiCTR's model names Ferry builds: LR, FM, DNN, WideDeep, DeepFM, PNN,
+    /// DCN(v2), xDeepFM, AutoInt, FiBiNET, FinalMLP, MMoE, ShareBottom or PLE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Further model settings (embedding_dim, hidden_units, learning_rate, seed, ...).
@@ -78,7 +79,27 @@ fn bad(field: &'static str, message: impl Into<String>) -> RequestError {
     }
 }
 
-const MODELS: &[&str] = &["LR", "FM", "DeepFM", "DCN", "MMoE"];
+/// The models the training agent builds (FuxiCTR's names; `DCN` is DCN v2).
+const MODELS: &[&str] = &[
+    "LR",
+    "FM",
+    "DNN",
+    "WideDeep",
+    "DeepFM",
+    "PNN",
+    "DCN",
+    "DCNv2",
+    "xDeepFM",
+    "AutoInt",
+    "FiBiNET",
+    "FinalMLP",
+    "MMoE",
+    "ShareBottom",
+    "PLE",
+];
+
+/// The multi-task models: one tower per label (`click` and `conversion`).
+const MULTI_TASK: &[&str] = &["MMoE", "ShareBottom", "PLE"];
 
 /// Settings FuxiCTR users pass that the request fields already cover.
 const RESERVED_MODEL_PARAMS: &[&str] = &["model", "model_id", "batch_size", "epochs"];
@@ -413,7 +434,7 @@ pub fn plan(
         "sample_dir": format!("{train_data}/sample_data"),
         "model": Value::Object(model),
     });
-    if req.model_name() == "MMoE" {
+    if MULTI_TASK.contains(&req.model_name()) {
         train_params["labels"] = json!(["click", "conversion"]);
     }
     if let Some(g) = req.gpu_count {

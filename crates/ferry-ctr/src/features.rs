@@ -3,7 +3,7 @@
 //! numeric fields with nulls filled by 0 and MinMax-scaled with the training min/max. Fitting and
 //! encoding work batch by batch, so memory follows the vocabularies, not the row count.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,6 +33,24 @@ pub struct FeatureSpec {
     /// Tokens seen fewer times than this in the training split map to `__OOV__`.
     #[serde(default = "default_min_count")]
     pub min_categr_count: u64,
+    /// How a numeric field is scaled, by name; MinMax for a field not named.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub normalizer: BTreeMap<String, Normalizer>,
+    /// What stands for a missing numeric value, by name; 0 for a field not named.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fill_na: BTreeMap<String, f64>,
+}
+
+/// FuxiCTR's numeric `normalizer`, fitted on the training split (after `fill_na`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Normalizer {
+    /// The value as it is (FuxiCTR without a `normalizer`).
+    None,
+    /// scikit-learn's `MinMaxScaler`.
+    #[default]
+    MinMaxScaler,
+    /// scikit-learn's `StandardScaler`: mean 0, population standard deviation 1.
+    StandardScaler,
 }
 
 fn default_min_count() -> u64 {
@@ -49,7 +67,17 @@ impl FeatureSpec {
             categorical: (1..=26).map(|i| format!("C{i}")).collect(),
             labels: labels.iter().map(|s| (*s).to_owned()).collect(),
             min_categr_count: 1,
+            normalizer: BTreeMap::new(),
+            fill_na: BTreeMap::new(),
         }
+    }
+
+    fn normalizer_of(&self, field: &str) -> Normalizer {
+        self.normalizer.get(field).copied().unwrap_or_default()
+    }
+
+    fn fill_of(&self, field: &str) -> f64 {
+        self.fill_na.get(field).copied().unwrap_or(0.0)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -76,6 +104,18 @@ impl FeatureSpec {
                     "column {name} appears twice in the feature spec"
                 )));
             }
+        }
+        for name in self.normalizer.keys().chain(self.fill_na.keys()) {
+            if !self.numeric.contains(name) {
+                return Err(CtrError::Config(format!(
+                    "normalizer / fill_na: {name} is not a numeric feature"
+                )));
+            }
+        }
+        if let Some((name, v)) = self.fill_na.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(CtrError::Config(format!(
+                "fill_na: {name}: {v} is not a finite number"
+            )));
         }
         Ok(())
     }
@@ -132,17 +172,63 @@ impl Vocabulary {
 pub struct NumericStats {
     pub min: f64,
     pub max: f64,
+    #[serde(default)]
+    pub mean: f64,
+    /// Population standard deviation (scikit-learn's).
+    #[serde(default)]
+    pub std: f64,
+    #[serde(default)]
+    pub normalizer: Normalizer,
 }
 
 impl NumericStats {
     pub fn scale(&self, x: f64) -> f32 {
-        let range = self.max - self.min;
-        // A constant column scales like scikit-learn's MinMaxScaler: shifted, not divided.
-        if range > 0.0 {
-            ((x - self.min) / range) as f32
-        } else {
-            (x - self.min) as f32
+        match self.normalizer {
+            Normalizer::None => x as f32,
+            Normalizer::MinMaxScaler => {
+                let range = self.max - self.min;
+                // A constant column scales like scikit-learn's: shifted, not divided.
+                if range > 0.0 {
+                    ((x - self.min) / range) as f32
+                } else {
+                    (x - self.min) as f32
+                }
+            }
+            // scikit-learn divides by 1 where the deviation is 0.
+            Normalizer::StandardScaler if self.std > 0.0 => ((x - self.mean) / self.std) as f32,
+            Normalizer::StandardScaler => (x - self.mean) as f32,
         }
+    }
+}
+
+/// Running min, max, mean and variance (Welford's).
+#[derive(Clone, Copy, Debug)]
+struct Moments {
+    min: f64,
+    max: f64,
+    n: u64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    fn new(x: f64) -> Moments {
+        Moments {
+            min: x,
+            max: x,
+            n: 0,
+            mean: 0.0,
+            m2: 0.0,
+        }
+    }
+
+    fn push(&mut self, x: f64) {
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+        self.n += 1;
+        let d = x - self.mean;
+        self.mean += d / self.n as f64;
+        self.m2 += d * (x - self.mean);
     }
 }
 
@@ -317,8 +403,9 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
         .ok_or_else(|| CtrError::Data(format!("input has no column {name}")))
 }
 
-/// A column as `f64` values with nulls filled by 0 (FuxiCTR's `fill_na` for numerics).
-fn numeric_values(batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
+/// A column as `f64` values with nulls and NaNs filled by `fill` (FuxiCTR's `fill_na`, 0 by
+/// default for numerics).
+fn numeric_values(batch: &RecordBatch, name: &str, fill: f64) -> Result<Vec<f64>> {
     let col = column(batch, name)?;
     if !col.data_type().is_numeric() {
         return Err(CtrError::Data(format!(
@@ -330,8 +417,8 @@ fn numeric_values(batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
     let values = cast.as_primitive::<Float64Type>();
     Ok((0..values.len())
         .map(|i| {
-            if values.is_null(i) {
-                0.0
+            if values.is_null(i) || values.value(i).is_nan() {
+                fill
             } else {
                 values.value(i)
             }
@@ -355,7 +442,8 @@ fn categorical_values(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
 
 /// The label columns as 0/1 floats; anything else is a data error naming the column.
 pub(crate) fn label_values(batch: &RecordBatch, name: &str) -> Result<Vec<f32>> {
-    let values = numeric_values(batch, name)?;
+    // A NaN label stays NaN, and is refused below like any value other than 0 and 1.
+    let values = numeric_values(batch, name, f64::NAN)?;
     let col = column(batch, name)?;
     if col.null_count() > 0 {
         return Err(CtrError::Data(format!(
@@ -380,7 +468,7 @@ pub(crate) fn label_values(batch: &RecordBatch, name: &str) -> Result<Vec<f32>> 
 pub struct FeatureFitter {
     spec: FeatureSpec,
     counts: Vec<HashMap<String, u64>>,
-    ranges: Vec<Option<NumericStats>>,
+    ranges: Vec<Option<Moments>>,
     rows: u64,
 }
 
@@ -398,14 +486,12 @@ impl FeatureFitter {
     /// Counts the rows of `batch` for which `keep(row)` holds.
     pub fn observe(&mut self, batch: &RecordBatch, keep: &[bool]) -> Result<()> {
         for (j, name) in self.spec.numeric.iter().enumerate() {
-            for (x, _) in numeric_values(batch, name)?
+            for (x, _) in numeric_values(batch, name, self.spec.fill_of(name))?
                 .into_iter()
                 .zip(keep)
                 .filter(|(_, k)| **k)
             {
-                let r = self.ranges[j].get_or_insert(NumericStats { min: x, max: x });
-                r.min = r.min.min(x);
-                r.max = r.max.max(x);
+                self.ranges[j].get_or_insert(Moments::new(x)).push(x);
             }
         }
         for (j, name) in self.spec.categorical.iter().enumerate() {
@@ -448,7 +534,21 @@ impl FeatureFitter {
         let numeric = self
             .ranges
             .into_iter()
-            .map(|r| r.unwrap_or(NumericStats { min: 0.0, max: 0.0 }))
+            .zip(&self.spec.numeric)
+            .map(|(r, name)| {
+                let m = r.unwrap_or(Moments::new(0.0));
+                NumericStats {
+                    min: m.min,
+                    max: m.max,
+                    mean: m.mean,
+                    std: if m.n > 0 {
+                        (m.m2 / m.n as f64).sqrt()
+                    } else {
+                        0.0
+                    },
+                    normalizer: self.spec.normalizer_of(name),
+                }
+            })
             .collect();
         Ok(FeatureProcessor {
             dataset_id: dataset_id.to_owned(),
@@ -489,7 +589,10 @@ impl FeatureProcessor {
         };
         for (j, name) in self.spec.numeric.iter().enumerate() {
             let stats = self.numeric[j];
-            for (r, x) in numeric_values(batch, name)?.into_iter().enumerate() {
+            for (r, x) in numeric_values(batch, name, self.spec.fill_of(name))?
+                .into_iter()
+                .enumerate()
+            {
                 out.numeric[r * n + j] = stats.scale(x);
             }
         }
@@ -642,6 +745,8 @@ mod tests {
             categorical: vec!["C1".into()],
             labels: vec!["click".into()],
             min_categr_count: 2,
+            normalizer: BTreeMap::new(),
+            fill_na: BTreeMap::new(),
         }
     }
 
@@ -683,7 +788,8 @@ mod tests {
         // "a" and "b" both twice: ties ordered by token; "rare" is under min count 2.
         assert_eq!(p.vocabularies[0].tokens, vec!["a", "b"]);
         assert_eq!(p.vocab_sizes(), vec![4]);
-        assert_eq!(p.numeric[0], NumericStats { min: 0.0, max: 6.0 });
+        assert_eq!((p.numeric[0].min, p.numeric[0].max), (0.0, 6.0));
+        assert_eq!(p.numeric[0].normalizer, Normalizer::MinMaxScaler);
 
         let e = p
             .encode(
@@ -702,6 +808,44 @@ mod tests {
             .encode(&batch(vec![Some(1.0)], vec![None], vec![0]), false)
             .expect("encode");
         assert_eq!(null_token.categorical, vec![3], "missing → OOV");
+    }
+
+    #[test]
+    fn numeric_fields_scale_as_scikit_learn_after_fill_na() {
+        let fit = |normalizer: Normalizer, fill: f64| {
+            let mut s = spec();
+            s.normalizer.insert("I1".into(), normalizer);
+            s.fill_na.insert("I1".into(), fill);
+            let mut fitter = FeatureFitter::new(s).expect("spec");
+            // 2, 4, 6 and a missing value (null or NaN), filled before fitting.
+            let b = batch(
+                vec![Some(2.0), None, Some(4.0), Some(f64::NAN), Some(6.0)],
+                vec![Some("a"); 5],
+                vec![0; 5],
+            );
+            fitter.observe(&b, &[true; 5]).expect("observe");
+            let p = fitter.finish("toy").expect("fit");
+            let e = p
+                .encode(
+                    &batch(vec![Some(4.0), None], vec![Some("a"); 2], vec![0, 0]),
+                    false,
+                )
+                .expect("encode");
+            (p.numeric[0], e.numeric)
+        };
+        // As it is: 4, and the fill value.
+        assert_eq!(fit(Normalizer::None, 7.0).1, [4.0, 7.0]);
+        // Filled with 4: 2, 4, 4, 4, 6 → mean 4, population std √1.6.
+        let (stats, values) = fit(Normalizer::StandardScaler, 4.0);
+        assert!((stats.mean - 4.0).abs() < 1e-12);
+        assert!((stats.std - 1.6f64.sqrt()).abs() < 1e-12);
+        assert_eq!(values, [0.0, 0.0]);
+        // Filled with 0: 2, 0, 4, 0, 6 → MinMax over [0, 6].
+        assert_eq!(fit(Normalizer::MinMaxScaler, 0.0).1, [4.0 / 6.0, 0.0]);
+        // A fill for a field that is not numeric is a configuration error.
+        let mut s = spec();
+        s.fill_na.insert("C1".into(), 1.0);
+        assert!(FeatureFitter::new(s).is_err());
     }
 
     #[test]

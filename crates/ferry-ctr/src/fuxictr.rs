@@ -20,8 +20,8 @@ use serde_json::{Map, Value as Json};
 use serde_yaml::Value;
 
 use crate::error::{CtrError, Result};
-use crate::features::FeatureSpec;
-use crate::model::{ModelConfig, ModelKind};
+use crate::features::{FeatureSpec, Normalizer};
+use crate::model::{ModelConfig, ModelKind, Penalty};
 
 /// One experiment of a FuxiCTR configuration, in Ferry's terms.
 #[derive(Debug, Clone, PartialEq)]
@@ -449,6 +449,8 @@ fn feature_spec(
         categorical: Vec::new(),
         labels: Vec::new(),
         min_categr_count: min_count,
+        normalizer: Default::default(),
+        fill_na: Default::default(),
     };
     for col in cols {
         let Value::Mapping(m) = col else {
@@ -494,6 +496,16 @@ fn feature_spec(
             }
         };
         check_feature_keys(&owner, &kind, &col, min_count, embedding_dim, csv)?;
+        if kind == "numeric" {
+            let norm = normalizer(&owner, col.get("normalizer").unwrap_or(&Value::Null))?;
+            let fill = col.get("fill_na").and_then(Value::as_f64);
+            for name in &names {
+                spec.normalizer.insert(name.clone(), norm);
+                if let Some(f) = fill {
+                    spec.fill_na.insert(name.clone(), f);
+                }
+            }
+        }
         target.extend(names);
     }
     spec.labels = match d.get("label_col") {
@@ -593,26 +605,20 @@ fn check_feature_keys(
             }
             "embedding_dim" => {}
             "normalizer" if kind == "numeric" => {
-                if !all_are(v, "MinMaxScaler") {
-                    return Err(unsupported(
-                        owner,
-                        key,
-                        v,
-                        "numeric features are MinMax-scaled with the training split's range",
-                    ));
+                normalizer(owner, v)?;
+            }
+            "fill_na" if kind == "numeric" => {
+                if !v.as_f64().is_some_and(f64::is_finite) {
+                    return Err(bad(owner, key, v, "must be a number"));
                 }
             }
             "fill_na" => {
-                let default = match kind {
-                    "numeric" => v.as_f64() == Some(0.0),
-                    _ => v.as_str() == Some(""),
-                };
-                if !default {
+                if v.as_str() != Some("") {
                     return Err(unsupported(
                         owner,
                         key,
                         v,
-                        "missing values are 0 for numeric features and the empty token for categorical ones",
+                        "a missing categorical value is the empty token",
                     ));
                 }
             }
@@ -628,15 +634,67 @@ fn check_feature_keys(
             }
         }
     }
-    if kind == "numeric" && !col.contains_key("normalizer") {
-        return Err(unsupported(
+    Ok(())
+}
+
+/// A numeric feature's `normalizer`: none (the value as it is), MinMaxScaler or StandardScaler.
+fn normalizer(owner: &str, v: &Value) -> Result<Normalizer> {
+    match v {
+        Value::Null => Ok(Normalizer::None),
+        Value::String(n) if n == "MinMaxScaler" => Ok(Normalizer::MinMaxScaler),
+        Value::String(n) if n == "StandardScaler" => Ok(Normalizer::StandardScaler),
+        other => Err(unsupported(
             owner,
             "normalizer",
-            &Value::Null,
-            "numeric features are always MinMax-scaled with the training split's range, where FuxiCTR would use them as they are; say `normalizer: MinMaxScaler`",
-        ));
+            other,
+            "MinMaxScaler, StandardScaler, or none (the value as it is)",
+        )),
     }
-    Ok(())
+}
+
+/// FuxiCTR's regularizer forms: a float (L2), `l1(x)`, `l2(x)` or `l1_l2(x, y)`.
+fn penalties(owner: &str, key: &str, v: &Value) -> Result<Vec<Penalty>> {
+    let term = |p: u8, x: &str| -> Result<Penalty> {
+        match x.trim().parse::<f64>() {
+            Ok(lambda) if lambda >= 0.0 && lambda.is_finite() => Ok(Penalty { p, lambda }),
+            _ => Err(bad(owner, key, v, "needs a weight of 0 or more")),
+        }
+    };
+    let terms = match v {
+        Value::Null => Vec::new(),
+        Value::Number(n) => {
+            let x = n
+                .as_f64()
+                .ok_or_else(|| bad(owner, key, v, "must be a number"))?;
+            vec![term(2, &x.to_string())?]
+        }
+        Value::String(s) => {
+            let inner = |prefix: &str| s.strip_prefix(prefix).and_then(|r| r.strip_suffix(')'));
+            if let Some(x) = inner("l1(") {
+                vec![term(1, x)?]
+            } else if let Some(x) = inner("l2(") {
+                vec![term(2, x)?]
+            } else if let Some((a, b)) = inner("l1_l2(").and_then(|r| r.split_once(',')) {
+                vec![term(1, a)?, term(2, b)?]
+            } else {
+                return Err(bad(
+                    owner,
+                    key,
+                    v,
+                    "must be a number, l1(x), l2(x) or l1_l2(x, y)",
+                ));
+            }
+        }
+        other => {
+            return Err(bad(
+                owner,
+                key,
+                other,
+                "must be a number, l1(x), l2(x) or l1_l2(x, y)",
+            ));
+        }
+    };
+    Ok(terms.into_iter().filter(|t| t.lambda > 0.0).collect())
 }
 
 /// FuxiCTR's keys → Ferry's, for those every model uses as they are.
@@ -653,11 +711,46 @@ const MODEL_USED: &[(&str, &str)] = &[
 
 /// Per model: FuxiCTR's keys → Ferry's, with FuxiCTR's defaults where Ferry's differ.
 fn model_keys(kind: ModelKind) -> &'static [(&'static str, &'static str, &'static str)] {
+    const MLP: &str = "[64, 64, 64]";
     match kind {
-        ModelKind::DeepFM => &[("hidden_units", "hidden_units", "[64, 64, 64]")],
+        ModelKind::DeepFM | ModelKind::DNN | ModelKind::WideDeep | ModelKind::PNN => {
+            &[("hidden_units", "hidden_units", MLP)]
+        }
         ModelKind::DCN => &[
             ("parallel_dnn_hidden_units", "hidden_units", "[]"),
+            ("stacked_dnn_hidden_units", "stacked_hidden_units", "[]"),
             ("num_cross_layers", "num_cross_layers", "3"),
+            ("model_structure", "model_structure", "\"parallel\""),
+            ("use_low_rank_mixture", "use_low_rank_mixture", "false"),
+            ("low_rank", "low_rank", "32"),
+            ("num_experts", "num_experts", "4"),
+        ],
+        ModelKind::XDeepFM => &[
+            ("dnn_hidden_units", "hidden_units", MLP),
+            ("cin_hidden_units", "cin_hidden_units", "[16, 16, 16]"),
+        ],
+        ModelKind::AutoInt => &[
+            ("dnn_hidden_units", "hidden_units", MLP),
+            ("attention_layers", "attention_layers", "2"),
+            ("num_heads", "num_heads", "1"),
+            ("attention_dim", "attention_dim", "8"),
+            ("use_residual", "use_residual", "true"),
+            ("use_scale", "use_scale", "false"),
+            ("use_wide", "use_wide", "false"),
+        ],
+        ModelKind::FiBiNET => &[
+            ("hidden_units", "hidden_units", "[]"),
+            ("reduction_ratio", "reduction_ratio", "3"),
+            ("bilinear_type", "bilinear_type", "\"field_interaction\""),
+        ],
+        ModelKind::FinalMLP => &[
+            ("mlp1_hidden_units", "mlp1_hidden_units", MLP),
+            ("mlp2_hidden_units", "mlp2_hidden_units", MLP),
+            ("mlp1_dropout", "mlp1_dropout", "0"),
+            ("mlp2_dropout", "mlp2_dropout", "0"),
+            ("use_fs", "use_fs", "true"),
+            ("fs_hidden_units", "fs_hidden_units", "[64]"),
+            ("num_heads", "num_heads", "1"),
         ],
         ModelKind::MMoE => &[
             ("num_experts", "num_experts", "4"),
@@ -669,9 +762,37 @@ fn model_keys(kind: ModelKind) -> &'static [(&'static str, &'static str, &'stati
             ("gate_hidden_units", "gate_hidden_units", "[128, 64]"),
             ("tower_hidden_units", "tower_hidden_units", "[128, 64]"),
         ],
+        ModelKind::ShareBottom => &[
+            ("bottom_hidden_units", "bottom_hidden_units", MLP),
+            ("tower_hidden_units", "tower_hidden_units", "[64]"),
+        ],
+        ModelKind::PLE => &[
+            ("num_layers", "num_layers", "1"),
+            ("num_shared_experts", "num_shared_experts", "1"),
+            ("num_specific_experts", "num_specific_experts", "1"),
+            (
+                "expert_hidden_units",
+                "expert_hidden_units",
+                "[512, 256, 128]",
+            ),
+            ("gate_hidden_units", "gate_hidden_units", "[128, 64]"),
+            ("tower_hidden_units", "tower_hidden_units", "[128, 64]"),
+        ],
         ModelKind::LR | ModelKind::FM => &[],
     }
 }
+
+/// Keys whose value is one of a few names, with those names (FuxiCTR's spelling).
+const MODEL_CHOICES: &[(&str, &[&str])] = &[
+    (
+        "model_structure",
+        &["crossnet_only", "stacked", "parallel", "stacked_parallel"],
+    ),
+    (
+        "bilinear_type",
+        &["field_all", "field_each", "field_interaction"],
+    ),
+];
 
 /// FuxiCTR's defaults (its `BaseModel` and models) for keys every model uses.
 const MODEL_DEFAULTS: &[(&str, &str)] = &[("embedding_dim", "10"), ("early_stop_patience", "2")];
@@ -708,7 +829,7 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
                 expid,
                 "model",
                 &Value::String(name.clone()),
-                "LR, FM, DeepFM, DCNv2 and MMoE",
+                "LR, FM, DNN, WideDeep, DeepFM, PNN, DCNv2, xDeepFM, AutoInt, FiBiNET, FinalMLP, MMoE, ShareBottom and PLE",
             )
         })?,
         other => {
@@ -742,6 +863,16 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
             .chain(own.iter().map(|&(theirs, ours, _)| (theirs, ours)))
             .find(|(theirs, _)| theirs == key);
         if let Some((_, ours)) = used {
+            if let Some((_, names)) = MODEL_CHOICES.iter().find(|(k, _)| k == key)
+                && !v.as_str().is_some_and(|n| names.contains(&n))
+            {
+                return Err(bad(
+                    expid,
+                    key,
+                    v,
+                    &format!("must be one of {}", names.join(", ")),
+                ));
+            }
             if !v.is_null() {
                 out.insert(ours.to_owned(), serde_json::to_value(v).map_err(json_err)?);
             }
@@ -750,24 +881,27 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
         if MODEL_PASSED.contains(&key.as_str()) {
             continue;
         }
+        if key == "embedding_regularizer" || key == "net_regularizer" {
+            let terms = penalties(expid, key, v)?;
+            out.insert(key.clone(), serde_json::to_value(terms).map_err(json_err)?);
+            continue;
+        }
         // Settings Ferry follows only in the way it trains.
         let same = match key.as_str() {
             "loss" => all_are(v, "binary_crossentropy"),
             "task" => all_are(v, "binary_classification"),
-            "hidden_activations" | "dnn_activations" => all_are(v, "relu"),
+            "hidden_activations"
+            | "dnn_activations"
+            | "mlp1_hidden_activations"
+            | "mlp2_hidden_activations"
+            | "excitation_activation" => all_are(v, "relu"),
+            "product_type" if kind == ModelKind::PNN => all_are(v, "inner"),
             "monitor" => monitor_is_auc(v),
             "monitor_mode" => all_are(v, "max"),
             "shuffle" => v.as_bool() == Some(true),
-            "model_structure" if kind == ModelKind::DCN => all_are(v, "parallel"),
-            "batch_norm"
-            | "embedding_regularizer"
-            | "net_regularizer"
-            | "regularizer"
-            | "eval_steps"
-            | "group_id"
-            | "use_features"
-            | "feature_specs" => is_off(v),
-            "use_low_rank_mixture" if kind == ModelKind::DCN => is_off(v),
+            "batch_norm" | "regularizer" | "eval_steps" | "group_id" | "use_features"
+            | "feature_specs" | "layer_norm" | "mlp1_batch_norm" | "mlp2_batch_norm"
+            | "fs1_context" | "fs2_context" => is_off(v),
             _ => {
                 warnings.push(format!(
                     "{expid}: {key} is not a setting of {kind:?} that Ferry knows; ignored, as FuxiCTR's {kind:?} would ignore it"
@@ -843,23 +977,24 @@ mod tests {
     }
 
     #[test]
-    fn fuxictrs_csv_demo_reads_as_deepfm_once_its_tiny_regularizer_is_gone() {
-        // FuxiCTR's example 4 asks for an L2 penalty on the embeddings, which Ferry does
-        // not apply yet: refused by name, not silently dropped.
-        let said = err(&fixture("example4"), "DeepFM_test_csv");
-        assert!(said.contains("embedding_regularizer"), "{said}");
+    fn fuxictrs_csv_demo_reads_as_deepfm_with_its_regularizer() {
         // Example 2 trains on a dataset FuxiCTR built beforehand (no feature_cols, only the
         // feature_map.json it wrote): refused by name too.
         let said = err(&fixture("example2"), "DeepFM_test_parquet");
         assert!(said.contains("feature_cols"), "{said}");
 
-        let dir = varied(
-            "example4",
-            "model_config.yaml",
-            "embedding_regularizer: 1.e-8",
-            "embedding_regularizer: 0",
+        let e = load(
+            &fixture("example4"),
+            "DeepFM_test_csv",
+            Path::new("/work/demo"),
+        )
+        .expect("load");
+        // FuxiCTR's L2 penalty on the embeddings, as its `get_regularizer` reads a float.
+        assert_eq!(
+            e.model.embedding_regularizer,
+            [Penalty { p: 2, lambda: 1e-8 }]
         );
-        let e = load(dir.path(), "DeepFM_test_csv", Path::new("/work/demo")).expect("load");
+        assert!(e.model.net_regularizer.is_empty());
         assert_eq!(e.dataset_id, "tiny_example4");
         assert_eq!(e.data.format, DataFormat::Csv);
         // Relative to where FuxiCTR's script runs, as FuxiCTR opens them.
@@ -947,6 +1082,137 @@ mod tests {
     }
 
     #[test]
+    fn the_model_zoo_s_keys_reach_each_model() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            d.path().join("dataset_config.yaml"),
+            "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols: [{name: [C1, C2], active: True, dtype: str, type: categorical}]\n  label_col: [{name: clk, dtype: float}, {name: buy, dtype: float}]\n",
+        )
+        .expect("write");
+        // As FuxiCTR's model_zoo configs spell them.
+        std::fs::write(
+            d.path().join("model_config.yaml"),
+            "Base:\n  embedding_dim: 8\n  dataset_id: d\n
+X:\n  model: xDeepFM\n  dnn_hidden_units: [32, 16]\n  cin_hidden_units: [8, 4]\n  dnn_activations: relu\n
+A:\n  model: AutoInt\n  dnn_hidden_units: []\n  attention_layers: 3\n  num_heads: 2\n  attention_dim: 16\n  use_scale: True\n  use_wide: True\n  layer_norm: False\n
+F:\n  model: FiBiNET\n  hidden_units: [32]\n  reduction_ratio: 2\n  bilinear_type: field_each\n  excitation_activation: ReLU\n
+M:\n  model: FinalMLP\n  mlp1_hidden_units: [32]\n  mlp2_hidden_units: [16, 8]\n  mlp1_dropout: 0.1\n  use_fs: False\n  fs1_context: []\n  num_heads: 4\n
+P:\n  model: PLE\n  num_layers: 2\n  num_shared_experts: 2\n  num_specific_experts: 3\n  expert_hidden_units: [16]\n
+S:\n  model: ShareBottom\n  bottom_hidden_units: [32]\n
+D:\n  model: DCNv2\n  model_structure: stacked_parallel\n  use_low_rank_mixture: True\n  low_rank: 8\n  num_experts: 2\n  stacked_dnn_hidden_units: [16]\n  parallel_dnn_hidden_units: [32]\n
+I:\n  model: PNN\n  product_type: outer\n
+B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
+        )
+        .expect("write");
+        let m = |id: &str| load(d.path(), id, d.path()).expect(id).model;
+        let x = m("X");
+        assert_eq!(
+            (x.model, x.hidden_units, x.cin_hidden_units),
+            (ModelKind::XDeepFM, vec![32, 16], vec![8, 4])
+        );
+        let a = m("A");
+        assert_eq!(a.model, ModelKind::AutoInt);
+        assert!(a.hidden_units.is_empty() && a.use_scale && a.use_wide && a.use_residual);
+        assert_eq!(
+            (a.attention_layers, a.num_heads, a.attention_dim),
+            (3, 2, 16)
+        );
+        let f = m("F");
+        assert_eq!(
+            (f.reduction_ratio, f.bilinear_type),
+            (2, crate::model::BilinearType::FieldEach)
+        );
+        let fm = m("M");
+        assert_eq!(
+            (fm.mlp1_hidden_units, fm.mlp2_hidden_units, fm.num_heads),
+            (vec![32], vec![16, 8], 4)
+        );
+        assert!(!fm.use_fs && fm.mlp1_dropout == 0.1);
+        assert_eq!(fm.fs_hidden_units, [64], "FuxiCTR's default");
+        let p = m("P");
+        assert_eq!(
+            (p.num_layers, p.num_shared_experts, p.num_specific_experts),
+            (2, 2, 3)
+        );
+        assert_eq!(
+            (p.gate_hidden_units, p.tower_hidden_units),
+            (vec![128, 64], vec![128, 64])
+        );
+        let sb = m("S");
+        assert_eq!(
+            (sb.bottom_hidden_units, sb.tower_hidden_units),
+            (vec![32], vec![64])
+        );
+        let dc = m("D");
+        assert_eq!(
+            dc.model_structure,
+            crate::model::DcnStructure::StackedParallel
+        );
+        assert!(dc.use_low_rank_mixture);
+        assert_eq!(
+            (
+                dc.low_rank,
+                dc.num_experts,
+                dc.hidden_units,
+                dc.stacked_hidden_units
+            ),
+            (8, 2, vec![32], vec![16])
+        );
+        let said = err(d.path(), "I");
+        assert!(said.contains("product_type"), "{said}");
+        let said = err(d.path(), "B");
+        assert!(
+            said.contains("bilinear_type") && said.contains("field_each"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn numeric_normalizers_fill_values_and_regularizers_are_read_as_fuxictr_reads_them() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            d.path().join("dataset_config.yaml"),
+            "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: [I1, I2], active: True, dtype: float, type: numeric}\n    - {name: I3, active: True, dtype: float, type: numeric, normalizer: StandardScaler, fill_na: -1}\n    - {name: I4, active: True, dtype: float, type: numeric, normalizer: MinMaxScaler}\n  label_col: {name: clk, dtype: float}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            d.path().join("model_config.yaml"),
+            "Base: {dataset_id: d, model: DNN}\nA: {embedding_regularizer: 'l2(1.e-6)', net_regularizer: 'l1_l2(1.e-5, 2.e-5)'}\nB: {embedding_regularizer: 0.001, net_regularizer: 0}\nC: {net_regularizer: 'l3(1)'}\n",
+        )
+        .expect("write");
+        let a = load(d.path(), "A", d.path()).expect("A");
+        let f = &a.features;
+        assert_eq!(f.normalizer["I1"], Normalizer::None);
+        assert_eq!(f.normalizer["I2"], Normalizer::None);
+        assert_eq!(f.normalizer["I3"], Normalizer::StandardScaler);
+        assert_eq!(f.normalizer["I4"], Normalizer::MinMaxScaler);
+        assert_eq!(f.fill_na.get("I3"), Some(&-1.0));
+        assert_eq!(f.fill_na.get("I1"), None);
+        assert_eq!(
+            a.model.embedding_regularizer,
+            [Penalty { p: 2, lambda: 1e-6 }]
+        );
+        assert_eq!(
+            a.model.net_regularizer,
+            [
+                Penalty { p: 1, lambda: 1e-5 },
+                Penalty { p: 2, lambda: 2e-5 }
+            ]
+        );
+        let b = load(d.path(), "B", d.path()).expect("B");
+        assert_eq!(
+            b.model.embedding_regularizer,
+            [Penalty {
+                p: 2,
+                lambda: 0.001
+            }]
+        );
+        assert!(b.model.net_regularizer.is_empty());
+        let said = err(d.path(), "C");
+        assert!(said.contains("net_regularizer"), "{said}");
+    }
+
+    #[test]
     fn what_ferry_cannot_follow_yet_is_refused_by_name() {
         // DIN over a sequence feature, and data FuxiCTR built beforehand (npz).
         let said = err(&fixture("example6"), "DIN_test");
@@ -976,23 +1242,18 @@ mod tests {
         assert_eq!(e.model.model, ModelKind::DCN);
         assert_eq!(e.model.hidden_units, [64, 32]);
         assert_eq!((e.model.embedding_dim, e.model.num_cross_layers), (40, 3));
-        // FuxiCTR ignores the stacked tower and the low-rank knobs in a parallel DCNv2.
-        assert!(
-            e.warnings
-                .iter()
-                .any(|w| w.contains("stacked_dnn_hidden_units")),
-            "{:?}",
-            e.warnings
+        // A parallel DCNv2 keeps the stacked tower's setting without building it.
+        assert_eq!(
+            e.model.model_structure,
+            crate::model::DcnStructure::Parallel
         );
+        assert_eq!(e.model.stacked_hidden_units, [64, 32]);
+        assert!(!e.model.use_low_rank_mixture);
+        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
 
         for (file, from, to, named) in [
             ("model_config.yaml", "model: DCNv2", "model: DCN", "DCNv2"),
-            (
-                "model_config.yaml",
-                "model: DCNv2",
-                "model: xDeepFM",
-                "xDeepFM",
-            ),
+            ("model_config.yaml", "model: DCNv2", "model: FmFM", "FmFM"),
             (
                 "model_config.yaml",
                 "batch_norm: False",
@@ -1002,7 +1263,7 @@ mod tests {
             (
                 "model_config.yaml",
                 "model_structure: parallel",
-                "model_structure: stacked",
+                "model_structure: sideways",
                 "model_structure",
             ),
             (
@@ -1045,20 +1306,16 @@ mod tests {
                 "embedding_dim",
             ),
             (
-                "{name: I1, active: True, dtype: float, type: numeric}",
+                "{name: C1, active: True, dtype: int, type: categorical}",
+                "dtype",
+            ),
+            (
+                "{name: I1, active: True, dtype: float, type: numeric, normalizer: Normalizer}",
                 "normalizer",
             ),
             (
-                "{name: I1, active: True, dtype: float, type: numeric, normalizer: StandardScaler}",
-                "StandardScaler",
-            ),
-            (
-                "{name: I1, active: True, dtype: float, type: numeric, normalizer: MinMaxScaler, fill_na: 1}",
+                "{name: I1, active: True, dtype: float, type: numeric, fill_na: x}",
                 "fill_na",
-            ),
-            (
-                "{name: C1, active: True, dtype: int, type: categorical}",
-                "dtype",
             ),
         ] {
             let d = tempfile::tempdir().expect("tmp");

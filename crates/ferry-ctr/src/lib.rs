@@ -1,5 +1,5 @@
 //! CTR models on burn for the training and inference hosts: FuxiCTR-compatible feature
-//! processing and data layout, FuxiCTR's own configuration files, the LR / FM / DeepFM / DCN / MMoE models, training with
+//! processing and data layout, FuxiCTR's own configuration files, FuxiCTR's models (LR, FM, DNN, WideDeep, DeepFM, PNN, DCNv2, xDeepFM, AutoInt, FiBiNET, FinalMLP, MMoE, ShareBottom, PLE), training with
 //! per-epoch checkpoints and exact resume, and part-level inference.
 
 pub mod dataset;

@@ -5,11 +5,11 @@
 //! categorical fields (each field's indices offset into it) and, per numeric field, a
 //! `Linear(1, dim, bias=False)` — so DeepFM's and MMoE's DNN inputs are `num_fields × dim` wide.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig,
 };
-use burn::tensor::activation::{relu, sigmoid, softmax};
+use burn::tensor::activation::{relu, sigmoid, softmax, tanh};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -23,10 +23,31 @@ pub enum ModelKind {
     LR,
     FM,
     DeepFM,
-    /// DCN v2 (cross network with full matrices, in parallel with a DNN).
+    /// DCN v2: a cross network (full matrices, or a mixture of low-rank experts) with a DNN
+    /// stacked on it, beside it, both, or neither (`model_structure`).
+    #[serde(alias = "DCNv2")]
     DCN,
     /// Multi-gate mixture of experts, one tower per label.
     MMoE,
+    /// An MLP over the concatenated field embeddings.
+    DNN,
+    /// Wide (first-order) plus deep.
+    WideDeep,
+    /// Inner-product PNN (IPNN): the embeddings and their pairwise inner products into an MLP.
+    PNN,
+    /// Compressed interaction network, first-order terms and a DNN.
+    #[serde(rename = "xDeepFM")]
+    XDeepFM,
+    /// Multi-head self-attention over the fields.
+    AutoInt,
+    /// Squeeze-excitation and bilinear interactions.
+    FiBiNET,
+    /// Two MLPs with feature selection, fused by bilinear heads.
+    FinalMLP,
+    /// One shared bottom MLP, one tower per label.
+    ShareBottom,
+    /// Progressive layered extraction: shared and task-specific experts, one tower per label.
+    PLE,
 }
 
 impl ModelKind {
@@ -37,13 +58,69 @@ impl ModelKind {
             "deepfm" => Some(ModelKind::DeepFM),
             "dcn" | "dcnv2" => Some(ModelKind::DCN),
             "mmoe" => Some(ModelKind::MMoE),
+            "dnn" => Some(ModelKind::DNN),
+            "widedeep" | "wide&deep" => Some(ModelKind::WideDeep),
+            "pnn" | "ipnn" => Some(ModelKind::PNN),
+            "xdeepfm" => Some(ModelKind::XDeepFM),
+            "autoint" => Some(ModelKind::AutoInt),
+            "fibinet" => Some(ModelKind::FiBiNET),
+            "finalmlp" => Some(ModelKind::FinalMLP),
+            "sharebottom" | "sharedbottom" => Some(ModelKind::ShareBottom),
+            "ple" => Some(ModelKind::PLE),
             _ => None,
         }
     }
 
+    /// Every model, in the order the documentation lists them.
+    pub const ALL: [ModelKind; 14] = [
+        ModelKind::LR,
+        ModelKind::FM,
+        ModelKind::DNN,
+        ModelKind::WideDeep,
+        ModelKind::DeepFM,
+        ModelKind::PNN,
+        ModelKind::DCN,
+        ModelKind::XDeepFM,
+        ModelKind::AutoInt,
+        ModelKind::FiBiNET,
+        ModelKind::FinalMLP,
+        ModelKind::MMoE,
+        ModelKind::ShareBottom,
+        ModelKind::PLE,
+    ];
+
     pub fn is_multi_task(self) -> bool {
-        self == ModelKind::MMoE
+        matches!(
+            self,
+            ModelKind::MMoE | ModelKind::ShareBottom | ModelKind::PLE
+        )
     }
+
+    /// Models that pair fields (all pairs of at least two).
+    fn pairs_fields(self) -> bool {
+        matches!(self, ModelKind::PNN | ModelKind::FiBiNET)
+    }
+}
+
+/// DCN v2's `model_structure`: where the DNN sits relative to the cross network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DcnStructure {
+    CrossnetOnly,
+    Stacked,
+    #[default]
+    Parallel,
+    StackedParallel,
+}
+
+/// FiBiNET's `bilinear_type`: one matrix for all pairs, one per field, or one per pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BilinearType {
+    FieldAll,
+    FieldEach,
+    #[default]
+    FieldInteraction,
 }
 
 fn default_embedding_dim() -> usize {
@@ -88,6 +165,33 @@ fn default_patience() -> usize {
 fn default_infer_batch() -> usize {
     10_000
 }
+fn default_low_rank() -> usize {
+    32
+}
+fn default_cin() -> Vec<usize> {
+    vec![16, 16, 16]
+}
+fn default_attention_layers() -> usize {
+    2
+}
+fn one() -> usize {
+    1
+}
+fn default_attention_dim() -> usize {
+    8
+}
+fn yes() -> bool {
+    true
+}
+fn default_reduction() -> usize {
+    3
+}
+fn default_mlp() -> Vec<usize> {
+    vec![64, 64, 64]
+}
+fn default_fs_hidden() -> Vec<usize> {
+    vec![64]
+}
 
 /// A model's settings, with FuxiCTR's key names (`model_config.yaml`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -126,6 +230,78 @@ pub struct ModelConfig {
     pub early_stop_patience: usize,
     #[serde(default = "default_infer_batch")]
     pub inference_batch_size: usize,
+    /// DCN: where the DNN sits (`parallel` uses `hidden_units`, `stacked` uses
+    /// `stacked_hidden_units`).
+    #[serde(default)]
+    pub model_structure: DcnStructure,
+    #[serde(default)]
+    pub stacked_hidden_units: Vec<usize>,
+    /// DCN: a mixture of `num_experts` low-rank experts per cross layer instead of full
+    /// matrices.
+    #[serde(default)]
+    pub use_low_rank_mixture: bool,
+    #[serde(default = "default_low_rank")]
+    pub low_rank: usize,
+    /// xDeepFM: the feature maps of each CIN layer.
+    #[serde(default = "default_cin")]
+    pub cin_hidden_units: Vec<usize>,
+    /// AutoInt: self-attention layers, heads, width.
+    #[serde(default = "default_attention_layers")]
+    pub attention_layers: usize,
+    /// AutoInt's attention heads and FinalMLP's fusion heads.
+    #[serde(default = "one")]
+    pub num_heads: usize,
+    #[serde(default = "default_attention_dim")]
+    pub attention_dim: usize,
+    #[serde(default = "yes")]
+    pub use_residual: bool,
+    #[serde(default)]
+    pub use_scale: bool,
+    /// AutoInt: add first-order terms.
+    #[serde(default)]
+    pub use_wide: bool,
+    /// FiBiNET.
+    #[serde(default = "default_reduction")]
+    pub reduction_ratio: usize,
+    #[serde(default)]
+    pub bilinear_type: BilinearType,
+    /// FinalMLP.
+    #[serde(default = "default_mlp")]
+    pub mlp1_hidden_units: Vec<usize>,
+    #[serde(default = "default_mlp")]
+    pub mlp2_hidden_units: Vec<usize>,
+    #[serde(default)]
+    pub mlp1_dropout: f64,
+    #[serde(default)]
+    pub mlp2_dropout: f64,
+    #[serde(default = "yes")]
+    pub use_fs: bool,
+    #[serde(default = "default_fs_hidden")]
+    pub fs_hidden_units: Vec<usize>,
+    /// ShareBottom.
+    #[serde(default = "default_mlp")]
+    pub bottom_hidden_units: Vec<usize>,
+    /// PLE: extraction layers and experts per layer.
+    #[serde(default = "one")]
+    pub num_layers: usize,
+    #[serde(default = "one")]
+    pub num_shared_experts: usize,
+    #[serde(default = "one")]
+    pub num_specific_experts: usize,
+    /// Penalties on the embedding tables and on the layers' weights and biases, FuxiCTR's
+    /// `embedding_regularizer` and `net_regularizer`: `λ/p · ‖w‖ₚᵖ` per term, added to the loss.
+    #[serde(default)]
+    pub embedding_regularizer: Vec<Penalty>,
+    #[serde(default)]
+    pub net_regularizer: Vec<Penalty>,
+}
+
+/// One regularization term: `lambda / p · Σ |w|ᵖ` with p 1 or 2.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Penalty {
+    pub p: u8,
+    pub lambda: f64,
 }
 
 impl ModelConfig {
@@ -148,6 +324,31 @@ impl ModelConfig {
             tower_hidden_units: default_tower_hidden(),
             early_stop_patience: default_patience(),
             inference_batch_size: default_infer_batch(),
+            model_structure: DcnStructure::default(),
+            stacked_hidden_units: Vec::new(),
+            use_low_rank_mixture: false,
+            low_rank: default_low_rank(),
+            cin_hidden_units: default_cin(),
+            attention_layers: default_attention_layers(),
+            num_heads: 1,
+            attention_dim: default_attention_dim(),
+            use_residual: true,
+            use_scale: false,
+            use_wide: false,
+            reduction_ratio: default_reduction(),
+            bilinear_type: BilinearType::default(),
+            mlp1_hidden_units: default_mlp(),
+            mlp2_hidden_units: default_mlp(),
+            mlp1_dropout: 0.0,
+            mlp2_dropout: 0.0,
+            use_fs: true,
+            fs_hidden_units: default_fs_hidden(),
+            bottom_hidden_units: default_mlp(),
+            num_layers: 1,
+            num_shared_experts: 1,
+            num_specific_experts: 1,
+            embedding_regularizer: Vec::new(),
+            net_regularizer: Vec::new(),
         }
     }
 
@@ -175,8 +376,14 @@ impl ModelConfig {
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return bad("learning_rate", "must be a positive number");
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return bad("dropout", "must be in [0, 1)");
+        for (key, rate) in [
+            ("dropout", self.dropout),
+            ("mlp1_dropout", self.mlp1_dropout),
+            ("mlp2_dropout", self.mlp2_dropout),
+        ] {
+            if !(0.0..1.0).contains(&rate) {
+                return bad(key, "must be in [0, 1)");
+            }
         }
         if !self.optimizer.eq_ignore_ascii_case("adam") {
             return bad("optimizer", "only adam is supported");
@@ -194,10 +401,102 @@ impl ModelConfig {
             ("expert_hidden_units", &self.expert_hidden_units),
             ("gate_hidden_units", &self.gate_hidden_units),
             ("tower_hidden_units", &self.tower_hidden_units),
+            ("stacked_hidden_units", &self.stacked_hidden_units),
+            ("cin_hidden_units", &self.cin_hidden_units),
+            ("mlp1_hidden_units", &self.mlp1_hidden_units),
+            ("mlp2_hidden_units", &self.mlp2_hidden_units),
+            ("fs_hidden_units", &self.fs_hidden_units),
+            ("bottom_hidden_units", &self.bottom_hidden_units),
         ] {
             if units.contains(&0) {
                 return bad(key, "layer sizes must be at least 1");
             }
+        }
+        for (key, terms) in [
+            ("embedding_regularizer", &self.embedding_regularizer),
+            ("net_regularizer", &self.net_regularizer),
+        ] {
+            if terms
+                .iter()
+                .any(|t| !(matches!(t.p, 1 | 2) && t.lambda >= 0.0 && t.lambda.is_finite()))
+            {
+                return bad(key, "each term needs p 1 or 2 and a lambda of 0 or more");
+            }
+        }
+        self.validate_model_keys()
+    }
+
+    /// The keys of one model, with the rule FuxiCTR's model would enforce (or crash on).
+    fn validate_model_keys(&self) -> Result<()> {
+        let bad = |key: &str, why: &str| Err(CtrError::Config(format!("{key}: {why}")));
+        match self.model {
+            ModelKind::DCN => {
+                if matches!(
+                    self.model_structure,
+                    DcnStructure::Stacked | DcnStructure::StackedParallel
+                ) && self.stacked_hidden_units.is_empty()
+                {
+                    return bad(
+                        "stacked_hidden_units",
+                        "a stacked DCN needs at least one layer",
+                    );
+                }
+                if self.use_low_rank_mixture && (self.low_rank == 0 || self.num_experts == 0) {
+                    return bad(
+                        "low_rank",
+                        "a low-rank mixture needs low_rank and num_experts of at least 1",
+                    );
+                }
+            }
+            ModelKind::XDeepFM if self.cin_hidden_units.is_empty() => {
+                return bad("cin_hidden_units", "xDeepFM needs at least one CIN layer");
+            }
+            ModelKind::AutoInt => {
+                if self.attention_layers == 0 {
+                    return bad("attention_layers", "must be at least 1");
+                }
+                if self.num_heads == 0 || !self.attention_dim.is_multiple_of(self.num_heads) {
+                    return bad("attention_dim", "must be a positive multiple of num_heads");
+                }
+            }
+            ModelKind::FiBiNET if self.reduction_ratio == 0 => {
+                return bad("reduction_ratio", "must be at least 1");
+            }
+            ModelKind::FinalMLP => {
+                for (key, units) in [
+                    ("mlp1_hidden_units", &self.mlp1_hidden_units),
+                    ("mlp2_hidden_units", &self.mlp2_hidden_units),
+                ] {
+                    let last = units.last().copied().unwrap_or(0);
+                    if last == 0 || self.num_heads == 0 || !last.is_multiple_of(self.num_heads) {
+                        return bad(
+                            key,
+                            "FinalMLP needs a last layer whose size is a multiple of num_heads",
+                        );
+                    }
+                }
+            }
+            ModelKind::ShareBottom if self.bottom_hidden_units.is_empty() => {
+                return bad(
+                    "bottom_hidden_units",
+                    "ShareBottom needs at least one layer",
+                );
+            }
+            ModelKind::PLE => {
+                if self.expert_hidden_units.is_empty() {
+                    return bad("expert_hidden_units", "PLE's experts need hidden units");
+                }
+                if self.num_layers == 0
+                    || self.num_shared_experts == 0
+                    || self.num_specific_experts == 0
+                {
+                    return bad(
+                        "num_layers",
+                        "PLE needs at least one layer, one shared and one task-specific expert",
+                    );
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -431,6 +730,97 @@ fn fm_interaction(e: Tensor<3>) -> Tensor<2> {
     ((sum.clone() * sum) - sum_sq).sum_dim(1).mul_scalar(0.5)
 }
 
+/// `[B, F, d]` → `[B, F·d]`.
+fn flatten(e: Tensor<3>) -> Tensor<2> {
+    let [b, f, d] = e.dims();
+    e.reshape([b, f * d])
+}
+
+/// The field pairs i < j, in FuxiCTR's order (`triu_indices(F, F, offset=1)`).
+fn pairs(f: usize) -> (Vec<i64>, Vec<i64>) {
+    let mut left = Vec::with_capacity(f * f.saturating_sub(1) / 2);
+    let mut right = Vec::with_capacity(left.capacity());
+    for i in 0..f {
+        for j in i + 1..f {
+            left.push(i as i64);
+            right.push(j as i64);
+        }
+    }
+    (left, right)
+}
+
+fn index(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    let n = values.len();
+    Tensor::<1, Int>::from_data(TensorData::new(values, [n]), device)
+}
+
+/// FiBiNET's bilinear interaction `(eᵢ Wᵢⱼ) ⊙ eⱼ` for the pairs i < j, `[B, P, d]`, with `w`
+/// `[1, d, d]` (field_all), `[F, d, d]` (field_each) or `[P, d, d]` (field_interaction).
+fn bilinear(e: Tensor<3>, w: &Tensor<3>, kind: BilinearType) -> Tensor<3> {
+    let [b, f, d] = e.dims();
+    let (left, right) = pairs(f);
+    let device = e.device();
+    let right = e.clone().select(1, index(right, &device));
+    let left = match kind {
+        // One matrix per pair: [P, B, d] · [P, d, d].
+        BilinearType::FieldInteraction => {
+            let l = e.select(1, index(left, &device)).swap_dims(0, 1);
+            l.matmul(w.clone()).swap_dims(0, 1)
+        }
+        // One matrix per field, then the pairs' left sides.
+        BilinearType::FieldEach => {
+            let h = e.swap_dims(0, 1).matmul(w.clone()).swap_dims(0, 1); // [B, F, d]
+            h.select(1, index(left, &device))
+        }
+        BilinearType::FieldAll => {
+            let h = e
+                .reshape([b * f, d])
+                .matmul(w.clone().reshape([d, d]))
+                .reshape([b, f, d]);
+            h.select(1, index(left, &device))
+        }
+    };
+    left * right
+}
+
+impl CgcLayer {
+    /// `inputs`: one per task and the shared one last; the same shape out.
+    fn forward(&self, inputs: &[Tensor<2>]) -> Vec<Tensor<2>> {
+        let Some(shared_in) = inputs.last() else {
+            return Vec::new();
+        };
+        let shared: Vec<Tensor<2>> = self
+            .shared
+            .iter()
+            .map(|e| e.forward(shared_in.clone()))
+            .collect();
+        let mix = |experts: Vec<Tensor<2>>, gate: &Mlp, x: Tensor<2>| {
+            let g = softmax(gate.forward(x), 1); // [B, n]
+            let [b, n] = g.dims();
+            let stacked = Tensor::stack::<3>(experts, 1); // [B, n, H]
+            (stacked * g.reshape([b, n, 1]))
+                .sum_dim(1)
+                .squeeze_dim::<2>(1)
+        };
+        let mut out: Vec<Tensor<2>> = self
+            .specific
+            .iter()
+            .zip(&self.gates)
+            .zip(inputs)
+            .map(|((experts, gate), x)| {
+                let mut all: Vec<Tensor<2>> =
+                    experts.iter().map(|e| e.forward(x.clone())).collect();
+                all.extend(shared.iter().cloned());
+                mix(all, gate, x.clone())
+            })
+            .collect();
+        if let Some(gate) = self.gates.last() {
+            out.push(mix(shared, gate, shared_in.clone()));
+        }
+        out
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Lr {
     first: FirstOrder,
@@ -452,9 +842,60 @@ pub struct DeepFm {
 #[derive(Module, Debug)]
 pub struct Dcn {
     embedding: FeatureEmbedding,
+    /// Full-rank cross layers (empty with a low-rank mixture).
     cross: Vec<Linear>,
-    dnn: Mlp,
+    mix: Option<CrossMix>,
+    stacked: Option<Mlp>,
+    /// The parallel DNN.
+    dnn: Option<Mlp>,
     head: Linear,
+}
+
+/// DCN v2's mixture of low-rank cross experts (FuxiCTR's `CrossNetMix`): per layer and
+/// expert `x0 ⊙ (U tanh(C tanh(Vᵀ x)) + b)`, mixed by a softmax gate on the layer's input.
+#[derive(Module, Debug)]
+pub struct CrossMix {
+    /// Per layer: `[E, D, r]`, `[E, D, r]`, `[E, r, r]`, `[D]`.
+    u: Vec<Param<Tensor<3>>>,
+    v: Vec<Param<Tensor<3>>>,
+    c: Vec<Param<Tensor<3>>>,
+    bias: Vec<Param<Tensor<1>>>,
+    /// One gate logit per expert, shared by the layers.
+    gating: Linear,
+}
+
+impl CrossMix {
+    fn new(d: usize, layers: usize, rank: usize, experts: usize, device: &Device) -> CrossMix {
+        let each = |shape: [usize; 3]| (0..layers).map(move |_| PLACEHOLDER.init(shape, device));
+        CrossMix {
+            u: each([experts, d, rank]).collect(),
+            v: each([experts, d, rank]).collect(),
+            c: each([experts, rank, rank]).collect(),
+            bias: (0..layers)
+                .map(|_| Param::from_tensor(Tensor::zeros([d], device)))
+                .collect(),
+            gating: linear(d, experts, false, device),
+        }
+    }
+
+    fn forward(&self, x0: Tensor<2>) -> Tensor<2> {
+        let [b, d] = x0.dims();
+        let ne = self.gating.weight.val().dims()[1];
+        let x0e = x0.clone().reshape([1, b, d]);
+        let mut xl = x0;
+        for (((u, v), c), bias) in self.u.iter().zip(&self.v).zip(&self.c).zip(&self.bias) {
+            let gate = softmax(self.gating.forward(xl.clone()), 1) // [B, E]
+                .swap_dims(0, 1)
+                .reshape([ne, b, 1]);
+            let xe = xl.clone().reshape([1, b, d]).repeat_dim(0, ne); // [E, B, D]
+            let vx = tanh(xe.matmul(v.val())); // [E, B, r]
+            let vx = tanh(vx.matmul(c.val()));
+            let uv = vx.matmul(u.val().swap_dims(1, 2)); // [E, B, D]
+            let experts = x0e.clone() * (uv + bias.val().reshape([1, 1, d]));
+            xl = (experts * gate).sum_dim(0).reshape([b, d]) + xl;
+        }
+        xl
+    }
 }
 
 #[derive(Module, Debug)]
@@ -466,12 +907,175 @@ pub struct Mmoe {
 }
 
 #[derive(Module, Debug)]
+pub struct Dnn {
+    embedding: FeatureEmbedding,
+    dnn: Mlp,
+}
+
+#[derive(Module, Debug)]
+pub struct WideDeep {
+    first: FirstOrder,
+    embedding: FeatureEmbedding,
+    dnn: Mlp,
+}
+
+#[derive(Module, Debug)]
+pub struct Pnn {
+    embedding: FeatureEmbedding,
+    dnn: Mlp,
+}
+
+/// xDeepFM's compressed interaction network: each layer's maps are 1×1 convolutions of the
+/// outer product of the previous maps with the field embeddings, sum-pooled over the
+/// embedding dimension.
+#[derive(Module, Debug)]
+pub struct XDeepFm {
+    first: FirstOrder,
+    embedding: FeatureEmbedding,
+    cin: Vec<Linear>,
+    cin_head: Linear,
+    dnn: Option<Mlp>,
+}
+
+#[derive(Module, Debug)]
+pub struct AttentionLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    /// The residual's projection, when the input is narrower or wider than the output.
+    residual: Option<Linear>,
+    #[module(skip)]
+    use_residual: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct AutoInt {
+    embedding: FeatureEmbedding,
+    attention: Vec<AttentionLayer>,
+    dropout: Dropout,
+    head: Linear,
+    dnn: Option<Mlp>,
+    first: Option<FirstOrder>,
+    #[module(skip)]
+    heads: usize,
+    /// Divide the scores by √(head width).
+    #[module(skip)]
+    scale: bool,
+}
+
+impl AttentionLayer {
+    /// `[B, F, d_in]` → `[B, F, A]`: multi-head self-attention over the fields, plus the
+    /// residual, through a ReLU (FuxiCTR's `MultiHeadSelfAttention`).
+    fn forward(&self, x: Tensor<3>, heads: usize, scale: bool, dropout: &Dropout) -> Tensor<3> {
+        let [b, f, _] = x.dims();
+        let split = |t: Tensor<3>| {
+            let [_, _, a] = t.dims();
+            t.reshape([b, f, heads, a / heads]).swap_dims(1, 2) // [B, H, F, a/H]
+        };
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x.clone()));
+        let [_, _, _, hd] = q.dims();
+        let mut scores = q.matmul(k.swap_dims(2, 3)); // [B, H, F, F]
+        if scale {
+            scores = scores.div_scalar((hd as f64).sqrt());
+        }
+        let attention = dropout.forward(softmax(scores, 3));
+        let out = attention
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, f, heads * hd]);
+        let residual = match &self.residual {
+            Some(w) => Some(w.forward(x)),
+            // Same width: the input itself, when residuals are on.
+            None if self.residual_same_width(&out, &x) => Some(x),
+            None => None,
+        };
+        relu(match residual {
+            Some(r) => out + r,
+            None => out,
+        })
+    }
+
+    fn residual_same_width(&self, out: &Tensor<3>, x: &Tensor<3>) -> bool {
+        self.use_residual && out.dims() == x.dims()
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct FiBiNet {
+    first: FirstOrder,
+    embedding: FeatureEmbedding,
+    squeeze: Linear,
+    excite: Linear,
+    /// `[1, d, d]`, `[F, d, d]` or `[P, d, d]` by `bilinear_type`; one for the embeddings,
+    /// one for their squeeze-excited form.
+    bilinear: Param<Tensor<3>>,
+    bilinear_se: Param<Tensor<3>>,
+    dnn: Mlp,
+    #[module(skip)]
+    bilinear_type: BilinearType,
+}
+
+#[derive(Module, Debug)]
+pub struct FinalMlp {
+    embedding: FeatureEmbedding,
+    mlp1: Mlp,
+    mlp2: Mlp,
+    /// Feature selection: a learnt context (no context fields) through a gate per branch.
+    fs1_bias: Option<Param<Tensor<2>>>,
+    fs2_bias: Option<Param<Tensor<2>>>,
+    fs1_gate: Option<Mlp>,
+    fs2_gate: Option<Mlp>,
+    w1: Linear,
+    w2: Linear,
+    /// `[H, d1/H, d2/H]`: one bilinear form per head.
+    w12: Param<Tensor<3>>,
+}
+
+#[derive(Module, Debug)]
+pub struct ShareBottom {
+    embedding: FeatureEmbedding,
+    bottom: Mlp,
+    towers: Vec<Mlp>,
+}
+
+/// One customized gate control layer of PLE: task-specific experts per task, shared
+/// experts, and a gate per task (over its own and the shared experts) plus one for the shared
+/// output (over the shared experts).
+#[derive(Module, Debug)]
+pub struct CgcLayer {
+    specific: Vec<Vec<Mlp>>,
+    shared: Vec<Mlp>,
+    gates: Vec<Mlp>,
+}
+
+#[derive(Module, Debug)]
+pub struct Ple {
+    embedding: FeatureEmbedding,
+    layers: Vec<CgcLayer>,
+    towers: Vec<Mlp>,
+}
+
+// One model is built per training or inference job: the largest variant's size costs nothing,
+// and burn's `Module` derive does not see through boxes.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
 pub enum CtrModel {
     Lr(Lr),
     Fm(Fm),
     DeepFm(DeepFm),
     Dcn(Dcn),
     Mmoe(Mmoe),
+    Dnn(Dnn),
+    WideDeep(WideDeep),
+    Pnn(Pnn),
+    XDeepFm(XDeepFm),
+    AutoInt(AutoInt),
+    FiBiNet(FiBiNet),
+    FinalMlp(FinalMlp),
+    ShareBottom(ShareBottom),
+    Ple(Ple),
 }
 
 impl CtrModel {
@@ -490,6 +1094,12 @@ impl CtrModel {
         config.validate()?;
         if shape.num_fields() == 0 {
             return Err(CtrError::Config("the model has no input fields".into()));
+        }
+        if config.model.pairs_fields() && shape.num_fields() < 2 {
+            return Err(CtrError::Config(format!(
+                "model: {:?} pairs fields and needs at least two",
+                config.model
+            )));
         }
         let dim = config.embedding_dim;
         let flat = shape.num_fields() * dim;
@@ -511,13 +1121,37 @@ impl CtrModel {
                 dnn: mlp(flat, &config.hidden_units, Some(1)),
             }),
             ModelKind::DCN => {
-                let dnn = mlp(flat, &config.hidden_units, None);
-                let head_in = flat + dnn.out_dim(flat);
+                let st = config.model_structure;
+                let parallel = matches!(st, DcnStructure::Parallel | DcnStructure::StackedParallel);
+                let stacked = matches!(st, DcnStructure::Stacked | DcnStructure::StackedParallel);
+                let dnn = parallel.then(|| mlp(flat, &config.hidden_units, None));
+                let stacked = stacked.then(|| mlp(flat, &config.stacked_hidden_units, None));
+                let head_in = match (&stacked, &dnn) {
+                    (None, None) => flat,
+                    (Some(s), None) => s.out_dim(flat),
+                    (None, Some(p)) => flat + p.out_dim(flat),
+                    (Some(s), Some(p)) => s.out_dim(flat) + p.out_dim(flat),
+                };
+                let (cross, mix) = if config.use_low_rank_mixture {
+                    let mix = CrossMix::new(
+                        flat,
+                        config.num_cross_layers,
+                        config.low_rank,
+                        config.num_experts,
+                        device,
+                    );
+                    (Vec::new(), Some(mix))
+                } else {
+                    let cross = (0..config.num_cross_layers)
+                        .map(|_| linear(flat, flat, true, device))
+                        .collect();
+                    (cross, None)
+                };
                 CtrModel::Dcn(Dcn {
                     embedding: emb(),
-                    cross: (0..config.num_cross_layers)
-                        .map(|_| linear(flat, flat, true, device))
-                        .collect(),
+                    cross,
+                    mix,
+                    stacked,
                     dnn,
                     head: linear(head_in, 1, true, device),
                 })
@@ -538,6 +1172,160 @@ impl CtrModel {
                     experts,
                 })
             }
+            ModelKind::DNN => CtrModel::Dnn(Dnn {
+                embedding: emb(),
+                dnn: mlp(flat, &config.hidden_units, Some(1)),
+            }),
+            ModelKind::WideDeep => CtrModel::WideDeep(WideDeep {
+                first: FirstOrder::new(shape, device),
+                embedding: emb(),
+                dnn: mlp(flat, &config.hidden_units, Some(1)),
+            }),
+            ModelKind::PNN => {
+                let f = shape.num_fields();
+                CtrModel::Pnn(Pnn {
+                    embedding: emb(),
+                    dnn: mlp(flat + f * (f - 1) / 2, &config.hidden_units, Some(1)),
+                })
+            }
+            ModelKind::XDeepFM => {
+                let f = shape.num_fields();
+                let mut maps = f;
+                let mut cin = Vec::with_capacity(config.cin_hidden_units.len());
+                for &h in &config.cin_hidden_units {
+                    cin.push(linear(f * maps, h, true, device));
+                    maps = h;
+                }
+                CtrModel::XDeepFm(XDeepFm {
+                    first: FirstOrder::new(shape, device),
+                    embedding: emb(),
+                    cin,
+                    cin_head: linear(config.cin_hidden_units.iter().sum(), 1, true, device),
+                    dnn: (!config.hidden_units.is_empty())
+                        .then(|| mlp(flat, &config.hidden_units, Some(1))),
+                })
+            }
+            ModelKind::AutoInt => {
+                let a = config.attention_dim;
+                let attention = (0..config.attention_layers)
+                    .map(|i| {
+                        let d_in = if i == 0 { dim } else { a };
+                        AttentionLayer {
+                            query: linear(d_in, a, false, device),
+                            key: linear(d_in, a, false, device),
+                            value: linear(d_in, a, false, device),
+                            residual: (config.use_residual && d_in != a)
+                                .then(|| linear(d_in, a, false, device)),
+                            use_residual: config.use_residual,
+                        }
+                    })
+                    .collect();
+                CtrModel::AutoInt(AutoInt {
+                    embedding: emb(),
+                    attention,
+                    dropout: DropoutConfig::new(config.dropout).init(),
+                    head: linear(shape.num_fields() * a, 1, true, device),
+                    dnn: (!config.hidden_units.is_empty())
+                        .then(|| mlp(flat, &config.hidden_units, Some(1))),
+                    first: config.use_wide.then(|| FirstOrder::new(shape, device)),
+                    heads: config.num_heads,
+                    scale: config.use_scale,
+                })
+            }
+            ModelKind::FiBiNET => {
+                let f = shape.num_fields();
+                let pairs = f * (f - 1) / 2;
+                let reduced = (f / config.reduction_ratio).max(1);
+                let n = match config.bilinear_type {
+                    BilinearType::FieldAll => 1,
+                    BilinearType::FieldEach => f,
+                    BilinearType::FieldInteraction => pairs,
+                };
+                CtrModel::FiBiNet(FiBiNet {
+                    first: FirstOrder::new(shape, device),
+                    embedding: emb(),
+                    squeeze: linear(f, reduced, false, device),
+                    excite: linear(reduced, f, false, device),
+                    bilinear: PLACEHOLDER.init([n, dim, dim], device),
+                    bilinear_se: PLACEHOLDER.init([n, dim, dim], device),
+                    dnn: mlp(2 * pairs * dim, &config.hidden_units, Some(1)),
+                    bilinear_type: config.bilinear_type,
+                })
+            }
+            ModelKind::FinalMLP => {
+                let mlp1 = Mlp::new(
+                    flat,
+                    &config.mlp1_hidden_units,
+                    None,
+                    config.mlp1_dropout,
+                    device,
+                );
+                let mlp2 = Mlp::new(
+                    flat,
+                    &config.mlp2_hidden_units,
+                    None,
+                    config.mlp2_dropout,
+                    device,
+                );
+                let (d1, d2) = (mlp1.out_dim(flat), mlp2.out_dim(flat));
+                let h = config.num_heads;
+                let fs = config.use_fs;
+                let gate = || Mlp::new(dim, &config.fs_hidden_units, Some(flat), 0.0, device);
+                let ctx = || Param::from_tensor(Tensor::zeros([1, dim], device));
+                CtrModel::FinalMlp(FinalMlp {
+                    embedding: emb(),
+                    mlp1,
+                    mlp2,
+                    fs1_bias: fs.then(ctx),
+                    fs2_bias: fs.then(ctx),
+                    fs1_gate: fs.then(gate),
+                    fs2_gate: fs.then(gate),
+                    w1: linear(d1, 1, true, device),
+                    w2: linear(d2, 1, true, device),
+                    w12: PLACEHOLDER.init([h, d1 / h, d2 / h], device),
+                })
+            }
+            ModelKind::ShareBottom => {
+                let bottom = mlp(flat, &config.bottom_hidden_units, None);
+                let out = bottom.out_dim(flat);
+                CtrModel::ShareBottom(ShareBottom {
+                    embedding: emb(),
+                    towers: (0..shape.num_tasks)
+                        .map(|_| mlp(out, &config.tower_hidden_units, Some(1)))
+                        .collect(),
+                    bottom,
+                })
+            }
+            ModelKind::PLE => {
+                let t = shape.num_tasks;
+                let (ns, nt) = (config.num_shared_experts, config.num_specific_experts);
+                let expert_out = config.expert_hidden_units.last().copied().unwrap_or(flat);
+                let layers = (0..config.num_layers)
+                    .map(|i| {
+                        let d_in = if i == 0 { flat } else { expert_out };
+                        let expert = || mlp(d_in, &config.expert_hidden_units, None);
+                        CgcLayer {
+                            specific: (0..t)
+                                .map(|_| (0..nt).map(|_| expert()).collect())
+                                .collect(),
+                            shared: (0..ns).map(|_| expert()).collect(),
+                            gates: (0..=t)
+                                .map(|k| {
+                                    let out = if k < t { nt + ns } else { ns };
+                                    mlp(d_in, &config.gate_hidden_units, Some(out))
+                                })
+                                .collect(),
+                        }
+                    })
+                    .collect();
+                CtrModel::Ple(Ple {
+                    embedding: emb(),
+                    layers,
+                    towers: (0..t)
+                        .map(|_| mlp(expert_out, &config.tower_hidden_units, Some(1)))
+                        .collect(),
+                })
+            }
         };
         // `new` draws the weights from our own seeded generator, not the backend's: its RNG
         // is global to the process, so concurrent jobs (or tests) would perturb each other.
@@ -556,15 +1344,24 @@ impl CtrModel {
                 m.first.forward(x) + fm_interaction(e) + deep
             }
             CtrModel::Dcn(m) => {
-                let e = m.embedding.forward(x);
-                let [b, f, d] = e.dims();
-                let x0 = e.reshape([b, f * d]);
-                let mut xl = x0.clone();
-                for layer in &m.cross {
-                    xl = x0.clone() * layer.forward(xl.clone()) + xl;
-                }
-                let deep = m.dnn.forward(x0);
-                m.head.forward(Tensor::cat(vec![xl, deep], 1))
+                let x0 = flatten(m.embedding.forward(x));
+                let cross = match &m.mix {
+                    Some(mix) => mix.forward(x0.clone()),
+                    None => {
+                        let mut xl = x0.clone();
+                        for layer in &m.cross {
+                            xl = x0.clone() * layer.forward(xl.clone()) + xl;
+                        }
+                        xl
+                    }
+                };
+                let last = match (&m.stacked, &m.dnn) {
+                    (None, None) => cross,
+                    (Some(s), None) => s.forward(cross),
+                    (None, Some(p)) => Tensor::cat(vec![cross, p.forward(x0)], 1),
+                    (Some(s), Some(p)) => Tensor::cat(vec![s.forward(cross), p.forward(x0)], 1),
+                };
+                m.head.forward(last)
             }
             CtrModel::Mmoe(m) => {
                 let e = m.embedding.forward(x);
@@ -585,12 +1382,184 @@ impl CtrModel {
                     .collect();
                 Tensor::cat(outs, 1)
             }
+            CtrModel::Dnn(m) => m.dnn.forward(flatten(m.embedding.forward(x))),
+            CtrModel::WideDeep(m) => {
+                m.first.forward(x) + m.dnn.forward(flatten(m.embedding.forward(x)))
+            }
+            CtrModel::Pnn(m) => {
+                let e = m.embedding.forward(x);
+                let [b, f, _] = e.dims();
+                // All inner products [B, F, F], then the pairs i < j.
+                let gram = e
+                    .clone()
+                    .matmul(e.clone().swap_dims(1, 2))
+                    .reshape([b, f * f]);
+                let (left, right) = pairs(f);
+                let upper: Vec<i64> = left
+                    .iter()
+                    .zip(&right)
+                    .map(|(i, j)| i * f as i64 + j)
+                    .collect();
+                let products = gram.select(1, index(upper, &e.device()));
+                m.dnn.forward(Tensor::cat(vec![flatten(e), products], 1))
+            }
+            CtrModel::XDeepFm(m) => {
+                let e = m.embedding.forward(x);
+                let [b, f, d] = e.dims();
+                let x0 = e.clone().reshape([b, f, 1, d]);
+                let mut maps = e.clone();
+                let mut pooled = Vec::with_capacity(m.cin.len());
+                for conv in &m.cin {
+                    let h = maps.dims()[1];
+                    // [B, F, H, d] → [B, F·H, d]; a 1×1 convolution over channels is a
+                    // product on the channel axis.
+                    let outer = (x0.clone() * maps.reshape([b, 1, h, d])).reshape([b, f * h, d]);
+                    maps = conv.forward(outer.swap_dims(1, 2)).swap_dims(1, 2); // [B, H', d]
+                    let h2 = maps.dims()[1];
+                    pooled.push(maps.clone().sum_dim(2).reshape([b, h2]));
+                }
+                let mut out = m.first.forward(x) + m.cin_head.forward(Tensor::cat(pooled, 1));
+                if let Some(dnn) = &m.dnn {
+                    out = out + dnn.forward(flatten(e));
+                }
+                out
+            }
+            CtrModel::AutoInt(m) => {
+                let e = m.embedding.forward(x);
+                let mut h = e.clone();
+                let heads = m.heads;
+                for layer in &m.attention {
+                    h = layer.forward(h, heads, m.scale, &m.dropout);
+                }
+                let mut out = m.head.forward(flatten(h));
+                if let Some(dnn) = &m.dnn {
+                    out = out + dnn.forward(flatten(e));
+                }
+                if let Some(first) = &m.first {
+                    out = out + first.forward(x);
+                }
+                out
+            }
+            CtrModel::FiBiNet(m) => {
+                let e = m.embedding.forward(x);
+                let [b, f, _] = e.dims();
+                // Squeeze (mean over the embedding) and excite: one weight per field.
+                let z = e.clone().mean_dim(2).reshape([b, f]);
+                let a = relu(m.excite.forward(relu(m.squeeze.forward(z))));
+                let se = e.clone() * a.reshape([b, f, 1]);
+                let p = bilinear(e, &m.bilinear.val(), m.bilinear_type);
+                let q = bilinear(se, &m.bilinear_se.val(), m.bilinear_type);
+                m.first.forward(x) + m.dnn.forward(flatten(Tensor::cat(vec![p, q], 1)))
+            }
+            CtrModel::FinalMlp(m) => {
+                let flat = flatten(m.embedding.forward(x));
+                let select =
+                    |bias: &Option<Param<Tensor<2>>>, gate: &Option<Mlp>| match (bias, gate) {
+                        // Without context fields the gate is the same for every row.
+                        (Some(bias), Some(gate)) => {
+                            flat.clone() * sigmoid(gate.forward(bias.val())).mul_scalar(2.0)
+                        }
+                        _ => flat.clone(),
+                    };
+                let o1 = m.mlp1.forward(select(&m.fs1_bias, &m.fs1_gate));
+                let o2 = m.mlp2.forward(select(&m.fs2_bias, &m.fs2_gate));
+                let [b, d1] = o1.dims();
+                let [_, d2] = o2.dims();
+                let [h, _, _] = m.w12.val().dims();
+                let lin = m.w1.forward(o1.clone()) + m.w2.forward(o2.clone());
+                // Per head: o1ₕᵀ W₁₂ₕ o2ₕ, summed over heads.
+                let x1 = o1.reshape([b, h, d1 / h]).swap_dims(0, 1); // [H, B, d1/H]
+                let x2 = o2.reshape([b, h, d2 / h]).swap_dims(0, 1);
+                let xy = (x1.matmul(m.w12.val()) * x2).sum_dim(2).sum_dim(0); // [1, B, 1]
+                lin + xy.reshape([b, 1])
+            }
+            CtrModel::ShareBottom(m) => {
+                let bottom = m.bottom.forward(flatten(m.embedding.forward(x)));
+                Tensor::cat(
+                    m.towers.iter().map(|t| t.forward(bottom.clone())).collect(),
+                    1,
+                )
+            }
+            CtrModel::Ple(m) => {
+                let flat = flatten(m.embedding.forward(x));
+                let mut inputs = vec![flat; m.towers.len() + 1];
+                for layer in &m.layers {
+                    inputs = layer.forward(&inputs);
+                }
+                Tensor::cat(
+                    m.towers
+                        .iter()
+                        .zip(inputs)
+                        .map(|(t, i)| t.forward(i))
+                        .collect(),
+                    1,
+                )
+            }
         }
     }
 
     /// Probabilities `[B, T]`.
     pub fn predict(&self, x: &Inputs) -> Tensor<2> {
         sigmoid(self.forward(x))
+    }
+
+    /// The regularization term of FuxiCTR's `BaseModel`: `embedding` on the embedding tables,
+    /// `net` on every layer's `weight` and `bias` (the numeric fields' embeddings are layers
+    /// there); other parameters (cross mixtures, bilinear forms) go free. `None` without terms.
+    pub fn regularization(&self, embedding: &[Penalty], net: &[Penalty]) -> Option<Tensor<1>> {
+        if embedding.iter().chain(net).all(|t| t.lambda == 0.0) {
+            return None;
+        }
+        let mut v = Penalties {
+            embedding,
+            net,
+            path: Vec::new(),
+            sum: None,
+        };
+        self.visit(&mut v);
+        v.sum
+    }
+}
+
+struct Penalties<'a> {
+    embedding: &'a [Penalty],
+    net: &'a [Penalty],
+    path: Vec<String>,
+    sum: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for Penalties<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let last = self.path.last().map(String::as_str).unwrap_or_default();
+        let numeric_embedding = self.path.ends_with(&["embedding".into(), "numeric".into()]);
+        let terms = if self.path.iter().any(|p| p == "table") {
+            self.embedding
+        } else if last == "weight" || last == "bias" || numeric_embedding {
+            self.net
+        } else {
+            return;
+        };
+        for t in terms.iter().filter(|t| t.lambda > 0.0) {
+            let w = param.val();
+            let norm = if t.p == 1 {
+                w.abs().sum()
+            } else {
+                (w.clone() * w).sum()
+            };
+            let term = norm.mul_scalar(t.lambda / f64::from(t.p));
+            self.sum = Some(match self.sum.take() {
+                Some(s) => s + term,
+                None => term,
+            });
+        }
     }
 }
 
@@ -666,7 +1635,10 @@ impl ModuleMapper for SeededInit {
         }
         let mut rng = SplitMix64::new(key);
         let in_table = self.path.iter().any(|p| p == "table");
-        let is_bias = self.path.last().is_some_and(|p| p == "bias");
+        let is_bias = self
+            .path
+            .last()
+            .is_some_and(|p| p == "bias" || p.ends_with("_bias"));
         param.map(|t| {
             let shape = t.shape();
             let dims = t.dims();
@@ -682,6 +1654,9 @@ impl ModuleMapper for SeededInit {
                     (dims[0], dims[1])
                 };
                 (2.0 / (fan_in + fan_out) as f64).sqrt()
+            } else if D == 3 {
+                // A stack of matrices (per expert, field or pair): Xavier for each.
+                (2.0 / (dims[1] + dims[2]) as f64).sqrt()
             } else {
                 0.0
             };
@@ -737,27 +1712,113 @@ mod tests {
         c.gate_hidden_units = vec![4];
         c.tower_hidden_units = vec![4];
         c.num_experts = 3;
+        c.stacked_hidden_units = vec![8];
+        c.low_rank = 3;
+        c.cin_hidden_units = vec![4, 3];
+        c.attention_dim = 6;
+        c.num_heads = 2;
+        c.mlp1_hidden_units = vec![8, 6];
+        c.mlp2_hidden_units = vec![4];
+        c.fs_hidden_units = vec![4];
+        c.bottom_hidden_units = vec![8];
+        c.num_layers = 2;
+        c.num_specific_experts = 2;
         c
+    }
+
+    /// Every model, and the variants of those with a structure to choose.
+    fn variants() -> Vec<ModelConfig> {
+        let mut all: Vec<ModelConfig> = ModelKind::ALL.iter().map(|k| small(*k)).collect();
+        for st in [
+            DcnStructure::CrossnetOnly,
+            DcnStructure::Stacked,
+            DcnStructure::StackedParallel,
+        ] {
+            let mut c = small(ModelKind::DCN);
+            c.model_structure = st;
+            all.push(c.clone());
+            c.use_low_rank_mixture = true;
+            all.push(c);
+        }
+        for bt in [BilinearType::FieldAll, BilinearType::FieldEach] {
+            let mut c = small(ModelKind::FiBiNET);
+            c.bilinear_type = bt;
+            all.push(c);
+        }
+        let mut c = small(ModelKind::AutoInt);
+        c.use_scale = true;
+        c.use_wide = true;
+        c.hidden_units.clear();
+        c.attention_dim = 4; // the embedding's width: the plain residual
+        all.push(c);
+        let mut c = small(ModelKind::FinalMLP);
+        c.use_fs = false;
+        all.push(c);
+        all
     }
 
     #[test]
     fn every_model_gives_one_logit_per_row_and_task() {
         let device = Device::flex();
         let x = Inputs::new(&batch(5), &shape(), &device).expect("inputs");
-        for kind in [
-            ModelKind::LR,
-            ModelKind::FM,
-            ModelKind::DeepFM,
-            ModelKind::DCN,
-            ModelKind::MMoE,
-        ] {
+        for config in variants() {
+            let kind = config.model;
             let mut s = shape();
             if !kind.is_multi_task() {
                 s.num_tasks = 1;
             }
-            let m = CtrModel::new(&small(kind), &s, &device).expect("model");
-            assert_eq!(m.forward(&x).dims(), [5, s.num_tasks], "{kind:?}");
+            let m = CtrModel::new(&config, &s, &device).expect("model");
+            assert_eq!(m.forward(&x).dims(), [5, s.num_tasks], "{config:?}");
         }
+    }
+
+    #[test]
+    fn models_that_pair_fields_refuse_a_single_field_and_bad_keys_are_named() {
+        let one = InputShape {
+            vocab_sizes: vec![4],
+            num_numeric: 0,
+            num_tasks: 1,
+        };
+        let device = Device::flex();
+        for kind in [ModelKind::PNN, ModelKind::FiBiNET] {
+            let err = CtrModel::new(&small(kind), &one, &device).expect_err("one field");
+            assert!(err.to_string().contains("at least two"), "{err}");
+        }
+        let mut c = small(ModelKind::AutoInt);
+        c.attention_dim = 5;
+        assert!(
+            c.validate()
+                .expect_err("5 % 2")
+                .to_string()
+                .contains("attention_dim")
+        );
+        let mut c = small(ModelKind::DCN);
+        c.model_structure = DcnStructure::Stacked;
+        c.stacked_hidden_units.clear();
+        assert!(
+            c.validate()
+                .expect_err("stacked")
+                .to_string()
+                .contains("stacked_hidden_units")
+        );
+        let mut c = small(ModelKind::FinalMLP);
+        c.mlp2_hidden_units = vec![3];
+        assert!(
+            c.validate()
+                .expect_err("3 % 2")
+                .to_string()
+                .contains("mlp2_hidden_units")
+        );
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"model":"DCNv2","model_id":"m","model_structure":"stacked_parallel","stacked_hidden_units":[4]}"#)
+                .expect("FuxiCTR's names");
+        assert_eq!(
+            (c.model, c.model_structure),
+            (ModelKind::DCN, DcnStructure::StackedParallel)
+        );
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"model":"xDeepFM","model_id":"m"}"#).expect("xDeepFM");
+        assert_eq!(c.model, ModelKind::XDeepFM);
     }
 
     #[test]
@@ -795,52 +1856,113 @@ mod tests {
     }
 
     #[test]
-    fn a_tiny_model_learns_a_separable_toy_set_and_survives_save_and_load() {
+    fn regularization_is_fuxictr_s_sum_over_tables_and_layers() {
+        let device = Device::flex();
+        let m = CtrModel::new(&small(ModelKind::FM), &shape(), &device).expect("model");
+        let CtrModel::Fm(fm) = &m else {
+            panic!("an FM")
+        };
+        let values = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().expect("f32");
+        let sq = |v: Vec<f32>| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>();
+        let abs = |v: Vec<f32>| v.iter().map(|x| f64::from(x.abs())).sum::<f64>();
+        let tables = |f: &dyn Fn(Vec<f32>) -> f64| {
+            f(values(fm.first.table.as_ref().expect("table").weight.val()))
+                + f(values(
+                    fm.embedding.table.as_ref().expect("table").weight.val(),
+                ))
+        };
+        let layers = |f: &dyn Fn(Vec<f32>) -> f64| {
+            f(values(
+                fm.first.numeric.as_ref().expect("linear").weight.val(),
+            )) + f(values(fm.first.bias.val().reshape([1, 1])))
+                + f(values(
+                    fm.embedding.numeric.as_ref().expect("numeric").val(),
+                ))
+        };
+        let reg = |e: &[Penalty], n: &[Penalty]| {
+            f64::from(m.regularization(e, n).expect("a term").into_scalar::<f32>())
+        };
+        let l2 = |lambda| Penalty { p: 2, lambda };
+        let l1 = |lambda| Penalty { p: 1, lambda };
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-6);
+        // λ/2 · Σw² on the tables only, then λ · Σ|w| on the layers only.
+        let want = tables(&sq);
+        assert!(want > 0.0);
+        assert!(
+            close(reg(&[l2(2.0)], &[]), want),
+            "{} vs {want}",
+            reg(&[l2(2.0)], &[])
+        );
+        let want = layers(&abs);
+        assert!(
+            close(reg(&[], &[l1(1.0)]), want),
+            "{} vs {want}",
+            reg(&[], &[l1(1.0)])
+        );
+        assert!(m.regularization(&[l2(0.0)], &[]).is_none());
+    }
+
+    /// Every model (and variant) learns a separable toy set, and a save → load round trip
+    /// gives the same predictions.
+    #[test]
+    fn every_model_learns_a_separable_toy_set_and_survives_save_and_load() {
         // click = 1 exactly when the first field's token is 1 or 2.
         let rows = 64;
         let s = InputShape {
-            vocab_sizes: vec![6],
+            vocab_sizes: vec![6, 3],
             num_numeric: 1,
             num_tasks: 1,
         };
         let b = EncodedBatch {
             rows,
-            categorical: (0..rows).map(|r| (r % 5) as i32 + 1).collect(),
+            categorical: (0..rows)
+                .flat_map(|r| [(r % 5) as i32 + 1, (r % 3) as i32])
+                .collect(),
             numeric: (0..rows).map(|r| (r % 7) as f32 / 7.0).collect(),
             labels: (0..rows)
                 .map(|r| if r % 5 < 2 { 1.0 } else { 0.0 })
                 .collect(),
         };
-        let device = Device::flex().autodiff();
-        let mut model = CtrModel::new(&small(ModelKind::FM), &s, &device).expect("model");
-        let mut optim = AdamConfig::new().init();
-        let x = Inputs::new(&b, &s, &device).expect("inputs");
-        for _ in 0..200 {
-            let loss = bce_with_logits(model.forward(&x), label_tensor(&b, 1, &device));
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(0.05, model, grads);
-        }
-        let probs = model
-            .valid()
-            .predict(&Inputs::new(&b, &s, &Device::flex()).expect("inputs"))
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("f32");
-        assert_eq!(crate::metrics::auc(&b.labels, &probs), Some(1.0));
-        assert!(crate::metrics::logloss(&b.labels, &probs) < 0.1);
-
         let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("m.bpk");
-        model.valid().into_record().save(&path).expect("save");
-        let fresh = CtrModel::new(&small(ModelKind::FM), &s, &Device::flex()).expect("model");
-        let loaded = fresh
-            .try_load_record(burn::store::ModuleRecord::load(&path).expect("load"))
-            .expect("matches");
-        let again = loaded
-            .predict(&Inputs::new(&b, &s, &Device::flex()).expect("inputs"))
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("f32");
-        assert_eq!(again, probs, "save → load gives the same predictions");
+        for (n, config) in variants().into_iter().enumerate() {
+            let device = Device::flex().autodiff();
+            let mut model = CtrModel::new(&config, &s, &device).expect("model");
+            let mut optim = AdamConfig::new().init();
+            let x = Inputs::new(&b, &s, &device).expect("inputs");
+            for _ in 0..150 {
+                let loss = bce_with_logits(model.forward(&x), label_tensor(&b, 1, &device));
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(0.03, model, grads);
+            }
+            let probs = model
+                .valid()
+                .predict(&Inputs::new(&b, &s, &Device::flex()).expect("inputs"))
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32");
+            let auc = crate::metrics::auc(&b.labels, &probs).unwrap_or(0.0);
+            let loss = crate::metrics::logloss(&b.labels, &probs);
+            assert!(
+                auc > 0.999 && loss < 0.2,
+                "{config:?}: AUC {auc}, logloss {loss}"
+            );
+
+            let path = dir.path().join(format!("m{n}.bpk"));
+            model.valid().into_record().save(&path).expect("save");
+            let fresh = CtrModel::structure(&config, &s, &Device::flex()).expect("model");
+            let loaded = fresh
+                .try_load_record(burn::store::ModuleRecord::load(&path).expect("load"))
+                .unwrap_or_else(|e| panic!("{:?}: {e}", config.model));
+            let again = loaded
+                .predict(&Inputs::new(&b, &s, &Device::flex()).expect("inputs"))
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32");
+            assert_eq!(
+                again, probs,
+                "{:?}: save → load gives the same predictions",
+                config.model
+            );
+        }
     }
 }

@@ -512,10 +512,10 @@ pub fn train(
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_epoch(
                 &model,
+                config,
                 &mut optim,
                 &state,
                 epoch,
-                config.seed,
                 processor,
                 &shape,
                 &train_files,
@@ -690,10 +690,10 @@ pub fn train(
 #[allow(clippy::too_many_arguments)]
 fn run_epoch(
     model: &CtrModel,
+    config: &ModelConfig,
     optim: &mut ModuleOptimizer,
     state: &TrainState,
     epoch: usize,
-    seed: u64,
     processor: &FeatureProcessor,
     shape: &InputShape,
     files: &[PathBuf],
@@ -705,7 +705,8 @@ fn run_epoch(
     // Shuffle and dropout depend only on (seed, epoch, recovery attempt): an epoch run after a
     // resume sees exactly what it would have seen uninterrupted.
     let seed = crate::rng::SplitMix64::hash(
-        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        config.seed
+            ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ (state.rollbacks as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
     );
     device.seed(seed);
@@ -730,15 +731,15 @@ fn run_epoch(
             )));
         }
         let (mut value, grads) = if !pools.is_empty() {
-            threaded_gradients(&model, &batch, processor, shape, device, pools)
+            threaded_gradients(&model, config, &batch, processor, shape, device, pools)
                 .map_err(EpochFailure::Fatal)?
         } else if replicas.is_empty() {
-            let loss = range_loss(&model, &batch, batch.rows, shape, device)
+            let loss = range_loss(&model, &batch, batch.rows, shape, device, Some(config))
                 .map_err(EpochFailure::Fatal)?;
             let value = loss.clone().into_scalar::<f32>() as f64;
             (value, GradientsParams::from_grads(loss.backward(), &model))
         } else {
-            data_parallel_gradients(&model, &batch, processor, shape, device, &replicas)
+            data_parallel_gradients(&model, config, &batch, processor, shape, device, &replicas)
                 .map_err(EpochFailure::Fatal)?
         };
         if opts.simulate_nan_at == Some((epoch, batches)) && state.rollbacks == 0 {
@@ -769,6 +770,7 @@ fn run_epoch(
 /// so the summed gradients are the whole batch's.
 fn data_parallel_gradients(
     model: &CtrModel,
+    config: &ModelConfig,
     batch: &EncodedBatch,
     processor: &FeatureProcessor,
     shape: &InputShape,
@@ -785,7 +787,14 @@ fn data_parallel_gradients(
         } else {
             model.clone().fork(device)
         };
-        let loss = range_loss(&copy, shard, batch.rows, shape, device)?;
+        let loss = range_loss(
+            &copy,
+            shard,
+            batch.rows,
+            shape,
+            device,
+            (i == 0).then_some(config),
+        )?;
         // Queue every device's work before reading anything back, so GPUs overlap.
         let grads = GradientsParams::from_grads(loss.backward(), &copy).to_device(main, &copy);
         accumulator.accumulate(model, grads);
@@ -813,17 +822,26 @@ fn cpu_pools(config: &ModelConfig, opts: &TrainOptions) -> Vec<rayon::ThreadPool
 
 /// A row range's loss, weighted by its share of the batch's rows, so the losses (and the
 /// gradients) of a batch's ranges sum to the batch's mean.
+/// The first range (`penalties` given) also carries the model's regularization term, once per
+/// batch as in FuxiCTR.
 fn range_loss(
     model: &CtrModel,
     range: &EncodedBatch,
     batch_rows: usize,
     shape: &InputShape,
     device: &Device,
+    penalties: Option<&ModelConfig>,
 ) -> Result<Tensor<1>> {
     let x = Inputs::new(range, shape, device)?;
     let y = label_tensor(range, shape.num_tasks, device);
     let share = range.rows as f64 / batch_rows as f64;
-    Ok(bce_with_logits(model.forward(&x), y).mul_scalar(share))
+    let loss = bce_with_logits(model.forward(&x), y).mul_scalar(share);
+    let reg =
+        penalties.and_then(|c| model.regularization(&c.embedding_regularizer, &c.net_regularizer));
+    Ok(match reg {
+        Some(r) => loss + r,
+        None => loss,
+    })
 }
 
 /// One batch's mean loss and gradients, its row ranges computed at the same time on the CPU
@@ -833,6 +851,7 @@ fn range_loss(
 /// into the model's.
 fn threaded_gradients(
     model: &CtrModel,
+    config: &ModelConfig,
     batch: &EncodedBatch,
     processor: &FeatureProcessor,
     shape: &InputShape,
@@ -846,7 +865,14 @@ fn threaded_gradients(
         } else {
             model.valid().train()
         };
-        let loss = range_loss(&copy, range, batch.rows, shape, device)?;
+        let loss = range_loss(
+            &copy,
+            range,
+            batch.rows,
+            shape,
+            device,
+            (i == 0).then_some(config),
+        )?;
         let value = loss.clone().into_scalar::<f32>() as f64;
         Ok((value, GradientsParams::from_grads(loss.backward(), &copy)))
     });

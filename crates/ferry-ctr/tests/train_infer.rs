@@ -72,6 +72,14 @@ fn small(kind: ModelKind, epochs: usize) -> ModelConfig {
     c.tower_hidden_units = vec![8];
     c.num_experts = 2;
     c.num_cross_layers = 2;
+    c.cin_hidden_units = vec![4, 4];
+    c.attention_dim = 8;
+    c.num_heads = 2;
+    c.mlp1_hidden_units = vec![16, 8];
+    c.mlp2_hidden_units = vec![8];
+    c.fs_hidden_units = vec![8];
+    c.bottom_hidden_units = vec![16];
+    c.stacked_hidden_units = vec![8];
     c.batch_size = 256;
     c.epochs = epochs;
     c.learning_rate = 3e-3;
@@ -399,6 +407,78 @@ fn mmoe_trains_both_tasks_and_recovers_from_nan_and_oom() {
     assert_eq!(out.state.batch_size, 64, "256 → 128 → 64");
 }
 
+/// Every model added for FuxiCTR's users: trained for two epochs, killed after the first
+/// and resumed, it ends with the same history and bit for bit the same predictions.
+#[test]
+fn every_zoo_model_resumes_exactly_after_a_kill() {
+    let f = fixture(&["click", "conversion"]);
+    let mut configs: Vec<ModelConfig> = [
+        ModelKind::DNN,
+        ModelKind::WideDeep,
+        ModelKind::PNN,
+        ModelKind::XDeepFM,
+        ModelKind::AutoInt,
+        ModelKind::FiBiNET,
+        ModelKind::FinalMLP,
+        ModelKind::ShareBottom,
+        ModelKind::PLE,
+    ]
+    .into_iter()
+    .map(|k| small(k, 2))
+    .collect();
+    let mut dcn = small(ModelKind::DCN, 2);
+    dcn.model_structure = ferry_ctr::model::DcnStructure::StackedParallel;
+    dcn.use_low_rank_mixture = true;
+    dcn.low_rank = 4;
+    configs.push(dcn);
+    for config in configs {
+        let kind = config.model;
+        let full_dir = f.model_dir(&format!("{kind:?}_full"));
+        let full = train(
+            &config,
+            &f.processor,
+            &f.dataset,
+            &TrainOptions::new(&f.data_dir(), &full_dir, Device::flex()),
+            &mut (),
+        )
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        assert!(full.finished, "{kind:?}");
+        // The click label (the first): a multi-task model's monitor averages in the sparse
+        // conversion label too.
+        let history = &full.state.history;
+        let click = history
+            .iter()
+            .filter_map(|r| r.val_auc.first().copied())
+            .fold(0.0, f64::max);
+        assert!(
+            click > 0.55,
+            "{kind:?} learns some of the click signal: AUC {click}"
+        );
+
+        let resumed_dir = f.model_dir(&format!("{kind:?}_resumed"));
+        let mut opts = TrainOptions::new(&f.data_dir(), &resumed_dir, Device::flex());
+        opts.stop_after_epochs = Some(1);
+        let first = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("epoch 1");
+        assert!(!first.finished, "{kind:?}");
+        opts.stop_after_epochs = None;
+        let second = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("resume");
+        assert!(second.finished, "{kind:?}");
+        let aucs = |s: &ferry_ctr::train::TrainState| {
+            s.history
+                .iter()
+                .map(|r| r.val_auc.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(aucs(&second.state), aucs(&full.state), "{kind:?}");
+        let id = &config.model_id;
+        assert_eq!(
+            predictions(&f, &resumed_dir, id),
+            predictions(&f, &full_dir, id),
+            "{kind:?}: the resumed model equals the uninterrupted one"
+        );
+    }
+}
+
 #[test]
 fn every_model_trains_one_epoch_and_bad_configs_are_named() {
     let f = fixture(&["click", "conversion"]);
@@ -501,8 +581,8 @@ fn pathdiff(path: &Path, base: &Path) -> String {
 }
 
 /// FuxiCTR's own demo as its users have it: `demo/config/example4_config` (DeepFM on the
-/// tiny CSV data, `../data/tiny_csv/...` from `demo/`), vendored unchanged but for the one
-/// key Ferry refuses (`embedding_regularizer`). The feature map Ferry writes matches the one
+/// tiny CSV data, `../data/tiny_csv/...` from `demo/`), vendored unchanged, its L2 penalty on
+/// the embeddings included. The feature map Ferry writes matches the one
 /// FuxiCTR wrote for the same rows (its `data/tiny_parquet/feature_map.json`), training runs
 /// to the end and the best model is scored on `test_data`, reported as FuxiCTR reports it.
 #[test]
@@ -525,10 +605,11 @@ fn fuxictr_s_demo_trains_from_its_tiny_csv_and_scores_the_test_split() {
         config.join("dataset_config.yaml"),
     )
     .expect("copy");
-    let model = std::fs::read_to_string(fixtures.join("example4/model_config.yaml"))
-        .expect("read")
-        .replace("embedding_regularizer: 1.e-8", "embedding_regularizer: 0");
-    std::fs::write(config.join("model_config.yaml"), model).expect("write");
+    std::fs::copy(
+        fixtures.join("example4/model_config.yaml"),
+        config.join("model_config.yaml"),
+    )
+    .expect("copy");
 
     let work = repo.join("demo");
     let e = ferry_ctr::fuxictr::load(&config, "DeepFM_test_csv", &work).expect("load");
@@ -596,4 +677,78 @@ fn fuxictr_s_demo_trains_from_its_tiny_csv_and_scores_the_test_split() {
     );
     assert!(log.contains(&line), "{line} not in\n{log}");
     assert!(log.contains("epoch 1/1: train loss"), "{log}");
+}
+
+/// FuxiCTR's multi-task experiments as its users have them (`model_zoo/multitask/*/config`,
+/// vendored unchanged with their 100-row `data/tiny_mtl` CSV files): 16 categorical fields,
+/// 63 numeric ones used as they are (no `normalizer`), an L2 penalty on the embeddings, two
+/// labels. Each trains to the end and is scored on the test split for both labels.
+#[test]
+fn fuxictr_s_multitask_demos_train_from_their_tiny_mtl_csv() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuxictr");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = tmp.path();
+    std::fs::create_dir_all(repo.join("data/tiny_mtl")).expect("mkdir");
+    for f in ["train.csv", "test.csv"] {
+        std::fs::copy(
+            fixtures.join("data/tiny_mtl").join(f),
+            repo.join("data/tiny_mtl").join(f),
+        )
+        .expect("copy");
+    }
+    for (folder, model, expid) in [
+        ("mmoe", "MMoE", "MMoE_test"),
+        ("sharebottom", "ShareBottom", "ShareBottom_test"),
+        ("ple", "PLE", "PLE_test"),
+    ] {
+        // Where FuxiCTR's run_expid.py runs: model_zoo/multitask/<model>/.
+        let work = repo.join("model_zoo/multitask").join(model);
+        let config = work.join("config");
+        std::fs::create_dir_all(&config).expect("mkdir");
+        for f in ["dataset_config.yaml", "model_config.yaml"] {
+            std::fs::copy(fixtures.join(folder).join(f), config.join(f)).expect("copy");
+        }
+        let e = ferry_ctr::fuxictr::load(&config, expid, &work).expect("load");
+        assert!(e.warnings.is_empty(), "{expid}: {:?}", e.warnings);
+        assert_eq!(e.features.labels, ["click", "conversion"]);
+        assert_eq!(
+            (e.features.categorical.len(), e.features.numeric.len()),
+            (16, 63)
+        );
+        assert_eq!(
+            e.features.normalizer.get("numerical_1"),
+            Some(&ferry_ctr::features::Normalizer::None)
+        );
+        assert_eq!(e.model.embedding_regularizer.len(), 1, "{expid}");
+        let data_dir = repo.join("data").join(format!("{}_{model}", e.dataset_id));
+        let opts = PrepareOptions {
+            valid_dir: e.data.valid.clone(),
+            test_dir: e.data.test.clone(),
+            ..PrepareOptions::default()
+        };
+        let (processor, dataset) =
+            prepare_dataset(&e.data.train, &data_dir, &e.dataset_id, &e.features, &opts)
+                .expect("prepare");
+        assert_eq!((dataset.train_rows, dataset.test_rows), (100, 100));
+        let map: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(data_dir.join("feature_map.json")).expect("feature_map.json"),
+        )
+        .expect("json");
+        assert_eq!(map["num_fields"], 79, "{expid}");
+        assert_eq!(map["labels"], serde_json::json!(["click", "conversion"]));
+
+        let model_dir = work.join("checkpoints").join(&e.dataset_id);
+        let topts = TrainOptions::new(&data_dir, &model_dir, Device::flex());
+        let out = train(&e.model, &processor, &dataset, &topts, &mut ())
+            .unwrap_or_else(|err| panic!("{expid}: {err}"));
+        assert!(out.finished, "{expid}");
+        let test = ferry_ctr::train::evaluate_test(&e.model, &processor, &dataset, &topts)
+            .expect("test")
+            .expect("a test split");
+        assert_eq!((test.auc.len(), test.logloss.len()), (2, 2), "{expid}");
+        assert!(
+            test.logloss.iter().all(|l| l.is_finite() && *l > 0.0),
+            "{expid}: {test:?}"
+        );
+    }
 }

@@ -287,7 +287,7 @@ pub struct CtrTaskBody {
     pub batch_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u32>,
-    /// LR, FM, DeepFM, DCN or MMoE.
+    /// LR, FM, DNN, WideDeep, DeepFM, PNN, DCN(v2), xDeepFM, AutoInt, FiBiNET, FinalMLP, MMoE, ShareBottom or PLE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Further model settings (embedding_dim, hidden_units, learning_rate, seed, ...).
