@@ -157,6 +157,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         loopback: opts.loopback,
         release: opts.release,
         keep: false,
+        model: "DeepFM".into(),
     };
     let pg = if postgres {
         Some(Postgres::start()?)

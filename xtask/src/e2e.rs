@@ -48,6 +48,10 @@ pub struct Options {
     /// Keep the run's directory (printed) instead of removing it.
     #[arg(long)]
     pub keep: bool,
+    /// The model the pipeline trains (FuxiCTR's name: DeepFM, xDeepFM, PLE, ...); the
+    /// experiment is `<model>_e2e`, and a multi-task model scores click and conversion.
+    #[arg(long, default_value = "DeepFM")]
+    pub model: String,
 }
 
 /// The three hosts: (agent name = server name, role, daemon).
@@ -1024,7 +1028,9 @@ async fn run_in(
     std::fs::write(
         &request,
         format!(
-            "name: campaign_e2e\nexperiment_id: DeepFM_e2e\nsample_sql: \"SELECT * FROM campaign_sample WHERE dt = '{}'\"\ninfer_sql: \"SELECT * FROM campaign_infer WHERE dt = '{}'\"\nhdfs_path: /hdfs/data/campaign\nhive_table: {table}\npartition: dt={}\nepochs: 2\nbatch_size: 2048\nmodel_params:\n  embedding_dim: 8\n  hidden_units: [64, 64]\n  learning_rate: 0.002\n  seed: 2024\n",
+            "name: campaign_e2e\nexperiment_id: {}_e2e\nmodel: {}\nsample_sql: \"SELECT * FROM campaign_sample WHERE dt = '{}'\"\ninfer_sql: \"SELECT * FROM campaign_infer WHERE dt = '{}'\"\nhdfs_path: /hdfs/data/campaign\nhive_table: {table}\npartition: dt={}\nepochs: 2\nbatch_size: 2048\nmodel_params:\n  embedding_dim: 8\n  hidden_units: [64, 64]\n  learning_rate: 0.002\n  seed: 2024\n",
+            opts.model,
+            opts.model,
             spec.sample_day,
             spec.infer_day,
             spec.infer_day,
@@ -1279,7 +1285,10 @@ async fn run_in(
         rows.len()
     );
 
-    let report_path = host_dirs[1].join("models/campaign_e2e/DeepFM_e2e_report.json");
+    let report_path = host_dirs[1].join(format!(
+        "models/campaign_e2e/{}_e2e_report.json",
+        opts.model
+    ));
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&report_path)
             .with_context(|| format!("no report at {}", report_path.display()))?,
@@ -1618,6 +1627,7 @@ pub fn bench(b: BenchOptions) -> anyhow::Result<()> {
         loopback: b.loopback,
         keep: false,
         release: b.release,
+        model: "DeepFM".into(),
     };
     crate::ensure_system_packages()?;
     let profile: &[&str] = if opts.release { &["--release"] } else { &[] };
