@@ -124,7 +124,7 @@ impl TrainObserver for JobTrainObserver {
     fn on_epoch(&mut self, r: &EpochReport) {
         let e = r.epoch as i64;
         self.ctx.metric("train_loss", r.train_loss, e);
-        self.ctx.metric("val_auc", r.monitor(), e);
+        self.ctx.metric("val_auc", r.mean_auc(), e);
         for (t, (auc, ll)) in r.val_auc.iter().zip(&r.val_logloss).enumerate() {
             self.ctx.metric(&format!("val_auc_{t}"), *auc, e);
             self.ctx.metric(&format!("val_logloss_{t}"), *ll, e);
@@ -281,7 +281,7 @@ impl Executor for TrainExecutor {
                     ctx.metric(&format!("test_logloss_{i}"), *ll, 0);
                 }
             }
-            let best = outcome.state.best_monitor.unwrap_or(0.0);
+            let best = outcome.state.best_val_auc().unwrap_or(0.0);
             ctx.info(format!(
                 "training complete: best epoch {} with validation AUC {best:.4}; model {}",
                 outcome.state.best_epoch.unwrap_or(0),

@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "trained {}: best validation AUC {:.4}",
                 outcome.model_path.display(),
-                outcome.state.best_monitor.unwrap_or(0.0)
+                outcome.state.best_val_auc().unwrap_or(0.0)
             );
         }
         ["infer", input, data, model_dir, model_id, out] => {

@@ -707,6 +707,7 @@ const MODEL_USED: &[(&str, &str)] = &[
     ("optimizer", "optimizer"),
     ("seed", "seed"),
     ("early_stop_patience", "early_stop_patience"),
+    ("batch_norm", "batch_norm"),
 ];
 
 /// Per model: FuxiCTR's keys → Ferry's, with FuxiCTR's defaults where Ferry's differ.
@@ -751,6 +752,8 @@ fn model_keys(kind: ModelKind) -> &'static [(&'static str, &'static str, &'stati
             ("use_fs", "use_fs", "true"),
             ("fs_hidden_units", "fs_hidden_units", "[64]"),
             ("num_heads", "num_heads", "1"),
+            ("mlp1_batch_norm", "mlp1_batch_norm", "false"),
+            ("mlp2_batch_norm", "mlp2_batch_norm", "false"),
         ],
         ModelKind::MMoE => &[
             ("num_experts", "num_experts", "4"),
@@ -881,6 +884,19 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
         if MODEL_PASSED.contains(&key.as_str()) {
             continue;
         }
+        if key == "monitor" {
+            out.insert(key.clone(), monitor(expid, v)?);
+            continue;
+        }
+        if key == "monitor_mode" {
+            let mode = match v.as_str().map(str::to_ascii_lowercase).as_deref() {
+                Some("max") => "max",
+                Some("min") => "min",
+                _ => return Err(bad(expid, key, v, "must be max or min")),
+            };
+            out.insert(key.clone(), Json::String(mode.into()));
+            continue;
+        }
         if key == "embedding_regularizer" || key == "net_regularizer" {
             let terms = penalties(expid, key, v)?;
             out.insert(key.clone(), serde_json::to_value(terms).map_err(json_err)?);
@@ -896,12 +912,9 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
             | "mlp2_hidden_activations"
             | "excitation_activation" => all_are(v, "relu"),
             "product_type" if kind == ModelKind::PNN => all_are(v, "inner"),
-            "monitor" => monitor_is_auc(v),
-            "monitor_mode" => all_are(v, "max"),
             "shuffle" => v.as_bool() == Some(true),
-            "batch_norm" | "regularizer" | "eval_steps" | "group_id" | "use_features"
-            | "feature_specs" | "layer_norm" | "mlp1_batch_norm" | "mlp2_batch_norm"
-            | "fs1_context" | "fs2_context" => is_off(v),
+            "regularizer" | "eval_steps" | "group_id" | "use_features" | "feature_specs"
+            | "layer_norm" | "fs1_context" | "fs2_context" => is_off(v),
             _ => {
                 warnings.push(format!(
                     "{expid}: {key} is not a setting of {kind:?} that Ferry knows; ignored, as FuxiCTR's {kind:?} would ignore it"
@@ -914,7 +927,7 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
                 expid,
                 key,
                 v,
-                "Ferry trains with binary cross-entropy, ReLU, no batch norm or regularizers, shuffled batches, validation AUC monitored once per epoch",
+                "Ferry trains with binary cross-entropy, ReLU and shuffled batches, and validates once per epoch",
             ));
         }
     }
@@ -924,19 +937,33 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
     Ok(config)
 }
 
-/// `AUC`, or `{AUC: 1}` (FuxiCTR's weighted form with one positive weight).
-fn monitor_is_auc(v: &Value) -> bool {
+/// FuxiCTR's `monitor`: a metric's name (`AUC`) or weights of metrics (`{AUC: 1, logloss: -1}`).
+fn monitor(owner: &str, v: &Value) -> Result<Json> {
+    let mut weights = Map::new();
     match v {
-        Value::String(s) => s.eq_ignore_ascii_case("auc"),
-        Value::Mapping(m) => {
-            m.len() == 1
-                && m.iter().all(|(k, w)| {
-                    k.as_str().is_some_and(|k| k.eq_ignore_ascii_case("auc"))
-                        && w.as_f64().is_some_and(|w| w > 0.0)
-                })
+        Value::String(name) => {
+            weights.insert(name.clone(), Json::from(1.0));
         }
-        _ => false,
+        Value::Mapping(m) => {
+            for (k, w) in m {
+                match (k.as_str(), w.as_f64()) {
+                    (Some(name), Some(w)) => {
+                        weights.insert(name.to_owned(), Json::from(w));
+                    }
+                    _ => return Err(bad(owner, "monitor", v, "must map metric names to weights")),
+                }
+            }
+        }
+        _ => {
+            return Err(bad(
+                owner,
+                "monitor",
+                v,
+                "must name a metric or map metric names to weights",
+            ));
+        }
     }
+    Ok(Json::Object(weights))
 }
 
 fn json_err(e: serde_json::Error) -> CtrError {
@@ -1213,6 +1240,33 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
     }
 
     #[test]
+    fn the_monitor_weighs_metrics_and_its_mode_picks_the_direction() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            d.path().join("dataset_config.yaml"),
+            "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols: [{name: C1, active: True, dtype: str, type: categorical}]\n  label_col: {name: clk, dtype: float}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            d.path().join("model_config.yaml"),
+            "Base: {dataset_id: d, model: DNN}\nA: {monitor: {AUC: 1, logloss: -1}, monitor_mode: max}\nL: {monitor: logloss, monitor_mode: min}\nD: {}\nM: {monitor_mode: sideways}\n",
+        )
+        .expect("write");
+        let a = load(d.path(), "A", d.path()).expect("A").model;
+        assert_eq!(a.monitored(&[0.8], &[0.3]), 0.8 - 0.3);
+        assert!(a.improves(0.6, 0.5));
+        let l = load(d.path(), "L", d.path()).expect("L").model;
+        assert_eq!(l.monitor_mode, crate::model::MonitorMode::Min);
+        // Two labels: each metric is the mean over them.
+        assert_eq!(l.monitored(&[0.8, 0.6], &[0.3, 0.5]), 0.4);
+        assert!(l.improves(0.35, 0.4) && !l.improves(0.45, 0.4));
+        let dflt = load(d.path(), "D", d.path()).expect("D").model;
+        assert_eq!(dflt.monitored(&[0.7], &[0.2]), 0.7);
+        let said = err(d.path(), "M");
+        assert!(said.contains("monitor_mode"), "{said}");
+    }
+
+    #[test]
     fn what_ferry_cannot_follow_yet_is_refused_by_name() {
         // DIN over a sequence feature, and data FuxiCTR built beforehand (npz).
         let said = err(&fixture("example6"), "DIN_test");
@@ -1256,9 +1310,9 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
             ("model_config.yaml", "model: DCNv2", "model: FmFM", "FmFM"),
             (
                 "model_config.yaml",
-                "batch_norm: False",
-                "batch_norm: True",
-                "batch_norm",
+                "dnn_activations: relu",
+                "dnn_activations: Dice",
+                "dnn_activations",
             ),
             (
                 "model_config.yaml",
@@ -1269,7 +1323,7 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
             (
                 "model_config.yaml",
                 "monitor: 'AUC'",
-                "monitor: {AUC: 1, logloss: -1}",
+                "monitor: {gAUC: 1}",
                 "monitor",
             ),
             (

@@ -7,10 +7,13 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig,
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer,
+    Linear, LinearConfig,
 };
 use burn::tensor::activation::{relu, sigmoid, softmax, tanh};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CtrError, Result};
@@ -294,6 +297,61 @@ pub struct ModelConfig {
     pub embedding_regularizer: Vec<Penalty>,
     #[serde(default)]
     pub net_regularizer: Vec<Penalty>,
+    /// A batch normalization after each hidden layer of the MLPs (FuxiCTR's `batch_norm`);
+    /// FinalMLP has one switch per branch.
+    #[serde(default)]
+    pub batch_norm: bool,
+    #[serde(default)]
+    pub mlp1_batch_norm: bool,
+    #[serde(default)]
+    pub mlp2_batch_norm: bool,
+    /// What picks the best epoch and stops training early (FuxiCTR's `monitor`): a weighted
+    /// sum of validation `AUC` and `logloss` (each the mean over labels); `{AUC: 1}` by default.
+    #[serde(default = "default_monitor")]
+    pub monitor: BTreeMap<String, f64>,
+    /// Whether a larger (`max`) or smaller (`min`) monitored figure is better.
+    #[serde(default)]
+    pub monitor_mode: MonitorMode,
+}
+
+fn default_monitor() -> BTreeMap<String, f64> {
+    BTreeMap::from([("AUC".to_owned(), 1.0)])
+}
+
+/// FuxiCTR's `monitor_mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorMode {
+    #[default]
+    Max,
+    Min,
+}
+
+impl ModelConfig {
+    /// The monitored figure of one validation pass: Σ weight × metric, each metric the mean
+    /// over labels.
+    pub fn monitored(&self, auc: &[f64], logloss: &[f64]) -> f64 {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        self.monitor
+            .iter()
+            .map(|(name, w)| {
+                let metric = if name.eq_ignore_ascii_case("auc") {
+                    mean(auc)
+                } else {
+                    mean(logloss)
+                };
+                w * metric
+            })
+            .sum()
+    }
+
+    /// Whether `now` is better than `best` in the monitor's direction.
+    pub fn improves(&self, now: f64, best: f64) -> bool {
+        match self.monitor_mode {
+            MonitorMode::Max => now > best,
+            MonitorMode::Min => now < best,
+        }
+    }
 }
 
 /// One regularization term: `lambda / p · Σ |w|ᵖ` with p 1 or 2.
@@ -349,6 +407,11 @@ impl ModelConfig {
             num_specific_experts: 1,
             embedding_regularizer: Vec::new(),
             net_regularizer: Vec::new(),
+            batch_norm: false,
+            mlp1_batch_norm: false,
+            mlp2_batch_norm: false,
+            monitor: default_monitor(),
+            monitor_mode: MonitorMode::default(),
         }
     }
 
@@ -422,6 +485,17 @@ impl ModelConfig {
             {
                 return bad(key, "each term needs p 1 or 2 and a lambda of 0 or more");
             }
+        }
+        if self.monitor.is_empty()
+            || self.monitor.iter().any(|(name, w)| {
+                !(name.eq_ignore_ascii_case("auc") || name.eq_ignore_ascii_case("logloss"))
+                    || !w.is_finite()
+            })
+        {
+            return bad(
+                "monitor",
+                "weigh AUC and/or logloss, e.g. {AUC: 1} or {AUC: 1, logloss: -1}",
+            );
         }
         self.validate_model_keys()
     }
@@ -639,10 +713,13 @@ impl FeatureEmbedding {
     }
 }
 
-/// A stack of `Linear → ReLU → Dropout`, optionally followed by a plain output layer.
+/// A stack of `Linear → (BatchNorm) → ReLU → Dropout` (FuxiCTR's `MLP_Block`), optionally
+/// followed by a plain output layer.
 #[derive(Module, Debug)]
 pub struct Mlp {
     layers: Vec<Linear>,
+    /// One per hidden layer with `batch_norm`, none without.
+    norms: Vec<BatchNorm>,
     dropout: Dropout,
     output: Option<Linear>,
 }
@@ -653,6 +730,7 @@ impl Mlp {
         hidden: &[usize],
         output: Option<usize>,
         dropout: f64,
+        batch_norm: bool,
         device: &Device,
     ) -> Mlp {
         let mut layers = Vec::with_capacity(hidden.len());
@@ -662,6 +740,15 @@ impl Mlp {
             d = h;
         }
         Mlp {
+            norms: if batch_norm {
+                // PyTorch's BatchNorm1d: epsilon 1e-5, momentum 0.1.
+                hidden
+                    .iter()
+                    .map(|&h| BatchNormConfig::new(h).init(device))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             layers,
             dropout: DropoutConfig::new(dropout).init(),
             output: output.map(|o| linear(d, o, true, device)),
@@ -677,8 +764,12 @@ impl Mlp {
     }
 
     fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
-        for l in &self.layers {
-            x = self.dropout.forward(relu(l.forward(x)));
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(x);
+            if let Some(norm) = self.norms.get(i) {
+                x = norm.forward(x);
+            }
+            x = self.dropout.forward(relu(x));
         }
         match &self.output {
             Some(o) => o.forward(x),
@@ -1105,7 +1196,7 @@ impl CtrModel {
         let flat = shape.num_fields() * dim;
         let emb = || FeatureEmbedding::new(shape, dim, device);
         let mlp = |d_in: usize, hidden: &[usize], out: Option<usize>| {
-            Mlp::new(d_in, hidden, out, config.dropout, device)
+            Mlp::new(d_in, hidden, out, config.dropout, config.batch_norm, device)
         };
         let model = match config.model {
             ModelKind::LR => CtrModel::Lr(Lr {
@@ -1258,6 +1349,7 @@ impl CtrModel {
                     &config.mlp1_hidden_units,
                     None,
                     config.mlp1_dropout,
+                    config.mlp1_batch_norm,
                     device,
                 );
                 let mlp2 = Mlp::new(
@@ -1265,12 +1357,14 @@ impl CtrModel {
                     &config.mlp2_hidden_units,
                     None,
                     config.mlp2_dropout,
+                    config.mlp2_batch_norm,
                     device,
                 );
                 let (d1, d2) = (mlp1.out_dim(flat), mlp2.out_dim(flat));
                 let h = config.num_heads;
                 let fs = config.use_fs;
-                let gate = || Mlp::new(dim, &config.fs_hidden_units, Some(flat), 0.0, device);
+                let gate =
+                    || Mlp::new(dim, &config.fs_hidden_units, Some(flat), 0.0, false, device);
                 let ctx = || Param::from_tensor(Tensor::zeros([1, dim], device));
                 CtrModel::FinalMlp(FinalMlp {
                     embedding: emb(),
@@ -1542,7 +1636,7 @@ impl ModuleVisitor for Penalties<'_> {
         let numeric_embedding = self.path.ends_with(&["embedding".into(), "numeric".into()]);
         let terms = if self.path.iter().any(|p| p == "table") {
             self.embedding
-        } else if last == "weight" || last == "bias" || numeric_embedding {
+        } else if matches!(last, "weight" | "bias" | "gamma" | "beta") || numeric_embedding {
             self.net
         } else {
             return;
@@ -1574,6 +1668,7 @@ fn experts_forward(experts: &[Mlp], x0: Tensor<2>) -> Tensor<3> {
         m.output.is_none()
             && m.layers.len() == experts[0].layers.len()
             && !m.layers.is_empty()
+            && m.norms.is_empty()
             && m.layers.iter().all(|l| l.bias.is_some())
     });
     if !uniform {
@@ -1660,7 +1755,10 @@ impl ModuleMapper for SeededInit {
             } else {
                 0.0
             };
-            let values: Vec<f32> = if is_bias || std == 0.0 {
+            let values: Vec<f32> = if self.path.last().is_some_and(|p| p == "gamma") {
+                // A batch norm's scale starts at 1, its shift (`beta`) at 0.
+                vec![1.0; n]
+            } else if is_bias || std == 0.0 {
                 vec![0.0; n]
             } else {
                 (0..n).map(|_| (rng.normal() * std) as f32).collect()
@@ -1753,7 +1851,13 @@ mod tests {
         all.push(c);
         let mut c = small(ModelKind::FinalMLP);
         c.use_fs = false;
+        c.mlp1_batch_norm = true;
         all.push(c);
+        for kind in [ModelKind::DeepFM, ModelKind::MMoE] {
+            let mut c = small(kind);
+            c.batch_norm = true;
+            all.push(c);
+        }
         all
     }
 

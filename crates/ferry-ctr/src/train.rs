@@ -90,8 +90,8 @@ impl EpochReport {
         self.samples as f64 / self.train_seconds.max(1e-9)
     }
 
-    /// The monitored figure: the mean validation AUC over tasks.
-    pub fn monitor(&self) -> f64 {
+    /// The mean validation AUC over tasks.
+    pub fn mean_auc(&self) -> f64 {
         self.val_auc.iter().sum::<f64>() / self.val_auc.len().max(1) as f64
     }
 }
@@ -127,6 +127,7 @@ pub struct TestReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     pub completed_epochs: usize,
+    /// The best monitored figure (see `ModelConfig::monitor`).
     pub best_monitor: Option<f64>,
     pub best_epoch: Option<usize>,
     pub learning_rate: f64,
@@ -134,6 +135,17 @@ pub struct TrainState {
     pub epochs_without_improvement: usize,
     pub rollbacks: usize,
     pub history: Vec<EpochReport>,
+}
+
+impl TrainState {
+    /// The best epoch's mean validation AUC, whatever the monitor weighs.
+    pub fn best_val_auc(&self) -> Option<f64> {
+        let best = self.best_epoch?;
+        self.history
+            .iter()
+            .find(|r| r.epoch == best)
+            .map(EpochReport::mean_auc)
+    }
 }
 
 /// Callbacks from a running training: progress, epochs, and whether to stop.
@@ -564,8 +576,11 @@ pub fn train(
                     batch_size: state.batch_size,
                     improved: false,
                 };
-                let monitor = report.monitor();
-                if state.best_monitor.is_none_or(|b| monitor > b) {
+                let monitor = config.monitored(&report.val_auc, &report.val_logloss);
+                if state
+                    .best_monitor
+                    .is_none_or(|b| config.improves(monitor, b))
+                {
                     report.improved = true;
                     state.best_monitor = Some(monitor);
                     state.best_epoch = Some(epoch + 1);
@@ -812,8 +827,18 @@ const MIN_RANGE_ROWS: usize = 128;
 /// One single-threaded pool per CPU thread of [`TrainOptions::cpu_threads`] (none when one
 /// thread computes): the products inside each range then stay on that range's thread.
 fn cpu_pools(config: &ModelConfig, opts: &TrainOptions) -> Vec<rayon::ThreadPool> {
-    // Ranges of fewer than 128 rows make products too thin to pay for a thread.
-    if !opts.replicas.is_empty() || config.dropout > 0.0 || opts.device != Device::flex() {
+    // Ranges of fewer than 128 rows make products too thin to pay for a thread. A batch norm
+    // normalises over the whole batch and updates its running averages once per batch, so it
+    // (like dropout, whose draws follow the batch) keeps a batch on one thread.
+    if !opts.replicas.is_empty()
+        || config.dropout > 0.0
+        || config.mlp1_dropout > 0.0
+        || config.mlp2_dropout > 0.0
+        || config.batch_norm
+        || config.mlp1_batch_norm
+        || config.mlp2_batch_norm
+        || opts.device != Device::flex()
+    {
         return Vec::new();
     }
     let threads = opts.cpu_threads.min(config.batch_size / MIN_RANGE_ROWS);

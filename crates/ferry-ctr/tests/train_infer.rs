@@ -431,9 +431,14 @@ fn every_zoo_model_resumes_exactly_after_a_kill() {
     dcn.use_low_rank_mixture = true;
     dcn.low_rank = 4;
     configs.push(dcn);
+    // Batch norm's running averages travel with the checkpoint.
+    let mut bn = small(ModelKind::DNN, 2);
+    bn.batch_norm = true;
+    bn.model_id = "DNN_bn".into();
+    configs.push(bn);
     for config in configs {
         let kind = config.model;
-        let full_dir = f.model_dir(&format!("{kind:?}_full"));
+        let full_dir = f.model_dir(&format!("{}_full", config.model_id));
         let full = train(
             &config,
             &f.processor,
@@ -455,7 +460,7 @@ fn every_zoo_model_resumes_exactly_after_a_kill() {
             "{kind:?} learns some of the click signal: AUC {click}"
         );
 
-        let resumed_dir = f.model_dir(&format!("{kind:?}_resumed"));
+        let resumed_dir = f.model_dir(&format!("{}_resumed", config.model_id));
         let mut opts = TrainOptions::new(&f.data_dir(), &resumed_dir, Device::flex());
         opts.stop_after_epochs = Some(1);
         let first = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("epoch 1");
