@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         vocab_sizes: vocab_sizes.clone(),
         num_numeric: 13,
         num_tasks: tasks,
+        sequences: Vec::new(),
     };
     let mut cfg = ModelConfig::new(kind, "steps");
     cfg.batch_size = 4096;
@@ -71,6 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batches: Vec<EncodedBatch> = (0..4)
         .map(|_| EncodedBatch {
             rows,
+            sequence: Vec::new(),
             categorical: (0..rows * vocab_sizes.len())
                 .map(|i| {
                     // Zipf-ish: most draws hit the first rows of each field.

@@ -437,9 +437,10 @@ pub fn prepare_dataset(
     let processor = fitter.finish(dataset_id)?;
     processor.save(dataset_dir)?;
 
-    // Pass 2: encode both splits.
-    let mut train = PartWriter::new(dataset_dir.join("train"), spec, opts.rows_per_part)?;
-    let mut valid = PartWriter::new(dataset_dir.join("valid"), spec, opts.rows_per_part)?;
+    // Pass 2: encode both splits, with the fitted spec (it knows each sequence's length).
+    let fitted = &processor.spec;
+    let mut train = PartWriter::new(dataset_dir.join("train"), fitted, opts.rows_per_part)?;
+    let mut valid = PartWriter::new(dataset_dir.join("valid"), fitted, opts.rows_per_part)?;
     let mut offset = 0u64;
     for batch in read_input(&files, spec, opts.read_batch_rows) {
         let batch = batch?;
@@ -447,8 +448,8 @@ pub fn prepare_dataset(
         offset += batch.num_rows() as u64;
         let encoded = processor.encode(&batch, true)?;
         let (v, t): (Vec<usize>, Vec<usize>) = (0..encoded.rows).partition(|&r| mask[r]);
-        train.push(encoded.permute(&t, spec))?;
-        valid.push(encoded.permute(&v, spec))?;
+        train.push(encoded.permute(&t, fitted))?;
+        valid.push(encoded.permute(&v, fitted))?;
     }
     for batch in read_input(&valid_files, spec, opts.read_batch_rows) {
         valid.push(processor.encode(&batch?, true)?)?;
@@ -462,7 +463,7 @@ pub fn prepare_dataset(
         }
         None
     } else {
-        let mut test = PartWriter::new(dataset_dir.join("test"), spec, opts.rows_per_part)?;
+        let mut test = PartWriter::new(dataset_dir.join("test"), fitted, opts.rows_per_part)?;
         for batch in read_input(&test_files, spec, opts.read_batch_rows) {
             test.push(processor.encode(&batch?, true)?)?;
         }
@@ -539,10 +540,7 @@ impl<'a> EncodedBatches<'a> {
         let mut whole = EncodedBatch::default();
         for rb in read_batches(std::slice::from_ref(&path.to_owned()), 65_536) {
             let b = EncodedBatch::from_record_batch(&rb?, self.spec)?;
-            whole.rows += b.rows;
-            whole.categorical.extend(b.categorical);
-            whole.numeric.extend(b.numeric);
-            whole.labels.extend(b.labels);
+            whole.append(b);
         }
         if let Some(rng) = self.rng.as_mut() {
             let mut order: Vec<usize> = (0..whole.rows).collect();
@@ -571,10 +569,7 @@ impl Iterator for EncodedBatches<'_> {
                     out = Some(match out {
                         None => piece,
                         Some(mut acc) => {
-                            acc.rows += piece.rows;
-                            acc.categorical.extend(piece.categorical);
-                            acc.numeric.extend(piece.numeric);
-                            acc.labels.extend(piece.labels);
+                            acc.append(piece);
                             acc
                         }
                     });

@@ -39,6 +39,62 @@ pub struct FeatureSpec {
     /// What stands for a missing numeric value, by name; 0 for a field not named.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fill_na: BTreeMap<String, f64>,
+    /// Sequence fields: text columns of tokens split by `splitter` (FuxiCTR's `sequence`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequence: Vec<SequenceSpec>,
+}
+
+/// One sequence field (FuxiCTR's `type: sequence`): its tokens get a vocabulary of their own,
+/// index 0 pads, and each row's sequence is padded or truncated to `max_len` on the `padding`
+/// side. Models see its embeddings pooled over the real tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceSpec {
+    pub name: String,
+    #[serde(default = "default_splitter")]
+    pub splitter: String,
+    /// 0: the longest sequence of the training split (fixed when the processor is fitted).
+    #[serde(default)]
+    pub max_len: usize,
+    #[serde(default)]
+    pub padding: Padding,
+    #[serde(default)]
+    pub pooling: Pooling,
+}
+
+fn default_splitter() -> String {
+    "^".into()
+}
+
+/// Which side of a sequence is padded, and truncated (FuxiCTR pads and truncates alike).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Tokens first, padding after; a long sequence keeps its first `max_len` tokens.
+    #[default]
+    Post,
+    /// Padding first; a long sequence keeps its last `max_len` tokens.
+    Pre,
+}
+
+/// How a sequence's token embeddings become the field's one embedding (FuxiCTR's
+/// `feature_encoder`: `MaskedAveragePooling`, the default, or `MaskedSumPooling`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    #[default]
+    Mean,
+    Sum,
+}
+
+impl Pooling {
+    /// FuxiCTR's name for it, as `feature_map.json` records it.
+    pub fn encoder(self) -> &'static str {
+        match self {
+            Pooling::Mean => "layers.MaskedAveragePooling()",
+            Pooling::Sum => "layers.MaskedSumPooling()",
+        }
+    }
 }
 
 /// FuxiCTR's numeric `normalizer`, fitted on the training split (after `fill_na`).
@@ -69,6 +125,7 @@ impl FeatureSpec {
             min_categr_count: 1,
             normalizer: BTreeMap::new(),
             fill_na: BTreeMap::new(),
+            sequence: Vec::new(),
         }
     }
 
@@ -81,7 +138,7 @@ impl FeatureSpec {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.numeric.is_empty() && self.categorical.is_empty() {
+        if self.numeric.is_empty() && self.categorical.is_empty() && self.sequence.is_empty() {
             return Err(CtrError::Config(
                 "the feature spec names no feature columns".into(),
             ));
@@ -97,6 +154,7 @@ impl FeatureSpec {
             .iter()
             .chain(&self.numeric)
             .chain(&self.categorical)
+            .chain(self.sequence.iter().map(|q| &q.name))
             .chain(&self.labels)
         {
             if !seen.insert(name) {
@@ -112,6 +170,12 @@ impl FeatureSpec {
                 )));
             }
         }
+        if let Some(q) = self.sequence.iter().find(|q| q.splitter.is_empty()) {
+            return Err(CtrError::Config(format!(
+                "sequence {}: splitter must not be empty",
+                q.name
+            )));
+        }
         if let Some((name, v)) = self.fill_na.iter().find(|(_, v)| !v.is_finite()) {
             return Err(CtrError::Config(format!(
                 "fill_na: {name}: {v} is not a finite number"
@@ -121,7 +185,12 @@ impl FeatureSpec {
     }
 
     pub fn num_fields(&self) -> usize {
-        self.numeric.len() + self.categorical.len()
+        self.numeric.len() + self.categorical.len() + self.sequence.len()
+    }
+
+    /// Token positions per row over all sequence fields (their `max_len`s once fitted).
+    pub fn sequence_width(&self) -> usize {
+        self.sequence.iter().map(|q| q.max_len).sum()
     }
 }
 
@@ -242,6 +311,8 @@ pub struct EncodedBatch {
     pub numeric: Vec<f32>,
     /// `rows × num labels` (empty for inference input).
     pub labels: Vec<f32>,
+    /// `rows × Σ max_len`: each sequence field's token indices (0 pads), fields in order.
+    pub sequence: Vec<i32>,
 }
 
 impl EncodedBatch {
@@ -252,6 +323,7 @@ impl EncodedBatch {
             spec.numeric.len(),
             self.label_width(),
         );
+        let w = spec.sequence_width();
         EncodedBatch {
             rows: end - start,
             categorical: self.categorical[start * c..end * c].to_vec(),
@@ -261,7 +333,17 @@ impl EncodedBatch {
             } else {
                 self.labels[start * l..end * l].to_vec()
             },
+            sequence: self.sequence[start * w..end * w].to_vec(),
         }
+    }
+
+    /// Appends `other`'s rows (encoded with the same spec).
+    pub fn append(&mut self, other: EncodedBatch) {
+        self.rows += other.rows;
+        self.categorical.extend(other.categorical);
+        self.numeric.extend(other.numeric);
+        self.labels.extend(other.labels);
+        self.sequence.extend(other.sequence);
     }
 
     pub fn label_width(&self) -> usize {
@@ -287,11 +369,13 @@ impl EncodedBatch {
             spec.numeric.len(),
             self.label_width(),
         );
+        let w = spec.sequence_width();
         let mut out = EncodedBatch {
             rows: order.len(),
             categorical: Vec::with_capacity(order.len() * c),
             numeric: Vec::with_capacity(order.len() * n),
             labels: Vec::with_capacity(order.len() * l),
+            sequence: Vec::with_capacity(order.len() * w),
         };
         for &r in order {
             out.categorical
@@ -300,6 +384,8 @@ impl EncodedBatch {
                 .extend_from_slice(&self.numeric[r * n..(r + 1) * n]);
             out.labels
                 .extend_from_slice(&self.labels[r * l..(r + 1) * l]);
+            out.sequence
+                .extend_from_slice(&self.sequence[r * w..(r + 1) * w]);
         }
         out
     }
@@ -323,6 +409,12 @@ impl EncodedBatch {
                 (0..self.rows).map(|r| self.categorical[r * c + j]),
             )));
         }
+        let w = spec.sequence_width();
+        for j in 0..w {
+            columns.push(Arc::new(Int32Array::from_iter_values(
+                (0..self.rows).map(|r| self.sequence[r * w + j]),
+            )));
+        }
         for j in 0..l {
             columns.push(Arc::new(Float32Array::from_iter_values(
                 (0..self.rows).map(|r| self.labels[r * l + j]),
@@ -340,11 +432,13 @@ impl EncodedBatch {
             .iter()
             .all(|l| batch.column_by_name(l).is_some());
         let l = if with_labels { spec.labels.len() } else { 0 };
+        let w = spec.sequence_width();
         let mut out = EncodedBatch {
             rows,
             categorical: vec![0; rows * c],
             numeric: vec![0.0; rows * n],
             labels: vec![0.0; rows * l],
+            sequence: vec![0; rows * w],
         };
         let f32_column = |name: &str| -> Result<&Float32Array> {
             batch
@@ -357,13 +451,20 @@ impl EncodedBatch {
                 out.numeric[r * n + j] = *v;
             }
         }
-        for (j, name) in spec.categorical.iter().enumerate() {
-            let col = batch
+        let i32_column = |name: &str| -> Result<&Int32Array> {
+            batch
                 .column_by_name(name)
                 .and_then(|a| a.as_any().downcast_ref::<Int32Array>())
-                .ok_or_else(|| CtrError::Data(format!("encoded data lacks Int32 column {name}")))?;
-            for (r, v) in col.values().iter().enumerate() {
+                .ok_or_else(|| CtrError::Data(format!("encoded data lacks Int32 column {name}")))
+        };
+        for (j, name) in spec.categorical.iter().enumerate() {
+            for (r, v) in i32_column(name)?.values().iter().enumerate() {
                 out.categorical[r * c + j] = *v;
+            }
+        }
+        for (j, name) in sequence_columns(spec).iter().enumerate() {
+            for (r, v) in i32_column(name)?.values().iter().enumerate() {
+                out.sequence[r * w + j] = *v;
             }
         }
         for (j, name) in spec.labels.iter().enumerate().take(l) {
@@ -387,6 +488,11 @@ pub fn encoded_schema(spec: &FeatureSpec, with_labels: bool) -> SchemaRef {
             .iter()
             .map(|n| Field::new(n, DataType::Int32, false)),
     );
+    fields.extend(
+        sequence_columns(spec)
+            .iter()
+            .map(|n| Field::new(n, DataType::Int32, false)),
+    );
     if with_labels {
         fields.extend(
             spec.labels
@@ -395,6 +501,14 @@ pub fn encoded_schema(spec: &FeatureSpec, with_labels: bool) -> SchemaRef {
         );
     }
     Arc::new(Schema::new(fields))
+}
+
+/// The encoded parts' columns of the sequence fields: one per position, `NAME__0`, `NAME__1`…
+fn sequence_columns(spec: &FeatureSpec) -> Vec<String> {
+    spec.sequence
+        .iter()
+        .flat_map(|q| (0..q.max_len).map(move |i| format!("{}__{i}", q.name)))
+        .collect()
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
@@ -469,6 +583,9 @@ pub struct FeatureFitter {
     spec: FeatureSpec,
     counts: Vec<HashMap<String, u64>>,
     ranges: Vec<Option<Moments>>,
+    /// Per sequence field: token counts and the longest sequence seen.
+    sequence_counts: Vec<HashMap<String, u64>>,
+    longest: Vec<usize>,
     rows: u64,
 }
 
@@ -478,6 +595,8 @@ impl FeatureFitter {
         Ok(FeatureFitter {
             counts: vec![HashMap::new(); spec.categorical.len()],
             ranges: vec![None; spec.numeric.len()],
+            sequence_counts: vec![HashMap::new(); spec.sequence.len()],
+            longest: vec![0; spec.sequence.len()],
             spec,
             rows: 0,
         })
@@ -510,6 +629,36 @@ impl FeatureFitter {
                 }
             }
         }
+        for (j, q) in self.spec.sequence.iter().enumerate() {
+            let col = categorical_values(batch, &q.name)?;
+            let strings = col.as_string::<i32>();
+            let counts = &mut self.sequence_counts[j];
+            for (i, k) in keep.iter().enumerate() {
+                if !*k {
+                    continue;
+                }
+                // A missing sequence is the empty text: one empty (padding) token.
+                let text = if strings.is_null(i) {
+                    ""
+                } else {
+                    strings.value(i)
+                };
+                let mut len = 0;
+                for token in text.split(q.splitter.as_str()) {
+                    len += 1;
+                    if token.is_empty() {
+                        continue;
+                    }
+                    match counts.get_mut(token) {
+                        Some(c) => *c += 1,
+                        None => {
+                            counts.insert(token.to_owned(), 1);
+                        }
+                    }
+                }
+                self.longest[j] = self.longest[j].max(len);
+            }
+        }
         self.rows += keep.iter().filter(|k| **k).count() as u64;
         Ok(())
     }
@@ -519,22 +668,27 @@ impl FeatureFitter {
             return Err(CtrError::Data("the training split has no rows".into()));
         }
         let min_count = self.spec.min_categr_count.max(1);
-        let vocabularies = self
-            .counts
-            .into_iter()
-            .map(|counts| {
-                let mut tokens: Vec<(String, u64)> = counts
-                    .into_iter()
-                    .filter(|(_, c)| *c >= min_count)
-                    .collect();
-                tokens.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                Vocabulary::from_tokens(tokens.into_iter().map(|(t, _)| t).collect())
-            })
-            .collect();
+        let fit = |counts: HashMap<String, u64>| {
+            let mut tokens: Vec<(String, u64)> = counts
+                .into_iter()
+                .filter(|(_, c)| *c >= min_count)
+                .collect();
+            tokens.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            Vocabulary::from_tokens(tokens.into_iter().map(|(t, _)| t).collect())
+        };
+        let vocabularies = self.counts.into_iter().map(fit).collect();
+        let sequence_vocabularies = self.sequence_counts.into_iter().map(fit).collect();
+        let mut spec = self.spec;
+        // From here on the spec says each sequence's length.
+        for (q, longest) in spec.sequence.iter_mut().zip(self.longest) {
+            if q.max_len == 0 {
+                q.max_len = longest.max(1);
+            }
+        }
         let numeric = self
             .ranges
             .into_iter()
-            .zip(&self.spec.numeric)
+            .zip(&spec.numeric)
             .map(|(r, name)| {
                 let m = r.unwrap_or(Moments::new(0.0));
                 NumericStats {
@@ -546,17 +700,45 @@ impl FeatureFitter {
                     } else {
                         0.0
                     },
-                    normalizer: self.spec.normalizer_of(name),
+                    normalizer: spec.normalizer_of(name),
                 }
             })
             .collect();
         Ok(FeatureProcessor {
             dataset_id: dataset_id.to_owned(),
-            spec: self.spec,
+            spec,
             vocabularies,
             numeric,
+            sequence_vocabularies,
         })
     }
+}
+
+/// FuxiCTR's `feature_map.json`, its keys in FuxiCTR's order (a struct keeps its fields'
+/// order where a JSON map would sort them).
+#[derive(Serialize)]
+struct FeatureMap<'a> {
+    dataset_id: &'a str,
+    num_fields: usize,
+    total_features: usize,
+    input_length: usize,
+    labels: &'a [String],
+    features: Vec<BTreeMap<&'a str, FeatureEntry>>,
+}
+
+#[derive(Serialize)]
+struct FeatureEntry {
+    source: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feature_encoder: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    padding_idx: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_len: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vocab_size: Option<usize>,
 }
 
 /// The fitted encoders, saved beside the dataset and reused for validation and inference.
@@ -566,6 +748,9 @@ pub struct FeatureProcessor {
     pub spec: FeatureSpec,
     pub vocabularies: Vec<Vocabulary>,
     pub numeric: Vec<NumericStats>,
+    /// One per sequence field.
+    #[serde(default)]
+    pub sequence_vocabularies: Vec<Vocabulary>,
 }
 
 impl FeatureProcessor {
@@ -577,16 +762,65 @@ impl FeatureProcessor {
             .collect()
     }
 
+    /// The sequence fields as a model sees them.
+    pub fn sequence_shapes(&self) -> Vec<crate::model::SequenceShape> {
+        self.spec
+            .sequence
+            .iter()
+            .zip(&self.sequence_vocabularies)
+            .map(|(q, v)| crate::model::SequenceShape {
+                vocab_size: v.vocab_size(),
+                max_len: q.max_len,
+                pooling: q.pooling,
+            })
+            .collect()
+    }
+
     /// Encodes one batch of raw rows; `with_labels` also reads (and checks) the label columns.
     pub fn encode(&self, batch: &RecordBatch, with_labels: bool) -> Result<EncodedBatch> {
         let rows = batch.num_rows();
         let (c, n) = (self.spec.categorical.len(), self.spec.numeric.len());
+        let w = self.spec.sequence_width();
         let mut out = EncodedBatch {
             rows,
             categorical: vec![0; rows * c],
             numeric: vec![0.0; rows * n],
             labels: Vec::new(),
+            sequence: vec![0; rows * w],
         };
+        let mut start = 0;
+        for (q, vocab) in self.spec.sequence.iter().zip(&self.sequence_vocabularies) {
+            let col = categorical_values(batch, &q.name)?;
+            let strings = col.as_string::<i32>();
+            let mut ids = Vec::with_capacity(q.max_len);
+            for r in 0..rows {
+                let text = if strings.is_null(r) {
+                    ""
+                } else {
+                    strings.value(r)
+                };
+                ids.clear();
+                ids.extend(text.split(q.splitter.as_str()).map(|t| {
+                    if t.is_empty() {
+                        0
+                    } else {
+                        vocab.lookup(Some(t))
+                    }
+                }));
+                // Keras' pad_sequences, as FuxiCTR calls it: pad and truncate on one side.
+                let kept = match q.padding {
+                    Padding::Post => &ids[..ids.len().min(q.max_len)],
+                    Padding::Pre => &ids[ids.len().saturating_sub(q.max_len)..],
+                };
+                let row = &mut out.sequence[r * w + start..r * w + start + q.max_len];
+                let at = match q.padding {
+                    Padding::Post => 0,
+                    Padding::Pre => q.max_len - kept.len(),
+                };
+                row[at..at + kept.len()].copy_from_slice(kept);
+            }
+            start += q.max_len;
+        }
         for (j, name) in self.spec.numeric.iter().enumerate() {
             let stats = self.numeric[j];
             for (r, x) in numeric_values(batch, name, self.spec.fill_of(name))?
@@ -642,13 +876,19 @@ impl FeatureProcessor {
             })?;
         if p.vocabularies.len() != p.spec.categorical.len()
             || p.numeric.len() != p.spec.numeric.len()
+            || p.sequence_vocabularies.len() != p.spec.sequence.len()
+            || p.spec.sequence.iter().any(|q| q.max_len == 0)
         {
             return Err(CtrError::Corrupt {
                 path,
                 message: "encoders do not match the feature spec".into(),
             });
         }
-        for v in &mut p.vocabularies {
+        for v in p
+            .vocabularies
+            .iter_mut()
+            .chain(&mut p.sequence_vocabularies)
+        {
             v.rebuild_index();
         }
         Ok(p)
@@ -656,43 +896,74 @@ impl FeatureProcessor {
 
     /// FuxiCTR's `feature_map.json`: numeric fields first, then categorical, 4-space indent.
     pub fn feature_map_json(&self) -> String {
-        let mut features = Vec::new();
+        let entry =
+            |kind, pooling: Option<Pooling>, max_len, vocab_size: Option<usize>| FeatureEntry {
+                source: "",
+                kind,
+                feature_encoder: pooling.map(Pooling::encoder),
+                padding_idx: vocab_size.map(|_| 0),
+                max_len,
+                vocab_size,
+            };
+        let mut features: Vec<BTreeMap<&str, FeatureEntry>> = Vec::new();
         for name in &self.spec.numeric {
-            features.push(serde_json::json!({ name: {"source": "", "type": "numeric"} }));
+            features.push(BTreeMap::from([(
+                name.as_str(),
+                entry("numeric", None, None, None),
+            )]));
         }
         for (name, vocab) in self.spec.categorical.iter().zip(&self.vocabularies) {
-            features.push(serde_json::json!({ name: {
-                "source": "", "type": "categorical", "padding_idx": 0,
-                "vocab_size": vocab.vocab_size(),
-            }}));
+            features.push(BTreeMap::from([(
+                name.as_str(),
+                entry("categorical", None, None, Some(vocab.vocab_size())),
+            )]));
         }
-        let total_features: usize = self.spec.numeric.len()
-            + self
-                .vocabularies
-                .iter()
-                .map(Vocabulary::vocab_size)
-                .sum::<usize>();
-        let map = serde_json::json!({
-            "dataset_id": self.dataset_id,
-            "num_fields": self.spec.num_fields(),
-            "total_features": total_features,
-            "input_length": self.spec.num_fields(),
-            "labels": self.spec.labels,
-            "features": features,
-        });
+        for (q, vocab) in self.spec.sequence.iter().zip(&self.sequence_vocabularies) {
+            features.push(BTreeMap::from([(
+                q.name.as_str(),
+                entry(
+                    "sequence",
+                    Some(q.pooling),
+                    Some(q.max_len),
+                    Some(vocab.vocab_size()),
+                ),
+            )]));
+        }
+        let map = FeatureMap {
+            dataset_id: &self.dataset_id,
+            num_fields: self.spec.num_fields(),
+            total_features: self.spec.numeric.len()
+                + self
+                    .vocabularies
+                    .iter()
+                    .chain(&self.sequence_vocabularies)
+                    .map(Vocabulary::vocab_size)
+                    .sum::<usize>(),
+            input_length: self.spec.numeric.len()
+                + self.spec.categorical.len()
+                + self.spec.sequence_width(),
+            labels: &self.spec.labels,
+            features,
+        };
         pretty4(&map)
     }
 
-    /// FuxiCTR's `feature_vocab.json`: per field, tokens in index order.
     pub fn vocab_json(&self) -> String {
         let mut out = String::from("{\n");
-        for (f, (name, vocab)) in self
+        let all: Vec<(&String, &Vocabulary)> = self
             .spec
             .categorical
             .iter()
             .zip(&self.vocabularies)
-            .enumerate()
-        {
+            .chain(
+                self.spec
+                    .sequence
+                    .iter()
+                    .map(|q| &q.name)
+                    .zip(&self.sequence_vocabularies),
+            )
+            .collect();
+        for (f, (name, vocab)) in all.iter().enumerate() {
             out.push_str(&format!("    {}: {{", json_str(name)));
             out.push_str(&format!("{}: 0", json_str(PAD_TOKEN)));
             for (i, t) in vocab.tokens.iter().enumerate() {
@@ -703,11 +974,7 @@ impl FeatureProcessor {
                 json_str(OOV_TOKEN),
                 vocab.oov_index()
             ));
-            out.push_str(if f + 1 < self.vocabularies.len() {
-                ",\n"
-            } else {
-                "\n"
-            });
+            out.push_str(if f + 1 < all.len() { ",\n" } else { "\n" });
         }
         out.push('}');
         out
@@ -718,7 +985,7 @@ fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-fn pretty4(value: &serde_json::Value) -> String {
+fn pretty4<T: Serialize>(value: &T) -> String {
     let mut buf = Vec::new();
     let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, formatter);
@@ -747,6 +1014,7 @@ mod tests {
             min_categr_count: 2,
             normalizer: BTreeMap::new(),
             fill_na: BTreeMap::new(),
+            sequence: Vec::new(),
         }
     }
 
@@ -766,6 +1034,7 @@ mod tests {
             categorical: vec![10, 11, 12, 13, 14],
             numeric: vec![0.0, 0.1, 0.2, 0.3, 0.4],
             labels: vec![1.0, 0.0, 1.0, 0.0, 1.0],
+            sequence: Vec::new(),
         };
         let halves = b.split_rows(2, &spec());
         assert_eq!(halves.iter().map(|h| h.rows).collect::<Vec<_>>(), [3, 2]);
@@ -808,6 +1077,103 @@ mod tests {
             .encode(&batch(vec![Some(1.0)], vec![None], vec![0]), false)
             .expect("encode");
         assert_eq!(null_token.categorical, vec![3], "missing → OOV");
+    }
+
+    #[test]
+    fn sequences_are_tokenised_padded_and_written_as_fuxictr_writes_them() {
+        let mut s = spec();
+        s.min_categr_count = 1;
+        s.sequence = vec![
+            SequenceSpec {
+                name: "hist".into(),
+                splitter: "^".into(),
+                max_len: 0,
+                padding: Padding::Post,
+                pooling: Pooling::Mean,
+            },
+            SequenceSpec {
+                name: "tags".into(),
+                splitter: "|".into(),
+                max_len: 2,
+                padding: Padding::Pre,
+                pooling: Pooling::Sum,
+            },
+        ];
+        let rows = |hist: Vec<Option<&str>>, tags: Vec<Option<&str>>| {
+            let n = hist.len();
+            RecordBatch::try_from_iter(vec![
+                ("I1", Arc::new(Float64Array::from(vec![1.0; n])) as ArrayRef),
+                ("C1", Arc::new(StringArray::from(vec!["x"; n])) as ArrayRef),
+                ("hist", Arc::new(StringArray::from(hist)) as ArrayRef),
+                ("tags", Arc::new(StringArray::from(tags)) as ArrayRef),
+                ("click", Arc::new(I32::from(vec![0; n])) as ArrayRef),
+            ])
+            .expect("batch")
+        };
+        let train = rows(
+            vec![Some("a^b^a"), Some("b"), None, Some("a^^c")],
+            vec![Some("t1|t2|t3"), Some("t2"), Some(""), None],
+        );
+        let mut fitter = FeatureFitter::new(s).expect("spec");
+        fitter.observe(&train, &[true; 4]).expect("observe");
+        let p = fitter.finish("toy").expect("fit");
+        // Counts: a 3, b 2, c 1; the longest history has 3 pieces (the empty one pads).
+        assert_eq!(p.sequence_vocabularies[0].tokens, ["a", "b", "c"]);
+        assert_eq!(p.spec.sequence[0].max_len, 3);
+        assert_eq!(p.spec.sequence[1].max_len, 2, "as configured");
+        assert_eq!(p.spec.sequence_width(), 5);
+
+        let e = p
+            .encode(
+                &rows(
+                    vec![Some("b^a^c^a"), Some("zzz"), Some("a^^c")],
+                    vec![Some("t1|t2|t3"), Some("t3"), None],
+                ),
+                false,
+            )
+            .expect("encode");
+        // hist (post: keep the first 3, pad after): b a c | OOV (4) 0 0 | a 0 c.
+        // tags (pre: keep the last 2, pad before): t2 t3 | 0 t3 | 0 0.
+        let (t2, t3) = (
+            p.sequence_vocabularies[1].lookup(Some("t2")),
+            p.sequence_vocabularies[1].lookup(Some("t3")),
+        );
+        assert_eq!(e.sequence, [2, 1, 3, t2, t3, 4, 0, 0, 0, t3, 1, 0, 3, 0, 0]);
+        // The encoded parts keep them, one column per position.
+        let rb = e.to_record_batch(&p.spec).expect("arrow");
+        assert!(rb.column_by_name("tags__1").is_some());
+        assert_eq!(
+            EncodedBatch::from_record_batch(&rb, &p.spec).expect("back"),
+            e
+        );
+        assert_eq!(e.slice(1, 2, &p.spec).sequence, [4, 0, 0, 0, t3]);
+
+        // FuxiCTR's feature map: the sequence's keys in its order, its positions in
+        // input_length, its vocabulary in total_features.
+        let map = p.feature_map_json();
+        assert!(
+            map.contains(
+                "\"hist\": {\n                \"source\": \"\",\n                \"type\": \"sequence\",\n                \"feature_encoder\": \"layers.MaskedAveragePooling()\",\n                \"padding_idx\": 0,\n                \"max_len\": 3,\n                \"vocab_size\": 5\n"
+            ),
+            "{map}"
+        );
+        assert!(
+            map.contains("\"C1\": {\n                \"source\": \"\",\n                \"type\": \"categorical\",\n                \"padding_idx\": 0,\n"),
+            "{map}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&map).expect("json");
+        assert_eq!(v["num_fields"], 4);
+        assert_eq!(v["input_length"], 1 + 1 + 5);
+        assert_eq!(v["total_features"], 1 + 3 + 5 + 5);
+        let vocab: serde_json::Value = serde_json::from_str(&p.vocab_json()).expect("json");
+        assert_eq!(vocab["hist"]["a"], 1);
+        assert_eq!(vocab["tags"]["__OOV__"], 4);
+        // The processor keeps all of it.
+        let dir = tempfile::tempdir().expect("tmp");
+        p.save(dir.path()).expect("save");
+        let back = FeatureProcessor::load(dir.path()).expect("load");
+        assert_eq!(back.spec.sequence[0].max_len, 3);
+        assert_eq!(back.sequence_vocabularies[0].lookup(Some("c")), 3);
     }
 
     #[test]

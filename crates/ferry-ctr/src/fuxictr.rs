@@ -20,7 +20,7 @@ use serde_json::{Map, Value as Json};
 use serde_yaml::Value;
 
 use crate::error::{CtrError, Result};
-use crate::features::{FeatureSpec, Normalizer};
+use crate::features::{FeatureSpec, Normalizer, Padding, Pooling, SequenceSpec};
 use crate::model::{ModelConfig, ModelKind, Penalty};
 
 /// One experiment of a FuxiCTR configuration, in Ferry's terms.
@@ -451,6 +451,7 @@ fn feature_spec(
         min_categr_count: min_count,
         normalizer: Default::default(),
         fill_na: Default::default(),
+        sequence: Vec::new(),
     };
     for col in cols {
         let Value::Mapping(m) = col else {
@@ -482,20 +483,29 @@ fn feature_spec(
                 ));
             }
         };
+        check_feature_keys(&owner, &kind, &col, min_count, embedding_dim, csv)?;
         let target = match kind.as_str() {
             "numeric" => &mut spec.numeric,
             "categorical" => &mut spec.categorical,
             "meta" => &mut spec.id_columns,
+            "sequence" => {
+                let q = sequence_spec(&owner, &col)?;
+                spec.sequence.extend(
+                    names
+                        .into_iter()
+                        .map(|name| SequenceSpec { name, ..q.clone() }),
+                );
+                continue;
+            }
             other => {
                 return Err(unsupported(
                     &owner,
                     "type",
                     &Value::String(other.to_owned()),
-                    "numeric, categorical and meta features only",
+                    "numeric, categorical, sequence and meta features only",
                 ));
             }
         };
-        check_feature_keys(&owner, &kind, &col, min_count, embedding_dim, csv)?;
         if kind == "numeric" {
             let norm = normalizer(&owner, col.get("normalizer").unwrap_or(&Value::Null))?;
             let fill = col.get("fill_na").and_then(Value::as_f64);
@@ -585,6 +595,7 @@ fn check_feature_keys(
                 ));
             }
             "name" | "active" | "type" | "dtype" | "source" => {}
+            "splitter" | "max_len" | "padding" | "feature_encoder" if kind == "sequence" => {}
             "min_categr_count" => {
                 if v.as_u64() != Some(min_count) {
                     return Err(unsupported(
@@ -635,6 +646,52 @@ fn check_feature_keys(
         }
     }
     Ok(())
+}
+
+/// A sequence feature's `splitter` (`^` by default), `max_len` (0: the longest in the training
+/// split), `padding` (`post` by default, as FuxiCTR's `fit_sequence_col`) and
+/// `feature_encoder` (masked average pooling by default, or masked sum pooling).
+fn sequence_spec(owner: &str, col: &Section) -> Result<SequenceSpec> {
+    let splitter = match col.get("splitter") {
+        None | Some(Value::Null) => "^".to_owned(),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(v) => return Err(bad(owner, "splitter", v, "must be a non-empty text")),
+    };
+    let max_len = match col.get("max_len") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| bad(owner, "max_len", v, "must be a length (0: the longest)"))?,
+    };
+    let padding = match col.get("padding").and_then(Value::as_str) {
+        None | Some("post") => Padding::Post,
+        Some("pre") => Padding::Pre,
+        Some(_) => {
+            let v = col.get("padding").unwrap_or(&Value::Null);
+            return Err(bad(owner, "padding", v, "must be pre or post"));
+        }
+    };
+    let pooling = match col.get("feature_encoder") {
+        None => Pooling::Mean,
+        Some(Value::String(e)) if e == "layers.MaskedAveragePooling()" => Pooling::Mean,
+        Some(Value::String(e)) if e == "layers.MaskedSumPooling()" => Pooling::Sum,
+        Some(v) => {
+            return Err(unsupported(
+                owner,
+                "feature_encoder",
+                v,
+                "a sequence is pooled by layers.MaskedAveragePooling() or layers.MaskedSumPooling(); unpooled sequences (DIN's target attention) are not followed yet",
+            ));
+        }
+    };
+    Ok(SequenceSpec {
+        name: String::new(),
+        splitter,
+        max_len,
+        padding,
+        pooling,
+    })
 }
 
 /// A numeric feature's `normalizer`: none (the value as it is), MinMaxScaler or StandardScaler.
@@ -1267,6 +1324,43 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
     }
 
     #[test]
+    fn sequence_features_are_read_with_fuxictr_s_defaults() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            d.path().join("dataset_config.yaml"),
+            "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: item, active: True, dtype: str, type: categorical}\n    - {name: [clicks, views], active: True, dtype: str, type: sequence, splitter: '|', max_len: 5, padding: pre, feature_encoder: 'layers.MaskedSumPooling()'}\n    - {name: tags, active: True, dtype: str, type: sequence}\n  label_col: {name: clk, dtype: float}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            d.path().join("model_config.yaml"),
+            "E: {dataset_id: d, model: DeepFM}\n",
+        )
+        .expect("write");
+        let f = load(d.path(), "E", d.path()).expect("E").features;
+        assert_eq!(f.categorical, ["item"]);
+        let names: Vec<&str> = f.sequence.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["clicks", "views", "tags"]);
+        assert_eq!(
+            (
+                f.sequence[1].splitter.as_str(),
+                f.sequence[1].max_len,
+                f.sequence[1].padding,
+                f.sequence[1].pooling
+            ),
+            ("|", 5, Padding::Pre, Pooling::Sum)
+        );
+        assert_eq!(
+            (
+                f.sequence[2].splitter.as_str(),
+                f.sequence[2].max_len,
+                f.sequence[2].padding,
+                f.sequence[2].pooling
+            ),
+            ("^", 0, Padding::Post, Pooling::Mean)
+        );
+    }
+
+    #[test]
     fn what_ferry_cannot_follow_yet_is_refused_by_name() {
         // DIN over a sequence feature, and data FuxiCTR built beforehand (npz).
         let said = err(&fixture("example6"), "DIN_test");
@@ -1344,8 +1438,16 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
 
         for (col, named) in [
             (
-                "{name: C1, active: True, dtype: str, type: sequence, splitter: '^'}",
-                "sequence",
+                "{name: C1, active: True, dtype: str, type: sequence, splitter: '^', feature_encoder: null}",
+                "feature_encoder",
+            ),
+            (
+                "{name: C1, active: True, dtype: str, type: sequence, share_embedding: C2}",
+                "share_embedding",
+            ),
+            (
+                "{name: C1, active: True, dtype: str, type: sequence, padding: middle}",
+                "padding",
             ),
             (
                 "{name: C1, active: True, dtype: str, type: categorical, share_embedding: C2}",

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CtrError, Result};
-use crate::features::EncodedBatch;
+use crate::features::{EncodedBatch, Pooling};
 use crate::rng::SplitMix64;
 
 /// FuxiCTR's model names.
@@ -583,11 +583,32 @@ pub struct InputShape {
     pub vocab_sizes: Vec<usize>,
     pub num_numeric: usize,
     pub num_tasks: usize,
+    /// The sequence fields, in order, after the categorical ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<SequenceShape>,
+}
+
+/// One sequence field as the model sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SequenceShape {
+    pub vocab_size: usize,
+    pub max_len: usize,
+    pub pooling: Pooling,
 }
 
 impl InputShape {
     pub fn num_fields(&self) -> usize {
-        self.vocab_sizes.len() + self.num_numeric
+        self.vocab_sizes.len() + self.num_numeric + self.sequences.len()
+    }
+
+    /// Rows in the shared embedding table: every categorical and sequence vocabulary.
+    fn table_rows(&self) -> usize {
+        self.vocab_sizes.iter().sum::<usize>()
+            + self.sequences.iter().map(|q| q.vocab_size).sum::<usize>()
+    }
+
+    fn sequence_width(&self) -> usize {
+        self.sequences.iter().map(|q| q.max_len).sum()
     }
 
     /// Where each categorical field starts in the shared embedding table.
@@ -604,10 +625,15 @@ impl InputShape {
     }
 }
 
-/// One batch on a device: `[B, C]` global embedding indices, `[B, N]` numerics.
+/// One batch on a device: `[B, C]` global embedding indices, `[B, N]` numerics, and the
+/// sequence fields' `[B, Σ max_len]` global indices with their mask (1 for a token, 0 for
+/// padding).
 pub struct Inputs {
     pub categorical: Option<Tensor<2, Int>>,
     pub numeric: Option<Tensor<2>>,
+    pub sequence: Option<(Tensor<2, Int>, Tensor<2>)>,
+    /// Each sequence field's length and pooling, in order.
+    pub sequence_fields: Vec<(usize, Pooling)>,
     pub rows: usize,
 }
 
@@ -649,9 +675,52 @@ impl Inputs {
                 device,
             )
         });
+        let w = shape.sequence_width();
+        if batch.sequence.len() != batch.rows * w {
+            return Err(CtrError::Data(format!(
+                "batch has {} sequence tokens for {} rows; the model expects {w} per row",
+                batch.sequence.len(),
+                batch.rows
+            )));
+        }
+        let sequence = (w > 0)
+            .then(|| -> Result<_> {
+                let base: usize = shape.vocab_sizes.iter().sum();
+                // Field and table offset of each position of a row.
+                let mut at = Vec::with_capacity(w);
+                let mut offset = base;
+                for (f, q) in shape.sequences.iter().enumerate() {
+                    at.extend(std::iter::repeat_n((f, offset, q.vocab_size), q.max_len));
+                    offset += q.vocab_size;
+                }
+                let mut idx = Vec::with_capacity(batch.sequence.len());
+                let mut mask = Vec::with_capacity(batch.sequence.len());
+                for (i, v) in batch.sequence.iter().enumerate() {
+                    let (field, offset, vocab) = at[i % w];
+                    if *v < 0 || *v as usize >= vocab {
+                        return Err(CtrError::Data(format!(
+                            "sequence field {field} has index {v} outside its vocabulary of \
+                             {vocab}; was the data encoded with this model's feature processor?"
+                        )));
+                    }
+                    idx.push((offset + *v as usize) as i64);
+                    mask.push(if *v == 0 { 0.0f32 } else { 1.0 });
+                }
+                Ok((
+                    Tensor::<2, Int>::from_data(TensorData::new(idx, [batch.rows, w]), device),
+                    Tensor::<2>::from_data(TensorData::new(mask, [batch.rows, w]), device),
+                ))
+            })
+            .transpose()?;
         Ok(Inputs {
             categorical,
             numeric,
+            sequence,
+            sequence_fields: shape
+                .sequences
+                .iter()
+                .map(|q| (q.max_len, q.pooling))
+                .collect(),
             rows: batch.rows,
         })
     }
@@ -685,9 +754,30 @@ pub struct FeatureEmbedding {
     numeric: Option<Param<Tensor<2>>>,
 }
 
+/// Each sequence field's token embeddings `[B, Σ L, d]` pooled over its real tokens (FuxiCTR's
+/// masked average or sum pooling): `[B, S, d]`, one row per field.
+fn pool_sequences(tokens: Tensor<3>, mask: &Tensor<2>, fields: &[(usize, Pooling)]) -> Tensor<3> {
+    let [b, w, _] = tokens.dims();
+    let tokens = tokens * mask.clone().reshape([b, w, 1]);
+    let mut start = 0;
+    let mut pooled = Vec::with_capacity(fields.len());
+    for &(len, pooling) in fields {
+        let sum = tokens.clone().narrow(1, start, len).sum_dim(1); // [B, 1, d]
+        pooled.push(match pooling {
+            Pooling::Sum => sum,
+            Pooling::Mean => {
+                let count = mask.clone().narrow(1, start, len).sum_dim(1).clamp_min(1.0);
+                sum / count.reshape([b, 1, 1])
+            }
+        });
+        start += len;
+    }
+    Tensor::cat(pooled, 1)
+}
+
 impl FeatureEmbedding {
     fn new(shape: &InputShape, dim: usize, device: &Device) -> FeatureEmbedding {
-        let total: usize = shape.vocab_sizes.iter().sum();
+        let total = shape.table_rows();
         FeatureEmbedding {
             table: (total > 0).then(|| {
                 EmbeddingConfig::new(total, dim)
@@ -708,6 +798,13 @@ impl FeatureEmbedding {
         }
         if let (Some(table), Some(cat)) = (&self.table, &x.categorical) {
             parts.push(table.forward(cat.clone()));
+        }
+        if let (Some(table), Some((seq, mask))) = (&self.table, &x.sequence) {
+            parts.push(pool_sequences(
+                table.forward(seq.clone()),
+                mask,
+                &x.sequence_fields,
+            ));
         }
         Tensor::cat(parts, 1)
     }
@@ -788,7 +885,7 @@ pub struct FirstOrder {
 
 impl FirstOrder {
     fn new(shape: &InputShape, device: &Device) -> FirstOrder {
-        let total: usize = shape.vocab_sizes.iter().sum();
+        let total = shape.table_rows();
         FirstOrder {
             table: (total > 0).then(|| {
                 EmbeddingConfig::new(total, 1)
@@ -808,6 +905,12 @@ impl FirstOrder {
         }
         if let (Some(l), Some(num)) = (&self.numeric, &x.numeric) {
             out = out + l.forward(num.clone());
+        }
+        if let (Some(t), Some((seq, mask))) = (&self.table, &x.sequence) {
+            // Each sequence field's token weights pooled like its embeddings, then summed.
+            let pooled = pool_sequences(t.forward(seq.clone()), mask, &x.sequence_fields);
+            let s = pooled.dims()[1];
+            out = out + pooled.reshape([x.rows, s]).sum_dim(1);
         }
         out
     }
@@ -1790,6 +1893,11 @@ mod tests {
             vocab_sizes: vec![5, 7, 3],
             num_numeric: 2,
             num_tasks: 2,
+            sequences: vec![SequenceShape {
+                vocab_size: 6,
+                max_len: 3,
+                pooling: Pooling::Mean,
+            }],
         }
     }
 
@@ -1799,6 +1907,16 @@ mod tests {
             categorical: (0..rows * 3).map(|i| (i % 2) as i32 + 1).collect(),
             numeric: (0..rows * 2).map(|i| (i % 5) as f32 / 5.0).collect(),
             labels: (0..rows * 2).map(|i| (i % 2) as f32).collect(),
+            // Some padding (0) in every row, and one row all padding.
+            sequence: (0..rows * 3)
+                .map(|i| {
+                    if i % 3 == 2 || i < 3 {
+                        0
+                    } else {
+                        (i % 5) as i32 + 1
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -1877,11 +1995,46 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_is_pooled_over_its_real_tokens_only() {
+        let device = Device::flex();
+        // Two rows, two fields of lengths 3 and 2: [[a, b, pad], [c, d]], [[pad, pad, pad], [e, pad]].
+        let tokens = Tensor::<3>::from_data(
+            TensorData::new(
+                vec![
+                    1.0f32, 10.0, 3.0, 30.0, 99.0, 99.0, 5.0, 50.0, 7.0, 70.0, //
+                    99.0, 99.0, 99.0, 99.0, 99.0, 99.0, 2.0, 20.0, 99.0, 99.0,
+                ],
+                [2, 5, 2],
+            ),
+            &device,
+        );
+        let mask = Tensor::<2>::from_data(
+            TensorData::new(
+                vec![1.0f32, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                [2, 5],
+            ),
+            &device,
+        );
+        let mean = pool_sequences(
+            tokens.clone(),
+            &mask,
+            &[(3, Pooling::Mean), (2, Pooling::Sum)],
+        )
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("f32");
+        // Row 1: mean(a, b) = (2, 20), sum(c, d) = (12, 120); row 2: an all-padding
+        // sequence pools to zeros, sum(e) = (2, 20).
+        assert_eq!(mean, [2.0, 20.0, 12.0, 120.0, 0.0, 0.0, 2.0, 20.0]);
+    }
+
+    #[test]
     fn models_that_pair_fields_refuse_a_single_field_and_bad_keys_are_named() {
         let one = InputShape {
             vocab_sizes: vec![4],
             num_numeric: 0,
             num_tasks: 1,
+            sequences: Vec::new(),
         };
         let device = Device::flex();
         for kind in [ModelKind::PNN, ModelKind::FiBiNET] {
@@ -1934,8 +2087,8 @@ mod tests {
         };
         let x0 = Tensor::<2>::from_data(
             TensorData::new(
-                (0..5 * 20).map(|i| (i % 7) as f32 / 7.0 - 0.3).collect(),
-                [5, 20],
+                (0..5 * 24).map(|i| (i % 7) as f32 / 7.0 - 0.3).collect(),
+                [5, 24],
             ),
             &device,
         );
@@ -2016,6 +2169,11 @@ mod tests {
             vocab_sizes: vec![6, 3],
             num_numeric: 1,
             num_tasks: 1,
+            sequences: vec![SequenceShape {
+                vocab_size: 4,
+                max_len: 2,
+                pooling: Pooling::Sum,
+            }],
         };
         let b = EncodedBatch {
             rows,
@@ -2026,6 +2184,7 @@ mod tests {
             labels: (0..rows)
                 .map(|r| if r % 5 < 2 { 1.0 } else { 0.0 })
                 .collect(),
+            sequence: (0..rows * 2).map(|i| (i % 4) as i32).collect(),
         };
         let dir = tempfile::tempdir().expect("tmp");
         for (n, config) in variants().into_iter().enumerate() {

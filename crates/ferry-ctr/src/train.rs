@@ -431,6 +431,7 @@ pub fn train(
         vocab_sizes: processor.vocab_sizes(),
         num_numeric: processor.spec.numeric.len(),
         num_tasks,
+        sequences: processor.sequence_shapes(),
     };
     let card = ModelCard {
         config: config.clone(),

@@ -757,3 +757,116 @@ fn fuxictr_s_multitask_demos_train_from_their_tiny_mtl_csv() {
         );
     }
 }
+
+/// A click that only a sequence feature explains: `clk` is 1 exactly when the user's history
+/// holds token `t3`. Trained from Parquet with the history as a `^`-separated sequence, DeepFM
+/// and DNN learn it through the pooled embeddings, and inference scores new rows with it.
+#[test]
+fn a_sequence_feature_is_learnt_end_to_end() {
+    use arrow::array::{ArrayRef, Float64Array, StringArray};
+    use arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut write = |dir: &Path, rows: usize| {
+        let mut items = Vec::new();
+        let mut hists = Vec::new();
+        let mut clicks = Vec::new();
+        for _ in 0..rows {
+            items.push(format!("i{}", next(5)));
+            let len = 1 + next(6) as usize;
+            let tokens: Vec<String> = (0..len).map(|_| format!("t{}", next(20))).collect();
+            clicks.push(if tokens.iter().any(|t| t == "t3") {
+                1.0
+            } else {
+                0.0
+            });
+            hists.push(tokens.join("^"));
+        }
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let batch = RecordBatch::try_from_iter(vec![
+            ("item", Arc::new(StringArray::from(items)) as ArrayRef),
+            ("hist", Arc::new(StringArray::from(hists)) as ArrayRef),
+            ("clk", Arc::new(Float64Array::from(clicks)) as ArrayRef),
+        ])
+        .expect("batch");
+        let file = std::fs::File::create(dir.join("part-0.parquet")).expect("create");
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("w");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+    };
+    write(&root.join("train"), 4_000);
+    write(&root.join("infer"), 1_000);
+
+    let mut spec = FeatureSpec {
+        id_columns: Vec::new(),
+        numeric: Vec::new(),
+        categorical: vec!["item".into()],
+        labels: vec!["clk".into()],
+        min_categr_count: 1,
+        normalizer: Default::default(),
+        fill_na: Default::default(),
+        sequence: Vec::new(),
+    };
+    spec.sequence.push(ferry_ctr::features::SequenceSpec {
+        name: "hist".into(),
+        splitter: "^".into(),
+        max_len: 0,
+        padding: ferry_ctr::features::Padding::Post,
+        pooling: ferry_ctr::features::Pooling::Mean,
+    });
+    let data_dir = root.join("data/seq");
+    let (processor, dataset) = prepare_dataset(
+        &root.join("train"),
+        &data_dir,
+        "seq",
+        &spec,
+        &PrepareOptions::default(),
+    )
+    .expect("prepare");
+    assert_eq!(processor.spec.sequence[0].max_len, 6, "the longest history");
+    for kind in [ModelKind::DeepFM, ModelKind::DNN] {
+        let mut config = small(kind, 4);
+        config.learning_rate = 0.01;
+        let model_dir = root.join(format!("models/{kind:?}"));
+        let out = train(
+            &config,
+            &processor,
+            &dataset,
+            &TrainOptions::new(&data_dir, &model_dir, Device::flex()),
+            &mut (),
+        )
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let auc = out.state.best_val_auc().unwrap_or(0.0);
+        assert!(
+            auc > 0.95,
+            "{kind:?} reads the history: validation AUC {auc}"
+        );
+
+        let result = root.join(format!("scores/{kind:?}"));
+        let scored = infer(
+            &InferOptions {
+                input_dir: root.join("infer"),
+                output_dir: result.clone(),
+                data_dir: data_dir.clone(),
+                model_dir: model_dir.clone(),
+                model_id: config.model_id.clone(),
+                batch_size: 256,
+                devices: vec![Device::flex()],
+                stop_after_parts: None,
+                pipelined: true,
+            },
+            &(),
+        )
+        .expect("infer");
+        assert_eq!(scored.rows_total, 1_000);
+    }
+}
