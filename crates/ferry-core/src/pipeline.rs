@@ -56,7 +56,7 @@ pub struct CtrTaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u32>,
     /// One of FuxiCTR's model names Ferry builds: LR, FM, DNN, WideDeep, DeepFM, PNN,
-    /// DCN(v2), xDeepFM, AutoInt, FiBiNET, FinalMLP, MMoE, ShareBottom or PLE.
+    /// DCN(v2), xDeepFM, AutoInt, FiBiNET, FinalMLP, DIN, MMoE, ShareBottom or PLE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Further model settings (embedding_dim, hidden_units, learning_rate, seed, ...).
@@ -93,6 +93,7 @@ const MODELS: &[&str] = &[
     "AutoInt",
     "FiBiNET",
     "FinalMLP",
+    "DIN",
     "MMoE",
     "ShareBottom",
     "PLE",

@@ -33,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         num_numeric: 13,
         num_tasks: tasks,
         sequences: Vec::new(),
+        names: Vec::new(),
     };
     let mut cfg = ModelConfig::new(kind, "steps");
     cfg.batch_size = 4096;

@@ -60,6 +60,10 @@ pub struct SequenceSpec {
     pub padding: Padding,
     #[serde(default)]
     pub pooling: Pooling,
+    /// A categorical field whose vocabulary and embeddings this sequence shares (FuxiCTR's
+    /// `share_embedding`): the tokens it adds go after that field's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_embedding: Option<String>,
 }
 
 fn default_splitter() -> String {
@@ -169,6 +173,16 @@ impl FeatureSpec {
                     "normalizer / fill_na: {name} is not a numeric feature"
                 )));
             }
+        }
+        if let Some(q) = self.sequence.iter().find(|q| {
+            q.share_embedding
+                .as_ref()
+                .is_some_and(|c| !self.categorical.contains(c))
+        }) {
+            return Err(CtrError::Config(format!(
+                "sequence {}: share_embedding must name a categorical feature",
+                q.name
+            )));
         }
         if let Some(q) = self.sequence.iter().find(|q| q.splitter.is_empty()) {
             return Err(CtrError::Config(format!(
@@ -676,8 +690,38 @@ impl FeatureFitter {
             tokens.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             Vocabulary::from_tokens(tokens.into_iter().map(|(t, _)| t).collect())
         };
-        let vocabularies = self.counts.into_iter().map(fit).collect();
-        let sequence_vocabularies = self.sequence_counts.into_iter().map(fit).collect();
+        let mut vocabularies: Vec<Vocabulary> = self.counts.into_iter().map(fit).collect();
+        let mut sequence_vocabularies: Vec<Vocabulary> =
+            self.sequence_counts.into_iter().map(fit).collect();
+        // Shared embeddings, as FuxiCTR's `merge_vocab`: the sequence's new tokens follow the
+        // categorical field's, `__OOV__` moves to the end, and both use the merged vocabulary.
+        for (j, q) in self.spec.sequence.iter().enumerate() {
+            let Some(i) = q
+                .share_embedding
+                .as_ref()
+                .and_then(|c| self.spec.categorical.iter().position(|n| n == c))
+            else {
+                continue;
+            };
+            let mut tokens = vocabularies[i].tokens.clone();
+            tokens.extend(
+                sequence_vocabularies[j]
+                    .tokens
+                    .iter()
+                    .filter(|t| !vocabularies[i].index.contains_key(t.as_str()))
+                    .cloned(),
+            );
+            vocabularies[i] = Vocabulary::from_tokens(tokens);
+        }
+        for (j, q) in self.spec.sequence.iter().enumerate() {
+            if let Some(i) = q
+                .share_embedding
+                .as_ref()
+                .and_then(|c| self.spec.categorical.iter().position(|n| n == c))
+            {
+                sequence_vocabularies[j] = vocabularies[i].clone();
+            }
+        }
         let mut spec = self.spec;
         // From here on the spec says each sequence's length.
         for (q, longest) in spec.sequence.iter_mut().zip(self.longest) {
@@ -734,6 +778,8 @@ struct FeatureEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     feature_encoder: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    share_embedding: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     padding_idx: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_len: Option<usize>,
@@ -772,6 +818,10 @@ impl FeatureProcessor {
                 vocab_size: v.vocab_size(),
                 max_len: q.max_len,
                 pooling: q.pooling,
+                shares: q
+                    .share_embedding
+                    .as_ref()
+                    .and_then(|c| self.spec.categorical.iter().position(|n| n == c)),
             })
             .collect()
     }
@@ -901,6 +951,7 @@ impl FeatureProcessor {
                 source: "",
                 kind,
                 feature_encoder: pooling.map(Pooling::encoder),
+                share_embedding: None,
                 padding_idx: vocab_size.map(|_| 0),
                 max_len,
                 vocab_size,
@@ -919,25 +970,32 @@ impl FeatureProcessor {
             )]));
         }
         for (q, vocab) in self.spec.sequence.iter().zip(&self.sequence_vocabularies) {
-            features.push(BTreeMap::from([(
-                q.name.as_str(),
-                entry(
-                    "sequence",
-                    Some(q.pooling),
-                    Some(q.max_len),
-                    Some(vocab.vocab_size()),
-                ),
-            )]));
+            let mut e = entry(
+                "sequence",
+                Some(q.pooling),
+                Some(q.max_len),
+                Some(vocab.vocab_size()),
+            );
+            e.share_embedding = q.share_embedding.clone();
+            features.push(BTreeMap::from([(q.name.as_str(), e)]));
         }
         let map = FeatureMap {
             dataset_id: &self.dataset_id,
             num_fields: self.spec.num_fields(),
+            // A shared vocabulary counts once, under the field that owns it.
             total_features: self.spec.numeric.len()
                 + self
                     .vocabularies
                     .iter()
-                    .chain(&self.sequence_vocabularies)
                     .map(Vocabulary::vocab_size)
+                    .sum::<usize>()
+                + self
+                    .spec
+                    .sequence
+                    .iter()
+                    .zip(&self.sequence_vocabularies)
+                    .filter(|(q, _)| q.share_embedding.is_none())
+                    .map(|(_, v)| v.vocab_size())
                     .sum::<usize>(),
             input_length: self.spec.numeric.len()
                 + self.spec.categorical.len()
@@ -1090,6 +1148,7 @@ mod tests {
                 max_len: 0,
                 padding: Padding::Post,
                 pooling: Pooling::Mean,
+                share_embedding: None,
             },
             SequenceSpec {
                 name: "tags".into(),
@@ -1097,6 +1156,7 @@ mod tests {
                 max_len: 2,
                 padding: Padding::Pre,
                 pooling: Pooling::Sum,
+                share_embedding: None,
             },
         ];
         let rows = |hist: Vec<Option<&str>>, tags: Vec<Option<&str>>| {
@@ -1174,6 +1234,64 @@ mod tests {
         let back = FeatureProcessor::load(dir.path()).expect("load");
         assert_eq!(back.spec.sequence[0].max_len, 3);
         assert_eq!(back.sequence_vocabularies[0].lookup(Some("c")), 3);
+    }
+
+    #[test]
+    fn a_sequence_sharing_a_categorical_field_merges_into_its_vocabulary() {
+        let mut s = spec();
+        s.min_categr_count = 1;
+        s.sequence = vec![SequenceSpec {
+            name: "hist".into(),
+            splitter: "^".into(),
+            max_len: 2,
+            padding: Padding::Post,
+            pooling: Pooling::Mean,
+            share_embedding: Some("C1".into()),
+        }];
+        let rows = |c1: Vec<&str>, hist: Vec<&str>| {
+            let n = c1.len();
+            RecordBatch::try_from_iter(vec![
+                ("I1", Arc::new(Float64Array::from(vec![1.0; n])) as ArrayRef),
+                ("C1", Arc::new(StringArray::from(c1)) as ArrayRef),
+                ("hist", Arc::new(StringArray::from(hist)) as ArrayRef),
+                ("click", Arc::new(I32::from(vec![0; n])) as ArrayRef),
+            ])
+            .expect("batch")
+        };
+        let mut fitter = FeatureFitter::new(s.clone()).expect("spec");
+        fitter
+            .observe(
+                &rows(vec!["x", "x", "y"], vec!["z^x", "z", "w^z"]),
+                &[true; 3],
+            )
+            .expect("observe");
+        let p = fitter.finish("toy").expect("fit");
+        // C1's tokens first (x 2, y 1), then the history's new ones (z 3, w 1); OOV last.
+        assert_eq!(p.vocabularies[0].tokens, ["x", "y", "z", "w"]);
+        assert_eq!(p.sequence_vocabularies[0].tokens, p.vocabularies[0].tokens);
+        let e = p
+            .encode(&rows(vec!["z", "q"], vec!["x^w", "y^q"]), false)
+            .expect("encode");
+        assert_eq!(
+            e.categorical,
+            [3, 5],
+            "z is known to C1 through the history; q is OOV"
+        );
+        assert_eq!(e.sequence, [1, 4, 2, 5]);
+        let v: serde_json::Value = serde_json::from_str(&p.feature_map_json()).expect("json");
+        assert_eq!(v["features"][1]["C1"]["vocab_size"], 6);
+        assert_eq!(v["features"][2]["hist"]["share_embedding"], "C1");
+        assert_eq!(v["features"][2]["hist"]["vocab_size"], 6);
+        assert_eq!(
+            v["total_features"],
+            1 + 6,
+            "a shared vocabulary counts once"
+        );
+        s.sequence[0].share_embedding = Some("I1".into());
+        assert!(
+            FeatureFitter::new(s).is_err(),
+            "only a categorical field can be shared"
+        );
     }
 
     #[test]

@@ -595,7 +595,8 @@ fn check_feature_keys(
                 ));
             }
             "name" | "active" | "type" | "dtype" | "source" => {}
-            "splitter" | "max_len" | "padding" | "feature_encoder" if kind == "sequence" => {}
+            "splitter" | "max_len" | "padding" | "feature_encoder" | "share_embedding"
+                if kind == "sequence" => {}
             "min_categr_count" => {
                 if v.as_u64() != Some(min_count) {
                     return Err(unsupported(
@@ -685,12 +686,18 @@ fn sequence_spec(owner: &str, col: &Section) -> Result<SequenceSpec> {
             ));
         }
     };
+    let share_embedding = match col.get("share_embedding") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => Some(c.clone()),
+        Some(v) => return Err(bad(owner, "share_embedding", v, "must name a feature")),
+    };
     Ok(SequenceSpec {
         name: String::new(),
         splitter,
         max_len,
         padding,
         pooling,
+        share_embedding,
     })
 }
 
@@ -838,6 +845,22 @@ fn model_keys(kind: ModelKind) -> &'static [(&'static str, &'static str, &'stati
             ("gate_hidden_units", "gate_hidden_units", "[128, 64]"),
             ("tower_hidden_units", "tower_hidden_units", "[128, 64]"),
         ],
+        ModelKind::DIN => &[
+            ("dnn_hidden_units", "hidden_units", "[512, 128, 64]"),
+            ("attention_hidden_units", "attention_hidden_units", "[64]"),
+            (
+                "attention_hidden_activations",
+                "attention_hidden_activations",
+                "\"Dice\"",
+            ),
+            (
+                "attention_output_activation",
+                "attention_output_activation",
+                "null",
+            ),
+            ("attention_dropout", "attention_dropout", "0"),
+            ("din_use_softmax", "din_use_softmax", "false"),
+        ],
         ModelKind::LR | ModelKind::FM => &[],
     }
 }
@@ -889,7 +912,7 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
                 expid,
                 "model",
                 &Value::String(name.clone()),
-                "LR, FM, DNN, WideDeep, DeepFM, PNN, DCNv2, xDeepFM, AutoInt, FiBiNET, FinalMLP, MMoE, ShareBottom and PLE",
+                "LR, FM, DNN, WideDeep, DeepFM, PNN, DCNv2, xDeepFM, AutoInt, FiBiNET, FinalMLP, DIN, MMoE, ShareBottom and PLE",
             )
         })?,
         other => {
@@ -945,6 +968,10 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
             out.insert(key.clone(), monitor(expid, v)?);
             continue;
         }
+        if kind == ModelKind::DIN && (key == "din_target_field" || key == "din_sequence_field") {
+            out.insert(key.clone(), Json::from(din_fields(expid, key, v)?));
+            continue;
+        }
         if key == "monitor_mode" {
             let mode = match v.as_str().map(str::to_ascii_lowercase).as_deref() {
                 Some("max") => "max",
@@ -970,6 +997,9 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
             | "excitation_activation" => all_are(v, "relu"),
             "product_type" if kind == ModelKind::PNN => all_are(v, "inner"),
             "shuffle" => v.as_bool() == Some(true),
+            // DIN's attention replaces its sequences' pooling: FuxiCTR's configs say so by
+            // turning their encoder off.
+            "feature_specs" if kind == ModelKind::DIN => unpooled_only(v),
             "regularizer" | "eval_steps" | "group_id" | "use_features" | "feature_specs"
             | "layer_norm" | "fs1_context" | "fs2_context" => is_off(v),
             _ => {
@@ -992,6 +1022,41 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
         .map_err(|e| CtrError::Config(format!("{expid}: {e}")))?;
     config.validate()?;
     Ok(config)
+}
+
+/// DIN's `din_target_field` / `din_sequence_field`: a field name or a list of them (a tuple of
+/// fields attended together is refused).
+fn din_fields(owner: &str, key: &str, v: &Value) -> Result<Vec<String>> {
+    let one = |x: &Value| x.as_str().map(str::to_owned);
+    let names = match v {
+        Value::Sequence(items) => items.iter().map(one).collect::<Option<Vec<_>>>(),
+        x => one(x).map(|n| vec![n]),
+    };
+    names.ok_or_else(|| {
+        unsupported(
+            owner,
+            key,
+            v,
+            "one field per attention unit; fields attended together (a tuple) are not followed yet",
+        )
+    })
+}
+
+/// `feature_specs` that only turn sequence encoders off: `[{name: X, feature_encoder: null}]`.
+fn unpooled_only(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Sequence(items) => items.iter().all(|i| {
+            i.as_mapping().is_some_and(|m| {
+                m.iter().all(|(k, x)| match k.as_str() {
+                    Some("name") => x.as_str().is_some(),
+                    Some("feature_encoder") => x.is_null(),
+                    _ => false,
+                })
+            })
+        }),
+        _ => false,
+    }
 }
 
 /// FuxiCTR's `monitor`: a metric's name (`AUC`) or weights of metrics (`{AUC: 1, logloss: -1}`).
@@ -1442,7 +1507,7 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
                 "feature_encoder",
             ),
             (
-                "{name: C1, active: True, dtype: str, type: sequence, share_embedding: C2}",
+                "{name: C1, active: True, dtype: str, type: sequence, share_embedding: 7}",
                 "share_embedding",
             ),
             (

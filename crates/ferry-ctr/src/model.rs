@@ -5,7 +5,7 @@
 //! categorical fields (each field's indices offset into it) and, per numeric field, a
 //! `Linear(1, dim, bias=False)` — so DeepFM's and MMoE's DNN inputs are `num_fields × dim` wide.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, RunningState};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer,
     Linear, LinearConfig,
@@ -51,6 +51,8 @@ pub enum ModelKind {
     ShareBottom,
     /// Progressive layered extraction: shared and task-specific experts, one tower per label.
     PLE,
+    /// Deep interest network: target attention over a sequence field, then an MLP.
+    DIN,
 }
 
 impl ModelKind {
@@ -70,12 +72,13 @@ impl ModelKind {
             "finalmlp" => Some(ModelKind::FinalMLP),
             "sharebottom" | "sharedbottom" => Some(ModelKind::ShareBottom),
             "ple" => Some(ModelKind::PLE),
+            "din" => Some(ModelKind::DIN),
             _ => None,
         }
     }
 
     /// Every model, in the order the documentation lists them.
-    pub const ALL: [ModelKind; 14] = [
+    pub const ALL: [ModelKind; 15] = [
         ModelKind::LR,
         ModelKind::FM,
         ModelKind::DNN,
@@ -90,6 +93,7 @@ impl ModelKind {
         ModelKind::MMoE,
         ModelKind::ShareBottom,
         ModelKind::PLE,
+        ModelKind::DIN,
     ];
 
     pub fn is_multi_task(self) -> bool {
@@ -312,6 +316,33 @@ pub struct ModelConfig {
     /// Whether a larger (`max`) or smaller (`min`) monitored figure is better.
     #[serde(default)]
     pub monitor_mode: MonitorMode,
+    /// DIN: the categorical fields attended to, and the sequence fields attended over, pair by
+    /// pair.
+    #[serde(default)]
+    pub din_target_field: Vec<String>,
+    #[serde(default)]
+    pub din_sequence_field: Vec<String>,
+    #[serde(default = "default_attention_hidden")]
+    pub attention_hidden_units: Vec<usize>,
+    /// `Dice` (FuxiCTR's default) or `ReLU`.
+    #[serde(default = "default_attention_activation")]
+    pub attention_hidden_activations: String,
+    /// None, or `sigmoid` on each attention weight.
+    #[serde(default)]
+    pub attention_output_activation: Option<String>,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// Softmax over the sequence's real tokens instead of raw weights.
+    #[serde(default)]
+    pub din_use_softmax: bool,
+}
+
+fn default_attention_hidden() -> Vec<usize> {
+    vec![64]
+}
+
+fn default_attention_activation() -> String {
+    "Dice".into()
 }
 
 fn default_monitor() -> BTreeMap<String, f64> {
@@ -412,7 +443,20 @@ impl ModelConfig {
             mlp2_batch_norm: false,
             monitor: default_monitor(),
             monitor_mode: MonitorMode::default(),
+            din_target_field: Vec::new(),
+            din_sequence_field: Vec::new(),
+            attention_hidden_units: default_attention_hidden(),
+            attention_hidden_activations: default_attention_activation(),
+            attention_output_activation: None,
+            attention_dropout: 0.0,
+            din_use_softmax: false,
         }
+    }
+
+    /// DIN's attention units use Dice (batch statistics) rather than ReLU.
+    pub fn dice(&self) -> bool {
+        self.attention_hidden_activations
+            .eq_ignore_ascii_case("dice")
     }
 
     /// Checks the values a user can get wrong, naming the key.
@@ -443,6 +487,7 @@ impl ModelConfig {
             ("dropout", self.dropout),
             ("mlp1_dropout", self.mlp1_dropout),
             ("mlp2_dropout", self.mlp2_dropout),
+            ("attention_dropout", self.attention_dropout),
         ] {
             if !(0.0..1.0).contains(&rate) {
                 return bad(key, "must be in [0, 1)");
@@ -470,6 +515,7 @@ impl ModelConfig {
             ("mlp2_hidden_units", &self.mlp2_hidden_units),
             ("fs_hidden_units", &self.fs_hidden_units),
             ("bottom_hidden_units", &self.bottom_hidden_units),
+            ("attention_hidden_units", &self.attention_hidden_units),
         ] {
             if units.contains(&0) {
                 return bad(key, "layer sizes must be at least 1");
@@ -550,6 +596,30 @@ impl ModelConfig {
                     }
                 }
             }
+            ModelKind::DIN => {
+                if self.din_target_field.is_empty()
+                    || self.din_target_field.len() != self.din_sequence_field.len()
+                {
+                    return bad(
+                        "din_target_field",
+                        "DIN needs target fields and as many sequence fields (din_sequence_field)",
+                    );
+                }
+                if !(self.dice()
+                    || self
+                        .attention_hidden_activations
+                        .eq_ignore_ascii_case("relu"))
+                {
+                    return bad("attention_hidden_activations", "must be Dice or ReLU");
+                }
+                if self
+                    .attention_output_activation
+                    .as_ref()
+                    .is_some_and(|a| !a.eq_ignore_ascii_case("sigmoid"))
+                {
+                    return bad("attention_output_activation", "must be none or sigmoid");
+                }
+            }
             ModelKind::ShareBottom if self.bottom_hidden_units.is_empty() => {
                 return bad(
                     "bottom_hidden_units",
@@ -586,6 +656,10 @@ pub struct InputShape {
     /// The sequence fields, in order, after the categorical ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sequences: Vec<SequenceShape>,
+    /// Every field's name in the model's order (numeric, categorical, sequence); what DIN's
+    /// fields are found by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// One sequence field as the model sees it.
@@ -594,6 +668,9 @@ pub struct SequenceShape {
     pub vocab_size: usize,
     pub max_len: usize,
     pub pooling: Pooling,
+    /// The categorical field whose embedding rows it shares (`share_embedding`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<usize>,
 }
 
 impl InputShape {
@@ -604,7 +681,12 @@ impl InputShape {
     /// Rows in the shared embedding table: every categorical and sequence vocabulary.
     fn table_rows(&self) -> usize {
         self.vocab_sizes.iter().sum::<usize>()
-            + self.sequences.iter().map(|q| q.vocab_size).sum::<usize>()
+            + self
+                .sequences
+                .iter()
+                .filter(|q| q.shares.is_none())
+                .map(|q| q.vocab_size)
+                .sum::<usize>()
     }
 
     fn sequence_width(&self) -> usize {
@@ -685,13 +767,21 @@ impl Inputs {
         }
         let sequence = (w > 0)
             .then(|| -> Result<_> {
-                let base: usize = shape.vocab_sizes.iter().sum();
-                // Field and table offset of each position of a row.
+                let offsets = shape.offsets();
+                // Field and table offset of each position of a row: a shared sequence uses its
+                // categorical field's rows, the others rows of their own after the
+                // categorical fields'.
                 let mut at = Vec::with_capacity(w);
-                let mut offset = base;
+                let mut own = shape.vocab_sizes.iter().sum::<usize>();
                 for (f, q) in shape.sequences.iter().enumerate() {
+                    let offset = match q.shares {
+                        Some(c) => offsets.get(c).map_or(0, |o| *o as usize),
+                        None => {
+                            own += q.vocab_size;
+                            own - q.vocab_size
+                        }
+                    };
                     at.extend(std::iter::repeat_n((f, offset, q.vocab_size), q.max_len));
-                    offset += q.vocab_size;
                 }
                 let mut idx = Vec::with_capacity(batch.sequence.len());
                 let mut mask = Vec::with_capacity(batch.sequence.len());
@@ -1227,6 +1317,147 @@ pub struct FinalMlp {
     w12: Param<Tensor<3>>,
 }
 
+/// Dice (DIN's activation): `p·x + α·(1 − p)·x` with `p = sigmoid(x̂)`, `x̂` the input
+/// normalised by batch statistics while training and by their running averages after (PyTorch's
+/// `BatchNorm1d(affine=False, eps=1e-9, momentum=0.01)`, as FuxiCTR builds it).
+#[derive(Module, Debug)]
+pub struct Dice {
+    alpha: Param<Tensor<1>>,
+    running_mean: RunningState<Tensor<1>>,
+    running_var: RunningState<Tensor<1>>,
+}
+
+impl Dice {
+    fn new(units: usize, device: &Device) -> Dice {
+        Dice {
+            alpha: Param::from_tensor(Tensor::zeros([units], device)),
+            running_mean: RunningState::new(Tensor::zeros([units], device)),
+            running_var: RunningState::new(Tensor::ones([units], device)),
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        const EPS: f64 = 1e-9;
+        const MOMENTUM: f64 = 0.01;
+        let [n, h] = x.dims();
+        let device = x.device();
+        let (mean, var) = if device.is_autodiff() {
+            let mean = x.clone().mean_dim(0); // [1, H]
+            let centred = x.clone() - mean.clone();
+            let var = (centred.clone() * centred).mean_dim(0);
+            // The running variance is the unbiased one, as PyTorch keeps it.
+            let unbiased = var
+                .clone()
+                .detach()
+                .mul_scalar(n as f64 / (n.max(2) - 1) as f64);
+            let rm = self.running_mean.value_sync().to_device(&device);
+            let rv = self.running_var.value_sync().to_device(&device);
+            self.running_mean.update(
+                (rm.mul_scalar(1.0 - MOMENTUM)
+                    + mean.clone().detach().reshape([h]).mul_scalar(MOMENTUM))
+                .detach(),
+            );
+            self.running_var.update(
+                (rv.mul_scalar(1.0 - MOMENTUM) + unbiased.reshape([h]).mul_scalar(MOMENTUM))
+                    .detach(),
+            );
+            (mean, var)
+        } else {
+            (
+                self.running_mean.value().to_device(&device).reshape([1, h]),
+                self.running_var.value().to_device(&device).reshape([1, h]),
+            )
+        };
+        let p = sigmoid((x.clone() - mean) / (var + EPS).sqrt());
+        let alpha = self.alpha.val().reshape([1, h]);
+        p.clone() * x.clone() + (p.neg() + 1.0) * x * alpha
+    }
+}
+
+/// DIN's attention unit: an MLP over `[target, token, target − token, target ⊙ token]` giving one
+/// weight per token of the sequence, masked, then the weighted sum of the tokens.
+#[derive(Module, Debug)]
+pub struct AttentionUnit {
+    layers: Vec<Linear>,
+    /// One per layer with Dice, none with ReLU.
+    dice: Vec<Dice>,
+    dropout: Dropout,
+    output: Linear,
+    #[module(skip)]
+    sigmoid: bool,
+    #[module(skip)]
+    softmax: bool,
+}
+
+impl AttentionUnit {
+    fn new(dim: usize, config: &ModelConfig, device: &Device) -> AttentionUnit {
+        let mut layers = Vec::new();
+        let mut dice = Vec::new();
+        let mut d = 4 * dim;
+        for &h in &config.attention_hidden_units {
+            layers.push(linear(d, h, true, device));
+            if config.dice() {
+                dice.push(Dice::new(h, device));
+            }
+            d = h;
+        }
+        AttentionUnit {
+            layers,
+            dice,
+            dropout: DropoutConfig::new(config.attention_dropout).init(),
+            output: linear(d, 1, true, device),
+            sigmoid: config.attention_output_activation.is_some(),
+            softmax: config.din_use_softmax,
+        }
+    }
+
+    /// `target` `[B, 1, d]`, `tokens` `[B, L, d]`, `mask` `[B, L]` → `[B, 1, d]`.
+    fn forward(&self, target: Tensor<3>, tokens: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
+        let [b, l, d] = tokens.dims();
+        let t = target.repeat_dim(1, l);
+        let input = Tensor::cat(
+            vec![
+                t.clone(),
+                tokens.clone(),
+                t.clone() - tokens.clone(),
+                t * tokens.clone(),
+            ],
+            2,
+        )
+        .reshape([b * l, 4 * d]);
+        let mut h = input;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(h);
+            h = match self.dice.get(i) {
+                Some(dice) => dice.forward(h),
+                None => relu(h),
+            };
+            h = self.dropout.forward(h);
+        }
+        let mut w = self.output.forward(h).reshape([b, l]);
+        if self.sigmoid {
+            w = sigmoid(w);
+        }
+        w = w * mask.clone();
+        if self.softmax {
+            w = softmax(w + (mask.neg() + 1.0).mul_scalar(-1e9), 1);
+        }
+        (w.reshape([b, l, 1]) * tokens).sum_dim(1)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Din {
+    embedding: FeatureEmbedding,
+    attention: Vec<AttentionUnit>,
+    dnn: Mlp,
+    /// Per attention unit: the target's field position and the sequence's index.
+    #[module(skip)]
+    pairs: Vec<(usize, usize)>,
+    #[module(skip)]
+    first_sequence_field: usize,
+}
+
 #[derive(Module, Debug)]
 pub struct ShareBottom {
     embedding: FeatureEmbedding,
@@ -1270,6 +1501,7 @@ pub enum CtrModel {
     FinalMlp(FinalMlp),
     ShareBottom(ShareBottom),
     Ple(Ple),
+    Din(Din),
 }
 
 impl CtrModel {
@@ -1493,6 +1725,42 @@ impl CtrModel {
                     bottom,
                 })
             }
+            ModelKind::DIN => {
+                let position = |name: &str| shape.names.iter().position(|n| n == name);
+                let first_sequence = shape.num_numeric + shape.vocab_sizes.len();
+                let mut pairs = Vec::new();
+                for (target, sequence) in config
+                    .din_target_field
+                    .iter()
+                    .zip(&config.din_sequence_field)
+                {
+                    let t = position(target)
+                        .filter(|p| (shape.num_numeric..first_sequence).contains(p))
+                        .ok_or_else(|| {
+                            CtrError::Config(format!(
+                                "din_target_field: {target} is not a categorical feature of the dataset"
+                            ))
+                        })?;
+                    let q = position(sequence)
+                        .filter(|p| *p >= first_sequence)
+                        .ok_or_else(|| {
+                            CtrError::Config(format!(
+                                "din_sequence_field: {sequence} is not a sequence feature of the dataset"
+                            ))
+                        })?;
+                    pairs.push((t, q - first_sequence));
+                }
+                CtrModel::Din(Din {
+                    embedding: emb(),
+                    attention: pairs
+                        .iter()
+                        .map(|_| AttentionUnit::new(dim, config, device))
+                        .collect(),
+                    dnn: mlp(flat, &config.hidden_units, Some(1)),
+                    pairs,
+                    first_sequence_field: first_sequence,
+                })
+            }
             ModelKind::PLE => {
                 let t = shape.num_tasks;
                 let (ns, nt) = (config.num_shared_experts, config.num_specific_experts);
@@ -1676,6 +1944,30 @@ impl CtrModel {
                     m.towers.iter().map(|t| t.forward(bottom.clone())).collect(),
                     1,
                 )
+            }
+            CtrModel::Din(m) => {
+                let mut e = m.embedding.forward(x);
+                if let (Some(table), Some((seq, mask))) = (&m.embedding.table, &x.sequence) {
+                    let tokens = table.forward(seq.clone()); // [B, Σ L, d]
+                    for ((t, j), unit) in m.pairs.iter().zip(&m.attention) {
+                        let start: usize = x.sequence_fields[..*j].iter().map(|f| f.0).sum();
+                        let len = x.sequence_fields.get(*j).map_or(0, |f| f.0);
+                        let pooled = unit.forward(
+                            e.clone().narrow(1, *t, 1),
+                            tokens.clone().narrow(1, start, len),
+                            mask.clone().narrow(1, start, len),
+                        );
+                        // The attended sequence takes the place of its pooled embedding.
+                        let at = m.first_sequence_field + j;
+                        let f = e.dims()[1];
+                        let mut parts = vec![e.clone().narrow(1, 0, at), pooled];
+                        if at + 1 < f {
+                            parts.push(e.clone().narrow(1, at + 1, f - at - 1));
+                        }
+                        e = Tensor::cat(parts, 1);
+                    }
+                }
+                m.dnn.forward(flatten(e))
             }
             CtrModel::Ple(m) => {
                 let flat = flatten(m.embedding.forward(x));
@@ -1897,7 +2189,11 @@ mod tests {
                 vocab_size: 6,
                 max_len: 3,
                 pooling: Pooling::Mean,
+                shares: None,
             }],
+            names: ["n0", "n1", "c0", "c1", "c2", "s0"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 
@@ -1939,6 +2235,9 @@ mod tests {
         c.bottom_hidden_units = vec![8];
         c.num_layers = 2;
         c.num_specific_experts = 2;
+        c.din_target_field = vec!["c1".into()];
+        c.din_sequence_field = vec!["s0".into()];
+        c.attention_hidden_units = vec![6, 4];
         c
     }
 
@@ -1976,6 +2275,11 @@ mod tests {
             c.batch_norm = true;
             all.push(c);
         }
+        let mut c = small(ModelKind::DIN);
+        c.attention_hidden_activations = "ReLU".into();
+        c.attention_output_activation = Some("sigmoid".into());
+        c.din_use_softmax = true;
+        all.push(c);
         all
     }
 
@@ -1992,6 +2296,55 @@ mod tests {
             let m = CtrModel::new(&config, &s, &device).expect("model");
             assert_eq!(m.forward(&x).dims(), [5, s.num_tasks], "{config:?}");
         }
+    }
+
+    #[test]
+    fn a_shared_sequence_looks_up_its_categorical_field_s_rows() {
+        let s = InputShape {
+            vocab_sizes: vec![5, 7],
+            num_numeric: 0,
+            num_tasks: 1,
+            sequences: vec![
+                SequenceShape {
+                    vocab_size: 7,
+                    max_len: 2,
+                    pooling: Pooling::Mean,
+                    shares: Some(1),
+                },
+                SequenceShape {
+                    vocab_size: 4,
+                    max_len: 1,
+                    pooling: Pooling::Mean,
+                    shares: None,
+                },
+            ],
+            names: Vec::new(),
+        };
+        assert_eq!(
+            s.table_rows(),
+            5 + 7 + 4,
+            "the shared vocabulary is not repeated"
+        );
+        let b = EncodedBatch {
+            rows: 1,
+            categorical: vec![1, 2],
+            numeric: Vec::new(),
+            labels: Vec::new(),
+            sequence: vec![3, 0, 2],
+        };
+        let x = Inputs::new(&b, &s, &Device::flex()).expect("inputs");
+        let (idx, mask) = x.sequence.expect("sequence");
+        let idx = idx
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .expect("i64");
+        // Shared: field 1's rows start at 5; the other sequence's after all categorical rows.
+        assert_eq!(idx, [5 + 3, 5, 12 + 2]);
+        assert_eq!(
+            mask.into_data().try_into_vec::<f32>().expect("f32"),
+            [1.0, 0.0, 1.0]
+        );
     }
 
     #[test]
@@ -2035,8 +2388,11 @@ mod tests {
             num_numeric: 0,
             num_tasks: 1,
             sequences: Vec::new(),
+            names: vec!["c0".into()],
         };
         let device = Device::flex();
+        let err = CtrModel::new(&small(ModelKind::DIN), &one, &device).expect_err("no c1, s0");
+        assert!(err.to_string().contains("din_target_field"), "{err}");
         for kind in [ModelKind::PNN, ModelKind::FiBiNET] {
             let err = CtrModel::new(&small(kind), &one, &device).expect_err("one field");
             assert!(err.to_string().contains("at least two"), "{err}");
@@ -2173,7 +2529,9 @@ mod tests {
                 vocab_size: 4,
                 max_len: 2,
                 pooling: Pooling::Sum,
+                shares: None,
             }],
+            names: ["n0", "c0", "c1", "s0"].map(String::from).to_vec(),
         };
         let b = EncodedBatch {
             rows,

@@ -432,6 +432,14 @@ pub fn train(
         num_numeric: processor.spec.numeric.len(),
         num_tasks,
         sequences: processor.sequence_shapes(),
+        names: processor
+            .spec
+            .numeric
+            .iter()
+            .chain(&processor.spec.categorical)
+            .chain(processor.spec.sequence.iter().map(|q| &q.name))
+            .cloned()
+            .collect(),
     };
     let card = ModelCard {
         config: config.clone(),
@@ -836,6 +844,7 @@ fn cpu_pools(config: &ModelConfig, opts: &TrainOptions) -> Vec<rayon::ThreadPool
         || config.mlp1_dropout > 0.0
         || config.mlp2_dropout > 0.0
         || config.batch_norm
+        || (config.model == crate::model::ModelKind::DIN && config.dice())
         || config.mlp1_batch_norm
         || config.mlp2_batch_norm
         || opts.device != Device::flex()

@@ -822,6 +822,7 @@ fn a_sequence_feature_is_learnt_end_to_end() {
         max_len: 0,
         padding: ferry_ctr::features::Padding::Post,
         pooling: ferry_ctr::features::Pooling::Mean,
+        share_embedding: None,
     });
     let data_dir = root.join("data/seq");
     let (processor, dataset) = prepare_dataset(
@@ -869,4 +870,143 @@ fn a_sequence_feature_is_learnt_end_to_end() {
         .expect("infer");
         assert_eq!(scored.rows_total, 1_000);
     }
+}
+
+/// DIN as FuxiCTR users run it: the clicked-item history shares the item field's vocabulary and
+/// embedding, and the model attends over the history with the candidate item (Dice in the
+/// attention unit). The click here is exactly "the candidate is in the history", which
+/// target attention reads directly. DIN learns it, and a run killed after its first epoch
+/// and resumed ends with the same model as an uninterrupted one (Dice's running averages
+/// included).
+#[test]
+fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
+    use arrow::array::{ArrayRef, Float64Array, StringArray};
+    use arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let (mut items, mut hists, mut clicks, mut users) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..5_000 {
+        let item = next(12);
+        let len = 1 + next(5) as usize;
+        let hist: Vec<u64> = (0..len).map(|_| next(12)).collect();
+        clicks.push(if hist.contains(&item) { 1.0 } else { 0.0 });
+        items.push(format!("item{item}"));
+        users.push(format!("u{}", next(7)));
+        hists.push(
+            hist.iter()
+                .map(|h| format!("item{h}"))
+                .collect::<Vec<_>>()
+                .join("^"),
+        );
+    }
+    std::fs::create_dir_all(root.join("train")).expect("mkdir");
+    let batch = RecordBatch::try_from_iter(vec![
+        ("user", Arc::new(StringArray::from(users)) as ArrayRef),
+        ("item", Arc::new(StringArray::from(items)) as ArrayRef),
+        ("hist", Arc::new(StringArray::from(hists)) as ArrayRef),
+        ("clk", Arc::new(Float64Array::from(clicks)) as ArrayRef),
+    ])
+    .expect("batch");
+    let file = std::fs::File::create(root.join("train/part-0.parquet")).expect("create");
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("w");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+
+    // FuxiCTR's own configuration shape for DIN (its demo's keys).
+    let config_dir = root.join("config");
+    std::fs::create_dir_all(&config_dir).expect("mkdir");
+    std::fs::write(
+        config_dir.join("dataset_config.yaml"),
+        "seq_demo:\n    data_format: parquet\n    train_data: train/part-0.parquet\n    feature_cols:\n        - {name: [user, item], active: True, dtype: str, type: categorical}\n        - {name: hist, active: True, dtype: str, type: sequence, splitter: ^, max_len: 4, share_embedding: item}\n    label_col: {name: clk, dtype: float}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        config_dir.join("model_config.yaml"),
+        "DIN_demo:\n    model: DIN\n    dataset_id: seq_demo\n    loss: 'binary_crossentropy'\n    metrics: ['logloss', 'AUC']\n    task: binary_classification\n    optimizer: adam\n    learning_rate: 1.e-2\n    embedding_regularizer: 0\n    net_regularizer: 0\n    batch_size: 128\n    embedding_dim: 8\n    dnn_hidden_units: [32, 16]\n    dnn_activations: relu\n    attention_hidden_units: [16]\n    attention_hidden_activations: \"Dice\"\n    attention_output_activation: null\n    attention_dropout: 0\n    din_target_field: item\n    din_sequence_field: hist\n    feature_specs: [{name: hist, feature_encoder: null}]\n    net_dropout: 0\n    batch_norm: False\n    epochs: 10\n    shuffle: True\n    seed: 2019\n    monitor: 'AUC'\n    monitor_mode: 'max'\n",
+    )
+    .expect("write");
+    let e = ferry_ctr::fuxictr::load(&config_dir, "DIN_demo", root).expect("load");
+    assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    assert_eq!(
+        e.features.sequence[0].share_embedding.as_deref(),
+        Some("item")
+    );
+    let data_dir = root.join("data/seq_demo");
+    let (processor, dataset) = prepare_dataset(
+        &e.data.train,
+        &data_dir,
+        &e.dataset_id,
+        &e.features,
+        &PrepareOptions::default(),
+    )
+    .expect("prepare");
+    let map: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data_dir.join("feature_map.json")).expect("feature_map.json"),
+    )
+    .expect("json");
+    assert_eq!(map["features"][2]["hist"]["share_embedding"], "item");
+    assert_eq!(
+        map["features"][2]["hist"]["vocab_size"],
+        map["features"][1]["item"]["vocab_size"]
+    );
+
+    let full_dir = root.join("models/full");
+    let full = train(
+        &e.model,
+        &processor,
+        &dataset,
+        &TrainOptions::new(&data_dir, &full_dir, Device::flex()),
+        &mut (),
+    )
+    .expect("train");
+    let auc = full.state.best_val_auc().unwrap_or(0.0);
+    assert!(
+        auc > 0.9,
+        "DIN finds the candidate in the history: validation AUC {auc}"
+    );
+
+    let resumed_dir = root.join("models/resumed");
+    let mut opts = TrainOptions::new(&data_dir, &resumed_dir, Device::flex());
+    opts.stop_after_epochs = Some(1);
+    let first = train(&e.model, &processor, &dataset, &opts, &mut ()).expect("epoch 1");
+    assert!(!first.finished);
+    opts.stop_after_epochs = None;
+    let second = train(&e.model, &processor, &dataset, &opts, &mut ()).expect("resume");
+    assert!(second.finished);
+    let fx = Fixture {
+        _tmp: tempfile::tempdir().expect("tmp"),
+        root: root.to_owned(),
+        infer_input: root.join("train"),
+        processor: processor.clone(),
+        dataset: dataset.clone(),
+    };
+    let predict = |dir: &Path| {
+        let device = Device::flex();
+        let (model, card) = load_trained(dir, "DIN_demo", &device).expect("load");
+        let files = fx.dataset.valid_files(&data_dir);
+        let batch: EncodedBatch =
+            ferry_ctr::dataset::EncodedBatches::new(&fx.processor.spec, &files[..1], 1_000, None)
+                .next()
+                .expect("a batch")
+                .expect("read");
+        model
+            .predict(&ferry_ctr::model::Inputs::new(&batch, &card.shape, &device).expect("inputs"))
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32")
+    };
+    assert_eq!(
+        predict(&resumed_dir),
+        predict(&full_dir),
+        "resumed = uninterrupted"
+    );
 }
