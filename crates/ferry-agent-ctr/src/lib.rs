@@ -181,7 +181,12 @@ impl Executor for TrainExecutor {
                         vec!["click".into()]
                     };
                     let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-                    let spec = FeatureSpec::campaign(&label_refs);
+                    // DIN attends over the campaign's click history; the other models leave it.
+                    let spec = if config.model == ferry_ctr::ModelKind::DIN {
+                        FeatureSpec::campaign_with_history(&label_refs)
+                    } else {
+                        FeatureSpec::campaign(&label_refs)
+                    };
                     let sample_dir = host.policy.confine("sample directory", &p.sample_dir)?;
                     (config, spec, sample_dir, FuxiSplits::default())
                 }

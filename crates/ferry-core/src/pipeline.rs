@@ -423,6 +423,15 @@ pub fn plan(
         model.insert(k.clone(), literal_value(v));
     }
     model.insert("model".into(), json!(req.model_name()));
+    if req.model_name() == "DIN" {
+        // The campaign's ad field and the ads clicked before it, unless the request names others.
+        model
+            .entry("din_target_field")
+            .or_insert_with(|| json!("C10"));
+        model
+            .entry("din_sequence_field")
+            .or_insert_with(|| json!("click_history"));
+    }
     model.insert("model_id".into(), json!(model_id));
     if let Some(b) = req.batch_size {
         model.insert("batch_size".into(), json!(b));

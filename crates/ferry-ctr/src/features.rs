@@ -133,6 +133,21 @@ impl FeatureSpec {
         }
     }
 
+    /// The campaign columns with the `click_history` sequence (earlier clicked ads), sharing
+    /// the ad field `C10`'s vocabulary and embedding: what DIN attends over.
+    pub fn campaign_with_history(labels: &[&str]) -> FeatureSpec {
+        let mut spec = FeatureSpec::campaign(labels);
+        spec.sequence.push(SequenceSpec {
+            name: "click_history".into(),
+            splitter: "^".into(),
+            max_len: 0,
+            padding: Padding::Post,
+            pooling: Pooling::Mean,
+            share_embedding: Some("C10".into()),
+        });
+        spec
+    }
+
     fn normalizer_of(&self, field: &str) -> Normalizer {
         self.normalizer.get(field).copied().unwrap_or_default()
     }

@@ -318,9 +318,9 @@ pub struct ModelConfig {
     pub monitor_mode: MonitorMode,
     /// DIN: the categorical fields attended to, and the sequence fields attended over, pair by
     /// pair.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub din_target_field: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub din_sequence_field: Vec<String>,
     #[serde(default = "default_attention_hidden")]
     pub attention_hidden_units: Vec<usize>,
@@ -335,6 +335,22 @@ pub struct ModelConfig {
     /// Softmax over the sequence's real tokens instead of raw weights.
     #[serde(default)]
     pub din_use_softmax: bool,
+}
+
+/// A name, or a list of names (FuxiCTR accepts both for DIN's fields).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(name) => vec![name],
+        OneOrMany::Many(names) => names,
+    })
 }
 
 fn default_attention_hidden() -> Vec<usize> {

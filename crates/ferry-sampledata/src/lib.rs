@@ -5,7 +5,8 @@
 //! Tables (in `<warehouse>/default.db/`):
 //! - `campaign_sample/dt=<day>/part-*.parquet`: `sample_id`, `user_id`, `I1..I13` (DOUBLE,
 //!   heavy-tailed, ~5% NULL), `C1..C26` (STRING, Zipf-like tokens, vocabularies from a handful
-//!   to ~100,000), `click`, `conversion` (a conversion only follows a click);
+//!   to ~100,000), `click_history` (STRING: the ads — `C10` tokens — the user clicked before,
+//!   `^`-separated, newest last), `click`, `conversion` (a conversion only follows a click);
 //! - `campaign_infer/dt=<next day>/part-*.parquet`: the same ids and features, no labels.
 
 use std::fs::File;
@@ -24,6 +25,12 @@ pub const CATEGORICAL_FIELDS: usize = 26;
 pub const SAMPLE_TABLE: &str = "campaign_sample";
 pub const INFER_TABLE: &str = "campaign_infer";
 pub const DATABASE: &str = "default";
+/// The sequence column: earlier clicked ads, tokens of the categorical field `C10`.
+pub const HISTORY_COLUMN: &str = "click_history";
+/// The categorical field whose tokens the history holds (0-based index of `C10`).
+pub const HISTORY_FIELD: usize = 9;
+/// Longest history.
+pub const HISTORY_MAX: u64 = 10;
 
 /// Vocabulary size of each categorical field: from a handful to about 100,000, as in Criteo.
 pub const VOCAB_SIZES: [u64; CATEGORICAL_FIELDS] = [
@@ -127,6 +134,7 @@ pub fn schema(with_labels: bool) -> SchemaRef {
     for i in 1..=CATEGORICAL_FIELDS {
         fields.push(Field::new(format!("C{i}"), DataType::Utf8, true));
     }
+    fields.push(Field::new(HISTORY_COLUMN, DataType::Utf8, false));
     if with_labels {
         fields.push(Field::new("click", DataType::Int32, false));
         fields.push(Field::new("conversion", DataType::Int32, false));
@@ -282,6 +290,36 @@ impl Teacher {
         }
     }
 
+    /// A token of categorical field `field` by its rank.
+    fn token(&self, field: usize, rank: u64) -> String {
+        format!(
+            "{:08x}",
+            mix(self.seed ^ ((field as u64) << 40) ^ rank) as u32
+        )
+    }
+
+    /// The row's click history: 1 to 10 ads drawn like `C10`, holding the row's own ad more
+    /// often when the row is clicked (people click again what they clicked before). The
+    /// labels do not depend on it, so every other column and label is as without it; a model
+    /// that compares the ad with the history (DIN) finds extra signal there.
+    fn history(&self, rng: &RowRng, ad_rank: u64, clicked: bool) -> String {
+        let v = VOCAB_SIZES[HISTORY_FIELD];
+        let len = 1 + rng.at(1000) % HISTORY_MAX;
+        let mut tokens: Vec<String> = (0..len)
+            .map(|k| {
+                let u = unit(rng.at(1001 + k));
+                let rank = ((((v + 1) as f64).ln() * u).exp().floor() as u64).clamp(1, v) - 1;
+                self.token(HISTORY_FIELD, rank)
+            })
+            .collect();
+        let again = if clicked { 0.6 } else { 0.05 };
+        if unit(rng.at(1100)) < again {
+            let at = (rng.at(1101) % len) as usize;
+            tokens[at] = self.token(HISTORY_FIELD, ad_rank);
+        }
+        tokens.join("^")
+    }
+
     fn cross_weight(&self, pair: usize, a: u64, b: u64) -> f64 {
         let key = self.seed ^ 0x5eed_0000 ^ ((pair as u64) << 48) ^ (a << 24) ^ b;
         0.6 * normal(mix(key ^ 0xe5), mix(key ^ 0xf6))
@@ -302,6 +340,7 @@ impl Teacher {
         let mut cats: Vec<StringBuilder> = (0..CATEGORICAL_FIELDS)
             .map(|_| StringBuilder::with_capacity(n, n * 8))
             .collect();
+        let mut history = StringBuilder::with_capacity(n, n * 40);
         let mut click = Int32Builder::with_capacity(n);
         let mut conversion = Int32Builder::with_capacity(n);
         let (mut clicks, mut conversions) = (0, 0);
@@ -344,17 +383,20 @@ impl Teacher {
                     b.append_null();
                     continue;
                 }
-                let token = mix(self.seed ^ ((f as u64) << 40) ^ rank) as u32;
-                b.append_value(format!("{token:08x}"));
+                b.append_value(self.token(f, rank));
                 logit_click += self.token_weight(0, f, rank);
                 logit_conv += self.token_weight(1, f, rank);
             }
             for (i, (a, b)) in CROSSES.iter().enumerate() {
                 logit_click += self.cross_weight(i, ranks[*a], ranks[*b]);
             }
+            let p_click = 1.0 / (1.0 + (-logit_click).exp());
+            // Whether this row is (or, in the inference table, would be) clicked: drawn from
+            // its own slot whether or not the label is written, so both tables agree.
+            let clicked = unit(rng.at(900)) < p_click;
+            history.append_value(self.history(&rng, ranks[HISTORY_FIELD], clicked));
             if with_labels {
-                let p_click = 1.0 / (1.0 + (-logit_click).exp());
-                let c = unit(rng.at(900)) < p_click;
+                let c = clicked;
                 let p_conv = 1.0 / (1.0 + (-logit_conv).exp());
                 let v = c && unit(rng.at(901)) < p_conv;
                 click.append_value(i32::from(c));
@@ -371,6 +413,7 @@ impl Teacher {
                 .map(|b| Arc::new(b.finish()) as ArrayRef),
         );
         columns.extend(cats.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(history.finish()));
         if with_labels {
             columns.push(Arc::new(click.finish()));
             columns.push(Arc::new(conversion.finish()));
@@ -429,6 +472,57 @@ mod tests {
             a.path()
                 .join("default.db/campaign_sample/dt=2026-01-21/part-00000.parquet")
                 .is_file()
+        );
+    }
+
+    #[test]
+    fn the_click_history_holds_the_ad_more_often_when_clicked() {
+        use arrow::array::{Array, AsArray, Int32Array};
+        let spec = SampleSpec::new(20_000, 2024);
+        let dir = tempfile::tempdir().expect("tmp");
+        let g = generate(dir.path(), &spec).expect("generate");
+        let (mut with, mut rows) = ([0usize; 2], [0usize; 2]);
+        for part in std::fs::read_dir(&g[0].dir).expect("partition").flatten() {
+            let file = File::open(part.path()).expect("open");
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .expect("parquet")
+                    .build()
+                    .expect("reader");
+            for b in reader {
+                let b = b.expect("batch");
+                let ad = b
+                    .column_by_name("C10")
+                    .expect("C10")
+                    .as_string::<i32>()
+                    .clone();
+                let hist = b
+                    .column_by_name(HISTORY_COLUMN)
+                    .expect("history")
+                    .as_string::<i32>()
+                    .clone();
+                let click = b
+                    .column_by_name("click")
+                    .and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned())
+                    .expect("click");
+                for r in 0..b.num_rows() {
+                    let tokens: Vec<&str> = hist.value(r).split('^').collect();
+                    assert!((1..=HISTORY_MAX as usize).contains(&tokens.len()));
+                    if ad.is_null(r) {
+                        continue;
+                    }
+                    let c = click.value(r) as usize;
+                    rows[c] += 1;
+                    with[c] += usize::from(tokens.contains(&ad.value(r)));
+                }
+            }
+        }
+        let rate = |c: usize| with[c] as f64 / rows[c].max(1) as f64;
+        assert!(
+            rate(1) > 0.5 && rate(0) < 0.2,
+            "clicked {}, not clicked {}",
+            rate(1),
+            rate(0)
         );
     }
 
