@@ -823,24 +823,6 @@ impl FeatureProcessor {
             .collect()
     }
 
-    /// The sequence fields as a model sees them.
-    pub fn sequence_shapes(&self) -> Vec<crate::model::SequenceShape> {
-        self.spec
-            .sequence
-            .iter()
-            .zip(&self.sequence_vocabularies)
-            .map(|(q, v)| crate::model::SequenceShape {
-                vocab_size: v.vocab_size(),
-                max_len: q.max_len,
-                pooling: q.pooling,
-                shares: q
-                    .share_embedding
-                    .as_ref()
-                    .and_then(|c| self.spec.categorical.iter().position(|n| n == c)),
-            })
-            .collect()
-    }
-
     /// Encodes one batch of raw rows; `with_labels` also reads (and checks) the label columns.
     pub fn encode(&self, batch: &RecordBatch, with_labels: bool) -> Result<EncodedBatch> {
         let rows = batch.num_rows();

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CtrError, Result};
-use crate::features::{EncodedBatch, Pooling};
+use crate::features::{EncodedBatch, FeatureProcessor, Pooling};
 use crate::rng::SplitMix64;
 
 /// FuxiCTR's model names.
@@ -687,6 +687,26 @@ pub struct SequenceShape {
     /// The categorical field whose embedding rows it shares (`share_embedding`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shares: Option<usize>,
+}
+
+impl SequenceShape {
+    /// A fitted processor's sequence fields, as a model sees them.
+    pub fn of(processor: &FeatureProcessor) -> Vec<SequenceShape> {
+        let spec = &processor.spec;
+        spec.sequence
+            .iter()
+            .zip(&processor.sequence_vocabularies)
+            .map(|(q, v)| SequenceShape {
+                vocab_size: v.vocab_size(),
+                max_len: q.max_len,
+                pooling: q.pooling,
+                shares: q
+                    .share_embedding
+                    .as_ref()
+                    .and_then(|c| spec.categorical.iter().position(|n| n == c)),
+            })
+            .collect()
+    }
 }
 
 impl InputShape {

@@ -431,7 +431,7 @@ pub fn train(
         vocab_sizes: processor.vocab_sizes(),
         num_numeric: processor.spec.numeric.len(),
         num_tasks,
-        sequences: processor.sequence_shapes(),
+        sequences: crate::model::SequenceShape::of(processor),
         names: processor
             .spec
             .numeric
