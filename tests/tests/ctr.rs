@@ -203,7 +203,7 @@ async fn a_train_step_runs_a_fuxictr_configuration_and_names_what_it_cannot_foll
     let rel = sample_dir
         .strip_prefix(warehouse.path())
         .expect("under the warehouse");
-    let write = |regularizer: &str| {
+    let write = |activations: &str| {
         std::fs::write(
             work.join("config/dataset_config.yaml"),
             format!(
@@ -217,7 +217,7 @@ async fn a_train_step_runs_a_fuxictr_configuration_and_names_what_it_cannot_foll
         std::fs::write(
             work.join("config/model_config.yaml"),
             format!(
-                "Base:\n  model_root: './checkpoints/'\n  verbose: 1\n  shuffle: True\nDeepFM_fx:\n  model: DeepFM\n  dataset_id: campaign\n  embedding_dim: 4\n  hidden_units: [16, 16]\n  batch_size: 256\n  epochs: 1\n  embedding_regularizer: {regularizer}\n  monitor: AUC\n  monitor_mode: max\n  sparkle: 3\n"
+                "Base:\n  model_root: './checkpoints/'\n  verbose: 1\n  shuffle: True\nDeepFM_fx:\n  model: DeepFM\n  dataset_id: campaign\n  embedding_dim: 4\n  hidden_units: [16, 16]\n  batch_size: 256\n  epochs: 1\n  embedding_regularizer: 1.e-8\n  hidden_activations: {activations}\n  monitor: AUC\n  monitor_mode: max\n  sparkle: 3\n"
             ),
         )
         .expect("write");
@@ -240,7 +240,7 @@ async fn a_train_step_runs_a_fuxictr_configuration_and_names_what_it_cannot_foll
     };
 
     // What Ferry cannot follow yet stops the step at once, by name.
-    write("1.e-8");
+    write("Dice");
     c.apply(&wf("fx_refused")).await.expect("valid workflow");
     let task = c.create_task("fx_refused").await;
     let paused = c.wait_status(task.id, "paused", T).await;
@@ -250,10 +250,11 @@ async fn a_train_step_runs_a_fuxictr_configuration_and_names_what_it_cannot_foll
         "refusals are permanent"
     );
     let reason = paused.task.map(|t| t.status_reason).unwrap_or_default();
-    assert!(reason.contains("embedding_regularizer"), "{reason}");
+    assert!(reason.contains("hidden_activations"), "{reason}");
 
-    // The same configuration without it trains; the unknown key is logged, not fatal.
-    write("0");
+    // The same configuration with ReLU trains (its L2 penalty on the embeddings included);
+    // the unknown key is logged, not fatal.
+    write("relu");
     c.apply(&wf("fx_train")).await.expect("valid workflow");
     let task = c.create_task("fx_train").await;
     c.wait_status(task.id, "completed", T).await;

@@ -18,7 +18,8 @@ use ferry_ctr::dataset::{PrepareOptions, prepare_dataset};
 use ferry_ctr::device::{Device, devices_for};
 use ferry_ctr::infer::{InferObserver, InferOptions, infer};
 use ferry_ctr::train::{
-    EpochReport, TrainObserver, TrainOptions, evaluate_test, metrics_line, train,
+    EpochReport, TrainObserver, TrainOptions, evaluate_test, metrics_line, metrics_line_with_gauc,
+    train,
 };
 use ferry_ctr::{CtrError, FeatureSpec, ModelConfig};
 
@@ -277,13 +278,16 @@ impl Executor for TrainExecutor {
                 ctx.info(format!(
                     "test evaluation of the best model ({} rows): [Metrics] {}",
                     t.rows,
-                    metrics_line(&labels, &t.auc, &t.logloss)
+                    metrics_line_with_gauc(&labels, &t.auc, &t.logloss, &t.gauc)
                 ));
                 let mean = t.auc.iter().sum::<f64>() / t.auc.len().max(1) as f64;
                 ctx.metric("test_auc", mean, 0);
                 for (i, (auc, ll)) in t.auc.iter().zip(&t.logloss).enumerate() {
                     ctx.metric(&format!("test_auc_{i}"), *auc, 0);
                     ctx.metric(&format!("test_logloss_{i}"), *ll, 0);
+                }
+                for (i, g) in t.gauc.iter().enumerate() {
+                    ctx.metric(&format!("test_gauc_{i}"), *g, 0);
                 }
             }
             let best = outcome.state.best_val_auc().unwrap_or(0.0);

@@ -74,6 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|_| EncodedBatch {
             rows,
             sequence: Vec::new(),
+            groups: Vec::new(),
             categorical: (0..rows * vocab_sizes.len())
                 .map(|i| {
                     // Zipf-ish: most draws hit the first rows of each field.

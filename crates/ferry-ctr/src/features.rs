@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float32Array, Int32Array};
+use arrow::array::{Array, ArrayRef, AsArray, Float32Array, Int32Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,8 @@ pub const OOV_TOKEN: &str = "__OOV__";
 pub const PROCESSOR_FILE: &str = "feature_processor.json";
 pub const FEATURE_MAP_FILE: &str = "feature_map.json";
 pub const VOCAB_FILE: &str = "feature_vocab.json";
+/// The encoded parts' column of group keys (gAUC).
+pub const GROUP_COLUMN: &str = "__group";
 
 /// Which input columns play which part (FuxiCTR's `feature_cols` / `label_col`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +44,9 @@ pub struct FeatureSpec {
     /// Sequence fields: text columns of tokens split by `splitter` (FuxiCTR's `sequence`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sequence: Vec<SequenceSpec>,
+    /// An id column (`id_columns`) whose values group rows for gAUC (FuxiCTR's `group_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
 }
 
 /// One sequence field (FuxiCTR's `type: sequence`): its tokens get a vocabulary of their own,
@@ -130,6 +135,7 @@ impl FeatureSpec {
             normalizer: BTreeMap::new(),
             fill_na: BTreeMap::new(),
             sequence: Vec::new(),
+            group_id: None,
         }
     }
 
@@ -197,6 +203,15 @@ impl FeatureSpec {
             return Err(CtrError::Config(format!(
                 "sequence {}: share_embedding must name a categorical feature",
                 q.name
+            )));
+        }
+        if let Some(g) = self
+            .group_id
+            .as_ref()
+            .filter(|g| !self.id_columns.contains(g))
+        {
+            return Err(CtrError::Config(format!(
+                "group_id: {g} is not a meta (id) column"
             )));
         }
         if let Some(q) = self.sequence.iter().find(|q| q.splitter.is_empty()) {
@@ -342,6 +357,9 @@ pub struct EncodedBatch {
     pub labels: Vec<f32>,
     /// `rows × Σ max_len`: each sequence field's token indices (0 pads), fields in order.
     pub sequence: Vec<i32>,
+    /// One group key per row (a hash of the `group_id` column's value) when the spec names
+    /// one; empty otherwise.
+    pub groups: Vec<i64>,
 }
 
 impl EncodedBatch {
@@ -363,6 +381,11 @@ impl EncodedBatch {
                 self.labels[start * l..end * l].to_vec()
             },
             sequence: self.sequence[start * w..end * w].to_vec(),
+            groups: if self.groups.is_empty() {
+                Vec::new()
+            } else {
+                self.groups[start..end].to_vec()
+            },
         }
     }
 
@@ -373,6 +396,7 @@ impl EncodedBatch {
         self.numeric.extend(other.numeric);
         self.labels.extend(other.labels);
         self.sequence.extend(other.sequence);
+        self.groups.extend(other.groups);
     }
 
     pub fn label_width(&self) -> usize {
@@ -405,6 +429,11 @@ impl EncodedBatch {
             numeric: Vec::with_capacity(order.len() * n),
             labels: Vec::with_capacity(order.len() * l),
             sequence: Vec::with_capacity(order.len() * w),
+            groups: Vec::with_capacity(if self.groups.is_empty() {
+                0
+            } else {
+                order.len()
+            }),
         };
         for &r in order {
             out.categorical
@@ -415,6 +444,9 @@ impl EncodedBatch {
                 .extend_from_slice(&self.labels[r * l..(r + 1) * l]);
             out.sequence
                 .extend_from_slice(&self.sequence[r * w..(r + 1) * w]);
+            if let Some(g) = self.groups.get(r) {
+                out.groups.push(*g);
+            }
         }
         out
     }
@@ -449,6 +481,16 @@ impl EncodedBatch {
                 (0..self.rows).map(|r| self.labels[r * l + j]),
             )));
         }
+        if spec.group_id.is_some() && l > 0 {
+            if self.groups.len() != self.rows {
+                return Err(CtrError::Data(format!(
+                    "{} rows but {} group keys",
+                    self.rows,
+                    self.groups.len()
+                )));
+            }
+            columns.push(Arc::new(Int64Array::from(self.groups.clone())));
+        }
         Ok(RecordBatch::try_new(schema, columns)?)
     }
 
@@ -468,6 +510,7 @@ impl EncodedBatch {
             numeric: vec![0.0; rows * n],
             labels: vec![0.0; rows * l],
             sequence: vec![0; rows * w],
+            groups: Vec::new(),
         };
         let f32_column = |name: &str| -> Result<&Float32Array> {
             batch
@@ -501,6 +544,15 @@ impl EncodedBatch {
                 out.labels[r * l + j] = *v;
             }
         }
+        if spec.group_id.is_some() && with_labels {
+            let groups = batch
+                .column_by_name(GROUP_COLUMN)
+                .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
+                .ok_or_else(|| {
+                    CtrError::Data(format!("encoded data lacks Int64 column {GROUP_COLUMN}"))
+                })?;
+            out.groups = groups.values().to_vec();
+        }
         Ok(out)
     }
 }
@@ -529,7 +581,19 @@ pub fn encoded_schema(spec: &FeatureSpec, with_labels: bool) -> SchemaRef {
                 .map(|n| Field::new(n, DataType::Float32, false)),
         );
     }
+    if with_labels && spec.group_id.is_some() {
+        fields.push(Field::new(GROUP_COLUMN, DataType::Int64, false));
+    }
     Arc::new(Schema::new(fields))
+}
+
+/// FNV-1a of a group's value.
+fn group_key(value: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in value.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
 }
 
 /// The encoded parts' columns of the sequence fields: one per position, `NAME__0`, `NAME__1`…
@@ -834,6 +898,7 @@ impl FeatureProcessor {
             numeric: vec![0.0; rows * n],
             labels: Vec::new(),
             sequence: vec![0; rows * w],
+            groups: Vec::new(),
         };
         let mut start = 0;
         for (q, vocab) in self.spec.sequence.iter().zip(&self.sequence_vocabularies) {
@@ -885,6 +950,20 @@ impl FeatureProcessor {
                 let token = (!strings.is_null(r)).then(|| strings.value(r));
                 out.categorical[r * c + j] = vocab.lookup(token);
             }
+        }
+        if with_labels && let Some(g) = &self.spec.group_id {
+            // Only equality matters for gAUC: a stable hash of the value stands for it.
+            let col = categorical_values(batch, g)?;
+            let strings = col.as_string::<i32>();
+            out.groups = (0..rows)
+                .map(|r| {
+                    if strings.is_null(r) {
+                        i64::MIN
+                    } else {
+                        group_key(strings.value(r))
+                    }
+                })
+                .collect();
         }
         if with_labels {
             let l = self.spec.labels.len();
@@ -1070,6 +1149,7 @@ mod tests {
             normalizer: BTreeMap::new(),
             fill_na: BTreeMap::new(),
             sequence: Vec::new(),
+            group_id: None,
         }
     }
 
@@ -1090,6 +1170,7 @@ mod tests {
             numeric: vec![0.0, 0.1, 0.2, 0.3, 0.4],
             labels: vec![1.0, 0.0, 1.0, 0.0, 1.0],
             sequence: Vec::new(),
+            groups: Vec::new(),
         };
         let halves = b.split_rows(2, &spec());
         assert_eq!(halves.iter().map(|h| h.rows).collect::<Vec<_>>(), [3, 2]);

@@ -86,7 +86,18 @@ pub fn load(config_dir: &Path, expid: &str, work_dir: &Path) -> Result<Experimen
         .and_then(Value::as_u64)
         // FuxiCTR's default.
         .unwrap_or(10);
-    let features = feature_spec(&dataset_id, &dataset, embedding_dim, &mut warnings)?;
+    // FuxiCTR's `group_id` is a model key naming a meta feature; Ferry keeps it with the
+    // features, whose encoded test rows carry the groups for gAUC.
+    let group_id = match model.remove("group_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(g)) => Some(g),
+        Some(other) => return Err(bad(expid, "group_id", &other, "must name a meta feature")),
+    };
+    let mut features = feature_spec(&dataset_id, &dataset, embedding_dim, &mut warnings)?;
+    if group_id.is_some() {
+        features.group_id = group_id;
+        features.validate()?;
+    }
     let model = model_config(expid, model, &mut warnings)?;
     Ok(Experiment {
         expid: expid.to_owned(),
@@ -452,6 +463,7 @@ fn feature_spec(
         normalizer: Default::default(),
         fill_na: Default::default(),
         sequence: Vec::new(),
+        group_id: None,
     };
     for col in cols {
         let Value::Mapping(m) = col else {
@@ -1000,8 +1012,8 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
             // DIN's attention replaces its sequences' pooling: FuxiCTR's configs say so by
             // turning their encoder off.
             "feature_specs" if kind == ModelKind::DIN => unpooled_only(v),
-            "regularizer" | "eval_steps" | "group_id" | "use_features" | "feature_specs"
-            | "layer_norm" | "fs1_context" | "fs2_context" => is_off(v),
+            "regularizer" | "eval_steps" | "use_features" | "feature_specs" | "layer_norm"
+            | "fs1_context" | "fs2_context" => is_off(v),
             _ => {
                 warnings.push(format!(
                     "{expid}: {key} is not a setting of {kind:?} that Ferry knows; ignored, as FuxiCTR's {kind:?} would ignore it"

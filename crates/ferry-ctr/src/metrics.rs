@@ -31,6 +31,24 @@ pub fn auc(labels: &[f32], scores: &[f32]) -> Option<f64> {
     Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
 }
 
+/// FuxiCTR's gAUC: each group's AUC weighted by its rows, over the groups that hold both
+/// classes. `None` when no group does.
+pub fn gauc(labels: &[f32], scores: &[f32], groups: &[i64]) -> Option<f64> {
+    let n = labels.len().min(scores.len()).min(groups.len());
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by_key(|&i| groups[i]);
+    let (mut weighted, mut rows) = (0.0f64, 0usize);
+    for block in order.chunk_by(|&a, &b| groups[a] == groups[b]) {
+        let l: Vec<f32> = block.iter().map(|&i| labels[i]).collect();
+        let s: Vec<f32> = block.iter().map(|&i| scores[i]).collect();
+        if let Some(a) = auc(&l, &s) {
+            weighted += a * block.len() as f64;
+            rows += block.len();
+        }
+    }
+    (rows > 0).then(|| weighted / rows as f64)
+}
+
 /// Mean binary cross-entropy with predictions clipped to [1e-7, 1 - 1e-7] (FuxiCTR's epsilon).
 pub fn logloss(labels: &[f32], probabilities: &[f32]) -> f64 {
     const EPS: f64 = 1e-7;
@@ -53,6 +71,17 @@ pub fn logloss(labels: &[f32], probabilities: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauc_weighs_each_group_s_auc_by_its_rows_and_skips_one_class_groups() {
+        // Group 1: AUC 1 over 2 rows; group 2: AUC 0.5 over 3 rows; group 3: clicks only.
+        let labels = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0];
+        let scores = [0.9, 0.1, 0.8, 0.2, 0.1, 0.4, 0.6];
+        let groups = [1, 1, 2, 2, 2, 3, 3];
+        let g = gauc(&labels, &scores, &groups).expect("two groups count");
+        assert!((g - (1.0 * 2.0 + 0.5 * 3.0) / 5.0).abs() < 1e-12, "{g}");
+        assert_eq!(gauc(&[1.0, 1.0], &[0.3, 0.4], &[7, 7]), None);
+    }
 
     #[test]
     fn auc_matches_hand_computed_values() {

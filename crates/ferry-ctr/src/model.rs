@@ -2249,6 +2249,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            groups: Vec::new(),
         }
     }
 
@@ -2367,6 +2368,7 @@ mod tests {
             numeric: Vec::new(),
             labels: Vec::new(),
             sequence: vec![3, 0, 2],
+            groups: Vec::new(),
         };
         let x = Inputs::new(&b, &s, &Device::flex()).expect("inputs");
         let (idx, mask) = x.sequence.expect("sequence");
@@ -2579,6 +2581,7 @@ mod tests {
                 .map(|r| if r % 5 < 2 { 1.0 } else { 0.0 })
                 .collect(),
             sequence: (0..rows * 2).map(|i| (i % 4) as i32).collect(),
+            groups: Vec::new(),
         };
         let dir = tempfile::tempdir().expect("tmp");
         for (n, config) in variants().into_iter().enumerate() {

@@ -99,6 +99,16 @@ impl EpochReport {
 /// FuxiCTR's way of printing figures: `logloss: 0.447260 - AUC: 0.792416`, six decimals, one
 /// pair per label (named when there are several).
 pub fn metrics_line(labels: &[String], auc: &[f64], logloss: &[f64]) -> String {
+    metrics_line_with_gauc(labels, auc, logloss, &[])
+}
+
+/// [`metrics_line`] with FuxiCTR's `gAUC` after each label's AUC, where given.
+pub fn metrics_line_with_gauc(
+    labels: &[String],
+    auc: &[f64],
+    logloss: &[f64],
+    gauc: &[f64],
+) -> String {
     let named = labels.len() > 1;
     auc.iter()
         .zip(logloss)
@@ -108,7 +118,12 @@ pub fn metrics_line(labels: &[String], auc: &[f64], logloss: &[f64]) -> String {
                 Some(name) if named => format!("{name} "),
                 _ => String::new(),
             };
-            format!("{label}logloss: {l:.6} - {label}AUC: {a:.6}")
+            match gauc.get(t) {
+                Some(g) => {
+                    format!("{label}logloss: {l:.6} - {label}AUC: {a:.6} - {label}gAUC: {g:.6}")
+                }
+                None => format!("{label}logloss: {l:.6} - {label}AUC: {a:.6}"),
+            }
         })
         .collect::<Vec<_>>()
         .join(" - ")
@@ -121,6 +136,9 @@ pub struct TestReport {
     /// Per task, in label order.
     pub auc: Vec<f64>,
     pub logloss: Vec<f64>,
+    /// Per task, when the dataset names a `group_id` (and a group holds both classes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gauc: Vec<f64>,
 }
 
 /// Everything needed to continue after a crash (the checkpoint's `state.json`).
@@ -318,7 +336,7 @@ pub fn evaluate_test(
         return Ok(None);
     }
     let (model, card) = load_trained(&opts.model_dir, &config.model_id, &opts.device)?;
-    let (auc, logloss) = evaluate(
+    let (auc, logloss, gauc) = evaluate(
         "test",
         &model,
         processor,
@@ -331,13 +349,14 @@ pub fn evaluate_test(
         rows: dataset.test_rows,
         auc,
         logloss,
+        gauc,
     };
     log_line(
         &Paths::new(&opts.model_dir, &config.model_id).log,
         &format!(
             "test ({} rows): [Metrics] {}",
             report.rows,
-            metrics_line(&card.labels, &report.auc, &report.logloss)
+            metrics_line_with_gauc(&card.labels, &report.auc, &report.logloss, &report.gauc)
         ),
     )?;
     Ok(Some(report))
@@ -351,11 +370,12 @@ fn evaluate(
     files: &[PathBuf],
     batch_size: usize,
     device: &Device,
-) -> Result<(Vec<f64>, Vec<f64>)> {
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let valid = model.valid();
     let tasks = shape.num_tasks;
     let mut labels: Vec<Vec<f32>> = vec![Vec::new(); tasks];
     let mut scores: Vec<Vec<f32>> = vec![Vec::new(); tasks];
+    let mut groups: Vec<i64> = Vec::new();
     for batch in EncodedBatches::new(&processor.spec, files, batch_size, None) {
         let batch = batch?;
         let probs = valid.predict(&Inputs::new(&batch, shape, device)?);
@@ -370,7 +390,16 @@ fn evaluate(
                 scores[t].push(data[r * tasks + t]);
             }
         }
+        groups.extend_from_slice(&batch.groups);
     }
+    // gAUC where rows carry groups (a `group_id`) and some group holds both classes.
+    let gauc: Vec<f64> = if groups.is_empty() {
+        Vec::new()
+    } else {
+        (0..tasks)
+            .filter_map(|t| crate::metrics::gauc(&labels[t], &scores[t], &groups))
+            .collect()
+    };
     let mut aucs = Vec::with_capacity(tasks);
     let mut losses = Vec::with_capacity(tasks);
     for t in 0..tasks {
@@ -382,7 +411,7 @@ fn evaluate(
         })?);
         losses.push(logloss(&labels[t], &scores[t]));
     }
-    Ok((aucs, losses))
+    Ok((aucs, losses, gauc))
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -564,7 +593,7 @@ pub fn train(
             Ok((trained, train_loss, samples)) => {
                 let train_seconds = started.elapsed().as_secs_f64();
                 model = trained;
-                let (val_auc, val_logloss) = evaluate(
+                let (val_auc, val_logloss, _) = evaluate(
                     "validation",
                     &model,
                     processor,

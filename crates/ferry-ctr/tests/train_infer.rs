@@ -815,6 +815,7 @@ fn a_sequence_feature_is_learnt_end_to_end() {
         normalizer: Default::default(),
         fill_na: Default::default(),
         sequence: Vec::new(),
+        group_id: None,
     };
     spec.sequence.push(ferry_ctr::features::SequenceSpec {
         name: "hist".into(),
@@ -926,15 +927,16 @@ fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
     std::fs::create_dir_all(&config_dir).expect("mkdir");
     std::fs::write(
         config_dir.join("dataset_config.yaml"),
-        "seq_demo:\n    data_format: parquet\n    train_data: train/part-0.parquet\n    feature_cols:\n        - {name: [user, item], active: True, dtype: str, type: categorical}\n        - {name: hist, active: True, dtype: str, type: sequence, splitter: ^, max_len: 4, share_embedding: item}\n    label_col: {name: clk, dtype: float}\n",
+        "seq_demo:\n    data_format: parquet\n    train_data: train/part-0.parquet\n    test_data: train/part-0.parquet\n    feature_cols:\n        - {name: user, active: True, dtype: str, type: meta}\n        - {name: item, active: True, dtype: str, type: categorical}\n        - {name: hist, active: True, dtype: str, type: sequence, splitter: ^, max_len: 4, share_embedding: item}\n    label_col: {name: clk, dtype: float}\n",
     )
     .expect("write");
     std::fs::write(
         config_dir.join("model_config.yaml"),
-        "DIN_demo:\n    model: DIN\n    dataset_id: seq_demo\n    loss: 'binary_crossentropy'\n    metrics: ['logloss', 'AUC']\n    task: binary_classification\n    optimizer: adam\n    learning_rate: 1.e-2\n    embedding_regularizer: 0\n    net_regularizer: 0\n    batch_size: 128\n    embedding_dim: 8\n    dnn_hidden_units: [32, 16]\n    dnn_activations: relu\n    attention_hidden_units: [16]\n    attention_hidden_activations: \"Dice\"\n    attention_output_activation: null\n    attention_dropout: 0\n    din_target_field: item\n    din_sequence_field: hist\n    feature_specs: [{name: hist, feature_encoder: null}]\n    net_dropout: 0\n    batch_norm: False\n    epochs: 10\n    shuffle: True\n    seed: 2019\n    monitor: 'AUC'\n    monitor_mode: 'max'\n",
+        "DIN_demo:\n    model: DIN\n    dataset_id: seq_demo\n    loss: 'binary_crossentropy'\n    metrics: ['logloss', 'AUC']\n    task: binary_classification\n    optimizer: adam\n    learning_rate: 1.e-2\n    embedding_regularizer: 0\n    net_regularizer: 0\n    batch_size: 128\n    embedding_dim: 8\n    dnn_hidden_units: [32, 16]\n    dnn_activations: relu\n    attention_hidden_units: [16]\n    attention_hidden_activations: \"Dice\"\n    attention_output_activation: null\n    attention_dropout: 0\n    din_target_field: item\n    din_sequence_field: hist\n    feature_specs: [{name: hist, feature_encoder: null}]\n    net_dropout: 0\n    batch_norm: False\n    epochs: 10\n    shuffle: True\n    seed: 2019\n    monitor: 'AUC'\n    monitor_mode: 'max'\n    group_id: user\n",
     )
     .expect("write");
     let e = ferry_ctr::fuxictr::load(&config_dir, "DIN_demo", root).expect("load");
+    assert_eq!(e.features.group_id.as_deref(), Some("user"));
     assert!(e.warnings.is_empty(), "{:?}", e.warnings);
     assert_eq!(
         e.features.sequence[0].share_embedding.as_deref(),
@@ -946,17 +948,20 @@ fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
         &data_dir,
         &e.dataset_id,
         &e.features,
-        &PrepareOptions::default(),
+        &PrepareOptions {
+            test_dir: e.data.test.clone(),
+            ..PrepareOptions::default()
+        },
     )
     .expect("prepare");
     let map: serde_json::Value = serde_json::from_slice(
         &std::fs::read(data_dir.join("feature_map.json")).expect("feature_map.json"),
     )
     .expect("json");
-    assert_eq!(map["features"][2]["hist"]["share_embedding"], "item");
+    assert_eq!(map["features"][1]["hist"]["share_embedding"], "item");
     assert_eq!(
-        map["features"][2]["hist"]["vocab_size"],
-        map["features"][1]["item"]["vocab_size"]
+        map["features"][1]["hist"]["vocab_size"],
+        map["features"][0]["item"]["vocab_size"]
     );
 
     let full_dir = root.join("models/full");
@@ -973,6 +978,15 @@ fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
         auc > 0.9,
         "DIN finds the candidate in the history: validation AUC {auc}"
     );
+    // Scored on the test split with FuxiCTR's gAUC over the users.
+    let topts = TrainOptions::new(&data_dir, &full_dir, Device::flex());
+    let test = ferry_ctr::train::evaluate_test(&e.model, &processor, &dataset, &topts)
+        .expect("test")
+        .expect("a test split");
+    assert_eq!(test.gauc.len(), 1);
+    assert!(test.gauc[0] > 0.8 && test.gauc[0] <= 1.0, "{test:?}");
+    let log = std::fs::read_to_string(full_dir.join("DIN_demo.log")).expect("log");
+    assert!(log.contains(&format!("gAUC: {:.6}", test.gauc[0])), "{log}");
 
     let resumed_dir = root.join("models/resumed");
     let mut opts = TrainOptions::new(&data_dir, &resumed_dir, Device::flex());
