@@ -326,6 +326,7 @@ fn assert_strictly_increasing(ids: &[i64], what: &str) {
 /// three agents: 201 with `task_id` and `status`, and the task runs the whole CTR pipeline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_curl_request_creates_a_task_that_completes() {
+    let _shared = MEASURED_ALONE.read().await;
     let sshd = ferry_e2e::sshd::Sshd::start();
     let area = sshd.path("area");
     std::fs::create_dir_all(&area).expect("area");
@@ -448,6 +449,7 @@ async fn the_seed_curl_request_creates_a_task_that_completes() {
 /// Seed 000 §9's paths, each as documented, and a sample of the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_section_9_path_answers_as_documented() {
+    let _shared = MEASURED_ALONE.read().await;
     let c = plain_cluster(1).await;
     let api = Api::new(&c);
     let flag = c.path("flag");
@@ -671,6 +673,7 @@ async fn every_section_9_path_answers_as_documented() {
 /// end, and a last message `{"type": "end", "status": ...}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_streams_deliver_every_line_once_in_order_and_end_with_the_state() {
+    let _shared = MEASURED_ALONE.read().await;
     let c = plain_cluster(1).await;
     let api = Api::new(&c);
     // Lines in bursts over a few seconds, so the streams see history and live lines.
@@ -761,10 +764,16 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
+/// The memory test runs alone; the others may run together (they take it shared).
+static MEASURED_ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// WebSocket and event-stream clients that never read, following a task that writes far more
 /// log than the bound: the coordinator's resident memory stays within the bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_does_not_grow_the_coordinator() {
+    // Measured with no other test's daemons competing for the two cores: a starved
+    // coordinator buffers more before its followers' queues apply their bound.
+    let _alone = MEASURED_ALONE.write().await;
     const BOUND_MIB: u64 = 64;
     const LINE: usize = 1000;
     let c = plain_cluster(1).await;
@@ -875,6 +884,7 @@ impl Api {
 /// content type: each a 4xx whose body names the problem, and no task appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_the_problem_named_and_nothing_changes() {
+    let _shared = MEASURED_ALONE.read().await;
     let c = plain_cluster(0).await;
     let api = Api::new(&c);
     assert_eq!(api.task_count().await, 0);
@@ -1000,6 +1010,7 @@ fn set_cookie(res: &reqwest::Response) -> String {
 /// revoked token's session ends at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_sessions_and_csrf_guard_the_http_api() {
+    let _shared = MEASURED_ALONE.read().await;
     let mut c = Cluster::secure("");
     c.start_coordinator().await;
     assert!(c.http_url().starts_with("https://"), "{}", c.http_url());
