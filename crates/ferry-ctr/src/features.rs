@@ -232,6 +232,12 @@ impl FeatureSpec {
         self.numeric.len() + self.categorical.len() + self.sequence.len()
     }
 
+    /// The categorical field (its index) whose embedding sequence `q` shares, if any.
+    pub fn shared_field(&self, q: &SequenceSpec) -> Option<usize> {
+        let c = q.share_embedding.as_ref()?;
+        self.categorical.iter().position(|n| n == c)
+    }
+
     /// Token positions per row over all sequence fields (their `max_len`s once fitted).
     pub fn sequence_width(&self) -> usize {
         self.sequence.iter().map(|q| q.max_len).sum()
@@ -774,14 +780,10 @@ impl FeatureFitter {
             self.sequence_counts.into_iter().map(fit).collect();
         // Shared embeddings, as FuxiCTR's `merge_vocab`: the sequence's new tokens follow the
         // categorical field's, `__OOV__` moves to the end, and both use the merged vocabulary.
-        for (j, q) in self.spec.sequence.iter().enumerate() {
-            let Some(i) = q
-                .share_embedding
-                .as_ref()
-                .and_then(|c| self.spec.categorical.iter().position(|n| n == c))
-            else {
-                continue;
-            };
+        let shares: Vec<(usize, usize)> = (self.spec.sequence.iter().enumerate())
+            .filter_map(|(j, q)| Some((j, self.spec.shared_field(q)?)))
+            .collect();
+        for &(j, i) in &shares {
             let mut tokens = vocabularies[i].tokens.clone();
             tokens.extend(
                 sequence_vocabularies[j]
@@ -792,14 +794,8 @@ impl FeatureFitter {
             );
             vocabularies[i] = Vocabulary::from_tokens(tokens);
         }
-        for (j, q) in self.spec.sequence.iter().enumerate() {
-            if let Some(i) = q
-                .share_embedding
-                .as_ref()
-                .and_then(|c| self.spec.categorical.iter().position(|n| n == c))
-            {
-                sequence_vocabularies[j] = vocabularies[i].clone();
-            }
+        for &(j, i) in &shares {
+            sequence_vocabularies[j] = vocabularies[i].clone();
         }
         let mut spec = self.spec;
         // From here on the spec says each sequence's length.

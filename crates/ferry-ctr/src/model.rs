@@ -700,10 +700,7 @@ impl SequenceShape {
                 vocab_size: v.vocab_size(),
                 max_len: q.max_len,
                 pooling: q.pooling,
-                shares: q
-                    .share_embedding
-                    .as_ref()
-                    .and_then(|c| spec.categorical.iter().position(|n| n == c)),
+                shares: spec.shared_field(q),
             })
             .collect()
     }
@@ -916,7 +913,14 @@ impl FeatureEmbedding {
     }
 
     fn forward(&self, x: &Inputs) -> Tensor<3> {
-        let mut parts = Vec::with_capacity(2);
+        self.forward_with_tokens(x).0
+    }
+
+    /// The field embeddings, and the sequence fields' token embeddings `[B, Σ L, d]` before
+    /// pooling (what DIN attends over).
+    fn forward_with_tokens(&self, x: &Inputs) -> (Tensor<3>, Option<Tensor<3>>) {
+        let mut parts = Vec::with_capacity(3);
+        let mut tokens = None;
         if let (Some(w), Some(num)) = (&self.numeric, &x.numeric) {
             let [n, d] = w.val().dims();
             // x[B, N, 1] * w[1, N, d]
@@ -926,13 +930,11 @@ impl FeatureEmbedding {
             parts.push(table.forward(cat.clone()));
         }
         if let (Some(table), Some((seq, mask))) = (&self.table, &x.sequence) {
-            parts.push(pool_sequences(
-                table.forward(seq.clone()),
-                mask,
-                &x.sequence_fields,
-            ));
+            let t = table.forward(seq.clone());
+            parts.push(pool_sequences(t.clone(), mask, &x.sequence_fields));
+            tokens = Some(t);
         }
-        Tensor::cat(parts, 1)
+        (Tensor::cat(parts, 1), tokens)
     }
 }
 
@@ -1982,9 +1984,9 @@ impl CtrModel {
                 )
             }
             CtrModel::Din(m) => {
-                let mut e = m.embedding.forward(x);
-                if let (Some(table), Some((seq, mask))) = (&m.embedding.table, &x.sequence) {
-                    let tokens = table.forward(seq.clone()); // [B, Σ L, d]
+                let (mut e, tokens) = m.embedding.forward_with_tokens(x);
+                if let (Some(tokens), Some((_, mask))) = (tokens, &x.sequence) {
+                    let [b, _, d] = e.dims();
                     for ((t, j), unit) in m.pairs.iter().zip(&m.attention) {
                         let start: usize = x.sequence_fields[..*j].iter().map(|f| f.0).sum();
                         let len = x.sequence_fields.get(*j).map_or(0, |f| f.0);
@@ -1995,12 +1997,7 @@ impl CtrModel {
                         );
                         // The attended sequence takes the place of its pooled embedding.
                         let at = m.first_sequence_field + j;
-                        let f = e.dims()[1];
-                        let mut parts = vec![e.clone().narrow(1, 0, at), pooled];
-                        if at + 1 < f {
-                            parts.push(e.clone().narrow(1, at + 1, f - at - 1));
-                        }
-                        e = Tensor::cat(parts, 1);
+                        e = e.slice_assign([0..b, at..at + 1, 0..d], pooled);
                     }
                 }
                 m.dnn.forward(flatten(e))

@@ -2,6 +2,10 @@
 //! prepare → train (with resume, divergence and out-of-memory recovery) → infer (with resume).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, StringArray};
+use arrow::record_batch::RecordBatch;
 
 use burn::tensor::Device;
 use ferry_ctr::dataset::{PrepareOptions, PreparedDataset, prepare_dataset};
@@ -89,11 +93,22 @@ fn small(kind: ModelKind, epochs: usize) -> ModelConfig {
 
 /// Predictions of the trained best model on the first validation part.
 fn predictions(f: &Fixture, model_dir: &Path, model_id: &str) -> Vec<f32> {
+    predictions_on(&f.processor, &f.dataset, &f.data_dir(), model_dir, model_id)
+}
+
+/// [`predictions`] for a dataset of its own.
+fn predictions_on(
+    processor: &FeatureProcessor,
+    dataset: &PreparedDataset,
+    data_dir: &Path,
+    model_dir: &Path,
+    model_id: &str,
+) -> Vec<f32> {
     let device = Device::flex();
     let (model, card) = load_trained(model_dir, model_id, &device).expect("load");
-    let files = f.dataset.valid_files(&f.data_dir());
+    let files = dataset.valid_files(data_dir);
     let batch: EncodedBatch =
-        ferry_ctr::dataset::EncodedBatches::new(&f.processor.spec, &files[..1], 1_000, None)
+        ferry_ctr::dataset::EncodedBatches::new(&processor.spec, &files[..1], 1_000, None)
             .next()
             .expect("a batch")
             .expect("read");
@@ -102,6 +117,45 @@ fn predictions(f: &Fixture, model_dir: &Path, model_id: &str) -> Vec<f32> {
         .into_data()
         .try_into_vec::<f32>()
         .expect("f32")
+}
+
+/// Training killed after its first epoch (as `stop_after_epochs` leaves it), then resumed.
+fn killed_after_one_epoch_and_resumed(
+    config: &ModelConfig,
+    processor: &FeatureProcessor,
+    dataset: &PreparedDataset,
+    data_dir: &Path,
+    model_dir: &Path,
+) -> ferry_ctr::train::TrainOutcome {
+    let mut opts = TrainOptions::new(data_dir, model_dir, Device::flex());
+    opts.stop_after_epochs = Some(1);
+    let first = train(config, processor, dataset, &opts, &mut ()).expect("epoch 1");
+    assert!(!first.finished, "{:?} stopped after epoch 1", config.model);
+    opts.stop_after_epochs = None;
+    let second = train(config, processor, dataset, &opts, &mut ()).expect("resume");
+    assert!(second.finished, "{:?} resumed to the end", config.model);
+    second
+}
+
+/// A seeded generator of draws in `0..n` (a linear congruential one), for generated rows.
+fn draws(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed;
+    move |n| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    }
+}
+
+/// One Parquet file of these columns, its folder created.
+fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+    std::fs::create_dir_all(path.parent().expect("a folder")).expect("mkdir");
+    let batch = RecordBatch::try_from_iter(columns).expect("batch");
+    let file = std::fs::File::create(path).expect("create");
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("w");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
 }
 
 #[test]
@@ -461,13 +515,13 @@ fn every_zoo_model_resumes_exactly_after_a_kill() {
         );
 
         let resumed_dir = f.model_dir(&format!("{}_resumed", config.model_id));
-        let mut opts = TrainOptions::new(&f.data_dir(), &resumed_dir, Device::flex());
-        opts.stop_after_epochs = Some(1);
-        let first = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("epoch 1");
-        assert!(!first.finished, "{kind:?}");
-        opts.stop_after_epochs = None;
-        let second = train(&config, &f.processor, &f.dataset, &opts, &mut ()).expect("resume");
-        assert!(second.finished, "{kind:?}");
+        let second = killed_after_one_epoch_and_resumed(
+            &config,
+            &f.processor,
+            &f.dataset,
+            &f.data_dir(),
+            &resumed_dir,
+        );
         let aucs = |s: &ferry_ctr::train::TrainState| {
             s.history
                 .iter()
@@ -763,19 +817,9 @@ fn fuxictr_s_multitask_demos_train_from_their_tiny_mtl_csv() {
 /// and DNN learn it through the pooled embeddings, and inference scores new rows with it.
 #[test]
 fn a_sequence_feature_is_learnt_end_to_end() {
-    use arrow::array::{ArrayRef, Float64Array, StringArray};
-    use arrow::record_batch::RecordBatch;
-    use std::sync::Arc;
-
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = |n: u64| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) % n
-    };
+    let mut next = draws(0x9E37_79B9_7F4A_7C15);
     let mut write = |dir: &Path, rows: usize| {
         let mut items = Vec::new();
         let mut hists = Vec::new();
@@ -791,17 +835,14 @@ fn a_sequence_feature_is_learnt_end_to_end() {
             });
             hists.push(tokens.join("^"));
         }
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let batch = RecordBatch::try_from_iter(vec![
-            ("item", Arc::new(StringArray::from(items)) as ArrayRef),
-            ("hist", Arc::new(StringArray::from(hists)) as ArrayRef),
-            ("clk", Arc::new(Float64Array::from(clicks)) as ArrayRef),
-        ])
-        .expect("batch");
-        let file = std::fs::File::create(dir.join("part-0.parquet")).expect("create");
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("w");
-        w.write(&batch).expect("write");
-        w.close().expect("close");
+        write_parquet(
+            &dir.join("part-0.parquet"),
+            vec![
+                ("item", Arc::new(StringArray::from(items)) as ArrayRef),
+                ("hist", Arc::new(StringArray::from(hists)) as ArrayRef),
+                ("clk", Arc::new(Float64Array::from(clicks)) as ArrayRef),
+            ],
+        );
     };
     write(&root.join("train"), 4_000);
     write(&root.join("infer"), 1_000);
@@ -881,19 +922,9 @@ fn a_sequence_feature_is_learnt_end_to_end() {
 /// included).
 #[test]
 fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
-    use arrow::array::{ArrayRef, Float64Array, StringArray};
-    use arrow::record_batch::RecordBatch;
-    use std::sync::Arc;
-
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = |n: u64| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) % n
-    };
+    let mut next = draws(0x2545_F491_4F6C_DD1D);
     let (mut items, mut hists, mut clicks, mut users) = (vec![], vec![], vec![], vec![]);
     for _ in 0..5_000 {
         let item = next(12);
@@ -909,18 +940,15 @@ fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
                 .join("^"),
         );
     }
-    std::fs::create_dir_all(root.join("train")).expect("mkdir");
-    let batch = RecordBatch::try_from_iter(vec![
-        ("user", Arc::new(StringArray::from(users)) as ArrayRef),
-        ("item", Arc::new(StringArray::from(items)) as ArrayRef),
-        ("hist", Arc::new(StringArray::from(hists)) as ArrayRef),
-        ("clk", Arc::new(Float64Array::from(clicks)) as ArrayRef),
-    ])
-    .expect("batch");
-    let file = std::fs::File::create(root.join("train/part-0.parquet")).expect("create");
-    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("w");
-    w.write(&batch).expect("write");
-    w.close().expect("close");
+    write_parquet(
+        &root.join("train/part-0.parquet"),
+        vec![
+            ("user", Arc::new(StringArray::from(users)) as ArrayRef),
+            ("item", Arc::new(StringArray::from(items)) as ArrayRef),
+            ("hist", Arc::new(StringArray::from(hists)) as ArrayRef),
+            ("clk", Arc::new(Float64Array::from(clicks)) as ArrayRef),
+        ],
+    );
 
     // FuxiCTR's own configuration shape for DIN (its demo's keys).
     let config_dir = root.join("config");
@@ -989,35 +1017,8 @@ fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
     assert!(log.contains(&format!("gAUC: {:.6}", test.gauc[0])), "{log}");
 
     let resumed_dir = root.join("models/resumed");
-    let mut opts = TrainOptions::new(&data_dir, &resumed_dir, Device::flex());
-    opts.stop_after_epochs = Some(1);
-    let first = train(&e.model, &processor, &dataset, &opts, &mut ()).expect("epoch 1");
-    assert!(!first.finished);
-    opts.stop_after_epochs = None;
-    let second = train(&e.model, &processor, &dataset, &opts, &mut ()).expect("resume");
-    assert!(second.finished);
-    let fx = Fixture {
-        _tmp: tempfile::tempdir().expect("tmp"),
-        root: root.to_owned(),
-        infer_input: root.join("train"),
-        processor: processor.clone(),
-        dataset: dataset.clone(),
-    };
-    let predict = |dir: &Path| {
-        let device = Device::flex();
-        let (model, card) = load_trained(dir, "DIN_demo", &device).expect("load");
-        let files = fx.dataset.valid_files(&data_dir);
-        let batch: EncodedBatch =
-            ferry_ctr::dataset::EncodedBatches::new(&fx.processor.spec, &files[..1], 1_000, None)
-                .next()
-                .expect("a batch")
-                .expect("read");
-        model
-            .predict(&ferry_ctr::model::Inputs::new(&batch, &card.shape, &device).expect("inputs"))
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("f32")
-    };
+    killed_after_one_epoch_and_resumed(&e.model, &processor, &dataset, &data_dir, &resumed_dir);
+    let predict = |dir: &Path| predictions_on(&processor, &dataset, &data_dir, dir, "DIN_demo");
     assert_eq!(
         predict(&resumed_dir),
         predict(&full_dir),
