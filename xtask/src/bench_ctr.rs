@@ -1,10 +1,16 @@
 //! `cargo xtask bench ctr`: Ferry's CTR training and inference figures (release build, CPU).
 //!
-//! - `--baseline fuxictr`: FuxiCTR (PyTorch) runs in the same invocation on the same files: the
-//!   FuxiCTR harness generates the data, then for each model Ferry, FuxiCTR and Ferry again
-//!   train and score it back to back, and the table shows the ratio of FuxiCTR's figures to
-//!   the mean of Ferry's two runs (so a drifting machine weighs on both sides). Needs a Python with `torch` and
-//!   `fuxictr`, the harness's scripts and FuxiCTR's `model_zoo/` (docs/operations.md).
+//! - `--baseline fuxictr`: FuxiCTR (PyTorch) runs in the same invocation on the same files with
+//!   the same settings: the FuxiCTR harness's `gen_data.py` generates the data
+//!   (`xtask/fuxictr/add_history.py` adds the `click_history` sequence DIN attends over), and
+//!   both sides read one FuxiCTR configuration folder, `xtask/fuxictr/config/` (experiment
+//!   `<Model>_bench`): FuxiCTR through `xtask/fuxictr/run_expid.py` (its own `load_config`,
+//!   `build_dataset`, `fit`, `predict`), Ferry through its FuxiCTR reader. For each model Ferry,
+//!   FuxiCTR and Ferry again train and score back to back; the table shows Ferry (the mean of
+//!   its two runs, so a drifting machine weighs on both sides) against FuxiCTR, the validation
+//!   AUCs, the GFLOP/s share of the machine's GEMM peak on both sides, and peak RSS. Needs a
+//!   Python with `torch` and `fuxictr`, the harness's scripts and FuxiCTR's `model_zoo/`
+//!   (docs/operations.md).
 //! - Without it: Ferry on the generated sample campaign data, beside FuxiCTR's figures from the
 //!   reference file, marked as such (taken on an idle machine at another time).
 
@@ -18,7 +24,7 @@ pub struct Options {
     #[arg(long, default_value_t = 1_000_000)]
     rows: usize,
     /// Comma list of models.
-    #[arg(long, default_value = "deepfm,mmoe")]
+    #[arg(long, default_value = "deepfm,dcnv2,din,mmoe")]
     models: String,
     /// `fuxictr`: run FuxiCTR beside Ferry on the same files, in this run.
     #[arg(long, value_parser = ["fuxictr"])]
@@ -72,35 +78,37 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     result
 }
 
+/// Where `ctr_bench` finds its data and settings.
+enum Input<'a> {
+    /// Sample campaign data it generates.
+    Sample,
+    /// Experiment ids of a FuxiCTR configuration folder, run with `work` as the working
+    /// directory (its relative data paths resolve there).
+    FuxiCtr(&'a Path),
+}
+
 /// Runs the `ctr_bench` example (release build) and returns its JSON figures.
 fn ferry_bench(
     rows: usize,
     models: &str,
     work: &Path,
-    data: Option<&Path>,
+    input: Input<'_>,
 ) -> anyhow::Result<serde_json::Value> {
     let json_path = work.join(format!("ferry-{}.json", models.replace(',', "-")));
     let dir = work.join("ferry");
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args([
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "ferry-ctr",
-        "--example",
-        "ctr_bench",
-        "--",
-    ])
-    .arg(rows.to_string())
-    .arg(&dir)
-    .arg(models)
-    .env("FERRY_BENCH_JSON", &json_path)
-    .current_dir(crate::workspace_root());
-    if let Some(data) = data {
-        cmd.env("FERRY_BENCH_DATA", data);
-    }
+    cmd.args(["run", "--release", "-q", "--manifest-path"])
+        .arg(crate::workspace_root().join("Cargo.toml"))
+        .args(["-p", "ferry-ctr", "--example", "ctr_bench", "--"])
+        .arg(rows.to_string())
+        .arg(&dir)
+        .arg(models)
+        .env("FERRY_BENCH_JSON", &json_path);
+    match input {
+        Input::Sample => cmd.current_dir(crate::workspace_root()),
+        Input::FuxiCtr(config) => cmd.env("FERRY_BENCH_CONFIG", config).current_dir(work),
+    };
     let status = cmd.status().context("cannot run cargo")?;
     if !status.success() {
         anyhow::bail!("the CTR benchmark failed ({status})");
@@ -158,7 +166,7 @@ fn ferry_figures(r: &serde_json::Value) -> [f64; 3] {
 
 /// Ferry on the sample campaign data beside the reference file's FuxiCTR figures.
 fn against_reference(opts: &Options, work: &Path) -> anyhow::Result<()> {
-    let figures = ferry_bench(opts.rows, &opts.models, work, None)?;
+    let figures = ferry_bench(opts.rows, &opts.models, work, Input::Sample)?;
     println!(
         "\nFerry (this run) vs FuxiCTR (reference file, idle machine; not measured in this run; \
          `--baseline fuxictr` measures it in the same run):"
@@ -188,27 +196,104 @@ fn against_reference(opts: &Options, work: &Path) -> anyhow::Result<()> {
         figures["peak_rss_mb"].as_f64().unwrap_or(0.0),
         figures["rows"]
     );
+    let peak = figures["gemm_peak_gflops"].as_f64().unwrap_or(0.0);
+    for r in figures["results"].as_array().into_iter().flatten() {
+        let gflops = r["train_gflops_per_s"].as_f64().unwrap_or(0.0);
+        println!(
+            "{}: training {gflops:.1} GFLOP/s in matrix products, {} of this machine's f32 GEMM peak ({peak:.1} GFLOP/s)",
+            r["model"].as_str().unwrap_or("?"),
+            share(gflops, peak)
+        );
+    }
     Ok(())
 }
 
-/// FuxiCTR and Ferry on the same generated files, model by model, back to back.
+fn share(gflops: f64, peak: f64) -> String {
+    if peak > 0.0 {
+        format!("{:.0}%", 100.0 * gflops / peak)
+    } else {
+        "-".into()
+    }
+}
+
+/// The bench's experiments in `xtask/fuxictr/config/model_config.yaml`, `<Model>_bench`.
+const EXPERIMENTS: &[&str] = &[
+    "DeepFM_bench",
+    "DCNv2_bench",
+    "DIN_bench",
+    "MMoE_bench",
+    "DNN_bench",
+    "WideDeep_bench",
+    "PNN_bench",
+    "xDeepFM_bench",
+    "AutoInt_bench",
+    "FiBiNET_bench",
+    "FinalMLP_bench",
+    "ShareBottom_bench",
+    "PLE_bench",
+];
+
+/// The issue's targets for Ferry's training speed over FuxiCTR's on the CPU.
+fn target_ratio(expid: &str) -> f64 {
+    if matches!(expid, "DeepFM_bench" | "DCNv2_bench") {
+        2.0
+    } else {
+        1.5
+    }
+}
+
+/// FuxiCTR's validation AUC (for multi-task models, its `AUC` is the mean over labels).
+fn fuxictr_auc(metrics: &serde_json::Value) -> Option<f64> {
+    metrics["AUC"].as_f64()
+}
+
+/// Ferry's validation AUC, the mean over labels.
+fn ferry_auc(result: &serde_json::Value) -> Option<f64> {
+    let aucs: Vec<f64> = result["val_auc"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_f64())
+        .collect();
+    (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
+}
+
+/// FuxiCTR and Ferry on the same generated files with the same configuration, model by model,
+/// back to back.
 fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
     let python = &opts.fuxictr_python;
     let harness = opts.fuxictr_harness.as_deref().context(
         "--baseline fuxictr needs --fuxictr-harness DIR (or FERRY_FUXICTR_HARNESS): the folder \
-         with the FuxiCTR harness's gen_data.py and run_bench.py",
+         with the FuxiCTR harness's gen_data.py",
     )?;
     let zoo = opts.fuxictr_model_zoo.as_deref().context(
         "--baseline fuxictr needs --fuxictr-model-zoo DIR (or FERRY_FUXICTR_MODEL_ZOO): \
          FuxiCTR's model_zoo/ folder from its source repository",
     )?;
-    for script in ["gen_data.py", "run_bench.py"] {
-        anyhow::ensure!(
-            harness.join(script).is_file(),
-            "{} has no {script}",
-            harness.display()
-        );
-    }
+    anyhow::ensure!(
+        harness.join("gen_data.py").is_file(),
+        "{} has no gen_data.py",
+        harness.display()
+    );
+    let ours = crate::workspace_root().join("xtask/fuxictr");
+    let config = ours.join("config");
+    let expids: Vec<&str> = opts
+        .models
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            EXPERIMENTS
+                .iter()
+                .copied()
+                .find(|e| e.eq_ignore_ascii_case(&format!("{m}_bench")))
+                .with_context(|| {
+                    format!(
+                        "no bench experiment for {m}; there are {}",
+                        EXPERIMENTS.join(", ")
+                    )
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
     let probe = std::process::Command::new(python)
         .args(["-c", "import torch, fuxictr"])
         .status()
@@ -221,6 +306,7 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
         python.display()
     );
 
+    // The configuration's relative paths: ./synth/{train,valid,test}.parquet.
     let data = work.join("synth");
     let t = std::time::Instant::now();
     let status = std::process::Command::new(python)
@@ -232,6 +318,15 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
         .status()
         .context("cannot run gen_data.py")?;
     anyhow::ensure!(status.success(), "gen_data.py failed ({status})");
+    if expids.contains(&"DIN_bench") {
+        let status = std::process::Command::new(python)
+            .arg(ours.join("add_history.py"))
+            .arg("--data")
+            .arg(&data)
+            .status()
+            .context("cannot run add_history.py")?;
+        anyhow::ensure!(status.success(), "add_history.py failed ({status})");
+    }
     println!(
         "generated {} training rows with the harness in {:.1}s",
         opts.rows,
@@ -239,84 +334,67 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
     );
 
     let mut rows = Vec::new();
-    for model in opts
-        .models
-        .split(',')
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-    {
+    for expid in &expids {
         // Ferry before and after FuxiCTR, averaged: a machine that drifts during the run
         // then weighs on both sides alike.
-        println!("\n== {model}: Ferry ==");
-        let before = ferry_bench(opts.rows, model, work, Some(&data))?;
-        println!("\n== {model}: FuxiCTR ==");
-        let out = work.join(format!("fuxictr-{model}.json"));
+        println!("\n== {expid}: Ferry ==");
+        let before = ferry_bench(opts.rows, expid, work, Input::FuxiCtr(&config))?;
+        println!("\n== {expid}: FuxiCTR ==");
+        let out = work.join(format!("fuxictr-{expid}.json"));
         // FuxiCTR logs every Ray step: keep its log aside and show its end if it fails.
-        let log_path = work.join(format!("fuxictr-{model}.log"));
+        let log_path = work.join(format!("fuxictr-{expid}.log"));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("create {}", log_path.display()))?;
         let t = std::time::Instant::now();
         let status = std::process::Command::new(python)
-            .arg(harness.join("run_bench.py"))
-            .args(["--model", model, "--format", "parquet"])
-            .arg("--data")
-            .arg(&data)
+            .arg(ours.join("run_expid.py"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--expid", expid])
             .arg("--model-zoo")
             .arg(zoo)
-            .arg("--data-root")
-            .arg(work.join("fuxictr-data"))
-            .arg("--model-root")
-            .arg(work.join("fuxictr-models"))
             .arg("--out-json")
             .arg(&out)
+            .current_dir(work)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .status()
-            .context("cannot run run_bench.py")?;
+            .context("cannot run run_expid.py")?;
         if !status.success() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
-            anyhow::bail!("FuxiCTR's run_bench.py failed ({status})");
+            anyhow::bail!("FuxiCTR's run of {expid} failed ({status})");
         }
         let fuxi: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&out).with_context(|| format!("read {}", out.display()))?,
         )?;
         println!(
-            "{model}: FuxiCTR took {:.0}s; training {:.0} samples/s, inference {:.0} rows/s",
+            "{expid}: FuxiCTR took {:.0}s; training {:.0} samples/s, inference {:.0} rows/s",
             t.elapsed().as_secs_f64(),
             fuxi["train_samples_per_s"].as_f64().unwrap_or(0.0),
             fuxi["predict_rows_per_s"].as_f64().unwrap_or(0.0)
         );
-        println!("\n== {model}: Ferry again, after FuxiCTR ==");
-        let after = ferry_bench(opts.rows, model, work, Some(&data))?;
-        let first = |figures: &serde_json::Value| {
-            figures["results"]
-                .as_array()
-                .and_then(|a| a.first())
-                .cloned()
-                .context("the Ferry benchmark reported no model")
-        };
-        rows.push((
-            model.to_owned(),
-            [first(&before)?, first(&after)?],
-            before["peak_rss_mb"].clone(),
-            fuxi,
-        ));
+        // FuxiCTR's processed data is not needed again; the disk is.
+        let _ = std::fs::remove_dir_all(work.join("fuxictr_data"));
+        println!("\n== {expid}: Ferry again, after FuxiCTR ==");
+        let after = ferry_bench(opts.rows, expid, work, Input::FuxiCtr(&config))?;
+        rows.push((expid.to_string(), before, after, fuxi));
     }
 
     println!(
-        "\nFerry vs FuxiCTR, same files ({} training rows), same run, back to back:",
+        "\nFerry vs FuxiCTR, same files ({} training rows), same configuration, same run, back to back:",
         opts.rows
     );
     print_header("FuxiCTR");
-    for (model, [before, after], _, fuxi) in &rows {
+    let first = |figures: &serde_json::Value| figures["results"][0].clone();
+    for (expid, before, after, fuxi) in &rows {
         let get = |k: &str| fuxi[k].as_f64().unwrap_or(0.0);
-        let (b, a) = (ferry_figures(before), ferry_figures(after));
+        let (b, a) = (ferry_figures(&first(before)), ferry_figures(&first(after)));
         print_row(
-            model,
+            expid.trim_end_matches("_bench"),
             [0, 1, 2].map(|i| (b[i] + a[i]) / 2.0),
             [
                 get("train_samples_per_s"),
@@ -325,20 +403,57 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
             ],
         );
     }
-    println!("(Ferry's figures: the mean of its runs before and after FuxiCTR's.)");
-    for (model, [r, after], rss, fuxi) in &rows {
-        let (b, a) = (ferry_figures(r), ferry_figures(after));
+    println!("(Ferry's figures: the mean of its runs before and after FuxiCTR's.)\n");
+    for (expid, before, after, fuxi) in &rows {
+        let model = expid.trim_end_matches("_bench");
+        let (rb, ra) = (first(before), first(after));
+        let (b, a) = (ferry_figures(&rb), ferry_figures(&ra));
+        let ferry_train = (b[0] + a[0]) / 2.0;
+        let fuxi_train = fuxi["train_samples_per_s"].as_f64().unwrap_or(0.0);
+        let target = target_ratio(expid);
+        let ratio = if fuxi_train > 0.0 {
+            ferry_train / fuxi_train
+        } else {
+            0.0
+        };
         println!(
-            "{model}: Ferry before / after FuxiCTR: training {:.0} / {:.0} samples/s, \
-             inference {:.0} / {:.0} rows/s",
-            b[0], a[0], b[1], a[1]
+            "{model}: training ratio {ratio:.2}x (target >= {target}x: {}); Ferry before / after FuxiCTR {:.0} / {:.0} samples/s, inference {:.0} / {:.0} rows/s",
+            if ratio >= target { "met" } else { "missed" },
+            b[0],
+            a[0],
+            b[1],
+            a[1]
+        );
+        let (fa, xa) = (ferry_auc(&rb), fuxictr_auc(&fuxi["valid_metrics"]));
+        match (fa, xa) {
+            (Some(fa), Some(xa)) => println!(
+                "{model}: validation AUC Ferry {fa:.4} | FuxiCTR {xa:.4}: {:+.4} (within ±0.003: {})",
+                fa - xa,
+                if (fa - xa).abs() <= 0.003 {
+                    "yes"
+                } else {
+                    "no"
+                }
+            ),
+            _ => println!(
+                "{model}: validation AUC Ferry {} | FuxiCTR {}",
+                rb["val_auc"], fuxi["valid_metrics"]
+            ),
+        }
+        // The same matrix products on both sides: FuxiCTR's rate times Ferry's count.
+        let peak = before["gemm_peak_gflops"].as_f64().unwrap_or(0.0);
+        let flops = rb["train_flops_per_row"].as_f64().unwrap_or(0.0);
+        let (fg, xg) = (flops * ferry_train / 1e9, flops * fuxi_train / 1e9);
+        println!(
+            "{model}: {:.2} MFLOP per training row: Ferry {fg:.1} GFLOP/s ({}), FuxiCTR {xg:.1} GFLOP/s ({}) of the f32 GEMM peak {peak:.1} GFLOP/s",
+            flops / 1e6,
+            share(fg, peak),
+            share(xg, peak)
         );
         println!(
-            "{model}: validation AUC Ferry {} logloss {} | FuxiCTR {}; Ferry peak RSS {:.0} MB",
-            r["val_auc"],
-            r["val_logloss"],
-            fuxi["valid_metrics"],
-            rss.as_f64().unwrap_or(0.0)
+            "{model}: peak RSS Ferry {:.0} MB, FuxiCTR {:.0} MB (its main process; Ray's workers not counted)",
+            before["peak_rss_mb"].as_f64().unwrap_or(0.0),
+            fuxi["peak_rss_mb"].as_f64().unwrap_or(0.0)
         );
     }
     Ok(())

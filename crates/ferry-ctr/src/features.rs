@@ -35,6 +35,9 @@ pub struct FeatureSpec {
     /// Tokens seen fewer times than this in the training split map to `__OOV__`.
     #[serde(default = "default_min_count")]
     pub min_categr_count: u64,
+    /// A categorical or sequence field's own `min_categr_count`, by name, where it differs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub min_categr_counts: BTreeMap<String, u64>,
     /// How a numeric field is scaled, by name; MinMax for a field not named.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub normalizer: BTreeMap<String, Normalizer>,
@@ -132,6 +135,7 @@ impl FeatureSpec {
             categorical: (1..=26).map(|i| format!("C{i}")).collect(),
             labels: labels.iter().map(|s| (*s).to_owned()).collect(),
             min_categr_count: 1,
+            min_categr_counts: Default::default(),
             normalizer: BTreeMap::new(),
             fill_na: BTreeMap::new(),
             sequence: Vec::new(),
@@ -156,6 +160,14 @@ impl FeatureSpec {
 
     fn normalizer_of(&self, field: &str) -> Normalizer {
         self.normalizer.get(field).copied().unwrap_or_default()
+    }
+
+    fn min_count_of(&self, field: &str) -> u64 {
+        self.min_categr_counts
+            .get(field)
+            .copied()
+            .unwrap_or(self.min_categr_count)
+            .max(1)
     }
 
     fn fill_of(&self, field: &str) -> f64 {
@@ -192,6 +204,15 @@ impl FeatureSpec {
             if !self.numeric.contains(name) {
                 return Err(CtrError::Config(format!(
                     "normalizer / fill_na: {name} is not a numeric feature"
+                )));
+            }
+        }
+        for (name, count) in &self.min_categr_counts {
+            let tokens =
+                self.categorical.contains(name) || self.sequence.iter().any(|q| &q.name == name);
+            if !tokens || *count == 0 {
+                return Err(CtrError::Config(format!(
+                    "min_categr_count of {name}: must be a count >= 1 of a categorical or sequence feature"
                 )));
             }
         }
@@ -766,8 +787,9 @@ impl FeatureFitter {
         if self.rows == 0 {
             return Err(CtrError::Data("the training split has no rows".into()));
         }
-        let min_count = self.spec.min_categr_count.max(1);
-        let fit = |counts: HashMap<String, u64>| {
+        let spec = &self.spec;
+        let fit = |(counts, name): (HashMap<String, u64>, &String)| {
+            let min_count = spec.min_count_of(name);
             let mut tokens: Vec<(String, u64)> = counts
                 .into_iter()
                 .filter(|(_, c)| *c >= min_count)
@@ -775,9 +797,14 @@ impl FeatureFitter {
             tokens.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             Vocabulary::from_tokens(tokens.into_iter().map(|(t, _)| t).collect())
         };
-        let mut vocabularies: Vec<Vocabulary> = self.counts.into_iter().map(fit).collect();
-        let mut sequence_vocabularies: Vec<Vocabulary> =
-            self.sequence_counts.into_iter().map(fit).collect();
+        let mut vocabularies: Vec<Vocabulary> = (self.counts.into_iter())
+            .zip(&spec.categorical)
+            .map(fit)
+            .collect();
+        let mut sequence_vocabularies: Vec<Vocabulary> = (self.sequence_counts.into_iter())
+            .zip(spec.sequence.iter().map(|q| &q.name))
+            .map(fit)
+            .collect();
         // Shared embeddings, as FuxiCTR's `merge_vocab`: the sequence's new tokens follow the
         // categorical field's, `__OOV__` moves to the end, and both use the merged vocabulary.
         let shares: Vec<(usize, usize)> = (self.spec.sequence.iter().enumerate())
@@ -1142,6 +1169,7 @@ mod tests {
             categorical: vec!["C1".into()],
             labels: vec!["click".into()],
             min_categr_count: 2,
+            min_categr_counts: Default::default(),
             normalizer: BTreeMap::new(),
             fill_na: BTreeMap::new(),
             sequence: Vec::new(),
@@ -1174,6 +1202,33 @@ mod tests {
         assert_eq!(halves[1].labels, [0.0, 1.0]);
         // More ranges than rows: one row each, none empty.
         assert_eq!(b.split_rows(8, &spec()).len(), 5);
+    }
+
+    #[test]
+    fn a_field_s_own_min_categr_count_overrides_the_dataset_s() {
+        let b = batch(
+            vec![Some(1.0); 5],
+            vec![Some("b"), Some("a"), Some("b"), Some("a"), Some("rare")],
+            vec![1, 0, 0, 1, 0],
+        );
+        let fit = |spec: FeatureSpec| {
+            let mut fitter = FeatureFitter::new(spec).expect("spec");
+            fitter.observe(&b, &[true; 5]).expect("observe");
+            fitter.finish("toy").expect("fit").vocabularies[0]
+                .tokens
+                .clone()
+        };
+        let mut s = spec();
+        s.min_categr_counts.insert("C1".into(), 1);
+        assert_eq!(fit(s.clone()), ["a", "b", "rare"]);
+        s.min_categr_counts.insert("C1".into(), 3);
+        assert_eq!(fit(s.clone()), Vec::<String>::new());
+        // Only token fields have one, and a count is at least 1.
+        for (name, count) in [("I1", 2), ("C1", 0), ("nowhere", 2)] {
+            let mut s = spec();
+            s.min_categr_counts.insert(name.into(), count);
+            assert!(s.validate().is_err(), "{name} {count}");
+        }
     }
 
     #[test]

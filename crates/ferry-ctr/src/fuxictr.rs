@@ -93,12 +93,24 @@ pub fn load(config_dir: &Path, expid: &str, work_dir: &Path) -> Result<Experimen
         Some(Value::String(g)) => Some(g),
         Some(other) => return Err(bad(expid, "group_id", &other, "must name a meta feature")),
     };
-    let mut features = feature_spec(&dataset_id, &dataset, embedding_dim, &mut warnings)?;
+    let (mut features, unpooled) =
+        feature_spec(&dataset_id, &dataset, embedding_dim, &mut warnings)?;
     if group_id.is_some() {
         features.group_id = group_id;
         features.validate()?;
     }
     let model = model_config(expid, model, &mut warnings)?;
+    // A sequence left unpooled is one DIN attends over; any other model needs it pooled.
+    let attended =
+        |name: &String| model.model == ModelKind::DIN && model.din_sequence_field.contains(name);
+    if let Some(name) = unpooled.iter().find(|n| !attended(n)) {
+        return Err(unsupported(
+            &format!("{dataset_id}: feature {name}"),
+            "feature_encoder",
+            &Value::Null,
+            "an unpooled sequence is followed as the sequence DIN attends over (din_sequence_field); other models pool it by layers.MaskedAveragePooling() or layers.MaskedSumPooling()",
+        ));
+    }
     Ok(Experiment {
         expid: expid.to_owned(),
         dataset_id,
@@ -418,12 +430,13 @@ const DATASET_USED: &[&str] = &[
     "label_col",
 ];
 
+/// The dataset's features, and the sequences whose `feature_encoder` is off (`null`).
 fn feature_spec(
     dataset_id: &str,
     d: &Section,
     embedding_dim: u64,
     warnings: &mut Vec<String>,
-) -> Result<FeatureSpec> {
+) -> Result<(FeatureSpec, Vec<String>)> {
     for key in d.keys() {
         if DATASET_PASSED.contains(&key.as_str()) {
             continue;
@@ -460,11 +473,13 @@ fn feature_spec(
         categorical: Vec::new(),
         labels: Vec::new(),
         min_categr_count: min_count,
+        min_categr_counts: Default::default(),
         normalizer: Default::default(),
         fill_na: Default::default(),
         sequence: Vec::new(),
         group_id: None,
     };
+    let mut unpooled = Vec::new();
     for col in cols {
         let Value::Mapping(m) = col else {
             return Err(bad(
@@ -495,13 +510,25 @@ fn feature_spec(
                 ));
             }
         };
-        check_feature_keys(&owner, &kind, &col, min_count, embedding_dim, csv)?;
+        check_feature_keys(&owner, &kind, &col, embedding_dim, csv)?;
+        // A field's own min_categr_count (FuxiCTR reads it per feature, the dataset's by default).
+        if let Some(own) = col.get("min_categr_count").and_then(Value::as_u64)
+            && own != min_count
+            && matches!(kind.as_str(), "categorical" | "sequence")
+        {
+            for name in &names {
+                spec.min_categr_counts.insert(name.clone(), own);
+            }
+        }
         let target = match kind.as_str() {
             "numeric" => &mut spec.numeric,
             "categorical" => &mut spec.categorical,
             "meta" => &mut spec.id_columns,
             "sequence" => {
-                let q = sequence_spec(&owner, &col)?;
+                let (q, pooled) = sequence_spec(&owner, &col)?;
+                if !pooled {
+                    unpooled.extend(names.iter().cloned());
+                }
                 spec.sequence.extend(
                     names
                         .into_iter()
@@ -543,7 +570,7 @@ fn feature_spec(
         }
     };
     spec.validate()?;
-    Ok(spec)
+    Ok((spec, unpooled))
 }
 
 fn names(owner: &str, key: &str, v: Option<&Value>) -> Result<Vec<String>> {
@@ -591,7 +618,6 @@ fn check_feature_keys(
     owner: &str,
     kind: &str,
     col: &Section,
-    min_count: u64,
     embedding_dim: u64,
     csv: bool,
 ) -> Result<()> {
@@ -610,13 +636,8 @@ fn check_feature_keys(
             "splitter" | "max_len" | "padding" | "feature_encoder" | "share_embedding"
                 if kind == "sequence" => {}
             "min_categr_count" => {
-                if v.as_u64() != Some(min_count) {
-                    return Err(unsupported(
-                        owner,
-                        key,
-                        v,
-                        "one min_categr_count for every feature: the dataset's",
-                    ));
+                if v.as_u64().is_none_or(|n| n == 0) {
+                    return Err(bad(owner, key, v, "must be a count >= 1"));
                 }
             }
             "embedding_dim" if !v.is_null() && v.as_u64() != Some(embedding_dim) => {
@@ -663,8 +684,9 @@ fn check_feature_keys(
 
 /// A sequence feature's `splitter` (`^` by default), `max_len` (0: the longest in the training
 /// split), `padding` (`post` by default, as FuxiCTR's `fit_sequence_col`) and
-/// `feature_encoder` (masked average pooling by default, or masked sum pooling).
-fn sequence_spec(owner: &str, col: &Section) -> Result<SequenceSpec> {
+/// `feature_encoder` (masked average pooling by default, or masked sum pooling; `false` beside
+/// the spec when it is off, which only DIN's attended sequences may be).
+fn sequence_spec(owner: &str, col: &Section) -> Result<(SequenceSpec, bool)> {
     let splitter = match col.get("splitter") {
         None | Some(Value::Null) => "^".to_owned(),
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -685,16 +707,18 @@ fn sequence_spec(owner: &str, col: &Section) -> Result<SequenceSpec> {
             return Err(bad(owner, "padding", v, "must be pre or post"));
         }
     };
-    let pooling = match col.get("feature_encoder") {
-        None => Pooling::Mean,
-        Some(Value::String(e)) if e == "layers.MaskedAveragePooling()" => Pooling::Mean,
-        Some(Value::String(e)) if e == "layers.MaskedSumPooling()" => Pooling::Sum,
+    let (pooling, pooled) = match col.get("feature_encoder") {
+        None => (Pooling::Mean, true),
+        // DIN's attention takes the pooling's place.
+        Some(Value::Null) => (Pooling::Mean, false),
+        Some(Value::String(e)) if e == "layers.MaskedAveragePooling()" => (Pooling::Mean, true),
+        Some(Value::String(e)) if e == "layers.MaskedSumPooling()" => (Pooling::Sum, true),
         Some(v) => {
             return Err(unsupported(
                 owner,
                 "feature_encoder",
                 v,
-                "a sequence is pooled by layers.MaskedAveragePooling() or layers.MaskedSumPooling(); unpooled sequences (DIN's target attention) are not followed yet",
+                "a sequence is pooled by layers.MaskedAveragePooling() or layers.MaskedSumPooling(), or left unpooled (null) for DIN's attention",
             ));
         }
     };
@@ -703,14 +727,17 @@ fn sequence_spec(owner: &str, col: &Section) -> Result<SequenceSpec> {
         Some(Value::String(c)) => Some(c.clone()),
         Some(v) => return Err(bad(owner, "share_embedding", v, "must name a feature")),
     };
-    Ok(SequenceSpec {
-        name: String::new(),
-        splitter,
-        max_len,
-        padding,
-        pooling,
-        share_embedding,
-    })
+    Ok((
+        SequenceSpec {
+            name: String::new(),
+            splitter,
+            max_len,
+            padding,
+            pooling,
+            share_embedding,
+        },
+        pooled,
+    ))
 }
 
 /// A numeric feature's `normalizer`: none (the value as it is), MinMaxScaler or StandardScaler.
@@ -1137,6 +1164,94 @@ mod tests {
             .to_string()
     }
 
+    /// The CTR bench's configuration (`cargo xtask bench ctr --baseline fuxictr`), which FuxiCTR
+    /// runs with its own `load_config` on the other side.
+    fn bench_config() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/fuxictr/config")
+    }
+
+    #[test]
+    fn the_ctr_bench_s_experiments_read_with_nothing_refused_or_passed_over() {
+        let experiments = [
+            "DeepFM_bench",
+            "DCNv2_bench",
+            "DIN_bench",
+            "MMoE_bench",
+            "DNN_bench",
+            "WideDeep_bench",
+            "PNN_bench",
+            "xDeepFM_bench",
+            "AutoInt_bench",
+            "FiBiNET_bench",
+            "FinalMLP_bench",
+            "ShareBottom_bench",
+            "PLE_bench",
+        ];
+        for expid in experiments {
+            let e = load(&bench_config(), expid, Path::new("/bench"))
+                .unwrap_or_else(|e| panic!("{expid}: {e}"));
+            assert!(e.data.train.ends_with("synth/train.parquet"), "{expid}");
+            assert_eq!(e.model.embedding_dim, 16, "{expid}");
+            assert_eq!(e.model.batch_size, 4096, "{expid}");
+            let labels = if e.model.model.is_multi_task() { 2 } else { 1 };
+            assert_eq!(e.features.labels.len(), labels, "{expid}");
+        }
+        // DIN's sequence is left unpooled (`feature_encoder: null`): its attention pools it.
+        let din = load(&bench_config(), "DIN_bench", Path::new("/bench")).expect("DIN");
+        let seq = &din.features.sequence[0];
+        assert_eq!(
+            (
+                seq.name.as_str(),
+                seq.max_len,
+                seq.share_embedding.as_deref()
+            ),
+            ("click_history", 20, Some("C14"))
+        );
+        assert_eq!(din.model.din_sequence_field, ["click_history"]);
+    }
+
+    #[test]
+    fn a_feature_s_own_min_categr_count_is_kept_by_name() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            d.path().join("dataset_config.yaml"),
+            "d:\n  data_format: csv\n  train_data: t.csv\n  min_categr_count: 2\n  feature_cols:\n    - {name: [C1, C2], active: True, dtype: str, type: categorical, min_categr_count: 5}\n    - {name: C3, active: True, dtype: str, type: categorical, min_categr_count: 2}\n    - {name: s, active: True, dtype: str, type: sequence, min_categr_count: 1}\n  label_col: {name: clk, dtype: float}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            d.path().join("model_config.yaml"),
+            "x:\n  model: DNN\n  dataset_id: d\n",
+        )
+        .expect("write");
+        let e = load(d.path(), "x", Path::new("/work")).expect("load");
+        assert_eq!(e.features.min_categr_count, 2);
+        assert_eq!(
+            e.features.min_categr_counts,
+            BTreeMap::from([("C1".into(), 5), ("C2".into(), 5), ("s".into(), 1)])
+        );
+    }
+
+    #[test]
+    fn an_unpooled_sequence_is_only_taken_as_the_one_din_attends_over() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let datasets =
+            std::fs::read_to_string(bench_config().join("dataset_config.yaml")).expect("read");
+        std::fs::write(dir.path().join("dataset_config.yaml"), datasets).expect("write");
+        let models = "Base: {embedding_dim: 4}\n\
+            D: {model: DeepFM, dataset_id: synth_seq}\n\
+            N: {model: DIN, dataset_id: synth_seq, din_target_field: C14, din_sequence_field: C14}\n\
+            A: {model: DIN, dataset_id: synth_seq, din_target_field: C14, din_sequence_field: click_history}\n";
+        std::fs::write(dir.path().join("model_config.yaml"), models).expect("write");
+        for expid in ["D", "N"] {
+            let said = err(dir.path(), expid);
+            assert!(
+                said.contains("click_history") && said.contains("feature_encoder"),
+                "{expid}: {said}"
+            );
+        }
+        assert!(load(dir.path(), "A", Path::new("/bench")).is_ok());
+    }
+
     #[test]
     fn fuxictrs_csv_demo_reads_as_deepfm_with_its_regularizer() {
         // Example 2 trains on a dataset FuxiCTR built beforehand (no feature_cols, only the
@@ -1531,7 +1646,7 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
                 "share_embedding",
             ),
             (
-                "{name: C1, active: True, dtype: str, type: categorical, min_categr_count: 5}",
+                "{name: C1, active: True, dtype: str, type: categorical, min_categr_count: 0}",
                 "min_categr_count",
             ),
             (

@@ -1003,6 +1003,25 @@ impl Mlp {
     }
 }
 
+/// 2 · inputs · outputs: one row through a dense layer.
+fn linear_flops(l: &Linear) -> f64 {
+    2.0 * l.weight.val().dims().iter().product::<usize>() as f64
+}
+
+fn mlps_flops<'a>(mlps: impl IntoIterator<Item = &'a Mlp>) -> f64 {
+    mlps.into_iter().map(Mlp::flops).sum()
+}
+
+impl Mlp {
+    fn flops(&self) -> f64 {
+        self.layers
+            .iter()
+            .chain(&self.output)
+            .map(linear_flops)
+            .sum()
+    }
+}
+
 /// First-order terms: one weight per categorical token, one per numeric field, and a bias.
 #[derive(Module, Debug)]
 pub struct FirstOrder {
@@ -1012,6 +1031,10 @@ pub struct FirstOrder {
 }
 
 impl FirstOrder {
+    fn flops(&self) -> f64 {
+        self.numeric.as_ref().map_or(0.0, linear_flops)
+    }
+
     fn new(shape: &InputShape, device: &Device) -> FirstOrder {
         let total = shape.table_rows();
         FirstOrder {
@@ -1406,9 +1429,11 @@ impl Dice {
                 self.running_var.value().to_device(&device).reshape([1, h]),
             )
         };
-        let p = sigmoid((x.clone() - mean) / (var + EPS).sqrt());
+        let p = sigmoid((x.clone() - mean) * (var + EPS).sqrt().recip());
+        // p·x + α·(1 − p)·x, as x·(α + p·(1 − α)): three passes over the batch instead of six
+        // (α is one value per unit).
         let alpha = self.alpha.val().reshape([1, h]);
-        p.clone() * x.clone() + (p.neg() + 1.0) * x * alpha
+        x * (p * (alpha.clone().neg() + 1.0) + alpha)
     }
 }
 
@@ -1452,20 +1477,42 @@ impl AttentionUnit {
     /// `target` `[B, 1, d]`, `tokens` `[B, L, d]`, `mask` `[B, L]` → `[B, 1, d]`.
     fn forward(&self, target: Tensor<3>, tokens: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
         let [b, l, d] = tokens.dims();
-        let t = target.repeat_dim(1, l);
-        let input = Tensor::cat(
-            vec![
-                t.clone(),
-                tokens.clone(),
-                t.clone() - tokens.clone(),
-                t * tokens.clone(),
-            ],
-            2,
-        )
-        .reshape([b * l, 4 * d]);
-        let mut h = input;
+        // The first layer sees [t, s, t − s, t ⊙ s] at every position (FuxiCTR's input); with
+        // its weight in blocks W₁…W₄ that is t·(W₁ + W₃) + s·(W₂ − W₃) + (t ⊙ s)·W₄: the
+        // target's part once per row, the tokens' in one product of half the width, and no
+        // repeated target or four-way concatenation in memory.
+        let mut h = match self.layers.first() {
+            Some(first) => {
+                let w = first.weight.val(); // [4d, H]
+                let block = |i: usize| w.clone().narrow(0, i * d, d);
+                let w_target = block(0) + block(2);
+                let w_tokens = Tensor::cat(vec![block(1) - block(2), block(3)], 0); // [2d, H]
+                let units = w_target.dims()[1];
+                let mut per_row = target.clone().reshape([b, d]).matmul(w_target);
+                if let Some(bias) = &first.bias {
+                    per_row = per_row + bias.val().reshape([1, units]);
+                }
+                let pairs = Tensor::cat(vec![tokens.clone(), target * tokens.clone()], 2)
+                    .reshape([b * l, 2 * d]);
+                let h =
+                    pairs.matmul(w_tokens).reshape([b, l, units]) + per_row.reshape([b, 1, units]);
+                h.reshape([b * l, units])
+            }
+            None => Tensor::cat(
+                vec![
+                    target.clone().repeat_dim(1, l),
+                    tokens.clone(),
+                    target.clone().repeat_dim(1, l) - tokens.clone(),
+                    target * tokens.clone(),
+                ],
+                2,
+            )
+            .reshape([b * l, 4 * d]),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(h);
+            if i > 0 {
+                h = layer.forward(h);
+            }
             h = match self.dice.get(i) {
                 Some(dice) => dice.forward(h),
                 None => relu(h),
@@ -2025,6 +2072,108 @@ impl CtrModel {
         sigmoid(self.forward(x))
     }
 
+    /// Floating-point operations of one row's forward pass in the model's matrix products (2
+    /// per multiply-add), as the model is defined: every layer's weights, DIN's attention MLP
+    /// at every position of its sequence (over the `4·d`-wide input; Ferry's split of that
+    /// first layer does less), AutoInt's attention, the CIN's maps at every embedding position, PNN's inner
+    /// products, FiBiNET's bilinear forms and FM's sums of squares. Element-wise work and
+    /// embedding lookups are left out: this is the work a GEMM peak bounds. A training step
+    /// costs three times as much (the forward, then the gradients of the inputs and of the
+    /// weights).
+    pub fn forward_flops_per_row(&self, shape: &InputShape, embedding_dim: usize) -> f64 {
+        let (f, d) = (shape.num_fields() as f64, embedding_dim as f64);
+        let pairs = f * (f - 1.0) / 2.0;
+        match self {
+            CtrModel::Lr(m) => m.first.flops(),
+            CtrModel::Fm(m) => m.first.flops() + 3.0 * f * d,
+            CtrModel::DeepFm(m) => m.first.flops() + 3.0 * f * d + m.dnn.flops(),
+            CtrModel::Dcn(m) => {
+                let mix = m.mix.as_ref().map_or(0.0, |mix| {
+                    let layers: f64 = (mix.u.iter().chain(&mix.v).chain(&mix.c))
+                        .map(|w| 2.0 * w.val().dims().iter().product::<usize>() as f64)
+                        .sum();
+                    layers + linear_flops(&mix.gating) * mix.u.len() as f64
+                });
+                m.cross.iter().map(linear_flops).sum::<f64>()
+                    + mix
+                    + m.stacked.as_ref().map_or(0.0, Mlp::flops)
+                    + m.dnn.as_ref().map_or(0.0, Mlp::flops)
+                    + linear_flops(&m.head)
+            }
+            CtrModel::Mmoe(m) => mlps_flops(m.experts.iter().chain(&m.gates).chain(&m.towers)),
+            CtrModel::Dnn(m) => m.dnn.flops(),
+            CtrModel::WideDeep(m) => m.first.flops() + m.dnn.flops(),
+            CtrModel::Pnn(m) => 2.0 * f * f * d + m.dnn.flops(),
+            CtrModel::XDeepFm(m) => {
+                m.first.flops()
+                    + m.cin.iter().map(linear_flops).sum::<f64>() * d
+                    + linear_flops(&m.cin_head)
+                    + m.dnn.as_ref().map_or(0.0, Mlp::flops)
+            }
+            CtrModel::AutoInt(m) => {
+                let layers: f64 = m
+                    .attention
+                    .iter()
+                    .map(|a| {
+                        let width = a.query.weight.val().dims()[1] as f64;
+                        let projections = [&a.query, &a.key, &a.value]
+                            .into_iter()
+                            .chain(&a.residual)
+                            .map(linear_flops)
+                            .sum::<f64>();
+                        // Per field, then the scores and their weighted sum over field pairs.
+                        projections * f + 2.0 * 2.0 * f * f * width
+                    })
+                    .sum();
+                layers
+                    + linear_flops(&m.head)
+                    + m.dnn.as_ref().map_or(0.0, Mlp::flops)
+                    + m.first.as_ref().map_or(0.0, FirstOrder::flops)
+            }
+            CtrModel::FiBiNet(m) => {
+                let products = match m.bilinear_type {
+                    BilinearType::FieldInteraction => pairs,
+                    BilinearType::FieldAll | BilinearType::FieldEach => f,
+                };
+                m.first.flops()
+                    + linear_flops(&m.squeeze)
+                    + linear_flops(&m.excite)
+                    + 2.0 * 2.0 * products * d * d
+                    + m.dnn.flops()
+            }
+            CtrModel::FinalMlp(m) => {
+                let [h, a, b] = m.w12.val().dims();
+                m.mlp1.flops()
+                    + m.mlp2.flops()
+                    + linear_flops(&m.w1)
+                    + linear_flops(&m.w2)
+                    + 2.0 * (h * a * b) as f64
+            }
+            CtrModel::ShareBottom(m) => m.bottom.flops() + mlps_flops(&m.towers),
+            CtrModel::Ple(m) => {
+                let layers = m.layers.iter().map(|l| {
+                    mlps_flops(l.specific.iter().flatten().chain(&l.shared).chain(&l.gates))
+                });
+                layers.sum::<f64>() + mlps_flops(&m.towers)
+            }
+            CtrModel::Din(m) => {
+                let attention: f64 = m
+                    .pairs
+                    .iter()
+                    .zip(&m.attention)
+                    .map(|((_, j), unit)| {
+                        let len = shape.sequences.get(*j).map_or(0, |s| s.max_len) as f64;
+                        let mlp = unit.layers.iter().map(linear_flops).sum::<f64>()
+                            + linear_flops(&unit.output);
+                        // The MLP at every position, then the weighted sum of the tokens.
+                        len * (mlp + 2.0 * d)
+                    })
+                    .sum();
+                attention + m.dnn.flops()
+            }
+        }
+    }
+
     /// The regularization term of FuxiCTR's `BaseModel`: `embedding` on the embedding tables,
     /// `net` on every layer's `weight` and `bias` (the numeric fields' embeddings are layers
     /// there); other parameters (cross mixtures, bilinear forms) go free. `None` without terms.
@@ -2329,6 +2478,42 @@ mod tests {
             }
             let m = CtrModel::new(&config, &s, &device).expect("model");
             assert_eq!(m.forward(&x).dims(), [5, s.num_tasks], "{config:?}");
+        }
+    }
+
+    #[test]
+    fn matrix_flops_count_each_layer_once_and_din_s_attention_at_every_position() {
+        let device = Device::flex();
+        let mut s = shape();
+        s.num_tasks = 1;
+        // 6 fields × 4 = 24 inputs → 8 → 8 → 1, 2 FLOPs per multiply-add.
+        let dnn = CtrModel::structure(&small(ModelKind::DNN), &s, &device).expect("model");
+        assert_eq!(
+            dnn.forward_flops_per_row(&s, 4),
+            2.0 * (24 * 8 + 8 * 8 + 8) as f64
+        );
+        // DIN: the attention MLP (16 → 6 → 4 → 1) and the weighted sum (2·d) at each of the
+        // sequence's positions, besides the same DNN.
+        let din = |max_len: usize| {
+            let mut s = s.clone();
+            s.sequences[0].max_len = max_len;
+            let m = CtrModel::structure(&small(ModelKind::DIN), &s, &device).expect("model");
+            m.forward_flops_per_row(&s, 4)
+        };
+        let per_position = 2.0 * (16 * 6 + 6 * 4 + 4) as f64 + 2.0 * 4.0;
+        assert_eq!(
+            din(3),
+            3.0 * per_position + 2.0 * (24 * 8 + 8 * 8 + 8) as f64
+        );
+        assert_eq!(din(6) - din(3), 3.0 * per_position);
+        // Every model does some matrix work at these shapes.
+        for config in variants() {
+            let mut s = shape();
+            if !config.model.is_multi_task() {
+                s.num_tasks = 1;
+            }
+            let m = CtrModel::structure(&config, &s, &device).expect("model");
+            assert!(m.forward_flops_per_row(&s, 4) > 0.0, "{config:?}");
         }
     }
 
