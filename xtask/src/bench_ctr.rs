@@ -334,6 +334,7 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
     );
 
     let mut rows = Vec::new();
+    let mut failed = Vec::new();
     for expid in &expids {
         // Ferry before and after FuxiCTR, averaged: a machine that drifts during the run
         // then weighs on both sides alike.
@@ -361,12 +362,15 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
             .status()
             .context("cannot run run_expid.py")?;
         if !status.success() {
+            // One model FuxiCTR cannot run (or that was stopped) does not lose the others.
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
-            anyhow::bail!("FuxiCTR's run of {expid} failed ({status})");
+            eprintln!("FuxiCTR's run of {expid} failed ({status}); going on with the next model");
+            failed.push(expid.to_string());
+            continue;
         }
         let fuxi: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&out).with_context(|| format!("read {}", out.display()))?,
@@ -455,6 +459,9 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
             before["peak_rss_mb"].as_f64().unwrap_or(0.0),
             fuxi["peak_rss_mb"].as_f64().unwrap_or(0.0)
         );
+    }
+    if !failed.is_empty() {
+        println!("FuxiCTR did not finish: {}", failed.join(", "));
     }
     Ok(())
 }

@@ -34,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         num_tasks: tasks,
         sequences: Vec::new(),
         names: Vec::new(),
+        categorical_shares: Vec::new(),
     };
     let mut cfg = ModelConfig::new(kind, "steps");
     cfg.batch_size = 4096;

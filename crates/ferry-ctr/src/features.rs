@@ -44,6 +44,10 @@ pub struct FeatureSpec {
     /// What stands for a missing numeric value, by name; 0 for a field not named.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fill_na: BTreeMap<String, f64>,
+    /// Categorical fields that use another categorical field's vocabulary and embedding rows
+    /// (FuxiCTR's `share_embedding`), by name: the tokens they add go after that field's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub share_embedding: BTreeMap<String, String>,
     /// Sequence fields: text columns of tokens split by `splitter` (FuxiCTR's `sequence`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sequence: Vec<SequenceSpec>,
@@ -136,6 +140,7 @@ impl FeatureSpec {
             labels: labels.iter().map(|s| (*s).to_owned()).collect(),
             min_categr_count: 1,
             min_categr_counts: Default::default(),
+            share_embedding: Default::default(),
             normalizer: BTreeMap::new(),
             fill_na: BTreeMap::new(),
             sequence: Vec::new(),
@@ -207,6 +212,20 @@ impl FeatureSpec {
                 )));
             }
         }
+        for (name, owner) in &self.share_embedding {
+            let categorical = |n: &String| self.categorical.contains(n);
+            if !categorical(name) || !categorical(owner) || name == owner {
+                return Err(CtrError::Config(format!(
+                    "share_embedding of {name}: {owner} must be another categorical feature"
+                )));
+            }
+            if self.share_embedding.contains_key(owner) {
+                return Err(CtrError::Config(format!(
+                    "share_embedding of {name}: {owner} shares another field's embedding itself; \
+                     name that field"
+                )));
+            }
+        }
         for (name, count) in &self.min_categr_counts {
             let tokens =
                 self.categorical.contains(name) || self.sequence.iter().any(|q| &q.name == name);
@@ -251,6 +270,12 @@ impl FeatureSpec {
 
     pub fn num_fields(&self) -> usize {
         self.numeric.len() + self.categorical.len() + self.sequence.len()
+    }
+
+    /// The categorical field (its index) whose embedding categorical field `i` shares, if any.
+    pub fn categorical_owner(&self, i: usize) -> Option<usize> {
+        let owner = self.share_embedding.get(self.categorical.get(i)?)?;
+        self.categorical.iter().position(|n| n == owner)
     }
 
     /// The categorical field (its index) whose embedding sequence `q` shares, if any.
@@ -805,21 +830,34 @@ impl FeatureFitter {
             .zip(spec.sequence.iter().map(|q| &q.name))
             .map(fit)
             .collect();
-        // Shared embeddings, as FuxiCTR's `merge_vocab`: the sequence's new tokens follow the
-        // categorical field's, `__OOV__` moves to the end, and both use the merged vocabulary.
-        let shares: Vec<(usize, usize)> = (self.spec.sequence.iter().enumerate())
-            .filter_map(|(j, q)| Some((j, self.spec.shared_field(q)?)))
-            .collect();
-        for &(j, i) in &shares {
-            let mut tokens = vocabularies[i].tokens.clone();
+        // Shared embeddings, as FuxiCTR's `merge_vocab`: a sharing field's new tokens follow the
+        // owner's, `__OOV__` moves to the end, and both use the merged vocabulary (categorical
+        // fields merge first, then sequences, each in the spec's order).
+        let merge = |owner: &mut Vocabulary, own: &Vocabulary| {
+            let mut tokens = owner.tokens.clone();
             tokens.extend(
-                sequence_vocabularies[j]
-                    .tokens
+                own.tokens
                     .iter()
-                    .filter(|t| !vocabularies[i].index.contains_key(t.as_str()))
+                    .filter(|t| !owner.index.contains_key(t.as_str()))
                     .cloned(),
             );
-            vocabularies[i] = Vocabulary::from_tokens(tokens);
+            *owner = Vocabulary::from_tokens(tokens);
+        };
+        let categorical_shares: Vec<(usize, usize)> = (0..spec.categorical.len())
+            .filter_map(|i| Some((i, spec.categorical_owner(i)?)))
+            .collect();
+        for &(i, o) in &categorical_shares {
+            let own = vocabularies[i].clone();
+            merge(&mut vocabularies[o], &own);
+        }
+        let shares: Vec<(usize, usize)> = (spec.sequence.iter().enumerate())
+            .filter_map(|(j, q)| Some((j, spec.shared_field(q)?)))
+            .collect();
+        for &(j, i) in &shares {
+            merge(&mut vocabularies[i], &sequence_vocabularies[j]);
+        }
+        for &(i, o) in &categorical_shares {
+            vocabularies[i] = vocabularies[o].clone();
         }
         for &(j, i) in &shares {
             sequence_vocabularies[j] = vocabularies[i].clone();
@@ -1063,10 +1101,9 @@ impl FeatureProcessor {
             )]));
         }
         for (name, vocab) in self.spec.categorical.iter().zip(&self.vocabularies) {
-            features.push(BTreeMap::from([(
-                name.as_str(),
-                entry("categorical", None, None, Some(vocab.vocab_size())),
-            )]));
+            let mut e = entry("categorical", None, None, Some(vocab.vocab_size()));
+            e.share_embedding = self.spec.share_embedding.get(name).cloned();
+            features.push(BTreeMap::from([(name.as_str(), e)]));
         }
         for (q, vocab) in self.spec.sequence.iter().zip(&self.sequence_vocabularies) {
             let mut e = entry(
@@ -1083,10 +1120,10 @@ impl FeatureProcessor {
             num_fields: self.spec.num_fields(),
             // A shared vocabulary counts once, under the field that owns it.
             total_features: self.spec.numeric.len()
-                + self
-                    .vocabularies
-                    .iter()
-                    .map(Vocabulary::vocab_size)
+                + (self.spec.categorical.iter())
+                    .zip(&self.vocabularies)
+                    .filter(|(name, _)| !self.spec.share_embedding.contains_key(*name))
+                    .map(|(_, v)| v.vocab_size())
                     .sum::<usize>()
                 + self
                     .spec
@@ -1170,6 +1207,7 @@ mod tests {
             labels: vec!["click".into()],
             min_categr_count: 2,
             min_categr_counts: Default::default(),
+            share_embedding: Default::default(),
             normalizer: BTreeMap::new(),
             fill_na: BTreeMap::new(),
             sequence: Vec::new(),
@@ -1363,6 +1401,54 @@ mod tests {
         let back = FeatureProcessor::load(dir.path()).expect("load");
         assert_eq!(back.spec.sequence[0].max_len, 3);
         assert_eq!(back.sequence_vocabularies[0].lookup(Some("c")), 3);
+    }
+
+    #[test]
+    fn a_categorical_field_sharing_another_merges_into_its_vocabulary() {
+        let mut s = spec();
+        s.min_categr_count = 1;
+        s.categorical.push("C2".into());
+        s.share_embedding.insert("C2".into(), "C1".into());
+        let rows = |c1: Vec<&str>, c2: Vec<&str>| {
+            let n = c1.len();
+            RecordBatch::try_from_iter(vec![
+                ("I1", Arc::new(Float64Array::from(vec![1.0; n])) as ArrayRef),
+                ("C1", Arc::new(StringArray::from(c1)) as ArrayRef),
+                ("C2", Arc::new(StringArray::from(c2)) as ArrayRef),
+                ("click", Arc::new(I32::from(vec![0; n])) as ArrayRef),
+            ])
+            .expect("batch")
+        };
+        let mut fitter = FeatureFitter::new(s.clone()).expect("spec");
+        fitter
+            .observe(&rows(vec!["x", "x", "y"], vec!["z", "x", "z"]), &[true; 3])
+            .expect("observe");
+        let p = fitter.finish("toy").expect("fit");
+        // C1's tokens (x 2, y 1), then C2's new one (z); both fields use the merged vocabulary.
+        assert_eq!(p.vocabularies[0].tokens, ["x", "y", "z"]);
+        assert_eq!(p.vocabularies[1].tokens, p.vocabularies[0].tokens);
+        let e = p
+            .encode(&rows(vec!["z", "q"], vec!["y", "x"]), false)
+            .expect("encode");
+        assert_eq!(e.categorical, [3, 2, 4, 1], "row by row: C1, C2");
+        let v: serde_json::Value = serde_json::from_str(&p.feature_map_json()).expect("json");
+        assert_eq!(v["features"][2]["C2"]["share_embedding"], "C1");
+        assert_eq!(v["features"][2]["C2"]["vocab_size"], 5);
+        assert!(v["features"][1]["C1"].get("share_embedding").is_none());
+        assert_eq!(
+            v["total_features"],
+            1 + 5,
+            "a shared vocabulary counts once"
+        );
+        for (name, owner) in [("C2", "C2"), ("C2", "I1"), ("C2", "nowhere"), ("I1", "C1")] {
+            let mut bad = s.clone();
+            bad.share_embedding = BTreeMap::from([(name.to_owned(), owner.to_owned())]);
+            assert!(bad.validate().is_err(), "{name} → {owner}");
+        }
+        let mut chain = s.clone();
+        chain.categorical.push("C3".into());
+        chain.share_embedding.insert("C3".into(), "C2".into());
+        assert!(chain.validate().is_err(), "C3 → C2 → C1 names C1");
     }
 
     #[test]

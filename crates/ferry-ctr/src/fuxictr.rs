@@ -474,6 +474,7 @@ fn feature_spec(
         labels: Vec::new(),
         min_categr_count: min_count,
         min_categr_counts: Default::default(),
+        share_embedding: Default::default(),
         normalizer: Default::default(),
         fill_na: Default::default(),
         sequence: Vec::new(),
@@ -518,6 +519,13 @@ fn feature_spec(
         {
             for name in &names {
                 spec.min_categr_counts.insert(name.clone(), own);
+            }
+        }
+        if let (Some(Value::String(shared)), "categorical") =
+            (col.get("share_embedding"), kind.as_str())
+        {
+            for name in &names {
+                spec.share_embedding.insert(name.clone(), shared.clone());
             }
         }
         let target = match kind.as_str() {
@@ -635,6 +643,11 @@ fn check_feature_keys(
             "name" | "active" | "type" | "dtype" | "source" => {}
             "splitter" | "max_len" | "padding" | "feature_encoder" | "share_embedding"
                 if kind == "sequence" => {}
+            "share_embedding" if kind == "categorical" => {
+                if v.as_str().is_none_or(str::is_empty) {
+                    return Err(bad(owner, key, v, "must name a categorical feature"));
+                }
+            }
             "min_categr_count" => {
                 if v.as_u64().is_none_or(|n| n == 0) {
                     return Err(bad(owner, key, v, "must be a count >= 1"));
@@ -1211,11 +1224,11 @@ mod tests {
     }
 
     #[test]
-    fn a_feature_s_own_min_categr_count_is_kept_by_name() {
+    fn a_feature_s_own_min_categr_count_and_shared_embedding_are_kept_by_name() {
         let d = tempfile::tempdir().expect("tmp");
         std::fs::write(
             d.path().join("dataset_config.yaml"),
-            "d:\n  data_format: csv\n  train_data: t.csv\n  min_categr_count: 2\n  feature_cols:\n    - {name: [C1, C2], active: True, dtype: str, type: categorical, min_categr_count: 5}\n    - {name: C3, active: True, dtype: str, type: categorical, min_categr_count: 2}\n    - {name: s, active: True, dtype: str, type: sequence, min_categr_count: 1}\n  label_col: {name: clk, dtype: float}\n",
+            "d:\n  data_format: csv\n  train_data: t.csv\n  min_categr_count: 2\n  feature_cols:\n    - {name: [C1, C2], active: True, dtype: str, type: categorical, min_categr_count: 5}\n    - {name: C3, active: True, dtype: str, type: categorical, min_categr_count: 2, share_embedding: C1}\n    - {name: s, active: True, dtype: str, type: sequence, min_categr_count: 1}\n  label_col: {name: clk, dtype: float}\n",
         )
         .expect("write");
         std::fs::write(
@@ -1224,6 +1237,10 @@ mod tests {
         )
         .expect("write");
         let e = load(d.path(), "x", Path::new("/work")).expect("load");
+        assert_eq!(
+            e.features.share_embedding,
+            BTreeMap::from([("C3".into(), "C1".into())])
+        );
         assert_eq!(e.features.min_categr_count, 2);
         assert_eq!(
             e.features.min_categr_counts,
@@ -1642,7 +1659,7 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
                 "padding",
             ),
             (
-                "{name: C1, active: True, dtype: str, type: categorical, share_embedding: C2}",
+                "{name: C1, active: True, dtype: str, type: categorical, share_embedding: 7}",
                 "share_embedding",
             ),
             (

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CtrError, Result};
-use crate::features::{EncodedBatch, FeatureProcessor, Pooling};
+use crate::features::{EncodedBatch, FeatureProcessor, FeatureSpec, Pooling};
 use crate::rng::SplitMix64;
 
 /// FuxiCTR's model names.
@@ -676,6 +676,10 @@ pub struct InputShape {
     /// fields are found by.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
+    /// Per categorical field, the categorical field whose embedding rows it uses
+    /// (`share_embedding`); empty when no field shares.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categorical_shares: Vec<Option<usize>>,
 }
 
 /// One sequence field as the model sees it.
@@ -711,9 +715,39 @@ impl InputShape {
         self.vocab_sizes.len() + self.num_numeric + self.sequences.len()
     }
 
-    /// Rows in the shared embedding table: every categorical and sequence vocabulary.
+    /// `categorical_shares` for a feature spec: empty when no categorical field shares.
+    pub fn categorical_shares_of(spec: &FeatureSpec) -> Vec<Option<usize>> {
+        let shares: Vec<Option<usize>> = (0..spec.categorical.len())
+            .map(|i| spec.categorical_owner(i))
+            .collect();
+        if shares.iter().all(Option::is_none) {
+            Vec::new()
+        } else {
+            shares
+        }
+    }
+
+    /// The categorical field whose rows field `i` uses, if another's.
+    fn categorical_owner(&self, i: usize) -> Option<usize> {
+        self.categorical_shares
+            .get(i)
+            .copied()
+            .flatten()
+            .filter(|o| *o < self.vocab_sizes.len())
+    }
+
+    /// Rows of the categorical fields that own theirs.
+    fn categorical_rows(&self) -> usize {
+        (self.vocab_sizes.iter().enumerate())
+            .filter(|(i, _)| self.categorical_owner(*i).is_none())
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Rows in the shared embedding table: every categorical and sequence vocabulary, a
+    /// shared one once.
     fn table_rows(&self) -> usize {
-        self.vocab_sizes.iter().sum::<usize>()
+        self.categorical_rows()
             + self
                 .sequences
                 .iter()
@@ -726,17 +760,25 @@ impl InputShape {
         self.sequences.iter().map(|q| q.max_len).sum()
     }
 
-    /// Where each categorical field starts in the shared embedding table.
+    /// Where each categorical field starts in the shared embedding table (a sharing field
+    /// where the field it shares starts).
     pub fn offsets(&self) -> Vec<i64> {
         let mut acc = 0i64;
-        self.vocab_sizes
-            .iter()
-            .map(|v| {
+        let mut offsets: Vec<i64> = (self.vocab_sizes.iter().enumerate())
+            .map(|(i, v)| {
                 let o = acc;
-                acc += *v as i64;
+                if self.categorical_owner(i).is_none() {
+                    acc += *v as i64;
+                }
                 o
             })
-            .collect()
+            .collect();
+        for i in 0..offsets.len() {
+            if let Some(o) = self.categorical_owner(i) {
+                offsets[i] = offsets[o];
+            }
+        }
+        offsets
     }
 }
 
@@ -805,7 +847,7 @@ impl Inputs {
                 // categorical field's rows, the others rows of their own after the
                 // categorical fields'.
                 let mut at = Vec::with_capacity(w);
-                let mut own = shape.vocab_sizes.iter().sum::<usize>();
+                let mut own = shape.categorical_rows();
                 for (f, q) in shape.sequences.iter().enumerate() {
                     let offset = match q.shares {
                         Some(c) => offsets.get(c).map_or(0, |o| *o as usize),
@@ -2376,6 +2418,7 @@ mod tests {
             names: ["n0", "n1", "c0", "c1", "c2", "s0"]
                 .map(String::from)
                 .to_vec(),
+            categorical_shares: Vec::new(),
         }
     }
 
@@ -2538,6 +2581,7 @@ mod tests {
                 },
             ],
             names: Vec::new(),
+            categorical_shares: Vec::new(),
         };
         assert_eq!(
             s.table_rows(),
@@ -2565,6 +2609,56 @@ mod tests {
             mask.into_data().try_into_vec::<f32>().expect("f32"),
             [1.0, 0.0, 1.0]
         );
+    }
+
+    #[test]
+    fn a_shared_categorical_field_looks_up_its_owner_s_rows() {
+        let s = InputShape {
+            vocab_sizes: vec![5, 7, 5, 3],
+            num_numeric: 0,
+            num_tasks: 1,
+            sequences: vec![SequenceShape {
+                vocab_size: 4,
+                max_len: 1,
+                pooling: Pooling::Mean,
+                shares: None,
+            }],
+            names: Vec::new(),
+            // Field 2 uses field 0's rows.
+            categorical_shares: vec![None, None, Some(0), None],
+        };
+        assert_eq!(s.offsets(), [0, 5, 0, 12]);
+        assert_eq!(s.table_rows(), 5 + 7 + 3 + 4);
+        let b = EncodedBatch {
+            rows: 1,
+            categorical: vec![1, 2, 4, 2],
+            numeric: Vec::new(),
+            labels: Vec::new(),
+            sequence: vec![3],
+            groups: Vec::new(),
+        };
+        let x = Inputs::new(&b, &s, &Device::flex()).expect("inputs");
+        let ids = |t: Tensor<2, Int>| {
+            t.into_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .expect("i64")
+        };
+        assert_eq!(
+            ids(x.categorical.clone().expect("categorical")),
+            [1, 5 + 2, 4, 12 + 2]
+        );
+        let (seq, _) = x.sequence.clone().expect("sequence");
+        assert_eq!(
+            ids(seq),
+            [15 + 3],
+            "an own sequence after the owned categorical rows"
+        );
+        // A model built on the shape has one table row per owned token.
+        let mut c = ModelConfig::new(ModelKind::DeepFM, "t");
+        c.embedding_dim = 2;
+        let m = CtrModel::new(&c, &s, &Device::flex()).expect("model");
+        assert_eq!(m.forward(&x).dims(), [1, 1]);
     }
 
     #[test]
@@ -2609,6 +2703,7 @@ mod tests {
             num_tasks: 1,
             sequences: Vec::new(),
             names: vec!["c0".into()],
+            categorical_shares: Vec::new(),
         };
         let device = Device::flex();
         let err = CtrModel::new(&small(ModelKind::DIN), &one, &device).expect_err("no c1, s0");
@@ -2752,6 +2847,7 @@ mod tests {
                 shares: None,
             }],
             names: ["n0", "c0", "c1", "s0"].map(String::from).to_vec(),
+            categorical_shares: Vec::new(),
         };
         let b = EncodedBatch {
             rows,

@@ -469,6 +469,7 @@ pub fn train(
             .chain(processor.spec.sequence.iter().map(|q| &q.name))
             .cloned()
             .collect(),
+        categorical_shares: crate::model::InputShape::categorical_shares_of(&processor.spec),
     };
     let card = ModelCard {
         config: config.clone(),

@@ -854,6 +854,7 @@ fn a_sequence_feature_is_learnt_end_to_end() {
         labels: vec!["clk".into()],
         min_categr_count: 1,
         min_categr_counts: Default::default(),
+        share_embedding: Default::default(),
         normalizer: Default::default(),
         fill_na: Default::default(),
         sequence: Vec::new(),
