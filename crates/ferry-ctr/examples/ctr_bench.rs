@@ -112,6 +112,7 @@ fn gemm_peak(device: &Device) -> (f64, f64) {
 /// One model to measure: what it trains on and with which settings.
 struct Job {
     name: String,
+    dataset_id: String,
     features: FeatureSpec,
     config: ModelConfig,
     train: PathBuf,
@@ -175,6 +176,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             config.inference_batch_size = 10_000;
             jobs.push(Job {
                 name: expid.clone(),
+                dataset_id: e.dataset_id.clone(),
                 features: e.features,
                 config,
                 train,
@@ -230,6 +232,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             jobs.push(Job {
                 name: format!("{kind:?}"),
+                dataset_id: "campaign".into(),
                 features,
                 config,
                 train: train.clone(),
@@ -243,6 +246,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for job in jobs {
         let Job {
             name,
+            dataset_id,
             features,
             config: cfg,
             train: sample_dir,
@@ -256,7 +260,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (processor, dataset) = prepare_dataset(
             &sample_dir,
             &data_dir,
-            "campaign",
+            &dataset_id,
             &features,
             &PrepareOptions {
                 valid_dir: valid_dir.clone(),

@@ -1142,41 +1142,40 @@ impl FeatureProcessor {
         pretty4(&map)
     }
 
+    /// FuxiCTR's `feature_vocab.json`: every categorical and sequence field's tokens by
+    /// index, written as its `json.dumps(vocab, indent=4)` writes them.
     pub fn vocab_json(&self) -> String {
-        let mut out = String::from("{\n");
-        let all: Vec<(&String, &Vocabulary)> = self
-            .spec
-            .categorical
-            .iter()
+        let fields: Vec<(&str, Ordered<'_, i64>)> = (self.spec.categorical.iter())
             .zip(&self.vocabularies)
-            .chain(
-                self.spec
-                    .sequence
-                    .iter()
-                    .map(|q| &q.name)
-                    .zip(&self.sequence_vocabularies),
-            )
+            .chain((self.spec.sequence.iter().map(|q| &q.name)).zip(&self.sequence_vocabularies))
+            .map(|(name, vocab)| {
+                let tokens = std::iter::once((PAD_TOKEN, 0i64))
+                    .chain(
+                        (vocab.tokens.iter())
+                            .zip(1i64..)
+                            .map(|(t, i)| (t.as_str(), i)),
+                    )
+                    .chain(std::iter::once((OOV_TOKEN, i64::from(vocab.oov_index()))))
+                    .collect();
+                (name.as_str(), Ordered(tokens))
+            })
             .collect();
-        for (f, (name, vocab)) in all.iter().enumerate() {
-            out.push_str(&format!("    {}: {{", json_str(name)));
-            out.push_str(&format!("{}: 0", json_str(PAD_TOKEN)));
-            for (i, t) in vocab.tokens.iter().enumerate() {
-                out.push_str(&format!(", {}: {}", json_str(t), i + 1));
-            }
-            out.push_str(&format!(
-                ", {}: {}}}",
-                json_str(OOV_TOKEN),
-                vocab.oov_index()
-            ));
-            out.push_str(if f + 1 < all.len() { ",\n" } else { "\n" });
-        }
-        out.push('}');
-        out
+        pretty4(&Ordered(fields))
     }
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+/// A JSON object whose keys keep their order.
+struct Ordered<'a, V>(Vec<(&'a str, V)>);
+
+impl<V: Serialize> Serialize for Ordered<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 fn pretty4<T: Serialize>(value: &T) -> String {
@@ -1185,7 +1184,28 @@ fn pretty4<T: Serialize>(value: &T) -> String {
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, formatter);
     // Serialising a Value into memory cannot fail.
     let _ = value.serialize(&mut ser);
-    String::from_utf8_lossy(&buf).into_owned()
+    ascii_only(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Python's `ensure_ascii` (FuxiCTR's `json.dump` default): every character outside ASCII as
+/// `\uXXXX`, beyond the basic plane as a surrogate pair. Outside strings JSON is ASCII, so
+/// only strings change.
+fn ascii_only(json: String) -> String {
+    if json.is_ascii() {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// Writes `path` durably via a temporary sibling and a rename (`ferry_fs::write_atomic`), so
@@ -1240,6 +1260,25 @@ mod tests {
         assert_eq!(halves[1].labels, [0.0, 1.0]);
         // More ranges than rows: one row each, none empty.
         assert_eq!(b.split_rows(8, &spec()).len(), 5);
+    }
+
+    #[test]
+    fn feature_vocab_json_is_written_as_fuxictr_s_json_dumps_writes_it() {
+        let b = batch(
+            vec![Some(1.0); 3],
+            vec![Some("é"), Some("😀"), Some("é")],
+            vec![1, 0, 0],
+        );
+        let mut s = spec();
+        s.min_categr_count = 1;
+        let mut fitter = FeatureFitter::new(s).expect("spec");
+        fitter.observe(&b, &[true; 3]).expect("observe");
+        let p = fitter.finish("toy").expect("fit");
+        // Python: json.dumps({"C1": {"__PAD__": 0, "é": 1, "😀": 2, "__OOV__": 3}}, indent=4)
+        assert_eq!(
+            p.vocab_json(),
+            "{\n    \"C1\": {\n        \"__PAD__\": 0,\n        \"\\u00e9\": 1,\n        \"\\ud83d\\ude00\": 2,\n        \"__OOV__\": 3\n    }\n}"
+        );
     }
 
     #[test]
