@@ -216,22 +216,21 @@ fn share(gflops: f64, peak: f64) -> String {
     }
 }
 
-/// The bench's experiments in `xtask/fuxictr/config/model_config.yaml`, `<Model>_bench`.
-const EXPERIMENTS: &[&str] = &[
-    "DeepFM_bench",
-    "DCNv2_bench",
-    "DIN_bench",
-    "MMoE_bench",
-    "DNN_bench",
-    "WideDeep_bench",
-    "PNN_bench",
-    "xDeepFM_bench",
-    "AutoInt_bench",
-    "FiBiNET_bench",
-    "FinalMLP_bench",
-    "ShareBottom_bench",
-    "PLE_bench",
-];
+/// The bench's experiments: the sections of `model_config.yaml` in `config`, `Base` aside
+/// (`<Model>_bench`).
+fn experiments(config: &Path) -> anyhow::Result<Vec<String>> {
+    let path = config.join("model_config.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let file: serde_yaml::Mapping =
+        serde_yaml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    Ok(file
+        .keys()
+        .filter_map(serde_yaml::Value::as_str)
+        .filter(|k| *k != "Base")
+        .map(str::to_owned)
+        .collect())
+}
 
 /// The targets for Ferry's training speed over FuxiCTR's on the CPU.
 fn target_ratio(expid: &str) -> f64 {
@@ -276,20 +275,20 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
     );
     let ours = crate::workspace_root().join("xtask/fuxictr");
     let config = ours.join("config");
+    let known = experiments(&config)?;
     let expids: Vec<&str> = opts
         .models
         .split(',')
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .map(|m| {
-            EXPERIMENTS
-                .iter()
-                .copied()
+            (known.iter())
                 .find(|e| e.eq_ignore_ascii_case(&format!("{m}_bench")))
+                .map(String::as_str)
                 .with_context(|| {
                     format!(
                         "no bench experiment for {m}; there are {}",
-                        EXPERIMENTS.join(", ")
+                        known.join(", ")
                     )
                 })
         })

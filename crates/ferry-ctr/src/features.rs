@@ -272,16 +272,18 @@ impl FeatureSpec {
         self.numeric.len() + self.categorical.len() + self.sequence.len()
     }
 
+    fn categorical_index(&self, name: &str) -> Option<usize> {
+        self.categorical.iter().position(|n| n == name)
+    }
+
     /// The categorical field (its index) whose embedding categorical field `i` shares, if any.
     pub fn categorical_owner(&self, i: usize) -> Option<usize> {
-        let owner = self.share_embedding.get(self.categorical.get(i)?)?;
-        self.categorical.iter().position(|n| n == owner)
+        self.categorical_index(self.share_embedding.get(self.categorical.get(i)?)?)
     }
 
     /// The categorical field (its index) whose embedding sequence `q` shares, if any.
     pub fn shared_field(&self, q: &SequenceSpec) -> Option<usize> {
-        let c = q.share_embedding.as_ref()?;
-        self.categorical.iter().position(|n| n == c)
+        self.categorical_index(q.share_embedding.as_ref()?)
     }
 
     /// Token positions per row over all sequence fields (their `max_len`s once fitted).

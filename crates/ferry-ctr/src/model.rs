@@ -1045,9 +1045,14 @@ impl Mlp {
     }
 }
 
+/// 2 · the weight's size: one row through a product with it.
+fn weight_flops(dims: &[usize]) -> f64 {
+    2.0 * dims.iter().product::<usize>() as f64
+}
+
 /// 2 · inputs · outputs: one row through a dense layer.
 fn linear_flops(l: &Linear) -> f64 {
-    2.0 * l.weight.val().dims().iter().product::<usize>() as f64
+    weight_flops(&l.weight.val().dims())
 }
 
 fn mlps_flops<'a>(mlps: impl IntoIterator<Item = &'a Mlp>) -> f64 {
@@ -2132,7 +2137,7 @@ impl CtrModel {
             CtrModel::Dcn(m) => {
                 let mix = m.mix.as_ref().map_or(0.0, |mix| {
                     let layers: f64 = (mix.u.iter().chain(&mix.v).chain(&mix.c))
-                        .map(|w| 2.0 * w.val().dims().iter().product::<usize>() as f64)
+                        .map(|w| weight_flops(&w.val().dims()))
                         .sum();
                     layers + linear_flops(&mix.gating) * mix.u.len() as f64
                 });
