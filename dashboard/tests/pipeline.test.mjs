@@ -116,6 +116,14 @@ test('the CTR pipeline started from the page runs to its approval and completes'
     await page.getByLabel('Epochs').fill('0');
     await page.getByRole('button', { name: 'Start the run' }).click();
     await page.getByText('a whole number, at least 1').waitFor();
+    // Beside a FuxiCTR configuration, the settings it brings are refused by name.
+    await page.getByLabel('Epochs').fill(String(EPOCHS));
+    await page.getByLabel('FuxiCTR configuration').fill('/srv/fuxictr/DeepFM/config');
+    await page.getByRole('button', { name: 'Start the run' }).click();
+    const settingsError = page.locator('.field.invalid').filter({ has: page.getByLabel('Model settings (JSON)') });
+    await settingsError.getByRole('alert').waitFor();
+    assert.match(await settingsError.getByRole('alert').innerText(), /FuxiCTR configuration/);
+    await page.getByLabel('FuxiCTR configuration').fill('');
     await page.getByLabel('Result table').fill('no table');
     await page.getByLabel('Epochs').fill(String(EPOCHS));
     await page.getByRole('button', { name: 'Start the run' }).click();

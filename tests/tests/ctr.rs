@@ -252,6 +252,36 @@ async fn a_train_step_runs_a_fuxictr_configuration_and_names_what_it_cannot_foll
     let reason = paused.task.map(|t| t.status_reason).unwrap_or_default();
     assert!(reason.contains("hidden_activations"), "{reason}");
 
+    // As the CTR pipeline runs it (`fuxictr_config` in a task request): the configuration is
+    // checked first, and a refusal stops the task there, before any data would be exported.
+    let piped = |name: &str| {
+        let params = format!(
+            "dataset_id: exported, sample_dir: \"{}\", fuxictr: {{config_dir: \"{}\", expid: DeepFM_fx}}",
+            sample_dir.display(),
+            work.join("config").display()
+        );
+        format!(
+            "name: {name}\nsteps:\n  - name: check_config\n    kind: train\n    placement: {{role: training}}\n    params: {{{params}, check_only: true, gpu_count: 0}}\n  - name: train\n    kind: train\n    placement: {{role: training}}\n    inputs: [check_config]\n    params: {{{params}}}\n"
+        )
+    };
+    c.apply(&piped("fx_piped_refused"))
+        .await
+        .expect("valid workflow");
+    let task = c.create_task("fx_piped_refused").await;
+    let paused = c.wait_status(task.id, "paused", T).await;
+    let reason = paused
+        .task
+        .as_ref()
+        .map(|t| t.status_reason.clone())
+        .unwrap_or_default();
+    assert!(reason.contains("hidden_activations"), "{reason}");
+    assert_eq!(step(&paused, "check_config").status, "failed");
+    assert_eq!(
+        step(&paused, "train").status,
+        "pending",
+        "nothing ran after the check"
+    );
+
     // The same configuration with ReLU trains (its L2 penalty on the embeddings included);
     // the unknown key is logged, not fatal.
     write("relu");
@@ -270,6 +300,32 @@ async fn a_train_step_runs_a_fuxictr_configuration_and_names_what_it_cannot_foll
     );
     let models = roots.path().join("models/campaign");
     assert!(models.join("DeepFM_fx.model").is_file());
+
+    // Piped: the check passes without reading data, and the training reads the step's
+    // folder under the step's dataset id, the configuration's own files passed over.
+    c.apply(&piped("fx_piped")).await.expect("valid workflow");
+    let task = c.create_task("fx_piped").await;
+    c.wait_status(task.id, "completed", T).await;
+    let logs = c.logs_text(task.id).await;
+    assert!(
+        logs.contains("DeepFM with 39 fields and labels click; the configuration is accepted"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("campaign: train_data is not read; the data is"),
+        "{logs}"
+    );
+    assert!(logs.contains("training complete: best epoch"), "{logs}");
+    assert!(
+        !logs.contains("test evaluation"),
+        "the configuration's test_data is not the task's: {logs}"
+    );
+    assert!(
+        roots
+            .path()
+            .join("models/exported/DeepFM_fx.model")
+            .is_file()
+    );
     assert!(
         roots
             .path()

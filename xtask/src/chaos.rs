@@ -158,6 +158,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         release: opts.release,
         keep: false,
         model: "DeepFM".into(),
+        fuxictr: false,
     };
     let pg = if postgres {
         Some(Postgres::start()?)

@@ -52,6 +52,55 @@ pub struct Options {
     /// experiment is `<model>_e2e`, and a multi-task model scores click and conversion.
     #[arg(long, default_value = "DeepFM")]
     pub model: String,
+    /// Name the model through a FuxiCTR configuration on the training host (a
+    /// `model_config.yaml` with the experiment `<model>_e2e` and a `dataset_config.yaml`
+    /// with the campaign's columns), as a FuxiCTR team would, instead of the request's own
+    /// model settings.
+    #[arg(long)]
+    pub fuxictr: bool,
+}
+
+/// A FuxiCTR model folder's `config/` in `dir`, as a FuxiCTR team keeps it: the campaign's
+/// columns in `dataset_config.yaml` (dataset `campaign_e2e`), and `model_config.yaml` with a
+/// `Base` section and the experiment `<model>_e2e` at the settings the request would carry.
+fn write_fuxictr_config(dir: &Path, model: &str) -> anyhow::Result<PathBuf> {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config)?;
+    let list = |prefix: &str, n: usize| {
+        (1..=n)
+            .map(|i| format!("{prefix}{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let multi_task = ["MMoE", "ShareBottom", "PLE"]
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(model));
+    let din = model.eq_ignore_ascii_case("DIN");
+    let mut dataset = format!(
+        "campaign_e2e:\n  data_format: parquet\n  # Not read by the pipeline: its export of sample_sql is the data.\n  train_data: ../data/campaign/train.parquet\n  feature_cols:\n    - {{name: [sample_id, user_id], active: True, dtype: str, type: meta}}\n    - {{name: [{}], active: True, dtype: float, type: numeric}}\n    - {{name: [{}], active: True, dtype: str, type: categorical}}\n",
+        list("I", 13),
+        list("C", 26)
+    );
+    if din {
+        dataset.push_str("    - {name: click_history, active: True, dtype: str, type: sequence, splitter: ^, share_embedding: C10, feature_encoder: null}\n");
+    }
+    dataset.push_str(if multi_task {
+        "  label_col: [{name: click, dtype: float}, {name: conversion, dtype: float}]\n"
+    } else {
+        "  label_col: {name: click, dtype: float}\n"
+    });
+    std::fs::write(config.join("dataset_config.yaml"), dataset)?;
+    let mut experiment = format!(
+        "Base:\n  model_root: ./checkpoints/\n  verbose: 1\n  metrics: [logloss, AUC]\n  optimizer: adam\n  monitor: AUC\n  monitor_mode: max\n  seed: 2024\n\n{model}_e2e:\n  model: {model}\n  dataset_id: campaign_e2e\n  embedding_dim: 8\n  learning_rate: 0.002\n  batch_size: 2048\n  epochs: 2\n"
+    );
+    if din {
+        experiment.push_str("  din_target_field: C10\n  din_sequence_field: click_history\n");
+    }
+    if multi_task {
+        experiment.push_str("  num_tasks: 2\n");
+    }
+    std::fs::write(config.join("model_config.yaml"), experiment)?;
+    Ok(config)
 }
 
 /// The three hosts: (agent name = server name, role, daemon).
@@ -1023,13 +1072,26 @@ async fn run_in(
         );
     }
 
-    // The task request, through the CLI.
+    // The task request, through the CLI: the model settings in the request, or in a FuxiCTR
+    // configuration on the training host.
+    let model = if opts.fuxictr {
+        let config = write_fuxictr_config(&host_dirs[1].join("fuxictr"), &opts.model)?;
+        println!(
+            "== FuxiCTR configuration on the training host: {}",
+            config.display()
+        );
+        format!("fuxictr_config: \"{}\"\n", config.display())
+    } else {
+        format!(
+            "model: {}\nepochs: 2\nbatch_size: 2048\nmodel_params:\n  embedding_dim: 8\n  hidden_units: [64, 64]\n  learning_rate: 0.002\n  seed: 2024\n",
+            opts.model
+        )
+    };
     let request = base.join("request.yaml");
     std::fs::write(
         &request,
         format!(
-            "name: campaign_e2e\nexperiment_id: {}_e2e\nmodel: {}\nsample_sql: \"SELECT * FROM campaign_sample WHERE dt = '{}'\"\ninfer_sql: \"SELECT * FROM campaign_infer WHERE dt = '{}'\"\nhdfs_path: /hdfs/data/campaign\nhive_table: {table}\npartition: dt={}\nepochs: 2\nbatch_size: 2048\nmodel_params:\n  embedding_dim: 8\n  hidden_units: [64, 64]\n  learning_rate: 0.002\n  seed: 2024\n",
-            opts.model,
+            "name: campaign_e2e\nexperiment_id: {}_e2e\nsample_sql: \"SELECT * FROM campaign_sample WHERE dt = '{}'\"\ninfer_sql: \"SELECT * FROM campaign_infer WHERE dt = '{}'\"\nhdfs_path: /hdfs/data/campaign\nhive_table: {table}\npartition: dt={}\n{model}",
             opts.model,
             spec.sample_day,
             spec.infer_day,
@@ -1628,6 +1690,7 @@ pub fn bench(b: BenchOptions) -> anyhow::Result<()> {
         keep: false,
         release: b.release,
         model: "DeepFM".into(),
+        fuxictr: false,
     };
     crate::ensure_system_packages()?;
     let profile: &[&str] = if opts.release { &["--release"] } else { &[] };

@@ -167,7 +167,7 @@ impl Executor for TrainExecutor {
         Box::pin(async move {
             let p: TrainParams = ctx.params()?;
             let (config, spec, sample_dir, FuxiSplits { valid, test }) = match &p.fuxictr {
-                Some(f) => from_fuxictr(&host, &ctx, &p.dataset_id, f)?,
+                Some(f) => from_fuxictr(&host, &ctx, &p.dataset_id, f, &p.sample_dir)?,
                 None => {
                     let config: ModelConfig = serde_json::from_value(p.model.clone())
                         .map_err(|e| JobError::permanent(format!("model settings: {e}")))?;
@@ -195,6 +195,21 @@ impl Executor for TrainExecutor {
             // Checked before anything is read or written.
             check_identifier("model.model_id", &config.model_id)?;
             let (data_dir, model_dir) = host.dataset_dirs(&p.dataset_id)?;
+            if p.check_only {
+                let expid = p.fuxictr.as_ref().map_or("", |f| f.expid.as_str());
+                ctx.info(format!(
+                    "FuxiCTR experiment {expid}: {:?} with {} fields and labels {}; the configuration is accepted",
+                    config.model,
+                    spec.num_fields(),
+                    spec.labels.join(", ")
+                ));
+                ctx.progress(&serde_json::json!({
+                    "stage": "checked", "model": format!("{:?}", config.model),
+                    "model_id": config.model_id, "fields": spec.num_fields(),
+                    "labels": spec.labels,
+                }));
+                return Ok(());
+            }
             // The GPUs the coordinator gave the job when it gave some (it counts them, so
             // two jobs never share one); else `gpu_count` picks the first N of the host's
             // devices; 0 means the CPU.
@@ -318,23 +333,39 @@ struct FuxiSplits {
 
 /// The model, features and data files of a FuxiCTR configuration on this host: every path
 /// confined to the agent's roots, refused with the key's name where Ferry cannot follow it.
+/// With `sample_dir` (the CTR pipeline's export), that is the data, under the step's
+/// `dataset_id`; else the configuration's own files, whose dataset must be the step's.
 fn from_fuxictr(
     host: &CtrHost,
     ctx: &JobContext,
     dataset_id: &str,
     f: &FuxiCtrConfig,
+    sample_dir: &str,
 ) -> Result<(ModelConfig, FeatureSpec, PathBuf, FuxiSplits), JobError> {
     let config_dir = host
         .policy
         .confine("FuxiCTR configuration folder", &f.config_dir)?;
+    let fail = |e: ferry_ctr::CtrError| JobError::permanent(format!("FuxiCTR configuration: {e}"));
+    if !sample_dir.is_empty() {
+        let sample_dir = host.policy.confine("sample directory", sample_dir)?;
+        let e = ferry_ctr::fuxictr::load_with(
+            &config_dir,
+            &f.expid,
+            ferry_ctr::fuxictr::DataFrom::Folder(&sample_dir),
+        )
+        .map_err(fail)?;
+        for w in &e.warnings {
+            ctx.info(format!("FuxiCTR configuration: {w}"));
+        }
+        return Ok((e.model, e.features, sample_dir, FuxiSplits::default()));
+    }
     let work_dir = match &f.work_dir {
         Some(w) => host.policy.confine("FuxiCTR working folder", w)?,
         None => config_dir
             .parent()
             .map_or_else(|| config_dir.clone(), Path::to_owned),
     };
-    let e = ferry_ctr::fuxictr::load(&config_dir, &f.expid, &work_dir)
-        .map_err(|e| JobError::permanent(format!("FuxiCTR configuration: {e}")))?;
+    let e = ferry_ctr::fuxictr::load(&config_dir, &f.expid, &work_dir).map_err(fail)?;
     for w in &e.warnings {
         ctx.info(format!("FuxiCTR configuration: {w}"));
     }

@@ -270,6 +270,11 @@ struct CtrArgs {
     /// `KEY=VALUE` model setting (embedding_dim, learning_rate, ...); repeatable.
     #[arg(long = "model-param", value_parser = parse_kv)]
     model_params: Vec<(String, String)>,
+    /// A FuxiCTR configuration folder on the training host (model_config.yaml and
+    /// dataset_config.yaml): the experiment `--experiment-id` there brings the model,
+    /// settings, features and labels.
+    #[arg(long)]
+    fuxictr_config: Option<String>,
 }
 
 impl CtrArgs {
@@ -310,6 +315,7 @@ impl CtrArgs {
         r.batch_size = self.batch_size.or(r.batch_size);
         r.epochs = self.epochs.or(r.epochs);
         r.model = self.model.or(r.model);
+        r.fuxictr_config = self.fuxictr_config.or(r.fuxictr_config);
         for (k, v) in self.model_params {
             r.model_params.insert(k, yaml_value(&v));
         }

@@ -158,8 +158,9 @@ pub struct CleanupParams {
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
     pub dataset_id: String,
-    /// The exported sample data (raw Parquet parts) on this host; with `fuxictr`, the
-    /// configuration's `train_data` instead.
+    /// The exported sample data (raw Parquet parts) on this host. With `fuxictr`, the data
+    /// the configuration's features and model train on, in place of its `train_data`,
+    /// `valid_data` and `test_data` (the CTR pipeline's export); those files when absent.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sample_dir: String,
     /// FuxiCTR-style model settings: `model`, `model_id`, `embedding_dim`, `hidden_units`,
@@ -181,6 +182,11 @@ pub struct TrainParams {
     /// on the CPU; all of them when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_count: Option<u32>,
+    /// Read and check the `fuxictr` configuration, then stop: nothing is read from the data
+    /// or written. The CTR pipeline runs this first, so a configuration the training host
+    /// refuses stops the task before any export.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub check_only: bool,
 }
 
 /// A FuxiCTR configuration (`model_config.yaml` and `dataset_config.yaml`, or their folders)
@@ -452,9 +458,15 @@ fn validate(kind: &str, params: &Value, rendered: bool) -> Result<(), String> {
             if !later(&p.dataset_id) {
                 check_name("dataset_id", &p.dataset_id)?;
             }
+            if p.check_only && p.fuxictr.is_none() {
+                return Err("`check_only` checks a `fuxictr` configuration: name one".into());
+            }
             if let Some(f) = &p.fuxictr {
-                if !p.model.is_null() || !p.labels.is_empty() || !p.sample_dir.is_empty() {
-                    return Err("with `fuxictr`, the model, labels and data come from its configuration: leave out `model`, `labels` and `sample_dir`".into());
+                if !p.model.is_null() || !p.labels.is_empty() {
+                    return Err("with `fuxictr`, the model and labels come from its configuration: leave out `model` and `labels`".into());
+                }
+                if p.sample_dir.len() != p.sample_dir.trim().len() {
+                    return Err("`sample_dir` must not start or end with spaces".into());
                 }
                 if f.config_dir.trim().is_empty() {
                     return Err("`fuxictr.config_dir` must not be empty".into());
@@ -696,13 +708,20 @@ mod tests {
             validate_params(TRAIN, &escape)
                 .is_err_and(|e| e.contains("`dataset_id` must be a name"))
         );
-        // FuxiCTR's configuration brings the model, labels and data: not both.
+        // FuxiCTR's configuration brings the model and labels: not both. Its data may be
+        // replaced by the step's (the pipeline's export).
         let fuxi = serde_json::json!({"dataset_id": "tiny", "fuxictr":
             {"config_dir": "/cfg", "expid": "DeepFM_test"}});
         assert_eq!(validate_params(TRAIN, &fuxi), Ok(()));
-        let both = serde_json::json!({"dataset_id": "tiny", "sample_dir": "/d", "fuxictr":
+        let exported = serde_json::json!({"dataset_id": "tiny", "sample_dir": "/d", "fuxictr":
+            {"config_dir": "/cfg", "expid": "DeepFM_test"}, "check_only": true});
+        assert_eq!(validate_params(TRAIN, &exported), Ok(()));
+        let both = serde_json::json!({"dataset_id": "tiny", "labels": ["click"], "fuxictr":
             {"config_dir": "/cfg", "expid": "DeepFM_test"}});
         assert!(validate_params(TRAIN, &both).is_err_and(|e| e.contains("leave out")));
+        let check_what = serde_json::json!({"dataset_id": "tiny", "sample_dir": "/d",
+            "model": {"model": "DeepFM", "model_id": "m1"}, "check_only": true});
+        assert!(validate_params(TRAIN, &check_what).is_err_and(|e| e.contains("check_only")));
         let bad_id = serde_json::json!({"dataset_id": "tiny", "fuxictr":
             {"config_dir": "/cfg", "expid": "../x"}});
         assert!(validate_params(TRAIN, &bad_id).is_err_and(|e| e.contains("fuxictr.expid")));

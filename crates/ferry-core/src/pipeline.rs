@@ -62,6 +62,13 @@ pub struct CtrTaskRequest {
     /// Further model settings (embedding_dim, hidden_units, learning_rate, seed, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub model_params: BTreeMap<String, Value>,
+    /// A FuxiCTR configuration folder on the training host (`model_config.yaml` and
+    /// `dataset_config.yaml`, or FuxiCTR's folders of them): the experiment `experiment_id`
+    /// there brings the model, its settings, the features and the labels; the data is the
+    /// export of `sample_sql`. Then `model`, `model_params`, `batch_size` and `epochs` come
+    /// from the configuration and must be left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuxictr_config: Option<String>,
 }
 
 /// A request field that is wrong, and why.
@@ -180,6 +187,31 @@ impl CtrTaskRequest {
                 "model",
                 format!("`{m}` is not one of {}", MODELS.join(", ")),
             ));
+        }
+        if let Some(dir) = &self.fuxictr_config {
+            if dir.trim().is_empty() || dir.trim() != dir || dir.contains('\0') || dir.len() > 4096
+            {
+                return Err(bad(
+                    "fuxictr_config",
+                    "must name a folder on the training host",
+                ));
+            }
+            for (field, given) in [
+                ("model", self.model.is_some()),
+                ("model_params", !self.model_params.is_empty()),
+                ("batch_size", self.batch_size.is_some()),
+                ("epochs", self.epochs.is_some()),
+            ] {
+                if given {
+                    return Err(bad(
+                        field,
+                        format!(
+                            "comes from the FuxiCTR configuration's experiment `{}` with `fuxictr_config`: leave it out",
+                            self.experiment_id
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(k) = self
             .model_params
@@ -349,7 +381,7 @@ pub fn select_hosts(req: &CtrTaskRequest, agents: &[HostInfo]) -> Result<Pipelin
 pub fn stage_of(step: &str) -> &str {
     match step {
         "export_sample" | "export_infer" | "ship_sample" | "ship_infer_data" => "data_fetch",
-        "train" | "ship_model" => "train",
+        "check_config" | "train" | "ship_model" => "train",
         "infer" => "infer",
         "ship_results" | "load" => "transport",
         "monitor" | "cleanup_staging" => "monitor",
@@ -418,38 +450,29 @@ pub fn plan(
         Ok(step(name, kinds::TRANSFER, runner, params, inputs))
     };
 
-    let mut model = serde_json::Map::new();
-    for (k, v) in &req.model_params {
-        model.insert(k.clone(), literal_value(v));
-    }
-    model.insert("model".into(), json!(req.model_name()));
-    if req.model_name() == "DIN" {
-        // The campaign's ad field and the ads clicked before it, unless the request names others.
-        model
-            .entry("din_target_field")
-            .or_insert_with(|| json!("C10"));
-        model
-            .entry("din_sequence_field")
-            .or_insert_with(|| json!("click_history"));
-    }
-    model.insert("model_id".into(), json!(model_id));
-    if let Some(b) = req.batch_size {
-        model.insert("batch_size".into(), json!(b));
-    }
-    if let Some(e) = req.epochs {
-        model.insert("epochs".into(), json!(e));
-    }
-    let mut train_params = json!({
-        "dataset_id": dataset_id,
-        "sample_dir": format!("{train_data}/sample_data"),
-        "model": Value::Object(model),
-    });
-    if MULTI_TASK.contains(&req.model_name()) {
-        train_params["labels"] = json!(["click", "conversion"]);
-    }
+    let sample_dir = format!("{train_data}/sample_data");
+    let (mut train_params, check) = match &req.fuxictr_config {
+        Some(dir) => {
+            let fuxictr = json!({"config_dir": literal(dir), "expid": model_id});
+            // Checked on the training host before anything is exported; no GPU is held.
+            let check = json!({
+                "dataset_id": dataset_id, "sample_dir": sample_dir, "fuxictr": fuxictr,
+                "check_only": true, "gpu_count": 0,
+            });
+            let train =
+                json!({"dataset_id": dataset_id, "sample_dir": sample_dir, "fuxictr": fuxictr});
+            (train, Some(check))
+        }
+        None => (train_params(req, model_id, sample_dir), None),
+    };
     if let Some(g) = req.gpu_count {
         train_params["gpu_count"] = json!(g);
     }
+    let exports_after: &[&str] = if check.is_some() {
+        &["check_config"]
+    } else {
+        &[]
+    };
 
     let mut steps = vec![
         step(
@@ -457,14 +480,14 @@ pub fn plan(
             kinds::SQL_EXPORT,
             src,
             json!({"sql": literal(&req.sample_sql), "output_dir": format!("{staging}/sample_data")}),
-            &[],
+            exports_after,
         ),
         step(
             "export_infer",
             kinds::SQL_EXPORT,
             src,
             json!({"sql": literal(&req.infer_sql), "output_dir": format!("{staging}/infer_data")}),
-            &[],
+            exports_after,
         ),
         hop(
             "ship_sample",
@@ -516,10 +539,17 @@ pub fn plan(
             &["ship_results"],
         ),
     ];
+    if let Some(check) = check {
+        steps.insert(0, step("check_config", kinds::TRAIN, trn, check, &[]));
+    }
+    let model = match &req.fuxictr_config {
+        Some(_) => format!("FuxiCTR experiment {model_id}"),
+        None => req.model_name().to_owned(),
+    };
     let mut facts = BTreeMap::from([
         ("dataset_id".to_owned(), dataset_id.to_owned()),
         ("model_id".to_owned(), model_id.to_owned()),
-        ("model".to_owned(), req.model_name().to_owned()),
+        ("model".to_owned(), model),
         ("hive_table".to_owned(), req.hive_table.clone()),
         ("partition".to_owned(), partition),
         ("training_server".to_owned(), trn.name.clone()),
@@ -528,6 +558,9 @@ pub fn plan(
     ]);
     if !req.hdfs_path.is_empty() {
         facts.insert("hdfs_path".into(), literal(&req.hdfs_path));
+    }
+    if let Some(dir) = &req.fuxictr_config {
+        facts.insert("fuxictr_config".into(), literal(dir));
     }
     let mut monitor = json!({
         "report_path": format!("{train_models}/{model_id}_report.json"),
@@ -556,6 +589,40 @@ pub fn plan(
         priority: None,
         steps,
     })
+}
+
+/// The `train` step's parameters from the request's own model settings.
+fn train_params(req: &CtrTaskRequest, model_id: &str, sample_dir: String) -> Value {
+    let mut model = serde_json::Map::new();
+    for (k, v) in &req.model_params {
+        model.insert(k.clone(), literal_value(v));
+    }
+    model.insert("model".into(), json!(req.model_name()));
+    if req.model_name() == "DIN" {
+        // The campaign's ad field and the ads clicked before it, unless the request names others.
+        model
+            .entry("din_target_field")
+            .or_insert_with(|| json!("C10"));
+        model
+            .entry("din_sequence_field")
+            .or_insert_with(|| json!("click_history"));
+    }
+    model.insert("model_id".into(), json!(model_id));
+    if let Some(b) = req.batch_size {
+        model.insert("batch_size".into(), json!(b));
+    }
+    if let Some(e) = req.epochs {
+        model.insert("epochs".into(), json!(e));
+    }
+    let mut train_params = json!({
+        "dataset_id": req.name,
+        "sample_dir": sample_dir,
+        "model": Value::Object(model),
+    });
+    if MULTI_TASK.contains(&req.model_name()) {
+        train_params["labels"] = json!(["click", "conversion"]);
+    }
+    train_params
 }
 
 /// The user's text as a template that renders back to itself (`$` → `$$`), so a `${` in a
@@ -762,6 +829,92 @@ mod tests {
             "/training_server/models/campaign_2026_01_22/MMoE_test_v1_report.json"
         );
         assert!(def.step("cleanup_staging").is_none());
+    }
+
+    #[test]
+    fn a_fuxictr_configuration_is_checked_on_the_training_host_before_any_export() {
+        let mut r = request();
+        r.experiment_id = "DeepFM_test".into();
+        r.fuxictr_config = Some("/training_server/data/fuxictr/config".into());
+        r.gpu_count = Some(1);
+        let hosts = select_hosts(&r, &agents()).expect("hosts");
+        let def = plan(&r, &hosts, &PipelineSettings::default(), "2026-01-22").expect("plan");
+        def.validate().expect("a valid DAG");
+        let s = |n: &str| def.step(n).expect(n).clone();
+        let check = s("check_config");
+        assert_eq!(check.placement, Placement::Agent("training_server".into()));
+        assert_eq!(check.kind, kinds::TRAIN);
+        assert!(check.inputs.is_empty());
+        assert_eq!(check.params["check_only"], true);
+        assert_eq!(check.params["gpu_count"], 0, "a check holds no GPU");
+        kinds::validate_params(kinds::TRAIN, &check.params).expect("a valid train step");
+        for export in ["export_sample", "export_infer"] {
+            assert_eq!(
+                s(export).inputs,
+                vec!["check_config".to_owned()],
+                "{export}"
+            );
+        }
+        let train = s("train");
+        kinds::validate_params(kinds::TRAIN, &train.params).expect("a valid train step");
+        assert_eq!(
+            train.params["fuxictr"],
+            json!({"config_dir": "/training_server/data/fuxictr/config", "expid": "DeepFM_test"})
+        );
+        assert_eq!(
+            train.params["sample_dir"],
+            "/training_server/data/campaign_2026_01_22/sample_data"
+        );
+        assert_eq!(train.params["gpu_count"], 1);
+        // The model and labels are the configuration's.
+        assert!(train.params.get("model").is_none() && train.params.get("labels").is_none());
+        assert_eq!(stage_of("check_config"), "train");
+        assert_eq!(
+            s("monitor").params["facts"]["model"],
+            "FuxiCTR experiment DeepFM_test"
+        );
+        // Without one, the plan is as before: no check, exports start at once.
+        let def = plan(
+            &request(),
+            &hosts,
+            &PipelineSettings::default(),
+            "2026-01-22",
+        )
+        .expect("plan");
+        assert!(def.step("check_config").is_none());
+        assert!(def.step("export_sample").expect("export").inputs.is_empty());
+    }
+
+    #[test]
+    fn settings_the_fuxictr_configuration_brings_are_refused_beside_it() {
+        type Extra = fn(&mut CtrTaskRequest);
+        let cases: Vec<(Extra, &str)> = vec![
+            (|r| r.model = Some("DCN".into()), "model"),
+            (
+                |r| {
+                    r.model_params.insert("embedding_dim".into(), json!(8));
+                },
+                "model_params",
+            ),
+            (|r| r.batch_size = Some(64), "batch_size"),
+            (|r| r.epochs = Some(2), "epochs"),
+            (|r| r.fuxictr_config = Some(" ".into()), "fuxictr_config"),
+            (
+                |r| r.fuxictr_config = Some("/a\0b".into()),
+                "fuxictr_config",
+            ),
+        ];
+        for (extra, field) in cases {
+            let mut r = request();
+            r.fuxictr_config = Some("/cfg".into());
+            extra(&mut r);
+            let e = r.validate().expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+        let mut r = request();
+        r.fuxictr_config = Some("/cfg".into());
+        r.gpu_count = Some(2);
+        assert!(r.validate().is_ok());
     }
 
     #[test]

@@ -51,8 +51,25 @@ pub enum DataFormat {
     Csv,
 }
 
+/// Where an experiment's data comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum DataFrom<'a> {
+    /// The dataset's `train_data`, `valid_data` and `test_data`, relative paths resolved
+    /// against `work_dir` as FuxiCTR's scripts open them.
+    Config { work_dir: &'a Path },
+    /// A folder of Parquet parts given beside the configuration (the CTR pipeline's export):
+    /// the dataset's own data keys are passed over with a warning, and may be absent.
+    Folder(&'a Path),
+}
+
 /// Reads experiment `expid` from the FuxiCTR configuration in `config_dir`.
 pub fn load(config_dir: &Path, expid: &str, work_dir: &Path) -> Result<Experiment> {
+    load_with(config_dir, expid, DataFrom::Config { work_dir })
+}
+
+/// Reads experiment `expid` from the FuxiCTR configuration in `config_dir`, its data from
+/// `data`.
+pub fn load_with(config_dir: &Path, expid: &str, data_from: DataFrom<'_>) -> Result<Experiment> {
     let mut warnings = Vec::new();
     let mut model = section(config_dir, "model_config", expid, true, &mut warnings)?;
     let dataset_id = match model.remove("dataset_id") {
@@ -80,7 +97,25 @@ pub fn load(config_dir: &Path, expid: &str, work_dir: &Path) -> Result<Experimen
         false,
         &mut warnings,
     )?;
-    let data = data_files(&dataset_id, &dataset, work_dir)?;
+    let data = match data_from {
+        DataFrom::Config { work_dir } => data_files(&dataset_id, &dataset, work_dir)?,
+        DataFrom::Folder(folder) => {
+            for key in ["train_data", "valid_data", "test_data"] {
+                if dataset.get(key).is_some_and(|v| !v.is_null()) {
+                    warnings.push(format!(
+                        "{dataset_id}: {key} is not read; the data is {}",
+                        folder.display()
+                    ));
+                }
+            }
+            DataFiles {
+                format: DataFormat::Parquet,
+                train: folder.to_owned(),
+                valid: None,
+                test: None,
+            }
+        }
+    };
     let embedding_dim = model
         .get("embedding_dim")
         .and_then(Value::as_u64)
@@ -93,8 +128,9 @@ pub fn load(config_dir: &Path, expid: &str, work_dir: &Path) -> Result<Experimen
         Some(Value::String(g)) => Some(g),
         Some(other) => return Err(bad(expid, "group_id", &other, "must name a meta feature")),
     };
+    let csv = data.format == DataFormat::Csv;
     let (mut features, unpooled) =
-        feature_spec(&dataset_id, &dataset, embedding_dim, &mut warnings)?;
+        feature_spec(&dataset_id, &dataset, embedding_dim, csv, &mut warnings)?;
     if group_id.is_some() {
         features.group_id = group_id;
         features.validate()?;
@@ -435,6 +471,7 @@ fn feature_spec(
     dataset_id: &str,
     d: &Section,
     embedding_dim: u64,
+    csv: bool,
     warnings: &mut Vec<String>,
 ) -> Result<(FeatureSpec, Vec<String>)> {
     for key in d.keys() {
@@ -465,8 +502,6 @@ fn feature_spec(
     let Value::Sequence(cols) = cols else {
         return Err(bad(dataset_id, "feature_cols", cols, "must be a list"));
     };
-    // FuxiCTR's default format.
-    let csv = !matches!(d.get("data_format"), Some(Value::String(f)) if f.eq_ignore_ascii_case("parquet"));
     let mut spec = FeatureSpec {
         id_columns: Vec::new(),
         numeric: Vec::new(),

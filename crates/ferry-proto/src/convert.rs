@@ -197,6 +197,7 @@ impl TryFrom<v1::CtrTaskRequest> for ferry_core::pipeline::CtrTaskRequest {
             epochs: r.epochs,
             model: r.model,
             model_params,
+            fuxictr_config: r.fuxictr_config,
         })
     }
 }
@@ -223,6 +224,7 @@ impl From<&ferry_core::pipeline::CtrTaskRequest> for v1::CtrTaskRequest {
             } else {
                 serde_json::to_string(&r.model_params).unwrap_or_default()
             },
+            fuxictr_config: r.fuxictr_config.clone(),
         }
     }
 }

@@ -24,6 +24,7 @@ interface Ctr {
   training_server: string;
   inference_server: string;
   model_params: string;
+  fuxictr_config: string;
 }
 
 const EMPTY: Ctr = {
@@ -40,9 +41,14 @@ const EMPTY: Ctr = {
   training_server: '',
   inference_server: '',
   model_params: '',
+  fuxictr_config: '',
 };
 
-const MODELS = ['LR', 'FM', 'DeepFM', 'DCN', 'MMoE'];
+// The models the training host builds (FuxiCTR's names).
+const MODELS = [
+  'LR', 'FM', 'DNN', 'WideDeep', 'DeepFM', 'PNN', 'DCN', 'DCNv2', 'xDeepFM', 'AutoInt', 'FiBiNET',
+  'FinalMLP', 'DIN', 'MMoE', 'ShareBottom', 'PLE',
+];
 
 /** The request body, or the field that cannot be sent as typed. */
 function ctrBody(f: Ctr): { body?: Record<string, unknown>; field?: string; error?: string } {
@@ -61,6 +67,7 @@ function ctrBody(f: Ctr): { body?: Record<string, unknown>; field?: string; erro
   text('source_server');
   text('training_server');
   text('inference_server');
+  text('fuxictr_config');
   for (const k of ['epochs', 'batch_size'] as const) {
     if (!f[k].trim()) continue;
     const n = Number(f[k]);
@@ -229,6 +236,14 @@ export function NewRunPage() {
             <Field label="Model settings (JSON)" name="model_params" error={error} hint='e.g. {"embedding_dim": 8, "learning_rate": 0.002}'>
               {(p) => <textarea {...p} rows={3} value={ctr.model_params} onChange={setC('model_params')} spellCheck={false} />}
             </Field>
+            <Field
+              label="FuxiCTR configuration"
+              name="fuxictr_config"
+              error={error}
+              hint="a folder on the training host with model_config.yaml and dataset_config.yaml: the experiment id there brings the model, its settings, the features and the labels"
+            >
+              {(p) => <input {...p} value={ctr.fuxictr_config} onChange={setC('fuxictr_config')} spellCheck={false} />}
+            </Field>
           </div>
         ) : (
           <div className="form-grid">
@@ -277,6 +292,7 @@ export function NewRunPage() {
 const CTR_FIELDS = [
   'name', 'experiment_id', 'sample_sql', 'infer_sql', 'hive_table', 'partition', 'model', 'epochs',
   'batch_size', 'source_server', 'training_server', 'inference_server', 'model_params',
+  'fuxictr_config',
 ];
 
 /** Whether the form has a field the server's error names (else it is shown under the form). */

@@ -191,6 +191,7 @@ fn ctr_request(body: CtrTaskBody) -> Result<v1::CtrTaskRequest, ApiError> {
         epochs: body.epochs,
         model: body.model,
         model_params_json,
+        fuxictr_config: body.fuxictr_config,
     })
 }
 

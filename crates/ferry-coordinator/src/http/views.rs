@@ -293,6 +293,11 @@ pub struct CtrTaskBody {
     /// Further model settings (embedding_dim, hidden_units, learning_rate, seed, ...).
     #[serde(default)]
     pub model_params: BTreeMap<String, Value>,
+    /// A FuxiCTR configuration folder on the training host: the experiment
+    /// `experiment_id` there brings the model, its settings, the features and the labels
+    /// (leave out `model`, `model_params`, `batch_size` and `epochs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuxictr_config: Option<String>,
 }
 
 /// A task of a stored workflow, with values for its `${param.NAME}` placeholders.
