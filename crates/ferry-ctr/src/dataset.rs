@@ -185,8 +185,8 @@ fn is_csv(path: &Path) -> bool {
 
 /// Streams the record batches of input files (Parquet or CSV) in order. CSV is read as
 /// FuxiCTR reads it with `dtype: str` categorical columns: a header line, `,` between fields,
-/// categorical and other columns as text, numeric columns and labels as numbers, an empty
-/// field missing.
+/// categorical and other columns as text, numeric (and quantile-bucketed) columns and labels
+/// as numbers, an empty field missing.
 pub fn read_input<'a>(
     files: &'a [PathBuf],
     spec: &'a FeatureSpec,
@@ -221,10 +221,15 @@ fn csv_reader(
         .infer_schema(&mut file, Some(0))
         .map_err(bad)?;
     file.seek(SeekFrom::Start(0)).map_err(CtrError::io(path))?;
+    // Quantile-bucketed fields are numbers too.
+    let quantiles = (spec.bucketize.iter())
+        .filter(|(_, b)| matches!(b, crate::features::Bucketize::QuantileBucket { .. }))
+        .map(|(name, _)| name);
     let numbers: std::collections::HashSet<&str> = spec
         .numeric
         .iter()
         .chain(&spec.labels)
+        .chain(quantiles)
         .map(String::as_str)
         .collect();
     let fields: Vec<arrow::datatypes::Field> = header

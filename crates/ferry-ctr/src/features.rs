@@ -54,6 +54,49 @@ pub struct FeatureSpec {
     /// An id column (`id_columns`) whose values group rows for gAUC (FuxiCTR's `group_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// Categorical fields put in buckets instead of a vocabulary (FuxiCTR's
+    /// `category_processor`), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bucketize: BTreeMap<String, Bucketize>,
+}
+
+/// How a categorical field without a vocabulary finds its embedding row (FuxiCTR's
+/// `category_processor` with `num_buckets`): rows `0..num_buckets`, none reserved for padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucketize {
+    /// A number's bucket among the training split's quantiles: scikit-learn's
+    /// `QuantileTransformer(n_quantiles=num_buckets + 1)` quantiles, inner ones as the
+    /// boundaries, and the count of boundaries at or below the value (NumPy's `digitize`).
+    QuantileBucket { num_buckets: usize },
+    /// A token's 64-bit FNV-1a hash (of its UTF-8 text; the empty token when missing) modulo
+    /// `num_buckets`.
+    HashBucket { num_buckets: usize },
+}
+
+/// The most buckets a field may have (embedding rows).
+pub const MAX_BUCKETS: usize = 1 << 26;
+
+/// Values a quantile field keeps to fit its boundaries: exact up to this many training rows,
+/// a seeded uniform sample of this many beyond.
+pub const QUANTILE_SAMPLE: usize = 1 << 20;
+
+impl Bucketize {
+    pub fn num_buckets(self) -> usize {
+        match self {
+            Bucketize::QuantileBucket { num_buckets } | Bucketize::HashBucket { num_buckets } => {
+                num_buckets
+            }
+        }
+    }
+
+    /// FuxiCTR's name for it, as `feature_map.json` records it.
+    pub fn processor(self) -> &'static str {
+        match self {
+            Bucketize::QuantileBucket { .. } => "quantile_bucket",
+            Bucketize::HashBucket { .. } => "hash_bucket",
+        }
+    }
 }
 
 /// One sequence field (FuxiCTR's `type: sequence`): its tokens get a vocabulary of their own,
@@ -145,6 +188,7 @@ impl FeatureSpec {
             fill_na: BTreeMap::new(),
             sequence: Vec::new(),
             group_id: None,
+            bucketize: BTreeMap::new(),
         }
     }
 
@@ -205,10 +249,47 @@ impl FeatureSpec {
                 )));
             }
         }
-        for name in self.normalizer.keys().chain(self.fill_na.keys()) {
+        for name in self.normalizer.keys() {
             if !self.numeric.contains(name) {
                 return Err(CtrError::Config(format!(
-                    "normalizer / fill_na: {name} is not a numeric feature"
+                    "normalizer: {name} is not a numeric feature"
+                )));
+            }
+        }
+        let quantile = |name: &String| {
+            matches!(
+                self.bucketize.get(name),
+                Some(Bucketize::QuantileBucket { .. })
+            )
+        };
+        for name in self.fill_na.keys() {
+            if !self.numeric.contains(name) && !quantile(name) {
+                return Err(CtrError::Config(format!(
+                    "fill_na: {name} is not a numeric feature or a quantile-bucketed one"
+                )));
+            }
+        }
+        for (name, b) in &self.bucketize {
+            let n = b.num_buckets();
+            if !self.categorical.contains(name) {
+                return Err(CtrError::Config(format!(
+                    "{}: {name} is not a categorical feature",
+                    b.processor()
+                )));
+            }
+            if n == 0 || n > MAX_BUCKETS {
+                return Err(CtrError::Config(format!(
+                    "{}: {name}: num_buckets must be between 1 and {MAX_BUCKETS}, not {n}",
+                    b.processor()
+                )));
+            }
+            let shared = self.share_embedding.contains_key(name)
+                || self.share_embedding.values().any(|o| o == name)
+                || (self.sequence.iter()).any(|q| q.share_embedding.as_ref() == Some(name));
+            if shared || self.min_categr_counts.contains_key(name) {
+                return Err(CtrError::Config(format!(
+                    "{}: {name} has buckets, not a vocabulary: it cannot share embeddings or have a min_categr_count",
+                    b.processor()
                 )));
             }
         }
@@ -641,13 +722,18 @@ pub fn encoded_schema(spec: &FeatureSpec, with_labels: bool) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// FNV-1a of a group's value.
-fn group_key(value: &str) -> i64 {
+/// 64-bit FNV-1a of a text's UTF-8 bytes.
+fn fnv1a(value: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in value.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    h as i64
+    h
+}
+
+/// A group's value as a key: only equality matters.
+fn group_key(value: &str) -> i64 {
+    fnv1a(value) as i64
 }
 
 /// The encoded parts' columns of the sequence fields: one per position, `NAME__0`, `NAME__1`…
@@ -729,6 +815,10 @@ pub(crate) fn label_values(batch: &RecordBatch, name: &str) -> Result<Vec<f32>> 
 pub struct FeatureFitter {
     spec: FeatureSpec,
     counts: Vec<HashMap<String, u64>>,
+    /// Per categorical field: the values a quantile-bucketed one has seen (a sample beyond
+    /// `QUANTILE_SAMPLE`), and how many.
+    quantile_values: Vec<(Vec<f64>, u64)>,
+    sampler: crate::rng::SplitMix64,
     ranges: Vec<Option<Moments>>,
     /// Per sequence field: token counts and the longest sequence seen.
     sequence_counts: Vec<HashMap<String, u64>>,
@@ -741,6 +831,8 @@ impl FeatureFitter {
         spec.validate()?;
         Ok(FeatureFitter {
             counts: vec![HashMap::new(); spec.categorical.len()],
+            quantile_values: vec![(Vec::new(), 0); spec.categorical.len()],
+            sampler: crate::rng::SplitMix64::new(0x5eed_b0c7),
             ranges: vec![None; spec.numeric.len()],
             sequence_counts: vec![HashMap::new(); spec.sequence.len()],
             longest: vec![0; spec.sequence.len()],
@@ -761,6 +853,30 @@ impl FeatureFitter {
             }
         }
         for (j, name) in self.spec.categorical.iter().enumerate() {
+            match self.spec.bucketize.get(name) {
+                Some(Bucketize::HashBucket { .. }) => continue,
+                Some(Bucketize::QuantileBucket { .. }) => {
+                    let (kept, seen) = &mut self.quantile_values[j];
+                    for (x, _) in numeric_values(batch, name, self.spec.fill_of(name))?
+                        .into_iter()
+                        .zip(keep)
+                        .filter(|(_, k)| **k)
+                    {
+                        *seen += 1;
+                        // Algorithm R: every value seen so far is kept with equal chance.
+                        if kept.len() < QUANTILE_SAMPLE {
+                            kept.push(x);
+                        } else {
+                            let at = self.sampler.below(*seen as usize);
+                            if let Some(slot) = kept.get_mut(at) {
+                                *slot = x;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                None => {}
+            }
             let col = categorical_values(batch, name)?;
             let strings = col.as_string::<i32>();
             let counts = &mut self.counts[j];
@@ -871,6 +987,15 @@ impl FeatureFitter {
                 q.max_len = longest.max(1);
             }
         }
+        let boundaries: BTreeMap<String, Vec<f64>> = (spec.categorical.iter())
+            .zip(self.quantile_values)
+            .filter_map(|(name, (values, _))| match spec.bucketize.get(name) {
+                Some(Bucketize::QuantileBucket { num_buckets }) => {
+                    Some((name.clone(), quantile_boundaries(values, *num_buckets)))
+                }
+                _ => None,
+            })
+            .collect();
         let numeric = self
             .ranges
             .into_iter()
@@ -896,8 +1021,33 @@ impl FeatureFitter {
             vocabularies,
             numeric,
             sequence_vocabularies,
+            boundaries,
         })
     }
+}
+
+/// The inner boundaries of `num_buckets` quantile buckets of `values`, as scikit-learn's
+/// `QuantileTransformer(n_quantiles=num_buckets + 1).quantiles_[1:-1]` (NumPy's linear
+/// percentiles at evenly spaced references, fewer when there are fewer values, made
+/// non-decreasing).
+fn quantile_boundaries(mut values: Vec<f64>, num_buckets: usize) -> Vec<f64> {
+    values.sort_unstable_by(f64::total_cmp);
+    let n = values.len();
+    let quantiles = (num_buckets + 1).min(n);
+    if quantiles < 3 {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(quantiles - 2);
+    for k in 1..quantiles - 1 {
+        // NumPy's "linear" method: the rank (n - 1)·q between its two neighbours.
+        let rank = (n - 1) as f64 * (k as f64 / (quantiles - 1) as f64);
+        let lo = rank.floor() as usize;
+        let hi = (lo + 1).min(n - 1);
+        let x = values[lo] + (rank - lo as f64) * (values[hi] - values[lo]);
+        let last = out.last().copied().unwrap_or(f64::NEG_INFINITY);
+        out.push(x.max(last));
+    }
+    out
 }
 
 /// FuxiCTR's `feature_map.json`, its keys in FuxiCTR's order (a struct keeps its fields'
@@ -922,6 +1072,8 @@ struct FeatureEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     share_embedding: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    category_processor: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     padding_idx: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_len: Option<usize>,
@@ -939,14 +1091,20 @@ pub struct FeatureProcessor {
     /// One per sequence field.
     #[serde(default)]
     pub sequence_vocabularies: Vec<Vocabulary>,
+    /// The inner boundaries of each quantile-bucketed field, ascending.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub boundaries: BTreeMap<String, Vec<f64>>,
 }
 
 impl FeatureProcessor {
     /// Vocabulary sizes per categorical field (padding and OOV included).
     pub fn vocab_sizes(&self) -> Vec<usize> {
-        self.vocabularies
-            .iter()
-            .map(Vocabulary::vocab_size)
+        (self.spec.categorical.iter())
+            .zip(&self.vocabularies)
+            .map(|(name, v)| match self.spec.bucketize.get(name) {
+                Some(b) => b.num_buckets(),
+                None => v.vocab_size(),
+            })
             .collect()
     }
 
@@ -1006,6 +1164,33 @@ impl FeatureProcessor {
             }
         }
         for (j, name) in self.spec.categorical.iter().enumerate() {
+            match self.spec.bucketize.get(name) {
+                Some(Bucketize::QuantileBucket { .. }) => {
+                    let bounds = self.boundaries.get(name).map_or(&[][..], Vec::as_slice);
+                    for (r, x) in numeric_values(batch, name, self.spec.fill_of(name))?
+                        .into_iter()
+                        .enumerate()
+                    {
+                        // At most `num_buckets - 1` boundaries: a row of the table.
+                        out.categorical[r * c + j] = bounds.partition_point(|b| *b <= x) as i32;
+                    }
+                    continue;
+                }
+                Some(Bucketize::HashBucket { num_buckets }) => {
+                    let col = categorical_values(batch, name)?;
+                    let strings = col.as_string::<i32>();
+                    for r in 0..rows {
+                        let token = if strings.is_null(r) {
+                            ""
+                        } else {
+                            strings.value(r)
+                        };
+                        out.categorical[r * c + j] = (fnv1a(token) % *num_buckets as u64) as i32;
+                    }
+                    continue;
+                }
+                None => {}
+            }
             let col = categorical_values(batch, name)?;
             let strings = col.as_string::<i32>();
             let vocab = &self.vocabularies[j];
@@ -1067,6 +1252,10 @@ impl FeatureProcessor {
             || p.numeric.len() != p.spec.numeric.len()
             || p.sequence_vocabularies.len() != p.spec.sequence.len()
             || p.spec.sequence.iter().any(|q| q.max_len == 0)
+            || (p.spec.bucketize.iter()).any(|(name, b)| {
+                matches!(b, Bucketize::QuantileBucket { num_buckets }
+                    if p.boundaries.get(name).is_none_or(|v| v.len() >= *num_buckets))
+            })
         {
             return Err(CtrError::Corrupt {
                 path,
@@ -1091,6 +1280,7 @@ impl FeatureProcessor {
                 kind,
                 feature_encoder: pooling.map(Pooling::encoder),
                 share_embedding: None,
+                category_processor: None,
                 padding_idx: vocab_size.map(|_| 0),
                 max_len,
                 vocab_size,
@@ -1105,6 +1295,12 @@ impl FeatureProcessor {
         for (name, vocab) in self.spec.categorical.iter().zip(&self.vocabularies) {
             let mut e = entry("categorical", None, None, Some(vocab.vocab_size()));
             e.share_embedding = self.spec.share_embedding.get(name).cloned();
+            if let Some(b) = self.spec.bucketize.get(name) {
+                // FuxiCTR's bucket branch sets these two only.
+                e.category_processor = Some(b.processor());
+                e.padding_idx = None;
+                e.vocab_size = Some(b.num_buckets());
+            }
             features.push(BTreeMap::from([(name.as_str(), e)]));
         }
         for (q, vocab) in self.spec.sequence.iter().zip(&self.sequence_vocabularies) {
@@ -1123,9 +1319,9 @@ impl FeatureProcessor {
             // A shared vocabulary counts once, under the field that owns it.
             total_features: self.spec.numeric.len()
                 + (self.spec.categorical.iter())
-                    .zip(&self.vocabularies)
+                    .zip(self.vocab_sizes())
                     .filter(|(name, _)| !self.spec.share_embedding.contains_key(*name))
-                    .map(|(_, v)| v.vocab_size())
+                    .map(|(_, size)| size)
                     .sum::<usize>()
                 + self
                     .spec
@@ -1149,6 +1345,8 @@ impl FeatureProcessor {
     pub fn vocab_json(&self) -> String {
         let fields: Vec<(&str, Ordered<'_, i64>)> = (self.spec.categorical.iter())
             .zip(&self.vocabularies)
+            // A bucketed field has no tokens.
+            .filter(|(name, _)| !self.spec.bucketize.contains_key(*name))
             .chain((self.spec.sequence.iter().map(|q| &q.name)).zip(&self.sequence_vocabularies))
             .map(|(name, vocab)| {
                 let tokens = std::iter::once((PAD_TOKEN, 0i64))
@@ -1234,6 +1432,7 @@ mod tests {
             fill_na: BTreeMap::new(),
             sequence: Vec::new(),
             group_id: None,
+            bucketize: BTreeMap::new(),
         }
     }
 
@@ -1624,6 +1823,187 @@ mod tests {
         assert_eq!(
             EncodedBatch::from_record_batch(&rb, &p.spec).expect("back"),
             e
+        );
+    }
+
+    /// A spec whose only field is `Q`, a number put in quantile buckets, or `H`, a token
+    /// hashed into buckets.
+    fn bucket_spec(field: &str, b: Bucketize) -> FeatureSpec {
+        let mut s = spec();
+        s.numeric.clear();
+        s.categorical = vec![field.into()];
+        s.bucketize.insert(field.into(), b);
+        s
+    }
+
+    fn q_batch(q: Vec<Option<f64>>) -> RecordBatch {
+        let clicks = vec![0; q.len()];
+        RecordBatch::try_from_iter(vec![
+            ("Q", Arc::new(Float64Array::from(q)) as ArrayRef),
+            ("click", Arc::new(I32::from(clicks)) as ArrayRef),
+        ])
+        .expect("batch")
+    }
+
+    #[test]
+    fn quantile_buckets_follow_scikit_learn_s_quantiles_and_numpy_s_digitize() {
+        // Expected from scikit-learn 1.x and NumPy with these values:
+        //   QuantileTransformer(n_quantiles=5).fit(x).quantiles_[1:-1] == [2.0, 4.5, 7.25]
+        //   np.digitize([0, 2, 2.5, 3, 4, 10, 11], that) == [0, 1, 1, 1, 1, 3, 3]
+        let values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 2.0, 2.0];
+        let mut s = bucket_spec("Q", Bucketize::QuantileBucket { num_buckets: 4 });
+        s.fill_na.insert("Q".into(), 4.0);
+        let mut fitter = FeatureFitter::new(s).expect("spec");
+        // A missing value is fitted as its fill_na; the row left out is not fitted at all.
+        let mut fit_on: Vec<Option<f64>> = values.iter().map(|v| Some(*v)).collect();
+        fit_on.push(Some(1000.0));
+        let mut keep = vec![true; values.len()];
+        keep.push(false);
+        fitter.observe(&q_batch(fit_on), &keep).expect("observe");
+        let p = fitter.finish("q").expect("fit");
+        assert_eq!(p.boundaries["Q"], [2.0, 4.5, 7.25]);
+        assert_eq!(p.vocab_sizes(), [4]);
+        let e = p
+            .encode(
+                &q_batch(vec![
+                    Some(0.0),
+                    Some(2.0),
+                    Some(2.5),
+                    Some(3.0),
+                    Some(4.0),
+                    Some(10.0),
+                    Some(11.0),
+                    None,
+                    Some(f64::NAN),
+                ]),
+                false,
+            )
+            .expect("encode");
+        assert_eq!(e.categorical, [0, 1, 1, 1, 1, 3, 3, 1, 1]);
+        // Fewer distinct quantiles than buckets: ties stay ties, as scikit-learn's
+        // `QuantileTransformer(n_quantiles=4)` on [5, 5, 5, 5, 1] gives [1, 5, 5, 5].
+        assert_eq!(
+            quantile_boundaries(vec![5.0, 5.0, 5.0, 5.0, 1.0], 3),
+            [5.0, 5.0]
+        );
+        // Fewer values than quantiles: as many quantiles as values.
+        assert_eq!(quantile_boundaries(vec![3.0, 1.0, 2.0], 10), [2.0]);
+        assert!(quantile_boundaries(Vec::new(), 10).is_empty());
+    }
+
+    #[test]
+    fn hashed_buckets_are_fnv_1a_of_the_token_modulo_their_count() {
+        // The published 64-bit FNV-1a test vectors.
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a("foobar"), 0x8594_4171_f739_67e8);
+        let s = bucket_spec("C1", Bucketize::HashBucket { num_buckets: 7 });
+        let b = batch(
+            vec![None, None, None],
+            vec![Some("a"), None, Some("foobar")],
+            vec![0, 1, 0],
+        );
+        let mut fitter = FeatureFitter::new(s).expect("spec");
+        fitter.observe(&b, &[true; 3]).expect("observe");
+        let p = fitter.finish("h").expect("fit");
+        let e = p.encode(&b, true).expect("encode");
+        let want: Vec<i32> = [fnv1a("a"), fnv1a(""), fnv1a("foobar")]
+            .iter()
+            .map(|h| (h % 7) as i32)
+            .collect();
+        assert_eq!(e.categorical, want);
+        assert_eq!(p.vocab_sizes(), [7]);
+    }
+
+    #[test]
+    fn bucketed_fields_are_written_and_read_back_as_fuxictr_records_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = spec();
+        s.min_categr_count = 1;
+        s.categorical.push("Q".into());
+        s.bucketize
+            .insert("Q".into(), Bucketize::QuantileBucket { num_buckets: 3 });
+        let b = RecordBatch::try_from_iter(vec![
+            (
+                "I1",
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])) as ArrayRef,
+            ),
+            (
+                "C1",
+                Arc::new(StringArray::from(vec!["x", "y", "x"])) as ArrayRef,
+            ),
+            (
+                "Q",
+                Arc::new(Float64Array::from(vec![10.0, 20.0, 30.0])) as ArrayRef,
+            ),
+            ("click", Arc::new(I32::from(vec![0, 1, 1])) as ArrayRef),
+        ])
+        .expect("batch");
+        let mut fitter = FeatureFitter::new(s).expect("spec");
+        fitter.observe(&b, &[true; 3]).expect("observe");
+        let p = fitter.finish("toy").expect("fit");
+        // Three values: three quantiles (10, 20, 30), one inner boundary.
+        assert_eq!(p.boundaries["Q"], [20.0]);
+        assert_eq!(
+            p.encode(&b, true).expect("encode").categorical,
+            [1, 0, 2, 1, 1, 1]
+        );
+        p.save(dir.path()).expect("save");
+        let back = FeatureProcessor::load(dir.path()).expect("load");
+        assert_eq!(
+            back.encode(&b, true).expect("encode"),
+            p.encode(&b, true).expect("encode")
+        );
+        // FuxiCTR's bucket branch: the processor and the count of buckets, no padding.
+        let map = std::fs::read_to_string(dir.path().join(FEATURE_MAP_FILE)).expect("map");
+        assert!(
+            map.contains("\"Q\": {\n                \"source\": \"\",\n                \"type\": \"categorical\",\n                \"category_processor\": \"quantile_bucket\",\n                \"vocab_size\": 3\n            }"),
+            "{map}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&map).expect("json");
+        assert_eq!(json["total_features"], 1 + 4 + 3);
+        let vocab: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(VOCAB_FILE)).expect("vocab"))
+                .expect("json");
+        assert!(
+            vocab.get("Q").is_none(),
+            "a bucketed field has no tokens: {vocab}"
+        );
+        assert_eq!(vocab["C1"]["x"], 1);
+        // A saved processor whose boundaries were lost is refused, not encoded with none.
+        let path = dir.path().join(PROCESSOR_FILE);
+        let mut saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        saved.as_object_mut().expect("object").remove("boundaries");
+        std::fs::write(&path, saved.to_string()).expect("write");
+        assert!(FeatureProcessor::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn bucketed_fields_are_checked_before_anything_is_fitted() {
+        let quantile = Bucketize::QuantileBucket { num_buckets: 4 };
+        let mut s = bucket_spec("Q", quantile);
+        s.bucketize.insert("nope".into(), quantile);
+        assert!(s.validate().is_err_and(|e| e.to_string().contains("nope")));
+        for n in [0, MAX_BUCKETS + 1] {
+            let s = bucket_spec("Q", Bucketize::HashBucket { num_buckets: n });
+            assert!(
+                s.validate()
+                    .is_err_and(|e| e.to_string().contains("num_buckets"))
+            );
+        }
+        let mut s = bucket_spec("Q", quantile);
+        s.categorical.push("R".into());
+        s.share_embedding.insert("R".into(), "Q".into());
+        assert!(
+            s.validate()
+                .is_err_and(|e| e.to_string().contains("cannot share"))
+        );
+        let mut s = bucket_spec("H", Bucketize::HashBucket { num_buckets: 4 });
+        s.fill_na.insert("H".into(), 1.0);
+        assert!(
+            s.validate()
+                .is_err_and(|e| e.to_string().contains("fill_na"))
         );
     }
 

@@ -20,7 +20,7 @@ use serde_json::{Map, Value as Json};
 use serde_yaml::Value;
 
 use crate::error::{CtrError, Result};
-use crate::features::{FeatureSpec, Normalizer, Padding, Pooling, SequenceSpec};
+use crate::features::{Bucketize, FeatureSpec, Normalizer, Padding, Pooling, SequenceSpec};
 use crate::model::{ModelConfig, ModelKind, Penalty};
 
 /// One experiment of a FuxiCTR configuration, in Ferry's terms.
@@ -462,6 +462,7 @@ const DATASET_USED: &[&str] = &[
     "valid_data",
     "test_data",
     "min_categr_count",
+    "num_buckets",
     "feature_cols",
     "label_col",
 ];
@@ -491,6 +492,11 @@ fn feature_spec(
             .filter(|n| *n >= 1)
             .ok_or_else(|| bad(dataset_id, "min_categr_count", v, "must be a count >= 1"))?,
     };
+    // FuxiCTR's `fit(..., num_buckets=10)`, from the dataset's keys.
+    let num_buckets = match d.get("num_buckets") {
+        None => 10,
+        Some(v) => bucket_count(dataset_id, v)?,
+    };
     let Some(cols) = d.get("feature_cols") else {
         return Err(unsupported(
             dataset_id,
@@ -514,6 +520,7 @@ fn feature_spec(
         fill_na: Default::default(),
         sequence: Vec::new(),
         group_id: None,
+        bucketize: Default::default(),
     };
     let mut unpooled = Vec::new();
     for col in cols {
@@ -547,6 +554,40 @@ fn feature_spec(
             }
         };
         check_feature_keys(&owner, &kind, &col, embedding_dim, csv)?;
+        let bucketize = match (kind.as_str(), col.get("category_processor")) {
+            ("categorical", Some(Value::String(p))) => {
+                let num_buckets = match col.get("num_buckets") {
+                    None => num_buckets,
+                    Some(v) => bucket_count(&owner, v)?,
+                };
+                Some(if p == "quantile_bucket" {
+                    Bucketize::QuantileBucket { num_buckets }
+                } else {
+                    Bucketize::HashBucket { num_buckets }
+                })
+            }
+            _ => None,
+        };
+        if let Some(b) = bucketize {
+            // FuxiCTR's bucket branch reads neither; Ferry says so rather than drop them.
+            for key in ["min_categr_count", "share_embedding"] {
+                if let Some(v) = col.get(key) {
+                    return Err(unsupported(
+                        &owner,
+                        key,
+                        v,
+                        "a bucketed field has buckets, not a vocabulary",
+                    ));
+                }
+            }
+            let fill = col.get("fill_na").and_then(Value::as_f64);
+            for name in &names {
+                spec.bucketize.insert(name.clone(), b);
+                if let (Some(f), Bucketize::QuantileBucket { .. }) = (fill, b) {
+                    spec.fill_na.insert(name.clone(), f);
+                }
+            }
+        }
         // A field's own min_categr_count (FuxiCTR reads it per feature, the dataset's by default).
         if let Some(own) = col.get("min_categr_count").and_then(Value::as_u64)
             && own != min_count
@@ -667,7 +708,13 @@ fn check_feature_keys(
     for (key, v) in col {
         match key.as_str() {
             // FuxiCTR would parse the field as a number and make a token of the number.
-            "dtype" if csv && kind == "categorical" && v.as_str() != Some("str") => {
+            "dtype"
+                if csv
+                    && kind == "categorical"
+                    && v.as_str() != Some("str")
+                    && col.get("category_processor").and_then(Value::as_str)
+                        != Some("quantile_bucket") =>
+            {
                 return Err(unsupported(
                     owner,
                     key,
@@ -678,6 +725,19 @@ fn check_feature_keys(
             "name" | "active" | "type" | "dtype" | "source" => {}
             "splitter" | "max_len" | "padding" | "feature_encoder" | "share_embedding"
                 if kind == "sequence" => {}
+            "category_processor" if kind == "categorical" => {
+                if !matches!(v.as_str(), Some("quantile_bucket" | "hash_bucket")) {
+                    return Err(unsupported(
+                        owner,
+                        key,
+                        v,
+                        "quantile_bucket and hash_bucket are followed",
+                    ));
+                }
+            }
+            "num_buckets" if kind == "categorical" => {
+                bucket_count(owner, v)?;
+            }
             "share_embedding" if kind == "categorical" => {
                 if v.as_str().is_none_or(str::is_empty) {
                     return Err(bad(owner, key, v, "must name a categorical feature"));
@@ -705,6 +765,14 @@ fn check_feature_keys(
                     return Err(bad(owner, key, v, "must be a number"));
                 }
             }
+            "fill_na"
+                if col.get("category_processor").and_then(Value::as_str)
+                    == Some("quantile_bucket") =>
+            {
+                if !v.as_f64().is_some_and(f64::is_finite) {
+                    return Err(bad(owner, key, v, "must be a number"));
+                }
+            }
             "fill_na" => {
                 if v.as_str() != Some("") {
                     return Err(unsupported(
@@ -728,6 +796,24 @@ fn check_feature_keys(
         }
     }
     Ok(())
+}
+
+/// A `num_buckets`: 1 to `MAX_BUCKETS`.
+fn bucket_count(owner: &str, v: &Value) -> Result<usize> {
+    v.as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (1..=crate::features::MAX_BUCKETS).contains(n))
+        .ok_or_else(|| {
+            bad(
+                owner,
+                "num_buckets",
+                v,
+                &format!(
+                    "must be a count of buckets from 1 to {}",
+                    crate::features::MAX_BUCKETS
+                ),
+            )
+        })
 }
 
 /// A sequence feature's `splitter` (`^` by default), `max_len` (0: the longest in the training
@@ -1277,6 +1363,62 @@ mod tests {
             e.features.min_categr_counts,
             BTreeMap::from([("C1".into(), 5), ("C2".into(), 5), ("s".into(), 1)])
         );
+    }
+
+    #[test]
+    fn category_processors_put_fields_in_buckets_with_the_dataset_s_count_by_default() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            d.path().join("dataset_config.yaml"),
+            "d:\n  data_format: csv\n  train_data: t.csv\n  num_buckets: 6\n  feature_cols:\n    - {name: [I1, I2], active: True, dtype: float, type: categorical, category_processor: quantile_bucket, fill_na: -1}\n    - {name: I3, active: True, dtype: float, type: categorical, category_processor: quantile_bucket, num_buckets: 20}\n    - {name: C1, active: True, dtype: str, type: categorical, category_processor: hash_bucket, num_buckets: 1000}\n    - {name: C2, active: True, dtype: str, type: categorical}\n  label_col: {name: clk, dtype: float}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            d.path().join("model_config.yaml"),
+            "x:\n  model: DNN\n  dataset_id: d\n",
+        )
+        .expect("write");
+        let e = load(d.path(), "x", Path::new("/work")).expect("load");
+        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+        assert_eq!(
+            e.features.bucketize,
+            BTreeMap::from([
+                ("I1".into(), Bucketize::QuantileBucket { num_buckets: 6 }),
+                ("I2".into(), Bucketize::QuantileBucket { num_buckets: 6 }),
+                ("I3".into(), Bucketize::QuantileBucket { num_buckets: 20 }),
+                ("C1".into(), Bucketize::HashBucket { num_buckets: 1000 }),
+            ])
+        );
+        assert_eq!(e.features.categorical, ["I1", "I2", "I3", "C1", "C2"]);
+        assert_eq!(
+            e.features.fill_na,
+            BTreeMap::from([("I1".into(), -1.0), ("I2".into(), -1.0)])
+        );
+        // What a bucketed field cannot have is named.
+        for (col, named) in [
+            ("category_processor: numeric_bucket", "category_processor"),
+            (
+                "category_processor: quantile_bucket, num_buckets: 0",
+                "num_buckets",
+            ),
+            (
+                "category_processor: quantile_bucket, min_categr_count: 2",
+                "min_categr_count",
+            ),
+            (
+                "category_processor: quantile_bucket, share_embedding: C2",
+                "share_embedding",
+            ),
+            ("category_processor: quantile_bucket, fill_na: x", "fill_na"),
+        ] {
+            std::fs::write(
+                d.path().join("dataset_config.yaml"),
+                format!("d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {{name: I1, active: True, dtype: float, type: categorical, {col}}}\n    - {{name: C2, active: True, dtype: str, type: categorical}}\n  label_col: {{name: clk, dtype: float}}\n"),
+            )
+            .expect("write");
+            let said = err(d.path(), "x");
+            assert!(said.contains(named), "{col}: {said}");
+        }
     }
 
     #[test]
