@@ -77,7 +77,7 @@ fn write_fuxictr_config(dir: &Path, model: &str) -> anyhow::Result<PathBuf> {
         .any(|m| m.eq_ignore_ascii_case(model));
     let din = model.eq_ignore_ascii_case("DIN");
     let mut dataset = format!(
-        "campaign_e2e:\n  data_format: parquet\n  # Not read by the pipeline: its export of sample_sql is the data.\n  train_data: ../data/campaign/train.parquet\n  feature_cols:\n    - {{name: [sample_id, user_id], active: True, dtype: str, type: meta}}\n    - {{name: [{}], active: True, dtype: float, type: numeric}}\n    - {{name: [{}], active: True, dtype: str, type: categorical}}\n",
+        "campaign_e2e:\n  data_format: parquet\n  # Not read by the pipeline: its export of sample_sql is the data.\n  train_data: ../data/campaign/train.parquet\n  feature_cols:\n    - {{name: [sample_id, user_id], active: True, dtype: str, type: meta}}\n    - {{name: [{}], active: True, dtype: float, type: numeric, normalizer: MinMaxScaler}}\n    - {{name: [{}], active: True, dtype: str, type: categorical}}\n",
         list("I", 13),
         list("C", 26)
     );
