@@ -1194,7 +1194,36 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
     let config: ModelConfig = serde_json::from_value(Json::Object(out))
         .map_err(|e| CtrError::Config(format!("{expid}: {e}")))?;
     config.validate()?;
+    // FuxiCTR would leave any other sequence it names unpooled, as DIN's attention output
+    // takes only the attended ones' place.
+    if kind == ModelKind::DIN
+        && let Some(v) = m.get("feature_specs")
+    {
+        for name in unpooled_names(v) {
+            if !config.din_sequence_field.contains(&name) {
+                return Err(unsupported(
+                    expid,
+                    "feature_specs",
+                    v,
+                    &format!(
+                        "{name} is not a din_sequence_field: only a sequence DIN attends over may go unpooled"
+                    ),
+                ));
+            }
+        }
+    }
     Ok(config)
+}
+
+/// The names `feature_specs` turns the encoder off for.
+fn unpooled_names(v: &Value) -> Vec<String> {
+    let Value::Sequence(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|i| i.as_mapping()?.get("name")?.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// DIN's `din_target_field` / `din_sequence_field`: a field name or a list of them (a tuple of
@@ -1269,6 +1298,14 @@ fn json_err(e: serde_json::Error) -> CtrError {
 mod tests {
     use super::*;
 
+    /// A configuration folder holding these `dataset_config.yaml` and `model_config.yaml`.
+    fn config_dir(datasets: &str, models: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(d.path().join("dataset_config.yaml"), datasets).expect("write");
+        std::fs::write(d.path().join("model_config.yaml"), models).expect("write");
+        d
+    }
+
     /// FuxiCTR's own demo configurations, vendored (see `tests/fixtures/fuxictr/NOTICE.md`).
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1342,17 +1379,10 @@ mod tests {
 
     #[test]
     fn a_feature_s_own_min_categr_count_and_shared_embedding_are_kept_by_name() {
-        let d = tempfile::tempdir().expect("tmp");
-        std::fs::write(
-            d.path().join("dataset_config.yaml"),
+        let d = config_dir(
             "d:\n  data_format: csv\n  train_data: t.csv\n  min_categr_count: 2\n  feature_cols:\n    - {name: [C1, C2], active: True, dtype: str, type: categorical, min_categr_count: 5}\n    - {name: C3, active: True, dtype: str, type: categorical, min_categr_count: 2, share_embedding: C1}\n    - {name: s, active: True, dtype: str, type: sequence, min_categr_count: 1}\n  label_col: {name: clk, dtype: float}\n",
-        )
-        .expect("write");
-        std::fs::write(
-            d.path().join("model_config.yaml"),
             "x:\n  model: DNN\n  dataset_id: d\n",
-        )
-        .expect("write");
+        );
         let e = load(d.path(), "x", Path::new("/work")).expect("load");
         assert_eq!(
             e.features.share_embedding,
@@ -1367,17 +1397,10 @@ mod tests {
 
     #[test]
     fn category_processors_put_fields_in_buckets_with_the_dataset_s_count_by_default() {
-        let d = tempfile::tempdir().expect("tmp");
-        std::fs::write(
-            d.path().join("dataset_config.yaml"),
+        let d = config_dir(
             "d:\n  data_format: csv\n  train_data: t.csv\n  num_buckets: 6\n  feature_cols:\n    - {name: [I1, I2], active: True, dtype: float, type: categorical, category_processor: quantile_bucket, fill_na: -1}\n    - {name: I3, active: True, dtype: float, type: categorical, category_processor: quantile_bucket, num_buckets: 20}\n    - {name: C1, active: True, dtype: str, type: categorical, category_processor: hash_bucket, num_buckets: 1000}\n    - {name: C2, active: True, dtype: str, type: categorical}\n  label_col: {name: clk, dtype: float}\n",
-        )
-        .expect("write");
-        std::fs::write(
-            d.path().join("model_config.yaml"),
             "x:\n  model: DNN\n  dataset_id: d\n",
-        )
-        .expect("write");
+        );
         let e = load(d.path(), "x", Path::new("/work")).expect("load");
         assert!(e.warnings.is_empty(), "{:?}", e.warnings);
         assert_eq!(
@@ -1430,7 +1453,9 @@ mod tests {
         let models = "Base: {embedding_dim: 4}\n\
             D: {model: DeepFM, dataset_id: synth_seq}\n\
             N: {model: DIN, dataset_id: synth_seq, din_target_field: C14, din_sequence_field: C14}\n\
-            A: {model: DIN, dataset_id: synth_seq, din_target_field: C14, din_sequence_field: click_history}\n";
+            A: {model: DIN, dataset_id: synth_seq, din_target_field: C14, din_sequence_field: click_history}\n\
+            S: {model: DIN, dataset_id: synth_seq, din_target_field: C14, din_sequence_field: click_history, feature_specs: [{name: click_history, feature_encoder: null}]}\n\
+            T: {model: DIN, dataset_id: synth_seq, din_target_field: C14, din_sequence_field: click_history, feature_specs: [{name: C14, feature_encoder: null}]}\n";
         std::fs::write(dir.path().join("model_config.yaml"), models).expect("write");
         for expid in ["D", "N"] {
             let said = err(dir.path(), expid);
@@ -1440,6 +1465,13 @@ mod tests {
             );
         }
         assert!(load(dir.path(), "A", Path::new("/bench")).is_ok());
+        // `feature_specs` may turn off the encoder of the attended sequence, no other.
+        assert!(load(dir.path(), "S", Path::new("/bench")).is_ok());
+        let said = err(dir.path(), "T");
+        assert!(
+            said.contains("feature_specs") && said.contains("C14 is not a din_sequence_field"),
+            "{said}"
+        );
     }
 
     #[test]
@@ -1635,17 +1667,10 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
 
     #[test]
     fn numeric_normalizers_fill_values_and_regularizers_are_read_as_fuxictr_reads_them() {
-        let d = tempfile::tempdir().expect("tmp");
-        std::fs::write(
-            d.path().join("dataset_config.yaml"),
+        let d = config_dir(
             "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: [I1, I2], active: True, dtype: float, type: numeric}\n    - {name: I3, active: True, dtype: float, type: numeric, normalizer: StandardScaler, fill_na: -1}\n    - {name: I4, active: True, dtype: float, type: numeric, normalizer: MinMaxScaler}\n  label_col: {name: clk, dtype: float}\n",
-        )
-        .expect("write");
-        std::fs::write(
-            d.path().join("model_config.yaml"),
             "Base: {dataset_id: d, model: DNN}\nA: {embedding_regularizer: 'l2(1.e-6)', net_regularizer: 'l1_l2(1.e-5, 2.e-5)'}\nB: {embedding_regularizer: 0.001, net_regularizer: 0}\nC: {net_regularizer: 'l3(1)'}\n",
-        )
-        .expect("write");
+        );
         let a = load(d.path(), "A", d.path()).expect("A");
         let f = &a.features;
         assert_eq!(f.normalizer["I1"], Normalizer::None);
@@ -1680,17 +1705,10 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
 
     #[test]
     fn the_monitor_weighs_metrics_and_its_mode_picks_the_direction() {
-        let d = tempfile::tempdir().expect("tmp");
-        std::fs::write(
-            d.path().join("dataset_config.yaml"),
+        let d = config_dir(
             "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols: [{name: C1, active: True, dtype: str, type: categorical}]\n  label_col: {name: clk, dtype: float}\n",
-        )
-        .expect("write");
-        std::fs::write(
-            d.path().join("model_config.yaml"),
             "Base: {dataset_id: d, model: DNN}\nA: {monitor: {AUC: 1, logloss: -1}, monitor_mode: max}\nL: {monitor: logloss, monitor_mode: min}\nD: {}\nM: {monitor_mode: sideways}\n",
-        )
-        .expect("write");
+        );
         let a = load(d.path(), "A", d.path()).expect("A").model;
         assert_eq!(a.monitored(&[0.8], &[0.3]), 0.8 - 0.3);
         assert!(a.improves(0.6, 0.5));
@@ -1707,17 +1725,10 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
 
     #[test]
     fn sequence_features_are_read_with_fuxictr_s_defaults() {
-        let d = tempfile::tempdir().expect("tmp");
-        std::fs::write(
-            d.path().join("dataset_config.yaml"),
+        let d = config_dir(
             "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: item, active: True, dtype: str, type: categorical}\n    - {name: [clicks, views], active: True, dtype: str, type: sequence, splitter: '|', max_len: 5, padding: pre, feature_encoder: 'layers.MaskedSumPooling()'}\n    - {name: tags, active: True, dtype: str, type: sequence}\n  label_col: {name: clk, dtype: float}\n",
-        )
-        .expect("write");
-        std::fs::write(
-            d.path().join("model_config.yaml"),
             "E: {dataset_id: d, model: DeepFM}\n",
-        )
-        .expect("write");
+        );
         let f = load(d.path(), "E", d.path()).expect("E").features;
         assert_eq!(f.categorical, ["item"]);
         let names: Vec<&str> = f.sequence.iter().map(|q| q.name.as_str()).collect();
@@ -1856,17 +1867,12 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
                 "fill_na",
             ),
         ] {
-            let d = tempfile::tempdir().expect("tmp");
-            std::fs::write(
-                d.path().join("dataset_config.yaml"),
-                format!("d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols: [{col}]\n  label_col: {{name: clk, dtype: float}}\n"),
-            )
-            .expect("write");
-            std::fs::write(
-                d.path().join("model_config.yaml"),
+            let d = config_dir(
+                &format!(
+                    "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols: [{col}]\n  label_col: {{name: clk, dtype: float}}\n"
+                ),
                 "E:\n  model: DeepFM\n  dataset_id: d\n  embedding_dim: 4\n",
-            )
-            .expect("write");
+            );
             let said = err(d.path(), "E");
             assert!(said.contains(named), "{col}: {said}");
         }
