@@ -58,6 +58,10 @@ pub struct FeatureSpec {
     /// `category_processor`), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bucketize: BTreeMap<String, Bucketize>,
+    /// A feature's own `embedding_dim` as its FuxiCTR configuration gives it (the model's, or
+    /// null: the only ones followed), by name; `feature_map.json` records it as FuxiCTR does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub embedding_dims: BTreeMap<String, Option<usize>>,
 }
 
 /// How a categorical field without a vocabulary finds its embedding row (FuxiCTR's
@@ -189,6 +193,7 @@ impl FeatureSpec {
             sequence: Vec::new(),
             group_id: None,
             bucketize: BTreeMap::new(),
+            embedding_dims: BTreeMap::new(),
         }
     }
 
@@ -268,6 +273,15 @@ impl FeatureSpec {
                     "fill_na: {name} is not a numeric feature or a quantile-bucketed one"
                 )));
             }
+        }
+        if let Some(name) = self.embedding_dims.keys().find(|n| {
+            !self.numeric.contains(n)
+                && !self.categorical.contains(n)
+                && !self.sequence.iter().any(|q| &q.name == *n)
+        }) {
+            return Err(CtrError::Config(format!(
+                "embedding_dim: {name} is not a feature"
+            )));
         }
         for (name, b) in &self.bucketize {
             let n = b.num_buckets();
@@ -1069,6 +1083,9 @@ struct FeatureEntry {
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     feature_encoder: Option<&'static str>,
+    /// Given: the feature's own `embedding_dim` (a number or null).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding_dim: Option<Option<usize>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     share_embedding: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1279,6 +1296,7 @@ impl FeatureProcessor {
                 source: "",
                 kind,
                 feature_encoder: pooling.map(Pooling::encoder),
+                embedding_dim: None,
                 share_embedding: None,
                 category_processor: None,
                 padding_idx: vocab_size.map(|_| 0),
@@ -1286,14 +1304,15 @@ impl FeatureProcessor {
                 vocab_size,
             };
         let mut features: Vec<BTreeMap<&str, FeatureEntry>> = Vec::new();
+        let own_dim = |name: &String| self.spec.embedding_dims.get(name).copied();
         for name in &self.spec.numeric {
-            features.push(BTreeMap::from([(
-                name.as_str(),
-                entry("numeric", None, None, None),
-            )]));
+            let mut e = entry("numeric", None, None, None);
+            e.embedding_dim = own_dim(name);
+            features.push(BTreeMap::from([(name.as_str(), e)]));
         }
         for (name, vocab) in self.spec.categorical.iter().zip(&self.vocabularies) {
             let mut e = entry("categorical", None, None, Some(vocab.vocab_size()));
+            e.embedding_dim = own_dim(name);
             e.share_embedding = self.spec.share_embedding.get(name).cloned();
             if let Some(b) = self.spec.bucketize.get(name) {
                 // FuxiCTR's bucket branch sets these two only.
@@ -1310,6 +1329,7 @@ impl FeatureProcessor {
                 Some(q.max_len),
                 Some(vocab.vocab_size()),
             );
+            e.embedding_dim = own_dim(&q.name);
             e.share_embedding = q.share_embedding.clone();
             features.push(BTreeMap::from([(q.name.as_str(), e)]));
         }
@@ -1433,6 +1453,7 @@ mod tests {
             sequence: Vec::new(),
             group_id: None,
             bucketize: BTreeMap::new(),
+            embedding_dims: BTreeMap::new(),
         }
     }
 

@@ -521,6 +521,7 @@ fn feature_spec(
         sequence: Vec::new(),
         group_id: None,
         bucketize: Default::default(),
+        embedding_dims: Default::default(),
     };
     let mut unpooled = Vec::new();
     for col in cols {
@@ -568,6 +569,13 @@ fn feature_spec(
             }
             _ => None,
         };
+        if let Some(v) = col.get("embedding_dim") {
+            // Checked above: the model's, or null.
+            let own = v.as_u64().and_then(|d| usize::try_from(d).ok());
+            for name in &names {
+                spec.embedding_dims.insert(name.clone(), own);
+            }
+        }
         if let Some(b) = bucketize {
             // FuxiCTR's bucket branch reads neither; Ferry says so rather than drop them.
             for key in ["min_categr_count", "share_embedding"] {

@@ -707,6 +707,28 @@ fn bucketed_numbers_and_hashed_tokens_are_learnt() {
     assert_eq!(saved.boundaries, processor.boundaries);
 }
 
+/// `feature_map.json` and `feature_vocab.json` byte for byte as FuxiCTR 2.3.10 wrote them for the
+/// same rows and configuration (`tests/fixtures/fuxictr/written/`, made by its `make.py`).
+#[test]
+fn feature_files_are_byte_for_byte_what_fuxictr_wrote_for_the_same_rows() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuxictr/written");
+    let e = ferry_ctr::fuxictr::load(&fixture.join("config"), "DNN_t", &fixture).expect("load");
+    assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = tmp.path().join(&e.dataset_id);
+    let opts = PrepareOptions {
+        valid_dir: e.data.valid.clone(),
+        test_dir: e.data.test.clone(),
+        ..PrepareOptions::default()
+    };
+    prepare_dataset(&e.data.train, &data_dir, &e.dataset_id, &e.features, &opts).expect("prepare");
+    for file in ["feature_map.json", "feature_vocab.json"] {
+        let ours = std::fs::read_to_string(data_dir.join(file)).expect("ours");
+        let theirs = std::fs::read_to_string(fixture.join("expected").join(file)).expect("theirs");
+        assert_eq!(ours, theirs, "{file}");
+    }
+}
+
 /// `path` relative to `base` (both absolute, `base` not under `path`).
 fn pathdiff(path: &Path, base: &Path) -> String {
     let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
@@ -941,6 +963,7 @@ fn a_sequence_feature_is_learnt_end_to_end() {
         sequence: Vec::new(),
         group_id: None,
         bucketize: Default::default(),
+        embedding_dims: Default::default(),
     };
     spec.sequence.push(ferry_ctr::features::SequenceSpec {
         name: "hist".into(),
