@@ -62,6 +62,12 @@ pub struct FeatureSpec {
     /// null: the only ones followed), by name; `feature_map.json` records it as FuxiCTR does.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub embedding_dims: BTreeMap<String, Option<usize>>,
+    /// A categorical or sequence field's missing-value token (FuxiCTR's `fill_na`), by name,
+    /// where it is not the empty token: a missing value becomes it, and it never enters the
+    /// vocabulary (a categorical value equal to it encodes as `__OOV__`, a sequence token as
+    /// padding), as FuxiCTR's tokenizer treats its `na_value`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub na_token: BTreeMap<String, String>,
 }
 
 /// How a categorical field without a vocabulary finds its embedding row (FuxiCTR's
@@ -194,6 +200,7 @@ impl FeatureSpec {
             group_id: None,
             bucketize: BTreeMap::new(),
             embedding_dims: BTreeMap::new(),
+            na_token: BTreeMap::new(),
         }
     }
 
@@ -226,6 +233,11 @@ impl FeatureSpec {
 
     fn fill_of(&self, field: &str) -> f64 {
         self.fill_na.get(field).copied().unwrap_or(0.0)
+    }
+
+    /// A categorical or sequence field's missing-value token: the empty one by default.
+    fn na_of(&self, field: &str) -> &str {
+        self.na_token.get(field).map_or("", String::as_str)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -273,6 +285,18 @@ impl FeatureSpec {
                     "fill_na: {name} is not a numeric feature or a quantile-bucketed one"
                 )));
             }
+        }
+        if let Some(name) = self.na_token.keys().find(|n| {
+            let quantile = matches!(
+                self.bucketize.get(*n),
+                Some(Bucketize::QuantileBucket { .. })
+            );
+            quantile
+                || (!self.categorical.contains(n) && !self.sequence.iter().any(|q| &q.name == *n))
+        }) {
+            return Err(CtrError::Config(format!(
+                "fill_na: {name} is not a categorical or sequence feature of tokens"
+            )));
         }
         if let Some(name) = self.embedding_dims.keys().find(|n| {
             !self.numeric.contains(n)
@@ -894,8 +918,10 @@ impl FeatureFitter {
             let col = categorical_values(batch, name)?;
             let strings = col.as_string::<i32>();
             let counts = &mut self.counts[j];
+            // A missing value is the missing-value token, which no vocabulary holds.
+            let na = self.spec.na_of(name);
             for (i, k) in keep.iter().enumerate() {
-                if *k && !strings.is_null(i) {
+                if *k && !strings.is_null(i) && strings.value(i) != na {
                     let token = strings.value(i);
                     match counts.get_mut(token) {
                         Some(c) => *c += 1,
@@ -910,20 +936,21 @@ impl FeatureFitter {
             let col = categorical_values(batch, &q.name)?;
             let strings = col.as_string::<i32>();
             let counts = &mut self.sequence_counts[j];
+            let na = self.spec.na_of(&q.name);
             for (i, k) in keep.iter().enumerate() {
                 if !*k {
                     continue;
                 }
-                // A missing sequence is the empty text: one empty (padding) token.
+                // A missing sequence is the missing-value text: one padding token.
                 let text = if strings.is_null(i) {
-                    ""
+                    na
                 } else {
                     strings.value(i)
                 };
                 let mut len = 0;
                 for token in text.split(q.splitter.as_str()) {
                     len += 1;
-                    if token.is_empty() {
+                    if token == na {
                         continue;
                     }
                     match counts.get_mut(token) {
@@ -1143,20 +1170,18 @@ impl FeatureProcessor {
             let col = categorical_values(batch, &q.name)?;
             let strings = col.as_string::<i32>();
             let mut ids = Vec::with_capacity(q.max_len);
+            let na = self.spec.na_of(&q.name);
             for r in 0..rows {
                 let text = if strings.is_null(r) {
-                    ""
+                    na
                 } else {
                     strings.value(r)
                 };
                 ids.clear();
-                ids.extend(text.split(q.splitter.as_str()).map(|t| {
-                    if t.is_empty() {
-                        0
-                    } else {
-                        vocab.lookup(Some(t))
-                    }
-                }));
+                ids.extend(
+                    text.split(q.splitter.as_str())
+                        .map(|t| if t == na { 0 } else { vocab.lookup(Some(t)) }),
+                );
                 // Keras' pad_sequences, as FuxiCTR calls it: pad and truncate on one side.
                 let kept = match q.padding {
                     Padding::Post => &ids[..ids.len().min(q.max_len)],
@@ -1196,9 +1221,10 @@ impl FeatureProcessor {
                 Some(Bucketize::HashBucket { num_buckets }) => {
                     let col = categorical_values(batch, name)?;
                     let strings = col.as_string::<i32>();
+                    let na = self.spec.na_of(name);
                     for r in 0..rows {
                         let token = if strings.is_null(r) {
-                            ""
+                            na
                         } else {
                             strings.value(r)
                         };
@@ -1211,9 +1237,16 @@ impl FeatureProcessor {
             let col = categorical_values(batch, name)?;
             let strings = col.as_string::<i32>();
             let vocab = &self.vocabularies[j];
+            // FuxiCTR fills a missing value with the missing-value token, then looks it up
+            // (only a vocabulary merged from another field can hold it).
+            let na = self.spec.na_of(name);
             for r in 0..rows {
-                let token = (!strings.is_null(r)).then(|| strings.value(r));
-                out.categorical[r * c + j] = vocab.lookup(token);
+                let token = if strings.is_null(r) {
+                    na
+                } else {
+                    strings.value(r)
+                };
+                out.categorical[r * c + j] = vocab.lookup(Some(token));
             }
         }
         if with_labels && let Some(g) = &self.spec.group_id {
@@ -1454,6 +1487,7 @@ mod tests {
             group_id: None,
             bucketize: BTreeMap::new(),
             embedding_dims: BTreeMap::new(),
+            na_token: BTreeMap::new(),
         }
     }
 
@@ -2025,6 +2059,74 @@ mod tests {
         assert!(
             s.validate()
                 .is_err_and(|e| e.to_string().contains("fill_na"))
+        );
+    }
+
+    #[test]
+    fn the_missing_value_token_never_enters_a_vocabulary() {
+        // FuxiCTR's tokenizer: a missing value becomes `fill_na` (the empty token by
+        // default), which no vocabulary holds; looked up, it is `__OOV__`.
+        let mut s = spec();
+        s.min_categr_count = 1;
+        let b = batch(
+            vec![None; 5],
+            vec![Some("a"), None, Some(""), Some("UNK"), Some("a")],
+            vec![0, 1, 0, 1, 0],
+        );
+        let fit = |s: FeatureSpec| {
+            let mut fitter = FeatureFitter::new(s).expect("spec");
+            fitter.observe(&b, &[true; 5]).expect("observe");
+            fitter.finish("na").expect("fit")
+        };
+        let p = fit(s.clone());
+        assert_eq!(p.vocabularies[0].tokens, ["a", "UNK"]);
+        assert_eq!(
+            p.encode(&b, true).expect("encode").categorical,
+            [1, 3, 3, 2, 1]
+        );
+        s.na_token.insert("C1".into(), "UNK".into());
+        let p = fit(s.clone());
+        // The empty token is an ordinary one now.
+        assert_eq!(p.vocabularies[0].tokens, ["a", ""]);
+        assert_eq!(
+            p.encode(&b, true).expect("encode").categorical,
+            [1, 3, 2, 3, 1]
+        );
+        // Only tokenised fields have one.
+        s.na_token.insert("I1".into(), "x".into());
+        assert!(s.validate().is_err_and(|e| e.to_string().contains("I1")));
+    }
+
+    #[test]
+    fn a_sequence_s_missing_value_token_is_padding() {
+        let mut s = spec();
+        s.min_categr_count = 1;
+        s.numeric.clear();
+        s.categorical.clear();
+        s.sequence.push(SequenceSpec {
+            name: "S".into(),
+            splitter: "^".into(),
+            max_len: 3,
+            padding: Padding::Post,
+            pooling: Pooling::Mean,
+            share_embedding: None,
+        });
+        s.na_token.insert("S".into(), "-".into());
+        let b = RecordBatch::try_from_iter(vec![
+            (
+                "S",
+                Arc::new(StringArray::from(vec![Some("a^-^b"), None, Some("a^^b")])) as ArrayRef,
+            ),
+            ("click", Arc::new(I32::from(vec![0, 1, 0])) as ArrayRef),
+        ])
+        .expect("batch");
+        let mut fitter = FeatureFitter::new(s).expect("spec");
+        fitter.observe(&b, &[true; 3]).expect("observe");
+        let p = fitter.finish("na").expect("fit");
+        assert_eq!(p.sequence_vocabularies[0].tokens, ["a", "b", ""]);
+        assert_eq!(
+            p.encode(&b, true).expect("encode").sequence,
+            [1, 0, 2, 0, 0, 0, 1, 3, 2]
         );
     }
 

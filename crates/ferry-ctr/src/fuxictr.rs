@@ -522,6 +522,7 @@ fn feature_spec(
         group_id: None,
         bucketize: Default::default(),
         embedding_dims: Default::default(),
+        na_token: Default::default(),
     };
     let mut unpooled = Vec::new();
     for col in cols {
@@ -569,6 +570,15 @@ fn feature_spec(
             }
             _ => None,
         };
+        // A tokenised field's missing-value token (a quantile-bucketed one's fill_na is a number).
+        if let (Some(Value::String(na)), "categorical" | "sequence") =
+            (col.get("fill_na"), kind.as_str())
+            && !na.is_empty()
+        {
+            for name in &names {
+                spec.na_token.insert(name.clone(), na.clone());
+            }
+        }
         if let Some(v) = col.get("embedding_dim") {
             // Checked above: the model's, or null.
             let own = v.as_u64().and_then(|d| usize::try_from(d).ok());
@@ -781,13 +791,13 @@ fn check_feature_keys(
                     return Err(bad(owner, key, v, "must be a number"));
                 }
             }
-            "fill_na" => {
-                if v.as_str() != Some("") {
-                    return Err(unsupported(
+            "fill_na" if kind == "categorical" || kind == "sequence" => {
+                if v.as_str().is_none() {
+                    return Err(bad(
                         owner,
                         key,
                         v,
-                        "a missing categorical value is the empty token",
+                        "must be a text: the token a missing value becomes",
                     ));
                 }
             }
@@ -1450,6 +1460,28 @@ mod tests {
             let said = err(d.path(), "x");
             assert!(said.contains(named), "{col}: {said}");
         }
+    }
+
+    #[test]
+    fn a_tokenised_field_s_fill_na_is_its_missing_value_token() {
+        let d = config_dir(
+            "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: [C1, C2], active: True, dtype: str, type: categorical, fill_na: UNK}\n    - {name: C3, active: True, dtype: str, type: categorical, fill_na: ''}\n    - {name: s, active: True, dtype: str, type: sequence, fill_na: '-'}\n  label_col: {name: clk, dtype: float}\n",
+            "x:\n  model: DNN\n  dataset_id: d\n",
+        );
+        let e = load(d.path(), "x", Path::new("/work")).expect("load");
+        assert_eq!(
+            e.features.na_token,
+            BTreeMap::from([
+                ("C1".into(), "UNK".into()),
+                ("C2".into(), "UNK".into()),
+                ("s".into(), "-".into()),
+            ])
+        );
+        let d = config_dir(
+            "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: C1, active: True, dtype: str, type: categorical, fill_na: [1]}\n  label_col: {name: clk, dtype: float}\n",
+            "x:\n  model: DNN\n  dataset_id: d\n",
+        );
+        assert!(err(d.path(), "x").contains("fill_na"));
     }
 
     #[test]
