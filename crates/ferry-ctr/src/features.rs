@@ -3,7 +3,7 @@
 //! numeric fields with nulls filled by 0 and MinMax-scaled with the training min/max. Fitting and
 //! encoding work batch by batch, so memory follows the vocabularies, not the row count.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -68,6 +68,11 @@ pub struct FeatureSpec {
     /// padding), as FuxiCTR's tokenizer treats its `na_value`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub na_token: BTreeMap<String, String>,
+    /// Categorical fields whose values are integers even where the input says text (FuxiCTR's
+    /// `dtype: int` over CSV): their vocabulary is in ascending order of value, as FuxiCTR
+    /// orders integer keys. A Parquet column of an integer type is such a field by its type.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub integer_keys: BTreeSet<String>,
 }
 
 /// How a categorical field without a vocabulary finds its embedding row (FuxiCTR's
@@ -201,6 +206,7 @@ impl FeatureSpec {
             bucketize: BTreeMap::new(),
             embedding_dims: BTreeMap::new(),
             na_token: BTreeMap::new(),
+            integer_keys: BTreeSet::new(),
         }
     }
 
@@ -296,6 +302,13 @@ impl FeatureSpec {
         }) {
             return Err(CtrError::Config(format!(
                 "fill_na: {name} is not a categorical or sequence feature of tokens"
+            )));
+        }
+        if let Some(name) = (self.integer_keys.iter())
+            .find(|n| !self.categorical.contains(n) || self.bucketize.contains_key(*n))
+        {
+            return Err(CtrError::Config(format!(
+                "dtype int: {name} is not a categorical feature of tokens"
             )));
         }
         if let Some(name) = self.embedding_dims.keys().find(|n| {
@@ -862,6 +875,8 @@ pub struct FeatureFitter {
     sequence_counts: Vec<HashMap<String, u64>>,
     longest: Vec<usize>,
     rows: u64,
+    /// Per categorical field: its values are integers (by the spec, or by the input's type).
+    integer: Vec<bool>,
 }
 
 impl FeatureFitter {
@@ -874,6 +889,9 @@ impl FeatureFitter {
             ranges: vec![None; spec.numeric.len()],
             sequence_counts: vec![HashMap::new(); spec.sequence.len()],
             longest: vec![0; spec.sequence.len()],
+            integer: (spec.categorical.iter())
+                .map(|n| spec.integer_keys.contains(n))
+                .collect(),
             spec,
             rows: 0,
         })
@@ -914,6 +932,9 @@ impl FeatureFitter {
                     continue;
                 }
                 None => {}
+            }
+            if column(batch, name)?.data_type().is_integer() {
+                self.integer[j] = true;
             }
             let col = categorical_values(batch, name)?;
             let strings = col.as_string::<i32>();
@@ -972,22 +993,29 @@ impl FeatureFitter {
             return Err(CtrError::Data("the training split has no rows".into()));
         }
         let spec = &self.spec;
-        let fit = |(counts, name): (HashMap<String, u64>, &String)| {
+        // FuxiCTR's `build_vocab`: by count (then token), those seen often enough; integer keys
+        // then in ascending order of value.
+        let fit = |counts: HashMap<String, u64>, name: &String, integer: bool| {
             let min_count = spec.min_count_of(name);
             let mut tokens: Vec<(String, u64)> = counts
                 .into_iter()
                 .filter(|(_, c)| *c >= min_count)
                 .collect();
             tokens.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            Vocabulary::from_tokens(tokens.into_iter().map(|(t, _)| t).collect())
+            let mut tokens: Vec<String> = tokens.into_iter().map(|(t, _)| t).collect();
+            if integer {
+                tokens.sort_by_cached_key(|t| t.trim().parse::<i128>().map_err(|_| t.clone()));
+            }
+            Vocabulary::from_tokens(tokens)
         };
         let mut vocabularies: Vec<Vocabulary> = (self.counts.into_iter())
             .zip(&spec.categorical)
-            .map(fit)
+            .zip(&self.integer)
+            .map(|((counts, name), integer)| fit(counts, name, *integer))
             .collect();
         let mut sequence_vocabularies: Vec<Vocabulary> = (self.sequence_counts.into_iter())
             .zip(spec.sequence.iter().map(|q| &q.name))
-            .map(fit)
+            .map(|(counts, name)| fit(counts, name, false))
             .collect();
         // Shared embeddings, as FuxiCTR's `merge_vocab`: a sharing field's new tokens follow the
         // owner's, `__OOV__` moves to the end, and both use the merged vocabulary (categorical
@@ -1488,6 +1516,7 @@ mod tests {
             bucketize: BTreeMap::new(),
             embedding_dims: BTreeMap::new(),
             na_token: BTreeMap::new(),
+            integer_keys: BTreeSet::new(),
         }
     }
 
@@ -2095,6 +2124,37 @@ mod tests {
         // Only tokenised fields have one.
         s.na_token.insert("I1".into(), "x".into());
         assert!(s.validate().is_err_and(|e| e.to_string().contains("I1")));
+    }
+
+    #[test]
+    fn integer_keys_are_ordered_by_value_as_fuxictr_orders_them() {
+        let mut s = spec();
+        s.min_categr_count = 1;
+        let b = batch(
+            vec![None; 5],
+            vec![Some("10"), Some("9"), Some("9"), Some("100"), Some("9")],
+            vec![0, 1, 0, 1, 0],
+        );
+        let fit = |s: FeatureSpec| {
+            let mut fitter = FeatureFitter::new(s).expect("spec");
+            fitter.observe(&b, &[true; 5]).expect("observe");
+            fitter.finish("int").expect("fit").vocabularies[0]
+                .tokens
+                .clone()
+        };
+        // As text: by count, then token.
+        assert_eq!(fit(s.clone()), ["9", "10", "100"].map(String::from));
+        s.integer_keys.insert("C1".into());
+        assert_eq!(fit(s.clone()), ["9", "10", "100"].map(String::from));
+        let b = batch(
+            vec![None; 4],
+            vec![Some("100"), Some("100"), Some("9"), Some("10")],
+            vec![0, 1, 0, 1],
+        );
+        let mut fitter = FeatureFitter::new(s).expect("spec");
+        fitter.observe(&b, &[true; 4]).expect("observe");
+        let p = fitter.finish("int").expect("fit");
+        assert_eq!(p.vocabularies[0].tokens, ["9", "10", "100"]);
     }
 
     #[test]

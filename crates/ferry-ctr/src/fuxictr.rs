@@ -523,6 +523,7 @@ fn feature_spec(
         bucketize: Default::default(),
         embedding_dims: Default::default(),
         na_token: Default::default(),
+        integer_keys: Default::default(),
     };
     let mut unpooled = Vec::new();
     for col in cols {
@@ -578,6 +579,15 @@ fn feature_spec(
             for name in &names {
                 spec.na_token.insert(name.clone(), na.clone());
             }
+        }
+        // FuxiCTR reads a CSV column as its dtype says (a Parquet column as its own type, which
+        // the fitting sees): integer keys order their vocabulary by value.
+        if csv
+            && kind == "categorical"
+            && bucketize.is_none()
+            && col.get("dtype").and_then(Value::as_str) == Some("int")
+        {
+            spec.integer_keys.extend(names.iter().cloned());
         }
         if let Some(v) = col.get("embedding_dim") {
             // Checked above: the model's, or null.
@@ -729,7 +739,7 @@ fn check_feature_keys(
             "dtype"
                 if csv
                     && kind == "categorical"
-                    && v.as_str() != Some("str")
+                    && !matches!(v.as_str(), Some("str" | "int"))
                     && col.get("category_processor").and_then(Value::as_str)
                         != Some("quantile_bucket") =>
             {
@@ -737,7 +747,7 @@ fn check_feature_keys(
                     owner,
                     key,
                     v,
-                    "categorical CSV columns are read as text, as with `dtype: str`",
+                    "categorical CSV columns are read as text (`dtype: str`) or integers (`dtype: int`)",
                 ));
             }
             "name" | "active" | "type" | "dtype" | "source" => {}
@@ -1482,6 +1492,16 @@ mod tests {
             "x:\n  model: DNN\n  dataset_id: d\n",
         );
         assert!(err(d.path(), "x").contains("fill_na"));
+        // A CSV integer column's keys are ordered by value.
+        let d = config_dir(
+            "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: [C1, C2], active: True, dtype: int, type: categorical}\n  label_col: {name: clk, dtype: float}\n",
+            "x:\n  model: DNN\n  dataset_id: d\n",
+        );
+        let e = load(d.path(), "x", Path::new("/work")).expect("load");
+        assert_eq!(
+            e.features.integer_keys,
+            std::collections::BTreeSet::from(["C1".into(), "C2".into()])
+        );
     }
 
     #[test]
@@ -1895,7 +1915,7 @@ B:\n  model: FiBiNET\n  bilinear_type: field_pairs\n",
                 "embedding_dim",
             ),
             (
-                "{name: C1, active: True, dtype: int, type: categorical}",
+                "{name: C1, active: True, dtype: float, type: categorical}",
                 "dtype",
             ),
             (

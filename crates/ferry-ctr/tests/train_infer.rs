@@ -965,6 +965,7 @@ fn a_sequence_feature_is_learnt_end_to_end() {
         bucketize: Default::default(),
         embedding_dims: Default::default(),
         na_token: Default::default(),
+        integer_keys: Default::default(),
     };
     spec.sequence.push(ferry_ctr::features::SequenceSpec {
         name: "hist".into(),
