@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sequences: Vec::new(),
         names: Vec::new(),
         categorical_shares: Vec::new(),
+        embedding_dims: Vec::new(),
     };
     let mut cfg = ModelConfig::new(kind, "steps");
     cfg.batch_size = 4096;

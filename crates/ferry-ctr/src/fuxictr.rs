@@ -129,8 +129,19 @@ pub fn load_with(config_dir: &Path, expid: &str, data_from: DataFrom<'_>) -> Res
         Some(other) => return Err(bad(expid, "group_id", &other, "must name a meta feature")),
     };
     let csv = data.format == DataFormat::Csv;
-    let (mut features, unpooled) =
-        feature_spec(&dataset_id, &dataset, embedding_dim, csv, &mut warnings)?;
+    // FuxiCTR's DNN and DCNv2 flatten their fields' embeddings into one vector, so each
+    // feature may have its own width; its other models stack them, one width for all.
+    let model_name = model
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let dims = FeatureDims {
+        model: embedding_dim,
+        per_feature: ModelKind::parse(model_name)
+            .is_some_and(|k| matches!(k, ModelKind::DNN | ModelKind::DCN)),
+        model_name: model_name.to_owned(),
+    };
+    let (mut features, unpooled) = feature_spec(&dataset_id, &dataset, dims, csv, &mut warnings)?;
     if group_id.is_some() {
         features.group_id = group_id;
         features.validate()?;
@@ -471,7 +482,7 @@ const DATASET_USED: &[&str] = &[
 fn feature_spec(
     dataset_id: &str,
     d: &Section,
-    embedding_dim: u64,
+    dims: FeatureDims,
     csv: bool,
     warnings: &mut Vec<String>,
 ) -> Result<(FeatureSpec, Vec<String>)> {
@@ -556,7 +567,7 @@ fn feature_spec(
                 ));
             }
         };
-        check_feature_keys(&owner, &kind, &col, embedding_dim, csv)?;
+        check_feature_keys(&owner, &kind, &col, &dims, csv)?;
         let bucketize = match (kind.as_str(), col.get("category_processor")) {
             ("categorical", Some(Value::String(p))) => {
                 let num_buckets = match col.get("num_buckets") {
@@ -590,7 +601,7 @@ fn feature_spec(
             spec.integer_keys.extend(names.iter().cloned());
         }
         if let Some(v) = col.get("embedding_dim") {
-            // Checked above: the model's, or null.
+            // Checked above: null, the model's, or (DNN, DCNv2) a width of its own.
             let own = v.as_u64().and_then(|d| usize::try_from(d).ok());
             for name in &names {
                 spec.embedding_dims.insert(name.clone(), own);
@@ -730,7 +741,7 @@ fn check_feature_keys(
     owner: &str,
     kind: &str,
     col: &Section,
-    embedding_dim: u64,
+    dims: &FeatureDims,
     csv: bool,
 ) -> Result<()> {
     for (key, v) in col {
@@ -776,12 +787,20 @@ fn check_feature_keys(
                     return Err(bad(owner, key, v, "must be a count >= 1"));
                 }
             }
-            "embedding_dim" if !v.is_null() && v.as_u64() != Some(embedding_dim) => {
+            "embedding_dim" if !v.is_null() && v.as_u64().is_none_or(|d| d == 0 || d > 1 << 16) => {
+                return Err(bad(owner, key, v, "must be a width from 1 to 65536"));
+            }
+            "embedding_dim"
+                if !v.is_null() && v.as_u64() != Some(dims.model) && !dims.per_feature =>
+            {
                 return Err(unsupported(
                     owner,
                     key,
                     v,
-                    "every feature has the model's embedding_dim",
+                    &format!(
+                        "FuxiCTR's {} stacks its fields' embeddings, one width for all (the model's embedding_dim, {}); DNN and DCNv2 take a width per feature",
+                        dims.model_name, dims.model
+                    ),
                 ));
             }
             "embedding_dim" => {}
@@ -824,6 +843,14 @@ fn check_feature_keys(
         }
     }
     Ok(())
+}
+
+/// The embedding widths a dataset's features may have: the model's, or (when the model
+/// flattens its fields' embeddings) one of their own.
+struct FeatureDims {
+    model: u64,
+    per_feature: bool,
+    model_name: String,
 }
 
 /// A `num_buckets`: 1 to `MAX_BUCKETS`.
@@ -1492,6 +1519,26 @@ mod tests {
             "x:\n  model: DNN\n  dataset_id: d\n",
         );
         assert!(err(d.path(), "x").contains("fill_na"));
+        // DNN and DCNv2 take a width per feature; the models that stack fields do not.
+        for (model, ok) in [("DNN", true), ("DCNv2", true), ("DeepFM", false)] {
+            let d = config_dir(
+                "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: C1, active: True, dtype: str, type: categorical, embedding_dim: 7}\n    - {name: C2, active: True, dtype: str, type: categorical}\n  label_col: {name: clk, dtype: float}\n",
+                &format!("x:\n  model: {model}\n  dataset_id: d\n  embedding_dim: 4\n"),
+            );
+            match load(d.path(), "x", Path::new("/work")) {
+                Ok(e) => {
+                    assert!(ok, "{model}");
+                    assert_eq!(
+                        e.features.embedding_dims,
+                        BTreeMap::from([("C1".into(), Some(7))])
+                    );
+                }
+                Err(e) => {
+                    assert!(!ok, "{model}: {e}");
+                    assert!(e.to_string().contains("embedding_dim"), "{e}");
+                }
+            }
+        }
         // A CSV integer column's keys are ordered by value.
         let d = config_dir(
             "d:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: [C1, C2], active: True, dtype: int, type: categorical}\n  label_col: {name: clk, dtype: float}\n",

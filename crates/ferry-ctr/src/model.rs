@@ -680,6 +680,12 @@ pub struct InputShape {
     /// (`share_embedding`); empty when no field shares.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub categorical_shares: Vec<Option<usize>>,
+    /// Each field's embedding width in the model's order (FuxiCTR's per-feature
+    /// `embedding_dim`; a sharing field has its owner's); empty when every field has the
+    /// model's `embedding_dim`. Only the models that flatten their fields' embeddings into one
+    /// vector (DNN, DCNv2) take widths that differ.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embedding_dims: Vec<usize>,
 }
 
 /// One sequence field as the model sees it.
@@ -715,6 +721,107 @@ impl InputShape {
         self.vocab_sizes.len() + self.num_numeric + self.sequences.len()
     }
 
+    /// Whether the fields' embeddings differ in width.
+    pub fn mixed_widths(&self) -> bool {
+        !self.embedding_dims.is_empty()
+    }
+
+    /// Every field's embedding width, in the model's order.
+    pub fn field_dims(&self, dim: usize) -> Vec<usize> {
+        if self.mixed_widths() {
+            self.embedding_dims.clone()
+        } else {
+            vec![dim; self.num_fields()]
+        }
+    }
+
+    /// The width of the fields' embeddings side by side.
+    pub fn flat_width(&self, dim: usize) -> usize {
+        self.field_dims(dim).iter().sum()
+    }
+
+    /// With mixed widths: where each categorical field's rows start in the one embedding
+    /// vector (in values, a row being its field's width long), and each sequence field's.
+    fn value_offsets(&self) -> (Vec<usize>, Vec<usize>) {
+        let c = self.vocab_sizes.len();
+        let dims = &self.embedding_dims[self.num_numeric..];
+        let mut at = 0;
+        let mut categorical: Vec<usize> = (0..c)
+            .map(|i| {
+                let o = at;
+                if self.categorical_owner(i).is_none() {
+                    at += self.vocab_sizes[i] * dims[i];
+                }
+                o
+            })
+            .collect();
+        for i in 0..c {
+            if let Some(o) = self.categorical_owner(i) {
+                categorical[i] = categorical[o];
+            }
+        }
+        let sequences = (self.sequences.iter().enumerate())
+            .map(|(q, s)| match s.shares {
+                Some(o) => categorical.get(o).copied().unwrap_or(0),
+                None => {
+                    let o = at;
+                    at += s.vocab_size * dims[c + q];
+                    o
+                }
+            })
+            .collect();
+        (categorical, sequences)
+    }
+
+    /// With mixed widths: values in the one embedding vector.
+    fn table_values(&self) -> usize {
+        let c = self.vocab_sizes.len();
+        let dims = &self.embedding_dims[self.num_numeric..];
+        (0..c)
+            .filter(|i| self.categorical_owner(*i).is_none())
+            .map(|i| self.vocab_sizes[i] * dims[i])
+            .sum::<usize>()
+            + (self.sequences.iter().enumerate())
+                .filter(|(_, s)| s.shares.is_none())
+                .map(|(q, s)| s.vocab_size * dims[c + q])
+                .sum::<usize>()
+    }
+
+    /// Checks `embedding_dims` against the fields: one width per field, each at least 1, and
+    /// a sharing field as wide as the field it shares.
+    pub fn check_widths(&self) -> Result<()> {
+        if !self.mixed_widths() {
+            return Ok(());
+        }
+        let (n, c) = (self.num_numeric, self.vocab_sizes.len());
+        if self.embedding_dims.len() != self.num_fields() || self.embedding_dims.contains(&0) {
+            return Err(CtrError::Config(format!(
+                "embedding widths: {} given for {} fields, each at least 1",
+                self.embedding_dims.len(),
+                self.num_fields()
+            )));
+        }
+        let name = |f: usize| self.names.get(f).cloned().unwrap_or_else(|| f.to_string());
+        let owners = (0..c)
+            .filter_map(|i| Some((n + i, n + self.categorical_owner(i)?)))
+            .chain(
+                (self.sequences.iter().enumerate())
+                    .filter_map(|(q, s)| Some((n + c + q, n + s.shares?))),
+            );
+        for (f, o) in owners {
+            if self.embedding_dims[f] != self.embedding_dims[o] {
+                return Err(CtrError::Config(format!(
+                    "embedding_dim of {}: {} shares the embedding of {}, {} wide",
+                    name(f),
+                    self.embedding_dims[f],
+                    name(o),
+                    self.embedding_dims[o]
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `categorical_shares` for a feature spec: empty when no categorical field shares.
     pub fn categorical_shares_of(spec: &FeatureSpec) -> Vec<Option<usize>> {
         let shares: Vec<Option<usize>> = (0..spec.categorical.len())
@@ -724,6 +831,28 @@ impl InputShape {
             Vec::new()
         } else {
             shares
+        }
+    }
+
+    /// `embedding_dims` for a feature spec: each field's own width (FuxiCTR's per-feature
+    /// `embedding_dim`), the model's where it gives none; empty when every field has the
+    /// model's.
+    pub fn embedding_dims_of(spec: &FeatureSpec, dim: usize) -> Vec<usize> {
+        let dims: Vec<usize> = (spec.numeric.iter())
+            .chain(&spec.categorical)
+            .chain(spec.sequence.iter().map(|q| &q.name))
+            .map(|name| {
+                spec.embedding_dims
+                    .get(name)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(dim)
+            })
+            .collect();
+        if dims.iter().all(|d| *d == dim) {
+            Vec::new()
+        } else {
+            dims
         }
     }
 
@@ -785,6 +914,11 @@ impl InputShape {
 /// One batch on a device: `[B, C]` global embedding indices, `[B, N]` numerics, and the
 /// sequence fields' `[B, Σ max_len]` global indices with their mask (1 for a token, 0 for
 /// padding).
+///
+/// With mixed embedding widths ([`InputShape::mixed_widths`]) the indices are of single values
+/// in the one embedding vector, each field's row spelled out: `[B, Σ width]` for the
+/// categorical fields, `[B, Σ max_len · width]` for the sequences (the mask stays per token),
+/// and each numeric value repeated its field's width times, `[B, Σ width]`.
 pub struct Inputs {
     pub categorical: Option<Tensor<2, Int>>,
     pub numeric: Option<Tensor<2>>,
@@ -823,6 +957,9 @@ impl Inputs {
                 )));
             }
             idx.push(offsets[field] + *v as i64);
+        }
+        if shape.mixed_widths() {
+            return Inputs::spelled_out(batch, shape, device);
         }
         let categorical = (c > 0)
             .then(|| Tensor::<2, Int>::from_data(TensorData::new(idx, [batch.rows, c]), device));
@@ -891,6 +1028,80 @@ impl Inputs {
     }
 }
 
+impl Inputs {
+    /// The inputs with mixed embedding widths (see [`Inputs`]); the batch's categorical
+    /// indices are checked by the caller, its sequences here.
+    fn spelled_out(batch: &EncodedBatch, shape: &InputShape, device: &Device) -> Result<Inputs> {
+        let (n, c, rows) = (shape.num_numeric, shape.vocab_sizes.len(), batch.rows);
+        let dims = &shape.embedding_dims;
+        let (cat_at, seq_at) = shape.value_offsets();
+        let num_width: usize = dims[..n].iter().sum();
+        let cat_width: usize = dims[n..n + c].iter().sum();
+        let mut numeric = Vec::with_capacity(rows * num_width);
+        let mut categorical = Vec::with_capacity(rows * cat_width);
+        for r in 0..rows {
+            for (j, d) in dims[..n].iter().enumerate() {
+                numeric.extend(std::iter::repeat_n(batch.numeric[r * n + j], *d));
+            }
+            for (j, d) in dims[n..n + c].iter().enumerate() {
+                let start = (cat_at[j] + batch.categorical[r * c + j] as usize * d) as i64;
+                categorical.extend(start..start + *d as i64);
+            }
+        }
+        let w = shape.sequence_width();
+        if batch.sequence.len() != rows * w {
+            return Err(CtrError::Data(format!(
+                "batch has {} sequence tokens for {rows} rows; the model expects {w} per row",
+                batch.sequence.len()
+            )));
+        }
+        let seq_width: usize = (shape.sequences.iter().enumerate())
+            .map(|(q, s)| s.max_len * dims[n + c + q])
+            .sum();
+        let mut tokens = Vec::with_capacity(rows * seq_width);
+        let mut mask = Vec::with_capacity(rows * w);
+        for r in 0..rows {
+            let mut at = r * w;
+            for (q, s) in shape.sequences.iter().enumerate() {
+                let d = dims[n + c + q];
+                for v in &batch.sequence[at..at + s.max_len] {
+                    if *v < 0 || *v as usize >= s.vocab_size {
+                        return Err(CtrError::Data(format!(
+                            "sequence field {q} has index {v} outside its vocabulary of {}; \
+                             was the data encoded with this model's feature processor?",
+                            s.vocab_size
+                        )));
+                    }
+                    let start = (seq_at[q] + *v as usize * d) as i64;
+                    tokens.extend(start..start + d as i64);
+                    mask.push(if *v == 0 { 0.0f32 } else { 1.0 });
+                }
+                at += s.max_len;
+            }
+        }
+        Ok(Inputs {
+            categorical: (c > 0).then(|| {
+                Tensor::<2, Int>::from_data(TensorData::new(categorical, [rows, cat_width]), device)
+            }),
+            numeric: (n > 0).then(|| {
+                Tensor::<2>::from_data(TensorData::new(numeric, [rows, num_width]), device)
+            }),
+            sequence: (w > 0).then(|| {
+                (
+                    Tensor::<2, Int>::from_data(TensorData::new(tokens, [rows, seq_width]), device),
+                    Tensor::<2>::from_data(TensorData::new(mask, [rows, w]), device),
+                )
+            }),
+            sequence_fields: shape
+                .sequences
+                .iter()
+                .map(|q| (q.max_len, q.pooling))
+                .collect(),
+            rows,
+        })
+    }
+}
+
 /// Labels `[B, T]` on a device.
 pub fn label_tensor(batch: &EncodedBatch, num_tasks: usize, device: &Device) -> Tensor<2> {
     let l = batch.label_width();
@@ -917,6 +1128,10 @@ fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
 pub struct FeatureEmbedding {
     table: Option<Embedding>,
     numeric: Option<Param<Tensor<2>>>,
+    /// With mixed widths ([`InputShape::mixed_widths`]): each sequence field's width; `None`
+    /// with one width.
+    #[module(skip)]
+    mixed: Option<Vec<usize>>,
 }
 
 /// Each sequence field's token embeddings `[B, Σ L, d]` pooled over its real tokens (FuxiCTR's
@@ -942,6 +1157,22 @@ fn pool_sequences(tokens: Tensor<3>, mask: &Tensor<2>, fields: &[(usize, Pooling
 
 impl FeatureEmbedding {
     fn new(shape: &InputShape, dim: usize, device: &Device) -> FeatureEmbedding {
+        if shape.mixed_widths() {
+            // Every table in one vector of single values (FuxiCTR's tables, each its own
+            // width, row after row), and the numeric fields' weights side by side.
+            let values = shape.table_values();
+            let numeric: usize = shape.embedding_dims[..shape.num_numeric].iter().sum();
+            let sequences = shape.num_numeric + shape.vocab_sizes.len();
+            return FeatureEmbedding {
+                table: (values > 0).then(|| {
+                    EmbeddingConfig::new(values, 1)
+                        .with_initializer(PLACEHOLDER)
+                        .init(device)
+                }),
+                numeric: (numeric > 0).then(|| PLACEHOLDER.init([1, numeric], device)),
+                mixed: Some(shape.embedding_dims[sequences..].to_vec()),
+            };
+        }
         let total = shape.table_rows();
         FeatureEmbedding {
             table: (total > 0).then(|| {
@@ -951,11 +1182,43 @@ impl FeatureEmbedding {
             }),
             numeric: (shape.num_numeric > 0)
                 .then(|| PLACEHOLDER.init([shape.num_numeric, dim], device)),
+            mixed: None,
         }
     }
 
     fn forward(&self, x: &Inputs) -> Tensor<3> {
         self.forward_with_tokens(x).0
+    }
+
+    /// The fields' embeddings side by side, `[B, Σ width]` (FuxiCTR's `flatten_emb=True`): with
+    /// one width, the rows of [`FeatureEmbedding::forward`] flattened; with mixed widths (see
+    /// [`Inputs`]), each field's own.
+    fn forward_flat(&self, x: &Inputs) -> Tensor<2> {
+        let Some(dims) = &self.mixed else {
+            return flatten(self.forward(x));
+        };
+        let b = x.rows;
+        let mut parts = Vec::with_capacity(3);
+        if let (Some(w), Some(num)) = (&self.numeric, &x.numeric) {
+            parts.push(num.clone() * w.val());
+        }
+        if let (Some(table), Some(cat)) = (&self.table, &x.categorical) {
+            let width = cat.dims()[1];
+            parts.push(table.forward(cat.clone()).reshape([b, width]));
+        }
+        if let (Some(table), Some((seq, mask))) = (&self.table, &x.sequence) {
+            let width = seq.dims()[1];
+            let values = table.forward(seq.clone()).reshape([b, width]);
+            let (mut at, mut token) = (0, 0);
+            for ((len, pooling), d) in x.sequence_fields.iter().zip(dims) {
+                let tokens = values.clone().narrow(1, at, len * d).reshape([b, *len, *d]);
+                let m = mask.clone().narrow(1, token, *len);
+                parts.push(pool_sequences(tokens, &m, &[(*len, *pooling)]).reshape([b, *d]));
+                at += len * d;
+                token += len;
+            }
+        }
+        Tensor::cat(parts, 1)
     }
 
     /// The field embeddings, and the sequence fields' token embeddings `[B, Σ L, d]` before
@@ -1639,7 +1902,7 @@ pub enum CtrModel {
 impl CtrModel {
     /// A freshly initialised model (seeded by `config.seed`).
     pub fn new(config: &ModelConfig, shape: &InputShape, device: &Device) -> Result<CtrModel> {
-        Ok(Self::structure(config, shape, device)?.map(&mut SeededInit::new(config.seed)))
+        Ok(Self::structure(config, shape, device)?.map(&mut SeededInit::new(config.seed, shape)))
     }
 
     /// The model's structure with placeholder (zero, lazily created) parameters, to load
@@ -1660,7 +1923,15 @@ impl CtrModel {
             )));
         }
         let dim = config.embedding_dim;
-        let flat = shape.num_fields() * dim;
+        shape.check_widths()?;
+        if shape.mixed_widths() && !matches!(config.model, ModelKind::DNN | ModelKind::DCN) {
+            return Err(CtrError::Config(format!(
+                "model: {:?} takes one embedding width for every field (FuxiCTR's stacks the \
+                 fields' embeddings); only DNN and DCNv2 take a width per feature",
+                config.model
+            )));
+        }
+        let flat = shape.flat_width(dim);
         let emb = || FeatureEmbedding::new(shape, dim, device);
         let mlp = |d_in: usize, hidden: &[usize], out: Option<usize>| {
             Mlp::new(d_in, hidden, out, config.dropout, config.batch_norm, device)
@@ -1941,7 +2212,7 @@ impl CtrModel {
                 m.first.forward(x) + fm_interaction(e) + deep
             }
             CtrModel::Dcn(m) => {
-                let x0 = flatten(m.embedding.forward(x));
+                let x0 = m.embedding.forward_flat(x);
                 let cross = match &m.mix {
                     Some(mix) => mix.forward(x0.clone()),
                     None => {
@@ -1979,7 +2250,7 @@ impl CtrModel {
                     .collect();
                 Tensor::cat(outs, 1)
             }
-            CtrModel::Dnn(m) => m.dnn.forward(flatten(m.embedding.forward(x))),
+            CtrModel::Dnn(m) => m.dnn.forward(m.embedding.forward_flat(x)),
             CtrModel::WideDeep(m) => {
                 m.first.forward(x) + m.dnn.forward(flatten(m.embedding.forward(x)))
             }
@@ -2326,13 +2597,21 @@ fn experts_forward(experts: &[Mlp], x0: Tensor<2>) -> Tensor<3> {
 struct SeededInit {
     seed: u64,
     path: Vec<String>,
+    /// With mixed embedding widths: each numeric field's width, in the one weight vector the
+    /// numeric fields share (each field's part drawn as its own `[1, width]` weight).
+    numeric_widths: Vec<usize>,
 }
 
 impl SeededInit {
-    fn new(seed: u64) -> SeededInit {
+    fn new(seed: u64, shape: &InputShape) -> SeededInit {
         SeededInit {
             seed,
             path: Vec::new(),
+            numeric_widths: if shape.mixed_widths() {
+                shape.embedding_dims[..shape.num_numeric].to_vec()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -2379,7 +2658,18 @@ impl ModuleMapper for SeededInit {
             } else {
                 0.0
             };
-            let values: Vec<f32> = if self.path.last().is_some_and(|p| p == "gamma") {
+            let numeric_widths = path
+                .ends_with("embedding.numeric")
+                .then_some(&self.numeric_widths)
+                .filter(|w| !w.is_empty());
+            let values: Vec<f32> = if let Some(widths) = numeric_widths {
+                // Xavier for each field's `[1, width]`, as with one width.
+                widths
+                    .iter()
+                    .flat_map(|w| std::iter::repeat_n((2.0 / (1 + w) as f64).sqrt(), *w))
+                    .map(|std| (rng.normal() * std) as f32)
+                    .collect()
+            } else if self.path.last().is_some_and(|p| p == "gamma") {
                 // A batch norm's scale starts at 1, its shift (`beta`) at 0.
                 vec![1.0; n]
             } else if is_bias || std == 0.0 {
@@ -2424,6 +2714,7 @@ mod tests {
                 .map(String::from)
                 .to_vec(),
             categorical_shares: Vec::new(),
+            embedding_dims: Vec::new(),
         }
     }
 
@@ -2587,6 +2878,7 @@ mod tests {
             ],
             names: Vec::new(),
             categorical_shares: Vec::new(),
+            embedding_dims: Vec::new(),
         };
         assert_eq!(
             s.table_rows(),
@@ -2631,6 +2923,7 @@ mod tests {
             names: Vec::new(),
             // Field 2 uses field 0's rows.
             categorical_shares: vec![None, None, Some(0), None],
+            embedding_dims: Vec::new(),
         };
         assert_eq!(s.offsets(), [0, 5, 0, 12]);
         assert_eq!(s.table_rows(), 5 + 7 + 3 + 4);
@@ -2709,6 +3002,7 @@ mod tests {
             sequences: Vec::new(),
             names: vec!["c0".into()],
             categorical_shares: Vec::new(),
+            embedding_dims: Vec::new(),
         };
         let device = Device::flex();
         let err = CtrModel::new(&small(ModelKind::DIN), &one, &device).expect_err("no c1, s0");
@@ -2838,7 +3132,87 @@ mod tests {
     /// Every model (and variant) learns a separable toy set, and a save → load round trip
     /// gives the same predictions.
     #[test]
+    fn fields_of_their_own_widths_flatten_as_one_width_does_when_the_widths_agree() {
+        // The same values laid out both ways: [rows, d] tables and [N, d] numeric weights, or
+        // one vector of single values, field after field, row after row.
+        let device = Device::flex();
+        let config = small(ModelKind::DNN);
+        let one = CtrModel::new(&config, &shape(), &device).expect("model");
+        let CtrModel::Dnn(one) = one else {
+            panic!("a DNN")
+        };
+        let spelled = InputShape {
+            embedding_dims: vec![4; 6],
+            ..shape()
+        };
+        let mut e = FeatureEmbedding::new(&spelled, 4, &device);
+        let table = one.embedding.table.as_ref().expect("table").weight.val();
+        let rows = table.dims()[0];
+        e.table = Some(Embedding {
+            weight: Param::from_tensor(table.reshape([rows * 4, 1])),
+        });
+        let numeric = one.embedding.numeric.as_ref().expect("numeric").val();
+        e.numeric = Some(Param::from_tensor(numeric.reshape([1, 8])));
+        let b = batch(5);
+        let want = one
+            .embedding
+            .forward_flat(&Inputs::new(&b, &shape(), &device).expect("inputs"))
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32");
+        let got = e
+            .forward_flat(&Inputs::new(&b, &spelled, &device).expect("inputs"))
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32");
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn fields_of_their_own_widths_make_tables_of_those_widths() {
+        let device = Device::flex();
+        let mut s = shape();
+        s.num_tasks = 1;
+        s.embedding_dims = vec![2, 3, 4, 5, 6, 7];
+        for config in [small(ModelKind::DNN), small(ModelKind::DCN)] {
+            let m = CtrModel::new(&config, &s, &device).expect("model");
+            let x = Inputs::new(&batch(5), &s, &device).expect("inputs");
+            assert_eq!(m.forward(&x).dims(), [5, 1], "{:?}", config.model);
+        }
+        let CtrModel::Dnn(m) = CtrModel::new(&small(ModelKind::DNN), &s, &device).expect("DNN")
+        else {
+            panic!("a DNN")
+        };
+        // FuxiCTR's tables: 5·4 + 7·5 + 3·6 values, and the sequence's 6·7; 2 + 3 numeric.
+        let table = m.embedding.table.as_ref().expect("table").weight.val();
+        assert_eq!(table.dims(), [20 + 35 + 18 + 42, 1]);
+        assert_eq!(
+            m.embedding.numeric.as_ref().expect("w").val().dims(),
+            [1, 5]
+        );
+        assert_eq!(
+            m.dnn.layers[0].weight.val().dims()[0],
+            2 + 3 + 4 + 5 + 6 + 7
+        );
+        // The models that stack their fields' embeddings need one width.
+        let e = CtrModel::new(&small(ModelKind::DeepFM), &s, &device).expect_err("DeepFM");
+        assert!(e.to_string().contains("DeepFM"), "{e}");
+        // A field sharing another's embedding has its width.
+        s.categorical_shares = vec![None, Some(0), None];
+        let e = CtrModel::new(&small(ModelKind::DNN), &s, &device).expect_err("shared");
+        assert!(
+            e.to_string().contains("c1") && e.to_string().contains("c0"),
+            "{e}"
+        );
+        s.embedding_dims = vec![2, 3, 4, 4, 6, 7];
+        assert!(CtrModel::new(&small(ModelKind::DNN), &s, &device).is_ok());
+        s.embedding_dims = vec![2, 3, 4];
+        assert!(CtrModel::new(&small(ModelKind::DNN), &s, &device).is_err());
+    }
+
+    #[test]
     fn every_model_learns_a_separable_toy_set_and_survives_save_and_load() {
+        // (DNN and DCNv2 also with a width per field.)
         // click = 1 exactly when the first field's token is 1 or 2.
         let rows = 64;
         let s = InputShape {
@@ -2853,6 +3227,7 @@ mod tests {
             }],
             names: ["n0", "c0", "c1", "s0"].map(String::from).to_vec(),
             categorical_shares: Vec::new(),
+            embedding_dims: Vec::new(),
         };
         let b = EncodedBatch {
             rows,
@@ -2867,7 +3242,17 @@ mod tests {
             groups: Vec::new(),
         };
         let dir = tempfile::tempdir().expect("tmp");
-        for (n, config) in variants().into_iter().enumerate() {
+        // And the models that take a width per feature, with four different widths.
+        let mixed = InputShape {
+            embedding_dims: vec![2, 3, 5, 4],
+            ..s.clone()
+        };
+        let mut flat_models = vec![small(ModelKind::DNN), small(ModelKind::DCN)];
+        flat_models[1].use_low_rank_mixture = true;
+        flat_models.push(small(ModelKind::DCN));
+        let cases = (variants().into_iter().map(|c| (c, s.clone())))
+            .chain(flat_models.into_iter().map(|c| (c, mixed.clone())));
+        for (n, (config, s)) in cases.enumerate() {
             let device = Device::flex().autodiff();
             let mut model = CtrModel::new(&config, &s, &device).expect("model");
             let mut optim = AdamConfig::new().init();

@@ -470,6 +470,10 @@ pub fn train(
             .cloned()
             .collect(),
         categorical_shares: crate::model::InputShape::categorical_shares_of(&processor.spec),
+        embedding_dims: crate::model::InputShape::embedding_dims_of(
+            &processor.spec,
+            config.embedding_dim,
+        ),
     };
     let card = ModelCard {
         config: config.clone(),

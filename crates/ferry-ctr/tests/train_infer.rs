@@ -490,12 +490,27 @@ fn every_zoo_model_resumes_exactly_after_a_kill() {
     bn.batch_norm = true;
     bn.model_id = "DNN_bn".into();
     configs.push(bn);
-    for config in configs {
+    let mut cases: Vec<(ModelConfig, FeatureProcessor)> = configs
+        .into_iter()
+        .map(|c| (c, f.processor.clone()))
+        .collect();
+    // DNN and DCNv2 with a width per feature (FuxiCTR's per-feature embedding_dim).
+    let mut widths = f.processor.clone();
+    widths.spec.embedding_dims = [("I1", 2), ("C1", 8), ("C7", 6), ("C26", 3)]
+        .into_iter()
+        .map(|(n, d)| (n.to_owned(), Some(d)))
+        .collect();
+    for kind in [ModelKind::DNN, ModelKind::DCN] {
+        let mut c = small(kind, 2);
+        c.model_id = format!("{kind:?}_widths");
+        cases.push((c, widths.clone()));
+    }
+    for (config, processor) in cases {
         let kind = config.model;
         let full_dir = f.model_dir(&format!("{}_full", config.model_id));
         let full = train(
             &config,
-            &f.processor,
+            &processor,
             &f.dataset,
             &TrainOptions::new(&f.data_dir(), &full_dir, Device::flex()),
             &mut (),
@@ -517,7 +532,7 @@ fn every_zoo_model_resumes_exactly_after_a_kill() {
         let resumed_dir = f.model_dir(&format!("{}_resumed", config.model_id));
         let second = killed_after_one_epoch_and_resumed(
             &config,
-            &f.processor,
+            &processor,
             &f.dataset,
             &f.data_dir(),
             &resumed_dir,
