@@ -741,8 +741,9 @@ impl InputShape {
     }
 
     /// With mixed widths: where each categorical field's rows start in the one embedding
-    /// vector (in values, a row being its field's width long), and each sequence field's.
-    fn value_offsets(&self) -> (Vec<usize>, Vec<usize>) {
+    /// vector (in values, a row being its field's width long), each sequence field's, and the
+    /// vector's length.
+    fn value_offsets(&self) -> (Vec<usize>, Vec<usize>, usize) {
         let c = self.vocab_sizes.len();
         let dims = &self.embedding_dims[self.num_numeric..];
         let mut at = 0;
@@ -770,21 +771,7 @@ impl InputShape {
                 }
             })
             .collect();
-        (categorical, sequences)
-    }
-
-    /// With mixed widths: values in the one embedding vector.
-    fn table_values(&self) -> usize {
-        let c = self.vocab_sizes.len();
-        let dims = &self.embedding_dims[self.num_numeric..];
-        (0..c)
-            .filter(|i| self.categorical_owner(*i).is_none())
-            .map(|i| self.vocab_sizes[i] * dims[i])
-            .sum::<usize>()
-            + (self.sequences.iter().enumerate())
-                .filter(|(_, s)| s.shares.is_none())
-                .map(|(q, s)| s.vocab_size * dims[c + q])
-                .sum::<usize>()
+        (categorical, sequences, at)
     }
 
     /// Checks `embedding_dims` against the fields: one width per field, each at least 1, and
@@ -1032,9 +1019,10 @@ impl Inputs {
     /// The inputs with mixed embedding widths (see [`Inputs`]); the batch's categorical
     /// indices are checked by the caller, its sequences here.
     fn spelled_out(batch: &EncodedBatch, shape: &InputShape, device: &Device) -> Result<Inputs> {
+        shape.check_widths()?;
         let (n, c, rows) = (shape.num_numeric, shape.vocab_sizes.len(), batch.rows);
         let dims = &shape.embedding_dims;
-        let (cat_at, seq_at) = shape.value_offsets();
+        let (cat_at, seq_at, _) = shape.value_offsets();
         let num_width: usize = dims[..n].iter().sum();
         let cat_width: usize = dims[n..n + c].iter().sum();
         let mut numeric = Vec::with_capacity(rows * num_width);
@@ -1160,7 +1148,7 @@ impl FeatureEmbedding {
         if shape.mixed_widths() {
             // Every table in one vector of single values (FuxiCTR's tables, each its own
             // width, row after row), and the numeric fields' weights side by side.
-            let values = shape.table_values();
+            let (_, _, values) = shape.value_offsets();
             let numeric: usize = shape.embedding_dims[..shape.num_numeric].iter().sum();
             let sequences = shape.num_numeric + shape.vocab_sizes.len();
             return FeatureEmbedding {
