@@ -1196,6 +1196,23 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
             out.insert(key.clone(), monitor(expid, v)?);
             continue;
         }
+        // DIN's DNN: ReLU or Dice, one name or one per layer (FuxiCTR's `MLP_Block`).
+        if kind == ModelKind::DIN && key == "dnn_activations" {
+            let activation = if all_are(v, "relu") {
+                "ReLU"
+            } else if all_are(v, "dice") {
+                "Dice"
+            } else {
+                return Err(unsupported(
+                    expid,
+                    key,
+                    v,
+                    "DIN's DNN takes ReLU or Dice, the same on every layer",
+                ));
+            };
+            out.insert(key.clone(), Json::from(activation));
+            continue;
+        }
         if kind == ModelKind::DIN && (key == "din_target_field" || key == "din_sequence_field") {
             out.insert(key.clone(), Json::from(din_fields(expid, key, v)?));
             continue;
@@ -1556,7 +1573,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let datasets =
             std::fs::read_to_string(bench_config().join("dataset_config.yaml")).expect("read");
-        std::fs::write(dir.path().join("dataset_config.yaml"), datasets).expect("write");
+        std::fs::write(dir.path().join("dataset_config.yaml"), &datasets).expect("write");
         let models = "Base: {embedding_dim: 4}\n\
             D: {model: DeepFM, dataset_id: synth_seq}\n\
             N: {model: DIN, dataset_id: synth_seq, din_target_field: C14, din_sequence_field: C14}\n\
@@ -1572,6 +1589,23 @@ mod tests {
             );
         }
         assert!(load(dir.path(), "A", Path::new("/bench")).is_ok());
+        // DIN's DNN may use Dice, one name or one per layer; other models may not.
+        let models = "Base: {embedding_dim: 4, dataset_id: synth_seq, din_target_field: C14, din_sequence_field: click_history}\n\
+            P: {model: DIN, dnn_activations: [Dice, dice]}\n\
+            R: {model: DIN, dnn_activations: [relu, ReLU]}\n\
+            M: {model: DIN, dnn_activations: [relu, Dice]}\n\
+            F: {model: DeepFM, dnn_activations: Dice}\n";
+        let d = config_dir(&datasets, models);
+        let dice = |id: &str| load(d.path(), id, Path::new("/bench")).map(|e| e.model.dnn_dice());
+        assert_eq!(dice("P").ok(), Some(true));
+        assert_eq!(dice("R").ok(), Some(false));
+        for id in ["M", "F"] {
+            let said = err(d.path(), id);
+            assert!(
+                said.contains("dnn_activations") || said.contains("hidden_activations"),
+                "{id}: {said}"
+            );
+        }
         // `feature_specs` may turn off the encoder of the attended sequence, no other.
         assert!(load(dir.path(), "S", Path::new("/bench")).is_ok());
         let said = err(dir.path(), "T");

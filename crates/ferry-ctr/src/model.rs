@@ -335,6 +335,10 @@ pub struct ModelConfig {
     /// Softmax over the sequence's real tokens instead of raw weights.
     #[serde(default)]
     pub din_use_softmax: bool,
+    /// DIN's DNN: `ReLU` (the default) or `Dice` after each hidden layer (FuxiCTR's
+    /// `dnn_activations`).
+    #[serde(default = "default_dnn_activation")]
+    pub dnn_activations: String,
 }
 
 /// A name, or a list of names (FuxiCTR accepts both for DIN's fields).
@@ -359,6 +363,10 @@ fn default_attention_hidden() -> Vec<usize> {
 
 fn default_attention_activation() -> String {
     "Dice".into()
+}
+
+fn default_dnn_activation() -> String {
+    "ReLU".into()
 }
 
 fn default_monitor() -> BTreeMap<String, f64> {
@@ -466,6 +474,7 @@ impl ModelConfig {
             attention_output_activation: None,
             attention_dropout: 0.0,
             din_use_softmax: false,
+            dnn_activations: default_dnn_activation(),
         }
     }
 
@@ -475,9 +484,20 @@ impl ModelConfig {
             .eq_ignore_ascii_case("dice")
     }
 
+    /// DIN's DNN uses Dice (batch statistics) rather than ReLU.
+    pub fn dnn_dice(&self) -> bool {
+        self.dnn_activations.eq_ignore_ascii_case("dice")
+    }
+
     /// Checks the values a user can get wrong, naming the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: &str| Err(CtrError::Config(format!("{key}: {why}")));
+        if self.model != ModelKind::DIN && !self.dnn_activations.eq_ignore_ascii_case("relu") {
+            return bad(
+                "dnn_activations",
+                "Dice is DIN's; the other models use ReLU",
+            );
+        }
         if self.model_id.is_empty()
             || !self
                 .model_id
@@ -627,6 +647,9 @@ impl ModelConfig {
                         .eq_ignore_ascii_case("relu"))
                 {
                     return bad("attention_hidden_activations", "must be Dice or ReLU");
+                }
+                if !(self.dnn_dice() || self.dnn_activations.eq_ignore_ascii_case("relu")) {
+                    return bad("dnn_activations", "must be Dice or ReLU");
                 }
                 if self
                     .attention_output_activation
@@ -1281,13 +1304,23 @@ impl Mlp {
         }
     }
 
-    fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_with(x, &[])
+    }
+
+    /// With `dice[i]` as hidden layer `i`'s activation where given (FuxiCTR's `MLP_Block` with
+    /// a list of activations: `Linear → BatchNorm → Dice → Dropout`), ReLU elsewhere.
+    fn forward_with(&self, mut x: Tensor<2>, dice: &[Dice]) -> Tensor<2> {
         for (i, l) in self.layers.iter().enumerate() {
             x = l.forward(x);
             if let Some(norm) = self.norms.get(i) {
                 x = norm.forward(x);
             }
-            x = self.dropout.forward(relu(x));
+            x = match dice.get(i) {
+                Some(d) => d.forward(x),
+                None => relu(x),
+            };
+            x = self.dropout.forward(x);
         }
         match &self.output {
             Some(o) => o.forward(x),
@@ -1834,6 +1867,8 @@ pub struct Din {
     embedding: FeatureEmbedding,
     attention: Vec<AttentionUnit>,
     dnn: Mlp,
+    /// With `dnn_activations: Dice`, one per hidden layer of the DNN; none with ReLU.
+    dnn_dice: Vec<Dice>,
     /// Per attention unit: the target's field position and the sequence's index.
     #[module(skip)]
     pairs: Vec<(usize, usize)>,
@@ -2148,6 +2183,13 @@ impl CtrModel {
                         .map(|_| AttentionUnit::new(dim, config, device))
                         .collect(),
                     dnn: mlp(flat, &config.hidden_units, Some(1)),
+                    dnn_dice: if config.dnn_dice() {
+                        (config.hidden_units.iter())
+                            .map(|h| Dice::new(*h, device))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                     pairs,
                     first_sequence_field: first_sequence,
                 })
@@ -2353,7 +2395,7 @@ impl CtrModel {
                         e = e.slice_assign([0..b, at..at + 1, 0..d], pooled);
                     }
                 }
-                m.dnn.forward(flatten(e))
+                m.dnn.forward_with(flatten(e), &m.dnn_dice)
             }
             CtrModel::Ple(m) => {
                 let flat = flatten(m.embedding.forward(x));
@@ -2789,6 +2831,9 @@ mod tests {
         c.attention_hidden_activations = "ReLU".into();
         c.attention_output_activation = Some("sigmoid".into());
         c.din_use_softmax = true;
+        all.push(c);
+        let mut c = small(ModelKind::DIN);
+        c.dnn_activations = "Dice".into();
         all.push(c);
         all
     }

@@ -878,7 +878,7 @@ fn cpu_pools(config: &ModelConfig, opts: &TrainOptions) -> Vec<rayon::ThreadPool
         || config.mlp1_dropout > 0.0
         || config.mlp2_dropout > 0.0
         || config.batch_norm
-        || (config.model == crate::model::ModelKind::DIN && config.dice())
+        || (config.model == crate::model::ModelKind::DIN && (config.dice() || config.dnn_dice()))
         || config.mlp1_batch_norm
         || config.mlp2_batch_norm
         || opts.device != Device::flex()
