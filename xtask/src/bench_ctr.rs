@@ -317,7 +317,8 @@ fn side_by_side(opts: &Options, work: &Path) -> anyhow::Result<()> {
         .status()
         .context("cannot run gen_data.py")?;
     anyhow::ensure!(status.success(), "gen_data.py failed ({status})");
-    if expids.contains(&"DIN_bench") {
+    // DIN's experiments (`DIN_bench`, `DINDice_bench`) read the click history.
+    if expids.iter().any(|e| e.starts_with("DIN")) {
         let status = std::process::Command::new(python)
             .arg(ours.join("add_history.py"))
             .arg("--data")

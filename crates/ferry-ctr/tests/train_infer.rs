@@ -1148,4 +1148,27 @@ fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
         predict(&full_dir),
         "resumed = uninterrupted"
     );
+
+    // Dice in the DNN too (FuxiCTR's `dnn_activations: Dice`): it learns, and its running
+    // statistics travel with the checkpoint.
+    let mut dice = e.model.clone();
+    dice.dnn_activations = "Dice".into();
+    let full_dice = root.join("models/full_dice");
+    let full = train(
+        &dice,
+        &processor,
+        &dataset,
+        &TrainOptions::new(&data_dir, &full_dice, Device::flex()),
+        &mut (),
+    )
+    .expect("train");
+    let auc = full.state.best_val_auc().unwrap_or(0.0);
+    assert!(auc > 0.9, "DIN with Dice in its DNN: validation AUC {auc}");
+    let resumed_dice = root.join("models/resumed_dice");
+    killed_after_one_epoch_and_resumed(&dice, &processor, &dataset, &data_dir, &resumed_dice);
+    assert_eq!(
+        predict(&resumed_dice),
+        predict(&full_dice),
+        "resumed = uninterrupted, with Dice in the DNN"
+    );
 }
