@@ -345,29 +345,31 @@ fn from_fuxictr(
     let config_dir = host
         .policy
         .confine("FuxiCTR configuration folder", &f.config_dir)?;
-    let fail = |e: ferry_ctr::CtrError| JobError::permanent(format!("FuxiCTR configuration: {e}"));
-    if !sample_dir.is_empty() {
-        let sample_dir = host.policy.confine("sample directory", sample_dir)?;
-        let e = ferry_ctr::fuxictr::load_with(
+    let folder = (!sample_dir.is_empty())
+        .then(|| host.policy.confine("sample directory", sample_dir))
+        .transpose()?;
+    let e = match &folder {
+        Some(dir) => ferry_ctr::fuxictr::load_with(
             &config_dir,
             &f.expid,
-            ferry_ctr::fuxictr::DataFrom::Folder(&sample_dir),
-        )
-        .map_err(fail)?;
-        for w in &e.warnings {
-            ctx.info(format!("FuxiCTR configuration: {w}"));
+            ferry_ctr::fuxictr::DataFrom::Folder(dir),
+        ),
+        None => {
+            let work_dir = match &f.work_dir {
+                Some(w) => host.policy.confine("FuxiCTR working folder", w)?,
+                None => config_dir
+                    .parent()
+                    .map_or_else(|| config_dir.clone(), Path::to_owned),
+            };
+            ferry_ctr::fuxictr::load(&config_dir, &f.expid, &work_dir)
         }
-        return Ok((e.model, e.features, sample_dir, FuxiSplits::default()));
     }
-    let work_dir = match &f.work_dir {
-        Some(w) => host.policy.confine("FuxiCTR working folder", w)?,
-        None => config_dir
-            .parent()
-            .map_or_else(|| config_dir.clone(), Path::to_owned),
-    };
-    let e = ferry_ctr::fuxictr::load(&config_dir, &f.expid, &work_dir).map_err(fail)?;
+    .map_err(|e| JobError::permanent(format!("FuxiCTR configuration: {e}")))?;
     for w in &e.warnings {
         ctx.info(format!("FuxiCTR configuration: {w}"));
+    }
+    if let Some(dir) = folder {
+        return Ok((e.model, e.features, dir, FuxiSplits::default()));
     }
     if e.dataset_id != dataset_id {
         return Err(JobError::permanent(format!(

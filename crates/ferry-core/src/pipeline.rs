@@ -454,13 +454,13 @@ pub fn plan(
     let (mut train_params, check) = match &req.fuxictr_config {
         Some(dir) => {
             let fuxictr = json!({"config_dir": literal(dir), "expid": model_id});
-            // Checked on the training host before anything is exported; no GPU is held.
-            let check = json!({
-                "dataset_id": dataset_id, "sample_dir": sample_dir, "fuxictr": fuxictr,
-                "check_only": true, "gpu_count": 0,
-            });
             let train =
                 json!({"dataset_id": dataset_id, "sample_dir": sample_dir, "fuxictr": fuxictr});
+            // The same, checked on the training host before anything is exported; no GPU is
+            // held.
+            let mut check = train.clone();
+            check["check_only"] = json!(true);
+            check["gpu_count"] = json!(0);
             (train, Some(check))
         }
         None => (train_params(req, model_id, sample_dir), None),

@@ -749,18 +749,13 @@ impl InputShape {
         !self.embedding_dims.is_empty()
     }
 
-    /// Every field's embedding width, in the model's order.
-    pub fn field_dims(&self, dim: usize) -> Vec<usize> {
-        if self.mixed_widths() {
-            self.embedding_dims.clone()
-        } else {
-            vec![dim; self.num_fields()]
-        }
-    }
-
     /// The width of the fields' embeddings side by side.
     pub fn flat_width(&self, dim: usize) -> usize {
-        self.field_dims(dim).iter().sum()
+        if self.mixed_widths() {
+            self.embedding_dims.iter().sum()
+        } else {
+            self.num_fields() * dim
+        }
     }
 
     /// With mixed widths: where each categorical field's rows start in the one embedding
@@ -956,29 +951,9 @@ impl Inputs {
                 shape.num_numeric
             )));
         }
-        let mut idx = Vec::with_capacity(batch.categorical.len());
         for (i, v) in batch.categorical.iter().enumerate() {
-            let field = i % c;
-            if *v < 0 || *v as usize >= shape.vocab_sizes[field] {
-                return Err(CtrError::Data(format!(
-                    "categorical field {field} has index {v} outside its vocabulary of {}; \
-                     was the data encoded with this model's feature processor?",
-                    shape.vocab_sizes[field]
-                )));
-            }
-            idx.push(offsets[field] + *v as i64);
+            check_index("categorical", i % c, *v, shape.vocab_sizes[i % c])?;
         }
-        if shape.mixed_widths() {
-            return Inputs::spelled_out(batch, shape, device);
-        }
-        let categorical = (c > 0)
-            .then(|| Tensor::<2, Int>::from_data(TensorData::new(idx, [batch.rows, c]), device));
-        let numeric = (shape.num_numeric > 0).then(|| {
-            Tensor::<2>::from_data(
-                TensorData::new(batch.numeric.clone(), [batch.rows, shape.num_numeric]),
-                device,
-            )
-        });
         let w = shape.sequence_width();
         if batch.sequence.len() != batch.rows * w {
             return Err(CtrError::Data(format!(
@@ -987,6 +962,20 @@ impl Inputs {
                 batch.rows
             )));
         }
+        if shape.mixed_widths() {
+            return Inputs::spelled_out(batch, shape, device);
+        }
+        let idx: Vec<i64> = (batch.categorical.iter().enumerate())
+            .map(|(i, v)| offsets[i % c] + *v as i64)
+            .collect();
+        let categorical = (c > 0)
+            .then(|| Tensor::<2, Int>::from_data(TensorData::new(idx, [batch.rows, c]), device));
+        let numeric = (shape.num_numeric > 0).then(|| {
+            Tensor::<2>::from_data(
+                TensorData::new(batch.numeric.clone(), [batch.rows, shape.num_numeric]),
+                device,
+            )
+        });
         let sequence = (w > 0)
             .then(|| -> Result<_> {
                 let offsets = shape.offsets();
@@ -1009,12 +998,7 @@ impl Inputs {
                 let mut mask = Vec::with_capacity(batch.sequence.len());
                 for (i, v) in batch.sequence.iter().enumerate() {
                     let (field, offset, vocab) = at[i % w];
-                    if *v < 0 || *v as usize >= vocab {
-                        return Err(CtrError::Data(format!(
-                            "sequence field {field} has index {v} outside its vocabulary of \
-                             {vocab}; was the data encoded with this model's feature processor?"
-                        )));
-                    }
+                    check_index("sequence", field, *v, vocab)?;
                     idx.push((offset + *v as usize) as i64);
                     mask.push(if *v == 0 { 0.0f32 } else { 1.0 });
                 }
@@ -1039,8 +1023,8 @@ impl Inputs {
 }
 
 impl Inputs {
-    /// The inputs with mixed embedding widths (see [`Inputs`]); the batch's categorical
-    /// indices are checked by the caller, its sequences here.
+    /// The inputs with mixed embedding widths (see [`Inputs`]); the batch's sizes are checked
+    /// by the caller, its sequences' indices here.
     fn spelled_out(batch: &EncodedBatch, shape: &InputShape, device: &Device) -> Result<Inputs> {
         shape.check_widths()?;
         let (n, c, rows) = (shape.num_numeric, shape.vocab_sizes.len(), batch.rows);
@@ -1060,12 +1044,6 @@ impl Inputs {
             }
         }
         let w = shape.sequence_width();
-        if batch.sequence.len() != rows * w {
-            return Err(CtrError::Data(format!(
-                "batch has {} sequence tokens for {rows} rows; the model expects {w} per row",
-                batch.sequence.len()
-            )));
-        }
         let seq_width: usize = (shape.sequences.iter().enumerate())
             .map(|(q, s)| s.max_len * dims[n + c + q])
             .sum();
@@ -1076,13 +1054,7 @@ impl Inputs {
             for (q, s) in shape.sequences.iter().enumerate() {
                 let d = dims[n + c + q];
                 for v in &batch.sequence[at..at + s.max_len] {
-                    if *v < 0 || *v as usize >= s.vocab_size {
-                        return Err(CtrError::Data(format!(
-                            "sequence field {q} has index {v} outside its vocabulary of {}; \
-                             was the data encoded with this model's feature processor?",
-                            s.vocab_size
-                        )));
-                    }
+                    check_index("sequence", q, *v, s.vocab_size)?;
                     let start = (seq_at[q] + *v as usize * d) as i64;
                     tokens.extend(start..start + d as i64);
                     mask.push(if *v == 0 { 0.0f32 } else { 1.0 });
@@ -1111,6 +1083,18 @@ impl Inputs {
             rows,
         })
     }
+}
+
+/// Fails (instead of letting the backend panic) when an index is outside its field's
+/// vocabulary, i.e. the data was encoded by another feature processor than the model's.
+fn check_index(kind: &str, field: usize, v: i32, vocab: usize) -> Result<()> {
+    if v < 0 || v as usize >= vocab {
+        return Err(CtrError::Data(format!(
+            "{kind} field {field} has index {v} outside its vocabulary of {vocab}; was the data \
+             encoded with this model's feature processor?"
+        )));
+    }
+    Ok(())
 }
 
 /// Labels `[B, T]` on a device.
