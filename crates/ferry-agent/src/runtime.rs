@@ -26,6 +26,9 @@ use tracing::{debug, info, warn};
 use crate::executor::{Executor, JobContext, JobRecord};
 use crate::outbox::{MAX_UNACKED_BYTES, Outbox};
 
+/// How long one attempt to connect (TCP, TLS and HTTP/2 handshakes) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Everything the runtime needs to know about this agent.
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
@@ -123,10 +126,21 @@ impl Shared {
     /// message, the job data that follows it), then every event the coordinator has not
     /// acknowledged. A job that ended but still has events waiting is reported running, and
     /// its end follows those events, so the coordinator takes them while the job is current.
-    fn connect_messages(&self, outbox: &mut Outbox) -> Vec<v1::AgentMessage> {
+    ///
+    /// The jobs are read before the events still queued are taken into the outbox: a job
+    /// reads as ended only after every event it sent is queued, so a job whose last events
+    /// were never sent is always among those waiting, however its end and this call interleave.
+    fn connect_messages(
+        &self,
+        outbox: &mut Outbox,
+        events_rx: &mut mpsc::UnboundedReceiver<v1::AgentMessage>,
+    ) -> Vec<v1::AgentMessage> {
         let Some(agent_message::Msg::Register(mut reg)) = self.register_message().msg else {
             return Vec::new();
         };
+        while let Ok(ev) = events_rx.try_recv() {
+            outbox.push(ev);
+        }
         let waiting: std::collections::HashSet<String> =
             outbox.jobs_waiting().map(str::to_owned).collect();
         let ends: Vec<v1::AgentMessage> = reg
@@ -230,21 +244,35 @@ pub async fn run(
     info!(agent = %shared.settings.name, role = %shared.settings.role, "agent starting");
     let mut outbox = Outbox::new(MAX_UNACKED_BYTES);
     while !shutdown.is_cancelled() {
-        let channel = tokio::select! {
-            c = endpoint.connect() => c,
-            _ = shutdown.cancelled() => break,
+        // Connecting may take long (a coordinator that accepts connections before it
+        // serves): events go on into the outbox meanwhile, and a handshake that does not
+        // finish in time is tried again.
+        let connecting = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect());
+        tokio::pin!(connecting);
+        let channel = loop {
+            tokio::select! {
+                c = &mut connecting => break Some(c),
+                _ = shutdown.cancelled() => break None,
+                Some(ev) = events_rx.recv() => { outbox.push(ev); }
+            }
         };
+        let Some(channel) = channel else { break };
         match channel {
-            Ok(channel) => {
+            Err(_) => debug!(
+                url = %shared.settings.coordinator_url,
+                "coordinator did not finish the handshake in {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            Ok(Err(e)) => {
+                debug!(error = %e, url = %shared.settings.coordinator_url, "coordinator unreachable")
+            }
+            Ok(Ok(channel)) => {
                 match session(&shared, channel, &mut events_rx, &mut outbox, &shutdown).await {
                     SessionEnd::Shutdown => break,
                     SessionEnd::Broken(reason) => {
                         warn!(reason = %reason, "lost the coordinator; reconnecting")
                     }
                 }
-            }
-            Err(e) => {
-                debug!(error = %e, url = %shared.settings.coordinator_url, "coordinator unreachable")
             }
         }
         // While away, events still go into the (bounded) outbox.
@@ -286,7 +314,7 @@ async fn session(
 ) -> SessionEnd {
     let mut client = AgentServiceClient::new(channel);
     let (out, out_rx) = mpsc::channel::<v1::AgentMessage>(4096);
-    let mut first = shared.connect_messages(outbox).into_iter();
+    let mut first = shared.connect_messages(outbox, events_rx).into_iter();
     if let Some(register) = first.next()
         && out.send(register).await.is_err()
     {
@@ -594,6 +622,95 @@ mod tests {
                 Err(JobError::permanent("unreachable"))
             })
         }
+    }
+
+    fn job_event(job: &str, event: v1::job_event::Event) -> v1::AgentMessage {
+        v1::AgentMessage {
+            msg: Some(agent_message::Msg::JobEvent(v1::JobEvent {
+                job_id: job.into(),
+                event: Some(event),
+            })),
+            seq: 0,
+        }
+    }
+
+    /// A job that ended while the agent was still connecting: its last events are in the
+    /// queue, not yet in the outbox. The registration must report it running and send its end
+    /// after those events; reported ended, the coordinator would let the job go and drop them.
+    #[test]
+    fn a_job_that_ended_with_events_still_queued_ends_after_them() {
+        let (events, mut events_rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            settings: AgentSettings {
+                name: "inference_server".into(),
+                role: Role::Inference,
+                coordinator_url: "https://127.0.0.1:1".into(),
+                tls: Default::default(),
+                work_dir: std::env::temp_dir(),
+                reconnect_interval: Duration::from_secs(1),
+                gpus: Vec::new(),
+                slots: 0,
+                shutdown_grace: Duration::from_secs(1),
+                paths: BTreeMap::new(),
+                ssh_to: Vec::new(),
+            },
+            executors: HashMap::new(),
+            jobs: Mutex::new(HashMap::new()),
+            events: events.clone(),
+            instance: 7,
+        };
+        shared.jobs().insert(
+            "j".into(),
+            Job {
+                task_id: 1,
+                task_name: "t".into(),
+                step: "infer".into(),
+                attempt: 1,
+                kind: "ctr_infer".into(),
+                params: serde_json::Value::Null,
+                checkpoint: None,
+                gpu_ids: Vec::new(),
+                state: JobState::Completed,
+                error: String::new(),
+                class: ErrorClass::Transient,
+                cancel: CancellationToken::new(),
+                record: JobRecord::default(),
+            },
+        );
+        let metric = v1::job_event::Event::Metric(v1::JobMetric {
+            name: "inference_rows".into(),
+            value: 10_000.0,
+            index: 0,
+        });
+        events.send(job_event("j", metric.clone())).ok();
+        shared.emit_state("j", JobState::Completed, "", ErrorClass::Transient);
+        let mut outbox = Outbox::new(MAX_UNACKED_BYTES);
+
+        let sent = shared.connect_messages(&mut outbox, &mut events_rx);
+
+        let Some(agent_message::Msg::Register(reg)) = &sent[0].msg else {
+            panic!("the first message is not the registration: {:?}", sent[0]);
+        };
+        assert_eq!(reg.jobs.len(), 1);
+        assert_eq!(reg.jobs[0].state, v1::JobState::Running as i32);
+        let events: Vec<_> = sent[1..]
+            .iter()
+            .map(|m| match &m.msg {
+                Some(agent_message::Msg::JobEvent(e)) => (m.seq, e.event.clone()),
+                other => panic!("not a job event: {other:?}"),
+            })
+            .collect();
+        let end = Some(v1::job_event::Event::State(v1::JobStateChange {
+            state: v1::JobState::Completed as i32,
+            error: String::new(),
+            error_class: error_class_to_wire(ErrorClass::Transient) as i32,
+        }));
+        assert_eq!(
+            events,
+            vec![(1, Some(metric)), (2, end.clone()), (0, end)],
+            "the queued events, numbered, then the deferred end"
+        );
+        assert!(events_rx.try_recv().is_err(), "the queue is taken whole");
     }
 
     #[tokio::test]
