@@ -5,7 +5,7 @@
 //! categorical fields (each field's indices offset into it) and, per numeric field, a
 //! `Linear(1, dim, bias=False)` — so DeepFM's and MMoE's DNN inputs are `num_fields × dim` wide.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, RunningState};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId, RunningState};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer,
     Linear, LinearConfig,
@@ -1714,29 +1714,23 @@ impl Dice {
 
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         const EPS: f64 = 1e-9;
-        const MOMENTUM: f64 = 0.01;
         let [n, h] = x.dims();
         let device = x.device();
         let (mean, var) = if device.is_autodiff() {
             let mean = x.clone().mean_dim(0); // [1, H]
             let centred = x.clone() - mean.clone();
             let var = (centred.clone() * centred).mean_dim(0);
-            // The running variance is the unbiased one, as PyTorch keeps it.
-            let unbiased = var
-                .clone()
-                .detach()
-                .mul_scalar(n as f64 / (n.max(2) - 1) as f64);
-            let rm = self.running_mean.value_sync().to_device(&device);
-            let rv = self.running_var.value_sync().to_device(&device);
-            self.running_mean.update(
-                (rm.mul_scalar(1.0 - MOMENTUM)
-                    + mean.clone().detach().reshape([h]).mul_scalar(MOMENTUM))
-                .detach(),
-            );
-            self.running_var.update(
-                (rv.mul_scalar(1.0 - MOMENTUM) + unbiased.reshape([h]).mul_scalar(MOMENTUM))
-                    .detach(),
-            );
+            let stats = DiceBatchStats {
+                id: self.alpha.id,
+                rows: n,
+                mean: mean.clone().detach().reshape([h]),
+                var: var.clone().detach().reshape([h]),
+            };
+            // A row range on one of several threads leaves the running averages to the
+            // caller, which updates them once from every range's statistics.
+            if let Some(stats) = collect_dice_stats(stats) {
+                self.update_running(&stats);
+            }
             (mean, var)
         } else {
             (
@@ -1750,6 +1744,94 @@ impl Dice {
         let alpha = self.alpha.val().reshape([1, h]);
         x * (p * (alpha.clone().neg() + 1.0) + alpha)
     }
+}
+
+impl Dice {
+    /// One training batch's statistics into the running averages (PyTorch's momentum 0.01; the
+    /// running variance is the unbiased one, as PyTorch keeps it).
+    fn update_running(&self, stats: &DiceBatchStats) {
+        const MOMENTUM: f64 = 0.01;
+        let n = stats.rows;
+        let device = stats.mean.device();
+        let unbiased = stats
+            .var
+            .clone()
+            .mul_scalar(n as f64 / (n.max(2) - 1) as f64);
+        let rm = self.running_mean.value_sync().to_device(&device);
+        let rv = self.running_var.value_sync().to_device(&device);
+        self.running_mean.update(
+            (rm.mul_scalar(1.0 - MOMENTUM) + stats.mean.clone().mul_scalar(MOMENTUM)).detach(),
+        );
+        self.running_var
+            .update((rv.mul_scalar(1.0 - MOMENTUM) + unbiased.mul_scalar(MOMENTUM)).detach());
+    }
+}
+
+/// One Dice layer's statistics over the rows it saw in a training forward pass: the per-unit
+/// mean and (biased) variance, detached.
+#[derive(Debug, Clone)]
+pub(crate) struct DiceBatchStats {
+    /// The layer's `alpha`: the same id in every copy of the model.
+    id: ParamId,
+    rows: usize,
+    mean: Tensor<1>,
+    var: Tensor<1>,
+}
+
+impl DiceBatchStats {
+    /// The statistics of all the rows of `parts` together, exactly (Chan et al.'s pairwise
+    /// combination: the variance within each part plus that of the parts' means).
+    fn combined(parts: &[DiceBatchStats]) -> Option<DiceBatchStats> {
+        let first = parts.first()?;
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let total = rows.max(1) as f64;
+        let mean = parts
+            .iter()
+            .map(|p| p.mean.clone().mul_scalar(p.rows as f64 / total))
+            .reduce(|a, b| a + b)?;
+        let var = parts
+            .iter()
+            .map(|p| {
+                let gap = p.mean.clone() - mean.clone();
+                (p.var.clone() + gap.clone() * gap).mul_scalar(p.rows as f64 / total)
+            })
+            .reduce(|a, b| a + b)?;
+        Some(DiceBatchStats {
+            id: first.id,
+            rows,
+            mean,
+            var,
+        })
+    }
+}
+
+std::thread_local! {
+    /// Set while a row range of a batch computes on its own thread ([`collecting_dice_stats`]).
+    static DICE_STATS: std::cell::RefCell<Option<Vec<DiceBatchStats>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps `stats` for the caller of [`collecting_dice_stats`] on this thread, if one is
+/// collecting; otherwise hands them back.
+fn collect_dice_stats(stats: DiceBatchStats) -> Option<DiceBatchStats> {
+    DICE_STATS.with(|cell| match cell.borrow_mut().as_mut() {
+        Some(kept) => {
+            kept.push(stats);
+            None
+        }
+        None => Some(stats),
+    })
+}
+
+/// Runs `f` (a training forward pass over one row range) with every Dice layer's batch
+/// statistics kept for the caller instead of updating the running averages, which several
+/// threads would otherwise update in a racy order. Give them to
+/// [`CtrModel::update_dice_running_stats`] once every range is done.
+pub(crate) fn collecting_dice_stats<R>(f: impl FnOnce() -> R) -> (R, Vec<DiceBatchStats>) {
+    let outer = DICE_STATS.with(|cell| cell.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let kept = DICE_STATS.with(|cell| std::mem::replace(&mut *cell.borrow_mut(), outer));
+    (result, kept.unwrap_or_default())
 }
 
 /// DIN's attention unit: an MLP over `[target, token, target − token, target ⊙ token]` giving one
@@ -2506,6 +2588,37 @@ impl CtrModel {
         }
     }
 
+    /// The model's Dice layers (DIN's), attention units first, then the DNN's.
+    fn dice_layers(&self) -> Vec<&Dice> {
+        match self {
+            CtrModel::Din(m) => m
+                .attention
+                .iter()
+                .flat_map(|unit| &unit.dice)
+                .chain(&m.dnn_dice)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Updates each Dice layer's running averages once, from the statistics of a batch's row
+    /// ranges (one list per range, from [`collecting_dice_stats`]) taken together: the same
+    /// update as one pass over the whole batch, up to float rounding.
+    pub(crate) fn update_dice_running_stats(&self, ranges: Vec<Vec<DiceBatchStats>>) {
+        let mut by_layer: BTreeMap<ParamId, Vec<DiceBatchStats>> = BTreeMap::new();
+        for stats in ranges.into_iter().flatten() {
+            by_layer.entry(stats.id).or_default().push(stats);
+        }
+        for dice in self.dice_layers() {
+            if let Some(all) = by_layer
+                .get(&dice.alpha.id)
+                .and_then(|parts| DiceBatchStats::combined(parts))
+            {
+                dice.update_running(&all);
+            }
+        }
+    }
+
     /// The regularization term of FuxiCTR's `BaseModel`: `embedding` on the embedding tables,
     /// `net` on every layer's `weight` and `bias` (the numeric fields' embeddings are layers
     /// there); other parameters (cross mixtures, bilinear forms) go free. `None` without terms.
@@ -2712,6 +2825,66 @@ mod tests {
     use super::*;
     use burn::module::Module;
     use burn::optim::{AdamConfig, GradientsParams};
+
+    /// A batch's Dice statistics computed in row ranges on threads of their own and then
+    /// taken together update the running averages as one pass over the whole batch does.
+    #[test]
+    fn dice_statistics_of_row_ranges_combine_into_the_whole_batch_update() {
+        let device = Device::flex().autodiff();
+        let rows: Vec<f32> = (0..7 * 3)
+            .map(|i| ((i * 37 % 11) as f32 - 4.0) * 0.3 + (i % 3) as f32)
+            .collect();
+        let x = Tensor::<2>::from_data(TensorData::new(rows.clone(), [7, 3]), &device);
+        let whole = Dice::new(3, &device);
+        let _ = whole.forward(x.clone());
+        let split = Dice::new(3, &device);
+        // Unequal ranges, as a batch of 7 rows splits in 4 and 3.
+        let ranges: Vec<Vec<DiceBatchStats>> = [(0, 4), (4, 3)]
+            .into_iter()
+            .map(|(start, len)| {
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        let part = x.clone().narrow(0, start, len);
+                        collecting_dice_stats(|| split.forward(part)).1
+                    })
+                    .join()
+                    .expect("range thread")
+                })
+            })
+            .collect();
+        assert!(ranges.iter().all(|r| r.len() == 1));
+        let untouched = split
+            .running_mean
+            .value_sync()
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32");
+        assert_eq!(untouched, vec![0.0; 3], "ranges leave the averages alone");
+        let model = CtrModel::Din(Din {
+            embedding: FeatureEmbedding::new(&shape(), 2, &device),
+            attention: Vec::new(),
+            dnn: Mlp::new(2, &[], Some(1), 0.0, false, &device),
+            dnn_dice: vec![split],
+            pairs: Vec::new(),
+            first_sequence_field: 0,
+        });
+        // The layer's statistics, keyed by its `alpha`, find it in the model.
+        model.update_dice_running_stats(ranges);
+        let CtrModel::Din(m) = &model else {
+            unreachable!()
+        };
+        for (a, b) in [
+            (&whole.running_mean, &m.dnn_dice[0].running_mean),
+            (&whole.running_var, &m.dnn_dice[0].running_var),
+        ] {
+            let a = a.value_sync().into_data().try_to_vec::<f32>().expect("f32");
+            let b = b.value_sync().into_data().try_to_vec::<f32>().expect("f32");
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-6, "whole batch {a:?}, ranges {b:?}");
+            }
+            assert!(a.iter().any(|v| *v != 0.0 && *v != 1.0), "updated: {a:?}");
+        }
+    }
 
     fn shape() -> InputShape {
         InputShape {

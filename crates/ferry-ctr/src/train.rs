@@ -872,13 +872,15 @@ const MIN_RANGE_ROWS: usize = 128;
 fn cpu_pools(config: &ModelConfig, opts: &TrainOptions) -> Vec<rayon::ThreadPool> {
     // Ranges of fewer than 128 rows make products too thin to pay for a thread. A batch norm
     // normalises over the whole batch and updates its running averages once per batch, so it
-    // (like dropout, whose draws follow the batch) keeps a batch on one thread.
+    // (like dropout, whose draws follow the batch) keeps a batch on one thread. DIN's Dice
+    // normalises each range by that range's statistics (as a data-parallel PyTorch run
+    // without synchronised batch norm does), and its running averages are updated once per
+    // batch from all the ranges' statistics taken together.
     if !opts.replicas.is_empty()
         || config.dropout > 0.0
         || config.mlp1_dropout > 0.0
         || config.mlp2_dropout > 0.0
         || config.batch_norm
-        || (config.model == crate::model::ModelKind::DIN && (config.dice() || config.dnn_dice()))
         || config.mlp1_batch_norm
         || config.mlp2_batch_norm
         || opts.device != Device::flex()
@@ -934,24 +936,34 @@ fn threaded_gradients(
         } else {
             model.valid().train()
         };
-        let loss = range_loss(
-            &copy,
-            range,
-            batch.rows,
-            shape,
-            device,
-            (i == 0).then_some(config),
-        )?;
+        let (loss, stats) = crate::model::collecting_dice_stats(|| {
+            range_loss(
+                &copy,
+                range,
+                batch.rows,
+                shape,
+                device,
+                (i == 0).then_some(config),
+            )
+        });
+        let loss = loss?;
         let value = loss.clone().into_scalar::<f32>() as f64;
-        Ok((value, GradientsParams::from_grads(loss.backward(), &copy)))
+        Ok((
+            value,
+            GradientsParams::from_grads(loss.backward(), &copy),
+            stats,
+        ))
     });
     let mut accumulator = GradientsAccumulator::new();
     let mut value = 0.0;
+    let mut dice_stats = Vec::with_capacity(results.len());
     for result in results {
-        let (v, grads) = result?;
+        let (v, grads, stats) = result?;
         accumulator.accumulate(model, grads);
         value += v;
+        dice_stats.push(stats);
     }
+    model.update_dice_running_stats(dice_stats);
     Ok((value, accumulator.grads()))
 }
 

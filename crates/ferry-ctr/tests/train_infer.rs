@@ -127,7 +127,17 @@ fn killed_after_one_epoch_and_resumed(
     data_dir: &Path,
     model_dir: &Path,
 ) -> ferry_ctr::train::TrainOutcome {
-    let mut opts = TrainOptions::new(data_dir, model_dir, Device::flex());
+    let opts = TrainOptions::new(data_dir, model_dir, Device::flex());
+    killed_and_resumed_with(config, processor, dataset, opts)
+}
+
+/// [`killed_after_one_epoch_and_resumed`] with these options.
+fn killed_and_resumed_with(
+    config: &ModelConfig,
+    processor: &FeatureProcessor,
+    dataset: &PreparedDataset,
+    mut opts: TrainOptions,
+) -> ferry_ctr::train::TrainOutcome {
     opts.stop_after_epochs = Some(1);
     let first = train(config, processor, dataset, &opts, &mut ()).expect("epoch 1");
     assert!(!first.finished, "{:?} stopped after epoch 1", config.model);
@@ -1170,5 +1180,42 @@ fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
         predict(&resumed_dice),
         predict(&full_dice),
         "resumed = uninterrupted, with Dice in the DNN"
+    );
+
+    // On two threads (batches of 256 in two ranges of 128), each range's Dice normalises by
+    // that range's statistics and the running averages take both ranges once per batch: it
+    // learns, a second run repeats it exactly, and a killed run resumes exactly.
+    let mut threaded = dice.clone();
+    threaded.batch_size = 256;
+    let two_threads = |dir: &Path| {
+        let mut opts = TrainOptions::new(&data_dir, dir, Device::flex());
+        opts.cpu_threads = 2;
+        opts
+    };
+    let run = |name: &str| {
+        let dir = root.join("models").join(name);
+        let out =
+            train(&threaded, &processor, &dataset, &two_threads(&dir), &mut ()).expect("train");
+        (out, predict(&dir))
+    };
+    let (out, p_threads) = run("threads");
+    let auc = out.state.best_val_auc().unwrap_or(0.0);
+    assert!(
+        auc > 0.9,
+        "DIN with Dice on two threads: validation AUC {auc}"
+    );
+    let (_, p_again) = run("threads_again");
+    assert_eq!(p_threads, p_again, "a run on two threads repeats exactly");
+    let resumed_threads = root.join("models/resumed_threads");
+    killed_and_resumed_with(
+        &threaded,
+        &processor,
+        &dataset,
+        two_threads(&resumed_threads),
+    );
+    assert_eq!(
+        predict(&resumed_threads),
+        p_threads,
+        "resumed = uninterrupted, on two threads"
     );
 }
