@@ -148,8 +148,13 @@ pub fn load_with(config_dir: &Path, expid: &str, data_from: DataFrom<'_>) -> Res
     }
     let model = model_config(expid, model, &mut warnings)?;
     // A sequence left unpooled is one DIN attends over; any other model needs it pooled.
-    let attended =
-        |name: &String| model.model == ModelKind::DIN && model.din_sequence_field.contains(name);
+    let attended = |name: &String| {
+        model.model == ModelKind::DIN
+            && model
+                .din_sequence_field
+                .iter()
+                .any(|f| f.names().contains(name))
+    };
     if let Some(name) = unpooled.iter().find(|n| !attended(n)) {
         return Err(unsupported(
             &format!("{dataset_id}: feature {name}"),
@@ -211,6 +216,9 @@ fn section(
             path: file.clone(),
             source: e,
         })?;
+        // PyYAML's `!!python/tuple` (DIN's fields attended together) as a local tag, which the
+        // YAML reader hands on (it drops the `tag:yaml.org,2002:` ones).
+        let text = text.replace("!!python/tuple", "!python/tuple");
         let Lenient { value, repeated } = serde_yaml::from_str(&text)
             .map_err(|e| CtrError::Config(format!("{}: {e}", file.display())))?;
         let doc = as_section(file, stem, value)?;
@@ -363,6 +371,23 @@ impl<'de> serde::de::Visitor<'de> for LenientVisitor {
         d: D,
     ) -> std::result::Result<Lenient, D::Error> {
         d.deserialize_any(self)
+    }
+
+    /// A tagged node (`!python/tuple [a, b]`): kept with its tag.
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(
+        self,
+        data: A,
+    ) -> std::result::Result<Lenient, A::Error> {
+        use serde::de::VariantAccess;
+        let (tag, variant) = data.variant::<String>()?;
+        let inner = variant.newtype_variant_seed(Nested(self.depth))?;
+        Ok(Lenient {
+            value: Value::Tagged(Box::new(serde_yaml::value::TaggedValue {
+                tag: serde_yaml::value::Tag::new(tag),
+                value: inner.value,
+            })),
+            repeated: inner.repeated,
+        })
     }
 }
 
@@ -1272,7 +1297,11 @@ fn model_config(expid: &str, mut m: Section, warnings: &mut Vec<String>) -> Resu
         && let Some(v) = m.get("feature_specs")
     {
         for name in unpooled_names(v) {
-            if !config.din_sequence_field.contains(&name) {
+            if !config
+                .din_sequence_field
+                .iter()
+                .any(|f| f.names().contains(&name))
+            {
                 return Err(unsupported(
                     expid,
                     "feature_specs",
@@ -1298,20 +1327,33 @@ fn unpooled_names(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// DIN's `din_target_field` / `din_sequence_field`: a field name or a list of them (a tuple of
-/// fields attended together is refused).
-fn din_fields(owner: &str, key: &str, v: &Value) -> Result<Vec<String>> {
-    let one = |x: &Value| x.as_str().map(str::to_owned);
-    let names = match v {
-        Value::Sequence(items) => items.iter().map(one).collect::<Option<Vec<_>>>(),
-        x => one(x).map(|n| vec![n]),
+/// DIN's `din_target_field` / `din_sequence_field`: a field name, a tuple of fields attended
+/// together (`!!python/tuple [item_id, cate_id]`, as FuxiCTR's YAML loader reads tuples), or a
+/// list of either, one per attention unit. Written for Ferry as a name or a list of names each.
+fn din_fields(owner: &str, key: &str, v: &Value) -> Result<Vec<Json>> {
+    let name = |x: &Value| x.as_str().map(|n| Json::String(n.to_owned()));
+    let tuple = |x: &Value| match x {
+        Value::Tagged(t) if t.tag == "python/tuple" => match &t.value {
+            Value::Sequence(items) if !items.is_empty() => items
+                .iter()
+                .map(name)
+                .collect::<Option<Vec<_>>>()
+                .map(Json::Array),
+            _ => None,
+        },
+        _ => None,
     };
-    names.ok_or_else(|| {
+    let entry = |x: &Value| name(x).or_else(|| tuple(x));
+    let fields = match v {
+        Value::Sequence(items) => items.iter().map(entry).collect::<Option<Vec<_>>>(),
+        x => entry(x).map(|f| vec![f]),
+    };
+    fields.ok_or_else(|| {
         unsupported(
             owner,
             key,
             v,
-            "one field per attention unit; fields attended together (a tuple) are not followed yet",
+            "a field name, a tuple of them attended together (!!python/tuple [a, b]), or a list of either; FuxiCTR reads a plain nested list as a list, not a tuple",
         )
     })
 }
@@ -1369,6 +1411,7 @@ fn json_err(e: serde_json::Error) -> CtrError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DinField;
 
     /// A configuration folder holding these `dataset_config.yaml` and `model_config.yaml`.
     fn config_dir(datasets: &str, models: &str) -> tempfile::TempDir {
@@ -1446,7 +1489,10 @@ mod tests {
             ),
             ("click_history", 20, Some("C14"))
         );
-        assert_eq!(din.model.din_sequence_field, ["click_history"]);
+        assert_eq!(
+            din.model.din_sequence_field,
+            [DinField::from("click_history")]
+        );
     }
 
     #[test]
@@ -1565,6 +1611,49 @@ mod tests {
         assert_eq!(
             e.features.integer_keys,
             std::collections::BTreeSet::from(["C1".into(), "C2".into()])
+        );
+    }
+
+    /// DIN's fields attended together, as FuxiCTR's YAML writes a tuple: alone or in a list,
+    /// each read as one attention unit over the fields' embeddings side by side. A plain nested
+    /// list (which FuxiCTR would take as a list and fail on) and tuples of unequal sizes are
+    /// refused by name.
+    #[test]
+    fn din_fields_attended_together_are_read_from_python_tuples() {
+        let datasets = "tup:\n  data_format: csv\n  train_data: t.csv\n  feature_cols:\n    - {name: [item, cate], active: True, dtype: str, type: categorical}\n    - {name: item_hist, active: True, dtype: str, type: sequence, splitter: ^, max_len: 4, share_embedding: item}\n    - {name: cate_hist, active: True, dtype: str, type: sequence, splitter: ^, max_len: 4, share_embedding: cate}\n  label_col: {name: clk, dtype: float}\n";
+        let models = "Base: {model: DIN, dataset_id: tup, feature_specs: [{name: item_hist, feature_encoder: null}, {name: cate_hist, feature_encoder: null}]}\n\
+            One: {din_target_field: !!python/tuple [item, cate], din_sequence_field: !!python/tuple [item_hist, cate_hist]}\n\
+            Listed: {din_target_field: [!!python/tuple [item, cate]], din_sequence_field: [!!python/tuple [item_hist, cate_hist]]}\n\
+            Nested: {din_target_field: [[item, cate]], din_sequence_field: [[item_hist, cate_hist]]}\n\
+            Uneven: {din_target_field: !!python/tuple [item, cate], din_sequence_field: item_hist}\n";
+        let d = config_dir(datasets, models);
+        let together =
+            |names: &[&str]| DinField::Together(names.iter().map(|n| (*n).to_owned()).collect());
+        for expid in ["One", "Listed"] {
+            let e = load(d.path(), expid, Path::new("/work"))
+                .unwrap_or_else(|e| panic!("{expid}: {e}"));
+            assert_eq!(
+                e.model.din_target_field,
+                [together(&["item", "cate"])],
+                "{expid}"
+            );
+            assert_eq!(
+                e.model.din_sequence_field,
+                [together(&["item_hist", "cate_hist"])],
+                "{expid}"
+            );
+            assert!(e.warnings.is_empty(), "{expid}: {:?}", e.warnings);
+        }
+        let said = err(d.path(), "Nested");
+        assert!(
+            (said.contains("din_target_field") || said.contains("din_sequence_field"))
+                && said.contains("!!python/tuple"),
+            "{said}"
+        );
+        let said = err(d.path(), "Uneven");
+        assert!(
+            said.contains("din_target_field") && said.contains("as many fields"),
+            "{said}"
         );
     }
 

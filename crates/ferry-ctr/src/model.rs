@@ -317,11 +317,11 @@ pub struct ModelConfig {
     #[serde(default)]
     pub monitor_mode: MonitorMode,
     /// DIN: the categorical fields attended to, and the sequence fields attended over, pair by
-    /// pair.
+    /// pair; each a field, or fields attended together (FuxiCTR's tuple).
     #[serde(default, deserialize_with = "one_or_many")]
-    pub din_target_field: Vec<String>,
+    pub din_target_field: Vec<DinField>,
     #[serde(default, deserialize_with = "one_or_many")]
-    pub din_sequence_field: Vec<String>,
+    pub din_sequence_field: Vec<DinField>,
     #[serde(default = "default_attention_hidden")]
     pub attention_hidden_units: Vec<usize>,
     /// `Dice` (FuxiCTR's default) or `ReLU`.
@@ -341,19 +341,53 @@ pub struct ModelConfig {
     pub dnn_activations: String,
 }
 
-/// A name, or a list of names (FuxiCTR accepts both for DIN's fields).
+/// One entry of DIN's `din_target_field` / `din_sequence_field`: a field (a name), or fields
+/// attended together (a list of names; FuxiCTR's tuple), whose embeddings are concatenated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DinField {
+    One(String),
+    Together(Vec<String>),
+}
+
+impl DinField {
+    /// The fields, in order.
+    pub fn names(&self) -> &[String] {
+        match self {
+            DinField::One(name) => std::slice::from_ref(name),
+            DinField::Together(names) => names,
+        }
+    }
+}
+
+impl From<&str> for DinField {
+    fn from(name: &str) -> DinField {
+        DinField::One(name.to_owned())
+    }
+}
+
+impl std::fmt::Display for DinField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DinField::One(name) => f.write_str(name),
+            DinField::Together(names) => write!(f, "({})", names.join(", ")),
+        }
+    }
+}
+
+/// An entry, or a list of entries (FuxiCTR accepts both for DIN's fields).
 fn one_or_many<'de, D: serde::Deserializer<'de>>(
     d: D,
-) -> std::result::Result<Vec<String>, D::Error> {
+) -> std::result::Result<Vec<DinField>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
         One(String),
-        Many(Vec<String>),
+        Many(Vec<DinField>),
     }
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(name) => vec![name],
-        OneOrMany::Many(names) => names,
+        OneOrMany::One(name) => vec![DinField::One(name)],
+        OneOrMany::Many(fields) => fields,
     })
 }
 
@@ -640,6 +674,17 @@ impl ModelConfig {
                         "din_target_field",
                         "DIN needs target fields and as many sequence fields (din_sequence_field)",
                     );
+                }
+                for (target, sequence) in self.din_target_field.iter().zip(&self.din_sequence_field)
+                {
+                    if target.names().is_empty() || target.names().len() != sequence.names().len() {
+                        return bad(
+                            "din_target_field",
+                            &format!(
+                                "target {target} and sequence {sequence} must name as many fields (one embedding each, attended together)"
+                            ),
+                        );
+                    }
                 }
                 if !(self.dice()
                     || self
@@ -1935,9 +1980,10 @@ pub struct Din {
     dnn: Mlp,
     /// With `dnn_activations: Dice`, one per hidden layer of the DNN; none with ReLU.
     dnn_dice: Vec<Dice>,
-    /// Per attention unit: the target's field position and the sequence's index.
+    /// Per attention unit: the target fields' positions and the sequences' indices (one each,
+    /// or several attended together).
     #[module(skip)]
-    pairs: Vec<(usize, usize)>,
+    pairs: Vec<(Vec<usize>, Vec<usize>)>,
     #[module(skip)]
     first_sequence_field: usize,
 }
@@ -2221,32 +2267,53 @@ impl CtrModel {
                 let position = |name: &str| shape.names.iter().position(|n| n == name);
                 let first_sequence = shape.num_numeric + shape.vocab_sizes.len();
                 let mut pairs = Vec::new();
-                for (target, sequence) in config
+                for (targets, sequences) in config
                     .din_target_field
                     .iter()
                     .zip(&config.din_sequence_field)
                 {
-                    let t = position(target)
-                        .filter(|p| (shape.num_numeric..first_sequence).contains(p))
-                        .ok_or_else(|| {
-                            CtrError::Config(format!(
-                                "din_target_field: {target} is not a categorical feature of the dataset"
-                            ))
-                        })?;
-                    let q = position(sequence)
-                        .filter(|p| *p >= first_sequence)
-                        .ok_or_else(|| {
-                            CtrError::Config(format!(
-                                "din_sequence_field: {sequence} is not a sequence feature of the dataset"
-                            ))
-                        })?;
-                    pairs.push((t, q - first_sequence));
+                    let mut t = Vec::new();
+                    for target in targets.names() {
+                        t.push(
+                            position(target)
+                                .filter(|p| (shape.num_numeric..first_sequence).contains(p))
+                                .ok_or_else(|| {
+                                    CtrError::Config(format!(
+                                        "din_target_field: {target} is not a categorical feature of the dataset"
+                                    ))
+                                })?,
+                        );
+                    }
+                    let mut q = Vec::new();
+                    for sequence in sequences.names() {
+                        q.push(
+                            position(sequence)
+                                .filter(|p| *p >= first_sequence)
+                                .ok_or_else(|| {
+                                    CtrError::Config(format!(
+                                        "din_sequence_field: {sequence} is not a sequence feature of the dataset"
+                                    ))
+                                })?
+                                - first_sequence,
+                        );
+                    }
+                    // Attended together, the sequences' tokens line up position by position.
+                    let lengths: Vec<usize> = q
+                        .iter()
+                        .map(|j| shape.sequences.get(*j).map_or(0, |s| s.max_len))
+                        .collect();
+                    if lengths.windows(2).any(|w| w[0] != w[1]) {
+                        return Err(CtrError::Config(format!(
+                            "din_sequence_field: {sequences} are attended together, so they need one max_len; they have {lengths:?}"
+                        )));
+                    }
+                    pairs.push((t, q));
                 }
                 CtrModel::Din(Din {
                     embedding: emb(),
                     attention: pairs
                         .iter()
-                        .map(|_| AttentionUnit::new(dim, config, device))
+                        .map(|(t, _)| AttentionUnit::new(dim * t.len(), config, device))
                         .collect(),
                     dnn: mlp(flat, &config.hidden_units, Some(1)),
                     dnn_dice: if config.dnn_dice() {
@@ -2448,17 +2515,36 @@ impl CtrModel {
                 let (mut e, tokens) = m.embedding.forward_with_tokens(x);
                 if let (Some(tokens), Some((_, mask))) = (tokens, &x.sequence) {
                     let [b, _, d] = e.dims();
-                    for ((t, j), unit) in m.pairs.iter().zip(&m.attention) {
-                        let start: usize = x.sequence_fields[..*j].iter().map(|f| f.0).sum();
-                        let len = x.sequence_fields.get(*j).map_or(0, |f| f.0);
-                        let pooled = unit.forward(
-                            e.clone().narrow(1, *t, 1),
-                            tokens.clone().narrow(1, start, len),
-                            mask.clone().narrow(1, start, len),
+                    let span = |j: usize| {
+                        let start: usize = x.sequence_fields[..j].iter().map(|f| f.0).sum();
+                        (start, x.sequence_fields.get(j).map_or(0, |f| f.0))
+                    };
+                    for ((targets, sequences), unit) in m.pairs.iter().zip(&m.attention) {
+                        // Fields attended together: their embeddings side by side, and the
+                        // first sequence's padding as the mask (FuxiCTR's tuple).
+                        let target =
+                            cat_last(targets.iter().map(|t| e.clone().narrow(1, *t, 1)).collect());
+                        let seq = cat_last(
+                            sequences
+                                .iter()
+                                .map(|j| {
+                                    let (start, len) = span(*j);
+                                    tokens.clone().narrow(1, start, len)
+                                })
+                                .collect(),
                         );
-                        // The attended sequence takes the place of its pooled embedding.
-                        let at = m.first_sequence_field + j;
-                        e = e.slice_assign([0..b, at..at + 1, 0..d], pooled);
+                        let (start, len) = span(sequences.first().copied().unwrap_or(0));
+                        let pooled = unit.forward(target, seq, mask.clone().narrow(1, start, len));
+                        // Each attended sequence takes the place of its pooled embedding.
+                        for (i, j) in sequences.iter().enumerate() {
+                            let at = m.first_sequence_field + j;
+                            let part = if sequences.len() == 1 {
+                                pooled.clone()
+                            } else {
+                                pooled.clone().narrow(2, i * d, d)
+                            };
+                            e = e.slice_assign([0..b, at..at + 1, 0..d], part);
+                        }
                     }
                 }
                 m.dnn.forward_with(flatten(e), &m.dnn_dice)
@@ -2575,12 +2661,13 @@ impl CtrModel {
                     .pairs
                     .iter()
                     .zip(&m.attention)
-                    .map(|((_, j), unit)| {
-                        let len = shape.sequences.get(*j).map_or(0, |s| s.max_len) as f64;
+                    .map(|((_, sequences), unit)| {
+                        let j = sequences.first().copied().unwrap_or(0);
+                        let len = shape.sequences.get(j).map_or(0, |s| s.max_len) as f64;
                         let mlp = unit.layers.iter().map(linear_flops).sum::<f64>()
                             + linear_flops(&unit.output);
                         // The MLP at every position, then the weighted sum of the tokens.
-                        len * (mlp + 2.0 * d)
+                        len * (mlp + 2.0 * d * sequences.len() as f64)
                     })
                     .sum();
                 attention + m.dnn.flops()
@@ -2683,6 +2770,16 @@ impl ModuleVisitor for Penalties<'_> {
 /// matrix product, every later layer as one batched product over the experts. Same parameters
 /// and same function as running each expert's `Mlp` in turn, in fewer and larger products,
 /// which is what keeps a CPU's cores busy (and backward gets one input gradient, not E to add).
+/// Tensors side by side on their last axis; one is passed through.
+fn cat_last(mut parts: Vec<Tensor<3>>) -> Tensor<3> {
+    if parts.len() == 1
+        && let Some(one) = parts.pop()
+    {
+        return one;
+    }
+    Tensor::cat(parts, 2)
+}
+
 fn experts_forward(experts: &[Mlp], x0: Tensor<2>) -> Tensor<3> {
     let [b, _] = x0.dims();
     let ne = experts.len();
