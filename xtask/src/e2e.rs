@@ -1275,6 +1275,7 @@ async fn run_in(
     };
     let elapsed = started.elapsed();
     let ferry_time = ferry_started.elapsed();
+    let faulted = chaos.is_some();
     if let Some(c) = chaos {
         c.finish(&mut World {
             daemons: &mut daemons,
@@ -1284,9 +1285,12 @@ async fn run_in(
             running_since: &running_since,
         })?;
     }
+    // A fault may have struck after the last look (the coordinator killed once the task was
+    // done), and putting the faults back may have restarted it: a new connection then, which
+    // waits for it to answer.
     let mut client = match live {
-        Some(c) => c,
-        None => connect(&coord_url, &trust.client_tls(), &e2e_token).await?,
+        Some(c) if !faulted => c,
+        _ => connect(&coord_url, &trust.client_tls(), &e2e_token).await?,
     };
     // The rest of the log, then what it must show.
     let rest = client
