@@ -1761,10 +1761,10 @@ impl Dice {
         const EPS: f64 = 1e-9;
         let [n, h] = x.dims();
         let device = x.device();
-        let (mean, var) = if device.is_autodiff() {
+        let (centred, var) = if device.is_autodiff() {
             let mean = x.clone().mean_dim(0); // [1, H]
             let centred = x.clone() - mean.clone();
-            let var = (centred.clone() * centred).mean_dim(0);
+            let var = (centred.clone() * centred.clone()).mean_dim(0);
             let stats = DiceBatchStats {
                 id: self.alpha.id,
                 rows: n,
@@ -1776,14 +1776,15 @@ impl Dice {
             if let Some(stats) = collect_dice_stats(stats) {
                 self.update_running(&stats);
             }
-            (mean, var)
+            (centred, var)
         } else {
             (
-                self.running_mean.value().to_device(&device).reshape([1, h]),
+                x.clone() - self.running_mean.value().to_device(&device).reshape([1, h]),
                 self.running_var.value().to_device(&device).reshape([1, h]),
             )
         };
-        let p = sigmoid((x.clone() - mean) * (var + EPS).sqrt().recip());
+        // The centred input serves both the variance and the normalisation.
+        let p = sigmoid(centred * (var + EPS).sqrt().recip());
         // p·x + α·(1 − p)·x, as x·(α + p·(1 − α)): three passes over the batch instead of six
         // (α is one value per unit).
         let alpha = self.alpha.val().reshape([1, h]);
