@@ -1874,9 +1874,19 @@ fn collect_dice_stats(stats: DiceBatchStats) -> Option<DiceBatchStats> {
 /// threads would otherwise update in a racy order. Give them to
 /// [`CtrModel::update_dice_running_stats`] once every range is done.
 pub(crate) fn collecting_dice_stats<R>(f: impl FnOnce() -> R) -> (R, Vec<DiceBatchStats>) {
-    let outer = DICE_STATS.with(|cell| cell.borrow_mut().replace(Vec::new()));
+    /// Puts back what the thread collected before, also when `f` panics (the range threads
+    /// are a pool's, kept from batch to batch).
+    struct Restore(Option<Vec<DiceBatchStats>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            DICE_STATS.with(|cell| *cell.borrow_mut() = outer);
+        }
+    }
+    let restore = Restore(DICE_STATS.with(|cell| cell.borrow_mut().replace(Vec::new())));
     let result = f();
-    let kept = DICE_STATS.with(|cell| std::mem::replace(&mut *cell.borrow_mut(), outer));
+    let kept = DICE_STATS.with(|cell| cell.borrow_mut().take());
+    drop(restore);
     (result, kept.unwrap_or_default())
 }
 
@@ -2982,6 +2992,30 @@ mod tests {
             }
             assert!(a.iter().any(|v| *v != 0.0 && *v != 1.0), "updated: {a:?}");
         }
+    }
+
+    /// A range whose forward pass panics (an allocation failure, which training recovers
+    /// from) leaves its pool thread not collecting: a later pass updates as usual.
+    #[test]
+    fn a_panicking_range_stops_collecting_dice_statistics() {
+        let device = Device::flex().autodiff();
+        let stats = || DiceBatchStats {
+            id: ParamId::new(),
+            rows: 1,
+            mean: Tensor::zeros([1], &device),
+            var: Tensor::zeros([1], &device),
+        };
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            collecting_dice_stats(|| -> () { panic!("out of memory") })
+        }));
+        assert!(caught.is_err());
+        assert!(
+            collect_dice_stats(stats()).is_some(),
+            "not collecting after the panic"
+        );
+        let ((), kept) = collecting_dice_stats(|| assert!(collect_dice_stats(stats()).is_none()));
+        assert_eq!(kept.len(), 1);
+        assert!(collect_dice_stats(stats()).is_some());
     }
 
     fn shape() -> InputShape {
