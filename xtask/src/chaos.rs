@@ -216,9 +216,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let result = Trial::judge(seed, &plan, &clean, run);
         match &result.error {
             None => println!("== trial seed {seed}: identical to the clean run"),
+            // The plan is drawn from the seed, the kinds allowed and the fault limit: the
+            // replay names all three (the kinds injected alone would draw another plan).
             Some(e) => println!(
-                "== trial seed {seed} FAILED: {e}\n== replay: cargo xtask chaos --seed {seed} --trials 1 --faults {}",
-                plan.kinds()
+                "== trial seed {seed} FAILED: {e}\n== replay: cargo xtask chaos --seed {seed} --trials 1 --faults {} --max-faults {}",
+                kinds
+                    .iter()
+                    .map(Kind::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                opts.max_faults
             ),
         }
         results.push(result);
@@ -518,13 +525,6 @@ impl Plan {
 
     fn has(&self, kind: Kind) -> bool {
         self.faults.iter().any(|f| f.kind == kind)
-    }
-
-    fn kinds(&self) -> String {
-        let mut k: Vec<String> = self.faults.iter().map(|f| f.kind.to_string()).collect();
-        k.sort();
-        k.dedup();
-        k.join(",")
     }
 
     /// Puts back whatever a failed run left broken (links, disks, the database).
@@ -1110,7 +1110,12 @@ impl PgControl {
         )
     }
 
+    /// Stops the server at once; already stopped (two database faults overlapping) is fine,
+    /// as `start` is when it runs.
     fn stop(&self) -> anyhow::Result<()> {
+        if !self.running() && !self.data.join("postmaster.pid").exists() {
+            return Ok(());
+        }
         self.as_postgres(
             "pg_ctl",
             &[
