@@ -147,6 +147,15 @@ fn killed_and_resumed_with(
     second
 }
 
+/// A FuxiCTR configuration folder under `root` (`config/`), its two files as given.
+fn fuxictr_config(root: &Path, datasets: &str, models: &str) -> PathBuf {
+    let dir = root.join("config");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("dataset_config.yaml"), datasets).expect("write");
+    std::fs::write(dir.join("model_config.yaml"), models).expect("write");
+    dir
+}
+
 /// A seeded generator of draws in `0..n` (a linear congruential one), for generated rows.
 fn draws(seed: u64) -> impl FnMut(u64) -> u64 {
     let mut state = seed;
@@ -1087,18 +1096,11 @@ fn din_attends_over_fields_together_and_resumes_exactly() {
             ("clk", Arc::new(Float64Array::from(clicks)) as ArrayRef),
         ],
     );
-    let config_dir = root.join("config");
-    std::fs::create_dir_all(&config_dir).expect("mkdir");
-    std::fs::write(
-        config_dir.join("dataset_config.yaml"),
+    let config_dir = fuxictr_config(
+        root,
         "pairs:\n    data_format: parquet\n    train_data: train/part-0.parquet\n    feature_cols:\n        - {name: [item, cate], active: True, dtype: str, type: categorical}\n        - {name: item_hist, active: True, dtype: str, type: sequence, splitter: ^, max_len: 4, share_embedding: item}\n        - {name: cate_hist, active: True, dtype: str, type: sequence, splitter: ^, max_len: 4, share_embedding: cate}\n    label_col: {name: clk, dtype: float}\n",
-    )
-    .expect("write");
-    std::fs::write(
-        config_dir.join("model_config.yaml"),
         "DIN_pairs:\n    model: DIN\n    dataset_id: pairs\n    learning_rate: 1.e-2\n    batch_size: 128\n    embedding_dim: 8\n    dnn_hidden_units: [32, 16]\n    attention_hidden_units: [16]\n    attention_hidden_activations: Dice\n    din_target_field: [!!python/tuple [item, cate]]\n    din_sequence_field: [!!python/tuple [item_hist, cate_hist]]\n    feature_specs: [{name: item_hist, feature_encoder: null}, {name: cate_hist, feature_encoder: null}]\n    epochs: 8\n    seed: 2019\n",
-    )
-    .expect("write");
+    );
     let e = ferry_ctr::fuxictr::load(&config_dir, "DIN_pairs", root).expect("load");
     let data_dir = root.join("data/pairs");
     let (processor, dataset) = prepare_dataset(
@@ -1195,18 +1197,11 @@ fn din_attends_over_a_shared_sequence_and_resumes_exactly() {
     );
 
     // FuxiCTR's own configuration shape for DIN (its demo's keys).
-    let config_dir = root.join("config");
-    std::fs::create_dir_all(&config_dir).expect("mkdir");
-    std::fs::write(
-        config_dir.join("dataset_config.yaml"),
+    let config_dir = fuxictr_config(
+        root,
         "seq_demo:\n    data_format: parquet\n    train_data: train/part-0.parquet\n    test_data: train/part-0.parquet\n    feature_cols:\n        - {name: user, active: True, dtype: str, type: meta}\n        - {name: item, active: True, dtype: str, type: categorical}\n        - {name: hist, active: True, dtype: str, type: sequence, splitter: ^, max_len: 4, share_embedding: item}\n    label_col: {name: clk, dtype: float}\n",
-    )
-    .expect("write");
-    std::fs::write(
-        config_dir.join("model_config.yaml"),
         "DIN_demo:\n    model: DIN\n    dataset_id: seq_demo\n    loss: 'binary_crossentropy'\n    metrics: ['logloss', 'AUC']\n    task: binary_classification\n    optimizer: adam\n    learning_rate: 1.e-2\n    embedding_regularizer: 0\n    net_regularizer: 0\n    batch_size: 128\n    embedding_dim: 8\n    dnn_hidden_units: [32, 16]\n    dnn_activations: relu\n    attention_hidden_units: [16]\n    attention_hidden_activations: \"Dice\"\n    attention_output_activation: null\n    attention_dropout: 0\n    din_target_field: item\n    din_sequence_field: hist\n    feature_specs: [{name: hist, feature_encoder: null}]\n    net_dropout: 0\n    batch_norm: False\n    epochs: 10\n    shuffle: True\n    seed: 2019\n    monitor: 'AUC'\n    monitor_mode: 'max'\n    group_id: user\n",
-    )
-    .expect("write");
+    );
     let e = ferry_ctr::fuxictr::load(&config_dir, "DIN_demo", root).expect("load");
     assert_eq!(e.features.group_id.as_deref(), Some("user"));
     assert!(e.warnings.is_empty(), "{:?}", e.warnings);
